@@ -1,0 +1,1 @@
+//! Configuration types, loadable from TOML, YAML or JSON files.

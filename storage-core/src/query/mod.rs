@@ -1,0 +1,105 @@
+//! The query language: a [`Query`] AST with a builder, an aggregate pipeline,
+//! and the reference evaluator every adapter must agree with.
+//!
+//! The rules are written down, with an example per rule, in `docs/QUERY.md`.
+
+mod aggregate;
+mod builder;
+mod eval;
+mod path;
+mod value;
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::{Direction, Document};
+
+pub use aggregate::{Accumulator, AggregateStage, aggregate};
+pub use builder::{FieldRef, field};
+pub use eval::{CompiledFilter, CompiledQuery, Match, count, evaluate};
+pub use path::FieldPath;
+pub use value::{TypeBracket, compare_total, compare_values, type_bracket, values_equal};
+
+/// Comparison operators of a [`Filter::Condition`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Operator {
+    /// Equal (any element of an array field; `null` matches null and missing).
+    Eq,
+    /// Not equal (also matches documents where the field is missing).
+    Ne,
+    /// Greater than, within one type bracket.
+    Gt,
+    /// Greater than or equal, within one type bracket.
+    Gte,
+    /// Less than, within one type bracket.
+    Lt,
+    /// Less than or equal, within one type bracket.
+    Lte,
+    /// Equal to any value of the array operand.
+    In,
+    /// Equal to none of the values of the array operand (also matches missing).
+    Nin,
+    /// The string field matches the regular expression (the `regex` crate's syntax).
+    Regex,
+    /// The field exists (operand `true`) or does not (operand `false`).
+    Exists,
+    /// Full-text match: every word of the operand occurs in the string field, case-insensitively.
+    Text,
+    /// The point `[x, y]` or `{x, y}` lies inside the box `{"min": [x, y], "max": [x, y]}` (bounds included).
+    WithinBox,
+}
+
+/// A where clause.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Filter {
+    /// `field op value`.
+    Condition {
+        /// Dotted field path.
+        field: String,
+        /// Operator.
+        op: Operator,
+        /// Operand.
+        value: Document,
+    },
+    /// Every clause holds (an empty list always holds).
+    And(Vec<Filter>),
+    /// Some clause holds (an empty list never holds).
+    Or(Vec<Filter>),
+    /// The clause does not hold.
+    Not(Box<Filter>),
+    /// The clause holds for the sub-document at `field`, or for some element of the array there.
+    Nested {
+        /// Dotted field path of the sub-document or array.
+        field: String,
+        /// Clause applied to it, with paths relative to it.
+        filter: Box<Filter>,
+    },
+}
+
+/// One `order_by` key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct OrderBy {
+    /// Dotted field path.
+    pub field: String,
+    /// Direction.
+    #[serde(default)]
+    pub direction: Direction,
+}
+
+/// A query: filter, order, paging and projection.
+///
+/// Results are ordered by `order_by` (ties broken by key ascending; by key alone
+/// without `order_by`), then `offset` entries are skipped, then at most `limit` returned.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Query {
+    /// Filter; `None` matches everything.
+    pub filter: Option<Filter>,
+    /// Sort keys, most significant first.
+    pub order_by: Vec<OrderBy>,
+    /// Maximum number of results.
+    pub limit: Option<u64>,
+    /// Results to skip after ordering.
+    pub offset: Option<u64>,
+    /// Field paths to project into [`crate::QueryResult::projection`].
+    pub select: Option<Vec<String>>,
+}
