@@ -610,3 +610,707 @@ where
 {
     Ok(CompiledQuery::compile(query)?.count(entries))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::query::{and, field, not, or};
+
+    type TestResult = std::result::Result<(), Box<dyn std::error::Error>>;
+
+    fn matches(filter: &Filter, doc: &Value) -> Result<bool> {
+        Ok(CompiledFilter::compile(filter)?.matches(doc))
+    }
+
+    /// Asserts that `filter` matches `yes` and does not match `no`.
+    fn rule(filter: &Filter, yes: &Value, no: &Value) -> Result<()> {
+        assert!(matches(filter, yes)?, "{filter:?} should match {yes}");
+        assert!(!matches(filter, no)?, "{filter:?} should not match {no}");
+        Ok(())
+    }
+
+    fn code_of<T>(r: Result<T>) -> Option<ErrorCode> {
+        r.err().map(|e| e.code())
+    }
+
+    fn keys_of(query: &Query, docs: &[(&str, Value)]) -> Result<Vec<String>> {
+        Ok(evaluate(query, docs.iter().map(|(k, v)| (*k, v)))?
+            .into_iter()
+            .map(|m| m.key)
+            .collect())
+    }
+
+    #[test]
+    fn dotted_paths_reach_into_objects() -> Result<()> {
+        rule(
+            &field("address.city").eq("Oslo"),
+            &json!({"address": {"city": "Oslo"}}),
+            &json!({"city": "Oslo"}),
+        )
+    }
+
+    #[test]
+    fn numeric_segments_index_arrays() -> Result<()> {
+        rule(
+            &field("tags.0").eq("a"),
+            &json!({"tags": ["a", "b"]}),
+            &json!({"tags": ["b", "a"]}),
+        )
+    }
+
+    #[test]
+    fn non_numeric_segments_fan_out_over_arrays() -> Result<()> {
+        rule(
+            &field("items.name").eq("b"),
+            &json!({"items": [{"name": "a"}, {"name": "b"}]}),
+            &json!({"items": [{"name": "a"}, {"title": "b"}]}),
+        )?;
+        rule(
+            &field("items.name").is_in(["x", "b"]),
+            &json!({"items": [{"name": "a"}, {"name": "b"}]}),
+            &json!({"items": [{"name": "a"}]}),
+        )?;
+        // Only one level of arrays is expanded by a key segment.
+        assert!(!matches(&field("a.b").eq(1), &json!({"a": [[{"b": 1}]]}))?);
+        Ok(())
+    }
+
+    #[test]
+    fn bad_paths_are_invalid_query_everywhere() {
+        for bad in ["", "a..b", "a.", "a\0b"] {
+            assert_eq!(
+                code_of(CompiledFilter::compile(&field(bad).eq(1))),
+                Some(ErrorCode::InvalidQuery)
+            );
+            assert_eq!(
+                code_of(CompiledQuery::compile(&Query::new().order_asc(bad))),
+                Some(ErrorCode::InvalidQuery)
+            );
+            assert_eq!(
+                code_of(CompiledQuery::compile(&Query::new().select([bad]))),
+                Some(ErrorCode::InvalidQuery)
+            );
+            assert_eq!(
+                code_of(CompiledFilter::compile(
+                    &field(bad).nested(field("a").eq(1))
+                )),
+                Some(ErrorCode::InvalidQuery)
+            );
+        }
+        assert_eq!(
+            code_of(CompiledFilter::compile(&field("a".repeat(1025)).eq(1))),
+            Some(ErrorCode::InvalidQuery)
+        );
+    }
+
+    #[test]
+    fn integers_equal_floats_of_the_same_value() -> Result<()> {
+        rule(&field("n").eq(1), &json!({"n": 1.0}), &json!({"n": 1.5}))?;
+        rule(&field("n").eq(1.0), &json!({"n": 1}), &json!({"n": 2}))?;
+        rule(&field("n").gte(1), &json!({"n": 1.0}), &json!({"n": 0.5}))?;
+        assert!(!matches(&field("n").gt(1), &json!({"n": 1.0}))?);
+        Ok(())
+    }
+
+    #[test]
+    fn u64_max_compares_exactly_with_floats() -> Result<()> {
+        // 2^64 as a float; a lossy comparison would call it equal to u64::MAX.
+        let two_pow_64 = 18_446_744_073_709_551_616.0_f64;
+        rule(
+            &field("n").lt(two_pow_64),
+            &json!({"n": u64::MAX}),
+            &json!({"n": two_pow_64}),
+        )?;
+        assert!(!matches(
+            &field("n").eq(two_pow_64),
+            &json!({"n": u64::MAX})
+        )?);
+        assert!(matches(&field("n").eq(u64::MAX), &json!({"n": u64::MAX}))?);
+        rule(
+            &field("n").gt(i64::MAX),
+            &json!({"n": u64::MAX}),
+            &json!({"n": i64::MAX}),
+        )
+    }
+
+    #[test]
+    fn strings_compare_by_bytes() -> Result<()> {
+        // 'a' (0x61) sorts after 'Z' (0x5a) by bytes, unlike a case-insensitive collation.
+        rule(&field("s").gt("Z"), &json!({"s": "a"}), &json!({"s": "A"}))?;
+        rule(&field("s").lt("b"), &json!({"s": "B"}), &json!({"s": "é"}))
+    }
+
+    #[test]
+    fn eq_matches_any_element_or_the_whole_array() -> Result<()> {
+        rule(
+            &field("tags").eq("x"),
+            &json!({"tags": ["w", "x"]}),
+            &json!({"tags": ["w", "y"]}),
+        )?;
+        rule(
+            &field("tags").eq(json!(["w", "x"])),
+            &json!({"tags": ["w", "x"]}),
+            &json!({"tags": ["x", "w"]}),
+        )?;
+        // An element that is itself the operand array.
+        assert!(matches(
+            &field("tags").eq(json!([1, 2])),
+            &json!({"tags": [[1, 2], 3]})
+        )?);
+        Ok(())
+    }
+
+    #[test]
+    fn ne_is_the_negation_of_eq_and_matches_missing() -> Result<()> {
+        rule(&field("a").ne("x"), &json!({}), &json!({"a": "x"}))?;
+        rule(
+            &field("a").ne("x"),
+            &json!({"a": "y"}),
+            &json!({"a": ["y", "x"]}),
+        )?;
+        rule(&field("a").ne(1), &json!({"a": "1"}), &json!({"a": 1.0}))
+    }
+
+    #[test]
+    fn in_matches_any_operand_value() -> Result<()> {
+        rule(
+            &field("a").is_in(json!([1, "z"]).as_array().cloned().unwrap_or_default()),
+            &json!({"a": 1.0}),
+            &json!({"a": 2}),
+        )?;
+        rule(
+            &field("a").is_in(["z"]),
+            &json!({"a": ["y", "z"]}),
+            &json!({"a": ["y"]}),
+        )?;
+        rule(
+            &field("a").is_in([json!([1, 2])]),
+            &json!({"a": [1, 2]}),
+            &json!({"a": [2, 1]}),
+        )?;
+        rule(
+            &field("a").is_in([Value::Null]),
+            &json!({}),
+            &json!({"a": 0}),
+        )?;
+        assert!(!matches(
+            &field("a").is_in(Vec::<Value>::new()),
+            &json!({"a": 1})
+        )?);
+        Ok(())
+    }
+
+    #[test]
+    fn nin_is_the_negation_of_in_and_matches_missing() -> Result<()> {
+        rule(&field("a").not_in(["x"]), &json!({}), &json!({"a": "x"}))?;
+        rule(
+            &field("a").not_in(["x", "y"]),
+            &json!({"a": "z"}),
+            &json!({"a": ["z", "y"]}),
+        )?;
+        assert!(matches(
+            &field("a").not_in(Vec::<Value>::new()),
+            &json!({"a": 1})
+        )?);
+        Ok(())
+    }
+
+    #[test]
+    fn in_and_nin_need_an_array_operand() {
+        for op in [Operator::In, Operator::Nin] {
+            let f = Filter::Condition {
+                field: "a".into(),
+                op,
+                value: json!("x"),
+            };
+            assert_eq!(
+                code_of(CompiledFilter::compile(&f)),
+                Some(ErrorCode::InvalidQuery)
+            );
+        }
+    }
+
+    #[test]
+    fn eq_null_matches_null_and_missing() -> Result<()> {
+        rule(
+            &field("a").eq(Value::Null),
+            &json!({"a": null}),
+            &json!({"a": 0}),
+        )?;
+        rule(
+            &field("a").eq(Value::Null),
+            &json!({}),
+            &json!({"a": false}),
+        )?;
+        rule(
+            &field("a").eq(Value::Null),
+            &json!({"a": [1, null]}),
+            &json!({"a": [1]}),
+        )?;
+        rule(&field("a").ne(Value::Null), &json!({"a": 0}), &json!({}))
+    }
+
+    #[test]
+    fn exists_tests_presence_not_value() -> Result<()> {
+        rule(
+            &field("a").exists(true),
+            &json!({"a": null}),
+            &json!({"b": 1}),
+        )?;
+        rule(
+            &field("a").exists(false),
+            &json!({"b": 1}),
+            &json!({"a": false}),
+        )?;
+        rule(
+            &field("items.name").exists(true),
+            &json!({"items": [{"x": 1}, {"name": null}]}),
+            &json!({"items": [{"x": 1}]}),
+        )?;
+        let f = Filter::Condition {
+            field: "a".into(),
+            op: Operator::Exists,
+            value: json!(1),
+        };
+        assert_eq!(
+            code_of(CompiledFilter::compile(&f)),
+            Some(ErrorCode::InvalidQuery)
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn range_operators_never_cross_type_brackets() -> Result<()> {
+        rule(&field("a").gt(5), &json!({"a": 6}), &json!({"a": "10"}))?;
+        rule(&field("a").lt("z"), &json!({"a": "a"}), &json!({"a": 5}))?;
+        rule(&field("a").gte(0), &json!({"a": 0.0}), &json!({"a": true}))?;
+        rule(
+            &field("a").lte(Value::Null),
+            &json!({"a": null}),
+            &json!({}),
+        )?;
+        rule(&field("a").lt(1), &json!({"a": -1}), &json!({"a": null}))?;
+        Ok(())
+    }
+
+    #[test]
+    fn range_operators_on_arrays_match_any_element() -> Result<()> {
+        rule(
+            &field("a").gt(5),
+            &json!({"a": [1, 9]}),
+            &json!({"a": [1, 2]}),
+        )?;
+        rule(
+            &field("a").lt(0),
+            &json!({"a": ["x", -1]}),
+            &json!({"a": ["x", 1]}),
+        )
+    }
+
+    #[test]
+    fn range_operators_order_bools_objects_and_arrays_within_their_bracket() -> Result<()> {
+        rule(
+            &field("a").gt(false),
+            &json!({"a": true}),
+            &json!({"a": false}),
+        )?;
+        rule(
+            &field("a").gt(json!([1])),
+            &json!({"a": [2]}),
+            &json!({"a": [0, 5]}),
+        )?;
+        rule(
+            &field("a").gt(json!({"k": 1})),
+            &json!({"a": {"k": 2}}),
+            &json!({"a": {"k": 0}}),
+        )
+    }
+
+    #[test]
+    fn regex_searches_string_fields_only() -> Result<()> {
+        rule(
+            &field("s").regex("b+c"),
+            &json!({"s": "abbcd"}),
+            &json!({"s": "acd"}),
+        )?;
+        rule(
+            &field("s").regex("^1"),
+            &json!({"s": "123"}),
+            &json!({"s": 123}),
+        )?;
+        rule(
+            &field("s").regex("x$"),
+            &json!({"s": ["a", "ax"]}),
+            &json!({"s": ["xa"]}),
+        )?;
+        rule(
+            &field("s").regex("(?i)^hello"),
+            &json!({"s": "HeLLo"}),
+            &json!({}),
+        )?;
+        assert!(!matches(&field("s").regex("true"), &json!({"s": true}))?);
+        Ok(())
+    }
+
+    #[test]
+    fn regex_operand_must_be_a_valid_string_pattern() {
+        let f = Filter::Condition {
+            field: "s".into(),
+            op: Operator::Regex,
+            value: json!(1),
+        };
+        assert_eq!(
+            code_of(CompiledFilter::compile(&f)),
+            Some(ErrorCode::InvalidQuery)
+        );
+        assert_eq!(
+            code_of(CompiledFilter::compile(&field("s").regex("a("))),
+            Some(ErrorCode::InvalidQuery)
+        );
+    }
+
+    #[test]
+    fn pathological_regexes_are_rejected_fast() {
+        for pattern in ["(a*)*{1000}{1000}", "a{100000}{100000}", "\\w{50000}"] {
+            let started = Instant::now();
+            let result = CompiledFilter::compile(&field("s").regex(pattern));
+            assert_eq!(code_of(result), Some(ErrorCode::InvalidQuery), "{pattern}");
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "{pattern} took too long"
+            );
+        }
+    }
+
+    #[test]
+    fn and_or_not_compose() -> Result<()> {
+        let f = and(vec![
+            field("a").gt(1),
+            or(vec![field("b").eq("x"), not(field("c").exists(true))]),
+        ]);
+        rule(
+            &f,
+            &json!({"a": 2, "b": "x", "c": 1}),
+            &json!({"a": 2, "b": "y", "c": 1}),
+        )?;
+        rule(&f, &json!({"a": 2}), &json!({"a": 1}))?;
+        rule(&!field("a").eq(1), &json!({"a": 2}), &json!({"a": 1}))
+    }
+
+    #[test]
+    fn empty_and_matches_all_and_empty_or_matches_none() -> Result<()> {
+        assert!(matches(&and(vec![]), &json!({}))?);
+        assert!(!matches(&or(vec![]), &json!({"a": 1}))?);
+        Ok(())
+    }
+
+    #[test]
+    fn nested_applies_to_a_sub_document() -> Result<()> {
+        let f = field("address").nested(field("city").eq("Oslo").and(field("zip").gt(100)));
+        rule(
+            &f,
+            &json!({"address": {"city": "Oslo", "zip": 150}}),
+            &json!({"address": {"city": "Oslo", "zip": 50}}),
+        )?;
+        rule(
+            &f,
+            &json!({"address": {"city": "Oslo", "zip": 101}}),
+            &json!({}),
+        )
+    }
+
+    #[test]
+    fn nested_on_an_array_needs_one_element_to_match_the_whole_clause() -> Result<()> {
+        let f = field("items").nested(field("sku").eq("a").and(field("qty").gte(2)));
+        // Element-wise: sku "a" and qty ≥ 2 must hold in the same element.
+        rule(
+            &f,
+            &json!({"items": [{"sku": "b", "qty": 1}, {"sku": "a", "qty": 3}]}),
+            &json!({"items": [{"sku": "a", "qty": 1}, {"sku": "b", "qty": 3}]}),
+        )?;
+        // Scalar elements never count.
+        rule(
+            &field("items").nested(field("x").exists(false)),
+            &json!({"items": [1, {}]}),
+            &json!({"items": [1, 2]}),
+        )?;
+        // Without `nested`, the two conditions may be met by different elements.
+        let flat = field("items.sku").eq("a").and(field("items.qty").gte(2));
+        assert!(matches(
+            &flat,
+            &json!({"items": [{"sku": "a", "qty": 1}, {"sku": "b", "qty": 3}]})
+        )?);
+        Ok(())
+    }
+
+    #[test]
+    fn nested_on_a_missing_or_scalar_field_never_matches() -> Result<()> {
+        let f = field("a").nested(field("x").ne(1));
+        rule(&f, &json!({"a": {}}), &json!({}))?;
+        assert!(!matches(&f, &json!({"a": 5}))?);
+        Ok(())
+    }
+
+    fn people() -> Vec<(&'static str, Value)> {
+        vec![
+            ("k5", json!({"age": "old"})),
+            ("k1", json!({"age": 30})),
+            ("k4", json!({"name": "no age"})),
+            ("k2", json!({"age": 25.5})),
+            ("k3", json!({"age": null})),
+            ("k6", json!({"age": true})),
+            ("k7", json!({"age": [1]})),
+            ("k8", json!({"age": {"y": 1}})),
+            ("k0", json!({"age": 30.0})),
+        ]
+    }
+
+    #[test]
+    fn without_order_by_results_are_in_key_order() -> Result<()> {
+        let keys = keys_of(&Query::new(), &people())?;
+        assert_eq!(keys, ["k0", "k1", "k2", "k3", "k4", "k5", "k6", "k7", "k8"]);
+        Ok(())
+    }
+
+    #[test]
+    fn order_by_uses_the_total_order_with_missing_as_null_and_ties_by_key() -> Result<()> {
+        let asc = keys_of(&Query::new().order_asc("age"), &people())?;
+        // null/missing (k3, k4 by key) < numbers (25.5, then 30 = 30.0 by key) < strings
+        // < objects < arrays < booleans.
+        assert_eq!(asc, ["k3", "k4", "k2", "k0", "k1", "k5", "k8", "k7", "k6"]);
+        let desc = keys_of(&Query::new().order_desc("age"), &people())?;
+        // Ties still break by key ascending.
+        assert_eq!(desc, ["k6", "k7", "k8", "k5", "k0", "k1", "k2", "k3", "k4"]);
+        Ok(())
+    }
+
+    #[test]
+    fn order_by_keys_apply_most_significant_first() -> Result<()> {
+        let docs = vec![
+            ("a", json!({"g": 1, "n": 1})),
+            ("b", json!({"g": 0, "n": 2})),
+            ("c", json!({"g": 1, "n": 3})),
+        ];
+        let keys = keys_of(&Query::new().order_asc("g").order_desc("n"), &docs)?;
+        assert_eq!(keys, ["b", "c", "a"]);
+        Ok(())
+    }
+
+    #[test]
+    fn offset_and_limit_apply_after_ordering() -> Result<()> {
+        let docs: Vec<(String, Value)> = (0..10)
+            .map(|i| (format!("k{i}"), json!({"n": 9 - i})))
+            .collect();
+        let refs: Vec<(&str, Value)> = docs.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        let q = Query::new().order_asc("n").offset(2).limit(3);
+        assert_eq!(keys_of(&q, &refs)?, ["k7", "k6", "k5"]);
+        assert_eq!(
+            keys_of(&Query::new().offset(20), &refs)?,
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            keys_of(&Query::new().limit(0), &refs)?,
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            keys_of(&Query::new().offset(8).limit(5), &refs)?,
+            ["k8", "k9"]
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn count_ignores_limit_and_offset() -> Result<()> {
+        let docs = people();
+        let q = Query::filter(field("age").exists(true)).limit(2).offset(1);
+        assert_eq!(count(&q, docs.iter().map(|(k, v)| (*k, v)))?, 8);
+        assert_eq!(keys_of(&q, &docs)?.len(), 2);
+        Ok(())
+    }
+
+    #[test]
+    fn partial_sort_equals_a_full_sort_prefix() -> TestResult {
+        let docs: Vec<(String, Value)> = (0..300)
+            .map(|i| {
+                (
+                    format!("k{:03}", (i * 7919) % 300),
+                    json!({"n": (i * 31) % 17}),
+                )
+            })
+            .collect();
+        let refs: Vec<(&str, Value)> = docs.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        let full = keys_of(&Query::new().order_desc("n"), &refs)?;
+        for (offset, limit) in [(0, 1), (0, 10), (5, 20), (250, 100), (299, 1)] {
+            let page = keys_of(
+                &Query::new().order_desc("n").offset(offset).limit(limit),
+                &refs,
+            )?;
+            let start = usize::try_from(offset)?;
+            let end = (start + usize::try_from(limit)?).min(full.len());
+            assert_eq!(page, full[start..end], "offset {offset} limit {limit}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn select_projects_present_paths_flat() -> TestResult {
+        let docs = vec![(
+            "k",
+            json!({"name": "ann", "address": {"city": "Oslo"}, "tags": ["a"]}),
+        )];
+        let q = Query::new().select(["name", "address.city", "tags.0", "missing"]);
+        let out = evaluate(&q, docs.iter().map(|(k, v)| (*k, v)))?;
+        let projection = out[0].projection.clone().ok_or("no projection")?;
+        let expected: BTreeMap<String, Value> = [
+            ("name".to_owned(), json!("ann")),
+            ("address.city".to_owned(), json!("Oslo")),
+            ("tags.0".to_owned(), json!("a")),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(projection, expected);
+        let plain = evaluate(&Query::new(), docs.iter().map(|(k, v)| (*k, v)))?;
+        assert_eq!(plain[0].projection, None);
+        assert_eq!(plain[0].score, None);
+        Ok(())
+    }
+
+    #[test]
+    fn text_needs_every_word_case_insensitively() -> Result<()> {
+        let f = field("body").text("Quick FOX");
+        rule(
+            &f,
+            &json!({"body": "The quick brown fox"}),
+            &json!({"body": "the quick dog"}),
+        )?;
+        // Whole words only: "foxes" is not "fox".
+        rule(
+            &f,
+            &json!({"body": "fox, QUICK!"}),
+            &json!({"body": "quick foxes"}),
+        )?;
+        // The words of an array's strings are taken together.
+        rule(
+            &f,
+            &json!({"body": ["quick", 7, "fox"]}),
+            &json!({"body": ["quick"]}),
+        )?;
+        assert!(!matches(&f, &json!({"body": 5}))?);
+        Ok(())
+    }
+
+    #[test]
+    fn text_score_counts_occurrences_of_query_words() -> TestResult {
+        let f = CompiledFilter::compile(&field("body").text("fox quick fox"))?;
+        assert_eq!(
+            f.score(&json!({"body": "fox fox quick dog FOX"})),
+            Some(4.0)
+        );
+        assert_eq!(f.score(&json!({"body": "dog"})), Some(0.0));
+        let two = CompiledFilter::compile(&field("a").text("x").and(field("b").text("y")))?;
+        assert_eq!(two.score(&json!({"a": "x x", "b": "y"})), Some(3.0));
+        let negated = CompiledFilter::compile(&!field("a").text("x"))?;
+        assert_eq!(negated.score(&json!({"a": "y"})), Some(0.0));
+        let plain = CompiledFilter::compile(&field("a").eq(1))?;
+        assert_eq!(plain.score(&json!({"a": 1})), None);
+        let nested = CompiledFilter::compile(&field("c").nested(field("t").text("x")))?;
+        assert_eq!(
+            nested.score(&json!({"c": [{"t": "x"}, {"t": "x x"}, {"t": "y"}]})),
+            Some(3.0)
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn text_results_carry_scores_but_keep_their_order() -> Result<()> {
+        let docs = [
+            ("a", json!({"t": "fox"})),
+            ("b", json!({"t": "fox fox"})),
+            ("c", json!({"t": "cat"})),
+        ];
+        let out = evaluate(
+            &Query::filter(field("t").text("fox")),
+            docs.iter().map(|(k, v)| (*k, v)),
+        )?;
+        let got: Vec<(&str, Option<f64>)> = out.iter().map(|m| (m.key.as_str(), m.score)).collect();
+        assert_eq!(got, [("a", Some(1.0)), ("b", Some(2.0))]);
+        Ok(())
+    }
+
+    #[test]
+    fn text_operand_must_be_a_string_with_words() {
+        for bad in [json!(""), json!(" ,;"), json!(3)] {
+            let f = Filter::Condition {
+                field: "t".into(),
+                op: Operator::Text,
+                value: bad,
+            };
+            assert_eq!(
+                code_of(CompiledFilter::compile(&f)),
+                Some(ErrorCode::InvalidQuery)
+            );
+        }
+    }
+
+    #[test]
+    fn within_box_accepts_both_point_forms_bounds_included() -> Result<()> {
+        let f = field("p").within_box([0, 0], [10.0, 5.0]);
+        rule(&f, &json!({"p": [10, 5]}), &json!({"p": [10.5, 5]}))?;
+        rule(
+            &f,
+            &json!({"p": {"x": 0, "y": 2.5}}),
+            &json!({"p": {"x": 1, "y": -1}}),
+        )?;
+        rule(
+            &f,
+            &json!({"p": [[20, 20], [1, 1]]}),
+            &json!({"p": [1, 2, 3]}),
+        )?;
+        rule(
+            &f,
+            &json!({"p": {"x": 1, "y": 1, "label": "a"}}),
+            &json!({"p": {"x": 1}}),
+        )?;
+        assert!(!matches(&f, &json!({"p": ["1", "1"]}))?);
+        Ok(())
+    }
+
+    #[test]
+    fn within_box_operand_is_validated() {
+        let bad_operands = [
+            json!({"min": [0, 0]}),
+            json!({"min": [0, 0], "max": [1]}),
+            json!({"min": [0, "0"], "max": [1, 1]}),
+            json!({"min": [2, 0], "max": [1, 1]}),
+            json!({"min": [0, 0], "max": [1, 1], "extra": 1}),
+            json!([[0, 0], [1, 1]]),
+        ];
+        for value in bad_operands {
+            let f = Filter::Condition {
+                field: "p".into(),
+                op: Operator::WithinBox,
+                value,
+            };
+            assert_eq!(
+                code_of(CompiledFilter::compile(&f)),
+                Some(ErrorCode::InvalidQuery)
+            );
+        }
+    }
+
+    #[test]
+    fn absurdly_deep_filters_are_rejected() {
+        let mut f = field("a").eq(1);
+        for _ in 0..300 {
+            f = !f;
+        }
+        assert_eq!(
+            code_of(CompiledFilter::compile(&f)),
+            Some(ErrorCode::InvalidQuery)
+        );
+    }
+}
