@@ -137,17 +137,26 @@ pub(crate) struct Dedicated {
 }
 
 impl Dedicated {
-    /// Starts a thread serving `conn`; `on_exit` gets the connection back when every
-    /// sender is gone (to roll back and return it to a pool).
-    pub(crate) fn spawn(
-        conn: Connection,
+    /// Starts a thread, opens its connection there with `open`, and serves jobs until
+    /// the handle is dropped; `on_exit` then gets the connection back (to roll back
+    /// and return it to a pool).
+    pub(crate) async fn start(
+        open: impl FnOnce() -> Result<Connection> + Send + 'static,
         on_exit: impl FnOnce(Connection) + Send + 'static,
     ) -> Result<Self> {
         let (sender, receiver) = channel::<Job>();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<Result<()>>();
         std::thread::Builder::new()
             .name("sqlite-tx".to_owned())
             .spawn(move || {
-                let mut conn = conn;
+                let mut conn = match open() {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
                 while let Ok(job) = receiver.recv() {
                     job(&mut conn);
                 }
@@ -158,6 +167,9 @@ impl Dedicated {
                     .with_operation("begin")
                     .with_backend("sqlite")
             })?;
+        ready_rx
+            .await
+            .map_err(|_| SqliteError::WorkerGone.into_storage("begin"))??;
         Ok(Self { sender })
     }
 
