@@ -197,10 +197,10 @@ fn create_ddl(meta: &IndexMeta, paths: &[String]) -> Vec<String> {
                         for s in &segs[..n] {
                             prefix.push_str(&format!(".\"{s}\""));
                         }
+                        let jt = format!("json_type(value, {})", quote_literal(&prefix));
                         ddl.push(format!(
-                            "CREATE INDEX IF NOT EXISTS {} ON {t} (id) WHERE json_type(value, {}) = 'array'",
+                            "CREATE INDEX IF NOT EXISTS {} ON {t} ({jt}) WHERE {jt} = 'array'",
                             quote_ident(&format!("{}_a{n}", meta.base())),
-                            quote_literal(&prefix)
                         ));
                     }
                 }

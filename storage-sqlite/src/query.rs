@@ -6,7 +6,6 @@ use std::sync::Arc;
 use futures::StreamExt;
 use rusqlite::Connection;
 use rusqlite::params_from_iter;
-use serde::Deserialize as _;
 use storage_core::query::{CompiledQuery, aggregate};
 use storage_core::{
     AggregateStage, Document, ErrorCode, ExecutionPlan, IndexDefinition, IndexInfo,
@@ -62,7 +61,7 @@ fn fetch(
 }
 
 fn value_of<T: StorageValue>(doc: &Document, key: &str) -> Result<T> {
-    T::deserialize(doc).map_err(|e| {
+    <T as serde::Deserialize>::deserialize(doc).map_err(|e| {
         StorageError::new(
             ErrorCode::SerializationFailed,
             format!("stored value does not fit the value type: {e}"),

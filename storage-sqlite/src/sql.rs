@@ -244,7 +244,7 @@ impl Builder<'_> {
                 let path = FieldPath::parse(field).ok()?;
                 let jp = json_path(&path)?;
                 let sql = self.condition(&path, &jp, *op, value)?;
-                self.pushed.push(format!("{field} {op:?} {value}").to_lowercase());
+                self.pushed.push(format!("{field} {} {value}", format!("{op:?}").to_lowercase()));
                 Some(sql)
             }
         }
