@@ -50,7 +50,11 @@ impl Database {
             let dir = tempfile::Builder::new()
                 .prefix("storage-sqlite-")
                 .tempdir()
-                .map_err(|e| StorageError::from(e).with_operation("open").with_backend("sqlite"))?;
+                .map_err(|e| {
+                    StorageError::from(e)
+                        .with_operation("open")
+                        .with_backend("sqlite")
+                })?;
             (dir.path().join("memory.sqlite"), Some(dir))
         } else {
             (PathBuf::from(&config.database), None)
@@ -111,10 +115,12 @@ pub(crate) fn integrity_check(conn: &Connection) -> Result<()> {
     if answer == "ok" {
         Ok(())
     } else {
-        Err(StorageError::new(ErrorCode::Corrupted, "integrity check failed")
-            .with_operation("integrity_check")
-            .with_backend("sqlite")
-            .with_context("detail", answer))
+        Err(
+            StorageError::new(ErrorCode::Corrupted, "integrity check failed")
+                .with_operation("integrity_check")
+                .with_backend("sqlite")
+                .with_context("detail", answer),
+        )
     }
 }
 
@@ -179,7 +185,10 @@ pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<String> {
     if json.len() > MAX_VALUE_LEN {
         return Err(StorageError::new(
             ErrorCode::QuotaExceeded,
-            format!("encoded value is {} bytes, the limit is {MAX_VALUE_LEN}", json.len()),
+            format!(
+                "encoded value is {} bytes, the limit is {MAX_VALUE_LEN}",
+                json.len()
+            ),
         ));
     }
     Ok(json)
@@ -276,17 +285,16 @@ pub(crate) fn write_log(conn: &Connection, table: &str, effects: &[Effect]) -> R
     let mut commit_seq: Option<i64> = None;
     let at = now_ms();
     let mut insert = |kind: i64, key: &str, value: Option<&str>| -> Result<()> {
-        let cs = match commit_seq {
-            Some(cs) => cs,
-            None => {
-                // The write lock is held, so the next rowid is max + 1 and stays so.
-                let cs: i64 = conn
-                    .prepare_cached("SELECT IFNULL(MAX(seq), 0) + 1 FROM _storage_changes")
-                    .and_then(|mut s| s.query_row([], |r| r.get(0)))
-                    .map_err(&err)?;
-                commit_seq = Some(cs);
-                cs
-            }
+        let cs = if let Some(cs) = commit_seq {
+            cs
+        } else {
+            // The write lock is held, so the next rowid is max + 1 and stays so.
+            let cs: i64 = conn
+                .prepare_cached("SELECT IFNULL(MAX(seq), 0) + 1 FROM _storage_changes")
+                .and_then(|mut s| s.query_row([], |r| r.get(0)))
+                .map_err(&err)?;
+            commit_seq = Some(cs);
+            cs
         };
         conn.prepare_cached(
             "INSERT INTO _storage_changes (commit_seq, tbl, kind, key, value, at_ms) \
@@ -398,10 +406,12 @@ impl<T: StorageValue> SqliteStorage<T> {
             .spawn(move || {
                 let _ = tx.send(Database::open_blocking(config));
             })
-            .map_err(|e| StorageError::from(e).with_operation("open").with_backend("sqlite"))?;
-        let db = rx
-            .await
-            .map_err(|_| crate::worker::closed("open"))??;
+            .map_err(|e| {
+                StorageError::from(e)
+                    .with_operation("open")
+                    .with_backend("sqlite")
+            })?;
+        let db = rx.await.map_err(|_| crate::worker::closed("open"))??;
         Self::on_database(Arc::new(db), table_name, change_log).await
     }
 
@@ -474,7 +484,10 @@ impl<T: StorageValue> SqliteStorage<T> {
     /// # Errors
     /// `Corrupted` unless SQLite answers `ok`.
     pub async fn integrity_check(&self) -> Result<()> {
-        self.db.readers.run("integrity_check", |conn| integrity_check(conn)).await
+        self.db
+            .readers
+            .run("integrity_check", |conn| integrity_check(conn))
+            .await
     }
 
     fn before(&self, event: &BeforeEvent<'_, T>) -> Result<()> {
@@ -599,7 +612,8 @@ impl<T: StorageValue> SqliteStorage<T> {
                             .await;
                         match page {
                             Ok(rows) => {
-                                let full = rows.len() == usize::try_from(PAGE).unwrap_or(usize::MAX);
+                                let full =
+                                    rows.len() == usize::try_from(PAGE).unwrap_or(usize::MAX);
                                 let mut last = None;
                                 for (key, item) in rows {
                                     state.buffer.push_back(item);
@@ -661,11 +675,16 @@ impl<T: StorageValue> Storage<T> for SqliteStorage<T> {
             .db
             .readers
             .run("get", move |conn| {
-                let mut stmt = conn.prepare_cached(&table.sql.get).map_err(sql_err("get"))?;
+                let mut stmt = conn
+                    .prepare_cached(&table.sql.get)
+                    .map_err(sql_err("get"))?;
                 let mut rows = stmt.query(params![owned]).map_err(sql_err("get"))?;
                 match rows.next().map_err(sql_err("get"))? {
                     Some(row) => {
-                        let json = row.get_ref(0).and_then(|v| Ok(v.as_str()?)).map_err(sql_err("get"))?;
+                        let json = row
+                            .get_ref(0)
+                            .and_then(|v| Ok(v.as_str()?))
+                            .map_err(sql_err("get"))?;
                         decode::<T>(json).map(Some)
                     }
                     None => Ok(None),
@@ -735,7 +754,9 @@ impl<T: StorageValue> Storage<T> for SqliteStorage<T> {
 
     fn keys(&self) -> ResultStream<'_, String> {
         self.page_stream("keys", |conn, sql, cursor| {
-            let mut stmt = conn.prepare_cached(&sql.page_keys).map_err(sql_err("keys"))?;
+            let mut stmt = conn
+                .prepare_cached(&sql.page_keys)
+                .map_err(sql_err("keys"))?;
             let rows = stmt
                 .query_map(params![cursor, PAGE], |r| {
                     let k: String = r.get(0)?;
@@ -756,7 +777,9 @@ impl<T: StorageValue> Storage<T> for SqliteStorage<T> {
             let mut stmt = conn
                 .prepare_cached(&sql.page_entries)
                 .map_err(sql_err("entries"))?;
-            let mut rows = stmt.query(params![cursor, PAGE]).map_err(sql_err("entries"))?;
+            let mut rows = stmt
+                .query(params![cursor, PAGE])
+                .map_err(sql_err("entries"))?;
             let mut out = Vec::new();
             while let Some(row) = rows.next().map_err(sql_err("entries"))? {
                 let key: String = row.get(0).map_err(sql_err("entries"))?;
@@ -764,7 +787,8 @@ impl<T: StorageValue> Storage<T> for SqliteStorage<T> {
                     .get_ref(1)
                     .and_then(|v| Ok(v.as_str()?))
                     .map_err(sql_err("entries"))?;
-                let value = decode::<T>(json).map_err(|e| e.with_context("key", key.escape_debug()))?;
+                let value =
+                    decode::<T>(json).map_err(|e| e.with_context("key", key.escape_debug()))?;
                 out.push((key.clone(), (key, value)));
             }
             Ok(out)
@@ -785,7 +809,9 @@ impl<T: StorageValue> BatchStorage<T> for SqliteStorage<T> {
                 let tx = conn.unchecked_transaction().map_err(sql_err("get_many"))?;
                 let mut out = BTreeMap::new();
                 {
-                    let mut stmt = tx.prepare_cached(&table.sql.get).map_err(sql_err("get_many"))?;
+                    let mut stmt = tx
+                        .prepare_cached(&table.sql.get)
+                        .map_err(sql_err("get_many"))?;
                     for key in keys {
                         let json: Option<String> = stmt
                             .query_row(params![key], |r| r.get(0))

@@ -43,6 +43,8 @@ impl SynchronousLevel {
 /// assert!(config.validate().is_ok());
 /// assert!(SqliteConfig::new("app.db").table_name("users; DROP TABLE x").validate().is_err());
 /// ```
+// Each flag is an independent SQLite setting, as the configuration file names them.
+#[allow(clippy::struct_excessive_bools)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SqliteConfig {
@@ -177,10 +179,12 @@ impl SqliteConfig {
     /// connections, a busy time-out over one hour.
     pub fn validate(&self) -> Result<()> {
         if self.database.is_empty() || self.database.contains('\0') {
-            return Err(config_error("database", "database path is empty or contains nul"));
+            return Err(config_error(
+                "database",
+                "database path is empty or contains nul",
+            ));
         }
-        validate_identifier(&self.table_name)
-            .map_err(|e| e.with_context("field", "table_name"))?;
+        validate_identifier(&self.table_name).map_err(|e| e.with_context("field", "table_name"))?;
         if self.read_pool_size == 0 || self.read_pool_size > 64 {
             return Err(config_error(
                 "read_pool_size",
@@ -261,11 +265,17 @@ mod tests {
             "a b",
             &"x".repeat(65),
         ] {
-            let err = SqliteConfig::memory().table_name(bad).validate().unwrap_err();
+            let err = SqliteConfig::memory()
+                .table_name(bad)
+                .validate()
+                .expect_err("must be refused");
             assert_eq!(err.code(), ErrorCode::InvalidConfig, "{bad}");
         }
         for good in ["users", "_t", "T1_x", &"x".repeat(64)] {
-            assert!(SqliteConfig::memory().table_name(good).validate().is_ok(), "{good}");
+            assert!(
+                SqliteConfig::memory().table_name(good).validate().is_ok(),
+                "{good}"
+            );
         }
     }
 

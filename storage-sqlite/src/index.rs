@@ -10,10 +10,12 @@ use std::sync::{Mutex, PoisonError};
 
 use rusqlite::{Connection, OptionalExtension, params};
 use storage_core::query::FieldPath;
-use storage_core::{ErrorCode, IndexDefinition, IndexInfo, IndexKind, IndexStats, Result, StorageError};
+use storage_core::{
+    ErrorCode, IndexDefinition, IndexInfo, IndexKind, IndexStats, Result, StorageError,
+};
 
 use crate::error::sql_err;
-use crate::sql::{json_path, quote_ident, quote_literal};
+use crate::sql::{json_path, json_path_of, quote_ident, quote_literal};
 
 /// One catalog entry.
 #[derive(Debug, Clone)]
@@ -87,11 +89,17 @@ impl IndexCatalog {
 /// Reads the catalog entries of `table`.
 pub(crate) fn load_catalog(conn: &Connection, table: &str) -> Result<Vec<IndexMeta>> {
     let mut stmt = conn
-        .prepare_cached("SELECT name, id, definition FROM _storage_indexes WHERE tbl = ?1 ORDER BY id")
+        .prepare_cached(
+            "SELECT name, id, definition FROM _storage_indexes WHERE tbl = ?1 ORDER BY id",
+        )
         .map_err(sql_err("list_indexes"))?;
     let rows = stmt
         .query_map(params![table], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?))
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+            ))
         })
         .and_then(Iterator::collect::<rusqlite::Result<Vec<_>>>)
         .map_err(sql_err("list_indexes"))?;
@@ -129,19 +137,25 @@ fn validate(def: &IndexDefinition) -> Result<Vec<String>> {
     };
     let kind = first.kind;
     if def.fields.iter().any(|f| f.kind != kind) {
-        return Err(StorageError::unsupported("every field of an index must have the same kind")
-            .with_operation("create_index")
-            .with_backend("sqlite"));
+        return Err(
+            StorageError::unsupported("every field of an index must have the same kind")
+                .with_operation("create_index")
+                .with_backend("sqlite"),
+        );
     }
     if matches!(kind, IndexKind::Fulltext | IndexKind::Spatial) && def.fields.len() > 1 {
-        return Err(StorageError::unsupported(format!("a {kind} index covers one field"))
-            .with_operation("create_index")
-            .with_backend("sqlite"));
+        return Err(
+            StorageError::unsupported(format!("a {kind} index covers one field"))
+                .with_operation("create_index")
+                .with_backend("sqlite"),
+        );
     }
     if def.unique && matches!(kind, IndexKind::Fulltext | IndexKind::Spatial) {
-        return Err(StorageError::unsupported(format!("a {kind} index cannot be unique"))
-            .with_operation("create_index")
-            .with_backend("sqlite"));
+        return Err(
+            StorageError::unsupported(format!("a {kind} index cannot be unique"))
+                .with_operation("create_index")
+                .with_backend("sqlite"),
+        );
     }
     def.fields
         .iter()
@@ -163,140 +177,147 @@ fn validate(def: &IndexDefinition) -> Result<Vec<String>> {
 /// The DDL creating an index's objects and filling them from existing rows.
 fn create_ddl(meta: &IndexMeta, paths: &[String]) -> Vec<String> {
     let t = quote_ident(&meta.table);
-    let def = &meta.definition;
     let mut ddl = Vec::new();
     match meta.kind() {
-        IndexKind::Btree | IndexKind::Hash => {
-            let exprs: Vec<String> = paths
-                .iter()
-                .map(|p| format!("json_extract(value, {})", quote_literal(p)))
-                .collect();
-            let unique = if def.unique { "UNIQUE " } else { "" };
-            let sparse = if def.sparse {
-                let conds: Vec<String> = paths
-                    .iter()
-                    .map(|p| format!("json_type(value, {}) IS NOT NULL", quote_literal(p)))
-                    .collect();
-                format!(" WHERE {}", conds.join(" AND "))
-            } else {
-                String::new()
-            };
-            ddl.push(format!(
-                "CREATE {unique}INDEX {} ON {t} ({}){sparse}",
-                quote_ident(&meta.base()),
-                exprs.join(", ")
-            ));
-            // Partial indexes over the (usually no) entries where the first path meets
-            // an array: candidate filters add them as OR-terms, and with these SQLite
-            // can answer the whole OR from indexes.
-            if let Some(first) = def.fields.first() {
-                if let Ok(path) = FieldPath::parse(&first.path) {
-                    let segs = path.segments();
-                    for n in 0..=segs.len() {
-                        let mut prefix = String::from("$");
-                        for s in &segs[..n] {
-                            prefix.push_str(&format!(".\"{s}\""));
-                        }
-                        let jt = format!("json_type(value, {})", quote_literal(&prefix));
-                        ddl.push(format!(
-                            "CREATE INDEX IF NOT EXISTS {} ON {t} ({jt}) WHERE {jt} = 'array'",
-                            quote_ident(&format!("{}_a{n}", meta.base())),
-                        ));
-                    }
-                }
-            }
-        }
-        IndexKind::Fulltext => {
-            let fts = quote_ident(&meta.fts_table());
-            let body = |v: &str| {
-                format!(
-                    "(SELECT group_concat(atom, ' ') FROM json_tree({v}, {}) WHERE type = 'text')",
-                    quote_literal(&paths[0])
-                )
-            };
-            ddl.push(format!(
-                "CREATE VIRTUAL TABLE {fts} USING fts5(body, content='', contentless_delete=1, \
-                 tokenize='unicode61 remove_diacritics 0')"
-            ));
-            ddl.push(format!(
-                "INSERT INTO {fts} (rowid, body) SELECT id, {} FROM {t}",
-                body("value")
-            ));
-            let trig = |suffix: &str| quote_ident(&format!("{}_{suffix}", meta.fts_table()));
-            ddl.push(format!(
-                "CREATE TRIGGER {} AFTER INSERT ON {t} BEGIN \
-                 INSERT INTO {fts} (rowid, body) VALUES (new.id, {}); END",
-                trig("ai"),
-                body("new.value")
-            ));
-            ddl.push(format!(
-                "CREATE TRIGGER {} AFTER DELETE ON {t} BEGIN \
-                 DELETE FROM {fts} WHERE rowid = old.id; END",
-                trig("ad")
-            ));
-            ddl.push(format!(
-                "CREATE TRIGGER {} AFTER UPDATE OF value ON {t} BEGIN \
-                 DELETE FROM {fts} WHERE rowid = old.id; \
-                 INSERT INTO {fts} (rowid, body) VALUES (new.id, {}); END",
-                trig("au"),
-                body("new.value")
-            ));
-        }
-        IndexKind::Spatial => {
-            let rt = quote_ident(&meta.rtree_table());
-            let p = &paths[0];
-            let coord = |v: &str, i: usize, name: &str| {
-                format!(
-                    "CASE json_type({v}, {pl}) WHEN 'array' THEN json_extract({v}, {ai}) \
-                     WHEN 'object' THEN json_extract({v}, {oi}) END",
-                    pl = quote_literal(p),
-                    ai = quote_literal(&format!("{p}[{i}]")),
-                    oi = quote_literal(&format!("{p}.\"{name}\"")),
-                )
-            };
-            let point = |v: &str| {
-                format!(
-                    "SELECT x, x, y, y FROM (SELECT {} AS x, {} AS y) \
-                     WHERE typeof(x) IN ('integer', 'real') AND typeof(y) IN ('integer', 'real')",
-                    coord(v, 0, "x"),
-                    coord(v, 1, "y")
-                )
-            };
-            ddl.push(format!(
-                "CREATE VIRTUAL TABLE {rt} USING rtree(id, minx, maxx, miny, maxy)"
-            ));
-            ddl.push(format!(
-                "INSERT INTO {rt} SELECT t.id, p.* FROM {t} AS t, ({}) AS p",
-                point("t.value")
-            ));
-            let trig = |suffix: &str| quote_ident(&format!("{}_{suffix}", meta.rtree_table()));
-            ddl.push(format!(
-                "CREATE TRIGGER {} AFTER INSERT ON {t} BEGIN \
-                 INSERT INTO {rt} SELECT new.id, p.* FROM ({}) AS p; END",
-                trig("ai"),
-                point("new.value")
-            ));
-            ddl.push(format!(
-                "CREATE TRIGGER {} AFTER DELETE ON {t} BEGIN \
-                 DELETE FROM {rt} WHERE id = old.id; END",
-                trig("ad")
-            ));
-            ddl.push(format!(
-                "CREATE TRIGGER {} AFTER UPDATE OF value ON {t} BEGIN \
-                 DELETE FROM {rt} WHERE id = old.id; \
-                 INSERT INTO {rt} SELECT new.id, p.* FROM ({}) AS p; END",
-                trig("au"),
-                point("new.value")
-            ));
-        }
+        IndexKind::Btree | IndexKind::Hash => btree_ddl(meta, paths, &t, &mut ddl),
+        IndexKind::Fulltext => fulltext_ddl(meta, paths, &t, &mut ddl),
+        IndexKind::Spatial => spatial_ddl(meta, paths, &t, &mut ddl),
     }
     ddl
+}
+
+fn btree_ddl(meta: &IndexMeta, paths: &[String], t: &str, ddl: &mut Vec<String>) {
+    let def = &meta.definition;
+    let exprs: Vec<String> = paths
+        .iter()
+        .map(|p| format!("json_extract(value, {})", quote_literal(p)))
+        .collect();
+    let unique = if def.unique { "UNIQUE " } else { "" };
+    let sparse = if def.sparse {
+        let conds: Vec<String> = paths
+            .iter()
+            .map(|p| format!("json_type(value, {}) IS NOT NULL", quote_literal(p)))
+            .collect();
+        format!(" WHERE {}", conds.join(" AND "))
+    } else {
+        String::new()
+    };
+    ddl.push(format!(
+        "CREATE {unique}INDEX {} ON {t} ({}){sparse}",
+        quote_ident(&meta.base()),
+        exprs.join(", ")
+    ));
+    // Partial indexes over the (usually no) entries where the first path meets
+    // an array: candidate filters add them as OR-terms, and with these SQLite
+    // can answer the whole OR from indexes.
+    if let Some(first) = def.fields.first()
+        && let Ok(path) = FieldPath::parse(&first.path)
+    {
+        let segs = path.segments();
+        for n in 0..=segs.len() {
+            if let Some(prefix) = json_path_of(&segs[..n]) {
+                let jt = format!("json_type(value, {})", quote_literal(&prefix));
+                ddl.push(format!(
+                    "CREATE INDEX IF NOT EXISTS {} ON {t} ({jt}) WHERE {jt} = 'array'",
+                    quote_ident(&format!("{}_a{n}", meta.base())),
+                ));
+            }
+        }
+    }
+}
+
+fn fulltext_ddl(meta: &IndexMeta, paths: &[String], t: &str, ddl: &mut Vec<String>) {
+    let fts = quote_ident(&meta.fts_table());
+    let body = |v: &str| {
+        format!(
+            "(SELECT group_concat(atom, ' ') FROM json_tree({v}, {}) WHERE type = 'text')",
+            quote_literal(&paths[0])
+        )
+    };
+    ddl.push(format!(
+        "CREATE VIRTUAL TABLE {fts} USING fts5(body, content='', contentless_delete=1, \
+         tokenize='unicode61 remove_diacritics 0')"
+    ));
+    ddl.push(format!(
+        "INSERT INTO {fts} (rowid, body) SELECT id, {} FROM {t}",
+        body("value")
+    ));
+    let trig = |suffix: &str| quote_ident(&format!("{}_{suffix}", meta.fts_table()));
+    ddl.push(format!(
+        "CREATE TRIGGER {} AFTER INSERT ON {t} BEGIN \
+         INSERT INTO {fts} (rowid, body) VALUES (new.id, {}); END",
+        trig("ai"),
+        body("new.value")
+    ));
+    ddl.push(format!(
+        "CREATE TRIGGER {} AFTER DELETE ON {t} BEGIN \
+         DELETE FROM {fts} WHERE rowid = old.id; END",
+        trig("ad")
+    ));
+    ddl.push(format!(
+        "CREATE TRIGGER {} AFTER UPDATE OF value ON {t} BEGIN \
+         DELETE FROM {fts} WHERE rowid = old.id; \
+         INSERT INTO {fts} (rowid, body) VALUES (new.id, {}); END",
+        trig("au"),
+        body("new.value")
+    ));
+}
+
+fn spatial_ddl(meta: &IndexMeta, paths: &[String], t: &str, ddl: &mut Vec<String>) {
+    let rt = quote_ident(&meta.rtree_table());
+    let p = &paths[0];
+    let coord = |v: &str, i: usize, name: &str| {
+        format!(
+            "CASE json_type({v}, {pl}) WHEN 'array' THEN json_extract({v}, {ai}) \
+             WHEN 'object' THEN json_extract({v}, {oi}) END",
+            pl = quote_literal(p),
+            ai = quote_literal(&format!("{p}[{i}]")),
+            oi = quote_literal(&format!("{p}.\"{name}\"")),
+        )
+    };
+    let point = |v: &str| {
+        format!(
+            "SELECT x, x, y, y FROM (SELECT {} AS x, {} AS y) \
+             WHERE typeof(x) IN ('integer', 'real') AND typeof(y) IN ('integer', 'real')",
+            coord(v, 0, "x"),
+            coord(v, 1, "y")
+        )
+    };
+    ddl.push(format!(
+        "CREATE VIRTUAL TABLE {rt} USING rtree(id, minx, maxx, miny, maxy)"
+    ));
+    ddl.push(format!(
+        "INSERT INTO {rt} SELECT t.id, p.* FROM {t} AS t, ({}) AS p",
+        point("t.value")
+    ));
+    let trig = |suffix: &str| quote_ident(&format!("{}_{suffix}", meta.rtree_table()));
+    ddl.push(format!(
+        "CREATE TRIGGER {} AFTER INSERT ON {t} BEGIN \
+         INSERT INTO {rt} SELECT new.id, p.* FROM ({}) AS p; END",
+        trig("ai"),
+        point("new.value")
+    ));
+    ddl.push(format!(
+        "CREATE TRIGGER {} AFTER DELETE ON {t} BEGIN \
+         DELETE FROM {rt} WHERE id = old.id; END",
+        trig("ad")
+    ));
+    ddl.push(format!(
+        "CREATE TRIGGER {} AFTER UPDATE OF value ON {t} BEGIN \
+         DELETE FROM {rt} WHERE id = old.id; \
+         INSERT INTO {rt} SELECT new.id, p.* FROM ({}) AS p; END",
+        trig("au"),
+        point("new.value")
+    ));
 }
 
 fn drop_ddl(meta: &IndexMeta) -> Vec<String> {
     match meta.kind() {
         IndexKind::Btree | IndexKind::Hash => {
-            let mut out = vec![format!("DROP INDEX IF EXISTS {}", quote_ident(&meta.base()))];
+            let mut out = vec![format!(
+                "DROP INDEX IF EXISTS {}",
+                quote_ident(&meta.base())
+            )];
             let depth = meta
                 .definition
                 .fields
@@ -338,7 +359,12 @@ pub(crate) fn check_definition(def: &IndexDefinition) -> Result<Vec<String>> {
 }
 
 /// Creates an index (in one transaction with its catalog entry).
-pub(crate) fn create(conn: &mut Connection, table: &str, def: IndexDefinition, paths: &[String]) -> Result<()> {
+pub(crate) fn create(
+    conn: &mut Connection,
+    table: &str,
+    def: IndexDefinition,
+    paths: &[String],
+) -> Result<()> {
     let err = sql_err("create_index");
     let tx = conn
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -365,10 +391,18 @@ pub(crate) fn create(conn: &mut Connection, table: &str, def: IndexDefinition, p
         .with_context("index", def.name.escape_debug()));
     }
     let id: i64 = tx
-        .query_row("SELECT IFNULL(MAX(id), 0) + 1 FROM _storage_indexes", [], |r| r.get(0))
+        .query_row(
+            "SELECT IFNULL(MAX(id), 0) + 1 FROM _storage_indexes",
+            [],
+            |r| r.get(0),
+        )
         .map_err(&err)?;
     let definition = serde_json::to_string(&def).map_err(|e| {
-        StorageError::new(ErrorCode::SerializationFailed, "index definition encoding failed").with_source(e)
+        StorageError::new(
+            ErrorCode::SerializationFailed,
+            "index definition encoding failed",
+        )
+        .with_source(e)
     })?;
     let meta = IndexMeta {
         table: table.to_owned(),
@@ -401,12 +435,20 @@ pub(crate) fn create(conn: &mut Connection, table: &str, def: IndexDefinition, p
 }
 
 /// Drops an index; `false` when there is none by that name.
-pub(crate) fn drop(conn: &mut Connection, table: &str, name: &str, catalog: &IndexCatalog) -> Result<bool> {
+pub(crate) fn drop(
+    conn: &mut Connection,
+    table: &str,
+    name: &str,
+    catalog: &IndexCatalog,
+) -> Result<bool> {
     let err = sql_err("drop_index");
     let tx = conn
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
         .map_err(&err)?;
-    let Some(meta) = load_catalog(&tx, table)?.into_iter().find(|m| m.name == name) else {
+    let Some(meta) = load_catalog(&tx, table)?
+        .into_iter()
+        .find(|m| m.name == name)
+    else {
         return Ok(false);
     };
     for statement in drop_ddl(&meta) {
@@ -423,7 +465,11 @@ pub(crate) fn drop(conn: &mut Connection, table: &str, name: &str, catalog: &Ind
 }
 
 /// Every index of `table` with its counters.
-pub(crate) fn list(conn: &Connection, table: &str, catalog: &IndexCatalog) -> Result<Vec<IndexInfo>> {
+pub(crate) fn list(
+    conn: &Connection,
+    table: &str,
+    catalog: &IndexCatalog,
+) -> Result<Vec<IndexInfo>> {
     let err = sql_err("list_indexes");
     let t = quote_ident(table);
     load_catalog(conn, table)?

@@ -62,13 +62,19 @@ impl<T: StorageValue> Observer<T> {
     pub(crate) fn drain(&self, conn: &Connection) {
         let mut cursor = self.cursor.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(after) = *cursor else { return };
-        let Ok(after_i) = i64::try_from(after) else { return };
+        let Ok(after_i) = i64::try_from(after) else {
+            return;
+        };
         if !self.hub.has_subscribers() {
             if let Ok(Some(last)) = conn
                 .prepare_cached(
                     "SELECT MAX(commit_seq) FROM _storage_changes WHERE tbl = ?1 AND seq > ?2",
                 )
-                .and_then(|mut s| s.query_row(params![self.table.name, after_i], |r| r.get::<_, Option<i64>>(0)))
+                .and_then(|mut s| {
+                    s.query_row(params![self.table.name, after_i], |r| {
+                        r.get::<_, Option<i64>>(0)
+                    })
+                })
             {
                 *cursor = u64::try_from(last).ok().or(*cursor);
             }
@@ -103,7 +109,9 @@ impl<T: StorageValue> Observer<T> {
             let sequence = u64::try_from(commit_seq).unwrap_or(0);
             let timestamp = u64::try_from(at_ms)
                 .ok()
-                .and_then(|ms| SystemTime::UNIX_EPOCH.checked_add(std::time::Duration::from_millis(ms)))
+                .and_then(|ms| {
+                    SystemTime::UNIX_EPOCH.checked_add(std::time::Duration::from_millis(ms))
+                })
                 .unwrap_or_else(SystemTime::now);
             let change = Change {
                 kind: if kind == 0 {
@@ -207,7 +215,10 @@ impl<T: StorageValue> SqliteStorage<T> {
             Arc::clone(&self.table),
             hub,
         ));
-        *observer.cursor.lock().unwrap_or_else(PoisonError::into_inner) = Some(after);
+        *observer
+            .cursor
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(after);
         spawn_poller(Poller::Owned(Arc::clone(&observer)), &observer);
         Ok(subscription)
     }

@@ -8,9 +8,8 @@ use rusqlite::Connection;
 use rusqlite::params_from_iter;
 use storage_core::query::{CompiledQuery, aggregate};
 use storage_core::{
-    AggregateStage, Document, ErrorCode, ExecutionPlan, IndexDefinition, IndexInfo,
-    IndexedStorage, Query, QueryResult, QueryableStorage, Result, ResultStream, StorageError,
-    StorageValue,
+    AggregateStage, Document, ErrorCode, ExecutionPlan, IndexDefinition, IndexInfo, IndexedStorage,
+    Query, QueryResult, QueryableStorage, Result, ResultStream, StorageError, StorageValue,
 };
 
 use crate::backend::{SqliteStorage, Table};
@@ -29,7 +28,10 @@ fn fetch(
     let cand = candidates(filter, &catalog);
     let t = &table.sql.table;
     let (sql, params) = match &cand {
-        Some(c) => (format!("SELECT key, value FROM {t} WHERE {}", c.sql), c.params.clone()),
+        Some(c) => (
+            format!("SELECT key, value FROM {t} WHERE {}", c.sql),
+            c.params.clone(),
+        ),
         None => (format!("SELECT key, value FROM {t}"), Vec::new()),
     };
     let mut stmt = conn.prepare_cached(&sql).map_err(sql_err(operation))?;
@@ -103,7 +105,11 @@ impl<T: StorageValue> SqliteStorage<T> {
     }
 
     /// The candidate filter of `query` against the current catalog (for `explain`).
-    fn plan(conn: &Connection, table: &Table, query: &Query) -> Result<(Option<Candidates>, Vec<index::IndexMeta>)> {
+    fn plan(
+        conn: &Connection,
+        table: &Table,
+        query: &Query,
+    ) -> Result<(Option<Candidates>, Vec<index::IndexMeta>)> {
         let catalog = load_catalog(conn, &table.name)?;
         Ok((candidates(query.filter.as_ref(), &catalog), catalog))
     }
@@ -121,7 +127,9 @@ impl<T: StorageValue> QueryableStorage<T> for SqliteStorage<T> {
         let query = query.clone();
         futures::stream::once(async move {
             db.readers
-                .run("query", move |conn| run_query::<T>(conn, &table, &query, &compiled))
+                .run("query", move |conn| {
+                    run_query::<T>(conn, &table, &query, &compiled)
+                })
                 .await
         })
         .flat_map(|result| match result {
@@ -171,7 +179,9 @@ impl<T: StorageValue> IndexedStorage<T> for SqliteStorage<T> {
         let table = self.table.name.clone();
         self.db
             .writer
-            .run("create_index", move |conn| index::create(conn, &table, definition, &paths))
+            .run("create_index", move |conn| {
+                index::create(conn, &table, definition, &paths)
+            })
             .await
     }
 
@@ -180,7 +190,9 @@ impl<T: StorageValue> IndexedStorage<T> for SqliteStorage<T> {
         let name = name.to_owned();
         self.db
             .writer
-            .run("drop_index", move |conn| index::drop(conn, &table.name, &name, &table.indexes))
+            .run("drop_index", move |conn| {
+                index::drop(conn, &table.name, &name, &table.indexes)
+            })
             .await
     }
 
@@ -188,7 +200,9 @@ impl<T: StorageValue> IndexedStorage<T> for SqliteStorage<T> {
         let table = Arc::clone(&self.table);
         self.db
             .readers
-            .run("list_indexes", move |conn| index::list(conn, &table.name, &table.indexes))
+            .run("list_indexes", move |conn| {
+                index::list(conn, &table.name, &table.indexes)
+            })
             .await
     }
 
@@ -203,7 +217,10 @@ impl<T: StorageValue> IndexedStorage<T> for SqliteStorage<T> {
                 let (cand, catalog) = Self::plan(conn, &table, &query)?;
                 let t = &table.sql.table;
                 let (sql, params) = match &cand {
-                    Some(c) => (format!("SELECT key, value FROM {t} WHERE {}", c.sql), c.params.clone()),
+                    Some(c) => (
+                        format!("SELECT key, value FROM {t} WHERE {}", c.sql),
+                        c.params.clone(),
+                    ),
                     None => (format!("SELECT key, value FROM {t}"), Vec::new()),
                 };
                 let mut stmt = conn
@@ -220,7 +237,9 @@ impl<T: StorageValue> IndexedStorage<T> for SqliteStorage<T> {
                         cand.as_ref().is_some_and(|c| c.indexes.contains(&m.name))
                             && (uses(&format!("{}__ix{} ", m.table, m.id))
                                 || uses(&format!("{}__ix{})", m.table, m.id))
-                                || lines.iter().any(|l| l.ends_with(&format!("{}__ix{}", m.table, m.id)))
+                                || lines
+                                    .iter()
+                                    .any(|l| l.ends_with(&format!("{}__ix{}", m.table, m.id)))
                                 || uses(&m.fts_table())
                                 || uses(&m.rtree_table()))
                     })
@@ -228,17 +247,27 @@ impl<T: StorageValue> IndexedStorage<T> for SqliteStorage<T> {
                 let plain = table.name.as_str();
                 let full_scan = lines.iter().any(|l| {
                     l == &format!("SCAN {plain}") || l.starts_with(&format!("SCAN {plain} "))
-                }) && !lines.iter().any(|l| l.contains("USING INDEX") || l.contains("USING COVERING INDEX") || l.contains("MULTI-INDEX"));
+                }) && !lines.iter().any(|l| {
+                    l.contains("USING INDEX")
+                        || l.contains("USING COVERING INDEX")
+                        || l.contains("MULTI-INDEX")
+                });
                 let mut pushed_down: Vec<String> = cand
                     .as_ref()
-                    .map(|c| c.pushed.iter().map(|p| format!("candidate filter: {p}")).collect())
+                    .map(|c| {
+                        c.pushed
+                            .iter()
+                            .map(|p| format!("candidate filter: {p}"))
+                            .collect()
+                    })
                     .unwrap_or_default();
                 if pushed_down.is_empty() {
                     pushed_down.push(format!("scan of table {}", quote_ident(plain)));
                 }
                 let mut in_process = Vec::new();
                 if query.filter.is_some() {
-                    in_process.push("filter: the reference evaluator checks every candidate".to_owned());
+                    in_process
+                        .push("filter: the reference evaluator checks every candidate".to_owned());
                 }
                 if !query.order_by.is_empty() {
                     in_process.push("order_by".to_owned());

@@ -145,7 +145,7 @@ pub(crate) fn json_path(path: &FieldPath) -> Option<String> {
     json_path_of(path.segments())
 }
 
-fn json_path_of(segments: &[String]) -> Option<String> {
+pub(crate) fn json_path_of(segments: &[String]) -> Option<String> {
     let mut out = String::from("$");
     for seg in segments {
         if !sql_safe_segment(seg) {
@@ -244,13 +244,22 @@ impl Builder<'_> {
                 let path = FieldPath::parse(field).ok()?;
                 let jp = json_path(&path)?;
                 let sql = self.condition(&path, &jp, *op, value)?;
-                self.pushed.push(format!("{field} {} {value}", format!("{op:?}").to_lowercase()));
+                self.pushed.push(format!(
+                    "{field} {} {value}",
+                    format!("{op:?}").to_lowercase()
+                ));
                 Some(sql)
             }
         }
     }
 
-    fn condition(&mut self, path: &FieldPath, jp: &str, op: Operator, value: &Document) -> Option<String> {
+    fn condition(
+        &mut self,
+        path: &FieldPath,
+        jp: &str,
+        op: Operator,
+        value: &Document,
+    ) -> Option<String> {
         let segs = path.segments();
         match op {
             Operator::Eq => self.eq_any(path, jp, std::slice::from_ref(value)),
@@ -291,7 +300,9 @@ impl Builder<'_> {
                 _ => None,
             },
             Operator::Text => {
-                let Document::String(text) = value else { return None };
+                let Document::String(text) = value else {
+                    return None;
+                };
                 let ix = self.index_on(path.as_str(), &[IndexKind::Fulltext])?;
                 let query_words = words(text);
                 if query_words.is_empty()
@@ -309,7 +320,9 @@ impl Builder<'_> {
                     .collect::<Vec<_>>()
                     .join(" ");
                 self.params.push(SqlValue::Text(phrase));
-                let mut terms = vec![format!("id IN (SELECT rowid FROM {fts} WHERE {fts} MATCH ?)")];
+                let mut terms = vec![format!(
+                    "id IN (SELECT rowid FROM {fts} WHERE {fts} MATCH ?)"
+                )];
                 terms.extend(self.irregular(segs, false, PathMode::Bound));
                 self.note_index(Some(name));
                 Some(format!("({})", terms.join(" OR ")))

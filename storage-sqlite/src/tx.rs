@@ -15,9 +15,9 @@ use std::time::Instant;
 use futures::StreamExt;
 use rusqlite::{Connection, OptionalExtension, params};
 use storage_core::{
-    BeforeEvent, Capabilities, ChangeBatch, ErrorCode, IsolationLevel, Result,
-    ResultStream, Storage, StorageError, StorageValue, Transaction, TransactionOptions,
-    TransactionState, TransactionalStorage, validate_key,
+    BeforeEvent, Capabilities, ChangeBatch, ErrorCode, IsolationLevel, Result, ResultStream,
+    Storage, StorageError, StorageValue, Transaction, TransactionOptions, TransactionState,
+    TransactionalStorage, validate_key,
 };
 
 use crate::backend::{
@@ -71,8 +71,10 @@ impl<T: StorageValue> SqliteTransaction<T> {
         }
         if self.deadline.is_some_and(|d| Instant::now() >= d) {
             self.finish_rollback().await;
-            return Err(aborted("the transaction timed out and was rolled back", operation)
-                .with_context("transaction", &self.id));
+            return Err(
+                aborted("the transaction timed out and was rolled back", operation)
+                    .with_context("transaction", &self.id),
+            );
         }
         Ok(())
     }
@@ -94,7 +96,8 @@ impl<T: StorageValue> SqliteTransaction<T> {
             .worker
             .run("rollback", |conn| {
                 if !conn.is_autocommit() {
-                    conn.execute_batch("ROLLBACK").map_err(sql_err("rollback"))?;
+                    conn.execute_batch("ROLLBACK")
+                        .map_err(sql_err("rollback"))?;
                 }
                 Ok(())
             })
@@ -117,11 +120,17 @@ impl<T: StorageValue> SqliteTransaction<T> {
         result.map_err(|e| e.with_context("transaction", &self.id))
     }
 
-    async fn write(&self, operation: &'static str, ops: Vec<WriteOp>) -> Result<storage_core::BatchResult> {
+    async fn write(
+        &self,
+        operation: &'static str,
+        ops: Vec<WriteOp>,
+    ) -> Result<storage_core::BatchResult> {
         self.check_writable(operation)?;
         let table = Arc::clone(&self.store.table);
         let (result, effects) = self
-            .run(operation, move |conn| apply_ops(conn, &table.sql, ops, true))
+            .run(operation, move |conn| {
+                apply_ops(conn, &table.sql, ops, true)
+            })
             .await?;
         self.lock().effects.extend(effects);
         Ok(result)
@@ -178,7 +187,12 @@ impl<T: StorageValue> Storage<T> for SqliteTransaction<T> {
             self.store.hub.before(&BeforeEvent::Delete { key })?;
         }
         let r = self
-            .write("delete", vec![WriteOp::Delete { key: key.to_owned() }])
+            .write(
+                "delete",
+                vec![WriteOp::Delete {
+                    key: key.to_owned(),
+                }],
+            )
             .await?;
         Ok(r.deleted > 0)
     }
@@ -232,7 +246,9 @@ impl<T: StorageValue> Storage<T> for SqliteTransaction<T> {
 
     fn entries(&self) -> ResultStream<'_, (String, T)> {
         self.collect_rows("entries", |conn, sql| {
-            let mut stmt = conn.prepare_cached(&sql.all_entries).map_err(sql_err("entries"))?;
+            let mut stmt = conn
+                .prepare_cached(&sql.all_entries)
+                .map_err(sql_err("entries"))?;
             let rows: Vec<(String, String)> = stmt
                 .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
                 .and_then(Iterator::collect)
@@ -347,12 +363,20 @@ impl<T: StorageValue> Transaction<T> for SqliteTransaction<T> {
                 .savepoints
                 .iter()
                 .rposition(|s| s.name == name)
-                .map(|i| (i, inner.savepoints[i].sql_name.clone(), inner.savepoints[i].effects_len))
+                .map(|i| {
+                    (
+                        i,
+                        inner.savepoints[i].sql_name.clone(),
+                        inner.savepoints[i].effects_len,
+                    )
+                })
         }) else {
-            return Err(StorageError::new(ErrorCode::KeyNotFound, "no savepoint by that name")
-                .with_operation("rollback_to")
-                .with_backend("sqlite")
-                .with_context("savepoint", name.escape_debug()));
+            return Err(
+                StorageError::new(ErrorCode::KeyNotFound, "no savepoint by that name")
+                    .with_operation("rollback_to")
+                    .with_backend("sqlite")
+                    .with_context("savepoint", name.escape_debug()),
+            );
         };
         let stmt = format!("ROLLBACK TO {sql_name}");
         self.run("rollback_to", move |conn| {
@@ -379,7 +403,8 @@ impl<T: StorageValue> TransactionalStorage<T> for SqliteStorage<T> {
                     conn.pragma_update(None, "query_only", true)
                         .map_err(sql_err("begin"))?;
                 }
-                conn.execute_batch("BEGIN DEFERRED").map_err(sql_err("begin"))?;
+                conn.execute_batch("BEGIN DEFERRED")
+                    .map_err(sql_err("begin"))?;
                 Ok(conn)
             },
             move |conn| {
@@ -407,4 +432,3 @@ impl<T: StorageValue> TransactionalStorage<T> for SqliteStorage<T> {
         }))
     }
 }
-

@@ -20,16 +20,18 @@ pub(crate) type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 const STATEMENT_CACHE: usize = 64;
 
 /// Opens a connection with this crate's per-connection settings.
-pub(crate) fn open_connection(path: &Path, config: &SqliteConfig, read_only: bool) -> Result<Connection> {
+pub(crate) fn open_connection(
+    path: &Path,
+    config: &SqliteConfig,
+    read_only: bool,
+) -> Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX
         | OpenFlags::SQLITE_OPEN_URI;
-    let conn = Connection::open_with_flags(path, flags).map_err(|e| {
-        sql_err("open")(e).with_context("database", path.display())
-    })?;
-    configure(&conn, config, read_only)
-        .map_err(|e| e.with_context("database", path.display()))?;
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| sql_err("open")(e).with_context("database", path.display()))?;
+    configure(&conn, config, read_only).map_err(|e| e.with_context("database", path.display()))?;
     Ok(conn)
 }
 

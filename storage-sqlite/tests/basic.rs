@@ -56,7 +56,13 @@ async fn set_get_delete_round_trip() -> Result<()> {
 async fn keys_stream_in_byte_order_across_pages() -> Result<()> {
     let s = memory::<u32>().await?;
     let mut expected: Vec<String> = (0..1300u32).map(|i| format!("k{i}")).collect();
-    expected.extend(["Z".to_owned(), "a".to_owned(), "é".to_owned(), "\u{7f}".to_owned(), "ab".to_owned()]);
+    expected.extend([
+        "Z".to_owned(),
+        "a".to_owned(),
+        "é".to_owned(),
+        "\u{7f}".to_owned(),
+        "ab".to_owned(),
+    ]);
     let entries: Vec<(String, u32)> = expected.iter().cloned().zip(0..).collect();
     s.set_many(entries).await?;
     expected.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
@@ -64,7 +70,10 @@ async fn keys_stream_in_byte_order_across_pages() -> Result<()> {
     assert_eq!(keys, expected);
     let entries: Vec<(String, u32)> = s.entries().try_collect().await?;
     assert_eq!(entries.len(), expected.len());
-    assert_eq!(entries.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(), expected);
+    assert_eq!(
+        entries.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(),
+        expected
+    );
     let values: Vec<u32> = s.values().try_collect().await?;
     assert_eq!(values.len(), expected.len());
     Ok(())
@@ -74,10 +83,25 @@ async fn keys_stream_in_byte_order_across_pages() -> Result<()> {
 #[tokio::test]
 async fn bad_inputs_are_typed_errors() -> Result<()> {
     let s = memory::<f64>().await?;
-    assert_eq!(s.set("", &1.0).await.unwrap_err().code(), ErrorCode::InvalidKey);
-    assert_eq!(s.get("a\0b").await.unwrap_err().code(), ErrorCode::InvalidKey);
-    assert_eq!(s.set(&"k".repeat(1025), &1.0).await.unwrap_err().code(), ErrorCode::InvalidKey);
-    assert_eq!(s.set("nan", &f64::NAN).await.unwrap_err().code(), ErrorCode::InvalidValue);
+    assert_eq!(
+        s.set("", &1.0).await.expect_err("must fail").code(),
+        ErrorCode::InvalidKey
+    );
+    assert_eq!(
+        s.get("a\0b").await.expect_err("must fail").code(),
+        ErrorCode::InvalidKey
+    );
+    assert_eq!(
+        s.set(&"k".repeat(1025), &1.0)
+            .await
+            .expect_err("must fail")
+            .code(),
+        ErrorCode::InvalidKey
+    );
+    assert_eq!(
+        s.set("nan", &f64::NAN).await.expect_err("must fail").code(),
+        ErrorCode::InvalidValue
+    );
     assert_eq!(s.size().await?, 0);
     Ok(())
 }
@@ -97,8 +121,8 @@ async fn injection_strings_are_plain_data() -> Result<()> {
         s.set(e, &json!({ *e: e, "n": i })).await?;
     }
     assert_eq!(s.size().await?, evil.len() as u64);
-    for e in evil {
-        assert_eq!(s.get(e).await?, Some(json!({ e: e, "n": evil.iter().position(|x| *x == e).unwrap() })));
+    for (i, e) in evil.iter().copied().enumerate() {
+        assert_eq!(s.get(e).await?, Some(json!({ e: e, "n": i })));
         let found = s.find_many(&Query::filter(field(e).eq(e))).await;
         match found {
             Ok(rows) => assert!(rows.len() <= 1),
@@ -107,9 +131,14 @@ async fn injection_strings_are_plain_data() -> Result<()> {
         // Index names and paths are data too.
         let def = IndexDefinition::new(e, "n", IndexKind::Btree);
         s.create_index(def).await?;
-        let bad_path = s.create_index(IndexDefinition::new("p", e, IndexKind::Btree)).await;
+        let bad_path = s
+            .create_index(IndexDefinition::new("p", e, IndexKind::Btree))
+            .await;
         if let Err(err) = bad_path {
-            assert!(matches!(err.code(), ErrorCode::InvalidQuery | ErrorCode::Unsupported));
+            assert!(matches!(
+                err.code(),
+                ErrorCode::InvalidQuery | ErrorCode::Unsupported
+            ));
         } else {
             assert!(s.drop_index("p").await?);
         }
@@ -119,9 +148,15 @@ async fn injection_strings_are_plain_data() -> Result<()> {
     for bad_table in evil {
         let err = SqliteStorage::<u32>::open(SqliteConfig::memory().table_name(bad_table))
             .await
-            .unwrap_err();
+            .expect_err("must fail");
         assert_eq!(err.code(), ErrorCode::InvalidConfig);
-        assert_eq!(s.table::<u32>(bad_table).await.unwrap_err().code(), ErrorCode::InvalidConfig);
+        assert_eq!(
+            s.table::<u32>(bad_table)
+                .await
+                .expect_err("must fail")
+                .code(),
+            ErrorCode::InvalidConfig
+        );
     }
     Ok(())
 }
@@ -138,12 +173,15 @@ async fn failed_batch_applies_nothing() -> Result<()> {
         Operation::delete("keep"),
         Operation::set("n2", json!({"email": "b@x"})),
     ];
-    let err = s.batch(ops).await.unwrap_err();
+    let err = s.batch(ops).await.expect_err("must fail");
     assert_eq!(err.code(), ErrorCode::DuplicateKey);
     assert_eq!(s.size().await?, 1);
     assert!(s.has("keep").await?);
     let ops = vec![Operation::set("n1", json!(1)), Operation::set("", json!(2))];
-    assert_eq!(s.batch(ops).await.unwrap_err().code(), ErrorCode::InvalidKey);
+    assert_eq!(
+        s.batch(ops).await.expect_err("must fail").code(),
+        ErrorCode::InvalidKey
+    );
     assert!(!s.has("n1").await?);
     let r = s
         .batch(vec![
@@ -156,7 +194,10 @@ async fn failed_batch_applies_nothing() -> Result<()> {
         ])
         .await?;
     assert_eq!((r.operations, r.deleted, r.cleared), (6, 1, 2));
-    assert_eq!(s.keys().try_collect::<Vec<_>>().await?, vec!["z".to_owned()]);
+    assert_eq!(
+        s.keys().try_collect::<Vec<_>>().await?,
+        vec!["z".to_owned()]
+    );
     assert_eq!(s.delete_many(&["z".into(), "nope".into()]).await?, 1);
     Ok(())
 }
@@ -168,7 +209,10 @@ async fn big_batches_and_get_many() -> Result<()> {
     let entries: Vec<(String, u64)> = (0..40_000u64).map(|i| (format!("k{i:05}"), i)).collect();
     s.set_many(entries).await?;
     assert_eq!(s.size().await?, 40_000);
-    let keys: Vec<String> = (0..40_001u64).step_by(1000).map(|i| format!("k{i:05}")).collect();
+    let keys: Vec<String> = (0..40_001u64)
+        .step_by(1000)
+        .map(|i| format!("k{i:05}"))
+        .collect();
     let got = s.get_many(&keys).await?;
     assert_eq!(got.len(), 40);
     assert_eq!(got.get("k01000"), Some(&1000));
@@ -180,9 +224,14 @@ async fn big_batches_and_get_many() -> Result<()> {
 async fn tables_share_a_file_but_not_entries() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("db.sqlite");
-    let users = SqliteStorage::<User>::open(SqliteConfig::new(path.to_string_lossy()).table_name("users")).await?;
+    let users =
+        SqliteStorage::<User>::open(SqliteConfig::new(path.to_string_lossy()).table_name("users"))
+            .await?;
     let counts = users.table::<u64>("counts").await?;
-    let other = SqliteStorage::<String>::open(SqliteConfig::new(path.to_string_lossy()).table_name("names")).await?;
+    let other = SqliteStorage::<String>::open(
+        SqliteConfig::new(path.to_string_lossy()).table_name("names"),
+    )
+    .await?;
     users.set("a", &user("A", 1)).await?;
     counts.set("a", &7).await?;
     other.set("a", &"x".to_owned()).await?;
@@ -191,7 +240,9 @@ async fn tables_share_a_file_but_not_entries() -> Result<()> {
     assert_eq!(other.get("a").await?, Some("x".to_owned()));
     assert_eq!(counts.size().await?, 0);
     drop((users, counts, other));
-    let reopened = SqliteStorage::<User>::open(SqliteConfig::new(path.to_string_lossy()).table_name("users")).await?;
+    let reopened =
+        SqliteStorage::<User>::open(SqliteConfig::new(path.to_string_lossy()).table_name("users"))
+            .await?;
     assert_eq!(reopened.get("a").await?, Some(user("A", 1)));
     reopened.integrity_check().await?;
     Ok(())
@@ -203,7 +254,9 @@ async fn garbage_file_is_corrupted() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("junk.sqlite");
     std::fs::write(&path, vec![0x42u8; 8192])?;
-    let err = SqliteStorage::<u32>::open(SqliteConfig::new(path.to_string_lossy())).await.unwrap_err();
+    let err = SqliteStorage::<u32>::open(SqliteConfig::new(path.to_string_lossy()))
+        .await
+        .expect_err("must fail");
     assert_eq!(err.code(), ErrorCode::Corrupted, "{err}");
     assert_eq!(std::fs::read(&path)?, vec![0x42u8; 8192]);
     Ok(())
@@ -213,15 +266,29 @@ async fn garbage_file_is_corrupted() -> Result<()> {
 #[tokio::test]
 async fn queries_match_the_reference_evaluator() -> Result<()> {
     let s = memory::<serde_json::Value>().await?;
-    let docs = vec![
-        ("a", json!({"name": "Alice", "age": 31, "tags": ["x", "y"], "addr": {"city": "Paris"}})),
-        ("b", json!({"name": "Bob", "age": 27.0, "tags": "x", "addr": [{"city": "Rome"}, {"city": "Paris"}]})),
-        ("c", json!({"name": "Carol", "age": "31", "tags": [], "addr": null})),
+    let docs = [
+        (
+            "a",
+            json!({"name": "Alice", "age": 31, "tags": ["x", "y"], "addr": {"city": "Paris"}}),
+        ),
+        (
+            "b",
+            json!({"name": "Bob", "age": 27.0, "tags": "x", "addr": [{"city": "Rome"}, {"city": "Paris"}]}),
+        ),
+        (
+            "c",
+            json!({"name": "Carol", "age": "31", "tags": [], "addr": null}),
+        ),
         ("d", json!([{"name": "Alice"}])),
         ("e", json!({"name": ["Alice", "Eve"], "age": [20, 40]})),
         ("f", json!({"age": true, "name": "alice"})),
     ];
-    s.set_many(docs.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect()).await?;
+    s.set_many(
+        docs.iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect(),
+    )
+    .await?;
     let queries = vec![
         Query::filter(field("name").eq("Alice")),
         Query::filter(field("age").eq(31)),
@@ -237,19 +304,20 @@ async fn queries_match_the_reference_evaluator() -> Result<()> {
     ];
     for index in [false, true] {
         if index {
-            s.create_index(IndexDefinition::new("name", "name", IndexKind::Btree)).await?;
-            s.create_index(IndexDefinition::new("age", "age", IndexKind::Btree)).await?;
-            s.create_index(IndexDefinition::new("city", "addr.city", IndexKind::Hash)).await?;
+            s.create_index(IndexDefinition::new("name", "name", IndexKind::Btree))
+                .await?;
+            s.create_index(IndexDefinition::new("age", "age", IndexKind::Btree))
+                .await?;
+            s.create_index(IndexDefinition::new("city", "addr.city", IndexKind::Hash))
+                .await?;
         }
         for q in &queries {
             let got: Vec<String> = s.find_many(q).await?.into_iter().map(|r| r.key).collect();
-            let expected: Vec<String> = storage_core::query::evaluate(
-                q,
-                docs.iter().map(|(k, v)| (*k, v)),
-            )?
-            .into_iter()
-            .map(|m| m.key)
-            .collect();
+            let expected: Vec<String> =
+                storage_core::query::evaluate(q, docs.iter().map(|(k, v)| (*k, v)))?
+                    .into_iter()
+                    .map(|m| m.key)
+                    .collect();
             assert_eq!(got, expected, "query {q:?} index {index}");
             assert_eq!(s.count(q).await?, expected.len() as u64);
         }
@@ -274,11 +342,17 @@ async fn transactions_commit_and_roll_back() -> Result<()> {
     tx.delete("b").await?;
     tx.rollback_to("sp").await?;
     assert_eq!(tx.get("b").await?, Some(3));
-    assert_eq!(tx.rollback_to("nope").await.unwrap_err().code(), ErrorCode::KeyNotFound);
+    assert_eq!(
+        tx.rollback_to("nope").await.expect_err("must fail").code(),
+        ErrorCode::KeyNotFound
+    );
     tx.commit().await?;
     assert_eq!(s.get("a").await?, Some(2));
     assert_eq!(s.get("b").await?, Some(3));
-    assert_eq!(tx.commit().await.unwrap_err().code(), ErrorCode::TransactionAborted);
+    assert_eq!(
+        tx.commit().await.expect_err("must fail").code(),
+        ErrorCode::TransactionAborted
+    );
 
     {
         let tx = s.begin(TransactionOptions::new()).await?;
@@ -290,13 +364,21 @@ async fn transactions_commit_and_roll_back() -> Result<()> {
     s.set("c", &1).await?;
 
     let ro = s.begin(TransactionOptions::new().read_only()).await?;
-    assert_eq!(ro.set("a", &5).await.unwrap_err().code(), ErrorCode::Unsupported);
+    assert_eq!(
+        ro.set("a", &5).await.expect_err("must fail").code(),
+        ErrorCode::Unsupported
+    );
     assert_eq!(ro.get("a").await?, Some(2));
     ro.commit().await?;
 
-    let slow = s.begin(TransactionOptions::new().timeout(Duration::from_millis(20))).await?;
+    let slow = s
+        .begin(TransactionOptions::new().timeout(Duration::from_millis(20)))
+        .await?;
     tokio::time::sleep(Duration::from_millis(40)).await;
-    assert_eq!(slow.set("a", &9).await.unwrap_err().code(), ErrorCode::TransactionAborted);
+    assert_eq!(
+        slow.set("a", &9).await.expect_err("must fail").code(),
+        ErrorCode::TransactionAborted
+    );
     assert_eq!(s.get("a").await?, Some(2));
     Ok(())
 }
@@ -312,7 +394,7 @@ async fn lost_update_is_prevented_and_retried() -> Result<()> {
     let v2 = t2.get("x").await?.unwrap_or(0);
     t1.set("x", &(v1 + 1)).await?;
     t1.commit().await?;
-    let err = t2.set("x", &(v2 + 1)).await.unwrap_err();
+    let err = t2.set("x", &(v2 + 1)).await.expect_err("must fail");
     assert_eq!(err.code(), ErrorCode::VersionConflict, "{err}");
     assert!(err.is_retryable());
     drop(t2);
@@ -333,7 +415,8 @@ async fn lost_update_is_prevented_and_retried() -> Result<()> {
         }));
     }
     for t in tasks {
-        t.await.map_err(|e| StorageError::new(ErrorCode::Backend, e.to_string()))??;
+        t.await
+            .map_err(|e| StorageError::new(ErrorCode::Backend, e.to_string()))??;
     }
     assert_eq!(store.get("x").await?, Some(9));
     Ok(())
@@ -350,12 +433,22 @@ async fn watchers_see_committed_batches() -> Result<()> {
     tx.set("c", &3).await?;
     tx.commit().await?;
     let first = tokio::time::timeout(Duration::from_secs(2), sub.next()).await;
-    let Ok(Some(WatchEvent::Changes(b1))) = first else { panic!("no first batch") };
+    let Ok(Some(WatchEvent::Changes(b1))) = first else {
+        panic!("no first batch")
+    };
     assert_eq!(b1.changes.len(), 1);
-    let Ok(Some(WatchEvent::Changes(b2))) = tokio::time::timeout(Duration::from_secs(2), sub.next()).await else {
+    let Ok(Some(WatchEvent::Changes(b2))) =
+        tokio::time::timeout(Duration::from_secs(2), sub.next()).await
+    else {
         panic!("no second batch")
     };
-    assert_eq!(b2.changes.iter().map(|c| c.key.as_str()).collect::<Vec<_>>(), ["b", "c"]);
+    assert_eq!(
+        b2.changes
+            .iter()
+            .map(|c| c.key.as_str())
+            .collect::<Vec<_>>(),
+        ["b", "c"]
+    );
     assert!(b2.sequence > b1.sequence);
     Ok(())
 }
@@ -371,16 +464,22 @@ async fn change_log_crosses_handles_and_resumes() -> Result<()> {
     a.set("k1", &1).await?;
     a.set("other", &1).await?;
     a.set("k2", &2).await?;
-    let Ok(Some(WatchEvent::Changes(b1))) = tokio::time::timeout(Duration::from_secs(2), sub.next()).await else {
+    let Ok(Some(WatchEvent::Changes(b1))) =
+        tokio::time::timeout(Duration::from_secs(2), sub.next()).await
+    else {
         panic!("no batch")
     };
     assert_eq!(b1.changes[0].key, "k1");
-    let Ok(Some(WatchEvent::Changes(b2))) = tokio::time::timeout(Duration::from_secs(2), sub.next()).await else {
+    let Ok(Some(WatchEvent::Changes(b2))) =
+        tokio::time::timeout(Duration::from_secs(2), sub.next()).await
+    else {
         panic!("no batch")
     };
     assert_eq!(b2.changes[0].key, "k2");
     let mut resumed = a.watch_from(WatchPattern::All, 16, b1.sequence)?;
-    let Ok(Some(WatchEvent::Changes(r1))) = tokio::time::timeout(Duration::from_secs(2), resumed.next()).await else {
+    let Ok(Some(WatchEvent::Changes(r1))) =
+        tokio::time::timeout(Duration::from_secs(2), resumed.next()).await
+    else {
         panic!("no replay")
     };
     assert_eq!(r1.changes[0].key, "other");
@@ -391,8 +490,10 @@ async fn change_log_crosses_handles_and_resumes() -> Result<()> {
 #[tokio::test]
 async fn indexed_queries_avoid_full_scans() -> Result<()> {
     let s = memory::<serde_json::Value>().await?;
-    s.create_index(IndexDefinition::new("name", "name", IndexKind::Btree)).await?;
-    s.create_index(IndexDefinition::new("city", "addr.city", IndexKind::Btree)).await?;
+    s.create_index(IndexDefinition::new("name", "name", IndexKind::Btree))
+        .await?;
+    s.create_index(IndexDefinition::new("city", "addr.city", IndexKind::Btree))
+        .await?;
     for (q, index) in [
         (Query::filter(field("name").eq("Alice")), "name"),
         (Query::filter(field("addr.city").gt("P")), "city"),
