@@ -15,7 +15,10 @@ use crate::values::Reading;
 /// The declared capabilities and the `as_*`/`into_*` accessors agree, batch tier included.
 pub async fn capabilities_agree_with_tier_accessors<H: BatchHarness>(h: &H) -> CheckResult {
     let (_, store) = open::<Value, _>(h).await?;
-    ensure!(store.capabilities().atomic_batch, "a BatchStorage must declare atomic_batch (ARCHITECTURE §3)");
+    ensure!(
+        store.capabilities().atomic_batch,
+        "a BatchStorage must declare atomic_batch (ARCHITECTURE §3)"
+    );
     capabilities_agree(store, Tier::Batch)
 }
 
@@ -28,9 +31,15 @@ pub async fn get_many_returns_only_present_keys<H: BatchHarness>(h: &H) -> Check
         .get_many(&["c".into(), "b".into(), "a".into(), "a".into()])
         .await
         .ctx("get_many")?;
-    let expected = BTreeMap::from([("a".to_owned(), json!(1)), ("c".to_owned(), json!({"x": [3]}))]);
+    let expected = BTreeMap::from([
+        ("a".to_owned(), json!(1)),
+        ("c".to_owned(), json!({"x": [3]})),
+    ]);
     ensure_eq!(got, expected, "get_many");
-    ensure!(s.get_many(&[]).await.ctx("get_many of nothing")?.is_empty(), "get_many of nothing");
+    ensure!(
+        s.get_many(&[]).await.ctx("get_many of nothing")?.is_empty(),
+        "get_many of nothing"
+    );
     Ok(())
 }
 
@@ -48,11 +57,19 @@ pub async fn set_many_stores_every_entry<H: BatchHarness>(h: &H) -> CheckResult 
     .ctx("set_many")?;
     ensure_eq!(
         snapshot(&s).await?,
-        vec![("a".to_owned(), json!(1)), ("b".to_owned(), json!(3)), ("old".to_owned(), json!("new"))],
+        vec![
+            ("a".to_owned(), json!(1)),
+            ("b".to_owned(), json!(3)),
+            ("old".to_owned(), json!("new"))
+        ],
         "entries after set_many"
     );
     s.set_many(Vec::new()).await.ctx("empty set_many")?;
-    ensure_eq!(s.size().await.ctx("size")?, 3, "size after an empty set_many");
+    ensure_eq!(
+        s.size().await.ctx("size")?,
+        3,
+        "size after an empty set_many"
+    );
     Ok(())
 }
 
@@ -66,8 +83,16 @@ pub async fn delete_many_counts_existing_keys<H: BatchHarness>(h: &H) -> CheckRe
         .delete_many(&["a".into(), "x".into(), "c".into(), "a".into()])
         .await
         .ctx("delete_many")?;
-    ensure_eq!(n, 2, "delete_many count (a missing key and a repeated key do not count)");
-    ensure_eq!(snapshot(&s).await?, vec![("b".to_owned(), json!("b"))], "entries after delete_many");
+    ensure_eq!(
+        n,
+        2,
+        "delete_many count (a missing key and a repeated key do not count)"
+    );
+    ensure_eq!(
+        snapshot(&s).await?,
+        vec![("b".to_owned(), json!("b"))],
+        "entries after delete_many"
+    );
     Ok(())
 }
 
@@ -90,11 +115,23 @@ pub async fn batch_applies_operations_in_order<H: BatchHarness>(h: &H) -> CheckR
         .ctx("batch")?;
     ensure_eq!(
         result,
-        BatchResult { operations: 7, deleted: 1, cleared: 1 },
+        BatchResult {
+            operations: 7,
+            deleted: 1,
+            cleared: 1
+        },
         "batch result (one delete found its key, the clear removed `a`)"
     );
-    ensure_eq!(snapshot(&s).await?, vec![("b".to_owned(), json!(3))], "entries after the batch");
-    ensure_eq!(s.batch(Vec::new()).await.ctx("empty batch")?, BatchResult::default(), "empty batch");
+    ensure_eq!(
+        snapshot(&s).await?,
+        vec![("b".to_owned(), json!(3))],
+        "entries after the batch"
+    );
+    ensure_eq!(
+        s.batch(Vec::new()).await.ctx("empty batch")?,
+        BatchResult::default(),
+        "empty batch"
+    );
     Ok(())
 }
 
@@ -102,7 +139,9 @@ pub async fn batch_applies_operations_in_order<H: BatchHarness>(h: &H) -> CheckR
 /// and applies nothing.
 pub async fn failed_batch_applies_nothing<H: BatchHarness>(h: &H) -> CheckResult {
     let (_, s) = open::<Value, _>(h).await?;
-    s.set_many(vec![("a".into(), json!(1)), ("b".into(), json!(2))]).await.ctx("set_many")?;
+    s.set_many(vec![("a".into(), json!(1)), ("b".into(), json!(2))])
+        .await
+        .ctx("set_many")?;
     let before = snapshot(&s).await?;
     let invalid = [ErrorCode::InvalidKey];
     expect_error(
@@ -119,24 +158,42 @@ pub async fn failed_batch_applies_nothing<H: BatchHarness>(h: &H) -> CheckResult
     )?;
     ensure_eq!(snapshot(&s).await?, before, "entries after a failed batch");
     expect_error(
-        s.batch(vec![Operation::Clear, Operation::delete("x\0y")]).await,
+        s.batch(vec![Operation::Clear, Operation::delete("x\0y")])
+            .await,
         &invalid,
         "batch of clear and a nul key",
     )?;
-    ensure_eq!(snapshot(&s).await?, before, "entries after a failed clearing batch");
+    ensure_eq!(
+        snapshot(&s).await?,
+        before,
+        "entries after a failed clearing batch"
+    );
     expect_error(
-        s.set_many(vec![("c".into(), json!(3)), ("k".repeat(1025), json!(0)), ("d".into(), json!(4))])
-            .await,
+        s.set_many(vec![
+            ("c".into(), json!(3)),
+            ("k".repeat(1025), json!(0)),
+            ("d".into(), json!(4)),
+        ])
+        .await,
         &invalid,
         "set_many with a 1025-byte key in the middle",
     )?;
-    ensure_eq!(snapshot(&s).await?, before, "entries after a failed set_many");
+    ensure_eq!(
+        snapshot(&s).await?,
+        before,
+        "entries after a failed set_many"
+    );
     expect_error(
-        s.delete_many(&["a".into(), String::new(), "b".into()]).await,
+        s.delete_many(&["a".into(), String::new(), "b".into()])
+            .await,
         &invalid,
         "delete_many with an empty key in the middle",
     )?;
-    ensure_eq!(snapshot(&s).await?, before, "entries after a failed delete_many");
+    ensure_eq!(
+        snapshot(&s).await?,
+        before,
+        "entries after a failed delete_many"
+    );
     expect_error(
         s.get_many(&["a".into(), "\0".into()]).await,
         &invalid,
@@ -146,7 +203,9 @@ pub async fn failed_batch_applies_nothing<H: BatchHarness>(h: &H) -> CheckResult
 }
 
 /// A batch holding a value the format cannot encode fails and applies nothing.
-pub async fn batch_with_an_unencodable_value_applies_nothing<H: BatchHarness>(h: &H) -> CheckResult {
+pub async fn batch_with_an_unencodable_value_applies_nothing<H: BatchHarness>(
+    h: &H,
+) -> CheckResult {
     let (_, s) = open::<Reading, _>(h).await?;
     s.set("a", &Reading { value: 1.0 }).await.ctx("set")?;
     let result = s
@@ -156,23 +215,26 @@ pub async fn batch_with_an_unencodable_value_applies_nothing<H: BatchHarness>(h:
             Operation::set("c", Reading { value: 3.0 }),
         ])
         .await;
-    match result {
-        Err(e) => {
-            ensure!(
-                matches!(e.code(), ErrorCode::InvalidValue | ErrorCode::SerializationFailed),
-                "a batch with NaN failed with {e}"
-            );
-            let after = snapshot(&s).await?;
-            ensure!(
-                after.len() == 1 && after[0].0 == "a" && after[0].1.value.to_bits() == 1.0f64.to_bits(),
-                "a failed batch changed the store: {after:?}"
-            );
-        }
-        Ok(_) => {
-            // The format holds NaN; then every value must read back exactly.
-            let b = s.get("b").await.ctx("get")?;
-            ensure!(b.is_some_and(|r| r.value.is_nan()), "NaN was accepted but reads back as {b:?}");
-        }
+    if let Err(e) = result {
+        ensure!(
+            matches!(
+                e.code(),
+                ErrorCode::InvalidValue | ErrorCode::SerializationFailed
+            ),
+            "a batch with NaN failed with {e}"
+        );
+        let after = snapshot(&s).await?;
+        ensure!(
+            after.len() == 1 && after[0].0 == "a" && after[0].1.value.to_bits() == 1.0f64.to_bits(),
+            "a failed batch changed the store: {after:?}"
+        );
+    } else {
+        // The format holds NaN; then every value must read back exactly.
+        let b = s.get("b").await.ctx("get")?;
+        ensure!(
+            b.is_some_and(|r| r.value.is_nan()),
+            "NaN was accepted but reads back as {b:?}"
+        );
     }
     Ok(())
 }
@@ -183,15 +245,29 @@ pub async fn batch_over_the_declared_limit_is_refused<H: BatchHarness>(h: &H) ->
     let (_, s) = open::<Value, _>(h).await?;
     let limit = s.capabilities().max_batch_operations;
     let n = limit.unwrap_or(2000);
-    let ops: Vec<Operation<Value>> = (0..n).map(|i| Operation::set(format!("k{i:05}"), json!(i))).collect();
-    let result = s.batch(ops).await.ctx(format_args!("batch of {n} operations"))?;
+    let ops: Vec<Operation<Value>> = (0..n)
+        .map(|i| Operation::set(format!("k{i:05}"), json!(i)))
+        .collect();
+    let result = s
+        .batch(ops)
+        .await
+        .ctx(format_args!("batch of {n} operations"))?;
     ensure_eq!(result.operations, n, "operations applied");
-    ensure_eq!(s.size().await.ctx("size")?, u64::try_from(n).unwrap_or(u64::MAX), "size after a batch at the limit");
+    ensure_eq!(
+        s.size().await.ctx("size")?,
+        u64::try_from(n).unwrap_or(u64::MAX),
+        "size after a batch at the limit"
+    );
     if let Some(limit) = limit {
         s.clear().await.ctx("clear")?;
-        let ops: Vec<Operation<Value>> =
-            (0..=limit).map(|i| Operation::set(format!("k{i:05}"), json!(i))).collect();
-        expect_error(s.batch(ops).await, &[ErrorCode::QuotaExceeded], "a batch over the limit")?;
+        let ops: Vec<Operation<Value>> = (0..=limit)
+            .map(|i| Operation::set(format!("k{i:05}"), json!(i)))
+            .collect();
+        expect_error(
+            s.batch(ops).await,
+            &[ErrorCode::QuotaExceeded],
+            "a batch over the limit",
+        )?;
         ensure_eq!(s.size().await.ctx("size")?, 0, "size after a refused batch");
     }
     Ok(())
@@ -202,14 +278,20 @@ pub async fn concurrent_readers_never_see_half_a_batch<H: BatchHarness>(h: &H) -
     let (_, s) = open::<Value, _>(h).await?;
     let s = Arc::new(s);
     let keys: Vec<String> = (0..8).map(|i| format!("g{i}")).collect();
-    s.set_many(keys.iter().map(|k| (k.clone(), json!(0))).collect()).await.ctx("seed")?;
+    s.set_many(keys.iter().map(|k| (k.clone(), json!(0))).collect())
+        .await
+        .ctx("seed")?;
     let writer = {
         let s = Arc::clone(&s);
         let keys = keys.clone();
         tokio::spawn(async move {
             for generation in 1..=60 {
-                s.batch(keys.iter().map(|k| Operation::set(k.clone(), json!(generation))).collect())
-                    .await?;
+                s.batch(
+                    keys.iter()
+                        .map(|k| Operation::set(k.clone(), json!(generation)))
+                        .collect(),
+                )
+                .await?;
                 tokio::task::yield_now().await;
             }
             Ok::<(), storage_core::StorageError>(())

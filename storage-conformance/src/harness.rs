@@ -144,7 +144,9 @@ pub fn fresh_namespace() -> String {
 ///
 /// # Errors
 /// A [`Failure`] when the harness cannot open it.
-pub async fn open<T: StorageValue, H: Harness<T>>(harness: &H) -> Result<(String, H::Store), Failure> {
+pub async fn open<T: StorageValue, H: Harness<T>>(
+    harness: &H,
+) -> Result<(String, H::Store), Failure> {
     let ns = fresh_namespace();
     let store = harness
         .open(&ns)

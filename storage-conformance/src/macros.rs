@@ -52,7 +52,7 @@ macro_rules! __suite {
 }
 
 /// The storage suite: `storage_suite!(MyHarness::new());` expands into the module
-/// `storage_conformance` with one `#[test]` per storage rule (name it yourself with
+/// `kv_conformance` (the crate's own name is taken) with one `#[test]` per storage rule (name it yourself with
 /// `storage_suite!(my_module, MyHarness::new())`).
 ///
 /// The harness expression is evaluated once per test and must implement
@@ -60,7 +60,7 @@ macro_rules! __suite {
 #[macro_export]
 macro_rules! storage_suite {
     ($harness:expr) => {
-        $crate::storage_suite!(storage_conformance, $harness);
+        $crate::storage_suite!(kv_conformance, $harness);
     };
     ($module:ident, $harness:expr) => {
         $crate::__suite! {

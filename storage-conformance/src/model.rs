@@ -114,7 +114,8 @@ async fn compare_with_model<S: Storage<Value> + ?Sized>(
     model: &BTreeMap<String, Value>,
 ) -> CheckResult {
     let actual = snapshot(store).await?;
-    let expected: Vec<(String, Value)> = model.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let expected: Vec<(String, Value)> =
+        model.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     if actual != expected {
         return Err(Failure::new(format!(
             "store diverged from the model: store keys {:?}, model keys {:?}",
@@ -146,10 +147,17 @@ async fn apply_single<S: Storage<Value> + ?Sized>(
     match op {
         StorageOp::Get(k) if !valid(k) => expect_error(store.get(k).await, &invalid, "get"),
         StorageOp::Set(k, v) if !valid(k) => expect_error(store.set(k, v).await, &invalid, "set"),
-        StorageOp::Delete(k) if !valid(k) => expect_error(store.delete(k).await, &invalid, "delete"),
+        StorageOp::Delete(k) if !valid(k) => {
+            expect_error(store.delete(k).await, &invalid, "delete")
+        }
         StorageOp::Has(k) if !valid(k) => expect_error(store.has(k).await, &invalid, "has"),
         StorageOp::Get(k) => {
-            ensure_eq!(store.get(k).await.ctx("get")?, model.get(k).cloned(), "get {}", short(k));
+            ensure_eq!(
+                store.get(k).await.ctx("get")?,
+                model.get(k).cloned(),
+                "get {}",
+                short(k)
+            );
             Ok(())
         }
         StorageOp::Set(k, v) => {
@@ -159,11 +167,21 @@ async fn apply_single<S: Storage<Value> + ?Sized>(
         }
         StorageOp::Delete(k) => {
             let existed = model.remove(k).is_some();
-            ensure_eq!(store.delete(k).await.ctx("delete")?, existed, "delete {}", short(k));
+            ensure_eq!(
+                store.delete(k).await.ctx("delete")?,
+                existed,
+                "delete {}",
+                short(k)
+            );
             Ok(())
         }
         StorageOp::Has(k) => {
-            ensure_eq!(store.has(k).await.ctx("has")?, model.contains_key(k), "has {}", short(k));
+            ensure_eq!(
+                store.has(k).await.ctx("has")?,
+                model.contains_key(k),
+                "has {}",
+                short(k)
+            );
             Ok(())
         }
         StorageOp::Clear => {
@@ -232,13 +250,21 @@ async fn apply_batch_op<S: BatchStorage<Value> + ?Sized>(
         BatchOp::Single(op) => apply_single(store, model, op).await,
         BatchOp::GetMany(keys) => {
             if keys.iter().any(|k| !valid(k)) {
-                return expect_error(store.get_many(keys).await, &[ErrorCode::InvalidKey], "get_many");
+                return expect_error(
+                    store.get_many(keys).await,
+                    &[ErrorCode::InvalidKey],
+                    "get_many",
+                );
             }
             let expected: BTreeMap<String, Value> = keys
                 .iter()
                 .filter_map(|k| model.get(k).map(|v| (k.clone(), v.clone())))
                 .collect();
-            ensure_eq!(store.get_many(keys).await.ctx("get_many")?, expected, "get_many");
+            ensure_eq!(
+                store.get_many(keys).await.ctx("get_many")?,
+                expected,
+                "get_many"
+            );
             Ok(())
         }
         BatchOp::SetMany(entries) => {
@@ -256,12 +282,17 @@ async fn apply_batch_op<S: BatchStorage<Value> + ?Sized>(
             }
         }
         BatchOp::DeleteMany(keys) => {
-            let ops: Vec<Operation<Value>> = keys.iter().map(|k| Operation::delete(k.clone())).collect();
+            let ops: Vec<Operation<Value>> =
+                keys.iter().map(|k| Operation::delete(k.clone())).collect();
             match model_batch(model, &ops, max_ops) {
                 None => expect_error(store.delete_many(keys).await, &refused, "delete_many"),
                 Some((next, result)) => {
                     let n = store.delete_many(keys).await.ctx("delete_many")?;
-                    ensure_eq!(n, u64::try_from(result.deleted).unwrap_or(u64::MAX), "delete_many count");
+                    ensure_eq!(
+                        n,
+                        u64::try_from(result.deleted).unwrap_or(u64::MAX),
+                        "delete_many count"
+                    );
                     *model = next;
                     Ok(())
                 }
@@ -270,7 +301,11 @@ async fn apply_batch_op<S: BatchStorage<Value> + ?Sized>(
         BatchOp::Batch(ops) => match model_batch(model, ops, max_ops) {
             None => expect_error(store.batch(ops.clone()).await, &refused, "batch"),
             Some((next, result)) => {
-                ensure_eq!(store.batch(ops.clone()).await.ctx("batch")?, result, "batch result");
+                ensure_eq!(
+                    store.batch(ops.clone()).await.ctx("batch")?,
+                    result,
+                    "batch result"
+                );
                 *model = next;
                 Ok(())
             }
@@ -280,6 +315,8 @@ async fn apply_batch_op<S: BatchStorage<Value> + ?Sized>(
 
 /// Random sequences of get/set/delete/has/clear/size/keys (bad keys included) behave like a
 /// `BTreeMap`, compared after every step.
+// Async like every other check, so macros and self-tests call all checks alike.
+#[allow(clippy::unused_async)]
 pub async fn random_operation_sequences_match_a_btreemap_model<H: StorageHarness>(
     h: &H,
     regressions: Regressions,
@@ -302,6 +339,8 @@ pub async fn random_operation_sequences_match_a_btreemap_model<H: StorageHarness
 
 /// Random sequences mixing single operations, get_many, set_many, delete_many and batches
 /// (some poisoned with a bad key, which must apply nothing) behave like a `BTreeMap`.
+// Async like every other check, so macros and self-tests call all checks alike.
+#[allow(clippy::unused_async)]
 pub async fn random_batch_sequences_match_a_btreemap_model<H: BatchHarness>(
     h: &H,
     regressions: Regressions,
@@ -330,10 +369,22 @@ mod tests {
     fn the_batch_model_refuses_bad_keys_and_counts_deletes() {
         let mut m = BTreeMap::new();
         m.insert("a".to_owned(), Value::Null);
-        let ops = vec![Operation::delete("a"), Operation::delete("a"), Operation::set("b", Value::Null), Operation::Clear];
+        let ops = vec![
+            Operation::delete("a"),
+            Operation::delete("a"),
+            Operation::set("b", Value::Null),
+            Operation::Clear,
+        ];
         let (next, result) = model_batch(&m, &ops, None).unwrap_or_default();
         assert!(next.is_empty());
-        assert_eq!(result, BatchResult { operations: 4, deleted: 1, cleared: 1 });
+        assert_eq!(
+            result,
+            BatchResult {
+                operations: 4,
+                deleted: 1,
+                cleared: 1
+            }
+        );
         let poisoned = vec![Operation::set("ok", Value::Null), Operation::delete("")];
         assert!(model_batch(&m, &poisoned, None).is_none());
         assert!(model_batch(&m, &ops, Some(3)).is_none());

@@ -30,7 +30,11 @@ pub fn block_on_check<F: Future<Output = CheckResult>>(check: F) -> CheckResult 
     let outcome = runtime.block_on(async {
         tokio::time::timeout(limit, check)
             .await
-            .unwrap_or_else(|_| Err(Failure::new(format!("the check did not finish within {limit:?}"))))
+            .unwrap_or_else(|_| {
+                Err(Failure::new(format!(
+                    "the check did not finish within {limit:?}"
+                )))
+            })
     });
     // Tasks a failed check left blocked must not hold the test thread forever.
     runtime.shutdown_timeout(Duration::from_secs(5));

@@ -20,10 +20,22 @@ pub async fn capabilities_agree_with_tier_accessors<H: StorageHarness>(h: &H) ->
 /// Reading a key that was never written returns `None`.
 pub async fn get_of_missing_key_returns_none<H: StorageHarness>(h: &H) -> CheckResult {
     let (_, s) = open::<Value, _>(h).await?;
-    ensure_eq!(s.get("missing").await.ctx("get")?, None, "get of a missing key");
+    ensure_eq!(
+        s.get("missing").await.ctx("get")?,
+        None,
+        "get of a missing key"
+    );
     s.set("present", &json!(1)).await.ctx("set")?;
-    ensure_eq!(s.get("missing").await.ctx("get")?, None, "get of a missing key next to another");
-    ensure_eq!(s.has("missing").await.ctx("has")?, false, "has of a missing key");
+    ensure_eq!(
+        s.get("missing").await.ctx("get")?,
+        None,
+        "get of a missing key next to another"
+    );
+    ensure_eq!(
+        s.has("missing").await.ctx("has")?,
+        false,
+        "has of a missing key"
+    );
     Ok(())
 }
 
@@ -51,22 +63,46 @@ pub async fn typed_values_round_trip<H: StorageHarness>(h: &H) -> CheckResult {
 /// `set` on an existing key replaces its value and does not add an entry.
 pub async fn set_overwrites_the_previous_value<H: StorageHarness>(h: &H) -> CheckResult {
     let (_, s) = open::<Value, _>(h).await?;
-    s.set("k", &json!({"v": 1, "old": true})).await.ctx("first set")?;
+    s.set("k", &json!({"v": 1, "old": true}))
+        .await
+        .ctx("first set")?;
     s.set("k", &json!({"v": 2})).await.ctx("second set")?;
-    ensure_eq!(s.get("k").await.ctx("get")?, Some(json!({"v": 2})), "value after overwrite");
+    ensure_eq!(
+        s.get("k").await.ctx("get")?,
+        Some(json!({"v": 2})),
+        "value after overwrite"
+    );
     ensure_eq!(s.size().await.ctx("size")?, 1, "size after overwrite");
-    s.set("k", &json!("a different type")).await.ctx("third set")?;
-    ensure_eq!(s.get("k").await.ctx("get")?, Some(json!("a different type")), "value after a type change");
+    s.set("k", &json!("a different type"))
+        .await
+        .ctx("third set")?;
+    ensure_eq!(
+        s.get("k").await.ctx("get")?,
+        Some(json!("a different type")),
+        "value after a type change"
+    );
     Ok(())
 }
 
 /// Deleting a key that does not exist returns `false` and changes nothing.
 pub async fn delete_of_missing_key_returns_false<H: StorageHarness>(h: &H) -> CheckResult {
     let (_, s) = open::<Value, _>(h).await?;
-    ensure_eq!(s.delete("nope").await.ctx("delete")?, false, "delete of a missing key");
+    ensure_eq!(
+        s.delete("nope").await.ctx("delete")?,
+        false,
+        "delete of a missing key"
+    );
     s.set("a", &json!(1)).await.ctx("set")?;
-    ensure_eq!(s.delete("nope").await.ctx("delete")?, false, "delete of a missing key");
-    ensure_eq!(s.size().await.ctx("size")?, 1, "size after deleting a missing key");
+    ensure_eq!(
+        s.delete("nope").await.ctx("delete")?,
+        false,
+        "delete of a missing key"
+    );
+    ensure_eq!(
+        s.size().await.ctx("size")?,
+        1,
+        "size after deleting a missing key"
+    );
     Ok(())
 }
 
@@ -77,11 +113,23 @@ pub async fn delete_of_existing_key_returns_true_and_removes_it<H: StorageHarnes
     let (_, s) = open::<Value, _>(h).await?;
     s.set("a", &json!(1)).await.ctx("set a")?;
     s.set("b", &json!(2)).await.ctx("set b")?;
-    ensure_eq!(s.delete("a").await.ctx("delete")?, true, "delete of an existing key");
+    ensure_eq!(
+        s.delete("a").await.ctx("delete")?,
+        true,
+        "delete of an existing key"
+    );
     ensure_eq!(s.get("a").await.ctx("get")?, None, "get after delete");
     ensure_eq!(s.has("a").await.ctx("has")?, false, "has after delete");
-    ensure_eq!(s.delete("a").await.ctx("delete again")?, false, "second delete");
-    ensure_eq!(s.get("b").await.ctx("get b")?, Some(json!(2)), "the other key after delete");
+    ensure_eq!(
+        s.delete("a").await.ctx("delete again")?,
+        false,
+        "second delete"
+    );
+    ensure_eq!(
+        s.get("b").await.ctx("get b")?,
+        Some(json!(2)),
+        "the other key after delete"
+    );
     Ok(())
 }
 
@@ -93,7 +141,11 @@ pub async fn has_reports_presence<H: StorageHarness>(h: &H) -> CheckResult {
     ensure!(s.has("null").await.ctx("has")?, "a stored null is present");
     ensure!(s.has("zero").await.ctx("has")?, "a stored 0 is present");
     ensure!(!s.has("other").await.ctx("has")?, "a missing key is absent");
-    ensure_eq!(s.get("null").await.ctx("get")?, Some(Value::Null), "a stored null reads as Some(null)");
+    ensure_eq!(
+        s.get("null").await.ctx("get")?,
+        Some(Value::Null),
+        "a stored null reads as Some(null)"
+    );
     Ok(())
 }
 
@@ -121,11 +173,19 @@ pub async fn clear_empties_the_store<H: StorageHarness>(h: &H) -> CheckResult {
         s.set(&format!("k{i}"), &json!(i)).await.ctx("set")?;
     }
     s.clear().await.ctx("clear")?;
-    ensure_eq!(snapshot(&s).await?, Vec::<(String, Value)>::new(), "entries after clear");
+    ensure_eq!(
+        snapshot(&s).await?,
+        Vec::<(String, Value)>::new(),
+        "entries after clear"
+    );
     ensure_eq!(s.get("k1").await.ctx("get")?, None, "get after clear");
     s.clear().await.ctx("clear of an empty store")?;
     s.set("after", &json!(1)).await.ctx("set after clear")?;
-    ensure_eq!(all_keys(&s).await?, vec!["after".to_owned()], "keys after clear and set");
+    ensure_eq!(
+        all_keys(&s).await?,
+        vec!["after".to_owned()],
+        "keys after clear and set"
+    );
     Ok(())
 }
 
@@ -137,12 +197,19 @@ pub async fn clear_leaves_other_namespaces_untouched<H: StorageHarness>(h: &H) -
     a.set("only-a", &json!(1)).await.ctx("set in a")?;
     b.set("shared", &json!("b")).await.ctx("set in b")?;
     b.set("only-b", &json!(2)).await.ctx("set in b")?;
-    ensure_eq!(a.get("shared").await.ctx("get")?, Some(json!("a")), "namespaces are separate");
+    ensure_eq!(
+        a.get("shared").await.ctx("get")?,
+        Some(json!("a")),
+        "namespaces are separate"
+    );
     a.clear().await.ctx("clear a")?;
     ensure_eq!(a.size().await.ctx("size")?, 0, "cleared namespace");
     ensure_eq!(
         snapshot(&b).await?,
-        vec![("only-b".to_owned(), json!(2)), ("shared".to_owned(), json!("b"))],
+        vec![
+            ("only-b".to_owned(), json!(2)),
+            ("shared".to_owned(), json!("b"))
+        ],
         "the other namespace after clear"
     );
     Ok(())
@@ -152,9 +219,34 @@ pub async fn clear_leaves_other_namespaces_untouched<H: StorageHarness>(h: &H) -
 fn ordering_keys() -> Vec<String> {
     let long = "x".repeat(1001);
     let mut keys: Vec<String> = [
-        "b", "a", "B", "A", "aa", "a b", "a-b", "a~", "é", "e", "z", "ü", "日本", "🦀", "\u{7f}",
-        "~", "0", "10", "9", "1", "\u{ffff}", "\u{10000}", "\u{10ffff}", "e\u{301}", "Z",
-        "user:10", "user:2", "user:1",
+        "b",
+        "a",
+        "B",
+        "A",
+        "aa",
+        "a b",
+        "a-b",
+        "a~",
+        "é",
+        "e",
+        "z",
+        "ü",
+        "日本",
+        "🦀",
+        "\u{7f}",
+        "~",
+        "0",
+        "10",
+        "9",
+        "1",
+        "\u{ffff}",
+        "\u{10000}",
+        "\u{10ffff}",
+        "e\u{301}",
+        "Z",
+        "user:10",
+        "user:2",
+        "user:1",
     ]
     .iter()
     .map(|s| (*s).to_owned())
@@ -208,8 +300,14 @@ pub async fn values_and_entries_follow_key_order<H: StorageHarness>(h: &H) -> Ch
 pub async fn empty_store_streams_nothing<H: StorageHarness>(h: &H) -> CheckResult {
     let (_, s) = open::<Value, _>(h).await?;
     ensure!(all_keys(&s).await?.is_empty(), "keys() of an empty store");
-    ensure!(all_values(&s).await?.is_empty(), "values() of an empty store");
-    ensure!(snapshot(&s).await?.is_empty(), "entries() of an empty store");
+    ensure!(
+        all_values(&s).await?.is_empty(),
+        "values() of an empty store"
+    );
+    ensure!(
+        snapshot(&s).await?.is_empty(),
+        "entries() of an empty store"
+    );
     ensure_eq!(s.size().await.ctx("size")?, 0, "size of an empty store");
     Ok(())
 }
@@ -221,11 +319,31 @@ pub async fn invalid_keys_are_rejected_and_change_nothing<H: StorageHarness>(h: 
     let before = snapshot(&s).await?;
     let invalid = [ErrorCode::InvalidKey];
     for (class, key) in bad_keys() {
-        expect_error(s.set(&key, &json!(1)).await, &invalid, format_args!("set with {class}"))?;
-        expect_error(s.get(&key).await, &invalid, format_args!("get with {class}"))?;
-        expect_error(s.delete(&key).await, &invalid, format_args!("delete with {class}"))?;
-        expect_error(s.has(&key).await, &invalid, format_args!("has with {class}"))?;
-        ensure_eq!(snapshot(&s).await?, before, "entries after refused calls with {class}");
+        expect_error(
+            s.set(&key, &json!(1)).await,
+            &invalid,
+            format_args!("set with {class}"),
+        )?;
+        expect_error(
+            s.get(&key).await,
+            &invalid,
+            format_args!("get with {class}"),
+        )?;
+        expect_error(
+            s.delete(&key).await,
+            &invalid,
+            format_args!("delete with {class}"),
+        )?;
+        expect_error(
+            s.has(&key).await,
+            &invalid,
+            format_args!("has with {class}"),
+        )?;
+        ensure_eq!(
+            snapshot(&s).await?,
+            before,
+            "entries after refused calls with {class}"
+        );
     }
     Ok(())
 }
@@ -233,17 +351,29 @@ pub async fn invalid_keys_are_rejected_and_change_nothing<H: StorageHarness>(h: 
 /// Keys that look like SQL, Cypher, globs or protocol text are ordinary keys and round-trip exactly.
 pub async fn hostile_keys_are_ordinary_keys<H: StorageHarness>(h: &H) -> CheckResult {
     let (_, s) = open::<Value, _>(h).await?;
-    s.set("canary", &json!("still here")).await.ctx("set canary")?;
+    s.set("canary", &json!("still here"))
+        .await
+        .ctx("set canary")?;
     let mut expected = vec![("canary".to_owned(), json!("still here"))];
     for (class, key) in hostile_keys() {
         let v = json!({ "class": class });
-        s.set(&key, &v).await.ctx(format_args!("set with {class}"))?;
-        ensure_eq!(s.get(&key).await.ctx("get")?, Some(v.clone()), "get with {class}");
+        s.set(&key, &v)
+            .await
+            .ctx(format_args!("set with {class}"))?;
+        ensure_eq!(
+            s.get(&key).await.ctx("get")?,
+            Some(v.clone()),
+            "get with {class}"
+        );
         ensure!(s.has(&key).await.ctx("has")?, "has with {class}");
         expected.push((key, v));
     }
     expected.sort_by(|a, b| a.0.cmp(&b.0));
-    ensure_eq!(snapshot(&s).await?, expected, "entries with hostile keys (and the canary)");
+    ensure_eq!(
+        snapshot(&s).await?,
+        expected,
+        "entries with hostile keys (and the canary)"
+    );
     for (class, key) in hostile_keys() {
         ensure!(s.delete(&key).await.ctx("delete")?, "delete with {class}");
     }
@@ -263,7 +393,10 @@ pub async fn edge_values_round_trip<H: StorageHarness>(h: &H) -> CheckResult {
         let key = format!("v:{class}");
         s.set(&key, &value).await.ctx(format_args!("set {class}"))?;
         let back = s.get(&key).await.ctx(format_args!("get {class}"))?;
-        ensure!(back.as_ref() == Some(&value), "{class} did not round-trip: got {back:?}");
+        ensure!(
+            back.as_ref() == Some(&value),
+            "{class} did not round-trip: got {back:?}"
+        );
         if let (Some(Value::Number(a)), Value::Number(b)) = (&back, &value) {
             // serde_json's equality says 1 == 1.0 is false but -0.0 == 0.0 is true; keep the sign.
             ensure_eq!(
@@ -283,31 +416,37 @@ pub async fn unencodable_values_are_refused_or_kept_exactly<H: StorageHarness>(
     h: &H,
 ) -> CheckResult {
     let (_, s) = open::<Reading, _>(h).await?;
-    s.set("old", &Reading { value: 1.5 }).await.ctx("set a normal reading")?;
-    for (class, value) in [("nan", f64::NAN), ("+inf", f64::INFINITY), ("-inf", f64::NEG_INFINITY)] {
+    s.set("old", &Reading { value: 1.5 })
+        .await
+        .ctx("set a normal reading")?;
+    for (class, value) in [
+        ("nan", f64::NAN),
+        ("+inf", f64::INFINITY),
+        ("-inf", f64::NEG_INFINITY),
+    ] {
         let before = snapshot(&s).await?;
         for key in ["old", "new"] {
-            match s.set(key, &Reading { value }).await {
-                Err(e) => {
-                    ensure!(
-                        matches!(e.code(), ErrorCode::InvalidValue | ErrorCode::SerializationFailed),
-                        "set of {class} failed with {e}, expected INVALID_VALUE or SERIALIZATION_FAILED"
-                    );
-                    let after = snapshot(&s).await?;
-                    ensure!(
-                        same_readings(&after, &before),
-                        "a refused {class} changed the store: {after:?}, before {before:?}"
-                    );
-                }
-                Ok(()) => {
-                    let back = s.get(key).await.ctx("get")?;
-                    ensure!(
-                        back.is_some_and(|r| r.same(&Reading { value })),
-                        "{class} was accepted but reads back as {back:?}"
-                    );
-                    s.set("old", &Reading { value: 1.5 }).await.ctx("restore")?;
-                    s.delete("new").await.ctx("restore")?;
-                }
+            if let Err(e) = s.set(key, &Reading { value }).await {
+                ensure!(
+                    matches!(
+                        e.code(),
+                        ErrorCode::InvalidValue | ErrorCode::SerializationFailed
+                    ),
+                    "set of {class} failed with {e}, expected INVALID_VALUE or SERIALIZATION_FAILED"
+                );
+                let after = snapshot(&s).await?;
+                ensure!(
+                    same_readings(&after, &before),
+                    "a refused {class} changed the store: {after:?}, before {before:?}"
+                );
+            } else {
+                let back = s.get(key).await.ctx("get")?;
+                ensure!(
+                    back.is_some_and(|r| r.same(&Reading { value })),
+                    "{class} was accepted but reads back as {back:?}"
+                );
+                s.set("old", &Reading { value: 1.5 }).await.ctx("restore")?;
+                s.delete("new").await.ctx("restore")?;
             }
         }
     }
@@ -335,7 +474,11 @@ pub async fn large_values_round_trip<H: StorageHarness>(h: &H) -> CheckResult {
                     && matches!(e.code(), ErrorCode::QuotaExceeded | ErrorCode::InvalidValue),
                 "a 1 MiB value was refused with {e} though max_value_len is {limit:?}"
             );
-            ensure_eq!(s.has("big").await.ctx("has")?, false, "a refused value is not stored");
+            ensure_eq!(
+                s.has("big").await.ctx("has")?,
+                false,
+                "a refused value is not stored"
+            );
         }
     }
     Ok(())
@@ -351,11 +494,15 @@ pub async fn concurrent_writers_all_land<H: StorageHarness>(h: &H) -> CheckResul
         tasks.push(tokio::spawn(async move {
             for i in 0..25 {
                 let key = format!("w{w}:{i:02}");
-                s.set(&key, &json!({"w": w, "i": i, "pad": "p".repeat(100)})).await?;
-                if let Some(v) = s.get(&key).await? {
-                    if v["w"] != json!(w) {
-                        return Err(storage_core::StorageError::new(ErrorCode::Corrupted, "torn read"));
-                    }
+                s.set(&key, &json!({"w": w, "i": i, "pad": "p".repeat(100)}))
+                    .await?;
+                if let Some(v) = s.get(&key).await?
+                    && v["w"] != json!(w)
+                {
+                    return Err(storage_core::StorageError::new(
+                        ErrorCode::Corrupted,
+                        "torn read",
+                    ));
                 }
             }
             Ok::<(), storage_core::StorageError>(())
@@ -367,7 +514,11 @@ pub async fn concurrent_writers_all_land<H: StorageHarness>(h: &H) -> CheckResul
             .map_err(|e| crate::Failure::new(format!("writer task panicked: {e}")))?
             .ctx("concurrent writer")?;
     }
-    ensure_eq!(s.size().await.ctx("size")?, 100, "entries after 4 × 25 concurrent writes");
+    ensure_eq!(
+        s.size().await.ctx("size")?,
+        100,
+        "entries after 4 × 25 concurrent writes"
+    );
     let keys = all_keys(s.as_ref()).await?;
     let mut sorted = keys.clone();
     sorted.sort();
@@ -380,9 +531,14 @@ pub async fn concurrent_writers_all_land<H: StorageHarness>(h: &H) -> CheckResul
 pub async fn corrupted_bytes_give_a_typed_error<H: StorageHarness>(h: &H) -> CheckResult {
     let (ns, s) = open::<Value, _>(h).await?;
     s.set("good", &json!({"ok": true})).await.ctx("set good")?;
-    s.set("bad", &json!({"ok": "soon corrupt"})).await.ctx("set bad")?;
+    s.set("bad", &json!({"ok": "soon corrupt"}))
+        .await
+        .ctx("set bad")?;
     Harness::<Value>::close(h, s).await.ctx("close")?;
-    if !Harness::<Value>::corrupt(h, &ns, "bad").await.ctx("corrupt")? {
+    if !Harness::<Value>::corrupt(h, &ns, "bad")
+        .await
+        .ctx("corrupt")?
+    {
         // The adapter cannot plant bytes; what is left to check is that closing kept the store usable.
         let s = Harness::<Value>::open(h, &ns).await.ctx("reopen")?;
         return s.set("after", &json!(1)).await.ctx("set after close");
@@ -391,21 +547,34 @@ pub async fn corrupted_bytes_give_a_typed_error<H: StorageHarness>(h: &H) -> Che
     let s = match Harness::<Value>::open(h, &ns).await {
         Err(e) => {
             // A whole-file store may refuse to open a corrupt file; that is a typed answer too.
-            ensure!(typed.contains(&e.code()), "opening a corrupt store failed with {e}");
+            ensure!(
+                typed.contains(&e.code()),
+                "opening a corrupt store failed with {e}"
+            );
             return Ok(());
         }
         Ok(s) => s,
     };
     match s.get("bad").await {
-        Err(e) => ensure!(typed.contains(&e.code()), "get of a corrupt value failed with {e}"),
+        Err(e) => ensure!(
+            typed.contains(&e.code()),
+            "get of a corrupt value failed with {e}"
+        ),
         Ok(v) => ensure!(
             v.is_none() || v == Some(json!({"ok": "soon corrupt"})),
             "get of a corrupt value returned a wrong value: {v:?}"
         ),
     }
     match s.get("good").await {
-        Ok(v) => ensure_eq!(v, Some(json!({"ok": true})), "an intact entry next to a corrupt one"),
-        Err(e) => ensure!(typed.contains(&e.code()), "get of an intact entry failed with {e}"),
+        Ok(v) => ensure_eq!(
+            v,
+            Some(json!({"ok": true})),
+            "an intact entry next to a corrupt one"
+        ),
+        Err(e) => ensure!(
+            typed.contains(&e.code()),
+            "get of an intact entry failed with {e}"
+        ),
     }
     Ok(())
 }

@@ -87,11 +87,20 @@ pub fn capabilities_agree<T: StorageValue, S: Storage<T>>(store: S, tier: Tier) 
         "a transactional store lists its isolation levels, others list none"
     );
     if !caps.supports(Tier::Indexed) {
-        ensure!(caps.index_kinds.is_empty(), "a store without indexes lists index kinds");
-        ensure!(!caps.unique_indexes, "a store without indexes claims unique indexes");
+        ensure!(
+            caps.index_kinds.is_empty(),
+            "a store without indexes lists index kinds"
+        );
+        ensure!(
+            !caps.unique_indexes,
+            "a store without indexes claims unique indexes"
+        );
     }
     if !caps.supports(Tier::Transactional) {
-        ensure!(!caps.savepoints, "a store without transactions claims savepoints");
+        ensure!(
+            !caps.savepoints,
+            "a store without transactions claims savepoints"
+        );
     }
     let shared = std::sync::Arc::new(store);
     agree_into(&shared, &caps)
@@ -123,14 +132,26 @@ fn agree_into<T: StorageValue, S: Storage<T>>(
 ) -> CheckResult {
     use std::sync::Arc;
     let pairs = [
-        (Tier::Batch, Storage::into_batch(Arc::clone(store)).is_some()),
-        (Tier::Queryable, Storage::into_queryable(Arc::clone(store)).is_some()),
-        (Tier::Indexed, Storage::into_indexed(Arc::clone(store)).is_some()),
+        (
+            Tier::Batch,
+            Storage::into_batch(Arc::clone(store)).is_some(),
+        ),
+        (
+            Tier::Queryable,
+            Storage::into_queryable(Arc::clone(store)).is_some(),
+        ),
+        (
+            Tier::Indexed,
+            Storage::into_indexed(Arc::clone(store)).is_some(),
+        ),
         (
             Tier::Transactional,
             Storage::into_transactional(Arc::clone(store)).is_some(),
         ),
-        (Tier::Observable, Storage::into_observable(Arc::clone(store)).is_some()),
+        (
+            Tier::Observable,
+            Storage::into_observable(Arc::clone(store)).is_some(),
+        ),
         (
             Tier::Distributed,
             Storage::into_distributed(Arc::clone(store)).is_some(),

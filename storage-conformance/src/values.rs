@@ -81,8 +81,14 @@ pub fn bad_keys() -> Vec<(&'static str, String)> {
     vec![
         ("empty key", String::new()),
         ("1025 ascii bytes", "k".repeat(1025)),
-        ("1025 bytes of multi-byte characters", format!("{}a", "é".repeat(512))),
-        ("1026 bytes ending in a 4-byte character", format!("{}🦀", "k".repeat(1022))),
+        (
+            "1025 bytes of multi-byte characters",
+            format!("{}a", "é".repeat(512)),
+        ),
+        (
+            "1026 bytes ending in a 4-byte character",
+            format!("{}🦀", "k".repeat(1022)),
+        ),
         ("64 KiB key", "k".repeat(64 * 1024)),
         ("nul at the start", "\0key".into()),
         ("nul in the middle", "ke\0y".into()),
@@ -104,7 +110,10 @@ pub fn hostile_keys() -> Vec<(&'static str, String)> {
         ("glob characters", "*?[a-z]\\".into()),
         ("regex characters", "^.*(a|b)+$".into()),
         ("backslashes", "a\\b\\\\c\\".into()),
-        ("control characters", "line\nbreak\ttab\rreturn\u{1b}[0m".into()),
+        (
+            "control characters",
+            "line\nbreak\ttab\rreturn\u{1b}[0m".into(),
+        ),
         ("emoji and joiners", "🦀👩‍👩‍👧 ZWJ".into()),
         ("right-to-left text", "\u{202e}abc مرحبا".into()),
         ("combining characters", "e\u{301}a\u{308}".into()),
@@ -115,7 +124,10 @@ pub fn hostile_keys() -> Vec<(&'static str, String)> {
         ("json text", "{\"a\":[1,2]}".into()),
         ("path traversal", "../../etc/passwd".into()),
         ("resp protocol", "*1\r\n$4\r\nPING\r\n".into()),
-        ("1024 bytes ending in a 4-byte character", format!("{}🦀", "k".repeat(1020))),
+        (
+            "1024 bytes ending in a 4-byte character",
+            format!("{}🦀", "k".repeat(1020)),
+        ),
         ("1024 ascii bytes", "k".repeat(1024)),
         ("dotted path", "a.b.0.c".into()),
         ("colon separated", "user:1:profile".into()),
@@ -127,9 +139,15 @@ pub fn edge_values() -> Vec<(&'static str, Value)> {
     vec![
         ("empty string", json!("")),
         ("nul inside a string", json!("a\0b\0")),
-        ("quotes and backslashes", json!("it's \"quoted\" \\ back\\slash")),
+        (
+            "quotes and backslashes",
+            json!("it's \"quoted\" \\ back\\slash"),
+        ),
         ("sql injection string", json!("'); DROP TABLE x;--")),
-        ("cypher injection string", json!("}) MATCH (n) DETACH DELETE n //")),
+        (
+            "cypher injection string",
+            json!("}) MATCH (n) DETACH DELETE n //"),
+        ),
         ("unicode string", json!("日本語 🦀 e\u{301} \u{10ffff}")),
         ("u64 max", json!(u64::MAX)),
         ("i64 min", json!(i64::MIN)),
@@ -144,9 +162,18 @@ pub fn edge_values() -> Vec<(&'static str, Value)> {
         ("empty object", json!({})),
         ("empty array", json!([])),
         ("deep nesting", deeply_nested(100)),
-        ("odd object keys", json!({ "": 1, "a.b": 2, "$where": 3, "`x`": 4, "é": 5, "a\0b": 6 })),
-        ("large array", Value::Array((0..10_000).map(Value::from).collect())),
-        ("mixed array", json!([1, 1.5, "s", null, true, {"k": [1]}, []])),
+        (
+            "odd object keys",
+            json!({ "": 1, "a.b": 2, "$where": 3, "`x`": 4, "é": 5, "a\0b": 6 }),
+        ),
+        (
+            "large array",
+            Value::Array((0..10_000).map(Value::from).collect()),
+        ),
+        (
+            "mixed array",
+            json!([1, 1.5, "s", null, true, {"k": [1]}, []]),
+        ),
     ]
 }
 
