@@ -275,9 +275,10 @@ fn spatial_ddl(meta: &IndexMeta, paths: &[String], t: &str, ddl: &mut Vec<String
             oi = quote_literal(&format!("{p}.\"{name}\"")),
         )
     };
-    let point = |v: &str| {
+    // `id, minx, maxx, miny, maxy` of the point in `v`, from the row source `from`.
+    let point = |id: &str, v: &str, from: &str| {
         format!(
-            "SELECT x, x, y, y FROM (SELECT {} AS x, {} AS y) \
+            "SELECT id, x, x, y, y FROM (SELECT {id} AS id, {} AS x, {} AS y{from}) \
              WHERE typeof(x) IN ('integer', 'real') AND typeof(y) IN ('integer', 'real')",
             coord(v, 0, "x"),
             coord(v, 1, "y")
@@ -287,15 +288,15 @@ fn spatial_ddl(meta: &IndexMeta, paths: &[String], t: &str, ddl: &mut Vec<String
         "CREATE VIRTUAL TABLE {rt} USING rtree(id, minx, maxx, miny, maxy)"
     ));
     ddl.push(format!(
-        "INSERT INTO {rt} SELECT t.id, p.* FROM {t} AS t, ({}) AS p",
-        point("t.value")
+        "INSERT INTO {rt} {}",
+        point("id", "value", &format!(" FROM {t}"))
     ));
     let trig = |suffix: &str| quote_ident(&format!("{}_{suffix}", meta.rtree_table()));
     ddl.push(format!(
         "CREATE TRIGGER {} AFTER INSERT ON {t} BEGIN \
-         INSERT INTO {rt} SELECT new.id, p.* FROM ({}) AS p; END",
+         INSERT INTO {rt} {}; END",
         trig("ai"),
-        point("new.value")
+        point("new.id", "new.value", "")
     ));
     ddl.push(format!(
         "CREATE TRIGGER {} AFTER DELETE ON {t} BEGIN \
@@ -305,9 +306,9 @@ fn spatial_ddl(meta: &IndexMeta, paths: &[String], t: &str, ddl: &mut Vec<String
     ddl.push(format!(
         "CREATE TRIGGER {} AFTER UPDATE OF value ON {t} BEGIN \
          DELETE FROM {rt} WHERE id = old.id; \
-         INSERT INTO {rt} SELECT new.id, p.* FROM ({}) AS p; END",
+         INSERT INTO {rt} {}; END",
         trig("au"),
-        point("new.value")
+        point("new.id", "new.value", "")
     ));
 }
 

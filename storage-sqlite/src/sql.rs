@@ -213,7 +213,19 @@ impl Builder<'_> {
         })
     }
 
+    /// Translates `filter`; on `None` nothing it pushed (parameters, notes) remains.
     fn translate(&mut self, filter: &Filter) -> Option<String> {
+        let marks = (self.params.len(), self.pushed.len(), self.indexes.len());
+        let sql = self.translate_inner(filter);
+        if sql.is_none() {
+            self.params.truncate(marks.0);
+            self.pushed.truncate(marks.1);
+            self.indexes.truncate(marks.2);
+        }
+        sql
+    }
+
+    fn translate_inner(&mut self, filter: &Filter) -> Option<String> {
         match filter {
             Filter::And(items) => {
                 let parts: Vec<String> = items.iter().filter_map(|f| self.translate(f)).collect();
