@@ -183,6 +183,7 @@ fn create_ddl(meta: &IndexMeta, paths: &[String]) -> Vec<String> {
         IndexKind::Fulltext => fulltext_ddl(meta, paths, &t, &mut ddl),
         IndexKind::Spatial => spatial_ddl(meta, paths, &t, &mut ddl),
     }
+    array_prefix_ddl(meta, &t, &mut ddl);
     ddl
 }
 
@@ -207,23 +208,6 @@ fn btree_ddl(meta: &IndexMeta, paths: &[String], t: &str, ddl: &mut Vec<String>)
         quote_ident(&meta.base()),
         exprs.join(", ")
     ));
-    // Partial indexes over the (usually no) entries where the first path meets
-    // an array: candidate filters add them as OR-terms, and with these SQLite
-    // can answer the whole OR from indexes.
-    if let Some(first) = def.fields.first()
-        && let Ok(path) = FieldPath::parse(&first.path)
-    {
-        let segs = path.segments();
-        for n in 0..=segs.len() {
-            if let Some(prefix) = json_path_of(&segs[..n]) {
-                let jt = format!("json_type(value, {})", quote_literal(&prefix));
-                ddl.push(format!(
-                    "CREATE INDEX IF NOT EXISTS {} ON {t} ({jt}) WHERE {jt} = 'array'",
-                    quote_ident(&format!("{}_a{n}", meta.base())),
-                ));
-            }
-        }
-    }
 }
 
 fn fulltext_ddl(meta: &IndexMeta, paths: &[String], t: &str, ddl: &mut Vec<String>) {
@@ -266,37 +250,39 @@ fn fulltext_ddl(meta: &IndexMeta, paths: &[String], t: &str, ddl: &mut Vec<Strin
 fn spatial_ddl(meta: &IndexMeta, paths: &[String], t: &str, ddl: &mut Vec<String>) {
     let rt = quote_ident(&meta.rtree_table());
     let p = &paths[0];
-    let coord = |v: &str, i: usize, name: &str| {
+    // Coordinate `i` (or member `name`) of the point at JSON path `jp` of `v`.
+    let coord = |v: &str, jp: &str, i: usize, name: &str| {
         format!(
             "CASE json_type({v}, {pl}) WHEN 'array' THEN json_extract({v}, {ai}) \
              WHEN 'object' THEN json_extract({v}, {oi}) END",
-            pl = quote_literal(p),
-            ai = quote_literal(&format!("{p}[{i}]")),
-            oi = quote_literal(&format!("{p}.\"{name}\"")),
+            pl = quote_literal(jp),
+            ai = quote_literal(&format!("{jp}[{i}]")),
+            oi = quote_literal(&format!("{jp}.\"{name}\"")),
         )
     };
-    // `id, minx, maxx, miny, maxy` of the point in `v`, from the row source `from`.
-    let point = |id: &str, v: &str, from: &str| {
-        format!(
-            "SELECT id, x, x, y, y FROM (SELECT {id} AS id, {} AS x, {} AS y{from}) \
-             WHERE typeof(x) IN ('integer', 'real') AND typeof(y) IN ('integer', 'real')",
-            coord(v, 0, "x"),
-            coord(v, 1, "y")
-        )
-    };
+    // One R*Tree entry per row: the bounding box of every point the evaluator may test
+    // (the value at the path, and each element of an array there). A box holding one of
+    // those points overlaps the entry, so an overlap search finds every candidate.
+    let bbox = format!(
+        "SELECT new.id, min(x), max(x), min(y), max(y) FROM (\
+         SELECT {} AS x, {} AS y \
+         UNION ALL \
+         SELECT {}, {} FROM json_each(new.value, {}) AS e WHERE e.type IN ('array', 'object')\
+         ) WHERE typeof(x) IN ('integer', 'real') AND typeof(y) IN ('integer', 'real') \
+         HAVING count(*) > 0",
+        coord("new.value", p, 0, "x"),
+        coord("new.value", p, 1, "y"),
+        coord("e.value", "$", 0, "x"),
+        coord("e.value", "$", 1, "y"),
+        quote_literal(p),
+    );
     ddl.push(format!(
         "CREATE VIRTUAL TABLE {rt} USING rtree(id, minx, maxx, miny, maxy)"
     ));
-    ddl.push(format!(
-        "INSERT INTO {rt} {}",
-        point("id", "value", &format!(" FROM {t}"))
-    ));
     let trig = |suffix: &str| quote_ident(&format!("{}_{suffix}", meta.rtree_table()));
     ddl.push(format!(
-        "CREATE TRIGGER {} AFTER INSERT ON {t} BEGIN \
-         INSERT INTO {rt} {}; END",
+        "CREATE TRIGGER {} AFTER INSERT ON {t} BEGIN INSERT INTO {rt} {bbox}; END",
         trig("ai"),
-        point("new.id", "new.value", "")
     ));
     ddl.push(format!(
         "CREATE TRIGGER {} AFTER DELETE ON {t} BEGIN \
@@ -305,53 +291,81 @@ fn spatial_ddl(meta: &IndexMeta, paths: &[String], t: &str, ddl: &mut Vec<String
     ));
     ddl.push(format!(
         "CREATE TRIGGER {} AFTER UPDATE OF value ON {t} BEGIN \
-         DELETE FROM {rt} WHERE id = old.id; \
-         INSERT INTO {rt} {}; END",
+         DELETE FROM {rt} WHERE id = old.id; INSERT INTO {rt} {bbox}; END",
         trig("au"),
-        point("new.id", "new.value", "")
     ));
+    // Existing rows go through the update trigger (other indexes' triggers re-index
+    // them too, which leaves them as they were).
+    ddl.push(format!("UPDATE {t} SET value = value"));
+}
+
+/// Partial indexes over the (usually no) entries where the first path meets an array
+/// before its end (and, for btree and hash, at its end): candidate filters add these
+/// cases as OR-terms, and with these indexes SQLite answers the whole OR from indexes.
+fn array_prefix_ddl(meta: &IndexMeta, t: &str, ddl: &mut Vec<String>) {
+    for (n, prefix) in array_prefixes(meta) {
+        let jt = format!("json_type(value, {})", quote_literal(&prefix));
+        ddl.push(format!(
+            "CREATE INDEX IF NOT EXISTS {} ON {t} ({jt}) WHERE {jt} = 'array'",
+            quote_ident(&format!("{}_a{n}", meta.base())),
+        ));
+    }
+}
+
+/// The JSON paths (numbered) whose array-ness the candidate filters test for `meta`.
+fn array_prefixes(meta: &IndexMeta) -> Vec<(usize, String)> {
+    let Some(path) = meta
+        .definition
+        .fields
+        .first()
+        .and_then(|f| FieldPath::parse(&f.path).ok())
+    else {
+        return Vec::new();
+    };
+    let segs = path.segments();
+    let upto = match meta.kind() {
+        IndexKind::Btree | IndexKind::Hash => segs.len(),
+        IndexKind::Fulltext | IndexKind::Spatial => segs.len().saturating_sub(1),
+    };
+    (0..=upto)
+        .filter_map(|n| json_path_of(&segs[..n]).map(|p| (n, p)))
+        .collect()
 }
 
 fn drop_ddl(meta: &IndexMeta) -> Vec<String> {
-    match meta.kind() {
+    let mut out = match meta.kind() {
         IndexKind::Btree | IndexKind::Hash => {
-            let mut out = vec![format!(
+            vec![format!(
                 "DROP INDEX IF EXISTS {}",
                 quote_ident(&meta.base())
-            )];
-            let depth = meta
-                .definition
-                .fields
-                .first()
-                .and_then(|f| FieldPath::parse(&f.path).ok())
-                .map_or(0, |p| p.segments().len());
-            for n in 0..=depth {
-                out.push(format!(
-                    "DROP INDEX IF EXISTS {}",
-                    quote_ident(&format!("{}_a{n}", meta.base()))
-                ));
-            }
+            )]
+        }
+        IndexKind::Fulltext | IndexKind::Spatial => {
+            let table = if meta.kind() == IndexKind::Fulltext {
+                meta.fts_table()
+            } else {
+                meta.rtree_table()
+            };
+            let mut out: Vec<String> = ["ai", "ad", "au"]
+                .iter()
+                .map(|s| {
+                    format!(
+                        "DROP TRIGGER IF EXISTS {}",
+                        quote_ident(&format!("{table}_{s}"))
+                    )
+                })
+                .collect();
+            out.push(format!("DROP TABLE IF EXISTS {}", quote_ident(&table)));
             out
         }
-        IndexKind::Fulltext => {
-            let f = meta.fts_table();
-            vec![
-                format!("DROP TRIGGER IF EXISTS {}", quote_ident(&format!("{f}_ai"))),
-                format!("DROP TRIGGER IF EXISTS {}", quote_ident(&format!("{f}_ad"))),
-                format!("DROP TRIGGER IF EXISTS {}", quote_ident(&format!("{f}_au"))),
-                format!("DROP TABLE IF EXISTS {}", quote_ident(&f)),
-            ]
-        }
-        IndexKind::Spatial => {
-            let r = meta.rtree_table();
-            vec![
-                format!("DROP TRIGGER IF EXISTS {}", quote_ident(&format!("{r}_ai"))),
-                format!("DROP TRIGGER IF EXISTS {}", quote_ident(&format!("{r}_ad"))),
-                format!("DROP TRIGGER IF EXISTS {}", quote_ident(&format!("{r}_au"))),
-                format!("DROP TABLE IF EXISTS {}", quote_ident(&r)),
-            ]
-        }
+    };
+    for (n, _) in array_prefixes(meta) {
+        out.push(format!(
+            "DROP INDEX IF EXISTS {}",
+            quote_ident(&format!("{}_a{n}", meta.base()))
+        ));
     }
+    out
 }
 
 /// Validates a definition before it reaches the writer thread.

@@ -335,7 +335,7 @@ impl Builder<'_> {
                 let mut terms = vec![format!(
                     "id IN (SELECT rowid FROM {fts} WHERE {fts} MATCH ?)"
                 )];
-                terms.extend(self.irregular(segs, false, PathMode::Bound));
+                terms.extend(self.irregular(segs, false, PathMode::Literal));
                 self.note_index(Some(name));
                 Some(format!("({})", terms.join(" OR ")))
             }
@@ -353,13 +353,8 @@ impl Builder<'_> {
                 let mut terms = vec![format!(
                     "id IN (SELECT id FROM {rt} WHERE minx <= ? AND maxx >= ? AND miny <= ? AND maxy >= ?)"
                 )];
-                terms.extend(self.irregular(segs, false, PathMode::Bound));
-                // A leaf array holding arrays or objects is a list of points.
-                let p = self.path_expr(jp, PathMode::Bound);
-                let first = self.path_expr(&format!("{jp}[0]"), PathMode::Bound);
-                terms.push(format!(
-                    "(json_type(value, {p}) = 'array' AND json_type(value, {first}) IN ('array', 'object'))"
-                ));
+                // Arrays of points at the leaf are inside the entry's bounding box.
+                terms.extend(self.irregular(segs, false, PathMode::Literal));
                 self.note_index(Some(name));
                 Some(format!("({})", terms.join(" OR ")))
             }

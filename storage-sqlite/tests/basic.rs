@@ -504,6 +504,74 @@ async fn indexed_queries_avoid_full_scans() -> Result<()> {
         assert!(!plan.full_scan, "{plan:#?}");
         assert!(!plan.backend_plan.is_empty());
     }
+    s.create_index(IndexDefinition::new(
+        "body",
+        "doc.body",
+        IndexKind::Fulltext,
+    ))
+    .await?;
+    s.create_index(IndexDefinition::new("at", "at", IndexKind::Spatial))
+        .await?;
+    s.set(
+        "t1",
+        &json!({"doc": {"body": "The quick brown fox"}, "at": [1, 2]}),
+    )
+    .await?;
+    s.set(
+        "t2",
+        &json!({"doc": [{"body": "a lazy dog"}], "at": {"x": 5, "y": 5}}),
+    )
+    .await?;
+    s.set(
+        "t3",
+        &json!({"doc": {"body": ["lazy", "fox"]}, "at": [[9, 9], [0, 0]]}),
+    )
+    .await?;
+    for (q, index, keys) in [
+        (
+            Query::filter(field("doc.body").text("FOX")),
+            "body",
+            vec!["t1", "t3"],
+        ),
+        (
+            Query::filter(field("doc.body").text("lazy")),
+            "body",
+            vec!["t2", "t3"],
+        ),
+        (
+            Query::filter(field("at").within_box([0, 0], [2, 2])),
+            "at",
+            vec!["t1", "t3"],
+        ),
+        (
+            Query::filter(field("at").within_box([4, 4], [6, 6])),
+            "at",
+            vec!["t2"],
+        ),
+    ] {
+        let plan = s.explain(&q).await?;
+        assert_eq!(plan.index.as_deref(), Some(index), "{plan:#?}");
+        assert!(!plan.full_scan, "{plan:#?}");
+        let got: Vec<String> = s.find_many(&q).await?.into_iter().map(|r| r.key).collect();
+        assert_eq!(got, keys);
+    }
+    let infos = s.list_indexes().await?;
+    let body = infos
+        .iter()
+        .find(|i| i.definition.name == "body")
+        .map(|i| i.stats);
+    assert!(
+        body.is_some_and(|st| st.entries == 3 && st.hits >= 2),
+        "{infos:#?}"
+    );
+    assert!(s.drop_index("body").await?);
+    assert!(!s.drop_index("body").await?);
+    assert_eq!(
+        s.find_many(&Query::filter(field("doc.body").text("fox")))
+            .await?
+            .len(),
+        2
+    );
     let plan = s.explain(&Query::filter(field("other").ne(1))).await?;
     assert!(plan.full_scan && plan.index.is_none(), "{plan:#?}");
     Ok(())
