@@ -56,8 +56,11 @@
 //! Every transaction reports [`Serializable`](storage_core::IsolationLevel::Serializable):
 //! reads come from one WAL snapshot, writers are serial, and a transaction whose snapshot
 //! another commit has overtaken cannot write (`SQLITE_BUSY_SNAPSHOT`, reported as a
-//! retryable `VersionConflict`). A second writer waits for the write lock up to
-//! `busy_timeout_ms`, then fails with a retryable error.
+//! retryable `VersionConflict`). A transaction that has not read yet waits for another
+//! transaction's write lock up to `busy_timeout_ms`; one that already reads a snapshot
+//! fails at once with a retryable `VersionConflict` (SQLite does not let it wait: its
+//! snapshot would be stale once the other writer commits). The Hermitage anomalies
+//! (G0, G1a–c, OTV, PMP, P4, G-single, G2-item) are all prevented.
 //!
 //! ## Crate features
 //! None. SQLite is always bundled (FTS5, R*Tree and JSON included).

@@ -129,7 +129,24 @@ impl<T: StorageValue> SqliteTransaction<T> {
         let table = Arc::clone(&self.store.table);
         let (result, effects) = self
             .run(operation, move |conn| {
-                apply_ops(conn, &table.sql, ops, true)
+                apply_ops(conn, &table.sql, ops, true).map_err(|e| {
+                    // SQLite does not wait for the write lock when a transaction that
+                    // already reads a snapshot wants to write (waiting could deadlock,
+                    // and the snapshot will be stale once the other writer commits):
+                    // that is a conflict with a concurrent writer, worth a retry.
+                    if e.code() == ErrorCode::Backend && e.is_retryable() && !conn.is_autocommit() {
+                        StorageError::new(
+                            ErrorCode::VersionConflict,
+                            "another transaction holds the write lock and this one already reads a snapshot",
+                        )
+                        .with_operation(operation)
+                        .with_backend("sqlite")
+                        .set_retryable(true)
+                        .with_source(e)
+                    } else {
+                        e
+                    }
+                })
             })
             .await?;
         self.lock().effects.extend(effects);
