@@ -265,3 +265,109 @@ impl Query {
         self
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn field_methods_build_conditions() {
+        let cases = [
+            (field("a").eq(1), Operator::Eq, json!(1)),
+            (field("a").ne("x"), Operator::Ne, json!("x")),
+            (field("a").gt(1.5), Operator::Gt, json!(1.5)),
+            (field("a").gte(2), Operator::Gte, json!(2)),
+            (field("a").lt(true), Operator::Lt, json!(true)),
+            (field("a").lte(u64::MAX), Operator::Lte, json!(u64::MAX)),
+            (field("a").is_in([1, 2]), Operator::In, json!([1, 2])),
+            (field("a").not_in(["x"]), Operator::Nin, json!(["x"])),
+            (field("a").regex("^x"), Operator::Regex, json!("^x")),
+            (field("a").exists(false), Operator::Exists, json!(false)),
+            (
+                field("a").text("hi there"),
+                Operator::Text,
+                json!("hi there"),
+            ),
+            (
+                field("a").within_box([0, 1], [2.5, 3.5]),
+                Operator::WithinBox,
+                json!({"min": [0, 1], "max": [2.5, 3.5]}),
+            ),
+        ];
+        for (built, op, value) in cases {
+            assert_eq!(
+                built,
+                Filter::Condition {
+                    field: "a".into(),
+                    op,
+                    value
+                }
+            );
+        }
+        assert_eq!(
+            field("a").nested(field("b").eq(1)),
+            Filter::Nested {
+                field: "a".into(),
+                filter: Box::new(field("b").eq(1))
+            }
+        );
+    }
+
+    #[test]
+    fn and_or_extend_instead_of_nesting() {
+        let f = field("a").eq(1).and(field("b").eq(2)).and(field("c").eq(3));
+        assert_eq!(
+            f,
+            Filter::all(vec![field("a").eq(1), field("b").eq(2), field("c").eq(3)])
+        );
+        let g = field("a").eq(1).or(field("b").eq(2)).or(field("c").eq(3));
+        assert_eq!(
+            g,
+            or(vec![field("a").eq(1), field("b").eq(2), field("c").eq(3)])
+        );
+        assert_eq!(Filter::any(vec![]), Filter::Or(vec![]));
+        assert_eq!(and(vec![]), Filter::And(vec![]));
+        assert_eq!(!field("a").eq(1), not(field("a").eq(1)));
+    }
+
+    #[test]
+    fn query_builder_sets_every_part() {
+        let q = Query::filter(field("a").eq(1))
+            .and_where(field("b").eq(2))
+            .order_by("a", Direction::Desc)
+            .order_asc("b")
+            .order_desc("c")
+            .offset(4)
+            .limit(2)
+            .select(["a", "b.c"]);
+        assert_eq!(q.filter, Some(field("a").eq(1).and(field("b").eq(2))));
+        let dirs: Vec<(&str, Direction)> = q
+            .order_by
+            .iter()
+            .map(|o| (o.field.as_str(), o.direction))
+            .collect();
+        assert_eq!(
+            dirs,
+            [
+                ("a", Direction::Desc),
+                ("b", Direction::Asc),
+                ("c", Direction::Desc)
+            ]
+        );
+        assert_eq!((q.offset, q.limit), (Some(4), Some(2)));
+        assert_eq!(q.select, Some(vec!["a".to_owned(), "b.c".to_owned()]));
+        assert_eq!(
+            Query::new()
+                .where_(field("x").eq(1))
+                .where_(field("y").eq(2))
+                .filter,
+            Some(field("y").eq(2))
+        );
+        assert_eq!(
+            Query::new().and_where(field("x").eq(1)).filter,
+            Some(field("x").eq(1))
+        );
+    }
+}

@@ -1158,7 +1158,7 @@ mod tests {
 
     #[test]
     fn select_projects_present_paths_flat() -> TestResult {
-        let docs = vec![(
+        let docs = [(
             "k",
             json!({"name": "ann", "address": {"city": "Oslo"}, "tags": ["a"]}),
         )];
