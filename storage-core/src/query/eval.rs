@@ -363,10 +363,11 @@ fn test_matches(path: &FieldPath, test: &Test, doc: &Document) -> bool {
         Test::In(set) => in_matches(path, doc, set),
         Test::Nin(set) => !in_matches(path, doc, set),
         Test::Cmp(cmp, operand) => {
-            any_candidate(path, doc, |c| {
+            let (hit, present) = any_candidate(path, doc, |c| {
                 compare_values(c, operand).is_some_and(|o| cmp.accepts(o))
-            })
-            .0
+            });
+            // Missing equals null (as for `eq`), so `gte null` and `lte null` match it.
+            hit || (!present && operand.is_null() && matches!(cmp, Cmp::Gte | Cmp::Lte))
         }
         Test::Regex(re) => {
             any_candidate(path, doc, |c| c.as_str().is_some_and(|s| re.is_match(s))).0
@@ -888,12 +889,21 @@ mod tests {
         rule(&field("a").gt(5), &json!({"a": 6}), &json!({"a": "10"}))?;
         rule(&field("a").lt("z"), &json!({"a": "a"}), &json!({"a": 5}))?;
         rule(&field("a").gte(0), &json!({"a": 0.0}), &json!({"a": true}))?;
-        rule(
-            &field("a").lte(Value::Null),
-            &json!({"a": null}),
-            &json!({}),
-        )?;
         rule(&field("a").lt(1), &json!({"a": -1}), &json!({"a": null}))?;
+        rule(&field("a").gte(0), &json!({"a": 1}), &json!({}))?;
+        Ok(())
+    }
+
+    #[test]
+    fn gte_and_lte_null_match_null_and_missing_like_eq_null() -> Result<()> {
+        rule(&field("a").lte(Value::Null), &json!({}), &json!({"a": 0}))?;
+        rule(
+            &field("a").gte(Value::Null),
+            &json!({"a": null}),
+            &json!({"a": false}),
+        )?;
+        assert!(!matches(&field("a").gt(Value::Null), &json!({}))?);
+        assert!(!matches(&field("a").lt(Value::Null), &json!({"a": null}))?);
         Ok(())
     }
 

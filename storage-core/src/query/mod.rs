@@ -81,6 +81,7 @@ pub enum Filter {
 
 /// One `order_by` key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct OrderBy {
     /// Dotted field path.
     pub field: String,
