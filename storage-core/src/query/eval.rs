@@ -1323,4 +1323,121 @@ mod tests {
             Some(ErrorCode::InvalidQuery)
         );
     }
+
+    /// The specification in `docs/QUERY.md`, whose example lines are executable.
+    const QUERY_DOC: &str = include_str!("../../../docs/QUERY.md");
+
+    #[test]
+    #[allow(clippy::too_many_lines)]
+    fn docs_examples_hold() -> TestResult {
+        let mut filter: Option<CompiledFilter> = None;
+        let mut entries: Vec<(String, Value)> = Vec::new();
+        let mut query: Option<Query> = None;
+        let mut pipeline: Option<Vec<crate::AggregateStage>> = None;
+        let mut input: Vec<Value> = Vec::new();
+        let mut checked = 0;
+        for (index, line) in QUERY_DOC.lines().enumerate() {
+            let at = format!("docs/QUERY.md:{}", index + 1);
+            let Some((label, rest)) = line.split_once(": ") else {
+                continue;
+            };
+            let run_query =
+                |q: &Option<Query>, entries: &[(String, Value)]| -> Result<Vec<Match>> {
+                    let q = q.clone().unwrap_or_default();
+                    evaluate(&q, entries.iter().map(|(k, v)| (k.as_str(), v)))
+                };
+            match label {
+                "Filter" => {
+                    let f: Filter = serde_json::from_str(rest).map_err(|e| format!("{at}: {e}"))?;
+                    filter = Some(CompiledFilter::compile(&f).map_err(|e| format!("{at}: {e}"))?);
+                }
+                "Matches" | "No match" => {
+                    let doc: Value =
+                        serde_json::from_str(rest).map_err(|e| format!("{at}: {e}"))?;
+                    let f = filter.as_ref().ok_or_else(|| format!("{at}: no filter"))?;
+                    assert_eq!(f.matches(&doc), label == "Matches", "{at}: {line}");
+                }
+                "Invalid" => {
+                    let f: Filter = serde_json::from_str(rest).map_err(|e| format!("{at}: {e}"))?;
+                    assert_eq!(
+                        code_of(CompiledFilter::compile(&f)),
+                        Some(ErrorCode::InvalidQuery),
+                        "{at}: {line}"
+                    );
+                }
+                "Entries" => {
+                    let map: serde_json::Map<String, Value> =
+                        serde_json::from_str(rest).map_err(|e| format!("{at}: {e}"))?;
+                    entries = map.into_iter().collect();
+                }
+                "Query" => {
+                    query = Some(serde_json::from_str(rest).map_err(|e| format!("{at}: {e}"))?);
+                }
+                "Keys" => {
+                    let expected: Vec<String> = serde_json::from_str(rest)?;
+                    let got: Vec<String> = run_query(&query, &entries)?
+                        .into_iter()
+                        .map(|m| m.key)
+                        .collect();
+                    assert_eq!(got, expected, "{at}");
+                }
+                "Count" => {
+                    let expected: u64 = rest.trim().parse()?;
+                    let q = query.clone().unwrap_or_default();
+                    let got = count(&q, entries.iter().map(|(k, v)| (k.as_str(), v)))?;
+                    assert_eq!(got, expected, "{at}");
+                }
+                "Scores" => {
+                    let expected: Vec<f64> = serde_json::from_str(rest)?;
+                    let got: Vec<Option<f64>> = run_query(&query, &entries)?
+                        .into_iter()
+                        .map(|m| m.score)
+                        .collect();
+                    let expected: Vec<Option<f64>> = expected.into_iter().map(Some).collect();
+                    assert_eq!(got, expected, "{at}");
+                }
+                "Projections" => {
+                    let expected: Vec<Value> = serde_json::from_str(rest)?;
+                    let got: Vec<Value> = run_query(&query, &entries)?
+                        .into_iter()
+                        .map(|m| {
+                            Value::Object(m.projection.unwrap_or_default().into_iter().collect())
+                        })
+                        .collect();
+                    assert_eq!(got, expected, "{at}");
+                }
+                "Pipeline" => {
+                    pipeline = Some(serde_json::from_str(rest).map_err(|e| format!("{at}: {e}"))?);
+                }
+                "Input" => input = serde_json::from_str(rest)?,
+                "Output" => {
+                    let expected: Vec<Value> = serde_json::from_str(rest)?;
+                    let stages = pipeline
+                        .as_deref()
+                        .ok_or_else(|| format!("{at}: no pipeline"))?;
+                    let got = crate::query::aggregate(stages, &input)?;
+                    assert_eq!(got, expected, "{at}");
+                    // Integer and float results must keep their kind, which Value's
+                    // equality already checks (1 != 1.0); spot-check it stays so.
+                    assert_eq!(
+                        serde_json::to_string(&got)?,
+                        serde_json::to_string(&expected)?,
+                        "{at}"
+                    );
+                }
+                "Invalid pipeline" => {
+                    let stages: Vec<crate::AggregateStage> =
+                        serde_json::from_str(rest).map_err(|e| format!("{at}: {e}"))?;
+                    let code = crate::query::aggregate(&stages, &input)
+                        .err()
+                        .map(|e| e.code());
+                    assert_eq!(code, Some(ErrorCode::InvalidQuery), "{at}");
+                }
+                _ => continue,
+            }
+            checked += 1;
+        }
+        assert!(checked > 150, "only {checked} example lines found");
+        Ok(())
+    }
 }
