@@ -11,6 +11,8 @@ mod serde_impl;
 mod text;
 mod value;
 
+use std::fmt;
+
 use serde::{Deserialize, Serialize};
 
 use crate::types::{Direction, Document};
@@ -52,7 +54,37 @@ pub enum Operator {
     WithinBox,
 }
 
+impl Operator {
+    /// The operator as written in the JSON form (`eq`, `within_box`, …).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Eq => "eq",
+            Self::Ne => "ne",
+            Self::Gt => "gt",
+            Self::Gte => "gte",
+            Self::Lt => "lt",
+            Self::Lte => "lte",
+            Self::In => "in",
+            Self::Nin => "nin",
+            Self::Regex => "regex",
+            Self::Exists => "exists",
+            Self::Text => "text",
+            Self::WithinBox => "within_box",
+        }
+    }
+}
+
+impl fmt::Display for Operator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A where clause.
+///
+/// Serialized as `{"field": "age", "op": "gt", "value": 30}`, `{"and": [...]}`,
+/// `{"or": [...]}`, `{"not": {...}}` or `{"field": "address", "nested": {...}}`;
+/// `Display` writes that JSON form on one line (for `explain` output and error context).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Filter {
     /// `field op value`.
@@ -77,6 +109,13 @@ pub enum Filter {
         /// Clause applied to it, with paths relative to it.
         filter: Box<Filter>,
     },
+}
+
+impl fmt::Display for Filter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let json = serde_json::to_string(self).map_err(|_| fmt::Error)?;
+        f.write_str(&json)
+    }
 }
 
 /// One `order_by` key.

@@ -283,6 +283,27 @@ mod tests {
     }
 
     #[test]
+    fn filters_display_as_their_json_form() {
+        let f = field("a").gt(1).and(!field("b").eq("x"));
+        assert_eq!(
+            f.to_string(),
+            r#"{"and":[{"field":"a","op":"gt","value":1},{"not":{"field":"b","op":"eq","value":"x"}}]}"#
+        );
+        assert_eq!(crate::Operator::WithinBox.to_string(), "within_box");
+    }
+
+    #[test]
+    fn operator_names_agree_with_serde() -> TestResult {
+        use crate::Operator::{Eq, Exists, Gt, Gte, In, Lt, Lte, Ne, Nin, Regex, Text, WithinBox};
+        for op in [
+            Eq, Ne, Gt, Gte, Lt, Lte, In, Nin, Regex, Exists, Text, WithinBox,
+        ] {
+            assert_eq!(serde_json::to_value(op)?, json!(op.as_str()));
+        }
+        Ok(())
+    }
+
+    #[test]
     fn an_explicit_null_operand_is_kept() -> TestResult {
         let f: Filter = serde_json::from_str(r#"{"field": "a", "op": "eq", "value": null}"#)?;
         assert_eq!(f, field("a").eq(serde_json::Value::Null));
