@@ -16,7 +16,8 @@
 
 use serde_json::Value;
 
-use crate::query::{Filter, Operator, OrderBy, Query};
+use crate::error::{ErrorCode, Result, StorageError};
+use crate::query::{AggregateStage, Filter, Operator, OrderBy, Query};
 use crate::types::Direction;
 
 /// A field reference that builds conditions.
@@ -175,6 +176,25 @@ impl Filter {
     }
 }
 
+/// Reads an aggregate pipeline (a JSON array of stages) from its JSON form.
+///
+/// # Errors
+/// `InvalidQuery` when the text is not a well-formed pipeline.
+///
+/// ```
+/// use storage_core::query::parse_pipeline;
+/// use storage_core::AggregateStage;
+/// let p = parse_pipeline(r#"[{"group": {"by": "a", "accumulators": {"n": "count"}}}, {"limit": 2}]"#)?;
+/// assert_eq!(p, [AggregateStage::group_by("a").count("n"), AggregateStage::limit(2)]);
+/// # Ok::<(), storage_core::StorageError>(())
+/// ```
+pub fn parse_pipeline(text: &str) -> Result<Vec<AggregateStage>> {
+    serde_json::from_str(text).map_err(|e| {
+        StorageError::new(ErrorCode::InvalidQuery, format!("malformed pipeline: {e}"))
+            .with_source(e)
+    })
+}
+
 impl std::ops::Not for Filter {
     type Output = Filter;
 
@@ -258,6 +278,32 @@ impl Query {
         self
     }
 
+    /// Reads a query from its JSON form (see `docs/QUERY.md`).
+    ///
+    /// # Errors
+    /// `InvalidQuery` when the text is not a well-formed query; paths and operands are
+    /// checked later, when the query is compiled.
+    ///
+    /// ```
+    /// use storage_core::query::field;
+    /// use storage_core::Query;
+    /// let q = Query::from_json(r#"{"where": {"field": "n", "op": "lt", "value": 3}, "limit": 1}"#)?;
+    /// assert_eq!(q, Query::filter(field("n").lt(3)).limit(1));
+    /// # Ok::<(), storage_core::StorageError>(())
+    /// ```
+    pub fn from_json(text: &str) -> Result<Self> {
+        serde_json::from_str(text).map_err(|e| {
+            StorageError::new(ErrorCode::InvalidQuery, format!("malformed query: {e}"))
+                .with_source(e)
+        })
+    }
+
+    /// The query's JSON form (the inverse of [`Query::from_json`]).
+    pub fn to_json(&self) -> String {
+        // Serializing these types cannot fail: every map key is a string.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
     /// Projects these paths into each result's `projection`.
     #[must_use]
     pub fn select<S: Into<String>>(mut self, paths: impl IntoIterator<Item = S>) -> Self {
@@ -330,6 +376,23 @@ mod tests {
         assert_eq!(Filter::any(vec![]), Filter::Or(vec![]));
         assert_eq!(and(vec![]), Filter::And(vec![]));
         assert_eq!(!field("a").eq(1), not(field("a").eq(1)));
+    }
+
+    #[test]
+    fn json_text_converts_with_invalid_query_errors() -> Result<()> {
+        let q = Query::filter(field("a").eq(1)).order_desc("b").limit(3);
+        assert_eq!(Query::from_json(&q.to_json())?, q);
+        for bad in ["", "{", r#"{"limit": "x"}"#, r#"{"where": {"field": "a"}}"#] {
+            assert_eq!(
+                Query::from_json(bad).err().map(|e| e.code()),
+                Some(ErrorCode::InvalidQuery)
+            );
+        }
+        assert_eq!(
+            parse_pipeline(r#"[{"sort": "x"}]"#).err().map(|e| e.code()),
+            Some(ErrorCode::InvalidQuery)
+        );
+        Ok(())
     }
 
     #[test]

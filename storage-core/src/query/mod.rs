@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::types::{Direction, Document};
 
 pub use aggregate::{Accumulator, AggregateStage, aggregate};
-pub use builder::{FieldRef, and, field, not, or};
+pub use builder::{FieldRef, and, field, not, or, parse_pipeline};
 pub use eval::{CompiledFilter, CompiledQuery, Match, count, evaluate};
 pub use path::{FieldPath, MAX_PATH_LEN};
 pub use text::words;
@@ -168,3 +168,12 @@ pub struct Query {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub select: Option<Vec<String>>,
 }
+
+/// Compiled queries are shared across threads by adapters that cache them.
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<CompiledQuery>();
+    assert_send_sync::<CompiledFilter>();
+    assert_send_sync::<Filter>();
+    assert_send_sync::<AggregateStage>();
+};

@@ -447,6 +447,35 @@ mod tests {
     }
 
     #[test]
+    fn queries_and_pipelines_read_from_yaml() -> TestResult {
+        let q: Query = serde_saphyr::from_str(
+            "where:\n  or:\n    - {field: age, op: gte, value: 18}\n    - {field: nick, op: eq, value: null}\norder_by:\n  - {field: age, direction: desc}\nlimit: 3\n",
+        )?;
+        assert_eq!(
+            q,
+            Query::filter(or(vec![
+                field("age").gte(18),
+                field("nick").eq(serde_json::Value::Null)
+            ]))
+            .order_desc("age")
+            .limit(3)
+        );
+        let pipeline: Vec<AggregateStage> = serde_saphyr::from_str(
+            "- group:\n    by: author\n    accumulators:\n      z: count\n      a: {sum: score}\n- limit: 1\n",
+        )?;
+        assert_eq!(
+            pipeline,
+            [
+                AggregateStage::group_by("author")
+                    .count("z")
+                    .sum("a", "score"),
+                AggregateStage::limit(1)
+            ]
+        );
+        Ok(())
+    }
+
+    #[test]
     fn pipelines_round_trip_and_keep_accumulator_order() -> TestResult {
         let pipeline = vec![
             AggregateStage::matching(field("score").gt(1)),
