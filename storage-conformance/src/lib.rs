@@ -38,10 +38,12 @@
 #[macro_use]
 pub mod check;
 pub mod batch;
+pub mod corpus;
 pub mod harness;
 mod macros;
 pub mod model;
 pub mod prop;
+pub mod query;
 pub mod runner;
 pub mod storage;
 pub mod support;

@@ -123,3 +123,32 @@ macro_rules! batch_suite {
         }
     };
 }
+
+/// The queryable suite: `queryable_suite!(MyHarness::new());` expands into the module
+/// `queryable_conformance`: the hand-written corpus, differential tests against the reference
+/// evaluator, paging, counting, projection and the bad-query classes. Needs a
+/// [`QueryableHarness`](crate::QueryableHarness).
+#[macro_export]
+macro_rules! queryable_suite {
+    ($harness:expr) => {
+        $crate::queryable_suite!(queryable_conformance, $harness);
+    };
+    ($module:ident, $harness:expr) => {
+        $crate::__suite! {
+            $module, $harness;
+            plain: [
+                query::capabilities_agree_with_tier_accessors,
+                query::corpus_cases_return_the_expected_keys,
+                query::limit_and_offset_page_the_ordered_results,
+                query::count_ignores_limit_and_offset,
+                query::find_one_returns_the_first_ordered_result,
+                query::results_carry_values_and_projections,
+                query::queries_see_writes_immediately,
+            ];
+            model: [
+                query::random_queries_match_the_reference_evaluator,
+                query::random_aggregates_match_the_reference_evaluator,
+            ];
+        }
+    };
+}
