@@ -40,6 +40,7 @@ pub mod check;
 pub mod batch;
 pub mod corpus;
 pub mod harness;
+pub mod indexed;
 mod macros;
 pub mod model;
 pub mod prop;

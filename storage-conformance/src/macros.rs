@@ -152,3 +152,36 @@ macro_rules! queryable_suite {
         }
     };
 }
+
+/// The indexed suite: `indexed_suite!(MyHarness::new());` expands into the module
+/// `indexed_conformance`: index life cycle, uniqueness, identical answers with and without each
+/// declared index kind, `explain` and index counters. Needs an
+/// [`IndexedHarness`](crate::IndexedHarness); what `explain` should report comes from
+/// [`Harness::expects_index_use`](crate::Harness::expects_index_use).
+#[macro_export]
+macro_rules! indexed_suite {
+    ($harness:expr) => {
+        $crate::indexed_suite!(indexed_conformance, $harness);
+    };
+    ($module:ident, $harness:expr) => {
+        $crate::__suite! {
+            $module, $harness;
+            plain: [
+                indexed::capabilities_agree_with_tier_accessors,
+                indexed::creating_an_identical_index_twice_is_a_no_op,
+                indexed::another_definition_under_a_taken_name_is_duplicate_key,
+                indexed::drop_index_reports_whether_it_existed,
+                indexed::undeclared_index_kinds_are_unsupported,
+                indexed::a_bad_index_path_is_invalid_query,
+                indexed::unique_index_rejects_conflicting_writes_and_changes_nothing,
+                indexed::unique_index_over_conflicting_data_is_refused,
+                indexed::results_are_identical_with_and_without_each_index,
+                indexed::explain_reports_index_use,
+                indexed::index_stats_move,
+            ];
+            model: [
+                indexed::random_queries_match_the_reference_evaluator_with_indexes,
+            ];
+        }
+    };
+}
