@@ -447,6 +447,22 @@ mod tests {
     }
 
     #[test]
+    fn queries_round_trip_through_messagepack() -> TestResult {
+        let q = Query::filter(
+            field("a")
+                .eq(serde_json::Value::Null)
+                .or(!field("b").is_in([1, 2])),
+        )
+        .order_desc("c")
+        .limit(4)
+        .select(["a"]);
+        let bytes = rmp_serde::to_vec_named(&q)?;
+        let back: Query = rmp_serde::from_slice(&bytes)?;
+        assert_eq!(back, q);
+        Ok(())
+    }
+
+    #[test]
     fn queries_and_pipelines_read_from_yaml() -> TestResult {
         let q: Query = serde_saphyr::from_str(
             "where:\n  or:\n    - {field: age, op: gte, value: 18}\n    - {field: nick, op: eq, value: null}\norder_by:\n  - {field: age, direction: desc}\nlimit: 3\n",
