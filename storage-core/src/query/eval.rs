@@ -188,9 +188,11 @@ fn compile_test(op: Operator, value: &Document) -> Result<Test> {
                 .dfa_size_limit(REGEX_SIZE_LIMIT)
                 .build()
                 .map_err(|e| {
+                    // A syntax error's text spans several lines (pattern, caret, reason);
+                    // the reason is on the last, and error messages are one line.
                     let detail = e.to_string();
-                    let first_line = detail.lines().last().unwrap_or("").trim().to_owned();
-                    invalid(format!("invalid regex: {first_line}")).with_source(e)
+                    let reason = detail.lines().last().unwrap_or("").trim().to_owned();
+                    invalid(format!("invalid regex: {reason}")).with_source(e)
                 })?;
             Test::Regex(regex)
         }
@@ -1015,6 +1017,18 @@ mod tests {
             code_of(CompiledFilter::compile(&field("s").regex("a("))),
             Some(ErrorCode::InvalidQuery)
         );
+    }
+
+    #[test]
+    fn errors_are_one_line_and_name_the_field() -> TestResult {
+        let err = CompiledFilter::compile(&field("name").regex("a("))
+            .err()
+            .ok_or("accepted a bad regex")?;
+        let text = err.to_string();
+        assert!(text.starts_with("INVALID_QUERY: invalid regex: "), "{text}");
+        assert!(!text.contains('\n'), "{text}");
+        assert_eq!(err.context_value("field"), Some("name"));
+        Ok(())
     }
 
     #[test]
