@@ -1100,3 +1100,118 @@ async fn failed_commit_publishes_nothing() -> Result<()> {
     assert_eq!(sub.pending(), 0);
     Ok(())
 }
+
+// ---------------------------------------------------------------- More isolation anomalies
+
+#[tokio::test]
+async fn aborted_and_intermediate_writes_are_never_read() -> Result<()> {
+    // G1a and G1b: others never see a rolled-back write or a value later overwritten.
+    let store = MemoryStorage::<i64>::new();
+    store.set("x", &0).await?;
+    let t1 = store.begin(serializable()).await?;
+    t1.set("x", &1).await?;
+    t1.set("x", &2).await?;
+    let t2 = store.begin(serializable()).await?;
+    assert_eq!(t2.get("x").await?, Some(0));
+    assert_eq!(store.get("x").await?, Some(0));
+    t1.rollback().await?;
+    assert_eq!(t2.get("x").await?, Some(0));
+    t2.commit().await?;
+    assert_eq!(store.get("x").await?, Some(0));
+    Ok(())
+}
+
+#[tokio::test]
+async fn circular_information_flow_is_prevented() -> Result<()> {
+    // G1c: each transaction writes one key and reads the other's key.
+    let store = MemoryStorage::<i64>::new();
+    store
+        .set_many(vec![("x".into(), 0), ("y".into(), 0)])
+        .await?;
+    let t1 = store.begin(serializable()).await?;
+    let t2 = store.begin(serializable()).await?;
+    t1.set("x", &1).await?;
+    t2.set("y", &2).await?;
+    assert_eq!(t1.get("y").await?, Some(0));
+    assert_eq!(t2.get("x").await?, Some(0));
+    t1.commit().await?;
+    assert_eq!(code(t2.commit().await), ErrorCode::VersionConflict);
+    Ok(())
+}
+
+#[tokio::test]
+async fn predicate_reads_are_stable_and_conflict_on_write() -> Result<()> {
+    // PMP: a count is repeatable inside the transaction; acting on it after a
+    // concurrent insert aborts.
+    let store = MemoryStorage::<i64>::new();
+    store
+        .set_many(vec![("a".into(), 1), ("b".into(), 2)])
+        .await?;
+    let t1 = store.begin(serializable()).await?;
+    assert_eq!(t1.size().await?, 2);
+    let t2 = store.begin(serializable()).await?;
+    t2.set("c", &3).await?;
+    t2.commit().await?;
+    assert_eq!(t1.size().await?, 2);
+    assert_eq!(keys_of(t1.as_ref()).await?, ["a", "b"]);
+    t1.delete("a").await?;
+    assert_eq!(code(t1.commit().await), ErrorCode::VersionConflict);
+    assert_eq!(keys_of(&store).await?, ["a", "b", "c"]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn observed_transaction_never_vanishes() -> Result<()> {
+    // OTV: once T2 saw T1's committed writes, a later read in T2 never loses them.
+    let store = MemoryStorage::<i64>::new();
+    store
+        .set_many(vec![("x".into(), 0), ("y".into(), 0)])
+        .await?;
+    let t1 = store.begin(serializable()).await?;
+    t1.set("x", &1).await?;
+    t1.set("y", &1).await?;
+    t1.commit().await?;
+    let t2 = store.begin(serializable()).await?;
+    assert_eq!(t2.get("x").await?, Some(1));
+    let t3 = store.begin(serializable()).await?;
+    t3.set("x", &2).await?;
+    t3.set("y", &2).await?;
+    t3.commit().await?;
+    assert_eq!(t2.get("y").await?, Some(1));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_transfers_keep_the_total() -> Result<()> {
+    let store = Arc::new(MemoryStorage::<i64>::new());
+    let accounts: Vec<String> = (0..4).map(|i| format!("acct:{i}")).collect();
+    store
+        .set_many(accounts.iter().map(|a| (a.clone(), 100)).collect())
+        .await?;
+    let mut tasks = Vec::new();
+    for t in 0..16_usize {
+        let store = Arc::clone(&store);
+        let from = accounts[t % 4].clone();
+        let to = accounts[(t + 1) % 4].clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .transaction(TransactionOptions::new().retries(10_000), move |tx| {
+                    let (from, to) = (from.clone(), to.clone());
+                    async move {
+                        let a = tx.get(&from).await?.unwrap_or(0);
+                        let b = tx.get(&to).await?.unwrap_or(0);
+                        tokio::task::yield_now().await;
+                        tx.set(&from, &(a - 7)).await?;
+                        tx.set(&to, &(b + 7)).await
+                    }
+                })
+                .await
+        }));
+    }
+    for task in tasks {
+        task.await.map_err(|e| fail(&e.to_string()))??;
+    }
+    let total: i64 = store.values().try_collect::<Vec<i64>>().await?.iter().sum();
+    assert_eq!(total, 400);
+    Ok(())
+}
