@@ -131,6 +131,18 @@ struct Shared<T> {
 /// Transactional (optimistic, always serializable, savepoints), Observable (hooks
 /// and watches within the process). Nothing persists: data lives as long as the store.
 ///
+/// # Costs
+/// Reads, queries and `begin` take a snapshot in O(1). A write copies the map (and
+/// its indexes) only while some snapshot is still alive (an open transaction, an
+/// unfinished `keys`/`values`/`entries` stream), so keep transactions short.
+///
+/// # Events
+/// Change batches are published under the write lock, so subscribers see commits
+/// in commit order. After-hooks also run in commit order, outside every lock (a
+/// hook may use the store); when writers race, the thread that finds the hook
+/// queue idle runs the queued hooks of the others too, so a write can return
+/// before its own after-hooks have run.
+///
 /// # Example
 /// ```
 /// use storage_core::{MemoryStorage, Storage};

@@ -811,19 +811,22 @@ async fn unique_index_rejects_conflicting_writes_and_changes_nothing() -> Result
 }
 
 #[tokio::test]
-async fn hash_index_treats_integer_and_float_as_equal() -> Result<()> {
-    let store = MemoryStorage::<serde_json::Value>::new();
-    store
-        .create_index(IndexDefinition::new("u", "n", IndexKind::Hash).unique())
-        .await?;
-    store.set("a", &json!({"n": 1})).await?;
-    assert_eq!(
-        code(store.set("b", &json!({"n": 1.0})).await),
-        ErrorCode::DuplicateKey
-    );
-    // Missing fields are not indexed, so they never conflict.
-    store.set("c", &json!({})).await?;
-    store.set("d", &json!({})).await?;
+async fn unique_indexes_treat_integer_and_float_as_equal() -> Result<()> {
+    for kind in [IndexKind::Hash, IndexKind::Btree] {
+        let store = MemoryStorage::<serde_json::Value>::new();
+        store
+            .create_index(IndexDefinition::new("u", "n", kind).unique())
+            .await?;
+        store.set("a", &json!({"n": 1})).await?;
+        assert_eq!(
+            code(store.set("b", &json!({"n": 1.0})).await),
+            ErrorCode::DuplicateKey,
+            "{kind}"
+        );
+        // Missing fields are not indexed, so they never conflict.
+        store.set("c", &json!({})).await?;
+        store.set("d", &json!({})).await?;
+    }
     Ok(())
 }
 
