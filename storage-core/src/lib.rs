@@ -58,6 +58,8 @@ mod types;
 
 pub use async_trait::async_trait;
 pub use capabilities::{Capabilities, Tier};
+pub use codec::{Codec, Compression, Format, SerializationConfig};
+pub use config::{BackendConfig, StorageConfig};
 pub use error::{BoxError, ErrorCode, Result, StorageError};
 pub use events::{
     AfterEvent, AfterHook, BeforeEvent, BeforeHook, EventHub, HookId, Subscription, WatchPattern,
