@@ -24,6 +24,7 @@ use futures::stream;
 
 use crate::capabilities::{Capabilities, Tier};
 use crate::codec::{from_document, to_document};
+use crate::config::MemoryConfig;
 use crate::error::{ErrorCode, Result, StorageError};
 use crate::events::{AfterEvent, AfterHook, BeforeEvent, BeforeHook, EventHub, HookId};
 use crate::events::{Subscription, WatchPattern};
@@ -192,6 +193,30 @@ impl<T: StorageValue> MemoryStorage<T> {
                 next_tx: AtomicU64::new(1),
             }),
         }
+    }
+
+    /// A store built from a configuration: `max_entries` and `debug` apply.
+    ///
+    /// The configuration's `serialization` section does not: this store keeps
+    /// values as JSON documents and never encodes them to bytes.
+    ///
+    /// # Errors
+    /// `InvalidConfig` when the configuration does not validate.
+    ///
+    /// # Example
+    /// ```
+    /// use storage_core::MemoryStorage;
+    /// use storage_core::config::MemoryConfig;
+    /// let config = MemoryConfig { max_entries: Some(10), ..MemoryConfig::default() };
+    /// let store = MemoryStorage::<u32>::from_config(&config)?;
+    /// assert_eq!(store.max_entries(), Some(10));
+    /// # Ok::<(), storage_core::StorageError>(())
+    /// ```
+    pub fn from_config(config: &MemoryConfig) -> Result<Self> {
+        config.validate()?;
+        Ok(Self::new()
+            .with_max_entries(config.max_entries)
+            .debug(config.common.debug))
     }
 
     /// Limits the number of entries; a write that would exceed it fails with

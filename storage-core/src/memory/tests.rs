@@ -223,6 +223,18 @@ async fn capabilities_agree_with_accessors() -> Result<()> {
 }
 
 #[tokio::test]
+async fn from_config_applies_limit_and_debug() -> Result<()> {
+    let config: crate::config::MemoryConfig =
+        serde_json::from_value(json!({"max_entries": 1, "debug": true}))
+            .map_err(|e| fail(&e.to_string()))?;
+    let store = MemoryStorage::<i64>::from_config(&config)?;
+    assert_eq!(store.max_entries(), Some(1));
+    store.set("a", &1).await?;
+    assert_eq!(code(store.set("b", &2).await), ErrorCode::QuotaExceeded);
+    Ok(())
+}
+
+#[tokio::test]
 async fn debug_tracing_does_not_change_behaviour() -> Result<()> {
     let store = MemoryStorage::<i64>::new().debug(true);
     store.set("k", &1).await?;
