@@ -1230,3 +1230,165 @@ async fn concurrent_transfers_keep_the_total() -> Result<()> {
     assert_eq!(total, 400);
     Ok(())
 }
+
+// ---------------------------------------------------------------- Differential: indexes never change answers
+
+/// A small deterministic generator (no dev-dependency needed).
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        self.0 >> 33
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn pick<'a, V>(&mut self, items: &'a [V]) -> &'a V {
+        let i = usize::try_from(self.below(u64::try_from(items.len()).unwrap_or(1))).unwrap_or(0);
+        &items[i]
+    }
+}
+
+fn random_value(rng: &mut Lcg) -> serde_json::Value {
+    match rng.below(9) {
+        0 => json!(null),
+        1 => json!(rng.below(5)),
+        2 => json!(f64::from(u32::try_from(rng.below(10)).unwrap_or(0)) / 2.0),
+        3 => json!(rng.pick(&["a", "b", "B", "c", ""])),
+        4 => json!([rng.below(5), rng.below(5)]),
+        5 => json!([rng.pick(&["a", "b"]), rng.below(3)]),
+        6 => json!(rng.below(2) == 0),
+        7 => json!({"x": rng.below(3)}),
+        _ => json!(-1),
+    }
+}
+
+fn random_doc(rng: &mut Lcg) -> serde_json::Value {
+    let words = [
+        "red fox",
+        "Quick brown",
+        "lazy dog",
+        "fox-trot",
+        "RED",
+        "dog days",
+    ];
+    let mut doc = serde_json::Map::new();
+    if rng.below(5) > 0 {
+        doc.insert("n".into(), random_value(rng));
+    }
+    if rng.below(5) > 0 {
+        doc.insert("s".into(), random_value(rng));
+    }
+    if rng.below(4) > 0 {
+        doc.insert(
+            "text".into(),
+            if rng.below(4) == 0 {
+                json!([rng.pick(&words), rng.pick(&words)])
+            } else {
+                json!(format!("{} {}", rng.pick(&words), rng.pick(&words)))
+            },
+        );
+    }
+    if rng.below(3) > 0 {
+        let items: Vec<_> = (0..rng.below(3))
+            .map(|_| json!({"name": random_value(rng)}))
+            .collect();
+        doc.insert("items".into(), json!(items));
+    }
+    serde_json::Value::Object(doc)
+}
+
+fn random_filter(rng: &mut Lcg) -> crate::Filter {
+    use crate::{Filter, Operator};
+    let field = (*rng.pick(&["n", "s", "items.name", "text"])).to_owned();
+    let op = *rng.pick(&[
+        Operator::Eq,
+        Operator::In,
+        Operator::Gt,
+        Operator::Gte,
+        Operator::Lt,
+        Operator::Lte,
+        Operator::Text,
+        Operator::Ne,
+    ]);
+    let value = match op {
+        Operator::In => json!([random_value(rng), random_value(rng)]),
+        Operator::Text => json!(rng.pick(&["fox", "red dog", "QUICK", "trot fox", "cat"])),
+        _ => random_value(rng),
+    };
+    let clause = Filter::Condition { field, op, value };
+    if rng.below(3) == 0 {
+        Filter::And(vec![clause, random_filter(rng)])
+    } else {
+        clause
+    }
+}
+
+async fn answer(
+    store: &MemoryStorage<serde_json::Value>,
+    query: &Query,
+) -> Result<Vec<(String, Option<f64>)>> {
+    Ok(store
+        .find_many(query)
+        .await?
+        .into_iter()
+        .map(|r| (r.key, r.score))
+        .collect())
+}
+
+#[tokio::test]
+async fn random_queries_agree_with_and_without_indexes() -> Result<()> {
+    let plain = MemoryStorage::<serde_json::Value>::new();
+    let btree = MemoryStorage::<serde_json::Value>::new();
+    let hash = MemoryStorage::<serde_json::Value>::new();
+    for (path, name) in [("n", "n"), ("s", "s"), ("items.name", "items")] {
+        btree
+            .create_index(IndexDefinition::new(name, path, IndexKind::Btree))
+            .await?;
+        hash.create_index(IndexDefinition::new(name, path, IndexKind::Hash))
+            .await?;
+    }
+    for store in [&btree, &hash] {
+        store
+            .create_index(IndexDefinition::new("text", "text", IndexKind::Fulltext))
+            .await?;
+    }
+    let mut rng = Lcg(7);
+    let (mut used_index, mut nonempty) = (0, 0);
+    for round in 0..300 {
+        let key = format!("k{}", rng.below(40));
+        let op = if rng.below(5) == 0 {
+            Operation::delete(key)
+        } else {
+            Operation::set(key, random_doc(&mut rng))
+        };
+        for store in [&plain, &btree, &hash] {
+            store.batch(vec![op.clone()]).await?;
+        }
+        if round % 3 != 0 {
+            continue;
+        }
+        let query = Query::filter(random_filter(&mut rng));
+        let expected = answer(&plain, &query).await;
+        for store in [&btree, &hash] {
+            match &expected {
+                Ok(expected) => {
+                    nonempty += usize::from(!expected.is_empty());
+                    assert_eq!(&answer(store, &query).await?, expected, "{query:?}");
+                    assert_eq!(store.count(&query).await?, plain.count(&query).await?);
+                    used_index += usize::from(store.explain(&query).await?.uses_index());
+                }
+                Err(e) => assert_eq!(code(answer(store, &query).await), e.code()),
+            }
+        }
+    }
+    assert!(used_index > 50, "indexes were used only {used_index} times");
+    assert!(nonempty > 50, "only {nonempty} queries matched anything");
+    Ok(())
+}
