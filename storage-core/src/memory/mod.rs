@@ -541,15 +541,15 @@ fn plan<T: StorageValue>(base: &Map, ops: Vec<Op<T>>, want_after: bool) -> Plan<
                 if old.is_none() {
                     plan.size += 1;
                 }
+                // A hook registered after the value was prepared still gets it.
+                let value = match value {
+                    None if want_after => decode::<T>(&doc, &key).ok().map(Arc::new),
+                    other => other,
+                };
                 if want_after && let Some(value) = &value {
                     plan.after.push(AfterItem::Set {
                         key: key.clone(),
                         value: Arc::clone(value),
-                    });
-                } else if want_after && let Ok(value) = decode::<T>(&doc, &key) {
-                    plan.after.push(AfterItem::Set {
-                        key: key.clone(),
-                        value: Arc::new(value),
                     });
                 }
                 plan.overlay.insert(key.clone(), Some(Arc::clone(&doc)));
