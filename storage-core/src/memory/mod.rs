@@ -752,6 +752,7 @@ impl<T: StorageValue> Storage<T> for MemoryStorage<T> {
     }
 
     async fn size(&self) -> Result<u64> {
+        let _entered = self.span("size").entered();
         Ok(u64::try_from(self.shared.read().data.len()).unwrap_or(u64::MAX))
     }
 
