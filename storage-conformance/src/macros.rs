@@ -185,3 +185,49 @@ macro_rules! indexed_suite {
         }
     };
 }
+
+/// The transactional suite: `transactional_suite!(MyHarness::new());` expands into the module
+/// `transactional_conformance`: commit, rollback, rollback on drop, savepoints (model-based),
+/// read-only, time-out, retries, the reported isolation level, and the Hermitage anomaly tests
+/// run at every declared isolation level. Needs a
+/// [`TransactionalHarness`](crate::TransactionalHarness).
+#[macro_export]
+macro_rules! transactional_suite {
+    ($harness:expr) => {
+        $crate::transactional_suite!(transactional_conformance, $harness);
+    };
+    ($module:ident, $harness:expr) => {
+        $crate::__suite! {
+            $module, $harness;
+            plain: [
+                transactional::capabilities_agree_with_tier_accessors,
+                transactional::committed_writes_become_visible,
+                transactional::a_transaction_sees_its_own_writes,
+                transactional::uncommitted_writes_are_invisible_to_others,
+                transactional::rolled_back_writes_vanish,
+                transactional::a_dropped_transaction_rolls_back,
+                transactional::a_committed_transaction_cannot_be_reused,
+                transactional::a_clear_in_a_transaction_applies_at_commit,
+                transactional::savepoints_nest_and_rollback_to_undoes_later_writes,
+                transactional::read_only_transactions_reject_writes,
+                transactional::a_timed_out_transaction_aborts_and_applies_nothing,
+                transactional::reported_isolation_is_at_least_the_requested_level,
+                transactional::the_transaction_helper_retries_a_conflicting_body,
+                transactional::concurrent_increments_with_retries_all_land,
+                transactional::transactions_work_through_a_trait_object,
+                hermitage::hermitage_g0_write_cycles_are_prevented,
+                hermitage::hermitage_g1a_aborted_reads_are_prevented,
+                hermitage::hermitage_g1b_intermediate_reads_are_prevented,
+                hermitage::hermitage_g1c_circular_information_flow_is_prevented,
+                hermitage::hermitage_otv_observed_transaction_vanishes_is_prevented,
+                hermitage::hermitage_pmp_predicate_many_preceders_is_prevented,
+                hermitage::hermitage_p4_lost_update_is_prevented,
+                hermitage::hermitage_g_single_read_skew_is_prevented,
+                hermitage::hermitage_g2_item_write_skew_is_prevented,
+            ];
+            model: [
+                transactional::random_savepoint_sequences_match_a_model,
+            ];
+        }
+    };
+}
