@@ -38,13 +38,18 @@
 #[macro_use]
 pub mod check;
 pub mod batch;
+pub mod corpus;
 pub mod harness;
+pub mod hermitage;
+pub mod indexed;
 mod macros;
 pub mod model;
 pub mod prop;
+pub mod query;
 pub mod runner;
 pub mod storage;
 pub mod support;
+pub mod transactional;
 pub mod values;
 
 pub use check::{CheckResult, Context, Failure, expect_error};
