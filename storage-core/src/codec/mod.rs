@@ -1329,12 +1329,14 @@ mod tests {
     }
 
     #[test]
-    fn flipped_bits_in_compressed_payloads_error_or_never_misread() -> Result<()> {
+    fn flipped_bits_never_panic_and_never_misread_gzip() -> Result<()> {
         let value = Other {
             id: 42,
             label: "the quick brown fox jumps over the lazy dog, twice: the quick brown fox".into(),
         };
-        for (format, compression) in all_configs().filter(|(_, c)| *c != Compression::None) {
+        // Uncompressed payloads are included only to prove decoding never panics:
+        // without a checksum a flipped byte can be another valid value.
+        for (format, compression) in all_configs() {
             let c = codec::<Other>(format, compression);
             let bytes = c.encode(&value)?;
             let (_, payload) = Header::parse(&bytes)?;
