@@ -1254,6 +1254,37 @@ hints:
     }
 
     #[test]
+    fn durability_and_lock_modes_parse_in_every_syntax() -> TestResult {
+        let group = Durability::Group {
+            max_writes: 8,
+            max_delay_ms: 10,
+        };
+        let yaml = "file_path: a\ndurability:\n  group:\n    max_writes: 8\nlock: fail\n";
+        let j: JsonConfig = parse_config(yaml, ConfigFormat::Yaml)?;
+        assert_eq!((j.durability, j.lock), (group, LockMode::Fail));
+        let json = r#"{"file_path":"a","durability":"fsync-each","lock":{"wait":{}}}"#;
+        let j: JsonConfig = parse_config(json, ConfigFormat::Json)?;
+        assert_eq!(j.durability, Durability::FsyncEach);
+        assert_eq!(j.lock, LockMode::Wait { timeout_ms: 10_000 });
+        let toml = "file_path = 'a'\ndurability = 'fsync_each'\n[lock.wait]\ntimeout_ms = 1";
+        let j: JsonConfig = parse_config(toml, ConfigFormat::Toml)?;
+        assert_eq!(j.lock, LockMode::Wait { timeout_ms: 1 });
+        expect_invalid(parse_config::<JsonConfig>(
+            "file_path = 'a'\ndurability = 'sometimes'",
+            ConfigFormat::Toml,
+        ));
+        let zero = JsonConfig {
+            durability: Durability::Group {
+                max_writes: 0,
+                max_delay_ms: 1,
+            },
+            ..JsonConfig::new("a")
+        };
+        expect_invalid(zero.validate());
+        Ok(())
+    }
+
+    #[test]
     fn an_adapter_config_accepts_only_its_own_type() -> TestResult {
         let j: JsonConfig = parse_config("type = 'json'\nfile_path = 'a'", ConfigFormat::Toml)?;
         assert_eq!(j, JsonConfig::new("a"));
