@@ -57,6 +57,23 @@ pub struct StorageConfig {
     pub serialization: SerializationConfig,
 }
 
+impl StorageConfig {
+    /// Checks the common settings.
+    ///
+    /// # Errors
+    /// `InvalidConfig` when `id` is empty or `serialization.max_decoded_len` is zero.
+    pub fn validate(&self) -> Result<()> {
+        if self.id.as_deref() == Some("") {
+            return Err(invalid("id must not be empty when given").with_context("field", "id"));
+        }
+        if self.serialization.max_decoded_len == 0 {
+            return Err(invalid("serialization.max_decoded_len must be at least 1")
+                .with_context("field", "serialization.max_decoded_len"));
+        }
+        Ok(())
+    }
+}
+
 /// Hints about the workload; adapters may ignore any of them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -366,9 +383,10 @@ impl JsonConfig {
     /// Checks what deserialization cannot.
     ///
     /// # Errors
-    /// `InvalidConfig` when the encoding is not UTF-8, the file path is empty,
+    /// As [`StorageConfig::validate`]; `InvalidConfig` when the encoding is not UTF-8, the file path is empty,
     /// `compact_after` or a group's `max_writes` is zero.
     pub fn validate(&self) -> Result<()> {
+        self.common.validate()?;
         let enc = self.encoding.to_ascii_lowercase();
         if enc != "utf-8" && enc != "utf8" {
             return Err(invalid(format!(
@@ -519,10 +537,11 @@ impl SqliteConfig {
     /// Checks what deserialization cannot.
     ///
     /// # Errors
-    /// `InvalidConfig` when `table_name` is not an identifier
+    /// As [`StorageConfig::validate`]; `InvalidConfig` when `table_name` is not an identifier
     /// (`^[A-Za-z_][A-Za-z0-9_]{0,62}$`) or starts with `sqlite_` (any case, reserved
     /// by SQLite), when `database` is empty, or `read_pool_size` is zero.
     pub fn validate(&self) -> Result<()> {
+        self.common.validate()?;
         check_identifier("table_name", &self.table_name)?;
         if self
             .table_name
@@ -676,10 +695,11 @@ impl GraphConfig {
     /// Checks what deserialization cannot.
     ///
     /// # Errors
-    /// `InvalidConfig` when `database` or `label` is not an identifier
+    /// As [`StorageConfig::validate`]; `InvalidConfig` when `database` or `label` is not an identifier
     /// (`^[A-Za-z_][A-Za-z0-9_]{0,62}$`), or the URL's scheme is not one the adapter
     /// speaks.
     pub fn validate(&self) -> Result<()> {
+        self.common.validate()?;
         check_identifier("database", &self.database)?;
         check_identifier("label", &self.label)?;
         if let Some(url) = &self.url
@@ -718,12 +738,12 @@ config_repr!(MemoryConfigRepr => MemoryConfig ("memory") {
 });
 
 impl MemoryConfig {
-    /// Checks what deserialization cannot. Every memory configuration is valid.
+    /// Checks what deserialization cannot (only the common settings, for memory).
     ///
     /// # Errors
-    /// None today; the signature matches the other configurations.
+    /// As [`StorageConfig::validate`].
     pub fn validate(&self) -> Result<()> {
-        Ok(())
+        self.common.validate()
     }
 }
 
@@ -820,6 +840,12 @@ impl BackendConfig {
         Ok(cfg)
     }
 }
+
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<BackendConfig>();
+    assert_send_sync::<Secret>();
+};
 
 /// The syntax of a configuration text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -1228,6 +1254,37 @@ hints:
     }
 
     #[test]
+    fn durability_and_lock_modes_parse_in_every_syntax() -> TestResult {
+        let group = Durability::Group {
+            max_writes: 8,
+            max_delay_ms: 10,
+        };
+        let yaml = "file_path: a\ndurability:\n  group:\n    max_writes: 8\nlock: fail\n";
+        let j: JsonConfig = parse_config(yaml, ConfigFormat::Yaml)?;
+        assert_eq!((j.durability, j.lock), (group, LockMode::Fail));
+        let json = r#"{"file_path":"a","durability":"fsync-each","lock":{"wait":{}}}"#;
+        let j: JsonConfig = parse_config(json, ConfigFormat::Json)?;
+        assert_eq!(j.durability, Durability::FsyncEach);
+        assert_eq!(j.lock, LockMode::Wait { timeout_ms: 10_000 });
+        let toml = "file_path = 'a'\ndurability = 'fsync_each'\n[lock.wait]\ntimeout_ms = 1";
+        let j: JsonConfig = parse_config(toml, ConfigFormat::Toml)?;
+        assert_eq!(j.lock, LockMode::Wait { timeout_ms: 1 });
+        expect_invalid(parse_config::<JsonConfig>(
+            "file_path = 'a'\ndurability = 'sometimes'",
+            ConfigFormat::Toml,
+        ));
+        let zero = JsonConfig {
+            durability: Durability::Group {
+                max_writes: 0,
+                max_delay_ms: 1,
+            },
+            ..JsonConfig::new("a")
+        };
+        expect_invalid(zero.validate());
+        Ok(())
+    }
+
+    #[test]
     fn an_adapter_config_accepts_only_its_own_type() -> TestResult {
         let j: JsonConfig = parse_config("type = 'json'\nfile_path = 'a'", ConfigFormat::Toml)?;
         assert_eq!(j, JsonConfig::new("a"));
@@ -1337,6 +1394,38 @@ hints:
             };
             assert!(cfg.validate().is_ok(), "{url}");
         }
+    }
+
+    #[test]
+    fn common_settings_are_validated_by_every_adapter() {
+        let mut common = StorageConfig::default();
+        common.serialization.max_decoded_len = 0;
+        for cfg in [
+            BackendConfig::Memory(MemoryConfig {
+                common: common.clone(),
+                ..MemoryConfig::default()
+            }),
+            BackendConfig::Json(JsonConfig {
+                common: common.clone(),
+                ..JsonConfig::new("a.json")
+            }),
+            BackendConfig::Sqlite(SqliteConfig {
+                common: common.clone(),
+                ..SqliteConfig::in_memory()
+            }),
+            BackendConfig::Graph(GraphConfig {
+                common: common.clone(),
+                ..GraphConfig::default()
+            }),
+        ] {
+            let err = expect_invalid(cfg.validate());
+            assert_eq!(err.backend(), Some(cfg.backend_name()));
+        }
+        let empty_id = StorageConfig {
+            id: Some(String::new()),
+            ..StorageConfig::default()
+        };
+        expect_invalid(empty_id.validate());
     }
 
     #[test]
