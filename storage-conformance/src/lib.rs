@@ -37,6 +37,7 @@
 
 #[macro_use]
 pub mod check;
+pub mod bad_input;
 pub mod batch;
 pub mod corpus;
 pub mod harness;

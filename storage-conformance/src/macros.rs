@@ -144,6 +144,8 @@ macro_rules! queryable_suite {
                 query::find_one_returns_the_first_ordered_result,
                 query::results_carry_values_and_projections,
                 query::queries_see_writes_immediately,
+                bad_input::bad_queries_give_invalid_query_or_the_reference_answer,
+                bad_input::bad_pipelines_give_invalid_query_or_the_reference_answer,
             ];
             model: [
                 query::random_queries_match_the_reference_evaluator,
