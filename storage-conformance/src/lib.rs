@@ -51,6 +51,7 @@ pub mod persistence;
 pub mod prop;
 pub mod query;
 pub mod runner;
+pub mod server;
 pub mod storage;
 pub mod support;
 pub mod transactional;

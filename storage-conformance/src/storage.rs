@@ -533,7 +533,10 @@ pub async fn corrupted_bytes_give_a_typed_error<H: StorageHarness>(h: &H) -> Che
     s.set("good", &Doc::sample(1)).await.ctx("set good")?;
     s.set("bad", &Doc::sample(2)).await.ctx("set bad")?;
     Harness::<Doc>::close(h, s).await.ctx("close")?;
-    if !Harness::<Doc>::corrupt(h, &ns, "bad").await.ctx("corrupt")? {
+    if !Harness::<Doc>::corrupt(h, &ns, "bad")
+        .await
+        .ctx("corrupt")?
+    {
         // The adapter cannot plant bytes; what is left to check is that closing kept the store usable.
         let s = Harness::<Doc>::open(h, &ns).await.ctx("reopen")?;
         return s.set("after", &Doc::sample(3)).await.ctx("set after close");
@@ -542,13 +545,19 @@ pub async fn corrupted_bytes_give_a_typed_error<H: StorageHarness>(h: &H) -> Che
     let s = match Harness::<Doc>::open(h, &ns).await {
         Err(e) => {
             // A whole-file store may refuse to open a corrupt file; that is a typed answer too.
-            ensure!(typed.contains(&e.code()), "opening a corrupt store failed with {e}");
+            ensure!(
+                typed.contains(&e.code()),
+                "opening a corrupt store failed with {e}"
+            );
             return Ok(());
         }
         Ok(s) => s,
     };
     match s.get("bad").await {
-        Err(e) => ensure!(typed.contains(&e.code()), "get of a corrupt value failed with {e}"),
+        Err(e) => ensure!(
+            typed.contains(&e.code()),
+            "get of a corrupt value failed with {e}"
+        ),
         Ok(v) => {
             return Err(crate::Failure::new(format!(
                 "get of a corrupt value answered {v:?} instead of CORRUPTED or SERIALIZATION_FAILED"
@@ -556,8 +565,15 @@ pub async fn corrupted_bytes_give_a_typed_error<H: StorageHarness>(h: &H) -> Che
         }
     }
     match s.get("good").await {
-        Ok(v) => ensure_eq!(v, Some(Doc::sample(1)), "an intact entry next to a corrupt one"),
-        Err(e) => ensure!(typed.contains(&e.code()), "get of an intact entry failed with {e}"),
+        Ok(v) => ensure_eq!(
+            v,
+            Some(Doc::sample(1)),
+            "an intact entry next to a corrupt one"
+        ),
+        Err(e) => ensure!(
+            typed.contains(&e.code()),
+            "get of an intact entry failed with {e}"
+        ),
     }
     Ok(())
 }
