@@ -144,6 +144,8 @@ macro_rules! queryable_suite {
                 query::find_one_returns_the_first_ordered_result,
                 query::results_carry_values_and_projections,
                 query::queries_see_writes_immediately,
+                bad_input::bad_queries_give_invalid_query_or_the_reference_answer,
+                bad_input::bad_pipelines_give_invalid_query_or_the_reference_answer,
             ];
             model: [
                 query::random_queries_match_the_reference_evaluator,
@@ -228,6 +230,101 @@ macro_rules! transactional_suite {
             model: [
                 transactional::random_savepoint_sequences_match_a_model,
             ];
+        }
+    };
+}
+
+/// The observable suite: `observable_suite!(MyHarness::new());` expands into the module
+/// `observable_conformance`: commit order, transactions as one batch, nothing from rollbacks or
+/// failed writes, batches and clears, vetoing before-hooks, after-hooks, glob and regex watches,
+/// unsubscribing, lag reporting and (where declared) cross-handle delivery. Needs an
+/// [`ObservableHarness`](crate::ObservableHarness).
+#[macro_export]
+macro_rules! observable_suite {
+    ($harness:expr) => {
+        $crate::observable_suite!(observable_conformance, $harness);
+    };
+    ($module:ident, $harness:expr) => {
+        $crate::__suite! {
+            $module, $harness;
+            plain: [
+                observable::capabilities_agree_with_tier_accessors,
+                observable::committed_writes_arrive_in_commit_order,
+                observable::concurrent_writes_arrive_once_each_in_sequence_order,
+                observable::a_transaction_arrives_as_one_batch,
+                observable::only_committed_changes_are_announced,
+                observable::batches_and_clears_announce_every_change,
+                observable::a_vetoing_before_hook_leaves_the_store_unchanged,
+                observable::after_hooks_see_committed_writes,
+                observable::watch_by_glob_delivers_matching_keys_only,
+                observable::watch_by_regex_matches_whole_keys,
+                observable::dropping_a_subscription_leaves_others_unaffected,
+                observable::a_stalled_subscriber_lags_without_blocking_writers,
+                observable::changes_cross_handles_when_declared,
+            ];
+            model: [];
+        }
+    };
+}
+
+/// The persistence suite, for stores that declare `persistent`:
+/// `persistence_suite!(MyHarness::new());` expands into the module `persistence_conformance`.
+/// The harness must give back a namespace's data when it is opened again after
+/// [`Harness::close`](crate::Harness::close).
+#[macro_export]
+macro_rules! persistence_suite {
+    ($harness:expr) => {
+        $crate::persistence_suite!(persistence_conformance, $harness);
+    };
+    ($module:ident, $harness:expr) => {
+        $crate::__suite! {
+            $module, $harness;
+            plain: [
+                persistence::capabilities_declare_persistence,
+                persistence::acknowledged_writes_survive_reopening,
+                persistence::typed_values_survive_reopening,
+                persistence::batches_and_transactions_survive_reopening,
+                persistence::a_reopened_store_keeps_working,
+            ];
+            model: [];
+        }
+    };
+}
+
+/// The crash suite: `crash_suite!(|location: String| async move { MyStore::open(location) });`
+/// expands into the module `crash_conformance` with two tests: `crash_child_entry` (what the
+/// killed child process runs; on its own it checks the write-and-acknowledge loop in process) and
+/// `acknowledged_writes_survive_sigkill` (kills the child `CONFORMANCE_CRASH_TRIALS` times, 200 by
+/// default, and checks every acknowledged write after each kill). The closure opens a
+/// `Storage<serde_json::Value>` at `location`, a path inside a fresh temporary directory.
+#[macro_export]
+macro_rules! crash_suite {
+    ($open:expr) => {
+        $crate::crash_suite!(crash_conformance, $open);
+    };
+    ($module:ident, $open:expr) => {
+        #[allow(unused_imports, clippy::all, clippy::pedantic)]
+        mod $module {
+            use super::*;
+
+            #[test]
+            fn crash_child_entry() {
+                $crate::runner::run(
+                    concat!(stringify!($module), "::crash_child_entry"),
+                    $crate::crash::child_entry($open),
+                );
+            }
+
+            #[test]
+            fn acknowledged_writes_survive_sigkill() {
+                $crate::runner::run(
+                    concat!(stringify!($module), "::acknowledged_writes_survive_sigkill"),
+                    $crate::crash::acknowledged_writes_survive_sigkill(
+                        concat!(module_path!(), "::crash_child_entry"),
+                        $open,
+                    ),
+                );
+            }
         }
     };
 }
