@@ -16,7 +16,7 @@ use storage_core::{
     Storage, StorageError, StorageValue, Tier, validate_key,
 };
 
-use crate::config::SqliteConfig;
+use crate::config::{SqliteConfig, SqliteOptions, validate_config};
 use crate::error::sql_err;
 use crate::index::IndexCatalog;
 use crate::sql::{SHARED_SCHEMA, TableSql};
@@ -46,7 +46,7 @@ impl Database {
     /// Opens (creating if needed) the file and starts its threads. Blocking: run on a
     /// thread of its own.
     fn open_blocking(config: SqliteConfig) -> Result<Self> {
-        let (path, temp) = if config.is_memory() {
+        let (path, temp) = if config.is_in_memory() {
             let dir = tempfile::Builder::new()
                 .prefix("storage-sqlite-")
                 .tempdir()
@@ -391,15 +391,24 @@ pub(crate) fn committed_changes<T: StorageValue>(
 }
 
 impl<T: StorageValue> SqliteStorage<T> {
-    /// Opens (creating if needed) the database and the table named in `config`.
+    /// Opens (creating if needed) the database and the table named in `config`, with
+    /// default [`SqliteOptions`] (no change log).
     ///
     /// # Errors
-    /// `InvalidConfig` for a bad configuration; `Corrupted` when the file is not a
-    /// database or fails the integrity check asked for; `Io` when it cannot be opened.
+    /// `InvalidConfig` for a bad configuration ([`crate::validate_config`]); `Corrupted`
+    /// when the file is not a database or fails the integrity check asked for; `Io`
+    /// when it cannot be opened.
     pub async fn open(config: SqliteConfig) -> Result<Self> {
-        config.validate()?;
+        Self::open_with(config, SqliteOptions::default()).await
+    }
+
+    /// Opens as [`SqliteStorage::open`] does, with `options`.
+    ///
+    /// # Errors
+    /// As [`SqliteStorage::open`].
+    pub async fn open_with(config: SqliteConfig, options: SqliteOptions) -> Result<Self> {
+        validate_config(&config)?;
         let table_name = config.table_name.clone();
-        let change_log = config.change_log;
         let (tx, rx) = tokio::sync::oneshot::channel();
         std::thread::Builder::new()
             .name("sqlite-open".to_owned())
@@ -412,7 +421,7 @@ impl<T: StorageValue> SqliteStorage<T> {
                     .with_backend("sqlite")
             })?;
         let db = rx.await.map_err(|_| crate::worker::closed("open"))??;
-        Self::on_database(Arc::new(db), table_name, change_log).await
+        Self::on_database(Arc::new(db), table_name, options.change_log).await
     }
 
     /// Another handle on the same database (the same file, or the same private
@@ -469,7 +478,8 @@ impl<T: StorageValue> SqliteStorage<T> {
         })
     }
 
-    /// The configuration the database was opened with.
+    /// The configuration the database was opened with (for a handle from
+    /// [`SqliteStorage::table`], the first handle's, with its table name).
     pub fn config(&self) -> &SqliteConfig {
         &self.db.config
     }
@@ -636,7 +646,7 @@ impl<T: StorageValue> SqliteStorage<T> {
 }
 
 /// The capabilities of a store over `config`.
-pub(crate) fn capabilities(config: &SqliteConfig) -> Capabilities {
+pub(crate) fn capabilities(config: &SqliteConfig, change_log: bool) -> Capabilities {
     Capabilities::new("sqlite", Tier::Observable)
         .with_isolation_levels([
             IsolationLevel::ReadUncommitted,
@@ -653,8 +663,8 @@ pub(crate) fn capabilities(config: &SqliteConfig) -> Capabilities {
         ])
         .with_unique_indexes(true)
         .with_savepoints(true)
-        .with_cross_process_watch(config.change_log)
-        .with_persistent(!config.is_memory())
+        .with_cross_process_watch(change_log)
+        .with_persistent(!config.is_in_memory())
         .with_max_value_len(Some(MAX_VALUE_LEN))
 }
 
@@ -663,7 +673,7 @@ impl<T: StorageValue> Storage<T> for SqliteStorage<T> {
     storage_core::tier_accessors!(T; batch, queryable, indexed, transactional, observable);
 
     fn capabilities(&self) -> Capabilities {
-        capabilities(&self.db.config)
+        capabilities(&self.db.config, self.table.change_log)
     }
 
     async fn get(&self, key: &str) -> Result<Option<T>> {

@@ -223,8 +223,9 @@ fn fulltext_ddl(meta: &IndexMeta, paths: &[String], t: &str, ddl: &mut Vec<Strin
          tokenize='unicode61 remove_diacritics 0')"
     ));
     ddl.push(format!(
-        "INSERT INTO {fts} (rowid, body) SELECT id, {} FROM {t}",
-        body("value")
+        "INSERT INTO {fts} (rowid, body) SELECT src.id, {} FROM {t} AS src",
+        // Qualified: inside the subquery a bare `value` is json_tree's own column.
+        body("src.value")
     ));
     let trig = |suffix: &str| quote_ident(&format!("{}_{suffix}", meta.fts_table()));
     ddl.push(format!(

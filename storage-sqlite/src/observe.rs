@@ -193,7 +193,7 @@ impl<T: StorageValue> SqliteStorage<T> {
     /// process), replaying the logged commits since then before live ones.
     ///
     /// # Errors
-    /// `Unsupported` without the change log ([`crate::SqliteConfig::change_log`]);
+    /// `Unsupported` without the change log ([`crate::SqliteOptions::change_log`]);
     /// `InvalidQuery` for a bad pattern.
     pub fn watch_from(
         &self,
@@ -203,7 +203,7 @@ impl<T: StorageValue> SqliteStorage<T> {
     ) -> Result<Subscription<T>> {
         if !self.table.change_log {
             return Err(storage_core::StorageError::unsupported(
-                "resuming a watch needs the change log (change_log = true)",
+                "resuming a watch needs the change log (SqliteOptions::change_log)",
             )
             .with_operation("watch")
             .with_backend("sqlite"));

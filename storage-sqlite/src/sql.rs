@@ -119,6 +119,12 @@ use crate::index::IndexMeta;
 /// so SQLite's mixed integer/real comparisons agree with the evaluator's on them.
 const EXACT_FLOAT_LIMIT: f64 = 9_007_199_254_740_992.0;
 
+/// Limits that keep a candidate filter within SQLite's expression depth (1000) and
+/// parameter count: past them a clause simply stays in process.
+const MAX_DEPTH: usize = 16;
+const MAX_BRANCHES: usize = 64;
+const MAX_PARAMS: usize = 2000;
+
 /// A candidate filter: SQL, its parameters, and what it says for `explain`.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Candidates {
@@ -167,6 +173,7 @@ enum PathMode {
 }
 
 struct Builder<'a> {
+    depth: usize,
     params: Vec<SqlValue>,
     pushed: Vec<String>,
     indexes: Vec<String>,
@@ -216,7 +223,14 @@ impl Builder<'_> {
     /// Translates `filter`; on `None` nothing it pushed (parameters, notes) remains.
     fn translate(&mut self, filter: &Filter) -> Option<String> {
         let marks = (self.params.len(), self.pushed.len(), self.indexes.len());
-        let sql = self.translate_inner(filter);
+        self.depth += 1;
+        let sql = if self.depth > MAX_DEPTH {
+            None
+        } else {
+            self.translate_inner(filter)
+        }
+        .filter(|_| self.params.len() <= MAX_PARAMS);
+        self.depth -= 1;
         if sql.is_none() {
             self.params.truncate(marks.0);
             self.pushed.truncate(marks.1);
@@ -228,27 +242,26 @@ impl Builder<'_> {
     fn translate_inner(&mut self, filter: &Filter) -> Option<String> {
         match filter {
             Filter::And(items) => {
-                let parts: Vec<String> = items.iter().filter_map(|f| self.translate(f)).collect();
+                // Any subset of a conjunction still keeps every match.
+                let parts: Vec<String> = items
+                    .iter()
+                    .filter_map(|f| self.translate(f))
+                    .take(MAX_BRANCHES)
+                    .collect();
                 (!parts.is_empty()).then(|| format!("({})", parts.join(" AND ")))
             }
             Filter::Or(items) => {
                 if items.is_empty() {
                     return Some("0".to_owned());
                 }
-                // Translate into a scratch builder: one untranslatable branch keeps everything.
-                let mut scratch = Builder {
-                    params: Vec::new(),
-                    pushed: Vec::new(),
-                    indexes: Vec::new(),
-                    catalog: self.catalog,
-                };
+                if items.len() > MAX_BRANCHES {
+                    return None;
+                }
+                // One untranslatable branch keeps everything (`translate` then undoes the rest).
                 let mut parts = Vec::new();
                 for item in items {
-                    parts.push(scratch.translate(item)?);
+                    parts.push(self.translate(item)?);
                 }
-                self.params.append(&mut scratch.params);
-                self.pushed.append(&mut scratch.pushed);
-                self.indexes.append(&mut scratch.indexes);
                 Some(format!("({})", parts.join(" OR ")))
             }
             Filter::Not(_) | Filter::Nested { .. } => None,
@@ -381,6 +394,9 @@ impl Builder<'_> {
 
     /// Entries where the path may equal one of `values`.
     fn eq_any(&mut self, path: &FieldPath, jp: &str, values: &[Document]) -> Option<String> {
+        if values.len() > MAX_BRANCHES {
+            return None;
+        }
         let (mode, index) = self.mode_for(path.as_str(), &[IndexKind::Btree, IndexKind::Hash]);
         let mut terms = Vec::new();
         for value in values {
@@ -451,6 +467,7 @@ fn box_corners(value: &Document) -> Option<([f64; 2], [f64; 2])> {
 /// Translates `filter` into a candidate filter, or `None` when every entry is a candidate.
 pub(crate) fn candidates(filter: Option<&Filter>, catalog: &[IndexMeta]) -> Option<Candidates> {
     let mut b = Builder {
+        depth: 0,
         params: Vec::new(),
         pushed: Vec::new(),
         indexes: Vec::new(),

@@ -1,7 +1,7 @@
 //! Transactions: each open transaction owns a connection on a dedicated thread.
 //!
-//! A transaction starts with a deferred `BEGIN`: its first read takes a WAL snapshot,
-//! its first write takes the database's single write lock. Writers are therefore
+//! A transaction starts with `BEGIN` and one read, which takes its WAL snapshot; its
+//! first write takes the database's single write lock. Writers are therefore
 //! serial, and a transaction that read a snapshot which another commit has since
 //! overtaken cannot write: SQLite answers `SQLITE_BUSY_SNAPSHOT`, reported as a
 //! retryable `VersionConflict`. Reads from one snapshot plus serial writes that must
@@ -171,7 +171,7 @@ impl<T: StorageValue> SqliteTransaction<T> {
 #[async_trait::async_trait]
 impl<T: StorageValue> Storage<T> for SqliteTransaction<T> {
     fn capabilities(&self) -> Capabilities {
-        capabilities(&self.store.db.config)
+        capabilities(&self.store.db.config, self.store.table.change_log)
     }
 
     async fn get(&self, key: &str) -> Result<Option<T>> {
@@ -420,7 +420,9 @@ impl<T: StorageValue> TransactionalStorage<T> for SqliteStorage<T> {
                     conn.pragma_update(None, "query_only", true)
                         .map_err(sql_err("begin"))?;
                 }
-                conn.execute_batch("BEGIN DEFERRED")
+                // Reading once takes the WAL snapshot now: the transaction sees the
+                // database as of `begin`, and cannot write over a commit made since.
+                conn.execute_batch("BEGIN DEFERRED; SELECT 1 FROM sqlite_schema LIMIT 1;")
                     .map_err(sql_err("begin"))?;
                 Ok(conn)
             },

@@ -40,7 +40,7 @@ fn configure(conn: &Connection, config: &SqliteConfig, read_only: bool) -> Resul
     conn.busy_timeout(Duration::from_millis(config.busy_timeout_ms))
         .map_err(&err)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-    conn.pragma_update(None, "synchronous", config.synchronous.pragma_value())
+    conn.pragma_update(None, "synchronous", config.synchronous.as_pragma())
         .map_err(&err)?;
     conn.pragma_update(None, "foreign_keys", config.foreign_keys)
         .map_err(&err)?;

@@ -5,9 +5,12 @@
 
 use std::path::PathBuf;
 
-use storage_conformance::{Harness, batch_suite, storage_suite};
+use storage_conformance::{
+    Harness, batch_suite, crash_suite, indexed_suite, observable_suite, persistence_suite,
+    queryable_suite, storage_suite, transactional_suite,
+};
 use storage_core::{Result, StorageError, StorageValue};
-use storage_sqlite::{SqliteConfig, SqliteStorage};
+use storage_sqlite::{SqliteConfig, SqliteConfigExt, SqliteOptions, SqliteStorage};
 
 /// Opens tables of one temporary database file.
 struct SqliteHarness {
@@ -31,7 +34,6 @@ impl SqliteHarness {
     fn config(&self, namespace: &str) -> SqliteConfig {
         SqliteConfig::new(self.path().to_string_lossy())
             .table_name(namespace)
-            .change_log(true)
             .busy_timeout_ms(2000)
     }
 }
@@ -40,7 +42,11 @@ impl<T: StorageValue> Harness<T> for SqliteHarness {
     type Store = SqliteStorage<T>;
 
     async fn open(&self, namespace: &str) -> Result<SqliteStorage<T>> {
-        SqliteStorage::open(self.config(namespace)).await
+        SqliteStorage::open_with(
+            self.config(namespace),
+            SqliteOptions::default().change_log(true),
+        )
+        .await
     }
 
     async fn corrupt(&self, namespace: &str, key: &str) -> Result<bool> {
@@ -58,3 +64,15 @@ impl<T: StorageValue> Harness<T> for SqliteHarness {
 
 storage_suite!(SqliteHarness::new());
 batch_suite!(SqliteHarness::new());
+queryable_suite!(SqliteHarness::new());
+indexed_suite!(SqliteHarness::new());
+transactional_suite!(SqliteHarness::new());
+observable_suite!(SqliteHarness::new());
+persistence_suite!(SqliteHarness::new());
+crash_suite!(|location: String| async move {
+    SqliteStorage::<serde_json::Value>::open_with(
+        SqliteConfig::new(location),
+        SqliteOptions::default().change_log(true),
+    )
+    .await
+});

@@ -11,18 +11,22 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use storage_core::{
     BatchStorage, Result, Storage, StorageError, TransactionOptions, TransactionalStorage,
 };
-use storage_sqlite::{SqliteConfig, SqliteStorage};
+use storage_sqlite::{SqliteConfig, SqliteConfigExt, SqliteOptions, SqliteStorage};
 
 const CHILD_ENV: &str = "STORAGE_SQLITE_CRASH_CHILD";
 const TRIALS: u64 = 200;
 
 fn config(path: &str) -> SqliteConfig {
-    SqliteConfig::new(path).table_name("crash").change_log(true)
+    SqliteConfig::new(path).table_name("crash")
+}
+
+async fn open(config: SqliteConfig) -> Result<SqliteStorage<u64>> {
+    SqliteStorage::open_with(config, SqliteOptions::default().change_log(true)).await
 }
 
 /// Writes until killed, printing `ack <key> <value>` after each acknowledged write.
 async fn child(path: &str, trial: u64) -> Result<()> {
-    let store = SqliteStorage::<u64>::open(config(path)).await?;
+    let store = open(config(path)).await?;
     let mut i = 0u64;
     loop {
         match i % 10 {
