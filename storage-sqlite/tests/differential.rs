@@ -8,7 +8,7 @@ use storage_core::{
     BatchStorage, Filter, IndexDefinition, IndexKind, IndexedStorage, Query, QueryableStorage,
     Result,
 };
-use storage_sqlite::{SqliteConfig, SqliteConfigExt, SqliteOptions, SqliteStorage};
+use storage_sqlite::{SqliteConfig, SqliteConfigExt, SqliteStorage};
 
 fn scalar() -> impl Strategy<Value = Value> {
     prop_oneof![

@@ -18,7 +18,7 @@ use storage_core::{
     ErrorCode, IsolationLevel, Result, Storage, Transaction, TransactionOptions,
     TransactionalStorage,
 };
-use storage_sqlite::{SqliteConfig, SqliteConfigExt, SqliteOptions, SqliteStorage};
+use storage_sqlite::{SqliteConfig, SqliteConfigExt, SqliteStorage};
 
 async fn setup() -> Result<SqliteStorage<i64>> {
     let s = SqliteStorage::open(SqliteConfig::in_memory().busy_timeout_ms(2000)).await?;
