@@ -74,8 +74,8 @@ impl Database {
             readers.push(open_connection(&path, &config, true)?);
         }
         Ok(Self {
-            writer: Workers::spawn("sqlite-writer", vec![writer])?,
-            readers: Workers::spawn("sqlite-reader", readers)?,
+            writer: Workers::spawn("sqlite-writer", vec![writer], config.common.debug)?,
+            readers: Workers::spawn("sqlite-reader", readers, config.common.debug)?,
             idle_tx: Mutex::new(Vec::new()),
             local_seq: AtomicU64::new(0),
             config,
