@@ -8,8 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
-use serde::Serialize;
-use storage_core::codec::to_document;
+use storage_core::codec::{Codec, Header};
 use storage_core::{
     AfterEvent, BatchResult, BatchStorage, BeforeEvent, Capabilities, Change, ChangeBatch,
     ChangeKind, ErrorCode, EventHub, IndexKind, IsolationLevel, Operation, Result, ResultStream,
@@ -140,11 +139,13 @@ pub struct SqliteStorage<T> {
     pub(crate) table: Arc<Table>,
     pub(crate) hub: Arc<EventHub<T>>,
     pub(crate) observer: Arc<crate::observe::Observer<T>>,
+    pub(crate) codec: Arc<Codec<T>>,
 }
 
 impl<T> Clone for SqliteStorage<T> {
     fn clone(&self) -> Self {
         Self {
+            codec: Arc::clone(&self.codec),
             db: Arc::clone(&self.db),
             table: Arc::clone(&self.table),
             hub: Arc::clone(&self.hub),
@@ -176,22 +177,27 @@ pub(crate) enum Effect {
     Clear { removed: Vec<(String, String)> },
 }
 
-/// Encodes a value as the JSON text stored in the `value` column.
-pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<String> {
-    let doc = to_document(value)?;
-    let json = serde_json::to_string(&doc).map_err(|e| {
-        StorageError::new(ErrorCode::SerializationFailed, "json encoding failed").with_source(e)
-    })?;
-    if json.len() > MAX_VALUE_LEN {
+/// Encodes a value as the JSON text stored in the `value` column, through the
+/// codec's strict JSON writer (no intermediate document; NaN, infinities and 128-bit
+/// integers out of range are refused with `InvalidValue`).
+pub(crate) fn encode<T: StorageValue>(codec: &Codec<T>, value: &T) -> Result<String> {
+    let mut buf = Vec::with_capacity(128);
+    codec.encode_into(value, &mut buf)?;
+    let header_len = buf.len() - Header::parse(&buf)?.1.len();
+    buf.drain(..header_len);
+    if buf.len() > MAX_VALUE_LEN {
         return Err(StorageError::new(
             ErrorCode::QuotaExceeded,
             format!(
                 "encoded value is {} bytes, the limit is {MAX_VALUE_LEN}",
-                json.len()
+                buf.len()
             ),
         ));
     }
-    Ok(json)
+    String::from_utf8(buf).map_err(|e| {
+        StorageError::new(ErrorCode::SerializationFailed, "json encoding is not utf-8")
+            .with_source(e)
+    })
 }
 
 /// Decodes the stored JSON text of a value.
@@ -470,11 +476,16 @@ impl<T: StorageValue> SqliteStorage<T> {
                 .await?;
             observer.start_at(last);
         }
+        let codec = Arc::new(
+            Codec::new(&db.config.common.serialization)
+                .map_err(|e| e.with_operation("open").with_backend("sqlite"))?,
+        );
         Ok(Self {
             db,
             table,
             hub,
             observer,
+            codec,
         })
     }
 
@@ -511,7 +522,7 @@ impl<T: StorageValue> SqliteStorage<T> {
     pub(crate) fn prepare_set(&self, key: &str, value: &T) -> Result<WriteOp> {
         validate_key(key)?;
         self.before(&BeforeEvent::Set { key, value })?;
-        let json = encode(value).map_err(|e| {
+        let json = encode(&self.codec, value).map_err(|e| {
             e.with_operation("set")
                 .with_backend("sqlite")
                 .with_context("key", key.escape_debug())
@@ -845,7 +856,7 @@ impl<T: StorageValue> BatchStorage<T> for SqliteStorage<T> {
         let mut ops = Vec::with_capacity(entries.len());
         for (i, (key, value)) in entries.iter().enumerate() {
             self.before(&BeforeEvent::Set { key, value })?;
-            let json = encode(value).map_err(|e| {
+            let json = encode(&self.codec, value).map_err(|e| {
                 e.with_operation("set_many")
                     .with_context("index", i)
                     .with_context("key", key.escape_debug())
