@@ -294,9 +294,13 @@ pub(crate) fn write_log(conn: &Connection, table: &str, effects: &[Effect]) -> R
         let cs = if let Some(cs) = commit_seq {
             cs
         } else {
-            // The write lock is held, so the next rowid is max + 1 and stays so.
+            // The write lock is held, so the next AUTOINCREMENT rowid is known and stays so
+            // (trimmed rows never make it go back).
             let cs: i64 = conn
-                .prepare_cached("SELECT IFNULL(MAX(seq), 0) + 1 FROM _storage_changes")
+                .prepare_cached(
+                    "SELECT IFNULL((SELECT seq FROM sqlite_sequence \
+                     WHERE name = '_storage_changes'), 0) + 1",
+                )
                 .and_then(|mut s| s.query_row([], |r| r.get(0)))
                 .map_err(&err)?;
             commit_seq = Some(cs);

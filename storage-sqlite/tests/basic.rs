@@ -477,13 +477,29 @@ async fn change_log_crosses_handles_and_resumes() -> Result<()> {
         panic!("no batch")
     };
     assert_eq!(b2.changes[0].key, "k2");
-    let mut resumed = a.watch_from(WatchPattern::All, 16, b1.sequence)?;
+    let mut resumed = a.watch_from(WatchPattern::All, 16, b1.sequence).await?;
     let Ok(Some(WatchEvent::Changes(r1))) =
         tokio::time::timeout(Duration::from_secs(2), resumed.next()).await
     else {
         panic!("no replay")
     };
     assert_eq!(r1.changes[0].key, "other");
+    // Trimmed history: a resumed watch is told to resync, then goes on.
+    assert!(a.trim_change_log(b2.sequence).await? >= 3);
+    let mut late = a.watch_from(WatchPattern::All, 16, b1.sequence).await?;
+    let Ok(Some(WatchEvent::Resync { .. })) =
+        tokio::time::timeout(Duration::from_secs(2), late.next()).await
+    else {
+        panic!("no resync")
+    };
+    a.set("k3", &3).await?;
+    let Ok(Some(WatchEvent::Changes(after))) =
+        tokio::time::timeout(Duration::from_secs(2), late.next()).await
+    else {
+        panic!("no batch after the resync")
+    };
+    assert_eq!(after.changes[0].key, "k3");
+    assert!(after.sequence > b2.sequence);
     Ok(())
 }
 
