@@ -1389,6 +1389,46 @@ mod tests {
         Ok(())
     }
 
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(tag = "kind", rename_all = "snake_case")]
+    enum Shape {
+        Circle { r: f64 },
+        Labelled(Labelled),
+    }
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct Labelled {
+        label: String,
+        #[serde(flatten)]
+        extra: BTreeMap<String, f64>,
+    }
+
+    #[test]
+    fn tagged_and_flattened_types_pass_through_the_strict_proxy() -> Result<()> {
+        let shapes = vec![
+            Shape::Circle { r: 1.5 },
+            Shape::Labelled(Labelled {
+                label: "x".into(),
+                extra: BTreeMap::from([("w".to_owned(), 2.0)]),
+            }),
+        ];
+        assert_eq!(
+            to_document(&shapes)?,
+            serde_json::json!([{"kind": "circle", "r": 1.5}, {"kind": "labelled", "label": "x", "w": 2.0}])
+        );
+        let c = codec::<Vec<Shape>>(Format::Json, Compression::None);
+        assert_eq!(c.decode(&c.encode(&shapes)?)?, shapes);
+        let bad = vec![Shape::Labelled(Labelled {
+            label: "x".into(),
+            extra: BTreeMap::from([("w".to_owned(), f64::NAN)]),
+        })];
+        assert_eq!(
+            c.encode(&bad).expect_err("must fail").code(),
+            ErrorCode::InvalidValue
+        );
+        Ok(())
+    }
+
     #[test]
     fn encode_into_leaves_the_buffer_unchanged_on_error() {
         let c = codec::<Vec<f64>>(Format::Json, Compression::Lz4);
@@ -1570,6 +1610,13 @@ mod tests {
             let back = c.decode(&c.encode(&value)?)?;
             prop_assert_eq!(back.float.to_bits(), value.float.to_bits());
             prop_assert_eq!(back, value);
+        }
+
+        #[test]
+        fn any_value_round_trips_through_a_document(value in arbitrary()) {
+            let doc = to_document(&value)?;
+            prop_assert_eq!(&doc, &serde_json::to_value(&value).map_err(|e| TestCaseError::fail(e.to_string()))?);
+            prop_assert_eq!(from_document::<Arbitrary>(doc)?, value);
         }
 
         #[test]
