@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -37,29 +37,40 @@ fn io(e: &std::io::Error) -> StorageError {
 impl<T: StorageValue> LogStore<T> {
     fn open(path: &Path, flush: bool) -> Result<Self> {
         let mut map = BTreeMap::new();
-        if path.exists() {
-            let file = File::open(path).map_err(|e| io(&e))?;
-            for line in BufReader::new(file).lines() {
-                let Ok(line) = line else { break };
-                let Ok(record) = serde_json::from_str::<Value>(&line) else {
-                    break;
-                };
-                match (record["op"].as_str(), record["k"].as_str()) {
-                    (Some("set"), Some(k)) => {
-                        map.insert(k.to_owned(), record["v"].clone());
-                    }
-                    (Some("del"), Some(k)) => {
-                        map.remove(k);
-                    }
-                    (Some("clear"), _) => map.clear(),
-                    _ => break,
-                }
+        let bytes = if path.exists() {
+            std::fs::read(path).map_err(|e| io(&e))?
+        } else {
+            Vec::new()
+        };
+        // Replay complete records; a kill can cut the last write short (a fatal signal ends a
+        // write(2) between pages), so everything from the first bad line on is a torn tail.
+        let mut good_end = 0;
+        for line in bytes.split_inclusive(|b| *b == b'\n') {
+            if !line.ends_with(b"\n") {
+                break;
             }
+            let Ok(record) = serde_json::from_slice::<Value>(line) else {
+                break;
+            };
+            match (record["op"].as_str(), record["k"].as_str()) {
+                (Some("set"), Some(k)) => {
+                    map.insert(k.to_owned(), record["v"].clone());
+                }
+                (Some("del"), Some(k)) => {
+                    map.remove(k);
+                }
+                (Some("clear"), _) => map.clear(),
+                _ => break,
+            }
+            good_end += line.len();
         }
         let file = OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
+            .map_err(|e| io(&e))?;
+        // Cut the torn tail so the next record starts on a line of its own.
+        file.set_len(u64::try_from(good_end).unwrap_or(u64::MAX))
             .map_err(|e| io(&e))?;
         Ok(Self {
             inner: Mutex::new(Inner {
