@@ -23,7 +23,64 @@
 //! ```
 //!
 //! Invoking a tier's macro for a store that lacks the tier does not compile: every check is
-//! bounded on the tier's harness trait ([`BatchHarness`], [`QueryableHarness`], …).
+//! bounded on the tier's harness trait ([`BatchHarness`], [`QueryableHarness`], …). For a store
+//! with the storage tier only, this compiles:
+//!
+//! ```
+//! # use storage_conformance::Harness;
+//! # use storage_core::{Capabilities, MemoryStorage, Result, ResultStream, Storage, StorageValue, async_trait};
+//! # /// A store with the storage tier only.
+//! # struct OnlyKv<T>(MemoryStorage<T>);
+//! # #[async_trait]
+//! # impl<T: StorageValue> Storage<T> for OnlyKv<T> {
+//! #     fn capabilities(&self) -> Capabilities { Capabilities::new("kv", storage_core::Tier::Storage) }
+//! #     async fn get(&self, key: &str) -> Result<Option<T>> { self.0.get(key).await }
+//! #     async fn set(&self, key: &str, value: &T) -> Result<()> { self.0.set(key, value).await }
+//! #     async fn delete(&self, key: &str) -> Result<bool> { self.0.delete(key).await }
+//! #     async fn has(&self, key: &str) -> Result<bool> { self.0.has(key).await }
+//! #     async fn clear(&self) -> Result<()> { self.0.clear().await }
+//! #     async fn size(&self) -> Result<u64> { self.0.size().await }
+//! #     fn keys(&self) -> ResultStream<'_, String> { self.0.keys() }
+//! #     fn values(&self) -> ResultStream<'_, T> { self.0.values() }
+//! #     fn entries(&self) -> ResultStream<'_, (String, T)> { self.0.entries() }
+//! # }
+//! # struct KvHarness;
+//! # impl<T: StorageValue> Harness<T> for KvHarness {
+//! #     type Store = OnlyKv<T>;
+//! #     async fn open(&self, _: &str) -> Result<OnlyKv<T>> { Ok(OnlyKv(MemoryStorage::new())) }
+//! # }
+//! storage_conformance::storage_suite!(KvHarness);
+//! # fn main() {}
+//! ```
+//!
+//! and the same store under the batch suite does not:
+//!
+//! ```compile_fail
+//! # use storage_conformance::Harness;
+//! # use storage_core::{Capabilities, MemoryStorage, Result, ResultStream, Storage, StorageValue, async_trait};
+//! # /// A store with the storage tier only.
+//! # struct OnlyKv<T>(MemoryStorage<T>);
+//! # #[async_trait]
+//! # impl<T: StorageValue> Storage<T> for OnlyKv<T> {
+//! #     fn capabilities(&self) -> Capabilities { Capabilities::new("kv", storage_core::Tier::Storage) }
+//! #     async fn get(&self, key: &str) -> Result<Option<T>> { self.0.get(key).await }
+//! #     async fn set(&self, key: &str, value: &T) -> Result<()> { self.0.set(key, value).await }
+//! #     async fn delete(&self, key: &str) -> Result<bool> { self.0.delete(key).await }
+//! #     async fn has(&self, key: &str) -> Result<bool> { self.0.has(key).await }
+//! #     async fn clear(&self) -> Result<()> { self.0.clear().await }
+//! #     async fn size(&self) -> Result<u64> { self.0.size().await }
+//! #     fn keys(&self) -> ResultStream<'_, String> { self.0.keys() }
+//! #     fn values(&self) -> ResultStream<'_, T> { self.0.values() }
+//! #     fn entries(&self) -> ResultStream<'_, (String, T)> { self.0.entries() }
+//! # }
+//! # struct KvHarness;
+//! # impl<T: StorageValue> Harness<T> for KvHarness {
+//! #     type Store = OnlyKv<T>;
+//! #     async fn open(&self, _: &str) -> Result<OnlyKv<T>> { Ok(OnlyKv(MemoryStorage::new())) }
+//! # }
+//! storage_conformance::batch_suite!(KvHarness);
+//! # fn main() {}
+//! ```
 //!
 //! ## What the suites contain
 //! - hand-written checks, one per rule of ARCHITECTURE §3, named as sentences, each a
