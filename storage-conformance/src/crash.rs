@@ -6,7 +6,7 @@
 //! where the store lives and which key to start at. It writes `k{i}` and prints `ack {i}` after
 //! each acknowledged `set`. `std::process::Child::kill` sends SIGKILL on Unix.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -77,8 +77,8 @@ where
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
         let store = open(location).await.ctx("child: open")?;
-        let stdout = std::io::stdout();
-        let mut out = stdout.lock();
+        // `Stdout` locks per line, so the future stays `Send`.
+        let mut out = std::io::stdout();
         write_and_acknowledge(&store, start, u64::MAX - start, &mut out)
             .await
             .ctx("child: write")?;
@@ -151,10 +151,9 @@ fn one_trial(
             if let Some(i) = line
                 .strip_prefix("ack ")
                 .and_then(|n| n.trim().parse().ok())
+                && tx.send(i).is_err()
             {
-                if tx.send(i).is_err() {
-                    break;
-                }
+                break;
             }
         }
     });
@@ -170,8 +169,7 @@ fn one_trial(
         }
         match rx.recv_timeout(left) {
             Ok(i) => acked.push(i),
-            Err(mpsc::RecvTimeoutError::Timeout) => break,
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout | mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }
     child
@@ -215,7 +213,7 @@ where
     let location = dir.path().join("store").to_string_lossy().into_owned();
     let mut rng = Rng::seeded();
     let seed = rng.0;
-    let mut acknowledged: BTreeMap<u64, ()> = BTreeMap::new();
+    let mut acknowledged: BTreeSet<u64> = BTreeSet::new();
     let mut next = 0u64;
     let mut total_acks = 0usize;
     for trial in 0..trials() {
@@ -233,7 +231,7 @@ where
         let acked = acked.0.ctx(format_args!("trial {trial}"))?;
         total_acks += acked.len();
         for i in &acked {
-            acknowledged.insert(*i, ());
+            acknowledged.insert(*i);
             next = next.max(i + 1);
         }
         // Unacknowledged writes may or may not have landed; start past anything the child may have tried.
@@ -245,7 +243,7 @@ where
             format_args!("read every entry after kill {trial} (seed {seed})"),
         )?;
         let present: BTreeMap<String, Value> = entries.into_iter().collect();
-        for i in acknowledged.keys() {
+        for i in &acknowledged {
             let key = format!("k{i}");
             match present.get(&key) {
                 Some(v) if *v == value_for(*i) => {}

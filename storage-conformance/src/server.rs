@@ -10,7 +10,7 @@
 //!
 //! Readiness is checked with `PING` over plain TCP (RESP), so no Redis client is needed here.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -193,7 +193,7 @@ pub fn command(port: u16, args: &[&str]) -> std::io::Result<Reply> {
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut req = format!("*{}\r\n", args.len());
     for a in args {
-        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        let _ = write!(req, "${}\r\n{a}\r\n", a.len());
     }
     stream.write_all(req.as_bytes())?;
     read_reply(&mut BufReader::new(stream))

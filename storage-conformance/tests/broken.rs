@@ -359,7 +359,10 @@ fn a_non_atomic_batch_is_caught() {
         "random_batch_sequences_match_a_btreemap_model",
         block_on_check(model::random_batch_sequences_match_a_btreemap_model(
             &h,
-            Regressions::none(),
+            Regressions::file(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/proptest-regressions/broken-non_atomic_batch.txt"
+            )),
         )),
     );
 }
@@ -439,7 +442,10 @@ fn a_query_ignoring_offset_is_caught() {
         "random_queries_match_the_reference_evaluator",
         block_on_check(query::random_queries_match_the_reference_evaluator(
             &h,
-            Regressions::none(),
+            Regressions::file(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/proptest-regressions/broken-ignores_offset.txt"
+            )),
         )),
     );
 }

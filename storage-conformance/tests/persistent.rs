@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -16,6 +16,9 @@ use storage_core::{
     Capabilities, Document, ErrorCode, Result, ResultStream, Storage, StorageError, StorageValue,
     Tier, async_trait, validate_key,
 };
+
+/// The largest encoded value, so the suites' limit checks run here too.
+const MAX_VALUE_LEN: usize = 256 * 1024;
 
 struct Inner {
     map: BTreeMap<String, Document>,
@@ -37,29 +40,40 @@ fn io(e: &std::io::Error) -> StorageError {
 impl<T: StorageValue> LogStore<T> {
     fn open(path: &Path, flush: bool) -> Result<Self> {
         let mut map = BTreeMap::new();
-        if path.exists() {
-            let file = File::open(path).map_err(|e| io(&e))?;
-            for line in BufReader::new(file).lines() {
-                let Ok(line) = line else { break };
-                let Ok(record) = serde_json::from_str::<Value>(&line) else {
-                    break;
-                };
-                match (record["op"].as_str(), record["k"].as_str()) {
-                    (Some("set"), Some(k)) => {
-                        map.insert(k.to_owned(), record["v"].clone());
-                    }
-                    (Some("del"), Some(k)) => {
-                        map.remove(k);
-                    }
-                    (Some("clear"), _) => map.clear(),
-                    _ => break,
-                }
+        let bytes = if path.exists() {
+            std::fs::read(path).map_err(|e| io(&e))?
+        } else {
+            Vec::new()
+        };
+        // Replay complete records; a kill can cut the last write short (a fatal signal ends a
+        // write(2) between pages), so everything from the first bad line on is a torn tail.
+        let mut good_end = 0;
+        for line in bytes.split_inclusive(|b| *b == b'\n') {
+            if !line.ends_with(b"\n") {
+                break;
             }
+            let Ok(record) = serde_json::from_slice::<Value>(line) else {
+                break;
+            };
+            match (record["op"].as_str(), record["k"].as_str()) {
+                (Some("set"), Some(k)) => {
+                    map.insert(k.to_owned(), record["v"].clone());
+                }
+                (Some("del"), Some(k)) => {
+                    map.remove(k);
+                }
+                (Some("clear"), _) => map.clear(),
+                _ => break,
+            }
+            good_end += line.len();
         }
         let file = OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
+            .map_err(|e| io(&e))?;
+        // Cut the torn tail so the next record starts on a line of its own.
+        file.set_len(u64::try_from(good_end).unwrap_or(u64::MAX))
             .map_err(|e| io(&e))?;
         Ok(Self {
             inner: Mutex::new(Inner {
@@ -99,7 +113,9 @@ impl<T: StorageValue> LogStore<T> {
 #[async_trait]
 impl<T: StorageValue> Storage<T> for LogStore<T> {
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new("log", Tier::Storage).with_persistent(true)
+        Capabilities::new("log", Tier::Storage)
+            .with_persistent(true)
+            .with_max_value_len(Some(MAX_VALUE_LEN))
     }
     async fn get(&self, key: &str) -> Result<Option<T>> {
         validate_key(key)?;
@@ -109,6 +125,13 @@ impl<T: StorageValue> Storage<T> for LogStore<T> {
     async fn set(&self, key: &str, value: &T) -> Result<()> {
         validate_key(key)?;
         let doc = to_document(value)?;
+        let encoded = doc.to_string().len();
+        if encoded > MAX_VALUE_LEN {
+            return Err(StorageError::new(
+                ErrorCode::QuotaExceeded,
+                format!("value is {encoded} bytes, the limit is {MAX_VALUE_LEN}"),
+            ));
+        }
         let mut inner = self.lock()?;
         self.append(&mut inner, &json!({"op": "set", "k": key, "v": doc}))?;
         inner.map.insert(key.to_owned(), doc);
