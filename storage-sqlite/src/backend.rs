@@ -15,7 +15,7 @@ use storage_core::{
     Storage, StorageError, StorageValue, Tier, validate_key,
 };
 
-use crate::config::{SqliteConfig, SqliteOptions, validate_config};
+use crate::config::{SqliteConfig, validate_config};
 use crate::error::sql_err;
 use crate::index::IndexCatalog;
 use crate::sql::{SHARED_SCHEMA, TableSql};
@@ -45,7 +45,7 @@ impl Database {
     /// Opens (creating if needed) the file and starts its threads. Blocking: run on a
     /// thread of its own.
     fn open_blocking(config: SqliteConfig) -> Result<Self> {
-        let (path, temp) = if config.is_in_memory() {
+        let (path, temp) = if config.is_memory() {
             let dir = tempfile::Builder::new()
                 .prefix("storage-sqlite-")
                 .tempdir()
@@ -401,24 +401,16 @@ pub(crate) fn committed_changes<T: StorageValue>(
 }
 
 impl<T: StorageValue> SqliteStorage<T> {
-    /// Opens (creating if needed) the database and the table named in `config`, with
-    /// default [`SqliteOptions`] (no change log).
+    /// Opens (creating if needed) the database and the table named in `config`.
     ///
     /// # Errors
     /// `InvalidConfig` for a bad configuration ([`crate::validate_config`]); `Corrupted`
     /// when the file is not a database or fails the integrity check asked for; `Io`
     /// when it cannot be opened.
     pub async fn open(config: SqliteConfig) -> Result<Self> {
-        Self::open_with(config, SqliteOptions::default()).await
-    }
-
-    /// Opens as [`SqliteStorage::open`] does, with `options`.
-    ///
-    /// # Errors
-    /// As [`SqliteStorage::open`].
-    pub async fn open_with(config: SqliteConfig, options: SqliteOptions) -> Result<Self> {
         validate_config(&config)?;
         let table_name = config.table_name.clone();
+        let change_log = config.change_log;
         let (tx, rx) = tokio::sync::oneshot::channel();
         std::thread::Builder::new()
             .name("sqlite-open".to_owned())
@@ -431,7 +423,7 @@ impl<T: StorageValue> SqliteStorage<T> {
                     .with_backend("sqlite")
             })?;
         let db = rx.await.map_err(|_| crate::worker::closed("open"))??;
-        Self::on_database(Arc::new(db), table_name, options.change_log).await
+        Self::on_database(Arc::new(db), table_name, change_log).await
     }
 
     /// Another handle on the same database (the same file, or the same private
@@ -679,7 +671,7 @@ pub(crate) fn capabilities(config: &SqliteConfig, change_log: bool) -> Capabilit
         .with_unique_indexes(true)
         .with_savepoints(true)
         .with_cross_process_watch(change_log)
-        .with_persistent(!config.is_in_memory())
+        .with_persistent(!config.is_memory())
         .with_max_value_len(Some(MAX_VALUE_LEN))
 }
 

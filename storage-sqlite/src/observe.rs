@@ -207,7 +207,7 @@ impl<T: StorageValue> SqliteStorage<T> {
     ///   and goes on from the oldest commit still logged.
     ///
     /// # Errors
-    /// `Unsupported` without the change log ([`crate::SqliteOptions::change_log`]);
+    /// `Unsupported` without the change log ([`SqliteConfig::change_log`](crate::SqliteConfig::change_log));
     /// `InvalidQuery` for a bad pattern; backend errors.
     pub async fn watch_from(
         &self,
@@ -217,7 +217,7 @@ impl<T: StorageValue> SqliteStorage<T> {
     ) -> Result<Subscription<T>> {
         if !self.table.change_log {
             return Err(storage_core::StorageError::unsupported(
-                "resuming a watch needs the change log (SqliteOptions::change_log)",
+                "resuming a watch needs the change log (change_log = true)",
             )
             .with_operation("watch")
             .with_backend("sqlite"));
