@@ -652,6 +652,14 @@ impl<T: StorageValue> SqliteStorage<T> {
     }
 }
 
+/// The largest encoded value a store over `config` accepts: the codec's
+/// `max_decoded_len`, within SQLite's own limit.
+pub(crate) fn max_value_len(config: &SqliteConfig) -> usize {
+    usize::try_from(config.common.serialization.max_decoded_len)
+        .unwrap_or(usize::MAX)
+        .min(MAX_VALUE_LEN)
+}
+
 /// The capabilities of a store over `config`.
 pub(crate) fn capabilities(config: &SqliteConfig, change_log: bool) -> Capabilities {
     Capabilities::new("sqlite", Tier::Observable)
@@ -672,7 +680,7 @@ pub(crate) fn capabilities(config: &SqliteConfig, change_log: bool) -> Capabilit
         .with_savepoints(true)
         .with_cross_process_watch(change_log)
         .with_persistent(!config.is_memory())
-        .with_max_value_len(Some(MAX_VALUE_LEN))
+        .with_max_value_len(Some(max_value_len(config)))
 }
 
 #[async_trait::async_trait]
