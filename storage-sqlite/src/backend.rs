@@ -562,24 +562,25 @@ impl<T: StorageValue> SqliteStorage<T> {
             .run(operation, move |conn| {
                 let listening = hub.has_listeners();
                 let track = listening || table.change_log;
-                let (result, effects) = if single && !track {
+                let (result, effects, seq) = if single && !track {
                     // One statement is its own transaction: no BEGIN/COMMIT round trip.
-                    apply_ops(conn, &table.sql, ops, false)?
+                    let (result, effects) = apply_ops(conn, &table.sql, ops, false)?;
+                    (result, effects, None)
                 } else {
                     let tx = conn
                         .transaction_with_behavior(TransactionBehavior::Immediate)
                         .map_err(sql_err(operation))?;
                     let (result, effects) = apply_ops(&tx, &table.sql, ops, track)?;
-                    if table.change_log {
-                        write_log(&tx, &table.name, &effects)?;
-                    }
+                    let seq = if table.change_log {
+                        write_log(&tx, &table.name, &effects)?
+                    } else {
+                        None
+                    };
                     tx.commit().map_err(sql_err(operation))?;
-                    (result, effects)
+                    (result, effects, seq)
                 };
                 if table.change_log {
-                    // Publishes everything logged up to and including this commit, in
-                    // log order, other handles' and processes' commits included.
-                    observer.drain(conn);
+                    observer.after_commit(conn, seq);
                     if hub.has_after_hooks() {
                         committed_changes(&hub, &effects, false);
                     }

@@ -302,19 +302,25 @@ impl<T: StorageValue> Transaction<T> for SqliteTransaction<T> {
             .worker
             .run("commit", move |conn| {
                 let committed = (|| {
-                    if table.change_log && !effects.is_empty() {
-                        write_log(conn, &table.name, &effects)?;
-                    }
-                    conn.execute_batch("COMMIT").map_err(sql_err("commit"))
+                    let seq = if table.change_log && !effects.is_empty() {
+                        write_log(conn, &table.name, &effects)?
+                    } else {
+                        None
+                    };
+                    conn.execute_batch("COMMIT").map_err(sql_err("commit"))?;
+                    Ok(seq)
                 })();
-                if let Err(e) = committed {
-                    if !conn.is_autocommit() {
-                        let _ = conn.execute_batch("ROLLBACK");
+                let seq = match committed {
+                    Ok(seq) => seq,
+                    Err(e) => {
+                        if !conn.is_autocommit() {
+                            let _ = conn.execute_batch("ROLLBACK");
+                        }
+                        return Err(e);
                     }
-                    return Err(e);
-                }
+                };
                 if table.change_log {
-                    observer.drain(conn);
+                    observer.after_commit(conn, seq);
                     if hub.has_after_hooks() {
                         committed_changes(&hub, &effects, false);
                     }
