@@ -897,5 +897,9 @@ impl<T: StorageValue> BatchStorage<T> for SqliteStorage<T> {
     }
 }
 
-/// How long to wait between change-log polls.
-pub(crate) const POLL_INTERVAL: Duration = Duration::from_millis(25);
+/// How often, in milliseconds, a handle with subscribers reads the change log for
+/// commits of other handles and processes.
+pub const POLL_INTERVAL_MS: u64 = 25;
+
+/// [`POLL_INTERVAL_MS`] as a duration.
+pub(crate) const POLL_INTERVAL: Duration = Duration::from_millis(POLL_INTERVAL_MS);

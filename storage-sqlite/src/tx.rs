@@ -1,12 +1,12 @@
 //! Transactions: each open transaction owns a connection on a dedicated thread.
 //!
 //! A transaction starts with `BEGIN` and one read, which takes its WAL snapshot; its
-//! first write takes the database's single write lock. Writers are therefore
-//! serial, and a transaction that read a snapshot which another commit has since
-//! overtaken cannot write: SQLite answers `SQLITE_BUSY_SNAPSHOT`, reported as a
-//! retryable `VersionConflict`. Reads from one snapshot plus serial writes that must
-//! start from the latest state make every transaction serializable, and that is the
-//! level reported, whatever was asked.
+//! first write takes the database's single write lock. Writers are therefore serial, and
+//! a transaction whose snapshot another commit has overtaken (or whose write lock another
+//! transaction holds) cannot write: SQLite answers `SQLITE_BUSY_SNAPSHOT` (or
+//! `SQLITE_BUSY`), reported as a retryable `VersionConflict`. Reads from one snapshot
+//! plus serial writes that must start from the latest state make every transaction
+//! serializable, and that is the level reported, whatever was asked.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
