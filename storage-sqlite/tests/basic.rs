@@ -592,3 +592,26 @@ async fn indexed_queries_avoid_full_scans() -> Result<()> {
     assert!(plan.full_scan && plan.index.is_none(), "{plan:#?}");
     Ok(())
 }
+
+/// Without WAL (rollback journal) the store still works, transactions included.
+#[tokio::test]
+async fn rollback_journal_mode_works() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("nowal.sqlite");
+    let s = SqliteStorage::<i64>::open(
+        SqliteConfig::new(path.to_string_lossy())
+            .wal(false)
+            .synchronous(storage_sqlite::SynchronousLevel::Full)
+            .busy_timeout_ms(200),
+    )
+    .await?;
+    s.set_many(vec![("a".into(), 1), ("b".into(), 2)]).await?;
+    assert_eq!(s.get("a").await?, Some(1));
+    let tx = s.begin(TransactionOptions::new()).await?;
+    tx.set("a", &10).await?;
+    tx.commit().await?;
+    assert_eq!(s.get("a").await?, Some(10));
+    assert_eq!(s.keys().try_collect::<Vec<_>>().await?, ["a", "b"]);
+    assert!(!path.with_extension("sqlite-wal").exists());
+    Ok(())
+}
