@@ -62,6 +62,49 @@ fn fetch(
     Ok(out)
 }
 
+/// Whether `query` is a plain page in key order, which SQL answers exactly.
+fn pages_in_sql(query: &Query) -> bool {
+    query.filter.is_none()
+        && query.order_by.is_empty()
+        && (query.limit.is_some() || query.offset.is_some())
+}
+
+/// One page of entries in key order, parsed.
+fn fetch_page(conn: &Connection, table: &Table, query: &Query) -> Result<Vec<(String, Document)>> {
+    // SQLite reads a negative limit as "no limit".
+    let limit = query
+        .limit
+        .map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
+    let offset = query
+        .offset
+        .map_or(0, |o| i64::try_from(o).unwrap_or(i64::MAX));
+    let sql = format!(
+        "SELECT key, value FROM {} ORDER BY key LIMIT ?1 OFFSET ?2",
+        table.sql.table
+    );
+    let mut stmt = conn.prepare_cached(&sql).map_err(sql_err("query"))?;
+    let mut rows = stmt
+        .query(rusqlite::params![limit, offset])
+        .map_err(sql_err("query"))?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().map_err(sql_err("query"))? {
+        let key: String = row.get(0).map_err(sql_err("query"))?;
+        let json = row
+            .get_ref(1)
+            .and_then(|v| Ok(v.as_str()?))
+            .map_err(sql_err("query"))?;
+        let doc: Document = serde_json::from_str(json).map_err(|e| {
+            StorageError::new(ErrorCode::Corrupted, "stored value is not json")
+                .with_operation("query")
+                .with_backend("sqlite")
+                .with_context("key", key.escape_debug())
+                .with_source(e)
+        })?;
+        out.push((key, doc));
+    }
+    Ok(out)
+}
+
 fn value_of<T: StorageValue>(doc: &Document, key: &str) -> Result<T> {
     <T as serde::Deserialize>::deserialize(doc).map_err(|e| {
         StorageError::new(
@@ -80,8 +123,21 @@ fn run_query<T: StorageValue>(
     query: &Query,
     compiled: &CompiledQuery,
 ) -> Result<Vec<QueryResult<T>>> {
-    let rows = fetch(conn, table, query.filter.as_ref(), "query")?;
-    let matches = compiled.run(rows.iter().map(|(k, d)| (k.as_str(), d)));
+    let (rows, matches) = if pages_in_sql(query) {
+        // Without filter and order the result is the key order itself: SQL pages it.
+        let rows = fetch_page(conn, table, query)?;
+        let unpaged = CompiledQuery::compile(&Query {
+            limit: None,
+            offset: None,
+            ..query.clone()
+        })?;
+        let matches = unpaged.run(rows.iter().map(|(k, d)| (k.as_str(), d)));
+        (rows, matches)
+    } else {
+        let rows = fetch(conn, table, query.filter.as_ref(), "query")?;
+        let matches = compiled.run(rows.iter().map(|(k, d)| (k.as_str(), d)));
+        (rows, matches)
+    };
     let by_key: HashMap<&str, &Document> = rows.iter().map(|(k, d)| (k.as_str(), d)).collect();
     matches
         .into_iter()
@@ -146,6 +202,13 @@ impl<T: StorageValue> QueryableStorage<T> for SqliteStorage<T> {
         self.db
             .readers
             .run("count", move |conn| {
+                if filter.is_none() {
+                    let n: i64 = conn
+                        .prepare_cached(&table.sql.count)
+                        .and_then(|mut s| s.query_row([], |r| r.get(0)))
+                        .map_err(sql_err("count"))?;
+                    return Ok(u64::try_from(n).unwrap_or(0));
+                }
                 let rows = fetch(conn, &table, filter.as_ref(), "count")?;
                 Ok(compiled.count(rows.iter().map(|(k, d)| (k.as_str(), d))))
             })
@@ -221,6 +284,21 @@ impl<T: StorageValue> IndexedStorage<T> for SqliteStorage<T> {
                         format!("SELECT key, value FROM {t} WHERE {}", c.sql),
                         c.params.clone(),
                     ),
+                    None if pages_in_sql(&query) => (
+                        format!("SELECT key, value FROM {t} ORDER BY key LIMIT ?1 OFFSET ?2"),
+                        vec![
+                            rusqlite::types::Value::Integer(
+                                query
+                                    .limit
+                                    .map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX)),
+                            ),
+                            rusqlite::types::Value::Integer(
+                                query
+                                    .offset
+                                    .map_or(0, |o| i64::try_from(o).unwrap_or(i64::MAX)),
+                            ),
+                        ],
+                    ),
                     None => (format!("SELECT key, value FROM {t}"), Vec::new()),
                 };
                 let mut stmt = conn
@@ -272,7 +350,9 @@ impl<T: StorageValue> IndexedStorage<T> for SqliteStorage<T> {
                 if !query.order_by.is_empty() {
                     in_process.push("order_by".to_owned());
                 }
-                if query.offset.is_some() || query.limit.is_some() {
+                if pages_in_sql(&query) {
+                    pushed_down.push("key order, offset/limit".to_owned());
+                } else if query.offset.is_some() || query.limit.is_some() {
                     in_process.push("offset/limit".to_owned());
                 }
                 if query.select.is_some() {
