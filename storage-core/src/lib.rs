@@ -52,6 +52,7 @@ mod key;
 mod memory;
 pub mod query;
 mod tiers;
+pub mod trace;
 mod types;
 
 pub use async_trait::async_trait;
