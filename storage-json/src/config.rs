@@ -13,10 +13,11 @@ use storage_core::{ErrorCode, Result, StorageError};
 pub const SUPPORTED_ENCODING: &str = "utf-8";
 
 /// When an acknowledged write reaches the disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Durability {
     /// Every acknowledged write was fsync'd first (the default).
+    #[default]
     FsyncEach,
     /// Group commit: one fsync covers up to `max_writes` writes or `max_delay_ms`
     /// milliseconds, whichever comes first. A write is still acknowledged only
@@ -28,12 +29,6 @@ pub enum Durability {
         /// Longest wait, in milliseconds, before the pending writes are synced.
         max_delay_ms: u64,
     },
-}
-
-impl Default for Durability {
-    fn default() -> Self {
-        Self::FsyncEach
-    }
 }
 
 /// What opening a file another process holds does.
@@ -204,7 +199,7 @@ mod tests {
     fn other_encoding_is_invalid_config_naming_utf8() {
         let mut c = JsonConfig::new("x.json");
         c.encoding = "latin1".to_owned();
-        let err = c.validate().unwrap_err();
+        let err = c.validate().expect_err("must fail");
         assert_eq!(err.code(), ErrorCode::InvalidConfig);
         assert!(err.message().contains("latin1"));
         assert!(err.message().contains("utf-8"));
@@ -212,12 +207,20 @@ mod tests {
 
     #[test]
     fn zero_thresholds_are_rejected() {
-        assert!(JsonConfig::new("x.json").compact_after(0).validate().is_err());
+        assert!(
+            JsonConfig::new("x.json")
+                .compact_after(0)
+                .validate()
+                .is_err()
+        );
         let c = JsonConfig::new("x.json").durability(Durability::Group {
             max_writes: 0,
             max_delay_ms: 1,
         });
-        assert_eq!(c.validate().unwrap_err().code(), ErrorCode::InvalidConfig);
+        assert_eq!(
+            c.validate().expect_err("must fail").code(),
+            ErrorCode::InvalidConfig
+        );
     }
 
     #[test]
@@ -228,7 +231,10 @@ mod tests {
         assert_eq!(c.file_path, PathBuf::from("a.json"));
         assert!(c.pretty && c.atomic);
         assert_eq!(c.compact_after, 10_000);
-        assert!(matches!(c.durability, Durability::Group { max_writes: 8, .. }));
+        assert!(matches!(
+            c.durability,
+            Durability::Group { max_writes: 8, .. }
+        ));
         Ok(())
     }
 }

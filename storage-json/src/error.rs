@@ -47,7 +47,11 @@ impl JsonError {
         }
     }
 
-    pub(crate) fn corrupt(file: impl Into<PathBuf>, position: u64, reason: impl Into<String>) -> Self {
+    pub(crate) fn corrupt(
+        file: impl Into<PathBuf>,
+        position: u64,
+        reason: impl Into<String>,
+    ) -> Self {
         Self::Corrupt {
             file: file.into(),
             position,
@@ -68,10 +72,12 @@ impl From<JsonError> for StorageError {
             JsonError::Locked { file } => StorageError::new(ErrorCode::ConnectionFailed, message)
                 .with_context("file", file.display())
                 .set_retryable(true),
-            JsonError::LockTimeout { file, .. } => StorageError::new(ErrorCode::Timeout, message)
-                .with_context("file", file.display()),
-            JsonError::Closed => StorageError::new(ErrorCode::ConnectionLost, message)
-                .set_retryable(false),
+            JsonError::LockTimeout { file, .. } => {
+                StorageError::new(ErrorCode::Timeout, message).with_context("file", file.display())
+            }
+            JsonError::Closed => {
+                StorageError::new(ErrorCode::ConnectionLost, message).set_retryable(false)
+            }
             JsonError::Poisoned(_) => StorageError::new(ErrorCode::Io, message),
             JsonError::Io { path, source, .. } => {
                 let code = match source.kind() {

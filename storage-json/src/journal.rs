@@ -72,12 +72,6 @@ pub(crate) struct Commit {
     pub(crate) writes: BTreeMap<String, Option<Arc<Document>>>,
 }
 
-impl Commit {
-    pub(crate) fn is_empty(&self) -> bool {
-        !self.cleared && self.writes.is_empty()
-    }
-}
-
 /// One replayed journal record.
 #[derive(Debug)]
 pub(crate) struct Record {
@@ -104,20 +98,16 @@ pub(crate) fn encode_record(seq: u64, commit: &Commit) -> Result<Vec<u8>, serde_
             buf.push(b',');
         }
         first = false;
-        match value {
-            Some(doc) => {
-                buf.extend_from_slice(b"{\"op\":\"set\",\"key\":");
-                serde_json::to_writer(&mut buf, key)?;
-                buf.extend_from_slice(b",\"value\":");
-                serde_json::to_writer(&mut buf, &**doc)?;
-                buf.push(b'}');
-            }
-            None => {
-                buf.extend_from_slice(b"{\"op\":\"delete\",\"key\":");
-                serde_json::to_writer(&mut buf, key)?;
-                buf.push(b'}');
-            }
+        if let Some(doc) = value {
+            buf.extend_from_slice(b"{\"op\":\"set\",\"key\":");
+            serde_json::to_writer(&mut buf, key)?;
+            buf.extend_from_slice(b",\"value\":");
+            serde_json::to_writer(&mut buf, &**doc)?;
+        } else {
+            buf.extend_from_slice(b"{\"op\":\"delete\",\"key\":");
+            serde_json::to_writer(&mut buf, key)?;
         }
+        buf.push(b'}');
     }
     buf.push(b']');
     let crc = crc32fast::hash(&buf);
@@ -356,6 +346,7 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<u64> {
 fn byte_offset(data: &[u8], line: usize, column: usize) -> u64 {
     let mut start = 0usize;
     if line > 1 {
+        start = data.len();
         let mut current = 1usize;
         for (i, b) in data.iter().enumerate() {
             if *b == b'\n' {
@@ -548,8 +539,7 @@ pub(crate) fn truncate_file(path: &Path, len: u64) -> Result<(), JsonError> {
         .map_err(|e| JsonError::io("open", path, e))?;
     file.set_len(len)
         .map_err(|e| JsonError::io("truncate", path, e))?;
-    file.sync_all()
-        .map_err(|e| JsonError::io("fsync", path, e))
+    file.sync_all().map_err(|e| JsonError::io("fsync", path, e))
 }
 
 /// The answer a group-commit waiter gets: `Err` carries the fsync failure.
@@ -765,7 +755,10 @@ mod tests {
         let r = decode_line(body)?;
         assert_eq!(r.seq, 7);
         assert_eq!(r.commit.writes.len(), 2);
-        assert_eq!(r.commit.writes["a"].as_deref(), Some(&json!({"x": [1, 2.5, "é"]})));
+        assert_eq!(
+            r.commit.writes["a"].as_deref(),
+            Some(&json!({"x": [1, 2.5, "é"]}))
+        );
         assert!(r.commit.writes["b"].is_none());
         Ok(())
     }
@@ -776,7 +769,7 @@ mod tests {
         let mut body = line[..line.len() - 1].to_vec();
         let at = body.iter().position(|b| *b == b'3').ok_or("no digit")?;
         body[at] = b'4';
-        let err = decode_line(&body).unwrap_err();
+        let err = decode_line(&body).expect_err("must fail");
         assert!(err.contains("checksum"), "{err}");
         Ok(())
     }
