@@ -9,7 +9,7 @@ use storage_core::{ErrorCode, StorageError};
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum JsonError {
     /// A file's bytes cannot be read back as what the adapter wrote.
-    #[error("{} is corrupt at byte {position}: {reason}", file.display())]
+    #[error("{} is corrupt at byte {position}: {}", file.display(), reason.to_lowercase())]
     Corrupt {
         file: PathBuf,
         position: u64,
@@ -25,10 +25,10 @@ pub(crate) enum JsonError {
     #[error("the store is closed")]
     Closed,
     /// An earlier journal write failed in a way that left file and memory out of step.
-    #[error("the store stopped accepting writes after a failed journal write: {0}")]
+    #[error("the store stopped accepting writes after a failed journal write: {}", .0.to_lowercase())]
     Poisoned(String),
     /// An operating-system I/O error on a file.
-    #[error("{op} {}: {source}", path.display())]
+    #[error("{op} {}: {}", path.display(), source.to_string().to_lowercase())]
     Io {
         op: &'static str,
         path: PathBuf,
@@ -62,7 +62,8 @@ impl JsonError {
 
 impl From<JsonError> for StorageError {
     fn from(err: JsonError) -> Self {
-        let message = err.to_string().to_lowercase();
+        // Messages are lowercase already, except for file paths, which must stay exact.
+        let message = err.to_string();
         let base = match &err {
             JsonError::Corrupt { file, position, .. } => {
                 StorageError::new(ErrorCode::Corrupted, message)

@@ -299,12 +299,22 @@ pub(crate) fn read_main(path: &Path) -> Result<Option<MainFile>, JsonError> {
             "file starts with a utf-8 byte-order mark, which JSON (RFC 8259) forbids; remove the first 3 bytes",
         ));
     }
-    let raw: RawMain = serde_json::from_slice(&data).map_err(|e| {
-        JsonError::corrupt(
+    if let Some(first) = data.iter().position(|b| !b.is_ascii_whitespace())
+        && data[first] != b'{'
+    {
+        return Err(JsonError::corrupt(
             path,
-            byte_offset(&data, e.line(), e.column()),
-            format!("invalid JSON document: {e}"),
-        )
+            to_u64(first),
+            format!("expected a JSON object with \"format\": \"{FORMAT}\""),
+        ));
+    }
+    let raw: RawMain = serde_json::from_slice(&data).map_err(|e| {
+        let position = if e.is_eof() {
+            to_u64(data.len())
+        } else {
+            byte_offset(&data, e.line(), e.column())
+        };
+        JsonError::corrupt(path, position, format!("invalid JSON document: {e}"))
     })?;
     if raw.format != FORMAT {
         return Err(JsonError::corrupt(
