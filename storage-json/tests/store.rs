@@ -315,8 +315,8 @@ async fn second_open_is_locked_until_the_first_closes() -> TestResult {
         first.set("k", &json!(1)).await?;
         first.close().await
     };
-    let (second, closed) = tokio::join!(waiting, closer);
-    closed?;
+    let (second, close_result) = tokio::join!(waiting, closer);
+    close_result?;
     let second = second?;
     assert_eq!(second.get("k").await?, Some(json!(1)));
     let err =
