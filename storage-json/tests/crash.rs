@@ -104,8 +104,7 @@ impl Rng {
     fn seeded() -> Self {
         let nanos = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(7);
+            .map_or(7, |d| d.subsec_nanos());
         Self(u64::from(nanos) | 1)
     }
 
