@@ -1,0 +1,154 @@
+//! One macro per tier, expanding into a module of individually named `#[test]`s.
+
+/// Expands a list of checks into a module of `#[test]`s. Not for direct use.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __suite {
+    (
+        $module:ident, $harness:expr;
+        plain: [$($pm:ident :: $pc:ident),* $(,)?];
+        model: [$($mm:ident :: $mc:ident),* $(,)?];
+    ) => {
+        #[allow(unused_imports, clippy::all, clippy::pedantic)]
+        mod $module {
+            use super::*;
+            $(
+                #[test]
+                fn $pc() {
+                    $crate::runner::run(
+                        concat!(stringify!($module), "::", stringify!($pc)),
+                        async {
+                            let harness = $harness;
+                            $crate::$pm::$pc(&harness).await
+                        },
+                    );
+                }
+            )*
+            $(
+                #[test]
+                fn $mc() {
+                    $crate::runner::run(
+                        concat!(stringify!($module), "::", stringify!($mc)),
+                        async {
+                            let harness = $harness;
+                            $crate::$mm::$mc(
+                                &harness,
+                                $crate::Regressions::file(concat!(
+                                    env!("CARGO_MANIFEST_DIR"),
+                                    "/proptest-regressions/",
+                                    stringify!($module),
+                                    "-",
+                                    stringify!($mc),
+                                    ".txt"
+                                )),
+                            )
+                            .await
+                        },
+                    );
+                }
+            )*
+        }
+    };
+}
+
+/// The storage suite: `storage_suite!(MyHarness::new());` expands into the module
+/// `kv_conformance` (the crate's own name is taken) with one `#[test]` per storage rule (name it yourself with
+/// `storage_suite!(my_module, MyHarness::new())`).
+///
+/// The harness expression is evaluated once per test and must implement
+/// [`StorageHarness`](crate::StorageHarness).
+#[macro_export]
+macro_rules! storage_suite {
+    ($harness:expr) => {
+        $crate::storage_suite!(kv_conformance, $harness);
+    };
+    ($module:ident, $harness:expr) => {
+        $crate::__suite! {
+            $module, $harness;
+            plain: [
+                storage::capabilities_agree_with_tier_accessors,
+                storage::get_of_missing_key_returns_none,
+                storage::set_then_get_returns_the_value,
+                storage::typed_values_round_trip,
+                storage::set_overwrites_the_previous_value,
+                storage::delete_of_missing_key_returns_false,
+                storage::delete_of_existing_key_returns_true_and_removes_it,
+                storage::has_reports_presence,
+                storage::size_counts_entries,
+                storage::clear_empties_the_store,
+                storage::clear_leaves_other_namespaces_untouched,
+                storage::keys_stream_in_ascending_byte_order,
+                storage::values_and_entries_follow_key_order,
+                storage::empty_store_streams_nothing,
+                storage::invalid_keys_are_rejected_and_change_nothing,
+                storage::hostile_keys_are_ordinary_keys,
+                storage::edge_values_round_trip,
+                storage::unencodable_values_are_refused_or_kept_exactly,
+                storage::large_values_round_trip,
+                storage::concurrent_writers_all_land,
+                storage::corrupted_bytes_give_a_typed_error,
+            ];
+            model: [
+                model::random_operation_sequences_match_a_btreemap_model,
+            ];
+        }
+    };
+}
+
+/// The batch suite: `batch_suite!(MyHarness::new());` expands into the module
+/// `batch_conformance`. Needs a [`BatchHarness`](crate::BatchHarness): invoking it for a
+/// store without [`BatchStorage`](storage_core::BatchStorage) does not compile.
+#[macro_export]
+macro_rules! batch_suite {
+    ($harness:expr) => {
+        $crate::batch_suite!(batch_conformance, $harness);
+    };
+    ($module:ident, $harness:expr) => {
+        $crate::__suite! {
+            $module, $harness;
+            plain: [
+                batch::capabilities_agree_with_tier_accessors,
+                batch::get_many_returns_only_present_keys,
+                batch::set_many_stores_every_entry,
+                batch::delete_many_counts_existing_keys,
+                batch::batch_applies_operations_in_order,
+                batch::failed_batch_applies_nothing,
+                batch::batch_with_an_unencodable_value_applies_nothing,
+                batch::batch_over_the_declared_limit_is_refused,
+                batch::concurrent_readers_never_see_half_a_batch,
+            ];
+            model: [
+                model::random_batch_sequences_match_a_btreemap_model,
+            ];
+        }
+    };
+}
+
+/// The queryable suite: `queryable_suite!(MyHarness::new());` expands into the module
+/// `queryable_conformance`: the hand-written corpus, differential tests against the reference
+/// evaluator, paging, counting, projection and the bad-query classes. Needs a
+/// [`QueryableHarness`](crate::QueryableHarness).
+#[macro_export]
+macro_rules! queryable_suite {
+    ($harness:expr) => {
+        $crate::queryable_suite!(queryable_conformance, $harness);
+    };
+    ($module:ident, $harness:expr) => {
+        $crate::__suite! {
+            $module, $harness;
+            plain: [
+                query::capabilities_agree_with_tier_accessors,
+                query::corpus_cases_return_the_expected_keys,
+                query::limit_and_offset_page_the_ordered_results,
+                query::count_ignores_limit_and_offset,
+                query::find_one_returns_the_first_ordered_result,
+                query::results_carry_values_and_projections,
+                query::queries_see_writes_immediately,
+            ];
+            model: [
+                query::random_queries_match_the_reference_evaluator,
+                query::random_aggregates_match_the_reference_evaluator,
+            ];
+        }
+    };
+}

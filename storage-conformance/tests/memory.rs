@@ -1,0 +1,7 @@
+//! Every suite against the in-memory reference store: it must pass them all.
+
+use storage_conformance::{MemoryHarness, batch_suite, queryable_suite, storage_suite};
+
+storage_suite!(MemoryHarness::new());
+batch_suite!(MemoryHarness::new());
+queryable_suite!(MemoryHarness::new());
