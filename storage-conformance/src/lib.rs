@@ -40,6 +40,8 @@ pub mod check;
 pub mod batch;
 pub mod corpus;
 pub mod harness;
+pub mod hermitage;
+pub mod indexed;
 mod macros;
 pub mod model;
 pub mod prop;
@@ -47,6 +49,7 @@ pub mod query;
 pub mod runner;
 pub mod storage;
 pub mod support;
+pub mod transactional;
 pub mod values;
 
 pub use check::{CheckResult, Context, Failure, expect_error};

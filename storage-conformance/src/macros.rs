@@ -152,3 +152,82 @@ macro_rules! queryable_suite {
         }
     };
 }
+
+/// The indexed suite: `indexed_suite!(MyHarness::new());` expands into the module
+/// `indexed_conformance`: index life cycle, uniqueness, identical answers with and without each
+/// declared index kind, `explain` and index counters. Needs an
+/// [`IndexedHarness`](crate::IndexedHarness); what `explain` should report comes from
+/// [`Harness::expects_index_use`](crate::Harness::expects_index_use).
+#[macro_export]
+macro_rules! indexed_suite {
+    ($harness:expr) => {
+        $crate::indexed_suite!(indexed_conformance, $harness);
+    };
+    ($module:ident, $harness:expr) => {
+        $crate::__suite! {
+            $module, $harness;
+            plain: [
+                indexed::capabilities_agree_with_tier_accessors,
+                indexed::creating_an_identical_index_twice_is_a_no_op,
+                indexed::another_definition_under_a_taken_name_is_duplicate_key,
+                indexed::drop_index_reports_whether_it_existed,
+                indexed::undeclared_index_kinds_are_unsupported,
+                indexed::a_bad_index_path_is_invalid_query,
+                indexed::unique_index_rejects_conflicting_writes_and_changes_nothing,
+                indexed::unique_index_over_conflicting_data_is_refused,
+                indexed::results_are_identical_with_and_without_each_index,
+                indexed::explain_reports_index_use,
+                indexed::index_stats_move,
+            ];
+            model: [
+                indexed::random_queries_match_the_reference_evaluator_with_indexes,
+            ];
+        }
+    };
+}
+
+/// The transactional suite: `transactional_suite!(MyHarness::new());` expands into the module
+/// `transactional_conformance`: commit, rollback, rollback on drop, savepoints (model-based),
+/// read-only, time-out, retries, the reported isolation level, and the Hermitage anomaly tests
+/// run at every declared isolation level. Needs a
+/// [`TransactionalHarness`](crate::TransactionalHarness).
+#[macro_export]
+macro_rules! transactional_suite {
+    ($harness:expr) => {
+        $crate::transactional_suite!(transactional_conformance, $harness);
+    };
+    ($module:ident, $harness:expr) => {
+        $crate::__suite! {
+            $module, $harness;
+            plain: [
+                transactional::capabilities_agree_with_tier_accessors,
+                transactional::committed_writes_become_visible,
+                transactional::a_transaction_sees_its_own_writes,
+                transactional::uncommitted_writes_are_invisible_to_others,
+                transactional::rolled_back_writes_vanish,
+                transactional::a_dropped_transaction_rolls_back,
+                transactional::a_committed_transaction_cannot_be_reused,
+                transactional::a_clear_in_a_transaction_applies_at_commit,
+                transactional::savepoints_nest_and_rollback_to_undoes_later_writes,
+                transactional::read_only_transactions_reject_writes,
+                transactional::a_timed_out_transaction_aborts_and_applies_nothing,
+                transactional::reported_isolation_is_at_least_the_requested_level,
+                transactional::the_transaction_helper_retries_a_conflicting_body,
+                transactional::concurrent_increments_with_retries_all_land,
+                transactional::transactions_work_through_a_trait_object,
+                hermitage::hermitage_g0_write_cycles_are_prevented,
+                hermitage::hermitage_g1a_aborted_reads_are_prevented,
+                hermitage::hermitage_g1b_intermediate_reads_are_prevented,
+                hermitage::hermitage_g1c_circular_information_flow_is_prevented,
+                hermitage::hermitage_otv_observed_transaction_vanishes_is_prevented,
+                hermitage::hermitage_pmp_predicate_many_preceders_is_prevented,
+                hermitage::hermitage_p4_lost_update_is_prevented,
+                hermitage::hermitage_g_single_read_skew_is_prevented,
+                hermitage::hermitage_g2_item_write_skew_is_prevented,
+            ];
+            model: [
+                transactional::random_savepoint_sequences_match_a_model,
+            ];
+        }
+    };
+}

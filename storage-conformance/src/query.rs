@@ -24,7 +24,7 @@ pub async fn capabilities_agree_with_tier_accessors<H: QueryableHarness>(h: &H) 
 }
 
 /// Loads `docs` into a fresh store.
-async fn load<H: QueryableHarness>(
+pub(crate) async fn load<H: QueryableHarness>(
     h: &H,
     docs: &BTreeMap<String, Value>,
 ) -> Result<<H as crate::Harness<Value>>::Store, Failure> {
@@ -354,7 +354,7 @@ fn same_score(a: Option<f64>, b: Option<f64>) -> bool {
 }
 
 /// Compares the store with the reference evaluator on one query: find_many, count, find_one.
-async fn differential_query<S: QueryableStorage<Value> + ?Sized>(
+pub(crate) async fn differential_query<S: QueryableStorage<Value> + ?Sized>(
     store: &S,
     docs: &BTreeMap<String, Value>,
     q: &Query,

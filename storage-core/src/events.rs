@@ -366,7 +366,7 @@ impl<T> fmt::Debug for EventHub<T> {
             .field("before_hooks", &registry.before.len())
             .field("after_hooks", &registry.after.len())
             .field("subscribers", &registry.subscribers.len())
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -515,6 +515,8 @@ impl<T: Send + Sync + 'static> EventHub<T> {
     ///
     /// # Errors
     /// `InvalidQuery` for a bad pattern; `InvalidValue` for a zero capacity.
+    // By value to mirror `ObservableStorage::watch`, whose adapters hand the pattern on.
+    #[allow(clippy::needless_pass_by_value)]
     pub fn watch(&self, pattern: WatchPattern, capacity: usize) -> Result<Subscription<T>> {
         if capacity == 0 {
             return Err(StorageError::new(
@@ -635,7 +637,9 @@ mod tests {
 
     #[test]
     fn glob_with_trailing_backslash_is_invalid() {
-        let err = WatchPattern::glob("abc\\").compile().unwrap_err();
+        let err = WatchPattern::glob("abc\\")
+            .compile()
+            .expect_err("pattern must be rejected");
         assert_eq!(err.code(), ErrorCode::InvalidQuery);
     }
 
@@ -660,7 +664,9 @@ mod tests {
             &"a".repeat(MAX_PATTERN_LEN + 1),
             "(?:a{1000}){1000}",
         ] {
-            let err = WatchPattern::regex(pattern).compile().unwrap_err();
+            let err = WatchPattern::regex(pattern)
+                .compile()
+                .expect_err("pattern must be rejected");
             assert_eq!(err.code(), ErrorCode::InvalidQuery, "{pattern:.20}");
         }
     }
@@ -741,7 +747,7 @@ mod tests {
     #[test]
     fn zero_capacity_is_invalid_value() {
         let hub = EventHub::<i64>::new();
-        let err = hub.watch(WatchPattern::All, 0).unwrap_err();
+        let err = hub.watch(WatchPattern::All, 0).expect_err("zero capacity");
         assert_eq!(err.code(), ErrorCode::InvalidValue);
     }
 
@@ -777,14 +783,16 @@ mod tests {
         }));
         assert!(hub.has_before_hooks());
         assert!(hub.before(&BeforeEvent::Get { key: "k" }).is_ok());
-        let err = hub.before(&BeforeEvent::Delete { key: "k" }).unwrap_err();
+        let err = hub
+            .before(&BeforeEvent::Delete { key: "k" })
+            .expect_err("vetoed");
         assert_eq!(err.code(), ErrorCode::Unsupported);
-        assert_eq!(*log.lock().unwrap(), [1, 2, 3, 1, 2]);
+        assert_eq!(*log.lock().expect("log lock"), [1, 2, 3, 1, 2]);
         assert!(hub.off(first));
         assert!(!hub.off(first));
-        log.lock().unwrap().clear();
+        log.lock().expect("log lock").clear();
         assert!(hub.before(&BeforeEvent::Clear).is_ok());
-        assert_eq!(*log.lock().unwrap(), [2, 3]);
+        assert_eq!(*log.lock().expect("log lock"), [2, 3]);
     }
 
     #[test]

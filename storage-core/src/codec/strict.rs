@@ -58,17 +58,25 @@ impl Guard {
     }
 
     /// Prepends a path segment to a rejection raised below this point.
+    #[inline]
     fn annotate<T, E>(
         &self,
         result: Result<T, E>,
         segment: impl FnOnce() -> String,
     ) -> Result<T, E> {
-        if result.is_err()
-            && let Some(rej) = self.rejection.borrow_mut().as_mut()
-        {
-            rej.segments.push(segment());
+        if result.is_err() {
+            self.push_segment(segment);
         }
         result
+    }
+
+    // Kept out of line so the success path of every field stays a plain forward.
+    #[cold]
+    #[inline(never)]
+    fn push_segment(&self, segment: impl FnOnce() -> String) {
+        if let Some(rej) = self.rejection.borrow_mut().as_mut() {
+            rej.segments.push(segment());
+        }
     }
 
     /// The rejection recorded, if any.
@@ -132,25 +140,32 @@ impl<'g, S: Serializer> Serializer for Strict<'g, S> {
     type SerializeStruct = Compound<'g, S::SerializeStruct>;
     type SerializeStructVariant = Compound<'g, S::SerializeStructVariant>;
 
+    #[inline]
     fn is_human_readable(&self) -> bool {
         self.inner.is_human_readable()
     }
 
+    #[inline]
     fn serialize_bool(self, v: bool) -> Result<S::Ok, S::Error> {
         self.inner.serialize_bool(v)
     }
+    #[inline]
     fn serialize_i8(self, v: i8) -> Result<S::Ok, S::Error> {
         self.inner.serialize_i8(v)
     }
+    #[inline]
     fn serialize_i16(self, v: i16) -> Result<S::Ok, S::Error> {
         self.inner.serialize_i16(v)
     }
+    #[inline]
     fn serialize_i32(self, v: i32) -> Result<S::Ok, S::Error> {
         self.inner.serialize_i32(v)
     }
+    #[inline]
     fn serialize_i64(self, v: i64) -> Result<S::Ok, S::Error> {
         self.inner.serialize_i64(v)
     }
+    #[inline]
     fn serialize_i128(self, v: i128) -> Result<S::Ok, S::Error> {
         if let Ok(small) = i64::try_from(v) {
             self.inner.serialize_i64(small)
@@ -162,18 +177,23 @@ impl<'g, S: Serializer> Serializer for Strict<'g, S> {
             )))
         }
     }
+    #[inline]
     fn serialize_u8(self, v: u8) -> Result<S::Ok, S::Error> {
         self.inner.serialize_u8(v)
     }
+    #[inline]
     fn serialize_u16(self, v: u16) -> Result<S::Ok, S::Error> {
         self.inner.serialize_u16(v)
     }
+    #[inline]
     fn serialize_u32(self, v: u32) -> Result<S::Ok, S::Error> {
         self.inner.serialize_u32(v)
     }
+    #[inline]
     fn serialize_u64(self, v: u64) -> Result<S::Ok, S::Error> {
         self.inner.serialize_u64(v)
     }
+    #[inline]
     fn serialize_u128(self, v: u128) -> Result<S::Ok, S::Error> {
         match u64::try_from(v) {
             Ok(small) => self.inner.serialize_u64(small),
@@ -182,6 +202,7 @@ impl<'g, S: Serializer> Serializer for Strict<'g, S> {
             ))),
         }
     }
+    #[inline]
     fn serialize_f32(self, v: f32) -> Result<S::Ok, S::Error> {
         if v.is_finite() {
             self.inner.serialize_f32(v)
@@ -189,6 +210,7 @@ impl<'g, S: Serializer> Serializer for Strict<'g, S> {
             Err(self.guard.reject(float_reason("f32", v)))
         }
     }
+    #[inline]
     fn serialize_f64(self, v: f64) -> Result<S::Ok, S::Error> {
         if v.is_finite() {
             self.inner.serialize_f64(v)
@@ -196,27 +218,35 @@ impl<'g, S: Serializer> Serializer for Strict<'g, S> {
             Err(self.guard.reject(float_reason("f64", v)))
         }
     }
+    #[inline]
     fn serialize_char(self, v: char) -> Result<S::Ok, S::Error> {
         self.inner.serialize_char(v)
     }
+    #[inline]
     fn serialize_str(self, v: &str) -> Result<S::Ok, S::Error> {
         self.inner.serialize_str(v)
     }
+    #[inline]
     fn serialize_bytes(self, v: &[u8]) -> Result<S::Ok, S::Error> {
         self.inner.serialize_bytes(v)
     }
+    #[inline]
     fn serialize_none(self) -> Result<S::Ok, S::Error> {
         self.inner.serialize_none()
     }
+    #[inline]
     fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<S::Ok, S::Error> {
         self.inner.serialize_some(&check(self.guard, value))
     }
+    #[inline]
     fn serialize_unit(self) -> Result<S::Ok, S::Error> {
         self.inner.serialize_unit()
     }
+    #[inline]
     fn serialize_unit_struct(self, name: &'static str) -> Result<S::Ok, S::Error> {
         self.inner.serialize_unit_struct(name)
     }
+    #[inline]
     fn serialize_unit_variant(
         self,
         name: &'static str,
@@ -225,6 +255,7 @@ impl<'g, S: Serializer> Serializer for Strict<'g, S> {
     ) -> Result<S::Ok, S::Error> {
         self.inner.serialize_unit_variant(name, index, variant)
     }
+    #[inline]
     fn serialize_newtype_struct<T: Serialize + ?Sized>(
         self,
         name: &'static str,
@@ -233,6 +264,7 @@ impl<'g, S: Serializer> Serializer for Strict<'g, S> {
         self.inner
             .serialize_newtype_struct(name, &check(self.guard, value))
     }
+    #[inline]
     fn serialize_newtype_variant<T: Serialize + ?Sized>(
         self,
         name: &'static str,
@@ -246,12 +278,15 @@ impl<'g, S: Serializer> Serializer for Strict<'g, S> {
                 .serialize_newtype_variant(name, index, variant, &check(guard, value));
         guard.annotate(result, || variant.to_owned())
     }
+    #[inline]
     fn serialize_seq(self, len: Option<usize>) -> Result<Self::SerializeSeq, S::Error> {
         Ok(Compound::new(self.inner.serialize_seq(len)?, self.guard))
     }
+    #[inline]
     fn serialize_tuple(self, len: usize) -> Result<Self::SerializeTuple, S::Error> {
         Ok(Compound::new(self.inner.serialize_tuple(len)?, self.guard))
     }
+    #[inline]
     fn serialize_tuple_struct(
         self,
         name: &'static str,
@@ -262,6 +297,7 @@ impl<'g, S: Serializer> Serializer for Strict<'g, S> {
             self.guard,
         ))
     }
+    #[inline]
     fn serialize_tuple_variant(
         self,
         name: &'static str,
@@ -275,9 +311,11 @@ impl<'g, S: Serializer> Serializer for Strict<'g, S> {
             self.guard,
         ))
     }
+    #[inline]
     fn serialize_map(self, len: Option<usize>) -> Result<Self::SerializeMap, S::Error> {
         Ok(Compound::new(self.inner.serialize_map(len)?, self.guard))
     }
+    #[inline]
     fn serialize_struct(
         self,
         name: &'static str,
@@ -288,6 +326,7 @@ impl<'g, S: Serializer> Serializer for Strict<'g, S> {
             self.guard,
         ))
     }
+    #[inline]
     fn serialize_struct_variant(
         self,
         name: &'static str,
@@ -330,11 +369,13 @@ impl<'g, C> Compound<'g, C> {
 impl<C: SerializeSeq> SerializeSeq for Compound<'_, C> {
     type Ok = C::Ok;
     type Error = C::Error;
+    #[inline]
     fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), C::Error> {
         let i = self.next_index();
         let result = self.inner.serialize_element(&check(self.guard, value));
         self.guard.annotate(result, || i.to_string())
     }
+    #[inline]
     fn end(self) -> Result<C::Ok, C::Error> {
         self.inner.end()
     }
@@ -343,11 +384,13 @@ impl<C: SerializeSeq> SerializeSeq for Compound<'_, C> {
 impl<C: SerializeTuple> SerializeTuple for Compound<'_, C> {
     type Ok = C::Ok;
     type Error = C::Error;
+    #[inline]
     fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), C::Error> {
         let i = self.next_index();
         let result = self.inner.serialize_element(&check(self.guard, value));
         self.guard.annotate(result, || i.to_string())
     }
+    #[inline]
     fn end(self) -> Result<C::Ok, C::Error> {
         self.inner.end()
     }
@@ -356,11 +399,13 @@ impl<C: SerializeTuple> SerializeTuple for Compound<'_, C> {
 impl<C: SerializeTupleStruct> SerializeTupleStruct for Compound<'_, C> {
     type Ok = C::Ok;
     type Error = C::Error;
+    #[inline]
     fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), C::Error> {
         let i = self.next_index();
         let result = self.inner.serialize_field(&check(self.guard, value));
         self.guard.annotate(result, || i.to_string())
     }
+    #[inline]
     fn end(self) -> Result<C::Ok, C::Error> {
         self.inner.end()
     }
@@ -369,11 +414,13 @@ impl<C: SerializeTupleStruct> SerializeTupleStruct for Compound<'_, C> {
 impl<C: SerializeTupleVariant> SerializeTupleVariant for Compound<'_, C> {
     type Ok = C::Ok;
     type Error = C::Error;
+    #[inline]
     fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), C::Error> {
         let i = self.next_index();
         let result = self.inner.serialize_field(&check(self.guard, value));
         self.guard.annotate(result, || i.to_string())
     }
+    #[inline]
     fn end(self) -> Result<C::Ok, C::Error> {
         self.inner.end()
     }
@@ -382,6 +429,7 @@ impl<C: SerializeTupleVariant> SerializeTupleVariant for Compound<'_, C> {
 impl<C: SerializeMap> SerializeMap for Compound<'_, C> {
     type Ok = C::Ok;
     type Error = C::Error;
+    #[inline]
     fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), C::Error> {
         let i = self.next_index();
         let result = self.inner.serialize_key(&CheckedKey {
@@ -390,6 +438,7 @@ impl<C: SerializeMap> SerializeMap for Compound<'_, C> {
         });
         self.guard.annotate(result, || format!("<key {i}>"))
     }
+    #[inline]
     fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), C::Error> {
         // The key is already written and not kept; the entry's position still
         // narrows the search down for the caller.
@@ -397,6 +446,7 @@ impl<C: SerializeMap> SerializeMap for Compound<'_, C> {
         let result = self.inner.serialize_value(&check(self.guard, value));
         self.guard.annotate(result, || format!("<value {i}>"))
     }
+    #[inline]
     fn end(self) -> Result<C::Ok, C::Error> {
         self.inner.end()
     }
@@ -405,6 +455,7 @@ impl<C: SerializeMap> SerializeMap for Compound<'_, C> {
 impl<C: SerializeStruct> SerializeStruct for Compound<'_, C> {
     type Ok = C::Ok;
     type Error = C::Error;
+    #[inline]
     fn serialize_field<T: Serialize + ?Sized>(
         &mut self,
         key: &'static str,
@@ -413,9 +464,11 @@ impl<C: SerializeStruct> SerializeStruct for Compound<'_, C> {
         let result = self.inner.serialize_field(key, &check(self.guard, value));
         self.guard.annotate(result, || key.to_owned())
     }
+    #[inline]
     fn skip_field(&mut self, key: &'static str) -> Result<(), C::Error> {
         self.inner.skip_field(key)
     }
+    #[inline]
     fn end(self) -> Result<C::Ok, C::Error> {
         self.inner.end()
     }
@@ -424,6 +477,7 @@ impl<C: SerializeStruct> SerializeStruct for Compound<'_, C> {
 impl<C: SerializeStructVariant> SerializeStructVariant for Compound<'_, C> {
     type Ok = C::Ok;
     type Error = C::Error;
+    #[inline]
     fn serialize_field<T: Serialize + ?Sized>(
         &mut self,
         key: &'static str,
@@ -432,9 +486,11 @@ impl<C: SerializeStructVariant> SerializeStructVariant for Compound<'_, C> {
         let result = self.inner.serialize_field(key, &check(self.guard, value));
         self.guard.annotate(result, || key.to_owned())
     }
+    #[inline]
     fn skip_field(&mut self, key: &'static str) -> Result<(), C::Error> {
         self.inner.skip_field(key)
     }
+    #[inline]
     fn end(self) -> Result<C::Ok, C::Error> {
         self.inner.end()
     }
@@ -448,6 +504,7 @@ struct KeyCheck<'g, S> {
 }
 
 impl<S: Serializer> KeyCheck<'_, S> {
+    #[inline]
     fn refuse(&self, what: &str) -> S::Error {
         self.guard.reject(format!(
             "a {what} map key has no faithful json representation"
@@ -466,25 +523,32 @@ impl<S: Serializer> Serializer for KeyCheck<'_, S> {
     type SerializeStruct = ser::Impossible<S::Ok, S::Error>;
     type SerializeStructVariant = ser::Impossible<S::Ok, S::Error>;
 
+    #[inline]
     fn is_human_readable(&self) -> bool {
         self.inner.is_human_readable()
     }
 
+    #[inline]
     fn serialize_bool(self, _: bool) -> Result<S::Ok, S::Error> {
         Err(self.refuse("boolean"))
     }
+    #[inline]
     fn serialize_i8(self, v: i8) -> Result<S::Ok, S::Error> {
         self.inner.serialize_i8(v)
     }
+    #[inline]
     fn serialize_i16(self, v: i16) -> Result<S::Ok, S::Error> {
         self.inner.serialize_i16(v)
     }
+    #[inline]
     fn serialize_i32(self, v: i32) -> Result<S::Ok, S::Error> {
         self.inner.serialize_i32(v)
     }
+    #[inline]
     fn serialize_i64(self, v: i64) -> Result<S::Ok, S::Error> {
         self.inner.serialize_i64(v)
     }
+    #[inline]
     fn serialize_i128(self, v: i128) -> Result<S::Ok, S::Error> {
         if let Ok(small) = i64::try_from(v) {
             self.inner.serialize_i64(small)
@@ -496,18 +560,23 @@ impl<S: Serializer> Serializer for KeyCheck<'_, S> {
             )))
         }
     }
+    #[inline]
     fn serialize_u8(self, v: u8) -> Result<S::Ok, S::Error> {
         self.inner.serialize_u8(v)
     }
+    #[inline]
     fn serialize_u16(self, v: u16) -> Result<S::Ok, S::Error> {
         self.inner.serialize_u16(v)
     }
+    #[inline]
     fn serialize_u32(self, v: u32) -> Result<S::Ok, S::Error> {
         self.inner.serialize_u32(v)
     }
+    #[inline]
     fn serialize_u64(self, v: u64) -> Result<S::Ok, S::Error> {
         self.inner.serialize_u64(v)
     }
+    #[inline]
     fn serialize_u128(self, v: u128) -> Result<S::Ok, S::Error> {
         match u64::try_from(v) {
             Ok(small) => self.inner.serialize_u64(small),
@@ -516,33 +585,43 @@ impl<S: Serializer> Serializer for KeyCheck<'_, S> {
             ))),
         }
     }
+    #[inline]
     fn serialize_f32(self, _: f32) -> Result<S::Ok, S::Error> {
         Err(self.refuse("floating-point"))
     }
+    #[inline]
     fn serialize_f64(self, _: f64) -> Result<S::Ok, S::Error> {
         Err(self.refuse("floating-point"))
     }
+    #[inline]
     fn serialize_char(self, v: char) -> Result<S::Ok, S::Error> {
         self.inner.serialize_char(v)
     }
+    #[inline]
     fn serialize_str(self, v: &str) -> Result<S::Ok, S::Error> {
         self.inner.serialize_str(v)
     }
+    #[inline]
     fn serialize_bytes(self, _: &[u8]) -> Result<S::Ok, S::Error> {
         Err(self.refuse("byte-string"))
     }
+    #[inline]
     fn serialize_none(self) -> Result<S::Ok, S::Error> {
         Err(self.refuse("null"))
     }
+    #[inline]
     fn serialize_some<T: Serialize + ?Sized>(self, _: &T) -> Result<S::Ok, S::Error> {
         Err(self.refuse("optional"))
     }
+    #[inline]
     fn serialize_unit(self) -> Result<S::Ok, S::Error> {
         Err(self.refuse("unit"))
     }
+    #[inline]
     fn serialize_unit_struct(self, _: &'static str) -> Result<S::Ok, S::Error> {
         Err(self.refuse("unit struct"))
     }
+    #[inline]
     fn serialize_unit_variant(
         self,
         name: &'static str,
@@ -551,6 +630,7 @@ impl<S: Serializer> Serializer for KeyCheck<'_, S> {
     ) -> Result<S::Ok, S::Error> {
         self.inner.serialize_unit_variant(name, index, variant)
     }
+    #[inline]
     fn serialize_newtype_struct<T: Serialize + ?Sized>(
         self,
         name: &'static str,
@@ -560,6 +640,7 @@ impl<S: Serializer> Serializer for KeyCheck<'_, S> {
         self.inner
             .serialize_newtype_struct(name, &CheckedKey { value, guard })
     }
+    #[inline]
     fn serialize_newtype_variant<T: Serialize + ?Sized>(
         self,
         _: &'static str,
@@ -569,12 +650,15 @@ impl<S: Serializer> Serializer for KeyCheck<'_, S> {
     ) -> Result<S::Ok, S::Error> {
         Err(self.refuse("enum"))
     }
+    #[inline]
     fn serialize_seq(self, _: Option<usize>) -> Result<Self::SerializeSeq, S::Error> {
         Err(self.refuse("sequence"))
     }
+    #[inline]
     fn serialize_tuple(self, _: usize) -> Result<Self::SerializeTuple, S::Error> {
         Err(self.refuse("tuple"))
     }
+    #[inline]
     fn serialize_tuple_struct(
         self,
         _: &'static str,
@@ -582,6 +666,7 @@ impl<S: Serializer> Serializer for KeyCheck<'_, S> {
     ) -> Result<Self::SerializeTupleStruct, S::Error> {
         Err(self.refuse("tuple struct"))
     }
+    #[inline]
     fn serialize_tuple_variant(
         self,
         _: &'static str,
@@ -591,9 +676,11 @@ impl<S: Serializer> Serializer for KeyCheck<'_, S> {
     ) -> Result<Self::SerializeTupleVariant, S::Error> {
         Err(self.refuse("enum"))
     }
+    #[inline]
     fn serialize_map(self, _: Option<usize>) -> Result<Self::SerializeMap, S::Error> {
         Err(self.refuse("map"))
     }
+    #[inline]
     fn serialize_struct(
         self,
         _: &'static str,
@@ -601,6 +688,7 @@ impl<S: Serializer> Serializer for KeyCheck<'_, S> {
     ) -> Result<Self::SerializeStruct, S::Error> {
         Err(self.refuse("struct"))
     }
+    #[inline]
     fn serialize_struct_variant(
         self,
         _: &'static str,

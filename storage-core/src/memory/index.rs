@@ -3,9 +3,12 @@
 //! An index maps the values found at one field path to the keys holding them.
 //! It only ever narrows the candidates a query looks at: the reference evaluator
 //! still runs on every candidate, so an index can change speed, never results.
-//! For that, extraction errs on the side of more values: an array contributes
-//! each element and itself, and a path crossing an array fans out over its
-//! elements (`items.name` reaches the `name` of every object in `items`).
+//! For that, an index files a document under exactly the values the evaluator
+//! tests a clause against: every value the path reaches (a path crossing an array
+//! fans out over its objects, so `items.name` reaches the `name` of each), and
+//! each element of a reached array as well as the array itself. Full-text
+//! indexes split strings with [`crate::query::words`], the `text` operator's own
+//! tokenisation.
 //!
 //! Documents where the path reaches nothing are not indexed (so they never
 //! conflict in a unique index). An explicit `null` is indexed, so two entries
@@ -20,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 
 use super::Map;
 use crate::error::{ErrorCode, Result, StorageError};
-use crate::query::{FieldPath, Operator, TypeBracket, compare_total, type_bracket};
+use crate::query::{FieldPath, Operator, TypeBracket, compare_total, type_bracket, words};
 use crate::types::{Document, IndexDefinition, IndexInfo, IndexKind, IndexStats};
 
 /// A value ordered by the evaluator's total order, so btree ranges agree with `gt`/`lt`.
@@ -91,44 +94,11 @@ fn write_canonical(value: &Document, out: &mut String) {
     }
 }
 
-/// Lower-cased words: runs of alphanumeric characters.
-pub(super) fn tokenize(text: &str) -> impl Iterator<Item = String> + '_ {
-    text.split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .map(str::to_lowercase)
-}
-
-/// Every value reachable at `path`, fanning out over arrays met on the way.
-fn reach<'a>(doc: &'a Document, segments: &[String], out: &mut Vec<&'a Document>) {
-    let Some((first, rest)) = segments.split_first() else {
-        out.push(doc);
-        return;
-    };
-    match doc {
-        Document::Object(map) => {
-            if let Some(v) = map.get(first) {
-                reach(v, rest, out);
-            }
-        }
-        Document::Array(items) => {
-            if let Some(v) = first.parse::<usize>().ok().and_then(|i| items.get(i)) {
-                reach(v, rest, out);
-            }
-            for item in items {
-                if item.is_object() {
-                    reach(item, segments, out);
-                }
-            }
-        }
-        _ => {}
-    }
-}
-
-/// The values a document contributes to an index at `path`: each reached value,
-/// and each element of a reached array.
+/// The values a document contributes to an index at `path`: exactly the candidates
+/// the evaluator tests a clause against (each value [`FieldPath::values`] reaches,
+/// and each element of a reached array).
 fn index_values<'a>(path: &FieldPath, doc: &'a Document, sparse: bool) -> Vec<&'a Document> {
-    let mut reached = Vec::new();
-    reach(doc, path.segments(), &mut reached);
+    let reached = path.values(doc);
     let mut out = Vec::with_capacity(reached.len());
     for value in reached {
         if let Document::Array(items) = value {
@@ -212,7 +182,7 @@ impl Index {
             Postings::Fulltext(_) => {
                 for v in values {
                     if let Document::String(s) = v {
-                        for word in tokenize(s) {
+                        for word in words(s) {
                             if seen.insert(word.clone()) {
                                 out.push(Term::Word(word));
                             }
@@ -309,9 +279,9 @@ impl Index {
                 // Ranges never cross type brackets; `null` has no range to speak of.
                 type_bracket(operand) != TypeBracket::Null
             }
-            (IndexKind::Fulltext, Operator::Text) => operand
-                .as_str()
-                .is_some_and(|s| tokenize(s).next().is_some()),
+            (IndexKind::Fulltext, Operator::Text) => {
+                operand.as_str().is_some_and(|s| !words(s).is_empty())
+            }
             _ => false,
         }
     }
@@ -369,12 +339,12 @@ impl Index {
             }
             Operator::Text => {
                 if let (Postings::Fulltext(m), Some(text)) = (&self.postings, operand.as_str()) {
-                    let mut words: Vec<String> = tokenize(text).collect();
-                    words.sort();
-                    words.dedup();
-                    let mut sets = words.iter().map(|w| m.get(w));
+                    let mut wanted = words(text);
+                    wanted.sort();
+                    wanted.dedup();
+                    let mut sets = wanted.iter().map(|w| m.get(w));
                     if let Some(Some(first)) = sets.next() {
-                        out = first.clone();
+                        out.clone_from(first);
                         for set in sets {
                             match set {
                                 Some(set) => out.retain(|k| set.contains(k)),
@@ -603,22 +573,5 @@ mod tests {
             canonical(&json!({"a": [1, 2.0]})),
             canonical(&json!({"a": [1.0, 2]}))
         );
-    }
-
-    #[test]
-    fn tokenize_lowercases_words() {
-        let words: Vec<String> = tokenize("Hello, wörld! 42-x").collect();
-        assert_eq!(words, ["hello", "wörld", "42", "x"]);
-    }
-
-    #[test]
-    fn reach_fans_out_over_arrays() {
-        let doc = json!({"items": [{"name": "a"}, {"name": "b"}, 3], "tags": ["x", "y"]});
-        let mut out = Vec::new();
-        reach(&doc, &["items".to_owned(), "name".to_owned()], &mut out);
-        assert_eq!(out, [&json!("a"), &json!("b")]);
-        let mut out = Vec::new();
-        reach(&doc, &["tags".to_owned(), "1".to_owned()], &mut out);
-        assert_eq!(out, [&json!("y")]);
     }
 }

@@ -24,6 +24,7 @@ use futures::stream;
 
 use crate::capabilities::{Capabilities, Tier};
 use crate::codec::{from_document, to_document};
+use crate::config::MemoryConfig;
 use crate::error::{ErrorCode, Result, StorageError};
 use crate::events::{AfterEvent, AfterHook, BeforeEvent, BeforeHook, EventHub, HookId};
 use crate::events::{Subscription, WatchPattern};
@@ -131,6 +132,18 @@ struct Shared<T> {
 /// Transactional (optimistic, always serializable, savepoints), Observable (hooks
 /// and watches within the process). Nothing persists: data lives as long as the store.
 ///
+/// # Costs
+/// Reads, queries and `begin` take a snapshot in O(1). A write copies the map (and
+/// its indexes) only while some snapshot is still alive (an open transaction, an
+/// unfinished `keys`/`values`/`entries` stream), so keep transactions short.
+///
+/// # Events
+/// Change batches are published under the write lock, so subscribers see commits
+/// in commit order. After-hooks also run in commit order, outside every lock (a
+/// hook may use the store); when writers race, the thread that finds the hook
+/// queue idle runs the queued hooks of the others too, so a write can return
+/// before its own after-hooks have run.
+///
 /// # Example
 /// ```
 /// use storage_core::{MemoryStorage, Storage};
@@ -180,6 +193,30 @@ impl<T: StorageValue> MemoryStorage<T> {
                 next_tx: AtomicU64::new(1),
             }),
         }
+    }
+
+    /// A store built from a configuration: `max_entries` and `debug` apply.
+    ///
+    /// The configuration's `serialization` section does not: this store keeps
+    /// values as JSON documents and never encodes them to bytes.
+    ///
+    /// # Errors
+    /// `InvalidConfig` when the configuration does not validate.
+    ///
+    /// # Example
+    /// ```
+    /// use storage_core::MemoryStorage;
+    /// use storage_core::config::MemoryConfig;
+    /// let config = MemoryConfig { max_entries: Some(10), ..MemoryConfig::default() };
+    /// let store = MemoryStorage::<u32>::from_config(&config)?;
+    /// assert_eq!(store.max_entries(), Some(10));
+    /// # Ok::<(), storage_core::StorageError>(())
+    /// ```
+    pub fn from_config(config: &MemoryConfig) -> Result<Self> {
+        config.validate()?;
+        Ok(Self::new()
+            .with_max_entries(config.max_entries)
+            .debug(config.common.debug))
     }
 
     /// Limits the number of entries; a write that would exceed it fails with
@@ -504,15 +541,15 @@ fn plan<T: StorageValue>(base: &Map, ops: Vec<Op<T>>, want_after: bool) -> Plan<
                 if old.is_none() {
                     plan.size += 1;
                 }
+                // A hook registered after the value was prepared still gets it.
+                let value = match value {
+                    None if want_after => decode::<T>(&doc, &key).ok().map(Arc::new),
+                    other => other,
+                };
                 if want_after && let Some(value) = &value {
                     plan.after.push(AfterItem::Set {
                         key: key.clone(),
                         value: Arc::clone(value),
-                    });
-                } else if want_after && let Ok(value) = decode::<T>(&doc, &key) {
-                    plan.after.push(AfterItem::Set {
-                        key: key.clone(),
-                        value: Arc::new(value),
                     });
                 }
                 plan.overlay.insert(key.clone(), Some(Arc::clone(&doc)));
@@ -715,6 +752,7 @@ impl<T: StorageValue> Storage<T> for MemoryStorage<T> {
     }
 
     async fn size(&self) -> Result<u64> {
+        let _entered = self.span("size").entered();
         Ok(u64::try_from(self.shared.read().data.len()).unwrap_or(u64::MAX))
     }
 

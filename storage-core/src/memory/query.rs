@@ -100,13 +100,22 @@ fn plan(query: &Query, snapshot: &Snapshot) -> ExecutionPlan {
 #[async_trait]
 impl<T: StorageValue> QueryableStorage<T> for MemoryStorage<T> {
     fn query(&self, query: &Query) -> ResultStream<'_, QueryResult<T>> {
+        // The matched documents are taken out of the snapshot at once, so a slow
+        // consumer does not keep the snapshot alive (which would make writers copy the map).
         let outcome = self.span("query").in_scope(|| {
             let snapshot = self.shared.snapshot();
-            run(query, &snapshot).map(|matches| (snapshot, matches))
+            run(query, &snapshot).map(|matches| {
+                matches
+                    .into_iter()
+                    .map(|m| {
+                        let doc = snapshot.data.get(&m.key).map(|e| Arc::clone(&e.doc));
+                        (m, doc)
+                    })
+                    .collect::<Vec<_>>()
+            })
         });
         match outcome {
-            Ok((snapshot, matches)) => stream::iter(matches.into_iter().map(move |m| {
-                let doc = snapshot.data.get(&m.key).map(|e| Arc::clone(&e.doc));
+            Ok(found) => stream::iter(found.into_iter().map(|(m, doc)| {
                 let doc = doc.ok_or_else(|| {
                     StorageError::new(
                         ErrorCode::Backend,
