@@ -44,6 +44,7 @@ pub mod hermitage;
 pub mod indexed;
 mod macros;
 pub mod model;
+pub mod observable;
 pub mod prop;
 pub mod query;
 pub mod runner;

@@ -231,3 +231,36 @@ macro_rules! transactional_suite {
         }
     };
 }
+
+/// The observable suite: `observable_suite!(MyHarness::new());` expands into the module
+/// `observable_conformance`: commit order, transactions as one batch, nothing from rollbacks or
+/// failed writes, batches and clears, vetoing before-hooks, after-hooks, glob and regex watches,
+/// unsubscribing, lag reporting and (where declared) cross-handle delivery. Needs an
+/// [`ObservableHarness`](crate::ObservableHarness).
+#[macro_export]
+macro_rules! observable_suite {
+    ($harness:expr) => {
+        $crate::observable_suite!(observable_conformance, $harness);
+    };
+    ($module:ident, $harness:expr) => {
+        $crate::__suite! {
+            $module, $harness;
+            plain: [
+                observable::capabilities_agree_with_tier_accessors,
+                observable::committed_writes_arrive_in_commit_order,
+                observable::concurrent_writes_arrive_once_each_in_sequence_order,
+                observable::a_transaction_arrives_as_one_batch,
+                observable::only_committed_changes_are_announced,
+                observable::batches_and_clears_announce_every_change,
+                observable::a_vetoing_before_hook_leaves_the_store_unchanged,
+                observable::after_hooks_see_committed_writes,
+                observable::watch_by_glob_delivers_matching_keys_only,
+                observable::watch_by_regex_matches_whole_keys,
+                observable::dropping_a_subscription_leaves_others_unaffected,
+                observable::a_stalled_subscriber_lags_without_blocking_writers,
+                observable::changes_cross_handles_when_declared,
+            ];
+            model: [];
+        }
+    };
+}
