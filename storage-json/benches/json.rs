@@ -16,7 +16,7 @@ use storage_core::query::field;
 use storage_core::{
     BatchStorage, IndexDefinition, IndexKind, IndexedStorage, Query, QueryableStorage, Storage,
 };
-use storage_json::{Durability, JsonConfig, JsonStorage};
+use storage_json::{Durability, JsonConfig, JsonConfigExt, JsonStorage};
 
 type BenchResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
 
@@ -44,7 +44,7 @@ fn user(id: u64) -> User {
         age: u32::try_from(18 + id % 60).unwrap_or(18),
         city: CITIES[usize::try_from(id % 8).unwrap_or(0)].to_owned(),
         tags: vec!["alpha".to_owned(), format!("group{}", id % 100)],
-        active: id % 3 != 0,
+        active: !id.is_multiple_of(3),
     }
 }
 
@@ -130,7 +130,9 @@ fn raw_rewrite(dir: &Path, n: u64, ops: u64) -> BenchResult<f64> {
         map.insert(key(id), user(id));
         let mut out = std::io::BufWriter::new(File::create(&tmp)?);
         serde_json::to_writer(&mut out, &map)?;
-        let file = out.into_inner().map_err(|e| e.into_error())?;
+        let file = out
+            .into_inner()
+            .map_err(std::io::IntoInnerError::into_error)?;
         file.sync_all()?;
         std::fs::rename(&tmp, &path)?;
     }
@@ -153,8 +155,8 @@ fn raw_append(dir: &Path, ops: u64) -> BenchResult<f64> {
     Ok(micros(start.elapsed(), ops))
 }
 
-async fn run() -> BenchResult {
-    let quick = std::env::var("STORAGE_JSON_BENCH_QUICK").is_ok();
+/// Write costs at every size; returns the largest size.
+async fn write_costs(root: &Path, quick: bool) -> BenchResult<u64> {
     let sizes: &[u64] = if quick {
         &[1_000]
     } else {
@@ -162,7 +164,6 @@ async fn run() -> BenchResult {
     };
     let seq_ops = if quick { 200 } else { 2_000 };
     let group_ops = if quick { 2_000 } else { 20_000 };
-    let root = tempfile::tempdir()?;
     let group = Durability::Group {
         max_writes: 64,
         max_delay_ms: 1,
@@ -173,26 +174,29 @@ async fn run() -> BenchResult {
     );
     println!("|---:|---:|---:|---:|---:|");
     for &n in sizes {
-        let path = root.path().join(format!("users-{n}.json"));
+        let path = root.join(format!("users-{n}.json"));
         prefill(&path, n).await?;
         let fsync = sequential_sets(JsonConfig::new(&path), n, seq_ops).await?;
         let grouped =
             concurrent_sets(JsonConfig::new(&path).durability(group), n, group_ops, 64).await?;
         let loose = sequential_sets(JsonConfig::new(&path).atomic(false), n, seq_ops).await?;
         let rewrite_ops = if n >= 100_000 { 5 } else { 50 };
-        let rewrite = raw_rewrite(root.path(), n, rewrite_ops)?;
+        let rewrite = raw_rewrite(root, n, rewrite_ops)?;
         println!("| {n} | {fsync:.1} µs | {grouped:.1} µs | {loose:.1} µs | {rewrite:.0} µs |");
     }
-    let floor = raw_append(root.path(), seq_ops)?;
+    let floor = raw_append(root, seq_ops)?;
     println!("\nRaw append + fdatasync of one record: {floor:.1} µs.");
+    Ok(*sizes.last().unwrap_or(&1_000))
+}
 
-    let n = *sizes.last().unwrap_or(&1_000);
-    let path = root.path().join(format!("users-{n}.json"));
+/// Open, get, query and compaction costs at `n` entries (the file written by `write_costs`).
+async fn read_costs(root: &Path, n: u64) -> BenchResult {
+    let path = root.join(format!("users-{n}.json"));
     let start = Instant::now();
     let store = JsonStorage::<User>::open(JsonConfig::new(&path)).await?;
     let open_ms = start.elapsed().as_secs_f64() * 1e3;
-    let file_kb = std::fs::metadata(&path)?.len() / 1_000;
-    let file_mb = f64::from(u32::try_from(file_kb).unwrap_or(u32::MAX)) / 1e3;
+    let size_kb = std::fs::metadata(&path)?.len() / 1_000;
+    let file_mb = f64::from(u32::try_from(size_kb).unwrap_or(u32::MAX)) / 1e3;
     println!("\nAt {n} entries ({file_mb:.1} MB file):\n");
     println!("| operation | time |");
     println!("|---|---:|");
@@ -285,9 +289,14 @@ async fn run() -> BenchResult {
 }
 
 fn main() -> BenchResult {
+    let quick = std::env::var("STORAGE_JSON_BENCH_QUICK").is_ok();
+    let root = tempfile::tempdir()?;
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?
-        .block_on(run())
+        .block_on(async {
+            let n = write_costs(root.path(), quick).await?;
+            read_costs(root.path(), n).await
+        })
 }

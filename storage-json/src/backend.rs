@@ -23,7 +23,7 @@ use storage_core::{
     Tier, Transaction, TransactionOptions, TransactionalStorage, validate_key, validate_keys,
 };
 
-use crate::config::{Durability, JsonConfig, LockMode};
+use crate::config::{Durability, JsonConfig, LockMode, check};
 use crate::error::JsonError;
 use crate::index::Indexes;
 use crate::journal::{
@@ -526,7 +526,7 @@ impl<T: StorageValue> JsonStorage<T> {
     }
 
     async fn open_inner(config: JsonConfig) -> Result<Self> {
-        config.validate()?;
+        check(&config)?;
         let paths = Paths::new(&config.file_path);
         if !paths.dir.exists() {
             fs::create_dir_all(&paths.dir)
@@ -554,7 +554,7 @@ impl<T: StorageValue> JsonStorage<T> {
                 },
             ) => Some(GroupSync::start(
                 journal.clone_file()?,
-                max_writes,
+                usize::try_from(max_writes).unwrap_or(usize::MAX),
                 Duration::from_millis(max_delay_ms),
             )?),
             _ => None,

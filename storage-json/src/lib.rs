@@ -135,7 +135,8 @@
 //! None.
 //!
 //! ## Modules
-//! - `config`: [`JsonConfig`], [`Durability`], [`LockMode`];
+//! - `config`: [`JsonConfig`], [`Durability`], [`LockMode`] (from `storage_core::config`) and
+//!   the [`JsonConfigExt`] builder;
 //! - `backend`: [`JsonStorage`] and its tier implementations;
 //! - `transaction`: [`JsonTransaction`];
 //! - `journal`: the file formats, compaction and group commit;
@@ -152,7 +153,7 @@ mod journal;
 mod transaction;
 
 pub use backend::{JsonStorage, files_of};
-pub use config::{Durability, JsonConfig, LockMode, SUPPORTED_ENCODING};
+pub use config::{Durability, JsonConfig, JsonConfigExt, LockMode};
 pub use transaction::JsonTransaction;
 
 /// Compile-time check that the public types can cross threads.

@@ -3,7 +3,10 @@
 
 use std::path::PathBuf;
 
-use storage_conformance::{Harness, batch_suite, queryable_suite, storage_suite};
+use storage_conformance::{
+    Harness, batch_suite, indexed_suite, observable_suite, queryable_suite, storage_suite,
+    transactional_suite,
+};
 use storage_core::{ErrorCode, Result, StorageError, StorageValue};
 use storage_json::{JsonConfig, JsonStorage};
 
@@ -57,3 +60,6 @@ impl<T: StorageValue> Harness<T> for JsonHarness {
 storage_suite!(JsonHarness::new());
 batch_suite!(JsonHarness::new());
 queryable_suite!(JsonHarness::new());
+indexed_suite!(JsonHarness::new());
+transactional_suite!(JsonHarness::new());
+observable_suite!(JsonHarness::new());

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Value, json};
 use storage_core::{ErrorCode, Storage, TransactionOptions, TransactionalStorage};
-use storage_json::{Durability, JsonConfig, JsonStorage, LockMode};
+use storage_json::{Durability, JsonConfig, JsonConfigExt, JsonStorage, LockMode};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 

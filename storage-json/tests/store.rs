@@ -13,7 +13,7 @@ use storage_core::{
     ObservableStorage, Operation, Query, QueryableStorage, Storage, StorageError, Transaction,
     TransactionOptions, TransactionState, TransactionalStorage, WatchEvent, WatchPattern,
 };
-use storage_json::{Durability, JsonConfig, JsonStorage, LockMode};
+use storage_json::{Durability, JsonConfig, JsonConfigExt, JsonStorage, LockMode};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
