@@ -22,6 +22,7 @@ use storage_core::{
     QueryableStorage, Result, ResultStream, Storage, StorageError, StorageValue, Subscription,
     Tier, Transaction, TransactionOptions, TransactionalStorage, validate_key, validate_keys,
 };
+use tracing::Instrument;
 
 use crate::config::{Durability, JsonConfig, LockMode, check};
 use crate::error::JsonError;
@@ -1019,6 +1020,11 @@ fn event_key(e: &EventOp) -> &str {
 }
 
 impl<T: StorageValue> JsonStorage<T> {
+    /// A debug span around one operation when the config's `debug` is on.
+    fn span(&self, operation: &'static str) -> tracing::Span {
+        storage_core::trace::op_span(self.inner.config.common.debug, BACKEND, operation)
+    }
+
     fn run_before(&self, event: &BeforeEvent<'_, T>) -> Result<()> {
         if self.inner.hub.has_before_hooks() {
             self.inner.hub.before(event)?;
@@ -1031,6 +1037,8 @@ impl<T: StorageValue> JsonStorage<T> {
     }
 
     fn run_query(&self, query: &Query) -> Result<Vec<QueryResult<T>>> {
+        let span = self.span("query");
+        let _entered = span.enter();
         let compiled = CompiledQuery::compile(query)?;
         let found = self.inner.with_state(|st| {
             let plan = st.indexes.plan(query.filter.as_ref());
@@ -1131,6 +1139,8 @@ impl<T: StorageValue> Storage<T> for JsonStorage<T> {
             }
             doc.map(|d| decode(&d, key)).transpose()
         };
+        let span = self.span("get");
+        let _entered = span.enter();
         run().map_err(|e| e.with_operation("get"))
     }
 
@@ -1144,6 +1154,7 @@ impl<T: StorageValue> Storage<T> for JsonStorage<T> {
                 .await
                 .map(|_| ())
         }
+        .instrument(self.span("set"))
         .await
         .map_err(|e| e.with_operation("set"))
     }
@@ -1158,6 +1169,7 @@ impl<T: StorageValue> Storage<T> for JsonStorage<T> {
                 .await?;
             Ok::<_, StorageError>(result.deleted > 0)
         }
+        .instrument(self.span("delete"))
         .await
         .map_err(|e| e.with_operation("delete"))
     }
@@ -1176,6 +1188,7 @@ impl<T: StorageValue> Storage<T> for JsonStorage<T> {
                 .await
                 .map(|_| ())
         }
+        .instrument(self.span("clear"))
         .await
         .map_err(|e| e.with_operation("clear"))
     }
@@ -1224,6 +1237,7 @@ impl<T: StorageValue> BatchStorage<T> for JsonStorage<T> {
             }
             self.inner.commit_ops(&ops, None).await
         }
+        .instrument(self.span("batch"))
         .await
         .map_err(|e| e.with_operation("batch"))
     }

@@ -100,7 +100,10 @@
 //! ## Crash safety
 //! - A write is acknowledged only after its journal line was written and (with
 //!   `atomic: true`) fsync'd — per write, or per group with group commit, where
-//!   writers wait for the fsync covering them.
+//!   writers wait for the fsync covering them. With group commit a change is visible
+//!   to readers, hooks and watchers of this handle from the moment it is appended,
+//!   which may be up to `max_delay_ms` before its writer's call returns; if that
+//!   fsync fails, the writer gets `Io` and the store refuses further writes.
 //! - A line torn by a crash fails its checksum and, being last, is dropped and cut
 //!   off on open; a damaged line followed by good ones is `Corrupted` with the
 //!   journal's path and the line's byte offset.
@@ -130,6 +133,13 @@
 //! second opener — another process, or a second handle in the same process — gets
 //! `ConnectionFailed` ("locked by another process", retryable), or with
 //! [`LockMode::Wait`] waits up to its time-out and then gets `Timeout`.
+//!
+//! ## Configuration
+//! [`JsonConfig`] comes from `storage_core::config` (so a TOML, YAML or JSON file with
+//! `type = "json"` opens this store); [`JsonConfigExt`] adds builder methods. The
+//! common `serialization` setting must stay JSON without compression (anything else is
+//! `InvalidConfig`: the file is for people to read), and `debug = true` wraps every
+//! operation in a `tracing` debug span.
 //!
 //! ## Crate features
 //! None.
