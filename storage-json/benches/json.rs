@@ -4,7 +4,8 @@
 //! 100k existing entries under fsync-per-write, group commit and `atomic: false`;
 //! open time; gets; queries with and without indexes; compaction; and the raw
 //! baselines (rewrite the whole file per write, append one fsync'd line).
-//! `STORAGE_JSON_BENCH_QUICK=1` shrinks the run for a smoke test.
+//! `STORAGE_JSON_BENCH_QUICK=1` shrinks the run for a smoke test;
+//! `STORAGE_JSON_BENCH_SIZES=100000` picks the store sizes.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -173,10 +174,13 @@ fn raw_rewrite(dir: &Path, n: u64, ops: u64) -> BenchResult<f64> {
 
 /// Write costs at every size; returns the largest size.
 async fn write_costs(root: &Path, quick: bool) -> BenchResult<u64> {
-    let sizes: &[u64] = if quick {
-        &[1_000]
-    } else {
-        &[1_000, 10_000, 100_000]
+    let sizes: Vec<u64> = match std::env::var("STORAGE_JSON_BENCH_SIZES") {
+        Ok(list) => list
+            .split(',')
+            .filter_map(|n| n.trim().parse().ok())
+            .collect(),
+        Err(_) if quick => vec![1_000],
+        Err(_) => vec![1_000, 10_000, 100_000],
     };
     let seq_ops = if quick { 200 } else { 2_000 };
     let group_ops = if quick { 2_000 } else { 20_000 };
@@ -189,7 +193,7 @@ async fn write_costs(root: &Path, quick: bool) -> BenchResult<u64> {
         "| entries | set, fsync per write | raw append + fdatasync (same rounds) | ratio | set, group commit (64 writers) | set, atomic: false | raw: rewrite the file per write |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|");
-    for &n in sizes {
+    for &n in &sizes {
         let path = root.join(format!("users-{n}.json"));
         prefill(&path, n).await?;
         let (fsync, raw) = fsync_vs_raw(root, &path, n, seq_ops).await?;
