@@ -460,3 +460,241 @@ impl AggregateStage {
         Self::Project(paths.into_iter().map(Into::into).collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::query::field;
+
+    fn run(pipeline: &[AggregateStage], docs: &[Value]) -> Result<Vec<Value>> {
+        aggregate(pipeline, docs)
+    }
+
+    fn posts() -> Vec<Value> {
+        vec![
+            json!({"author": "bob", "score": 5, "tags": ["a"]}),
+            json!({"author": "ann", "score": 3.5}),
+            json!({"author": "bob", "score": 2}),
+            json!({"author": "ann", "score": "n/a"}),
+            json!({"score": 10}),
+            json!({"author": null, "score": 1}),
+            json!({"author": 1, "score": 1}),
+            json!({"author": 1.0, "score": 2}),
+        ]
+    }
+
+    #[test]
+    fn group_ids_follow_the_total_order_and_merge_equal_values() -> Result<()> {
+        let out = run(&[AggregateStage::group_by("author").count("n")], &posts())?;
+        assert_eq!(
+            out,
+            [
+                // Missing and null are one group; 1 and 1.0 are one group (first seen wins).
+                json!({"_id": null, "n": 2}),
+                json!({"_id": 1, "n": 2}),
+                json!({"_id": "ann", "n": 2}),
+                json!({"_id": "bob", "n": 2}),
+            ]
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn count_is_an_integer() -> Result<()> {
+        let out = run(&[AggregateStage::group_all().count("n")], &posts())?;
+        assert_eq!(out, [json!({"_id": null, "n": 8})]);
+        assert!(out[0]["n"].is_u64());
+        Ok(())
+    }
+
+    #[test]
+    fn grouping_nothing_outputs_nothing() -> Result<()> {
+        assert_eq!(
+            run(&[AggregateStage::group_all().count("n")], &[])?,
+            Vec::<Value>::new()
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn sum_adds_numbers_and_ignores_the_rest() -> Result<()> {
+        let out = run(
+            &[AggregateStage::group_by("author").sum("total", "score")],
+            &posts(),
+        )?;
+        let totals: Vec<&Value> = out.iter().map(|d| &d["total"]).collect();
+        // null group: 10 + 1; 1 group: 1 + 2; ann: 3.5 (the string is ignored); bob: 5 + 2.
+        assert_eq!(totals, [&json!(11), &json!(3), &json!(3.5), &json!(7)]);
+        assert!(out[0]["total"].is_i64());
+        assert!(out[2]["total"].is_f64());
+        Ok(())
+    }
+
+    #[test]
+    fn sum_of_nothing_is_integer_zero() -> Result<()> {
+        let out = run(&[AggregateStage::group_all().sum("s", "missing")], &posts())?;
+        assert_eq!(out, [json!({"_id": null, "s": 0})]);
+        assert!(out[0]["s"].is_i64());
+        Ok(())
+    }
+
+    #[test]
+    fn sum_beyond_i64_becomes_a_float() -> Result<()> {
+        let docs = [json!({"v": i64::MAX}), json!({"v": 1})];
+        let out = run(&[AggregateStage::group_all().sum("s", "v")], &docs)?;
+        assert!(out[0]["s"].is_f64());
+        assert_eq!(out[0]["s"].as_f64(), Some(9.223_372_036_854_776e18));
+        let docs = [json!({"v": u64::MAX}), json!({"v": -2})];
+        let out = run(&[AggregateStage::group_all().sum("s", "v")], &docs)?;
+        // u64::MAX - 2 does not fit i64, so the sum is the nearest float.
+        assert_eq!(out[0]["s"].as_f64(), Some(1.844_674_407_370_955_2e19));
+        assert!(out[0]["s"].is_f64());
+        Ok(())
+    }
+
+    #[test]
+    fn avg_is_a_float_mean_or_null() -> Result<()> {
+        let out = run(
+            &[AggregateStage::group_by("author").avg("mean", "score")],
+            &posts(),
+        )?;
+        let means: Vec<&Value> = out.iter().map(|d| &d["mean"]).collect();
+        assert_eq!(means, [&json!(5.5), &json!(1.5), &json!(3.5), &json!(3.5)]);
+        assert!(out[0]["mean"].is_f64());
+        let none = run(&[AggregateStage::group_all().avg("m", "nope")], &posts())?;
+        assert_eq!(none, [json!({"_id": null, "m": null})]);
+        Ok(())
+    }
+
+    #[test]
+    fn min_and_max_use_the_total_order_and_skip_null() -> Result<()> {
+        let docs = [
+            json!({"v": "b"}),
+            json!({"v": null}),
+            json!({"v": 7}),
+            json!({"v": true}),
+            json!({}),
+            json!({"v": [1]}),
+        ];
+        let out = run(
+            &[AggregateStage::group_all().min("lo", "v").max("hi", "v")],
+            &docs,
+        )?;
+        assert_eq!(out, [json!({"_id": null, "lo": 7, "hi": true})]);
+        let none = run(
+            &[AggregateStage::group_all().min("lo", "v").max("hi", "v")],
+            &[json!({"v": null})],
+        )?;
+        assert_eq!(none, [json!({"_id": null, "lo": null, "hi": null})]);
+        Ok(())
+    }
+
+    #[test]
+    fn min_keeps_the_first_of_equal_values() -> Result<()> {
+        let out = run(
+            &[AggregateStage::group_all().min("lo", "v")],
+            &[json!({"v": 1.0}), json!({"v": 1})],
+        )?;
+        assert!(out[0]["lo"].is_f64());
+        Ok(())
+    }
+
+    #[test]
+    fn accumulator_names_are_validated() {
+        let bad = [
+            AggregateStage::group_all().count(""),
+            AggregateStage::group_all().count("_id"),
+            AggregateStage::group_all().count("n").sum("n", "v"),
+            AggregateStage::group_all().sum("s", "a..b"),
+            AggregateStage::group_by("").count("n"),
+        ];
+        for stage in bad {
+            let code = run(&[stage], &posts()).err().map(|e| e.code());
+            assert_eq!(code, Some(ErrorCode::InvalidQuery));
+        }
+    }
+
+    #[test]
+    fn the_whole_pipeline_is_validated_before_running() {
+        let pipeline = [
+            AggregateStage::limit(0),
+            AggregateStage::matching(field("s").regex("(")),
+        ];
+        let code = run(&pipeline, &posts()).err().map(|e| e.code());
+        assert_eq!(code, Some(ErrorCode::InvalidQuery));
+    }
+
+    #[test]
+    fn match_sort_skip_limit_project_compose() -> Result<()> {
+        let pipeline = [
+            AggregateStage::matching(field("score").gte(2)),
+            AggregateStage::sort_desc("score"),
+            AggregateStage::skip(1),
+            AggregateStage::limit(2),
+            AggregateStage::project(["author", "tags.0"]),
+        ];
+        let out = run(&pipeline, &posts())?;
+        // score ≥ 2: bob 5, ann 3.5, bob 2, none 10, 1.0 2 → desc: 10, 5, 3.5, 2, 2.
+        assert_eq!(
+            out,
+            [
+                json!({"author": "bob", "tags.0": "a"}),
+                json!({"author": "ann"})
+            ]
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn sort_is_stable_and_uses_the_total_order() -> Result<()> {
+        let docs = [
+            json!({"k": 1, "i": 0}),
+            json!({"k": "x", "i": 1}),
+            json!({"i": 2}),
+            json!({"k": 1.0, "i": 3}),
+            json!({"k": null, "i": 4}),
+        ];
+        let out = run(
+            &[
+                AggregateStage::sort_asc("k"),
+                AggregateStage::project(["i"]),
+            ],
+            &docs,
+        )?;
+        let order: Vec<&Value> = out.iter().map(|d| &d["i"]).collect();
+        assert_eq!(
+            order,
+            [&json!(2), &json!(4), &json!(0), &json!(3), &json!(1)]
+        );
+        let out = run(
+            &[
+                AggregateStage::sort_desc("k").then_asc("i"),
+                AggregateStage::project(["i"]),
+            ],
+            &docs,
+        )?;
+        let order: Vec<&Value> = out.iter().map(|d| &d["i"]).collect();
+        assert_eq!(
+            order,
+            [&json!(1), &json!(0), &json!(3), &json!(2), &json!(4)]
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn group_then_sort_by_an_accumulator() -> Result<()> {
+        let pipeline = [
+            AggregateStage::matching(field("author").exists(true)),
+            AggregateStage::group_by("author").sum("total", "score"),
+            AggregateStage::sort_desc("total"),
+            AggregateStage::limit(1),
+        ];
+        assert_eq!(
+            run(&pipeline, &posts())?,
+            [json!({"_id": "bob", "total": 7})]
+        );
+        Ok(())
+    }
+}

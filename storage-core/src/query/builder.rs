@@ -16,7 +16,8 @@
 
 use serde_json::Value;
 
-use crate::query::{Filter, Operator, OrderBy, Query};
+use crate::error::{ErrorCode, Result, StorageError};
+use crate::query::{AggregateStage, Filter, Operator, OrderBy, Query};
 use crate::types::Direction;
 
 /// A field reference that builds conditions.
@@ -175,6 +176,25 @@ impl Filter {
     }
 }
 
+/// Reads an aggregate pipeline (a JSON array of stages) from its JSON form.
+///
+/// # Errors
+/// `InvalidQuery` when the text is not a well-formed pipeline.
+///
+/// ```
+/// use storage_core::query::parse_pipeline;
+/// use storage_core::AggregateStage;
+/// let p = parse_pipeline(r#"[{"group": {"by": "a", "accumulators": {"n": "count"}}}, {"limit": 2}]"#)?;
+/// assert_eq!(p, [AggregateStage::group_by("a").count("n"), AggregateStage::limit(2)]);
+/// # Ok::<(), storage_core::StorageError>(())
+/// ```
+pub fn parse_pipeline(text: &str) -> Result<Vec<AggregateStage>> {
+    serde_json::from_str(text).map_err(|e| {
+        StorageError::new(ErrorCode::InvalidQuery, format!("malformed pipeline: {e}"))
+            .with_source(e)
+    })
+}
+
 impl std::ops::Not for Filter {
     type Output = Filter;
 
@@ -258,10 +278,159 @@ impl Query {
         self
     }
 
+    /// Reads a query from its JSON form (see `docs/QUERY.md`).
+    ///
+    /// # Errors
+    /// `InvalidQuery` when the text is not a well-formed query; paths and operands are
+    /// checked later, when the query is compiled.
+    ///
+    /// ```
+    /// use storage_core::query::field;
+    /// use storage_core::Query;
+    /// let q = Query::from_json(r#"{"where": {"field": "n", "op": "lt", "value": 3}, "limit": 1}"#)?;
+    /// assert_eq!(q, Query::filter(field("n").lt(3)).limit(1));
+    /// # Ok::<(), storage_core::StorageError>(())
+    /// ```
+    pub fn from_json(text: &str) -> Result<Self> {
+        serde_json::from_str(text).map_err(|e| {
+            StorageError::new(ErrorCode::InvalidQuery, format!("malformed query: {e}"))
+                .with_source(e)
+        })
+    }
+
+    /// The query's JSON form (the inverse of [`Query::from_json`]).
+    pub fn to_json(&self) -> String {
+        // Serializing these types cannot fail: every map key is a string.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
     /// Projects these paths into each result's `projection`.
     #[must_use]
     pub fn select<S: Into<String>>(mut self, paths: impl IntoIterator<Item = S>) -> Self {
         self.select = Some(paths.into_iter().map(Into::into).collect());
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn field_methods_build_conditions() {
+        let cases = [
+            (field("a").eq(1), Operator::Eq, json!(1)),
+            (field("a").ne("x"), Operator::Ne, json!("x")),
+            (field("a").gt(1.5), Operator::Gt, json!(1.5)),
+            (field("a").gte(2), Operator::Gte, json!(2)),
+            (field("a").lt(true), Operator::Lt, json!(true)),
+            (field("a").lte(u64::MAX), Operator::Lte, json!(u64::MAX)),
+            (field("a").is_in([1, 2]), Operator::In, json!([1, 2])),
+            (field("a").not_in(["x"]), Operator::Nin, json!(["x"])),
+            (field("a").regex("^x"), Operator::Regex, json!("^x")),
+            (field("a").exists(false), Operator::Exists, json!(false)),
+            (
+                field("a").text("hi there"),
+                Operator::Text,
+                json!("hi there"),
+            ),
+            (
+                field("a").within_box([0, 1], [2.5, 3.5]),
+                Operator::WithinBox,
+                json!({"min": [0, 1], "max": [2.5, 3.5]}),
+            ),
+        ];
+        for (built, op, value) in cases {
+            assert_eq!(
+                built,
+                Filter::Condition {
+                    field: "a".into(),
+                    op,
+                    value
+                }
+            );
+        }
+        assert_eq!(
+            field("a").nested(field("b").eq(1)),
+            Filter::Nested {
+                field: "a".into(),
+                filter: Box::new(field("b").eq(1))
+            }
+        );
+    }
+
+    #[test]
+    fn and_or_extend_instead_of_nesting() {
+        let f = field("a").eq(1).and(field("b").eq(2)).and(field("c").eq(3));
+        assert_eq!(
+            f,
+            Filter::all(vec![field("a").eq(1), field("b").eq(2), field("c").eq(3)])
+        );
+        let g = field("a").eq(1).or(field("b").eq(2)).or(field("c").eq(3));
+        assert_eq!(
+            g,
+            or(vec![field("a").eq(1), field("b").eq(2), field("c").eq(3)])
+        );
+        assert_eq!(Filter::any(vec![]), Filter::Or(vec![]));
+        assert_eq!(and(vec![]), Filter::And(vec![]));
+        assert_eq!(!field("a").eq(1), not(field("a").eq(1)));
+    }
+
+    #[test]
+    fn json_text_converts_with_invalid_query_errors() -> Result<()> {
+        let q = Query::filter(field("a").eq(1)).order_desc("b").limit(3);
+        assert_eq!(Query::from_json(&q.to_json())?, q);
+        for bad in ["", "{", r#"{"limit": "x"}"#, r#"{"where": {"field": "a"}}"#] {
+            assert_eq!(
+                Query::from_json(bad).err().map(|e| e.code()),
+                Some(ErrorCode::InvalidQuery)
+            );
+        }
+        assert_eq!(
+            parse_pipeline(r#"[{"sort": "x"}]"#).err().map(|e| e.code()),
+            Some(ErrorCode::InvalidQuery)
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn query_builder_sets_every_part() {
+        let q = Query::filter(field("a").eq(1))
+            .and_where(field("b").eq(2))
+            .order_by("a", Direction::Desc)
+            .order_asc("b")
+            .order_desc("c")
+            .offset(4)
+            .limit(2)
+            .select(["a", "b.c"]);
+        assert_eq!(q.filter, Some(field("a").eq(1).and(field("b").eq(2))));
+        let dirs: Vec<(&str, Direction)> = q
+            .order_by
+            .iter()
+            .map(|o| (o.field.as_str(), o.direction))
+            .collect();
+        assert_eq!(
+            dirs,
+            [
+                ("a", Direction::Desc),
+                ("b", Direction::Asc),
+                ("c", Direction::Desc)
+            ]
+        );
+        assert_eq!((q.offset, q.limit), (Some(4), Some(2)));
+        assert_eq!(q.select, Some(vec!["a".to_owned(), "b.c".to_owned()]));
+        assert_eq!(
+            Query::new()
+                .where_(field("x").eq(1))
+                .where_(field("y").eq(2))
+                .filter,
+            Some(field("y").eq(2))
+        );
+        assert_eq!(
+            Query::new().and_where(field("x").eq(1)).filter,
+            Some(field("x").eq(1))
+        );
     }
 }

@@ -79,41 +79,48 @@ impl Cmp {
     }
 }
 
-/// The operand of `in`/`nin`, with strings in a hash set so long lists stay cheap.
+/// The operand of `in`/`nin`, indexed so that long lists stay cheap: strings in a hash
+/// set, numbers sorted by exact value for binary search, the rest in a list.
 #[derive(Debug, Clone)]
 struct InSet {
     strings: HashSet<String>,
+    numbers: Vec<Num>,
     others: Vec<Document>,
     has_null: bool,
 }
 
 impl InSet {
     fn new(values: &[Document]) -> Self {
-        let mut strings = HashSet::new();
-        let mut others = Vec::new();
-        let mut has_null = false;
+        let mut set = Self {
+            strings: HashSet::new(),
+            numbers: Vec::new(),
+            others: Vec::new(),
+            has_null: false,
+        };
         for v in values {
             match v {
                 Document::String(s) => {
-                    strings.insert(s.clone());
+                    set.strings.insert(s.clone());
                 }
+                Document::Number(n) => set.numbers.push(Num::of(n)),
                 Document::Null => {
-                    has_null = true;
-                    others.push(Document::Null);
+                    set.has_null = true;
+                    set.others.push(Document::Null);
                 }
-                other => others.push(other.clone()),
+                other => set.others.push(other.clone()),
             }
         }
-        Self {
-            strings,
-            others,
-            has_null,
-        }
+        set.numbers.sort_unstable_by(|a, b| a.cmp_exact(*b));
+        set
     }
 
     fn contains(&self, v: &Document) -> bool {
         match v {
             Document::String(s) => self.strings.contains(s),
+            Document::Number(n) => {
+                let n = Num::of(n);
+                self.numbers.binary_search_by(|p| p.cmp_exact(n)).is_ok()
+            }
             other => self.others.iter().any(|o| values_equal(other, o)),
         }
     }
@@ -181,9 +188,11 @@ fn compile_test(op: Operator, value: &Document) -> Result<Test> {
                 .dfa_size_limit(REGEX_SIZE_LIMIT)
                 .build()
                 .map_err(|e| {
+                    // A syntax error's text spans several lines (pattern, caret, reason);
+                    // the reason is on the last, and error messages are one line.
                     let detail = e.to_string();
-                    let first_line = detail.lines().last().unwrap_or("").trim().to_owned();
-                    invalid(format!("invalid regex: {first_line}")).with_source(e)
+                    let reason = detail.lines().last().unwrap_or("").trim().to_owned();
+                    invalid(format!("invalid regex: {reason}")).with_source(e)
                 })?;
             Test::Regex(regex)
         }
@@ -363,10 +372,11 @@ fn test_matches(path: &FieldPath, test: &Test, doc: &Document) -> bool {
         Test::In(set) => in_matches(path, doc, set),
         Test::Nin(set) => !in_matches(path, doc, set),
         Test::Cmp(cmp, operand) => {
-            any_candidate(path, doc, |c| {
+            let (hit, present) = any_candidate(path, doc, |c| {
                 compare_values(c, operand).is_some_and(|o| cmp.accepts(o))
-            })
-            .0
+            });
+            // Missing equals null (as for `eq`), so `gte null` and `lte null` match it.
+            hit || (!present && operand.is_null() && matches!(cmp, Cmp::Gte | Cmp::Lte))
         }
         Test::Regex(re) => {
             any_candidate(path, doc, |c| c.as_str().is_some_and(|s| re.is_match(s))).0
@@ -776,6 +786,33 @@ mod tests {
     }
 
     #[test]
+    fn in_matches_numbers_by_exact_value_in_long_lists() -> Result<()> {
+        let mut operand: Vec<Value> = (0..1000).map(|i| json!(i * 3)).collect();
+        operand.extend([json!(1.5), json!(u64::MAX), json!(-7), json!(i64::MIN)]);
+        let f = field("a").is_in(operand);
+        for yes in [
+            json!(2997),
+            json!(2997.0),
+            json!(1.5),
+            json!(u64::MAX),
+            json!(-7.0),
+            json!(i64::MIN),
+        ] {
+            assert!(matches(&f, &json!({ "a": yes }))?, "{yes}");
+        }
+        for no in [
+            json!(1),
+            json!(3000),
+            json!(1.25),
+            json!(18_446_744_073_709_551_616.0_f64),
+            json!("3"),
+        ] {
+            assert!(!matches(&f, &json!({ "a": no }))?, "{no}");
+        }
+        Ok(())
+    }
+
+    #[test]
     fn in_matches_any_operand_value() -> Result<()> {
         rule(
             &field("a").is_in(json!([1, "z"]).as_array().cloned().unwrap_or_default()),
@@ -888,12 +925,21 @@ mod tests {
         rule(&field("a").gt(5), &json!({"a": 6}), &json!({"a": "10"}))?;
         rule(&field("a").lt("z"), &json!({"a": "a"}), &json!({"a": 5}))?;
         rule(&field("a").gte(0), &json!({"a": 0.0}), &json!({"a": true}))?;
-        rule(
-            &field("a").lte(Value::Null),
-            &json!({"a": null}),
-            &json!({}),
-        )?;
         rule(&field("a").lt(1), &json!({"a": -1}), &json!({"a": null}))?;
+        rule(&field("a").gte(0), &json!({"a": 1}), &json!({}))?;
+        Ok(())
+    }
+
+    #[test]
+    fn gte_and_lte_null_match_null_and_missing_like_eq_null() -> Result<()> {
+        rule(&field("a").lte(Value::Null), &json!({}), &json!({"a": 0}))?;
+        rule(
+            &field("a").gte(Value::Null),
+            &json!({"a": null}),
+            &json!({"a": false}),
+        )?;
+        assert!(!matches(&field("a").gt(Value::Null), &json!({}))?);
+        assert!(!matches(&field("a").lt(Value::Null), &json!({"a": null}))?);
         Ok(())
     }
 
@@ -971,6 +1017,18 @@ mod tests {
             code_of(CompiledFilter::compile(&field("s").regex("a("))),
             Some(ErrorCode::InvalidQuery)
         );
+    }
+
+    #[test]
+    fn errors_are_one_line_and_name_the_field() -> TestResult {
+        let err = CompiledFilter::compile(&field("name").regex("a("))
+            .err()
+            .ok_or("accepted a bad regex")?;
+        let text = err.to_string();
+        assert!(text.starts_with("INVALID_QUERY: invalid regex: "), "{text}");
+        assert!(!text.contains('\n'), "{text}");
+        assert_eq!(err.context_value("field"), Some("name"));
+        Ok(())
     }
 
     #[test]
@@ -1158,7 +1216,7 @@ mod tests {
 
     #[test]
     fn select_projects_present_paths_flat() -> TestResult {
-        let docs = vec![(
+        let docs = [(
             "k",
             json!({"name": "ann", "address": {"city": "Oslo"}, "tags": ["a"]}),
         )];
@@ -1312,5 +1370,247 @@ mod tests {
             code_of(CompiledFilter::compile(&f)),
             Some(ErrorCode::InvalidQuery)
         );
+    }
+
+    /// The specification in `docs/QUERY.md`, whose example lines are executable.
+    const QUERY_DOC: &str = include_str!("../../../docs/QUERY.md");
+
+    #[test]
+    #[allow(clippy::too_many_lines)]
+    fn docs_examples_hold() -> TestResult {
+        let mut filter: Option<CompiledFilter> = None;
+        let mut entries: Vec<(String, Value)> = Vec::new();
+        let mut query: Option<Query> = None;
+        let mut pipeline: Option<Vec<crate::AggregateStage>> = None;
+        let mut input: Vec<Value> = Vec::new();
+        let mut checked = 0;
+        for (index, line) in QUERY_DOC.lines().enumerate() {
+            let at = format!("docs/QUERY.md:{}", index + 1);
+            let Some((label, rest)) = line.split_once(": ") else {
+                continue;
+            };
+            let run_query =
+                |q: &Option<Query>, entries: &[(String, Value)]| -> Result<Vec<Match>> {
+                    let q = q.clone().unwrap_or_default();
+                    evaluate(&q, entries.iter().map(|(k, v)| (k.as_str(), v)))
+                };
+            match label {
+                "Filter" => {
+                    let f: Filter = serde_json::from_str(rest).map_err(|e| format!("{at}: {e}"))?;
+                    filter = Some(CompiledFilter::compile(&f).map_err(|e| format!("{at}: {e}"))?);
+                }
+                "Matches" | "No match" => {
+                    let doc: Value =
+                        serde_json::from_str(rest).map_err(|e| format!("{at}: {e}"))?;
+                    let f = filter.as_ref().ok_or_else(|| format!("{at}: no filter"))?;
+                    assert_eq!(f.matches(&doc), label == "Matches", "{at}: {line}");
+                }
+                "Invalid" => {
+                    let f: Filter = serde_json::from_str(rest).map_err(|e| format!("{at}: {e}"))?;
+                    assert_eq!(
+                        code_of(CompiledFilter::compile(&f)),
+                        Some(ErrorCode::InvalidQuery),
+                        "{at}: {line}"
+                    );
+                }
+                "Entries" => {
+                    let map: serde_json::Map<String, Value> =
+                        serde_json::from_str(rest).map_err(|e| format!("{at}: {e}"))?;
+                    entries = map.into_iter().collect();
+                }
+                "Query" => {
+                    query = Some(serde_json::from_str(rest).map_err(|e| format!("{at}: {e}"))?);
+                }
+                "Keys" => {
+                    let expected: Vec<String> = serde_json::from_str(rest)?;
+                    let got: Vec<String> = run_query(&query, &entries)?
+                        .into_iter()
+                        .map(|m| m.key)
+                        .collect();
+                    assert_eq!(got, expected, "{at}");
+                }
+                "Count" => {
+                    let expected: u64 = rest.trim().parse()?;
+                    let q = query.clone().unwrap_or_default();
+                    let got = count(&q, entries.iter().map(|(k, v)| (k.as_str(), v)))?;
+                    assert_eq!(got, expected, "{at}");
+                }
+                "Scores" => {
+                    let expected: Vec<f64> = serde_json::from_str(rest)?;
+                    let got: Vec<Option<f64>> = run_query(&query, &entries)?
+                        .into_iter()
+                        .map(|m| m.score)
+                        .collect();
+                    let expected: Vec<Option<f64>> = expected.into_iter().map(Some).collect();
+                    assert_eq!(got, expected, "{at}");
+                }
+                "Projections" => {
+                    let expected: Vec<Value> = serde_json::from_str(rest)?;
+                    let got: Vec<Value> = run_query(&query, &entries)?
+                        .into_iter()
+                        .map(|m| {
+                            Value::Object(m.projection.unwrap_or_default().into_iter().collect())
+                        })
+                        .collect();
+                    assert_eq!(got, expected, "{at}");
+                }
+                "Pipeline" => {
+                    pipeline = Some(serde_json::from_str(rest).map_err(|e| format!("{at}: {e}"))?);
+                }
+                "Input" => input = serde_json::from_str(rest)?,
+                "Output" => {
+                    let expected: Vec<Value> = serde_json::from_str(rest)?;
+                    let stages = pipeline
+                        .as_deref()
+                        .ok_or_else(|| format!("{at}: no pipeline"))?;
+                    let got = crate::query::aggregate(stages, &input)?;
+                    assert_eq!(got, expected, "{at}");
+                    // Integer and float results must keep their kind, which Value's
+                    // equality already checks (1 != 1.0); spot-check it stays so.
+                    assert_eq!(
+                        serde_json::to_string(&got)?,
+                        serde_json::to_string(&expected)?,
+                        "{at}"
+                    );
+                }
+                "Invalid pipeline" => {
+                    let stages: Vec<crate::AggregateStage> =
+                        serde_json::from_str(rest).map_err(|e| format!("{at}: {e}"))?;
+                    let code = crate::query::aggregate(&stages, &input)
+                        .err()
+                        .map(|e| e.code());
+                    assert_eq!(code, Some(ErrorCode::InvalidQuery), "{at}");
+                }
+                _ => continue,
+            }
+            checked += 1;
+        }
+        assert!(checked > 150, "only {checked} example lines found");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::query::field;
+    use crate::query::value::properties::value;
+    use crate::query::{TypeBracket, type_bracket};
+
+    fn holds(f: &Filter, doc: &Value) -> bool {
+        CompiledFilter::compile(f).is_ok_and(|c| c.matches(doc))
+    }
+
+    fn filter() -> impl Strategy<Value = Filter> {
+        let path = prop::sample::select(vec!["a", "b", "a.b", "a.0", "b.a"]);
+        let leaf = (path, 0..8_u8, value()).prop_map(|(p, op, v)| match op {
+            0 => field(p).eq(v),
+            1 => field(p).ne(v),
+            2 => field(p).gt(v),
+            3 => field(p).lte(v),
+            4 => field(p).is_in([v, json!(1)]),
+            5 => field(p).not_in([v]),
+            6 => field(p).exists(v.is_null()),
+            _ => field(p).regex("a"),
+        });
+        leaf.prop_recursive(3, 12, 3, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..3).prop_map(Filter::And),
+                prop::collection::vec(inner.clone(), 0..3).prop_map(Filter::Or),
+                inner.clone().prop_map(|f| !f),
+                inner.prop_map(|f| field("a").nested(f)),
+            ]
+        })
+    }
+
+    fn doc() -> impl Strategy<Value = Value> {
+        (value(), value()).prop_map(|(a, b)| json!({"a": a, "b": b}))
+    }
+
+    proptest! {
+        #[test]
+        fn a_value_equals_itself_at_its_path(v in value()) {
+            let d = json!({ "a": v.clone() });
+            prop_assert!(holds(&field("a").eq(v.clone()), &d), "eq");
+            prop_assert!(holds(&field("a").is_in([v.clone()]), &d), "in");
+            prop_assert!(holds(&field("a").gte(v.clone()), &d), "gte");
+            prop_assert!(!holds(&field("a").ne(v), &d), "ne");
+        }
+
+        #[test]
+        fn negations_are_exact(d in doc(), v in value()) {
+            prop_assert_eq!(holds(&field("a").ne(v.clone()), &d), !holds(&field("a").eq(v.clone()), &d));
+            prop_assert_eq!(holds(&field("a").not_in([v.clone()]), &d), !holds(&field("a").is_in([v.clone()]), &d));
+            prop_assert_eq!(holds(&field("a").is_in([v.clone()]), &d), holds(&field("a").eq(v), &d));
+        }
+
+        #[test]
+        fn not_negates_any_filter(d in doc(), f in filter()) {
+            prop_assert_eq!(holds(&!f.clone(), &d), !holds(&f, &d));
+        }
+
+        #[test]
+        fn scalars_in_one_bracket_are_lt_eq_or_gt(a in value(), b in value()) {
+            prop_assume!(!a.is_array() && !b.is_array() && !b.is_null());
+            let d = json!({"a": a});
+            let lt = holds(&field("a").lt(b.clone()), &d);
+            let eq = holds(&field("a").eq(b.clone()), &d);
+            let gt = holds(&field("a").gt(b.clone()), &d);
+            let hits = usize::from(lt) + usize::from(eq) + usize::from(gt);
+            if type_bracket(&a) == type_bracket(&b) {
+                prop_assert_eq!(hits, 1);
+            } else {
+                prop_assert_eq!(hits, 0);
+                prop_assert_ne!(type_bracket(&b), TypeBracket::Null);
+            }
+        }
+
+        #[test]
+        fn filters_round_trip_through_json(f in filter()) {
+            let text = serde_json::to_string(&f).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let back: Filter = serde_json::from_str(&text).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(back, f);
+        }
+
+        #[test]
+        fn results_are_ordered_and_pages_are_slices(
+            docs in prop::collection::vec((0..40_u32, value()), 0..40),
+            desc in any::<bool>(),
+            offset in 0..45_u64,
+            limit in 0..45_u64,
+        ) {
+            let entries: Vec<(String, Value)> = docs
+                .into_iter()
+                .map(|(k, v)| (format!("k{k:02}"), json!({"a": v})))
+                .collect::<BTreeMap<_, _>>()
+                .into_iter()
+                .collect();
+            let base = if desc { Query::new().order_desc("a") } else { Query::new().order_asc("a") };
+            let run = |q: &Query| -> std::result::Result<Vec<String>, TestCaseError> {
+                Ok(evaluate(q, entries.iter().map(|(k, v)| (k.as_str(), v)))
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?
+                    .into_iter()
+                    .map(|m| m.key)
+                    .collect())
+            };
+            let all = run(&base)?;
+            prop_assert_eq!(all.len(), entries.len());
+            let by_key: BTreeMap<&str, &Value> = entries.iter().map(|(k, v)| (k.as_str(), v)).collect();
+            for pair in all.windows(2) {
+                let (x, y) = (&pair[0], &pair[1]);
+                let mut ord = compare_total(by_key[x.as_str()].get("a"), by_key[y.as_str()].get("a"));
+                if desc {
+                    ord = ord.reverse();
+                }
+                prop_assert!(ord == Ordering::Less || (ord == Ordering::Equal && x < y));
+            }
+            let page = run(&base.clone().offset(offset).limit(limit))?;
+            let start = usize::try_from(offset).unwrap_or(usize::MAX).min(all.len());
+            let end = start.saturating_add(usize::try_from(limit).unwrap_or(usize::MAX)).min(all.len());
+            prop_assert_eq!(&page[..], &all[start..end]);
+        }
     }
 }

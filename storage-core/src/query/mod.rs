@@ -11,12 +11,14 @@ mod serde_impl;
 mod text;
 mod value;
 
+use std::fmt;
+
 use serde::{Deserialize, Serialize};
 
 use crate::types::{Direction, Document};
 
 pub use aggregate::{Accumulator, AggregateStage, aggregate};
-pub use builder::{FieldRef, and, field, not, or};
+pub use builder::{FieldRef, and, field, not, or, parse_pipeline};
 pub use eval::{CompiledFilter, CompiledQuery, Match, count, evaluate};
 pub use path::{FieldPath, MAX_PATH_LEN};
 pub use text::words;
@@ -52,7 +54,37 @@ pub enum Operator {
     WithinBox,
 }
 
+impl Operator {
+    /// The operator as written in the JSON form (`eq`, `within_box`, …).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Eq => "eq",
+            Self::Ne => "ne",
+            Self::Gt => "gt",
+            Self::Gte => "gte",
+            Self::Lt => "lt",
+            Self::Lte => "lte",
+            Self::In => "in",
+            Self::Nin => "nin",
+            Self::Regex => "regex",
+            Self::Exists => "exists",
+            Self::Text => "text",
+            Self::WithinBox => "within_box",
+        }
+    }
+}
+
+impl fmt::Display for Operator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A where clause.
+///
+/// Serialized as `{"field": "age", "op": "gt", "value": 30}`, `{"and": [...]}`,
+/// `{"or": [...]}`, `{"not": {...}}` or `{"field": "address", "nested": {...}}`;
+/// `Display` writes that JSON form on one line (for `explain` output and error context).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Filter {
     /// `field op value`.
@@ -79,8 +111,16 @@ pub enum Filter {
     },
 }
 
+impl fmt::Display for Filter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let json = serde_json::to_string(self).map_err(|_| fmt::Error)?;
+        f.write_str(&json)
+    }
+}
+
 /// One `order_by` key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct OrderBy {
     /// Dotted field path.
     pub field: String,
@@ -128,3 +168,12 @@ pub struct Query {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub select: Option<Vec<String>>,
 }
+
+/// Compiled queries are shared across threads by adapters that cache them.
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<CompiledQuery>();
+    assert_send_sync::<CompiledFilter>();
+    assert_send_sync::<Filter>();
+    assert_send_sync::<AggregateStage>();
+};

@@ -71,6 +71,12 @@ impl FieldPath {
         &self.segments
     }
 
+    /// The array index segment `i` names, when it is written in canonical decimal
+    /// (`0`, `12`; not `01`); such a segment indexes an array and names a member of an object.
+    pub fn array_index(&self, i: usize) -> Option<usize> {
+        self.indices.get(i).copied().flatten()
+    }
+
     /// The value at this path, if present. A numeric segment indexes an array.
     ///
     /// This is the single-valued resolution `order_by`, `select` and the aggregate
@@ -182,6 +188,9 @@ mod tests {
         assert_eq!(FieldPath::parse("tags.1")?.get(&doc), Some(&json!("y")));
         assert_eq!(FieldPath::parse("tags.2")?.get(&doc), None);
         assert_eq!(FieldPath::parse("tags.01")?.get(&doc), None);
+        assert_eq!(FieldPath::parse("tags.01")?.array_index(1), None);
+        assert_eq!(FieldPath::parse("tags.10")?.array_index(1), Some(10));
+        assert_eq!(FieldPath::parse("tags.10")?.array_index(0), None);
         assert_eq!(FieldPath::parse("m.0")?.get(&doc), Some(&json!("zero")));
         assert_eq!(FieldPath::parse("address.city.x")?.get(&doc), None);
         assert_eq!(FieldPath::parse("missing")?.get(&doc), None);

