@@ -132,37 +132,47 @@ enum RawOp {
     Clear,
 }
 
+/// Why a journal line is not a record.
+#[derive(Debug)]
+enum LineError {
+    /// The line fails its checksum or lacks one: what a crash mid-append leaves.
+    Torn(String),
+    /// The checksum holds but the content is not a valid record: never a crash's doing.
+    Invalid(String),
+}
+
 /// Decodes one line (without its `\n`), or says why it is not a record.
-fn decode_line(line: &[u8]) -> Result<Record, String> {
+fn decode_line(line: &[u8]) -> Result<Record, LineError> {
+    use LineError::{Invalid, Torn};
     if line.len() < CRC_TRAILER_LEN + 2 {
-        return Err("line too short to be a record".to_owned());
+        return Err(Torn("line too short to be a record".to_owned()));
     }
     let (body, trailer) = line.split_at(line.len() - CRC_TRAILER_LEN);
     let hex = trailer
         .strip_prefix(b",\"crc\":\"")
         .and_then(|t| t.strip_suffix(b"\"}"))
-        .ok_or_else(|| "line does not end with a crc".to_owned())?;
+        .ok_or_else(|| Torn("line does not end with a crc".to_owned()))?;
     let expected = std::str::from_utf8(hex)
         .ok()
         .and_then(|h| u32::from_str_radix(h, 16).ok())
-        .ok_or_else(|| "crc is not hexadecimal".to_owned())?;
+        .ok_or_else(|| Torn("crc is not hexadecimal".to_owned()))?;
     let actual = crc32fast::hash(body);
     if actual != expected {
-        return Err(format!(
+        return Err(Torn(format!(
             "checksum mismatch (stored {expected:08x}, computed {actual:08x})"
-        ));
+        )));
     }
     let raw: RawRecord =
-        serde_json::from_slice(line).map_err(|e| format!("record is not valid: {e}"))?;
+        serde_json::from_slice(line).map_err(|e| Invalid(format!("record is not valid: {e}")))?;
     let mut commit = Commit::default();
     for op in raw.ops {
         match op {
             RawOp::Set { key, value } => {
-                check_key(&key)?;
+                check_key(&key).map_err(Invalid)?;
                 commit.writes.insert(key, Some(Arc::new(value)));
             }
             RawOp::Delete { key } => {
-                check_key(&key)?;
+                check_key(&key).map_err(Invalid)?;
                 commit.writes.insert(key, None);
             }
             RawOp::Clear => {
@@ -220,7 +230,9 @@ pub(crate) fn read_journal(path: &Path) -> Result<Replay, JsonError> {
         let decoded = if terminated {
             decode_line(line)
         } else {
-            Err("line has no terminating newline".to_owned())
+            Err(LineError::Torn(
+                "line has no terminating newline".to_owned(),
+            ))
         };
         match decoded {
             Ok(record) => {
@@ -246,7 +258,11 @@ pub(crate) fn read_journal(path: &Path) -> Result<Replay, JsonError> {
                 replay.records.push(record);
                 replay.valid_len = to_u64(next);
             }
-            Err(why) => {
+            Err(LineError::Invalid(why)) => {
+                let (at, why) = first_bad.take().unwrap_or((pos, why));
+                return Err(JsonError::corrupt(path, to_u64(at), why));
+            }
+            Err(LineError::Torn(why)) => {
                 if first_bad.is_none() {
                     first_bad = Some((pos, why));
                 }
@@ -762,7 +778,7 @@ mod tests {
         assert!(line.ends_with(b"\n"));
         let body = &line[..line.len() - 1];
         parse_plain(body)?;
-        let r = decode_line(body)?;
+        let r = decode_line(body).map_err(|e| format!("{e:?}"))?;
         assert_eq!(r.seq, 7);
         assert_eq!(r.commit.writes.len(), 2);
         assert_eq!(
@@ -780,7 +796,29 @@ mod tests {
         let at = body.iter().position(|b| *b == b'3').ok_or("no digit")?;
         body[at] = b'4';
         let err = decode_line(&body).expect_err("must fail");
-        assert!(err.contains("checksum"), "{err}");
+        assert!(
+            matches!(&err, LineError::Torn(why) if why.contains("checksum")),
+            "{err:?}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_checksummed_record_with_a_bad_key_is_invalid_not_torn()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let line = encode_record(1, &commit(&[("", Some(json!(1)))]))?;
+        let err = decode_line(&line[..line.len() - 1]).expect_err("must fail");
+        assert!(matches!(err, LineError::Invalid(_)), "{err:?}");
+        // At the end of the journal it is still corruption, not a torn tail to drop.
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("j");
+        let mut bytes = encode_record(1, &commit(&[("a", Some(json!(1)))]))?;
+        bytes.extend(encode_record(2, &commit(&[("", Some(json!(1)))]))?);
+        std::fs::write(&path, &bytes)?;
+        let Err(JsonError::Corrupt { position, .. }) = read_journal(&path) else {
+            return Err("expected corruption".into());
+        };
+        assert!(position > 0);
         Ok(())
     }
 
