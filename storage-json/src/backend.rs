@@ -169,8 +169,10 @@ pub(crate) struct ReadSet<'a> {
 pub(crate) struct State {
     entries: BTreeMap<String, Arc<Document>>,
     indexes: Indexes,
-    /// `None` once closed.
+    /// `None` once closed, and always for a read-only handle.
     journal: Option<JournalWriter>,
+    open: bool,
+    read_only: bool,
     lock_file: Option<File>,
     seq: u64,
     main_len: u64,
@@ -182,7 +184,7 @@ pub(crate) struct State {
 
 impl State {
     fn ensure_open(&self) -> Result<(), JsonError> {
-        if self.journal.is_none() {
+        if !self.open {
             return Err(JsonError::Closed);
         }
         Ok(())
@@ -190,6 +192,9 @@ impl State {
 
     fn ensure_writable(&self) -> Result<(), JsonError> {
         self.ensure_open()?;
+        if self.read_only {
+            return Err(JsonError::ReadOnly);
+        }
         if let Some(why) = &self.poisoned {
             return Err(JsonError::Poisoned(why.clone()));
         }
@@ -423,6 +428,18 @@ fn load(paths: &Paths) -> Result<Loaded, JsonError> {
             // Already in the main file: a crash came between compaction's rename and truncation.
             continue;
         }
+        if record.seq != seq + 1 {
+            // Every commit writes the next number, so a gap means records were lost (or,
+            // for a reader without the lock, that a compaction ran between its two reads).
+            return Err(JsonError::corrupt(
+                &paths.journal,
+                record.offset,
+                format!(
+                    "journal record {} follows record {seq}: records in between are missing",
+                    record.seq
+                ),
+            ));
+        }
         apply_to(&mut entries, record.commit);
         seq = record.seq;
         records += 1;
@@ -434,6 +451,21 @@ fn load(paths: &Paths) -> Result<Loaded, JsonError> {
         records,
         torn_at: (replay.valid_len < replay.file_len).then_some(replay.valid_len),
     })
+}
+
+/// [`load`] for a handle without the lock: a writer may compact between the reads of
+/// the main file and the journal, which shows as a gap; such a read is retried.
+fn load_settled(paths: &Paths) -> Result<Loaded, JsonError> {
+    let mut attempt = 0;
+    loop {
+        match load(paths) {
+            Err(JsonError::Corrupt { .. }) if attempt < 20 => {
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
 }
 
 fn open_lock_file(path: &Path) -> Result<File, JsonError> {
@@ -564,6 +596,8 @@ impl<T: StorageValue> JsonStorage<T> {
             entries: loaded.entries,
             indexes: Indexes::default(),
             journal: Some(journal),
+            open: true,
+            read_only: false,
             lock_file: Some(lock_file),
             seq: loaded.seq,
             main_len: loaded.main_len,
@@ -583,6 +617,73 @@ impl<T: StorageValue> JsonStorage<T> {
                 next_tx: AtomicU64::new(1),
             }),
         })
+    }
+
+    /// Opens the file for reading only, without taking the lock, so it works while
+    /// another process has the store open for writing.
+    ///
+    /// # Behavior
+    /// - loads the main file and the verified part of the journal: a record the writer
+    ///   is appending at that instant fails its checksum and is left out, never misread,
+    ///   so the handle sees the state as of some acknowledged write;
+    /// - a compaction racing the load is detected and the load retried (for up to
+    ///   about 200 ms; a file still unreadable then is `Corrupted`);
+    /// - changes no file, not even a torn journal tail or a leftover temp file;
+    /// - sees later writes only through [`JsonStorage::reload`];
+    /// - writes (`set`, `delete`, `clear`, batches, transaction commits with writes,
+    ///   `compact`) fail with `Unsupported`; indexes and queries work in memory.
+    ///
+    /// # Errors
+    /// `InvalidConfig`; `Corrupted` naming file and byte position; `Io`.
+    pub async fn open_read_only(config: JsonConfig) -> Result<Self> {
+        async {
+            check(&config)?;
+            let paths = Paths::new(&config.file_path);
+            // Retries sleep, so the load runs on a helper thread rather than the executor's.
+            let (tx, rx) = oneshot::channel();
+            let load_paths = paths.clone();
+            std::thread::Builder::new()
+                .name("storage-json-load".to_owned())
+                .spawn(move || {
+                    // The opener may have given up; the result is then dropped.
+                    let _ = tx.send(load_settled(&load_paths));
+                })
+                .map_err(|e| JsonError::io("spawn loader for", &paths.main, e))?;
+            let loaded = rx.await.map_err(|_| {
+                JsonError::io(
+                    "read",
+                    &paths.main,
+                    io::Error::other("loader thread stopped"),
+                )
+            })??;
+            let state = State {
+                entries: loaded.entries,
+                indexes: Indexes::default(),
+                journal: None,
+                open: true,
+                read_only: true,
+                lock_file: None,
+                seq: loaded.seq,
+                main_len: loaded.main_len,
+                active: BTreeMap::new(),
+                history: VecDeque::new(),
+                poisoned: None,
+            };
+            Ok(Self {
+                inner: Arc::new(Inner {
+                    config,
+                    paths,
+                    state: RwLock::new(state),
+                    hub: EventHub::new(),
+                    group: None,
+                    outbox: Mutex::new(VecDeque::new()),
+                    publishing: Mutex::new(()),
+                    next_tx: AtomicU64::new(1),
+                }),
+            })
+        }
+        .await
+        .map_err(|e: StorageError| e.with_operation("open"))
     }
 
     /// The main file's path.
@@ -616,7 +717,7 @@ impl<T: StorageValue> JsonStorage<T> {
     #[allow(clippy::unused_async)] // async so callers need not change if this moves off-thread
     pub async fn compact(&self) -> Result<()> {
         let mut st = self.inner.write();
-        st.ensure_open()?;
+        st.ensure_writable()?;
         self.inner.compact(&mut st)?;
         Ok(())
     }
@@ -688,7 +789,11 @@ impl<T> Inner<T> {
     /// Compacts, stops group commit and releases the lock.
     fn shutdown(&self) -> Result<(), JsonError> {
         let mut st = self.write();
+        if !st.open {
+            return Ok(());
+        }
         let Some(journal) = st.journal.as_ref() else {
+            st.open = false;
             return Ok(());
         };
         let outcome = if journal.len() > 0 && st.poisoned.is_none() {
@@ -700,6 +805,7 @@ impl<T> Inner<T> {
             group.shutdown();
         }
         st.journal = None;
+        st.open = false;
         st.lock_file = None;
         outcome
     }
@@ -947,17 +1053,24 @@ impl<T: StorageValue> Inner<T> {
 
     fn reload(&self) -> Result<usize> {
         let mut st = self.write();
-        st.ensure_writable()?;
-        let loaded = load(&self.paths)?;
+        st.ensure_open()?;
+        let loaded = if st.read_only {
+            load_settled(&self.paths)?
+        } else {
+            st.ensure_writable()?;
+            let loaded = load(&self.paths)?;
+            if let Some(valid) = loaded.torn_at {
+                truncate_file(&self.paths.journal, valid)?;
+            }
+            let journal = JournalWriter::open(&self.paths.journal, loaded.records)?;
+            if let Some(group) = &self.group {
+                group.set_file(journal.clone_file()?);
+            }
+            st.journal = Some(journal);
+            st.main_len = loaded.main_len;
+            loaded
+        };
         let indexes = st.indexes.rebuild(&loaded.entries)?;
-        if let Some(valid) = loaded.torn_at {
-            truncate_file(&self.paths.journal, valid)?;
-        }
-        let journal = JournalWriter::open(&self.paths.journal, loaded.records)?;
-        if let Some(group) = &self.group {
-            group.set_file(journal.clone_file()?);
-        }
-        let events = self.hub.has_listeners();
         let mut changed = Vec::new();
         {
             let old = &st.entries;
@@ -988,12 +1101,10 @@ impl<T: StorageValue> Inner<T> {
         }
         changed.sort_by(|a, b| event_key(a).cmp(event_key(b)));
         let count = changed.len();
-        st.journal = Some(journal);
-        st.main_len = loaded.main_len;
-        if count == 0 {
-            st.seq = st.seq.max(loaded.seq);
+        if count == 0 && loaded.seq == st.seq {
             return Ok(0);
         }
+        // A reload is a commit of its own in this handle's order.
         let seq = st.seq.max(loaded.seq) + 1;
         let old = std::mem::replace(&mut st.entries, loaded.entries);
         if !st.active.is_empty() {
@@ -1005,7 +1116,12 @@ impl<T: StorageValue> Inner<T> {
         }
         st.indexes = indexes;
         st.seq = seq;
-        if events {
+        if !st.read_only {
+            // The files' numbering no longer matches this handle's (a restored backup may
+            // even count lower): rewrite them so the next record follows on disk too.
+            self.compact(&mut st)?;
+        }
+        if count > 0 && self.hub.has_listeners() {
             self.queue(&st, seq, changed);
         }
         Ok(count)

@@ -24,6 +24,9 @@ pub(crate) enum JsonError {
     /// The handle was closed.
     #[error("the store is closed")]
     Closed,
+    /// A write on a handle opened read-only.
+    #[error("the store was opened read-only")]
+    ReadOnly,
     /// An earlier journal write failed in a way that left file and memory out of step.
     #[error("the store stopped accepting writes after a failed journal write: {}", .0.to_lowercase())]
     Poisoned(String),
@@ -79,6 +82,7 @@ impl From<JsonError> for StorageError {
             JsonError::Closed => {
                 StorageError::new(ErrorCode::ConnectionLost, message).set_retryable(false)
             }
+            JsonError::ReadOnly => StorageError::new(ErrorCode::Unsupported, message),
             JsonError::Poisoned(_) => StorageError::new(ErrorCode::Io, message),
             JsonError::Io { path, source, .. } => {
                 let code = match source.kind() {

@@ -77,6 +77,8 @@ pub(crate) struct Commit {
 pub(crate) struct Record {
     pub(crate) seq: u64,
     pub(crate) commit: Commit,
+    /// Byte offset of the record's line in the journal.
+    pub(crate) offset: u64,
 }
 
 /// Serializes one journal line: `{"seq":N,"ops":[…],"crc":"xxxxxxxx"}\n`.
@@ -184,6 +186,7 @@ fn decode_line(line: &[u8]) -> Result<Record, LineError> {
     Ok(Record {
         seq: raw.seq,
         commit,
+        offset: 0,
     })
 }
 
@@ -235,7 +238,8 @@ pub(crate) fn read_journal(path: &Path) -> Result<Replay, JsonError> {
             ))
         };
         match decoded {
-            Ok(record) => {
+            Ok(mut record) => {
+                record.offset = to_u64(pos);
                 if let Some((at, why)) = first_bad.take() {
                     return Err(JsonError::corrupt(
                         path,

@@ -61,7 +61,8 @@
 //!   describe committed changes, in commit order, one batch per commit. Another
 //!   process cannot write while this handle holds the lock, but a person may edit the
 //!   file: [`JsonStorage::reload`] re-reads it and announces the difference as one
-//!   change batch. `cross_process_watch` is `false`: nothing is noticed without `reload`.
+//!   change batch (on a read-only handle, it picks up what the writer committed).
+//!   `cross_process_watch` is `false`: nothing is noticed without `reload`.
 //!
 //! ## The files
 //! `users.json` (the main file; `pretty: false` writes it on one line):
@@ -87,8 +88,9 @@
 //! record the file contains. The file round-trips through any JSON parser and may
 //! be edited by hand while the store is closed (or followed by `reload`).
 //!
-//! `users.json.journal`, one line per acknowledged commit, each plain JSON whose
-//! last member is a CRC-32 of the bytes before it:
+//! `users.json.journal`, one line per acknowledged commit, numbered consecutively from
+//! the main file's `seq` (a gap is `Corrupted`: records were lost), each plain JSON
+//! whose last member is a CRC-32 of the bytes before it:
 //! ```text
 //! {"seq":3,"ops":[{"op":"set","key":"user:3","value":{"name":"Carol","age":40}}],"crc":"5d1c0a8e"}
 //! {"seq":4,"ops":[{"op":"clear"},{"op":"set","key":"a","value":1}],"crc":"0b6f3c21"}
@@ -136,6 +138,13 @@
 //! second opener — another process, or a second handle in the same process — gets
 //! `ConnectionFailed` ("locked by another process", retryable), or with
 //! [`LockMode::Wait`] waits up to its time-out and then gets `Timeout`.
+//!
+//! Readers need no lock: [`JsonStorage::open_read_only`] loads the files beside a
+//! writer and never sees a half-written state (the main file is only ever replaced
+//! whole, by rename; a journal line being appended fails its checksum and is left out;
+//! a compaction racing the load is detected by the record numbering and the load
+//! retried). It refuses writes with `Unsupported` and follows the writer through
+//! [`JsonStorage::reload`], which announces what changed.
 //!
 //! ## Configuration
 //! [`JsonConfig`] comes from `storage_core::config` (so a TOML, YAML or JSON file with

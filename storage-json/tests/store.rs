@@ -776,3 +776,85 @@ async fn capabilities_agree_with_accessors() -> TestResult {
     tx.rollback().await?;
     Ok(())
 }
+
+/// A read-only handle opens while a writer holds the file, sees acknowledged writes
+/// (later ones through `reload`), refuses writes, and changes no file.
+#[tokio::test]
+async fn read_only_handle_reads_beside_a_writer() -> TestResult {
+    let (_dir, path) = temp()?;
+    let writer = open(&path).await?;
+    writer.set("a", &json!(1)).await?;
+    writer.compact().await?;
+    writer.set("b", &json!(2)).await?;
+    let reader = JsonStorage::<Value>::open_read_only(JsonConfig::new(&path)).await?;
+    assert_eq!(reader.keys().try_collect::<Vec<_>>().await?, ["a", "b"]);
+    let err = reader.set("c", &json!(3)).await.expect_err("read-only");
+    assert_eq!(err.code(), ErrorCode::Unsupported);
+    assert_eq!(
+        reader.compact().await.expect_err("read-only").code(),
+        ErrorCode::Unsupported
+    );
+    let tx = reader.begin(TransactionOptions::new()).await?;
+    tx.set("c", &json!(3)).await?;
+    assert_eq!(
+        tx.commit().await.expect_err("read-only").code(),
+        ErrorCode::Unsupported
+    );
+
+    let mut sub = reader.watch(WatchPattern::All, 8)?;
+    writer.set("c", &json!(3)).await?;
+    writer.delete("a").await?;
+    writer.compact().await?;
+    writer.set("d", &json!(4)).await?;
+    assert_eq!(reader.reload().await?, 3);
+    assert_eq!(
+        reader.keys().try_collect::<Vec<_>>().await?,
+        ["b", "c", "d"]
+    );
+    let Some(WatchEvent::Changes(batch)) = sub.next().await else {
+        return Err("no batch".into());
+    };
+    assert_eq!(batch.changes.len(), 3);
+
+    // A record being appended (torn) is left out and left alone.
+    let journal = journal_of(&path);
+    let mut bytes = std::fs::read(&journal)?;
+    bytes.extend_from_slice(b"{\"seq\":99,\"ops\":[{\"op\":\"set\",\"key\":\"e\"");
+    std::fs::write(&journal, &bytes)?;
+    let reader2 = JsonStorage::<Value>::open_read_only(JsonConfig::new(&path)).await?;
+    assert_eq!(reader2.get("e").await?, None);
+    assert_eq!(reader2.get("d").await?, Some(json!(4)));
+    assert_eq!(std::fs::read(&journal)?, bytes);
+    drop(reader2);
+    assert_eq!(std::fs::read(&journal)?, bytes);
+    Ok(())
+}
+
+/// A journal whose records skip a number lost records: `Corrupted`, file untouched.
+#[tokio::test]
+async fn a_gap_in_the_journal_is_corrupted() -> TestResult {
+    let (dir, path) = temp()?;
+    let store = open(&path).await?;
+    for k in ["a", "b", "c"] {
+        store.set(k, &json!(k)).await?;
+    }
+    let crashed_dir = tempfile::tempdir()?;
+    let crashed = copy_as_crashed(&path, crashed_dir.path())?;
+    drop(store);
+    drop(dir);
+    let journal = journal_of(&crashed);
+    let text = std::fs::read_to_string(&journal)?;
+    let mut without_second = String::new();
+    for (i, line) in text.lines().enumerate() {
+        if i != 1 {
+            without_second.push_str(line);
+            without_second.push('\n');
+        }
+    }
+    std::fs::write(&journal, &without_second)?;
+    let err = open(&crashed).await.expect_err("gap");
+    assert_eq!(err.code(), ErrorCode::Corrupted);
+    assert!(err.message().contains("missing"), "{err}");
+    assert_eq!(std::fs::read_to_string(&journal)?, without_second);
+    Ok(())
+}
