@@ -283,6 +283,56 @@ fn second_process_is_locked_out() -> TestResult {
     Ok(())
 }
 
+/// Read-only handles opened again and again beside a live writer (which compacts every
+/// 25 writes) always load, and always hold every write acknowledged before they opened.
+fn reader_beside_a_writer() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("store.json");
+    let mut child = spawn_child(&format!("write\t{}\t0\tfsync", path.display()))?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let acks = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u64>::new()));
+    let sink = std::sync::Arc::clone(&acks);
+    let pump = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(i) = line.strip_prefix("ack ").and_then(|n| n.parse().ok()) {
+                sink.lock().map(|mut a| a.push(i)).ok();
+            }
+        }
+    });
+    let rt = runtime()?;
+    let outcome = (|| -> TestResult {
+        let started = Instant::now();
+        while acks.lock().map_or(0, |a| a.len()) < 5 {
+            if started.elapsed() > Duration::from_secs(20) {
+                return Err("writer acknowledged nothing".into());
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        for round in 0..40 {
+            let acked: Vec<u64> = acks.lock().map(|a| a.clone()).unwrap_or_default();
+            rt.block_on(async {
+                let reader = JsonStorage::<Value>::open_read_only(JsonConfig::new(&path))
+                    .await
+                    .map_err(|e| format!("read-only open {round} failed: {e}"))?;
+                for i in acked {
+                    for (key, value) in expected_for(0, i) {
+                        if reader.get(&key).await?.as_ref() != Some(&value) {
+                            return Err(format!("round {round}: acknowledged {key} missing").into());
+                        }
+                    }
+                }
+                Ok::<_, Box<dyn std::error::Error>>(())
+            })?;
+            std::thread::sleep(Duration::from_millis(3));
+        }
+        Ok(())
+    })();
+    child.kill()?;
+    child.wait()?;
+    pump.join().map_err(|_| "stdout pump panicked")?;
+    outcome
+}
+
 fn main() -> TestResult {
     if let Ok(args) = std::env::var(CHILD_ENV) {
         let parts: Vec<&str> = args.split('\t').collect();
@@ -298,6 +348,8 @@ fn main() -> TestResult {
         .unwrap_or(70);
     second_process_is_locked_out()?;
     println!("test second_process_is_locked_out ... ok");
+    reader_beside_a_writer()?;
+    println!("test reader_beside_a_writer ... ok");
     let mut rng = Rng::seeded();
     for mode in ["fsync", "group", "nonatomic"] {
         let started = Instant::now();
