@@ -895,6 +895,7 @@ impl<T: StorageValue> Inner<T> {
             let Some(journal) = journal.as_mut() else {
                 return Err(JsonError::Closed.into());
             };
+            let before = journal.len();
             if let Err((err, restored)) = journal.append(&line) {
                 if !restored {
                     *poisoned = Some(err.to_string());
@@ -904,6 +905,7 @@ impl<T: StorageValue> Inner<T> {
             if sync_each && let Err(err) = journal.sync() {
                 // After a failed fsync the kernel's view of the file is unknown; refuse
                 // further writes rather than risk acknowledging lost ones.
+                journal.cut_back(before);
                 *poisoned = Some(err.to_string());
                 return Err(err.into());
             }

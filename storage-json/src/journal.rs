@@ -540,6 +540,17 @@ impl JournalWriter {
         }
     }
 
+    /// Best effort to take back the last append after its fsync failed, so a write
+    /// reported as failed is not replayed on the next open.
+    pub(crate) fn cut_back(&mut self, len: u64) {
+        if self.file.set_len(len).is_ok() {
+            self.records = self.records.saturating_sub(1);
+            self.len = len;
+            // The fsync that failed may fail again; the handle is unusable either way.
+            let _ = self.file.sync_all();
+        }
+    }
+
     /// Fsyncs the appended data.
     pub(crate) fn sync(&self) -> Result<(), JsonError> {
         self.file
