@@ -174,27 +174,29 @@ pub fn fixtures() -> Result<Vec<Fixture>, Failure> {
 
 /// Whether two documents are the same answer: numbers by value (`30 == 30.0`, within a
 /// relative 1e-9 so that sums added in another order agree), the rest structurally.
-pub fn same_document(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Number(x), Value::Number(y)) => {
-            match (x.as_i64(), y.as_i64(), x.as_u64(), y.as_u64()) {
-                (Some(i), Some(j), _, _) => i == j,
-                (_, _, Some(i), Some(j)) => i == j,
-                _ => match (x.as_f64(), y.as_f64()) {
-                    (Some(f), Some(g)) => f == g || (f - g).abs() <= 1e-9 * f.abs().max(g.abs()),
-                    _ => false,
-                },
+pub fn same_document(left: &Value, right: &Value) -> bool {
+    match (left, right) {
+        (Value::Number(l), Value::Number(r)) => {
+            if let (Some(li), Some(ri)) = (l.as_i64(), r.as_i64()) {
+                return li == ri;
+            }
+            if let (Some(lu), Some(ru)) = (l.as_u64(), r.as_u64()) {
+                return lu == ru;
+            }
+            match (l.as_f64(), r.as_f64()) {
+                (Some(lf), Some(rf)) => (lf - rf).abs() <= 1e-9 * lf.abs().max(rf.abs()),
+                _ => false,
             }
         }
-        (Value::Array(x), Value::Array(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same_document(a, b))
+        (Value::Array(l), Value::Array(r)) => {
+            l.len() == r.len() && l.iter().zip(r).all(|(a, b)| same_document(a, b))
         }
-        (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len()
-                && x.iter()
-                    .all(|(k, v)| y.get(k).is_some_and(|w| same_document(v, w)))
+        (Value::Object(l), Value::Object(r)) => {
+            l.len() == r.len()
+                && l.iter()
+                    .all(|(k, v)| r.get(k).is_some_and(|w| same_document(v, w)))
         }
-        _ => a == b,
+        _ => left == right,
     }
 }
 

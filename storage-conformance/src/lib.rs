@@ -37,17 +37,21 @@
 
 #[macro_use]
 pub mod check;
+pub mod bad_input;
 pub mod batch;
 pub mod corpus;
+pub mod crash;
 pub mod harness;
 pub mod hermitage;
 pub mod indexed;
 mod macros;
 pub mod model;
 pub mod observable;
+pub mod persistence;
 pub mod prop;
 pub mod query;
 pub mod runner;
+pub mod server;
 pub mod storage;
 pub mod support;
 pub mod transactional;

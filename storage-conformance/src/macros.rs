@@ -144,6 +144,8 @@ macro_rules! queryable_suite {
                 query::find_one_returns_the_first_ordered_result,
                 query::results_carry_values_and_projections,
                 query::queries_see_writes_immediately,
+                bad_input::bad_queries_give_invalid_query_or_the_reference_answer,
+                bad_input::bad_pipelines_give_invalid_query_or_the_reference_answer,
             ];
             model: [
                 query::random_queries_match_the_reference_evaluator,
@@ -261,6 +263,68 @@ macro_rules! observable_suite {
                 observable::changes_cross_handles_when_declared,
             ];
             model: [];
+        }
+    };
+}
+
+/// The persistence suite, for stores that declare `persistent`:
+/// `persistence_suite!(MyHarness::new());` expands into the module `persistence_conformance`.
+/// The harness must give back a namespace's data when it is opened again after
+/// [`Harness::close`](crate::Harness::close).
+#[macro_export]
+macro_rules! persistence_suite {
+    ($harness:expr) => {
+        $crate::persistence_suite!(persistence_conformance, $harness);
+    };
+    ($module:ident, $harness:expr) => {
+        $crate::__suite! {
+            $module, $harness;
+            plain: [
+                persistence::capabilities_declare_persistence,
+                persistence::acknowledged_writes_survive_reopening,
+                persistence::typed_values_survive_reopening,
+                persistence::batches_and_transactions_survive_reopening,
+                persistence::a_reopened_store_keeps_working,
+            ];
+            model: [];
+        }
+    };
+}
+
+/// The crash suite: `crash_suite!(|location: String| async move { MyStore::open(location) });`
+/// expands into the module `crash_conformance` with two tests: `crash_child_entry` (what the
+/// killed child process runs; on its own it checks the write-and-acknowledge loop in process) and
+/// `acknowledged_writes_survive_sigkill` (kills the child `CONFORMANCE_CRASH_TRIALS` times, 200 by
+/// default, and checks every acknowledged write after each kill). The closure opens a
+/// `Storage<serde_json::Value>` at `location`, a path inside a fresh temporary directory.
+#[macro_export]
+macro_rules! crash_suite {
+    ($open:expr) => {
+        $crate::crash_suite!(crash_conformance, $open);
+    };
+    ($module:ident, $open:expr) => {
+        #[allow(unused_imports, clippy::all, clippy::pedantic)]
+        mod $module {
+            use super::*;
+
+            #[test]
+            fn crash_child_entry() {
+                $crate::runner::run(
+                    concat!(stringify!($module), "::crash_child_entry"),
+                    $crate::crash::child_entry($open),
+                );
+            }
+
+            #[test]
+            fn acknowledged_writes_survive_sigkill() {
+                $crate::runner::run(
+                    concat!(stringify!($module), "::acknowledged_writes_survive_sigkill"),
+                    $crate::crash::acknowledged_writes_survive_sigkill(
+                        concat!(module_path!(), "::crash_child_entry"),
+                        $open,
+                    ),
+                );
+            }
         }
     };
 }

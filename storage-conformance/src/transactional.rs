@@ -369,7 +369,7 @@ pub async fn random_savepoint_sequences_match_a_model<H: TransactionalHarness>(
                     );
                 }
                 TxOp::Get(k) => {
-                    ensure_eq!(tx.get(k).await.ctx(&step)?, state.get(k).cloned(), "{step}")
+                    ensure_eq!(tx.get(k).await.ctx(&step)?, state.get(k).cloned(), "{step}");
                 }
                 TxOp::Savepoint(name) if !savepoints => {
                     expect_error(tx.savepoint(name).await, &[ErrorCode::Unsupported], &step)?;
@@ -388,7 +388,7 @@ pub async fn random_savepoint_sequences_match_a_model<H: TransactionalHarness>(
                 }
                 TxOp::RollbackTo(name) => match stack.iter().position(|(n, _)| n == name) {
                     None => {
-                        expect_error(tx.rollback_to(name).await, &[ErrorCode::KeyNotFound], &step)?
+                        expect_error(tx.rollback_to(name).await, &[ErrorCode::KeyNotFound], &step)?;
                     }
                     Some(pos) => {
                         tx.rollback_to(name).await.ctx(&step)?;
