@@ -173,6 +173,8 @@ pub(crate) struct State {
     journal: Option<JournalWriter>,
     open: bool,
     read_only: bool,
+    /// A background compaction is writing the main file.
+    compacting: bool,
     lock_file: Option<File>,
     seq: u64,
     main_len: u64,
@@ -322,9 +324,11 @@ enum AfterOp<T> {
 pub(crate) struct Inner<T> {
     config: JsonConfig,
     paths: Paths,
-    state: RwLock<State>,
+    state: Arc<RwLock<State>>,
     hub: EventHub<T>,
-    group: Option<GroupSync>,
+    group: Option<Arc<GroupSync>>,
+    /// The compaction running in the background, if any.
+    background: Mutex<Option<std::thread::JoinHandle<()>>>,
     outbox: Mutex<VecDeque<Publication<T>>>,
     publishing: Mutex<()>,
     next_tx: AtomicU64,
@@ -453,6 +457,84 @@ fn load(paths: &Paths) -> Result<Loaded, JsonError> {
     })
 }
 
+/// What a background compaction writes: the entries as of record `seq`, and where
+/// the journal stood then.
+struct Snapshot {
+    entries: BTreeMap<String, Arc<Document>>,
+    seq: u64,
+    offset: u64,
+    records: u64,
+}
+
+fn compact_in_background(
+    job: Snapshot,
+    state: &RwLock<State>,
+    paths: &Paths,
+    pretty: bool,
+    group: Option<&GroupSync>,
+) {
+    let written = write_main(paths, &job.entries, job.seq, pretty);
+    drop(job.entries);
+    let mut st = state.write().unwrap_or_else(PoisonError::into_inner);
+    st.compacting = false;
+    let outcome = written.and_then(|len| {
+        st.main_len = len;
+        carry_over_journal(&mut st, paths, job.offset, job.records, group)
+    });
+    if let Err(e) = outcome {
+        // The old journal still holds every record (replay skips what the main file has).
+        tracing::warn!(error = %e, "background compaction failed");
+    }
+}
+
+/// Replaces the journal by its records newer than a compaction's snapshot: copied to
+/// `<journal>.tmp`, fsync'd, renamed over the journal, directory fsync'd. A crash
+/// before the rename leaves the old journal, whose older records replay skips.
+fn carry_over_journal(
+    st: &mut State,
+    paths: &Paths,
+    offset: u64,
+    records_then: u64,
+    group: Option<&GroupSync>,
+) -> Result<(), JsonError> {
+    let Some(journal) = st.journal.as_mut() else {
+        return Ok(());
+    };
+    let data = fs::read(&paths.journal).map_err(|e| JsonError::io("read", &paths.journal, e))?;
+    let from = usize::try_from(offset)
+        .unwrap_or(usize::MAX)
+        .min(data.len());
+    let tail = &data[from..];
+    {
+        let mut file = File::create(&paths.journal_temp)
+            .map_err(|e| JsonError::io("create", &paths.journal_temp, e))?;
+        io::Write::write_all(&mut file, tail)
+            .map_err(|e| JsonError::io("write", &paths.journal_temp, e))?;
+        file.sync_all()
+            .map_err(|e| JsonError::io("fsync", &paths.journal_temp, e))?;
+    }
+    fs::rename(&paths.journal_temp, &paths.journal)
+        .map_err(|e| JsonError::io("rename", &paths.journal, e))?;
+    journal::sync_dir(&paths.dir)?;
+    let records = journal.records().saturating_sub(records_then);
+    match JournalWriter::open(&paths.journal, records) {
+        Ok(fresh) => {
+            *journal = fresh;
+            if let Some(group) = group {
+                group.set_file(journal.clone_file()?);
+                // Every record is in the fsync'd main file or the fsync'd new journal.
+                group.mark_synced(st.seq);
+            }
+            Ok(())
+        }
+        Err(e) => {
+            // The handle points at the replaced file; appending there would lose writes.
+            st.poisoned = Some(e.to_string());
+            Err(e)
+        }
+    }
+}
+
 /// [`load`] for a handle without the lock: a writer may compact between the reads of
 /// the main file and the journal, which shows as a gap; such a read is retried.
 fn load_settled(paths: &Paths) -> Result<Loaded, JsonError> {
@@ -577,6 +659,7 @@ impl<T: StorageValue> JsonStorage<T> {
             truncate_file(&paths.journal, valid)?;
         }
         remove_if_exists(&paths.temp)?;
+        remove_if_exists(&paths.journal_temp)?;
         let journal = JournalWriter::open(&paths.journal, loaded.records)?;
         let group = match (config.atomic, config.durability) {
             (
@@ -598,6 +681,7 @@ impl<T: StorageValue> JsonStorage<T> {
             journal: Some(journal),
             open: true,
             read_only: false,
+            compacting: false,
             lock_file: Some(lock_file),
             seq: loaded.seq,
             main_len: loaded.main_len,
@@ -609,9 +693,10 @@ impl<T: StorageValue> JsonStorage<T> {
             inner: Arc::new(Inner {
                 config,
                 paths,
-                state: RwLock::new(state),
+                state: Arc::new(RwLock::new(state)),
                 hub: EventHub::new(),
-                group,
+                group: group.map(Arc::new),
+                background: Mutex::new(None),
                 outbox: Mutex::new(VecDeque::new()),
                 publishing: Mutex::new(()),
                 next_tx: AtomicU64::new(1),
@@ -662,6 +747,7 @@ impl<T: StorageValue> JsonStorage<T> {
                 journal: None,
                 open: true,
                 read_only: true,
+                compacting: false,
                 lock_file: None,
                 seq: loaded.seq,
                 main_len: loaded.main_len,
@@ -673,9 +759,10 @@ impl<T: StorageValue> JsonStorage<T> {
                 inner: Arc::new(Inner {
                     config,
                     paths,
-                    state: RwLock::new(state),
+                    state: Arc::new(RwLock::new(state)),
                     hub: EventHub::new(),
                     group: None,
+                    background: Mutex::new(None),
                     outbox: Mutex::new(VecDeque::new()),
                     publishing: Mutex::new(()),
                     next_tx: AtomicU64::new(1),
@@ -716,7 +803,7 @@ impl<T: StorageValue> JsonStorage<T> {
     /// `ConnectionLost` when closed; `Io`.
     #[allow(clippy::unused_async)] // async so callers need not change if this moves off-thread
     pub async fn compact(&self) -> Result<()> {
-        let mut st = self.inner.write();
+        let mut st = self.inner.write_idle();
         st.ensure_writable()?;
         self.inner.compact(&mut st)?;
         Ok(())
@@ -776,19 +863,69 @@ impl<T> Inner<T> {
         Ok(())
     }
 
+    /// The state lock, once no background compaction runs (so a compaction of its
+    /// own cannot race one). Must not be called with the state lock held.
+    fn write_idle(&self) -> RwLockWriteGuard<'_, State> {
+        loop {
+            let handle = self
+                .background
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            if let Some(handle) = handle {
+                // A panic in the compaction thread left the files as they were.
+                let _ = handle.join();
+            }
+            let st = self.write();
+            if !st.compacting {
+                return st;
+            }
+        }
+    }
+
+    /// Starts a background compaction once the journal is due: the state is
+    /// snapshotted under the lock, written to the main file without it, and the
+    /// journal's records newer than the snapshot are then carried over to a fresh journal.
     fn maybe_compact(&self, st: &mut State) {
-        let due = st.journal.as_ref().is_some_and(|j| {
-            j.records() >= self.config.compact_after && j.len().saturating_mul(2) >= st.main_len
-        });
-        if due && let Err(e) = self.compact(st) {
-            // The write that got here is durable in the journal; compaction retries next time.
-            tracing::warn!(error = %e, "journal compaction failed");
+        if st.compacting {
+            return;
+        }
+        let Some(journal) = st.journal.as_ref() else {
+            return;
+        };
+        if journal.records() < self.config.compact_after
+            || journal.len().saturating_mul(2) < st.main_len
+        {
+            return;
+        }
+        let job = Snapshot {
+            entries: st.entries.clone(),
+            seq: st.seq,
+            offset: journal.len(),
+            records: journal.records(),
+        };
+        let state = Arc::clone(&self.state);
+        let paths = self.paths.clone();
+        let pretty = self.config.pretty;
+        let group = self.group.clone();
+        let spawned = std::thread::Builder::new()
+            .name("storage-json-compact".to_owned())
+            .spawn(move || compact_in_background(job, &state, &paths, pretty, group.as_deref()));
+        match spawned {
+            Ok(handle) => {
+                st.compacting = true;
+                *self
+                    .background
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(handle);
+            }
+            Err(e) => tracing::warn!(error = %e, "could not start a compaction thread"),
         }
     }
 
     /// Compacts, stops group commit and releases the lock.
     fn shutdown(&self) -> Result<(), JsonError> {
-        let mut st = self.write();
+        let mut st = self.write_idle();
         if !st.open {
             return Ok(());
         }
@@ -1054,7 +1191,7 @@ impl<T: StorageValue> Inner<T> {
     }
 
     fn reload(&self) -> Result<usize> {
-        let mut st = self.write();
+        let mut st = self.write_idle();
         st.ensure_open()?;
         let loaded = if st.read_only {
             load_settled(&self.paths)?

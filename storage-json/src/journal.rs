@@ -39,6 +39,7 @@ pub(crate) struct Paths {
     pub(crate) main: PathBuf,
     pub(crate) journal: PathBuf,
     pub(crate) temp: PathBuf,
+    pub(crate) journal_temp: PathBuf,
     pub(crate) lock: PathBuf,
     pub(crate) dir: PathBuf,
 }
@@ -58,6 +59,7 @@ impl Paths {
             main: main.to_path_buf(),
             journal: with_suffix(".journal"),
             temp: with_suffix(".tmp"),
+            journal_temp: with_suffix(".journal.tmp"),
             lock: with_suffix(".lock"),
             dir,
         }

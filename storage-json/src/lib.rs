@@ -97,7 +97,7 @@
 //! ```
 //! `users.json.lock` carries the advisory lock (it stays after close; deleting it
 //! while a process holds it defeats the lock). `users.json.tmp` exists only during
-//! compaction and is removed on open if a crash left it.
+//! compaction (as does `users.json.journal.tmp`) and is removed on open if a crash left it.
 //!
 //! ## Crash safety
 //! - A write is acknowledged only after its journal line was written and (with
@@ -110,8 +110,10 @@
 //!   off on open; a damaged line followed by good ones is `Corrupted` with the
 //!   journal's path and the line's byte offset.
 //! - Compaction writes `<file>.tmp`, fsyncs it, renames it over the file, fsyncs the
-//!   directory, and only then empties the journal; replay skips records the main
-//!   file already holds, so a kill at any instant leaves every acknowledged write.
+//!   directory, and only then replaces the journal by the records the new file lacks
+//!   (copied to `<file>.journal.tmp`, fsync'd, renamed; or simply emptied when nothing
+//!   was written meanwhile); replay skips records the main file already holds, so a
+//!   kill at any instant leaves every acknowledged write.
 //! - Opening a damaged main file (truncated, invalid JSON, empty, starting with a
 //!   byte-order mark, wrong `format`) gives `Corrupted` naming the file and byte
 //!   position, and changes no file.
@@ -125,9 +127,12 @@
 //!
 //! ## Costs
 //! A `set` appends one line and fsyncs (or joins a group): its cost does not grow
-//! with the number of entries. Compaction rewrites the whole file; it runs once the
+//! with the number of entries. Compaction rewrites the whole file; it starts once the
 //! journal holds `compact_after` records *and* is at least half the main file's
-//! size, so its cost per write stays bounded as the store grows. Everything runs on
+//! size, so its cost per write stays bounded as the store grows. It runs on a
+//! background thread: the write that triggers it only copies the in-memory map (its
+//! keys and pointers to the values), and writes go on while the file is written.
+//! `compact`, `close` and dropping the last handle compact in the foreground. Everything runs on
 //! the calling thread except the group-commit fsync thread and lock waiting; an fsync'd
 //! write holds the store's lock while it syncs, so reads wait for it. Figures (sets at
 //! 1k to 100k entries against a raw fsync'd append, open, gets, queries) are in the
