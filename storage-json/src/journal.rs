@@ -840,6 +840,20 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_journal_line_is_what_the_adapter_writes()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let line = encode_record(
+            3,
+            &commit(&[("user:3", Some(json!({"name": "Carol", "age": 40})))]),
+        )?;
+        assert_eq!(
+            String::from_utf8(line)?,
+            "{\"seq\":3,\"ops\":[{\"op\":\"set\",\"key\":\"user:3\",\"value\":{\"age\":40,\"name\":\"Carol\"}}],\"crc\":\"869f919c\"}\n"
+        );
+        Ok(())
+    }
+
+    #[test]
     fn byte_offset_follows_lines_and_columns() {
         let data = b"ab\ncdef\ng";
         assert_eq!(byte_offset(data, 1, 1), 0);

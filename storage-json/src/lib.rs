@@ -72,17 +72,17 @@
 //!   "seq": 2,
 //!   "entries": {
 //!     "user:1": {
-//!       "name": "Alice",
-//!       "age": 31
+//!       "age": 31,
+//!       "name": "Alice"
 //!     },
 //!     "user:2": {
-//!       "name": "Bob",
-//!       "age": 27
+//!       "age": 27,
+//!       "name": "Bob"
 //!     }
 //!   }
 //! }
 //! ```
-//! Keys are in ascending byte order; values are their JSON documents
+//! Keys are in ascending byte order (object fields inside values too); values are their JSON documents
 //! ([`storage_core::codec::to_document`], so a value JSON cannot hold, like NaN, is
 //! refused with `InvalidValue` and nothing is stored). `seq` is the last journal
 //! record the file contains. The file round-trips through any JSON parser and may
@@ -92,8 +92,8 @@
 //! the main file's `seq` (a gap is `Corrupted`: records were lost), each plain JSON
 //! whose last member is a CRC-32 of the bytes before it:
 //! ```text
-//! {"seq":3,"ops":[{"op":"set","key":"user:3","value":{"name":"Carol","age":40}}],"crc":"5d1c0a8e"}
-//! {"seq":4,"ops":[{"op":"clear"},{"op":"set","key":"a","value":1}],"crc":"0b6f3c21"}
+//! {"seq":3,"ops":[{"op":"set","key":"user:3","value":{"age":40,"name":"Carol"}}],"crc":"869f919c"}
+//! {"seq":4,"ops":[{"op":"clear"},{"op":"set","key":"a","value":1}],"crc":"415ddc93"}
 //! ```
 //! `users.json.lock` carries the advisory lock (it stays after close; deleting it
 //! while a process holds it defeats the lock). `users.json.tmp` exists only during
