@@ -38,6 +38,7 @@
 //! - [`codec`]: formats, compression and the stored-value header;
 //! - [`config`]: configuration types and file loading;
 //! - [`events`]: hooks, watch patterns, subscriptions and the event hub adapters embed;
+//! - [`trace`]: the tracing span adapters wrap operations in when `debug` is on;
 //! - the tier traits, [`StorageError`], [`Capabilities`] and [`MemoryStorage`] at the root.
 
 #![forbid(unsafe_code)]
@@ -52,10 +53,13 @@ mod key;
 mod memory;
 pub mod query;
 mod tiers;
+pub mod trace;
 mod types;
 
 pub use async_trait::async_trait;
 pub use capabilities::{Capabilities, Tier};
+pub use codec::{Codec, Compression, Format, SerializationConfig};
+pub use config::{BackendConfig, StorageConfig};
 pub use error::{BoxError, ErrorCode, Result, StorageError};
 pub use events::{
     AfterEvent, AfterHook, BeforeEvent, BeforeHook, EventHub, HookId, Subscription, WatchPattern,

@@ -7,16 +7,21 @@ mod aggregate;
 mod builder;
 mod eval;
 mod path;
+mod serde_impl;
+mod text;
 mod value;
+
+use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
 use crate::types::{Direction, Document};
 
 pub use aggregate::{Accumulator, AggregateStage, aggregate};
-pub use builder::{FieldRef, field};
+pub use builder::{FieldRef, and, field, not, or, parse_pipeline};
 pub use eval::{CompiledFilter, CompiledQuery, Match, count, evaluate};
-pub use path::FieldPath;
+pub use path::{FieldPath, MAX_PATH_LEN};
+pub use text::words;
 pub use value::{TypeBracket, compare_total, compare_values, type_bracket, values_equal};
 
 /// Comparison operators of a [`Filter::Condition`].
@@ -49,7 +54,37 @@ pub enum Operator {
     WithinBox,
 }
 
+impl Operator {
+    /// The operator as written in the JSON form (`eq`, `within_box`, …).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Eq => "eq",
+            Self::Ne => "ne",
+            Self::Gt => "gt",
+            Self::Gte => "gte",
+            Self::Lt => "lt",
+            Self::Lte => "lte",
+            Self::In => "in",
+            Self::Nin => "nin",
+            Self::Regex => "regex",
+            Self::Exists => "exists",
+            Self::Text => "text",
+            Self::WithinBox => "within_box",
+        }
+    }
+}
+
+impl fmt::Display for Operator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A where clause.
+///
+/// Serialized as `{"field": "age", "op": "gt", "value": 30}`, `{"and": [...]}`,
+/// `{"or": [...]}`, `{"not": {...}}` or `{"field": "address", "nested": {...}}`;
+/// `Display` writes that JSON form on one line (for `explain` output and error context).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Filter {
     /// `field op value`.
@@ -76,8 +111,16 @@ pub enum Filter {
     },
 }
 
+impl fmt::Display for Filter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let json = serde_json::to_string(self).map_err(|_| fmt::Error)?;
+        f.write_str(&json)
+    }
+}
+
 /// One `order_by` key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct OrderBy {
     /// Dotted field path.
     pub field: String,
@@ -90,16 +133,47 @@ pub struct OrderBy {
 ///
 /// Results are ordered by `order_by` (ties broken by key ascending; by key alone
 /// without `order_by`), then `offset` entries are skipped, then at most `limit` returned.
-#[derive(Debug, Clone, Default, PartialEq)]
+///
+/// Serialized as `{"where": filter, "order_by": [{"field": "age", "direction": "desc"}],
+/// "limit": 10, "offset": 0, "select": ["name"]}`, every member optional
+/// (`orderBy` is accepted for `order_by`); unknown members are rejected.
+///
+/// # Example
+/// ```
+/// use storage_core::query::field;
+/// use storage_core::Query;
+///
+/// let q: Query = serde_json::from_str(
+///     r#"{"where": {"field": "age", "op": "gt", "value": 30}, "order_by": [{"field": "age"}], "limit": 2}"#,
+/// )?;
+/// assert_eq!(q, Query::filter(field("age").gt(30)).order_asc("age").limit(2));
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Query {
     /// Filter; `None` matches everything.
+    #[serde(rename = "where", default, skip_serializing_if = "Option::is_none")]
     pub filter: Option<Filter>,
     /// Sort keys, most significant first.
+    #[serde(alias = "orderBy", default, skip_serializing_if = "Vec::is_empty")]
     pub order_by: Vec<OrderBy>,
     /// Maximum number of results.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u64>,
     /// Results to skip after ordering.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offset: Option<u64>,
     /// Field paths to project into [`crate::QueryResult::projection`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub select: Option<Vec<String>>,
 }
+
+/// Compiled queries are shared across threads by adapters that cache them.
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<CompiledQuery>();
+    assert_send_sync::<CompiledFilter>();
+    assert_send_sync::<Filter>();
+    assert_send_sync::<AggregateStage>();
+};
