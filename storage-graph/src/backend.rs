@@ -17,13 +17,17 @@ use futures::StreamExt;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, IntoConnectionInfo, Value};
 use serde::{Deserialize, Serialize};
+use storage_core::codec::{Codec, Header, to_document};
+use storage_core::events::BeforeEvent;
 use storage_core::{
-    BatchResult, BatchStorage, Capabilities, ErrorCode, IndexKind, IsolationLevel, Operation,
+    BatchResult, BatchStorage, Capabilities, Document, EventHub, ErrorCode, IndexKind, IsolationLevel, Operation,
     Result, ResultStream, Storage, StorageError, StorageValue, Tier, validate_key, validate_keys,
 };
 
-use crate::config::{GraphConfig, redact_url};
-use crate::cypher::{Cypher, KEY_PROP, OPAQUE_PROP, Promoted, VALUE_PROP, promote};
+use crate::config::{GraphConfig, STREAM_MAX_LEN, redact_url};
+use crate::cypher::{
+    Cypher, KEY_INDEX_PROP, KEY_PROP, OPAQUE_PROP, Promoted, VALUE_PROP, key_hex, promote,
+};
 use crate::embedded::EmbeddedServer;
 use crate::error::{BACKEND, corrupt, is_missing_graph, redis_err, reply_err};
 
@@ -37,13 +41,17 @@ const PAGE: usize = 1000;
 /// See the [crate docs](crate) for the data model, what runs where and the tiers.
 pub struct GraphStorage<T> {
     pub(crate) inner: Arc<Inner>,
+    pub(crate) codec: Arc<Codec<T>>,
+    pub(crate) hub: Arc<EventHub<T>>,
     _marker: PhantomData<fn() -> T>,
 }
 
-impl<T> Clone for GraphStorage<T> {
+impl<T: Send + Sync + 'static> Clone for GraphStorage<T> {
     fn clone(&self) -> Self {
         Self {
             inner: Arc::clone(&self.inner),
+            codec: Arc::clone(&self.codec),
+            hub: Arc::clone(&self.hub),
             _marker: PhantomData,
         }
     }
@@ -62,7 +70,7 @@ impl<T> std::fmt::Debug for GraphStorage<T> {
 /// The state every handle and transaction of one store shares.
 pub(crate) struct Inner {
     pub(crate) url: String,
-    client: redis::Client,
+    pub(crate) client: redis::Client,
     conn: MultiplexedConnection,
     spare: Mutex<Vec<MultiplexedConnection>>,
     pub(crate) graph: String,
@@ -72,6 +80,8 @@ pub(crate) struct Inner {
     pub(crate) stream: String,
     pub(crate) version_key: String,
     pub(crate) stream_max_len: usize,
+    pub(crate) index_key: String,
+    pub(crate) indexes: crate::query::IndexRegistry,
     // Declared last: dropped after the connections above.
     _server: Option<EmbeddedServer>,
 }
@@ -81,6 +91,7 @@ pub(crate) struct Inner {
 pub(crate) struct Encoded {
     pub(crate) stored: String,
     pub(crate) promoted: Arc<Promoted>,
+    pub(crate) doc: Arc<Document>,
 }
 
 /// A write with its value already encoded.
@@ -110,54 +121,72 @@ pub(crate) struct StreamChange {
     pub(crate) v: Option<String>,
 }
 
+/// An after-hook event of a commit, kept until the commit succeeded.
+#[derive(Debug, Clone)]
+pub(crate) enum AfterItem {
+    Set { key: String, stored: String },
+    Delete { key: String, existed: bool },
+    Clear { removed: u64 },
+}
+
 /// What a write did.
 #[derive(Debug, Default)]
 pub(crate) struct Applied {
     pub(crate) result: BatchResult,
     pub(crate) changes: Vec<StreamChange>,
+    pub(crate) after: Vec<AfterItem>,
     /// The change stream id of the commit (none when nothing changed).
     pub(crate) stream_id: Option<String>,
 }
 
-/// Stored values are tagged: `t` + the encoded text when it is UTF-8 without NUL,
-/// `b` + base64 otherwise, so no byte is ever cut by FalkorDB's C strings.
-pub(crate) fn encode<T: StorageValue>(value: &T) -> Result<Encoded> {
-    let doc = serde_json::to_value(value).map_err(|e| {
-        StorageError::new(ErrorCode::InvalidValue, format!("value cannot be encoded: {e}"))
-            .with_backend(BACKEND)
-    })?;
-    let text = serde_json::to_string(&doc).map_err(|e| {
-        StorageError::new(ErrorCode::SerializationFailed, format!("value cannot be encoded: {e}"))
-            .with_backend(BACKEND)
-    })?;
-    let stored = if text.contains('\0') {
-        format!("b{}", base64_encode(text.as_bytes()))
-    } else {
-        format!("t{text}")
+/// Encodes a value for the graph.
+///
+/// The codec's bytes (header and payload) are stored in one string property, since
+/// FalkorDB strings are C strings that end at the first NUL: `t` + the base64 header +
+/// `|` + the payload when the payload is UTF-8 without NUL (uncompressed JSON, which
+/// stays readable in the graph), `b` + base64 of everything otherwise.
+pub(crate) fn encode<T: StorageValue>(codec: &Codec<T>, value: &T) -> Result<Encoded> {
+    let bytes = codec.encode(value)?;
+    let doc = to_document(value)?;
+    let (_, payload) = Header::parse(&bytes)?;
+    let header_len = bytes.len() - payload.len();
+    let stored = match std::str::from_utf8(payload) {
+        Ok(text) if !text.contains('\0') => {
+            format!("t{}|{text}", base64_encode(&bytes[..header_len]))
+        }
+        _ => format!("b{}", base64_encode(&bytes)),
     };
     Ok(Encoded {
         stored,
         promoted: Arc::new(promote(&doc)),
+        doc: Arc::new(doc),
     })
 }
 
 /// Decodes a stored value.
-pub(crate) fn decode<T: StorageValue>(stored: &str, operation: &'static str) -> Result<T> {
-    let bytes: std::borrow::Cow<'_, [u8]> = match stored.split_at_checked(1) {
-        Some(("t", text)) => text.as_bytes().into(),
-        Some(("b", b64)) => base64_decode(b64)
-            .ok_or_else(|| corrupt(operation, "bad base64 in stored value"))?
-            .into(),
+pub(crate) fn decode<T: StorageValue>(
+    codec: &Codec<T>,
+    stored: &str,
+    operation: &'static str,
+) -> Result<T> {
+    let bytes: Vec<u8> = match stored.split_at_checked(1) {
+        Some(("t", rest)) => {
+            let (header, text) = rest
+                .split_once('|')
+                .ok_or_else(|| corrupt(operation, "stored value has no header separator"))?;
+            let mut bytes = base64_decode(header)
+                .ok_or_else(|| corrupt(operation, "bad base64 in stored header"))?;
+            bytes.extend_from_slice(text.as_bytes());
+            bytes
+        }
+        Some(("b", b64)) => {
+            base64_decode(b64).ok_or_else(|| corrupt(operation, "bad base64 in stored value"))?
+        }
         _ => return Err(corrupt(operation, "stored value has no known tag")),
     };
-    serde_json::from_slice(&bytes).map_err(|e| {
-        StorageError::new(
-            ErrorCode::SerializationFailed,
-            format!("stored value does not fit the type: {e}"),
-        )
-        .with_operation(operation)
-        .with_backend(BACKEND)
-    })
+    codec
+        .decode(&bytes)
+        .map_err(|e| e.with_operation(operation).with_backend(BACKEND))
 }
 
 const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -250,7 +279,7 @@ pub(crate) fn key_value_rows(
 
 impl Inner {
     async fn connect(config: &GraphConfig) -> Result<Self> {
-        config.validate()?;
+        config.validate().map_err(|e| e.with_backend(BACKEND))?;
         let (url, server) = match &config.url {
             Some(url) => (normalize_url(url, config.tls.is_some()), None),
             None => {
@@ -300,17 +329,24 @@ impl Inner {
             label_name: config.label.clone(),
             stream: format!("{}::{}::changes", config.database, config.label),
             version_key: format!("{}::version", config.database),
-            stream_max_len: config.stream_max_len,
+            stream_max_len: STREAM_MAX_LEN,
+            index_key: format!("{}::{}::indexes", config.database, config.label),
+            indexes: crate::query::IndexRegistry::default(),
             _server: server,
         };
         inner.ensure_schema().await?;
         Ok(inner)
     }
 
-    /// The exact-match index and unique constraint on `key`.
+    /// The exact-match index on the hex key (see [`KEY_INDEX_PROP`]).
+    ///
+    /// Keys stay unique because every write `MERGE`s on `key` and FalkorDB runs writes
+    /// one at a time. No FalkorDB unique constraint is added: FalkorDB 4.16.3 crashes
+    /// (the whole server) when a node whose constrained property is empty or only
+    /// whitespace is created under a unique constraint, and `"   "` is a valid key.
     async fn ensure_schema(&self) -> Result<()> {
         let mut conn = self.conn.clone();
-        let index = format!("CREATE INDEX FOR (n:{}) ON (n.{KEY_PROP})", self.label);
+        let index = format!("CREATE INDEX FOR (n:{}) ON (n.{KEY_INDEX_PROP})", self.label);
         if let Err(e) = redis::cmd("GRAPH.QUERY")
             .arg(&self.graph)
             .arg(&index)
@@ -318,22 +354,6 @@ impl Inner {
             .await
         {
             if !e.to_string().contains("already indexed") {
-                return Err(redis_err("open")(e));
-            }
-        }
-        if let Err(e) = redis::cmd("GRAPH.CONSTRAINT")
-            .arg("CREATE")
-            .arg(&self.graph)
-            .arg("UNIQUE")
-            .arg("NODE")
-            .arg(&self.label_name)
-            .arg("PROPERTIES")
-            .arg(1)
-            .arg(KEY_PROP)
-            .query_async::<Value>(&mut conn)
-            .await
-        {
-            if !e.to_string().contains("already exists") {
                 return Err(redis_err("open")(e));
             }
         }
@@ -415,9 +435,9 @@ impl Inner {
         key: &str,
     ) -> Result<Option<String>> {
         let mut q = Cypher::new();
-        let k = q.param(key)?;
+        let k = q.param(&key_hex(key))?;
         q.push(&format!(
-            "MATCH (n:{} {{{KEY_PROP}: {k}}}) RETURN n.{VALUE_PROP} LIMIT 1",
+            "MATCH (n:{} {{{KEY_INDEX_PROP}: {k}}}) RETURN n.{VALUE_PROP} LIMIT 1",
             self.label
         ));
         let rows = self.read(conn, &q, "get").await?;
@@ -439,9 +459,10 @@ impl Inner {
             return Ok(BTreeSet::new());
         }
         let mut q = Cypher::new();
-        let ks = q.param(keys)?;
+        let hex: Vec<String> = keys.iter().map(|k| key_hex(k)).collect();
+        let ks = q.param(&hex)?;
         q.push(&format!(
-            "UNWIND {ks} AS k MATCH (n:{} {{{KEY_PROP}: k}}) RETURN n.{KEY_PROP}",
+            "UNWIND {ks} AS k MATCH (n:{} {{{KEY_INDEX_PROP}: k}}) RETURN n.{KEY_PROP}",
             self.label
         ));
         let rows = self.read(conn, &q, "read").await?;
@@ -468,10 +489,10 @@ impl Inner {
     ) -> Result<Vec<(String, Option<String>)>> {
         let mut q = Cypher::new();
         let filter = match after {
-            // `toString` keeps the key index out of the comparison: FalkorDB's range
-            // index answers string ranges in its own collation, not in byte order
-            // (verified: `n.key > 'n1'` through the index returned 'Z' and 'a'), while
-            // a plain comparison is strcmp, which is UTF-8 byte order.
+            // `key` has no index (see `KEY_INDEX_PROP`); `toString` would keep one out
+            // anyway: FalkorDB's range index answers string ranges in its own collation
+            // (verified: `n.key > 'n1'` through an index returned 'Z' and 'a'), while a
+            // plain comparison is strcmp, which is UTF-8 byte order.
             Some(after) => format!("WHERE toString(n.{KEY_PROP}) > {} ", q.param(after)?),
             None => String::new(),
         };
@@ -544,6 +565,10 @@ impl Inner {
                     deletes.remove(key.as_str());
                     state.insert(key, true);
                     all_known.insert(key);
+                    applied.after.push(AfterItem::Set {
+                        key: key.clone(),
+                        stored: value.stored.clone(),
+                    });
                     applied.changes.push(StreamChange {
                         k: "s".into(),
                         key: key.clone(),
@@ -551,6 +576,10 @@ impl Inner {
                     });
                 }
                 Op::Delete { key } => {
+                    applied.after.push(AfterItem::Delete {
+                        key: key.clone(),
+                        existed: exists(key, &state),
+                    });
                     if exists(key, &state) {
                         applied.result.deleted += 1;
                         applied.changes.push(StreamChange {
@@ -569,6 +598,7 @@ impl Inner {
                         .copied()
                         .filter(|k| exists(k, &state))
                         .collect();
+                    let removed = present.len();
                     for key in present {
                         applied.result.cleared += 1;
                         applied.changes.push(StreamChange {
@@ -578,6 +608,9 @@ impl Inner {
                         });
                         state.insert(key, false);
                     }
+                    applied.after.push(AfterItem::Clear {
+                        removed: u64::try_from(removed).unwrap_or(u64::MAX),
+                    });
                     clear = true;
                     sets.clear();
                     deletes.clear();
@@ -585,6 +618,7 @@ impl Inner {
             }
         }
         if applied.changes.is_empty() {
+            // Nothing to write (deletes of missing keys): the after-hooks still see them.
             return Ok(Some(applied));
         }
         let q = self.write_plan(clear, &sets, &deletes)?;
@@ -648,10 +682,10 @@ impl Inner {
                 "OPTIONAL MATCH (d:{label}) WHERE NOT d.{KEY_PROP} IN {keep} DETACH DELETE d WITH count(*) AS _c "
             ));
         } else if !deletes.is_empty() {
-            let del: Vec<&str> = deletes.iter().copied().collect();
+            let del: Vec<String> = deletes.iter().map(|k| key_hex(k)).collect();
             let del = q.param(&del)?;
             body.push_str(&format!(
-                "UNWIND {del} AS k OPTIONAL MATCH (d:{label} {{{KEY_PROP}: k}}) DETACH DELETE d WITH count(*) AS _c "
+                "UNWIND {del} AS k OPTIONAL MATCH (d:{label} {{{KEY_INDEX_PROP}: k}}) DETACH DELETE d WITH count(*) AS _c "
             ));
         }
         if !sets.is_empty() {
@@ -661,7 +695,7 @@ impl Inner {
                 .collect();
             let rows = q.param(&rows)?;
             body.push_str(&format!(
-                "UNWIND {rows} AS r MERGE (n:{label} {{{KEY_PROP}: r.{KEY_PROP}}}) SET n = r"
+                "UNWIND {rows} AS r MERGE (n:{label} {{{KEY_INDEX_PROP}: r.{KEY_INDEX_PROP}}}) SET n = r"
             ));
         } else if body.is_empty() {
             body.push_str("RETURN 0");
@@ -677,6 +711,7 @@ impl Inner {
 fn node_props(key: &str, value: &Encoded) -> FalkorValue {
     let mut map: HashMap<String, FalkorValue> = value.promoted.props.clone();
     map.insert(KEY_PROP.to_owned(), FalkorValue::String(key.to_owned()));
+    map.insert(KEY_INDEX_PROP.to_owned(), FalkorValue::String(key_hex(key)));
     map.insert(VALUE_PROP.to_owned(), FalkorValue::String(value.stored.clone()));
     if !value.promoted.opaque.is_empty() {
         map.insert(
@@ -733,16 +768,10 @@ fn make_client(info: redis::ConnectionInfo, config: &GraphConfig) -> Result<redi
         return redis::Client::open(info).map_err(redis_err("open"));
     };
     let read = |path: &std::path::Path| std::fs::read(path).map_err(StorageError::from);
-    let client_tls = match (&tls.cert_file, &tls.key_file) {
-        (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
-            client_cert: read(cert)?,
-            client_key: read(key)?,
-        }),
-        _ => None,
-    };
+    let client_tls = None;
     let root_cert = tls.ca_file.as_deref().map(read).transpose()?;
     let mut info = info;
-    if tls.insecure {
+    if tls.insecure_skip_verify {
         if let redis::ConnectionAddr::TcpTls { host, port, .. } = info.addr().clone() {
             info = info.set_addr(redis::ConnectionAddr::TcpTls {
                 host,
@@ -770,10 +799,28 @@ impl<T: StorageValue> GraphStorage<T> {
     /// `InvalidConfig`; `ConnectionFailed` (for the embedded server: saying how to
     /// install the binaries); backend errors.
     pub async fn open(config: GraphConfig) -> Result<Self> {
-        Ok(Self {
-            inner: Arc::new(Inner::connect(&config).await?),
+        let codec = Codec::new(&config.common.serialization)
+            .map_err(|e| e.with_operation("open").with_backend(BACKEND))?;
+        Self::open_with_codec(config, codec).await
+    }
+
+    /// Opens the store with a codec of your own (for example a custom serializer).
+    ///
+    /// # Errors
+    /// As [`GraphStorage::open`].
+    pub async fn open_with_codec(config: GraphConfig, codec: Codec<T>) -> Result<Self> {
+        let store = Self::from_parts(Arc::new(Inner::connect(&config).await?), Arc::new(codec));
+        store.load_indexes().await?;
+        Ok(store)
+    }
+
+    pub(crate) fn from_parts(inner: Arc<Inner>, codec: Arc<Codec<T>>) -> Self {
+        Self {
+            inner,
+            codec,
+            hub: Arc::new(EventHub::new()),
             _marker: PhantomData,
-        })
+        }
     }
 
     /// The graph's name.
@@ -796,39 +843,72 @@ impl<T: StorageValue> GraphStorage<T> {
         redact_url(&self.inner.url)
     }
 
-    /// A handle on the same server and graph under another label (another namespace).
-    ///
-    /// # Errors
-    /// `InvalidConfig` for a bad label; backend errors.
-    pub async fn with_label<U: StorageValue>(&self, label: &str) -> Result<GraphStorage<U>> {
-        let config = GraphConfig {
-            url: Some(self.inner.url.clone()),
-            database: self.inner.graph.clone(),
-            label: label.to_owned(),
-            stream_max_len: self.inner.stream_max_len,
-            ..GraphConfig::default()
-        };
-        // Sharing the embedded server: the new handle keeps this one's server alive
-        // only as long as this handle lives, so it reuses the connection setup but the
-        // caller must keep the first handle.
-        Ok(GraphStorage {
-            inner: Arc::new(Inner::connect(&config).await?),
-            _marker: PhantomData,
-        })
+    /// Every entry as a document (for unique checks), read on `conn`.
+    pub(crate) async fn all_documents(
+        &self,
+        conn: &mut MultiplexedConnection,
+    ) -> Result<BTreeMap<String, Document>> {
+        let mut q = Cypher::new();
+        q.push(&format!(
+            "MATCH (n:{}) RETURN n.{KEY_PROP}, n.{VALUE_PROP}",
+            self.inner.label
+        ));
+        let rows = self.inner.read(conn, &q, "read").await?;
+        key_value_rows(rows, "read")?
+            .into_iter()
+            .map(|(k, stored)| {
+                let value: T = decode(&self.codec, &stored, "read")?;
+                Ok((k, to_document(&value)?))
+            })
+            .collect()
     }
 
-    /// Applies encoded ops as one commit, reading first (under `WATCH`) when deletes or
-    /// clears need to know what exists; retries lost races.
+    /// Reads what `ops` need to know (existing keys; every document when unique
+    /// indexes must be checked) on a connection that `WATCH`es the graph, then commits.
+    /// `None`: a concurrent write aborted `EXEC`.
+    pub(crate) async fn commit_watched(
+        &self,
+        conn: &mut MultiplexedConnection,
+        ops: &[Op],
+    ) -> Result<Option<Applied>> {
+        let uniques = self.inner.indexes.unique();
+        let existed = if !uniques.is_empty() {
+            let base = self.all_documents(conn).await?;
+            crate::unique::check_ops(&uniques, &base, ops)?;
+            base.into_keys().collect()
+        } else if ops.iter().any(|op| matches!(op, Op::Clear)) {
+            self.inner.all_keys(conn).await?
+        } else {
+            let keys: BTreeSet<&str> = ops
+                .iter()
+                .filter(|op| matches!(op, Op::Delete { .. }))
+                .filter_map(Op::key)
+                .collect();
+            let keys: Vec<&str> = keys.into_iter().collect();
+            self.inner.existing(conn, &keys).await?
+        };
+        self.inner.commit(conn, ops, Some(&existed)).await
+    }
+
+    /// Applies encoded ops as one commit, reading first (under `WATCH`) when deletes,
+    /// clears or unique indexes need to know what exists; retries lost races.
     pub(crate) async fn apply(&self, ops: &[Op]) -> Result<Applied> {
-        let needs_read = ops.iter().any(|op| !matches!(op, Op::Set { .. }));
-        if !needs_read {
+        let needs_read = !self.inner.indexes.unique().is_empty()
+            || ops.iter().any(|op| !matches!(op, Op::Set { .. }));
+        let applied = if needs_read {
+            self.apply_watched(ops).await?
+        } else {
             let mut conn = self.inner.shared();
-            return self
-                .inner
+            self.inner
                 .commit(&mut conn, ops, None)
                 .await?
-                .ok_or_else(|| reply_err("commit", "exec aborted without watch"));
-        }
+                .ok_or_else(|| reply_err("commit", "exec aborted without watch"))?
+        };
+        self.after_commit(&applied);
+        Ok(applied)
+    }
+
+    async fn apply_watched(&self, ops: &[Op]) -> Result<Applied> {
         let mut conn = self.inner.dedicated().await?;
         for _ in 0..WRITE_RETRIES {
             redis::cmd("WATCH")
@@ -837,17 +917,7 @@ impl<T: StorageValue> GraphStorage<T> {
                 .query_async::<()>(&mut conn)
                 .await
                 .map_err(redis_err("watch"))?;
-            let existed = if ops.iter().any(|op| matches!(op, Op::Clear)) {
-                self.inner.all_keys(&mut conn).await?
-            } else {
-                let keys: Vec<&str> = ops
-                    .iter()
-                    .filter(|op| matches!(op, Op::Delete { .. }))
-                    .filter_map(Op::key)
-                    .collect();
-                self.inner.existing(&mut conn, &keys).await?
-            };
-            match self.inner.commit(&mut conn, ops, Some(&existed)).await {
+            match self.commit_watched(&mut conn, ops).await {
                 Ok(Some(applied)) => {
                     if applied.stream_id.is_none() {
                         // Nothing changed and nothing was executed: release the watch.
@@ -871,7 +941,7 @@ impl<T: StorageValue> GraphStorage<T> {
         .with_backend(BACKEND))
     }
 
-    pub(crate) fn encode_ops(operations: &[Operation<T>]) -> Result<Vec<Op>> {
+    pub(crate) fn encode_ops(codec: &Codec<T>, operations: &[Operation<T>]) -> Result<Vec<Op>> {
         operations
             .iter()
             .enumerate()
@@ -881,7 +951,7 @@ impl<T: StorageValue> GraphStorage<T> {
                         validate_key(key).map_err(|e| e.with_context("index", i))?;
                         Op::Set {
                             key: key.clone(),
-                            value: encode(value).map_err(|e| e.with_context("index", i))?,
+                            value: encode(codec, value).map_err(|e| e.with_context("index", i))?,
                         }
                     }
                     Operation::Delete { key } => {
@@ -918,30 +988,36 @@ use futures::TryStreamExt;
 
 #[async_trait]
 impl<T: StorageValue> Storage<T> for GraphStorage<T> {
-    storage_core::tier_accessors!(T; batch);
+    storage_core::tier_accessors!(T; batch, queryable, indexed, transactional, observable);
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new(BACKEND, Tier::Transactional)
+        Capabilities::new(BACKEND, Tier::Observable)
             .with_isolation_levels([IsolationLevel::Serializable])
             .with_index_kinds([IndexKind::Btree, IndexKind::Hash, IndexKind::Fulltext])
             .with_unique_indexes(true)
             .with_savepoints(true)
+            .with_cross_process_watch(true)
             .with_persistent(self.inner._server.is_none())
     }
 
     async fn get(&self, key: &str) -> Result<Option<T>> {
         validate_key(key).map_err(|e| e.with_operation("get").with_backend(BACKEND))?;
-        match self.inner.get_stored(&mut self.inner.shared(), key).await? {
-            Some(stored) => decode(&stored, "get").map(Some),
-            None => Ok(None),
-        }
+        self.before(&BeforeEvent::Get { key })?;
+        let value = match self.inner.get_stored(&mut self.inner.shared(), key).await? {
+            Some(stored) => Some(decode(&self.codec, &stored, "get")?),
+            None => None,
+        };
+        self.after_get(key, value.is_some());
+        Ok(value)
     }
 
     async fn set(&self, key: &str, value: &T) -> Result<()> {
         validate_key(key).map_err(|e| e.with_operation("set").with_backend(BACKEND))?;
+        self.before(&BeforeEvent::Set { key, value })?;
         let op = Op::Set {
             key: key.to_owned(),
-            value: encode(value).map_err(|e| e.with_operation("set").with_context("key", key))?,
+            value: encode(&self.codec, value)
+                .map_err(|e| e.with_operation("set").with_context("key", key))?,
         };
         self.apply(std::slice::from_ref(&op)).await?;
         Ok(())
@@ -949,6 +1025,7 @@ impl<T: StorageValue> Storage<T> for GraphStorage<T> {
 
     async fn delete(&self, key: &str) -> Result<bool> {
         validate_key(key).map_err(|e| e.with_operation("delete").with_backend(BACKEND))?;
+        self.before(&BeforeEvent::Delete { key })?;
         let applied = self.apply(&[Op::Delete { key: key.to_owned() }]).await?;
         Ok(applied.result.deleted > 0)
     }
@@ -959,6 +1036,7 @@ impl<T: StorageValue> Storage<T> for GraphStorage<T> {
     }
 
     async fn clear(&self) -> Result<()> {
+        self.before(&BeforeEvent::Clear)?;
         self.apply(&[Op::Clear]).await?;
         Ok(())
     }
@@ -984,10 +1062,14 @@ impl<T: StorageValue> Storage<T> for GraphStorage<T> {
     }
 
     fn entries(&self) -> ResultStream<'_, (String, T)> {
+        let codec = Arc::clone(&self.codec);
         self.iterate(true)
-            .and_then(|(k, v)| async move {
-                let stored = v.ok_or_else(|| corrupt("iterate", "node without value"))?;
-                Ok((k, decode(&stored, "iterate")?))
+            .and_then(move |(k, v)| {
+                let codec = Arc::clone(&codec);
+                async move {
+                    let stored = v.ok_or_else(|| corrupt("iterate", "node without value"))?;
+                    Ok((k, decode(&codec, &stored, "iterate")?))
+                }
             })
             .boxed()
     }
@@ -1002,20 +1084,31 @@ impl<T: StorageValue> BatchStorage<T> for GraphStorage<T> {
             return Ok(BTreeMap::new());
         }
         let mut q = Cypher::new();
-        let ks = q.param(keys)?;
+        let hex: Vec<String> = keys.iter().map(|k| key_hex(k)).collect();
+        let ks = q.param(&hex)?;
         q.push(&format!(
-            "UNWIND {ks} AS k MATCH (n:{} {{{KEY_PROP}: k}}) RETURN n.{KEY_PROP}, n.{VALUE_PROP}",
+            "UNWIND {ks} AS k MATCH (n:{} {{{KEY_INDEX_PROP}: k}}) RETURN n.{KEY_PROP}, n.{VALUE_PROP}",
             self.inner.label
         ));
         let rows = self.inner.read(&mut self.inner.shared(), &q, "get_many").await?;
         key_value_rows(rows, "get_many")?
             .into_iter()
-            .map(|(k, v)| Ok((k, decode(&v, "get_many")?)))
+            .map(|(k, v)| Ok((k, decode(&self.codec, &v, "get_many")?)))
             .collect()
     }
 
     async fn batch(&self, operations: Vec<Operation<T>>) -> Result<BatchResult> {
-        let ops = Self::encode_ops(&operations).map_err(|e| e.with_operation("batch"))?;
+        let ops = Self::encode_ops(&self.codec, &operations).map_err(|e| e.with_operation("batch"))?;
+        if self.hub.has_before_hooks() {
+            for (i, op) in operations.iter().enumerate() {
+                let event = match op {
+                    Operation::Set { key, value } => BeforeEvent::Set { key, value },
+                    Operation::Delete { key } => BeforeEvent::Delete { key },
+                    Operation::Clear => BeforeEvent::Clear,
+                };
+                self.before(&event).map_err(|e| e.with_context("index", i))?;
+            }
+        }
         Ok(self.apply(&ops).await?.result)
     }
 }
@@ -1036,11 +1129,20 @@ mod tests {
 
     #[test]
     fn stored_values_never_hold_nul() -> Result<()> {
-        let enc = encode(&"a\0b".to_owned())?;
-        assert!(!enc.stored.contains('\0'));
-        assert_eq!(decode::<String>(&enc.stored, "get")?, "a\0b");
-        assert_eq!(decode::<u64>(&encode(&u64::MAX)?.stored, "get")?, u64::MAX);
-        assert_eq!(decode::<i64>(&encode(&i64::MIN)?.stored, "get")?, i64::MIN);
+        use storage_core::codec::{Compression, Format, SerializationConfig};
+        for config in [
+            SerializationConfig::default(),
+            SerializationConfig::new(Format::Postcard, Compression::None),
+            SerializationConfig::new(Format::Json, Compression::Gzip),
+        ] {
+            let codec = Codec::<(String, u64, i64)>::new(&config)?;
+            let value = ("a\0b".to_owned(), u64::MAX, i64::MIN);
+            let enc = encode(&codec, &value)?;
+            assert!(!enc.stored.contains('\0'));
+            assert_eq!(decode(&codec, &enc.stored, "get")?, value);
+        }
+        let json = encode(&Codec::<String>::default(), &"hi".to_owned())?;
+        assert!(json.stored.ends_with("|\"hi\""), "{}", json.stored);
         Ok(())
     }
 

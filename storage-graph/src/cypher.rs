@@ -34,6 +34,12 @@ use crate::error::BACKEND;
 
 /// Node property holding the entry's key.
 pub(crate) const KEY_PROP: &str = "key";
+/// Node property holding the key in lowercase hex, the one the key index covers.
+///
+/// FalkorDB's range index does not match strings exactly: it trims leading and
+/// trailing whitespace (a lookup of `"a"` also returns `" a"`, one of `" a"` returns
+/// nothing, and `"   "` cannot be found at all). Hex digits have nothing to trim.
+pub(crate) const KEY_INDEX_PROP: &str = "kh";
 /// Node property holding the encoded value.
 pub(crate) const VALUE_PROP: &str = "v";
 /// Node property listing the paths of values that are present but not promoted.
@@ -93,6 +99,17 @@ impl Cypher {
     }
 }
 
+/// The key as lowercase hex of its UTF-8 bytes (see [`KEY_INDEX_PROP`]).
+pub(crate) fn key_hex(key: &str) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(key.len() * 2);
+    for b in key.bytes() {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+    out
+}
+
 /// Quotes a label, relationship type or property name in backticks.
 ///
 /// FalkorDB reads everything inside backticks literally but rejects the doubled-backtick
@@ -123,7 +140,9 @@ pub(crate) fn promote(doc: &Document) -> Promoted {
     match doc {
         Value::Object(map) => {
             for (k, v) in map {
-                walk(k, v, &mut out);
+                if nameable(k) {
+                    walk(k, v, &mut out);
+                }
             }
         }
         // Paths address the fields of objects; an array at the root is indexed by
@@ -134,16 +153,21 @@ pub(crate) fn promote(doc: &Document) -> Promoted {
     out
 }
 
+/// Whether an object key can be part of a promoted property name. A key with a dot or
+/// NUL, or an empty key, can never be named by a field path (paths split on dots and
+/// reject NUL and empty segments); a backtick cannot appear in a FalkorDB name at all,
+/// so a path through it is evaluated in process and its value needs no property.
+fn nameable(k: &str) -> bool {
+    !(k.is_empty() || k.contains(['.', '\0', '`']))
+}
+
 fn walk(path: &str, value: &Value, out: &mut Promoted) {
     match value {
         Value::Object(map) => {
             for (k, v) in map {
-                // A key with a dot or NUL, or an empty key, can never be named by a
-                // field path (paths split on dots and reject NUL and empty segments).
-                if k.is_empty() || k.contains('.') || k.contains('\0') {
-                    continue;
+                if nameable(k) {
+                    walk(&format!("{path}.{k}"), v, out);
                 }
-                walk(&format!("{path}.{k}"), v, out);
             }
         }
         Value::String(s) if !s.contains('\0') => {

@@ -127,7 +127,7 @@ fn from_python_package() -> Option<(PathBuf, PathBuf)> {
 /// ```no_run
 /// use storage_graph::{EmbeddedServer, GraphConfig};
 /// let server = EmbeddedServer::start()?;
-/// let config = GraphConfig::with_url(server.url());
+/// let config = GraphConfig { url: Some(server.url().to_owned()), ..GraphConfig::default() };
 /// # let _ = config;
 /// # Ok::<(), storage_core::StorageError>(())
 /// ```
@@ -198,7 +198,7 @@ impl EmbeddedServer {
                     "--unixsocketperm".into(),
                     "700".into(),
                 ]);
-                (format!("redis+unix://{}", path_arg(&socket)?), None, Some(socket))
+                (format!("unix://{}", path_arg(&socket)?), None, Some(socket))
             }
             Listen::Loopback => {
                 let port = free_port()?;

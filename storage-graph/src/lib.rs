@@ -7,7 +7,12 @@ mod config;
 mod cypher;
 mod embedded;
 mod error;
+mod observable;
+mod query;
+mod transaction;
+mod unique;
 
 pub use backend::GraphStorage;
-pub use config::{GraphConfig, Secret, TlsConfig};
+pub use config::{GraphConfig, STREAM_MAX_LEN, Secret, TlsConfig};
 pub use embedded::{EmbeddedServer, Listen, ServerBinaries};
+pub use transaction::GraphTransaction;

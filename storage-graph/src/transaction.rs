@@ -18,7 +18,7 @@
 //! programs with raw Cypher do not bump the version; `EXEC` still catches them at
 //! commit, but reads cannot.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
@@ -26,9 +26,11 @@ use std::time::Instant;
 use async_trait::async_trait;
 use futures::StreamExt;
 use redis::aio::MultiplexedConnection;
+use storage_core::events::BeforeEvent;
 use storage_core::{
     Capabilities, ErrorCode, IsolationLevel, Result, ResultStream, Storage, StorageError,
-    StorageValue, Transaction, TransactionOptions, TransactionState, validate_key,
+    StorageValue, Transaction, TransactionOptions, TransactionState, TransactionalStorage,
+    validate_key,
 };
 
 use crate::backend::{Applied, GraphStorage, Op, cell_str, decode, encode};
@@ -219,20 +221,7 @@ impl<T: StorageValue> GraphTransaction<T> {
         let inner = &self.store.inner;
         let ops = std::mem::take(&mut tx.ops);
         let mut conn = tx.conn.take().ok_or_else(|| aborted("transaction is no longer active"))?;
-        let existed = if ops.iter().any(|op| matches!(op, Op::Clear)) {
-            inner.all_keys(&mut conn).await?
-        } else {
-            let keys: BTreeSet<&str> = ops
-                .iter()
-                .filter_map(|op| match op {
-                    Op::Delete { key } => Some(key.as_str()),
-                    _ => None,
-                })
-                .collect();
-            let keys: Vec<&str> = keys.into_iter().collect();
-            inner.existing(&mut conn, &keys).await?
-        };
-        match inner.commit(&mut conn, &ops, Some(&existed)).await? {
+        match self.store.commit_watched(&mut conn, &ops).await? {
             Some(applied) => {
                 if applied.stream_id.is_none() {
                     let _ = redis::cmd("UNWATCH").query_async::<()>(&mut conn).await;
@@ -259,7 +248,7 @@ impl<T: StorageValue> Storage<T> for GraphTransaction<T> {
         let mut tx = self.inner.lock().await;
         self.check_active(&mut tx)?;
         match self.read_stored(&mut tx, key).await? {
-            Some(stored) => decode(&stored, "get").map(Some),
+            Some(stored) => decode(&self.store.codec, &stored, "get").map(Some),
             None => Ok(None),
         }
     }
@@ -269,7 +258,8 @@ impl<T: StorageValue> Storage<T> for GraphTransaction<T> {
         let mut tx = self.inner.lock().await;
         self.check_active(&mut tx)?;
         self.check_writable()?;
-        let value = encode(value)?;
+        self.store.before(&BeforeEvent::Set { key, value })?;
+        let value = encode(&self.store.codec, value)?;
         tx.ops.push(Op::Set {
             key: key.to_owned(),
             value,
@@ -282,6 +272,7 @@ impl<T: StorageValue> Storage<T> for GraphTransaction<T> {
         let mut tx = self.inner.lock().await;
         self.check_active(&mut tx)?;
         self.check_writable()?;
+        self.store.before(&BeforeEvent::Delete { key })?;
         let existed = self.read_stored(&mut tx, key).await?.is_some();
         tx.ops.push(Op::Delete { key: key.to_owned() });
         Ok(existed)
@@ -298,6 +289,7 @@ impl<T: StorageValue> Storage<T> for GraphTransaction<T> {
         let mut tx = self.inner.lock().await;
         self.check_active(&mut tx)?;
         self.check_writable()?;
+        self.store.before(&BeforeEvent::Clear)?;
         tx.ops.push(Op::Clear);
         Ok(())
     }
@@ -330,7 +322,7 @@ impl<T: StorageValue> Storage<T> for GraphTransaction<T> {
                 Ok(entries) => futures::stream::iter(
                     entries
                         .into_iter()
-                        .map(|(k, v)| decode(&v, "iterate").map(|v| (k, v))),
+                        .map(|(k, v)| decode(&self.store.codec, &v, "iterate").map(|v| (k, v))),
                 )
                 .boxed(),
                 Err(e) => futures::stream::iter([Err(e)]).boxed(),
@@ -407,5 +399,12 @@ impl<T: StorageValue> Transaction<T> for GraphTransaction<T> {
         tx.ops.truncate(position);
         tx.savepoints.truncate(index + 1);
         Ok(())
+    }
+}
+
+#[async_trait]
+impl<T: StorageValue> TransactionalStorage<T> for GraphStorage<T> {
+    async fn begin(&self, options: TransactionOptions) -> Result<Box<dyn Transaction<T>>> {
+        Ok(Box::new(GraphTransaction::begin(self, options).await?))
     }
 }

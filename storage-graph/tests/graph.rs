@@ -22,7 +22,11 @@ fn server() -> &'static EmbeddedServer {
 fn fresh_config() -> GraphConfig {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    GraphConfig::with_url(server().url()).database(format!("test_{}_{n}", std::process::id()))
+    GraphConfig {
+        url: Some(server().url().to_owned()),
+        database: format!("test_{}_{n}", std::process::id()),
+        ..GraphConfig::default()
+    }
 }
 
 async fn open<T: storage_core::StorageValue>() -> Result<GraphStorage<T>> {
@@ -128,8 +132,8 @@ async fn keys_iterate_in_byte_order_across_pages() -> Result<()> {
 #[tokio::test]
 async fn clear_only_touches_its_own_label() -> Result<()> {
     let config = fresh_config();
-    let users = GraphStorage::<u32>::open(config.clone().label("User")).await?;
-    let orders = GraphStorage::<u32>::open(config.label("Order")).await?;
+    let users = GraphStorage::<u32>::open(GraphConfig { label: "User".into(), ..config.clone() }).await?;
+    let orders = GraphStorage::<u32>::open(GraphConfig { label: "Order".into(), ..config }).await?;
     users.set("a", &1).await?;
     orders.set("a", &2).await?;
     users.clear().await?;
