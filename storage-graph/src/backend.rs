@@ -8,6 +8,7 @@
 //! read, so what they report and publish is exactly what they changed.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Write as _;
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -20,8 +21,9 @@ use serde::{Deserialize, Serialize};
 use storage_core::codec::{Codec, Header, to_document};
 use storage_core::events::BeforeEvent;
 use storage_core::{
-    BatchResult, BatchStorage, Capabilities, Document, EventHub, ErrorCode, IndexKind, IsolationLevel, Operation,
-    Result, ResultStream, Storage, StorageError, StorageValue, Tier, validate_key, validate_keys,
+    BatchResult, BatchStorage, Capabilities, Document, ErrorCode, EventHub, IndexKind,
+    IsolationLevel, Operation, Result, ResultStream, Storage, StorageError, StorageValue, Tier,
+    validate_key, validate_keys,
 };
 
 use crate::config::{GraphConfig, STREAM_MAX_LEN, redact_url};
@@ -83,7 +85,7 @@ pub(crate) struct Inner {
     pub(crate) index_key: String,
     pub(crate) indexes: crate::query::IndexRegistry,
     // Declared last: dropped after the connections above.
-    _server: Option<EmbeddedServer>,
+    server: Option<EmbeddedServer>,
 }
 
 /// A value encoded for the graph: the exact stored form plus the properties promoted for pushdown.
@@ -270,9 +272,14 @@ pub(crate) fn key_value_rows(
     operation: &'static str,
 ) -> Result<Vec<(String, String)>> {
     rows.into_iter()
-        .map(|row| match (row.first().and_then(cell_str), row.get(1).and_then(cell_str)) {
-            (Some(k), Some(v)) => Ok((k, v)),
-            _ => Err(corrupt(operation, "node without key or value")),
+        .map(|row| {
+            match (
+                row.first().and_then(cell_str),
+                row.get(1).and_then(cell_str),
+            ) {
+                (Some(k), Some(v)) => Ok((k, v)),
+                _ => Err(corrupt(operation, "node without key or value")),
+            }
         })
         .collect()
 }
@@ -280,18 +287,20 @@ pub(crate) fn key_value_rows(
 impl Inner {
     async fn connect(config: &GraphConfig) -> Result<Self> {
         config.validate().map_err(|e| e.with_backend(BACKEND))?;
-        let (url, server) = match &config.url {
-            Some(url) => (normalize_url(url, config.tls.is_some()), None),
-            None => {
-                let server = tokio::task::spawn_blocking(EmbeddedServer::start)
-                    .await
-                    .map_err(|e| {
-                        StorageError::new(ErrorCode::ConnectionFailed, "embedded server start panicked")
-                            .with_backend(BACKEND)
-                            .with_source(e)
-                    })??;
-                (server.url().to_owned(), Some(server))
-            }
+        let (url, server) = if let Some(url) = &config.url {
+            (normalize_url(url, config.tls.is_some()), None)
+        } else {
+            let server = tokio::task::spawn_blocking(EmbeddedServer::start)
+                .await
+                .map_err(|e| {
+                    StorageError::new(
+                        ErrorCode::ConnectionFailed,
+                        "embedded server start panicked",
+                    )
+                    .with_backend(BACKEND)
+                    .with_source(e)
+                })??;
+            (server.url().to_owned(), Some(server))
         };
         let mut info = url.as_str().into_connection_info().map_err(|e| {
             StorageError::new(ErrorCode::InvalidConfig, format!("bad url: {e}"))
@@ -332,7 +341,7 @@ impl Inner {
             stream_max_len: STREAM_MAX_LEN,
             index_key: format!("{}::{}::indexes", config.database, config.label),
             indexes: crate::query::IndexRegistry::default(),
-            _server: server,
+            server,
         };
         inner.ensure_schema().await?;
         Ok(inner)
@@ -346,16 +355,18 @@ impl Inner {
     /// whitespace is created under a unique constraint, and `"   "` is a valid key.
     async fn ensure_schema(&self) -> Result<()> {
         let mut conn = self.conn.clone();
-        let index = format!("CREATE INDEX FOR (n:{}) ON (n.{KEY_INDEX_PROP})", self.label);
+        let index = format!(
+            "CREATE INDEX FOR (n:{}) ON (n.{KEY_INDEX_PROP})",
+            self.label
+        );
         if let Err(e) = redis::cmd("GRAPH.QUERY")
             .arg(&self.graph)
             .arg(&index)
             .query_async::<Value>(&mut conn)
             .await
+            && !e.to_string().contains("already indexed")
         {
-            if !e.to_string().contains("already indexed") {
-                return Err(redis_err("open")(e));
-            }
+            return Err(redis_err("open")(e));
         }
         Ok(())
     }
@@ -409,7 +420,11 @@ impl Inner {
     }
 
     /// Runs a write query outside `MULTI` (schema changes, graph extension writes).
-    pub(crate) async fn write_query(&self, q: &Cypher, operation: &'static str) -> Result<Vec<Vec<Value>>> {
+    pub(crate) async fn write_query(
+        &self,
+        q: &Cypher,
+        operation: &'static str,
+    ) -> Result<Vec<Vec<Value>>> {
         let reply = redis::cmd("GRAPH.QUERY")
             .arg(&self.graph)
             .arg(q.text())
@@ -466,18 +481,27 @@ impl Inner {
             self.label
         ));
         let rows = self.read(conn, &q, "read").await?;
-        Ok(rows.iter().filter_map(|r| r.first().and_then(cell_str)).collect())
+        Ok(rows
+            .iter()
+            .filter_map(|r| r.first().and_then(cell_str))
+            .collect())
     }
 
     /// Every key of the label.
-    pub(crate) async fn all_keys(&self, conn: &mut MultiplexedConnection) -> Result<BTreeSet<String>> {
+    pub(crate) async fn all_keys(
+        &self,
+        conn: &mut MultiplexedConnection,
+    ) -> Result<BTreeSet<String>> {
         let q = {
             let mut q = Cypher::new();
             q.push(&format!("MATCH (n:{}) RETURN n.{KEY_PROP}", self.label));
             q
         };
         let rows = self.read(conn, &q, "read").await?;
-        Ok(rows.iter().filter_map(|r| r.first().and_then(cell_str)).collect())
+        Ok(rows
+            .iter()
+            .filter_map(|r| r.first().and_then(cell_str))
+            .collect())
     }
 
     /// Up to `limit` entries with keys after `after`, in byte order of the key.
@@ -537,6 +561,7 @@ impl Inner {
     /// touches, whether it existed before (read under the caller's `WATCH`), or be
     /// `None` when `ops` holds only sets. Returns `None` when `EXEC` was aborted by a
     /// concurrent write.
+    #[allow(clippy::too_many_lines)] // one commit's bookkeeping reads best in one place
     pub(crate) async fn commit(
         &self,
         conn: &mut MultiplexedConnection,
@@ -678,15 +703,17 @@ impl Inner {
         if clear {
             let keep: Vec<&str> = sets.keys().copied().collect();
             let keep = q.param(&keep)?;
-            body.push_str(&format!(
+            let _ = write!(
+                body,
                 "OPTIONAL MATCH (d:{label}) WHERE NOT d.{KEY_PROP} IN {keep} DETACH DELETE d WITH count(*) AS _c "
-            ));
+            );
         } else if !deletes.is_empty() {
             let del: Vec<String> = deletes.iter().map(|k| key_hex(k)).collect();
             let del = q.param(&del)?;
-            body.push_str(&format!(
+            let _ = write!(
+                body,
                 "UNWIND {del} AS k OPTIONAL MATCH (d:{label} {{{KEY_INDEX_PROP}: k}}) DETACH DELETE d WITH count(*) AS _c "
-            ));
+            );
         }
         if !sets.is_empty() {
             let rows: Vec<FalkorValue> = sets
@@ -694,9 +721,10 @@ impl Inner {
                 .map(|(key, value)| node_props(key, value))
                 .collect();
             let rows = q.param(&rows)?;
-            body.push_str(&format!(
+            let _ = write!(
+                body,
                 "UNWIND {rows} AS r MERGE (n:{label} {{{KEY_INDEX_PROP}: r.{KEY_INDEX_PROP}}}) SET n = r"
-            ));
+            );
         } else if body.is_empty() {
             body.push_str("RETURN 0");
         } else {
@@ -712,7 +740,10 @@ fn node_props(key: &str, value: &Encoded) -> FalkorValue {
     let mut map: HashMap<String, FalkorValue> = value.promoted.props.clone();
     map.insert(KEY_PROP.to_owned(), FalkorValue::String(key.to_owned()));
     map.insert(KEY_INDEX_PROP.to_owned(), FalkorValue::String(key_hex(key)));
-    map.insert(VALUE_PROP.to_owned(), FalkorValue::String(value.stored.clone()));
+    map.insert(
+        VALUE_PROP.to_owned(),
+        FalkorValue::String(value.stored.clone()),
+    );
     if !value.promoted.opaque.is_empty() {
         map.insert(
             OPAQUE_PROP.to_owned(),
@@ -829,7 +860,7 @@ impl<T: StorageValue> GraphStorage<T> {
     }
 
     /// The label of this handle's nodes.
-    pub fn label(&self) -> &str {
+    pub fn label_name(&self) -> &str {
         &self.inner.label_name
     }
 
@@ -997,7 +1028,7 @@ impl<T: StorageValue> Storage<T> for GraphStorage<T> {
             .with_unique_indexes(true)
             .with_savepoints(true)
             .with_cross_process_watch(true)
-            .with_persistent(self.inner._server.is_none())
+            .with_persistent(self.inner.server.is_none())
     }
 
     async fn get(&self, key: &str) -> Result<Option<T>> {
@@ -1026,13 +1057,21 @@ impl<T: StorageValue> Storage<T> for GraphStorage<T> {
     async fn delete(&self, key: &str) -> Result<bool> {
         validate_key(key).map_err(|e| e.with_operation("delete").with_backend(BACKEND))?;
         self.before(&BeforeEvent::Delete { key })?;
-        let applied = self.apply(&[Op::Delete { key: key.to_owned() }]).await?;
+        let applied = self
+            .apply(&[Op::Delete {
+                key: key.to_owned(),
+            }])
+            .await?;
         Ok(applied.result.deleted > 0)
     }
 
     async fn has(&self, key: &str) -> Result<bool> {
         validate_key(key).map_err(|e| e.with_operation("has").with_backend(BACKEND))?;
-        Ok(!self.inner.existing(&mut self.inner.shared(), &[key]).await?.is_empty())
+        Ok(!self
+            .inner
+            .existing(&mut self.inner.shared(), &[key])
+            .await?
+            .is_empty())
     }
 
     async fn clear(&self) -> Result<()> {
@@ -1044,7 +1083,10 @@ impl<T: StorageValue> Storage<T> for GraphStorage<T> {
     async fn size(&self) -> Result<u64> {
         let mut q = Cypher::new();
         q.push(&format!("MATCH (n:{}) RETURN count(n)", self.inner.label));
-        let rows = self.inner.read(&mut self.inner.shared(), &q, "size").await?;
+        let rows = self
+            .inner
+            .read(&mut self.inner.shared(), &q, "size")
+            .await?;
         let n = rows
             .first()
             .and_then(|r| r.first())
@@ -1090,7 +1132,10 @@ impl<T: StorageValue> BatchStorage<T> for GraphStorage<T> {
             "UNWIND {ks} AS k MATCH (n:{} {{{KEY_INDEX_PROP}: k}}) RETURN n.{KEY_PROP}, n.{VALUE_PROP}",
             self.inner.label
         ));
-        let rows = self.inner.read(&mut self.inner.shared(), &q, "get_many").await?;
+        let rows = self
+            .inner
+            .read(&mut self.inner.shared(), &q, "get_many")
+            .await?;
         key_value_rows(rows, "get_many")?
             .into_iter()
             .map(|(k, v)| Ok((k, decode(&self.codec, &v, "get_many")?)))
@@ -1098,7 +1143,8 @@ impl<T: StorageValue> BatchStorage<T> for GraphStorage<T> {
     }
 
     async fn batch(&self, operations: Vec<Operation<T>>) -> Result<BatchResult> {
-        let ops = Self::encode_ops(&self.codec, &operations).map_err(|e| e.with_operation("batch"))?;
+        let ops =
+            Self::encode_ops(&self.codec, &operations).map_err(|e| e.with_operation("batch"))?;
         if self.hub.has_before_hooks() {
             for (i, op) in operations.iter().enumerate() {
                 let event = match op {
@@ -1106,7 +1152,8 @@ impl<T: StorageValue> BatchStorage<T> for GraphStorage<T> {
                     Operation::Delete { key } => BeforeEvent::Delete { key },
                     Operation::Clear => BeforeEvent::Clear,
                 };
-                self.before(&event).map_err(|e| e.with_context("index", i))?;
+                self.before(&event)
+                    .map_err(|e| e.with_context("index", i))?;
             }
         }
         Ok(self.apply(&ops).await?.result)

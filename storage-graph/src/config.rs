@@ -22,7 +22,9 @@ pub(crate) fn redact_url(url: &str) -> String {
         return url.to_owned();
     };
     let start = scheme_end + 3;
-    let end = url[start..].find(['/', '?', '#']).map_or(url.len(), |i| start + i);
+    let end = url[start..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| start + i);
     match url[start..end].rfind('@') {
         Some(at) => format!("{}***@{}", &url[..start], &url[start + at + 1..]),
         None => url.to_owned(),

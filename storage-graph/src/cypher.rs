@@ -242,7 +242,12 @@ pub(crate) fn pre_filter(filter: &Filter, q: &mut Cypher) -> Result<PreFilter> {
 
 /// `positive`: the result must keep every match (a superset); otherwise it must keep
 /// only matches (a subset), which is what an enclosing `not` needs.
-fn translate(filter: &Filter, positive: bool, q: &mut Cypher, out: &mut PreFilter) -> Result<String> {
+fn translate(
+    filter: &Filter,
+    positive: bool,
+    q: &mut Cypher,
+    out: &mut PreFilter,
+) -> Result<String> {
     let fallback = if positive { "true" } else { "false" };
     match filter {
         Filter::And(parts) | Filter::Or(parts) => {
@@ -264,16 +269,13 @@ fn translate(filter: &Filter, positive: bool, q: &mut Cypher, out: &mut PreFilte
             Ok(fallback.to_owned())
         }
         Filter::Condition { field, op, value } => {
-            match condition(field, *op, value, positive, q)? {
-                Some(expr) => {
-                    out.pushed.push(format!("{field} {op:?}"));
-                    Ok(expr)
-                }
-                None => {
-                    out.complete = false;
-                    out.in_process.push(format!("{field} {op:?}"));
-                    Ok(fallback.to_owned())
-                }
+            if let Some(expr) = condition(field, *op, value, positive, q)? {
+                out.pushed.push(format!("{field} {op:?}"));
+                Ok(expr)
+            } else {
+                out.complete = false;
+                out.in_process.push(format!("{field} {op:?}"));
+                Ok(fallback.to_owned())
             }
         }
     }
@@ -301,7 +303,11 @@ fn condition(
             };
             let p = q.param(&v)?;
             let eq = format!("coalesce({n} = {p}, false)");
-            if op == Operator::Eq { eq } else { format!("(NOT {eq})") }
+            if op == Operator::Eq {
+                eq
+            } else {
+                format!("(NOT {eq})")
+            }
         }
         Operator::Gt | Operator::Gte | Operator::Lt | Operator::Lte => {
             let Some(v) = exact_scalar(value) else {
@@ -327,7 +333,11 @@ fn condition(
             };
             let p = q.param(&FalkorValue::Array(list))?;
             let within = format!("coalesce({n} IN {p}, false)");
-            if op == Operator::In { within } else { format!("(NOT {within})") }
+            if op == Operator::In {
+                within
+            } else {
+                format!("(NOT {within})")
+            }
         }
         Operator::Exists | Operator::Regex | Operator::Text | Operator::WithinBox => {
             return Ok(None);

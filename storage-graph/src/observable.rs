@@ -13,13 +13,15 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use redis::Value;
-use storage_core::events::{AfterEvent, AfterHook, BeforeEvent, BeforeHook, HookId, Subscription, WatchPattern};
+use storage_core::events::{
+    AfterEvent, AfterHook, BeforeEvent, BeforeHook, HookId, Subscription, WatchPattern,
+};
 use storage_core::{
     Change, ChangeBatch, ChangeKind, ErrorCode, EventHub, ObservableStorage, Result, StorageError,
     StorageValue,
 };
 
-use crate::backend::{Applied, AfterItem, GraphStorage, StreamChange, cell_str, decode};
+use crate::backend::{AfterItem, Applied, GraphStorage, StreamChange, cell_str, decode};
 use crate::error::{BACKEND, redis_err};
 
 /// How long one `XREAD` blocks before the reader checks whether anyone still listens.
@@ -36,7 +38,11 @@ fn sequence_of(id: &str) -> u64 {
 }
 
 fn timestamp_of(id: &str) -> SystemTime {
-    let ms: u64 = id.split('-').next().and_then(|m| m.parse().ok()).unwrap_or(0);
+    let ms: u64 = id
+        .split('-')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
     SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
 }
 
@@ -69,7 +75,10 @@ impl<T: StorageValue> GraphStorage<T> {
                     }
                 }
                 AfterItem::Delete { key, existed } => {
-                    self.hub.after(&AfterEvent::Delete { key, existed: *existed });
+                    self.hub.after(&AfterEvent::Delete {
+                        key,
+                        existed: *existed,
+                    });
                 }
                 AfterItem::Clear { removed } => {
                     self.hub.after(&AfterEvent::Clear { removed: *removed });
@@ -199,7 +208,11 @@ impl<T: StorageValue> GraphStorage<T> {
                 let changes = changes
                     .into_iter()
                     .map(|c| Change {
-                        kind: if c.k == "s" { ChangeKind::Set } else { ChangeKind::Delete },
+                        kind: if c.k == "s" {
+                            ChangeKind::Set
+                        } else {
+                            ChangeKind::Delete
+                        },
                         new_value: c
                             .v
                             .as_deref()
@@ -226,15 +239,25 @@ impl<T: StorageValue> GraphStorage<T> {
 fn stream_entries(streams: Vec<Value>) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for stream in streams {
-        let Value::Array(mut parts) = stream else { continue };
+        let Value::Array(mut parts) = stream else {
+            continue;
+        };
         if parts.len() < 2 {
             continue;
         }
-        let Value::Array(entries) = parts.swap_remove(1) else { continue };
+        let Value::Array(entries) = parts.swap_remove(1) else {
+            continue;
+        };
         for entry in entries {
-            let Value::Array(fields) = entry else { continue };
-            let Some(id) = fields.first().and_then(cell_str) else { continue };
-            let Some(Value::Array(kv)) = fields.get(1) else { continue };
+            let Value::Array(fields) = entry else {
+                continue;
+            };
+            let Some(id) = fields.first().and_then(cell_str) else {
+                continue;
+            };
+            let Some(Value::Array(kv)) = fields.get(1) else {
+                continue;
+            };
             let payload = kv
                 .chunks(2)
                 .find(|pair| pair.first().and_then(cell_str).as_deref() == Some("c"))

@@ -40,7 +40,10 @@ impl IndexRegistry {
     }
 
     pub(crate) fn replace(&self, definitions: Vec<IndexDefinition>) {
-        *self.definitions.lock().unwrap_or_else(PoisonError::into_inner) = definitions;
+        *self
+            .definitions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = definitions;
     }
 
     pub(crate) fn unique(&self) -> Vec<IndexDefinition> {
@@ -136,7 +139,9 @@ fn index_operand(value: &Json) -> Option<FalkorValue> {
     match value {
         // FalkorDB's range index trims whitespace when matching strings (a lookup of
         // " a" finds nothing), so only strings without whitespace go through it.
-        Json::String(s) if !s.is_empty() && !s.contains(|c: char| c == '\0' || c.is_whitespace()) => {
+        Json::String(s)
+            if !s.is_empty() && !s.contains(|c: char| c == '\0' || c.is_whitespace()) =>
+        {
             Some(FalkorValue::String(s.clone()))
         }
         Json::Bool(b) => Some(FalkorValue::Bool(*b)),
@@ -158,8 +163,16 @@ impl<T: StorageValue> GraphStorage<T> {
         let pre = match filter {
             Some(filter) => {
                 let pre = pre_filter(filter, &mut q)?;
-                pushed.extend(pre.pushed.iter().map(|c| format!("pre-filter {c} (cypher)")));
-                in_process.extend(pre.in_process.iter().map(|c| format!("{c} (evaluator only)")));
+                pushed.extend(
+                    pre.pushed
+                        .iter()
+                        .map(|c| format!("pre-filter {c} (cypher)")),
+                );
+                in_process.extend(
+                    pre.in_process
+                        .iter()
+                        .map(|c| format!("{c} (evaluator only)")),
+                );
                 Some(pre.expr)
             }
             None => None,
@@ -167,7 +180,10 @@ impl<T: StorageValue> GraphStorage<T> {
         let definitions = self.inner.indexes.list();
         let chosen = choose(&definitions, filter);
         let returns = format!("RETURN n.{KEY_PROP} AS k, n.{VALUE_PROP} AS v");
-        let where_pre = pre.as_ref().map(|e| format!("WHERE {e} ")).unwrap_or_default();
+        let where_pre = pre
+            .as_ref()
+            .map(|e| format!("WHERE {e} "))
+            .unwrap_or_default();
         let mut body = format!("MATCH (n:{label}) {where_pre}{returns}");
         if let Some(chosen) = &chosen {
             index = Some(chosen.name.clone());
@@ -185,7 +201,10 @@ impl<T: StorageValue> GraphStorage<T> {
                     "MATCH (n:{label}) WHERE n.{prop} = {p} {returns} UNION \
                      MATCH (n:{label}) WHERE n.{OPAQUE_PROP} IS NOT NULL AND {rest} {returns}"
                 );
-                pushed.push(format!("index {} lookup {} eq (cypher)", chosen.name, chosen.field));
+                pushed.push(format!(
+                    "index {} lookup {} eq (cypher)",
+                    chosen.name, chosen.field
+                ));
             } else {
                 in_process.push(format!(
                     "index {} answers {} {:?} by a scan: FalkorDB's index order is not the evaluator's",
@@ -193,7 +212,9 @@ impl<T: StorageValue> GraphStorage<T> {
                 ));
             }
         }
-        in_process.push("exact where re-check, order_by, offset, limit, select, scores (evaluator)".into());
+        in_process.push(
+            "exact where re-check, order_by, offset, limit, select, scores (evaluator)".into(),
+        );
         q.push(&body);
         Ok(Plan {
             cypher: q,
@@ -204,7 +225,10 @@ impl<T: StorageValue> GraphStorage<T> {
     }
 
     /// The entries that may match `filter`, decoded, in key byte order.
-    async fn candidates(&self, filter: Option<&Filter>) -> Result<(Vec<(String, T, Document)>, Option<String>)> {
+    async fn candidates(
+        &self,
+        filter: Option<&Filter>,
+    ) -> Result<(Vec<(String, T, Document)>, Option<String>)> {
         let plan = self.plan(filter)?;
         let rows = self
             .inner
@@ -232,8 +256,7 @@ impl<T: StorageValue> GraphStorage<T> {
                 .any(|(_, _, d)| compiled.filter().is_none_or(|f| f.matches(d)));
             self.inner.indexes.record(&index, hit);
         }
-        let mut values: HashMap<String, T> =
-            entries.into_iter().map(|(k, v, _)| (k, v)).collect();
+        let mut values: HashMap<String, T> = entries.into_iter().map(|(k, v, _)| (k, v)).collect();
         Ok(matches
             .into_iter()
             .filter_map(|m| {
@@ -322,14 +345,20 @@ impl<T: StorageValue> IndexedStorage<T> for GraphStorage<T> {
     async fn create_index(&self, definition: IndexDefinition) -> Result<()> {
         let err = |e: StorageError| e.with_operation("create_index").with_backend(BACKEND);
         let [field] = definition.fields.as_slice() else {
-            return Err(err(StorageError::unsupported("indexes cover exactly one field")));
+            return Err(err(StorageError::unsupported(
+                "indexes cover exactly one field",
+            )));
         };
         let path = FieldPath::parse(&field.path).map_err(err)?;
         if field.kind == IndexKind::Spatial {
-            return Err(err(StorageError::unsupported("falkordb spatial indexes need point values; spatial is not supported")));
+            return Err(err(StorageError::unsupported(
+                "falkordb spatial indexes need point values; spatial is not supported",
+            )));
         }
         if field.kind == IndexKind::Fulltext && definition.unique {
-            return Err(err(StorageError::unsupported("a fulltext index cannot be unique")));
+            return Err(err(StorageError::unsupported(
+                "a fulltext index cannot be unique",
+            )));
         }
         let Some(prop) = quote_name(&promoted_name(path.as_str())) else {
             return Err(err(StorageError::unsupported(
@@ -337,7 +366,13 @@ impl<T: StorageValue> IndexedStorage<T> for GraphStorage<T> {
             )));
         };
         self.load_indexes().await?;
-        if let Some(existing) = self.inner.indexes.list().into_iter().find(|d| d.name == definition.name) {
+        if let Some(existing) = self
+            .inner
+            .indexes
+            .list()
+            .into_iter()
+            .find(|d| d.name == definition.name)
+        {
             if existing == definition {
                 return Ok(());
             }
@@ -362,18 +397,21 @@ impl<T: StorageValue> IndexedStorage<T> for GraphStorage<T> {
         let label = &self.inner.label;
         match field.kind {
             IndexKind::Btree | IndexKind::Hash => {
-                self.schema_query(&format!("CREATE INDEX FOR (n:{label}) ON (n.{prop})"), "create_index")
-                    .await?;
+                self.schema_query(
+                    &format!("CREATE INDEX FOR (n:{label}) ON (n.{prop})"),
+                    "create_index",
+                )
+                .await?;
             }
             IndexKind::Fulltext => {
                 let mut q = Cypher::new();
                 let l = q.param(self.inner.label_name.as_str())?;
                 let p = q.param(promoted_name(path.as_str()).as_str())?;
                 q.push(&format!("CALL db.idx.fulltext.createNodeIndex({l}, {p})"));
-                if let Err(e) = self.inner.write_query(&q, "create_index").await {
-                    if !e.message().contains("already indexed") {
-                        return Err(e);
-                    }
+                if let Err(e) = self.inner.write_query(&q, "create_index").await
+                    && !e.message().contains("already indexed")
+                {
+                    return Err(e);
                 }
             }
             IndexKind::Spatial => {}
@@ -401,7 +439,13 @@ impl<T: StorageValue> IndexedStorage<T> for GraphStorage<T> {
 
     async fn drop_index(&self, name: &str) -> Result<bool> {
         self.load_indexes().await?;
-        let Some(def) = self.inner.indexes.list().into_iter().find(|d| d.name == name) else {
+        let Some(def) = self
+            .inner
+            .indexes
+            .list()
+            .into_iter()
+            .find(|d| d.name == name)
+        else {
             return Ok(false);
         };
         let removed: i64 = redis::cmd("HDEL")
@@ -414,12 +458,13 @@ impl<T: StorageValue> IndexedStorage<T> for GraphStorage<T> {
         // The FalkorDB index goes only when no other definition still needs the property.
         if let Some(field) = def.fields.first() {
             let still_used = self.inner.indexes.list().iter().any(|d| {
-                d.fields
-                    .first()
-                    .is_some_and(|f| f.path == field.path && (f.kind == IndexKind::Fulltext) == (field.kind == IndexKind::Fulltext))
+                d.fields.first().is_some_and(|f| {
+                    f.path == field.path
+                        && (f.kind == IndexKind::Fulltext) == (field.kind == IndexKind::Fulltext)
+                })
             });
-            if !still_used {
-                if let Some(prop) = quote_name(&promoted_name(&field.path)) {
+            if !still_used && let Some(prop) = quote_name(&promoted_name(&field.path)) {
+                {
                     let label = &self.inner.label;
                     let text = if field.kind == IndexKind::Fulltext {
                         format!("DROP FULLTEXT INDEX FOR (n:{label}) ON (n.{prop})")
@@ -451,7 +496,10 @@ impl<T: StorageValue> IndexedStorage<T> for GraphStorage<T> {
                     "MATCH (n:{}) WHERE n.{prop} IS NOT NULL RETURN count(n)",
                     self.inner.label
                 ));
-                let rows = self.inner.read(&mut self.inner.shared(), &q, "list_indexes").await?;
+                let rows = self
+                    .inner
+                    .read(&mut self.inner.shared(), &q, "list_indexes")
+                    .await?;
                 entries = rows
                     .first()
                     .and_then(|r| r.first())
@@ -460,15 +508,19 @@ impl<T: StorageValue> IndexedStorage<T> for GraphStorage<T> {
                     .unwrap_or(0);
             }
             let (hits, misses) = self.inner.indexes.counters(&definition.name);
-            let kind = definition.fields.first().map_or(IndexKind::Btree, |f| f.kind);
+            let kind = definition
+                .fields
+                .first()
+                .map_or(IndexKind::Btree, |f| f.kind);
             out.push(IndexInfo {
-                backend_kind: Some(
-                    if definition.unique {
-                        format!("{} + unique check under WATCH", Self::backend_index_kind(kind))
-                    } else {
-                        Self::backend_index_kind(kind).to_owned()
-                    },
-                ),
+                backend_kind: Some(if definition.unique {
+                    format!(
+                        "{} + unique check under WATCH",
+                        Self::backend_index_kind(kind)
+                    )
+                } else {
+                    Self::backend_index_kind(kind).to_owned()
+                }),
                 definition,
                 stats: IndexStats {
                     size_bytes: None,
@@ -520,8 +572,16 @@ mod tests {
             IndexDefinition::new("by_name", "name", IndexKind::Hash),
         ];
         let filter = Filter::And(vec![
-            Filter::Condition { field: "name".into(), op: Operator::Gt, value: json!("a") },
-            Filter::Condition { field: "age".into(), op: Operator::Gte, value: json!(3) },
+            Filter::Condition {
+                field: "name".into(),
+                op: Operator::Gt,
+                value: json!("a"),
+            },
+            Filter::Condition {
+                field: "age".into(),
+                op: Operator::Gte,
+                value: json!(3),
+            },
         ]);
         let chosen = choose(&defs, Some(&filter)).map(|c| c.name);
         assert_eq!(chosen.as_deref(), Some("by_age"));

@@ -66,7 +66,9 @@ enum Buffered {
 fn buffered(ops: &[Op], key: &str) -> Buffered {
     for op in ops.iter().rev() {
         match op {
-            Op::Set { key: k, value } if k == key => return Buffered::Present(value.stored.clone()),
+            Op::Set { key: k, value } if k == key => {
+                return Buffered::Present(value.stored.clone());
+            }
             Op::Delete { key: k } if k == key => return Buffered::Missing,
             Op::Clear => return Buffered::Missing,
             _ => {}
@@ -88,7 +90,10 @@ fn conflict() -> StorageError {
 }
 
 impl<T: StorageValue> GraphTransaction<T> {
-    pub(crate) async fn begin(store: &GraphStorage<T>, options: TransactionOptions) -> Result<Self> {
+    pub(crate) async fn begin(
+        store: &GraphStorage<T>,
+        options: TransactionOptions,
+    ) -> Result<Self> {
         let inner = &store.inner;
         let mut conn = inner.dedicated().await?;
         redis::cmd("WATCH")
@@ -100,7 +105,11 @@ impl<T: StorageValue> GraphTransaction<T> {
         let version = inner.version(&mut conn).await?;
         Ok(Self {
             store: store.clone(),
-            id: format!("graph-tx-{}-{}", std::process::id(), NEXT_ID.fetch_add(1, Ordering::Relaxed)),
+            id: format!(
+                "graph-tx-{}-{}",
+                std::process::id(),
+                NEXT_ID.fetch_add(1, Ordering::Relaxed)
+            ),
             options,
             started: Instant::now(),
             status: Mutex::new(TransactionState::Active),
@@ -122,7 +131,11 @@ impl<T: StorageValue> GraphTransaction<T> {
         if self.state() != TransactionState::Active {
             return Err(aborted("transaction is no longer active"));
         }
-        if self.options.timeout.is_some_and(|t| self.started.elapsed() > t) {
+        if self
+            .options
+            .timeout
+            .is_some_and(|t| self.started.elapsed() > t)
+        {
             self.abort(tx);
             return Err(aborted("transaction timed out"));
         }
@@ -146,7 +159,10 @@ impl<T: StorageValue> GraphTransaction<T> {
 
     /// Fails with `VersionConflict` (and aborts) when a write committed since `begin`.
     async fn validate(&self, tx: &mut TxInner) -> Result<()> {
-        let conn = tx.conn.as_mut().ok_or_else(|| aborted("transaction is no longer active"))?;
+        let conn = tx
+            .conn
+            .as_mut()
+            .ok_or_else(|| aborted("transaction is no longer active"))?;
         let now = self.store.inner.version(conn).await?;
         if now != tx.version {
             self.abort(tx);
@@ -162,7 +178,10 @@ impl<T: StorageValue> GraphTransaction<T> {
             Buffered::Missing => return Ok(None),
             Buffered::Unknown => {}
         }
-        let conn = tx.conn.as_mut().ok_or_else(|| aborted("transaction is no longer active"))?;
+        let conn = tx
+            .conn
+            .as_mut()
+            .ok_or_else(|| aborted("transaction is no longer active"))?;
         let stored = self.store.inner.get_stored(conn, key).await?;
         self.validate(tx).await?;
         Ok(stored)
@@ -175,12 +194,18 @@ impl<T: StorageValue> GraphTransaction<T> {
             "MATCH (n:{}) RETURN n.{KEY_PROP}, n.{VALUE_PROP}",
             self.store.inner.label
         ));
-        let conn = tx.conn.as_mut().ok_or_else(|| aborted("transaction is no longer active"))?;
+        let conn = tx
+            .conn
+            .as_mut()
+            .ok_or_else(|| aborted("transaction is no longer active"))?;
         let rows = self.store.inner.read(conn, &q, "read").await?;
         self.validate(tx).await?;
         let mut view = BTreeMap::new();
         for row in rows {
-            match (row.first().and_then(cell_str), row.get(1).and_then(cell_str)) {
+            match (
+                row.first().and_then(cell_str),
+                row.get(1).and_then(cell_str),
+            ) {
                 (Some(k), Some(v)) => {
                     view.insert(k, v);
                 }
@@ -220,20 +245,20 @@ impl<T: StorageValue> GraphTransaction<T> {
         }
         let inner = &self.store.inner;
         let ops = std::mem::take(&mut tx.ops);
-        let mut conn = tx.conn.take().ok_or_else(|| aborted("transaction is no longer active"))?;
-        match self.store.commit_watched(&mut conn, &ops).await? {
-            Some(applied) => {
-                if applied.stream_id.is_none() {
-                    let _ = redis::cmd("UNWATCH").query_async::<()>(&mut conn).await;
-                }
-                inner.give_back(conn);
-                Ok(Some(applied))
-            }
-            None => {
-                inner.give_back(conn);
-                Err(conflict())
-            }
+        let mut conn = tx
+            .conn
+            .take()
+            .ok_or_else(|| aborted("transaction is no longer active"))?;
+        let Some(applied) = self.store.commit_watched(&mut conn, &ops).await? else {
+            // EXEC was aborted, which also ended the WATCH: the connection is clean.
+            inner.give_back(conn);
+            return Err(conflict());
+        };
+        if applied.stream_id.is_none() {
+            let _ = redis::cmd("UNWATCH").query_async::<()>(&mut conn).await;
         }
+        inner.give_back(conn);
+        Ok(Some(applied))
     }
 }
 
@@ -274,7 +299,9 @@ impl<T: StorageValue> Storage<T> for GraphTransaction<T> {
         self.check_writable()?;
         self.store.before(&BeforeEvent::Delete { key })?;
         let existed = self.read_stored(&mut tx, key).await?.is_some();
-        tx.ops.push(Op::Delete { key: key.to_owned() });
+        tx.ops.push(Op::Delete {
+            key: key.to_owned(),
+        });
         Ok(existed)
     }
 
@@ -304,7 +331,9 @@ impl<T: StorageValue> Storage<T> for GraphTransaction<T> {
     fn keys(&self) -> ResultStream<'_, String> {
         futures::stream::once(async move { self.sorted_view().await })
             .map(|r| match r {
-                Ok(entries) => futures::stream::iter(entries.into_iter().map(|(k, _)| Ok(k))).boxed(),
+                Ok(entries) => {
+                    futures::stream::iter(entries.into_iter().map(|(k, _)| Ok(k))).boxed()
+                }
                 Err(e) => futures::stream::iter([Err(e)]).boxed(),
             })
             .flatten()
@@ -369,10 +398,13 @@ impl<T: StorageValue> Transaction<T> for GraphTransaction<T> {
         if self.state() != TransactionState::Active {
             return Err(aborted("transaction is no longer active"));
         }
-        if let Some(mut conn) = tx.conn.take() {
-            if redis::cmd("UNWATCH").query_async::<()>(&mut conn).await.is_ok() {
-                self.store.inner.give_back(conn);
-            }
+        if let Some(mut conn) = tx.conn.take()
+            && redis::cmd("UNWATCH")
+                .query_async::<()>(&mut conn)
+                .await
+                .is_ok()
+        {
+            self.store.inner.give_back(conn);
         }
         self.abort(&mut tx);
         Ok(())
@@ -391,9 +423,11 @@ impl<T: StorageValue> Transaction<T> for GraphTransaction<T> {
         let mut tx = self.inner.lock().await;
         self.check_active(&mut tx)?;
         let Some(index) = tx.savepoints.iter().rposition(|(n, _)| n == name) else {
-            return Err(StorageError::new(ErrorCode::KeyNotFound, "no such savepoint")
-                .with_backend(BACKEND)
-                .with_context("savepoint", name));
+            return Err(
+                StorageError::new(ErrorCode::KeyNotFound, "no such savepoint")
+                    .with_backend(BACKEND)
+                    .with_context("savepoint", name),
+            );
         };
         let position = tx.savepoints[index].1;
         tx.ops.truncate(position);

@@ -79,7 +79,12 @@ fn terms(index: &IndexDefinition, path: &FieldPath, doc: &Document) -> Vec<Strin
     let mut out = Vec::new();
     for value in path.values(doc) {
         if let Value::Array(items) = value {
-            out.extend(items.iter().filter(|v| !(index.sparse && v.is_null())).map(canonical));
+            out.extend(
+                items
+                    .iter()
+                    .filter(|v| !(index.sparse && v.is_null()))
+                    .map(canonical),
+            );
         }
         if !(index.sparse && value.is_null()) {
             out.push(canonical(value));
@@ -129,10 +134,10 @@ pub(crate) fn check(
         for (key, doc) in overlay {
             let Some(doc) = doc else { continue };
             for term in terms(index, &path, doc) {
-                if let Some(other) = held.insert(term, key) {
-                    if other != key {
-                        return Err(conflict(index, other, key));
-                    }
+                if let Some(other) = held.insert(term, key)
+                    && other != key
+                {
+                    return Err(conflict(index, other, key));
                 }
             }
         }
@@ -177,7 +182,10 @@ mod tests {
         assert_eq!(canonical(&json!(-3)), canonical(&json!(-3.0)));
         assert_ne!(canonical(&json!(1)), canonical(&json!("1")));
         assert_ne!(canonical(&json!(1.5)), canonical(&json!(1)));
-        assert_eq!(canonical(&json!({"b": 1, "a": 2})), canonical(&json!({"a": 2.0, "b": 1})));
+        assert_eq!(
+            canonical(&json!({"b": 1, "a": 2})),
+            canonical(&json!({"a": 2.0, "b": 1}))
+        );
     }
 
     #[test]
@@ -186,7 +194,9 @@ mod tests {
         let base = BTreeMap::from([("a".to_owned(), json!({"tags": ["x", "y"]}))]);
         let clash = BTreeMap::from([("b".to_owned(), Some(json!({"tags": ["y"]})))]);
         assert_eq!(
-            check(std::slice::from_ref(&index), &base, &clash, false).unwrap_err().code(),
+            check(std::slice::from_ref(&index), &base, &clash, false)
+                .unwrap_err()
+                .code(),
             ErrorCode::DuplicateKey
         );
         let repeat = BTreeMap::from([("c".to_owned(), Some(json!({"tags": ["q", "q"]})))]);

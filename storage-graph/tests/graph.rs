@@ -44,7 +44,11 @@ struct User {
 async fn set_get_delete_round_trip() -> Result<()> {
     let store = open::<User>().await?;
     assert_eq!(store.get("missing").await?, None);
-    let alice = User { name: "Alice".into(), age: 31, tags: vec!["a".into()] };
+    let alice = User {
+        name: "Alice".into(),
+        age: 31,
+        tags: vec!["a".into()],
+    };
     store.set("user:1", &alice).await?;
     assert_eq!(store.get("user:1").await?, Some(alice.clone()));
     assert!(store.has("user:1").await?);
@@ -75,7 +79,11 @@ async fn integer_edges_and_nul_bytes_round_trip_exactly() -> Result<()> {
         store.set(&format!("k{i}"), value).await?;
     }
     for (i, value) in values.iter().enumerate() {
-        assert_eq!(store.get(&format!("k{i}")).await?.as_ref(), Some(value), "k{i}");
+        assert_eq!(
+            store.get(&format!("k{i}")).await?.as_ref(),
+            Some(value),
+            "k{i}"
+        );
     }
     let typed = open::<(u64, i64, String)>().await?;
     let edge = (u64::MAX, i64::MIN, "x\0y".to_owned());
@@ -132,8 +140,16 @@ async fn keys_iterate_in_byte_order_across_pages() -> Result<()> {
 #[tokio::test]
 async fn clear_only_touches_its_own_label() -> Result<()> {
     let config = fresh_config();
-    let users = GraphStorage::<u32>::open(GraphConfig { label: "User".into(), ..config.clone() }).await?;
-    let orders = GraphStorage::<u32>::open(GraphConfig { label: "Order".into(), ..config }).await?;
+    let users = GraphStorage::<u32>::open(GraphConfig {
+        label: "User".into(),
+        ..config.clone()
+    })
+    .await?;
+    let orders = GraphStorage::<u32>::open(GraphConfig {
+        label: "Order".into(),
+        ..config
+    })
+    .await?;
     users.set("a", &1).await?;
     orders.set("a", &2).await?;
     users.clear().await?;
@@ -162,7 +178,11 @@ async fn batch_is_atomic_and_counts() -> Result<()> {
     assert_eq!(all, BTreeMap::from([("b".into(), 2), ("c".into(), 3)]));
 
     let result = store
-        .batch(vec![Operation::set("x", 9), Operation::Clear, Operation::set("y", 8)])
+        .batch(vec![
+            Operation::set("x", 9),
+            Operation::Clear,
+            Operation::set("y", 8),
+        ])
         .await?;
     assert_eq!(result.cleared, 3);
     let all: BTreeMap<String, u32> = store.entries().try_collect().await?;
@@ -183,8 +203,14 @@ async fn batch_is_atomic_and_counts() -> Result<()> {
 async fn invalid_keys_are_rejected() -> Result<()> {
     let store = open::<u32>().await?;
     for key in ["", "a\0b", &"k".repeat(1025)] {
-        assert_eq!(store.set(key, &1).await.unwrap_err().code(), ErrorCode::InvalidKey);
-        assert_eq!(store.get(key).await.unwrap_err().code(), ErrorCode::InvalidKey);
+        assert_eq!(
+            store.set(key, &1).await.unwrap_err().code(),
+            ErrorCode::InvalidKey
+        );
+        assert_eq!(
+            store.get(key).await.unwrap_err().code(),
+            ErrorCode::InvalidKey
+        );
     }
     let longest = "k".repeat(1024);
     store.set(&longest, &1).await?;
@@ -196,7 +222,12 @@ async fn invalid_keys_are_rejected() -> Result<()> {
 async fn a_large_batch_is_one_query() -> Result<()> {
     let store = open::<serde_json::Value>().await?;
     let rows: Vec<(String, serde_json::Value)> = (0..10_000)
-        .map(|i| (format!("row:{i:05}"), serde_json::json!({"i": i, "name": format!("n{i}")})))
+        .map(|i| {
+            (
+                format!("row:{i:05}"),
+                serde_json::json!({"i": i, "name": format!("n{i}")}),
+            )
+        })
         .collect();
     store.set_many(rows).await?;
     assert_eq!(store.size().await?, 10_000);
