@@ -27,7 +27,10 @@ fn user(name: &str, age: u32, city: &str) -> User {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), StorageError> {
     let store = MemoryStorage::<User>::new();
-    println!("opened an in-memory store: {:?}", store.capabilities().tiers);
+    println!(
+        "opened an in-memory store: {:?}",
+        store.capabilities().tiers
+    );
 
     store.set("user:1", &user("Alice", 31, "Paris")).await?;
     println!("set user:1");
@@ -44,20 +47,32 @@ async fn main() -> Result<(), StorageError> {
 
     let query = Query::filter(field("city").eq("Paris")).order_by("age", Direction::Desc);
     for hit in store.find_many(&query).await? {
-        println!("query city == Paris, oldest first -> {} {:?}", hit.key, hit.value);
+        println!(
+            "query city == Paris, oldest first -> {} {:?}",
+            hit.key, hit.value
+        );
     }
 
     store
         .transaction(TransactionOptions::new().retries(3), |tx| async move {
-            let mut bob = tx.get("user:2").await?.unwrap_or_else(|| user("Bob", 0, "?"));
+            let mut bob = tx
+                .get("user:2")
+                .await?
+                .unwrap_or_else(|| user("Bob", 0, "?"));
             bob.age += 1;
             tx.set("user:2", &bob).await?;
             Ok(())
         })
         .await?;
-    println!("transaction: Bob is now {:?}", store.get("user:2").await?.map(|u| u.age));
+    println!(
+        "transaction: Bob is now {:?}",
+        store.get("user:2").await?.map(|u| u.age)
+    );
 
     let existed = store.delete("user:3").await?;
-    println!("delete user:3 -> existed = {existed}; size = {}", store.size().await?);
+    println!(
+        "delete user:3 -> existed = {existed}; size = {}",
+        store.size().await?
+    );
     Ok(())
 }

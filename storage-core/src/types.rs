@@ -295,7 +295,7 @@ pub struct TransactionOptions {
     pub timeout: Option<Duration>,
     /// Reject writes.
     pub read_only: bool,
-    /// How many times [`crate::StorageExt::transaction`] re-runs the body on a retryable error.
+    /// How many times [`crate::TransactionalExt::transaction`] re-runs the body on a retryable error.
     pub retries: u32,
 }
 
