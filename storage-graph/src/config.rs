@@ -16,6 +16,13 @@ pub use storage_core::config::{GraphConfig, Secret, TlsConfig};
 /// which bounds how far back a watcher can resume.
 pub const STREAM_MAX_LEN: usize = 100_000;
 
+/// Whether `name` is a plain Cypher identifier, safe to write in a query body.
+pub(crate) fn is_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
 /// The URL with any user-info replaced by `***`, for logs and `Debug`.
 pub(crate) fn redact_url(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else {
