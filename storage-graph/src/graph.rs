@@ -202,7 +202,12 @@ impl<T: StorageValue> GraphExt for GraphStorage<T> {
              MERGE (a)-[r{rel}]->(b) SET r.p = {p} RETURN count(r)"
         ));
         let rows = self.relationship_write(&q, "link").await?;
-        if rows.is_empty() {
+        let linked = rows
+            .first()
+            .and_then(|r| r.first())
+            .and_then(cell_int)
+            .unwrap_or(0);
+        if linked == 0 {
             return Err(StorageError::new(
                 ErrorCode::KeyNotFound,
                 "both entries must exist to be linked",

@@ -235,3 +235,221 @@ async fn a_large_batch_is_one_query() -> Result<()> {
     assert_eq!(got.len(), 1);
     Ok(())
 }
+
+#[tokio::test]
+async fn blank_and_padded_keys_are_distinct_entries() -> Result<()> {
+    let store = open::<u32>().await?;
+    let keys = ["a", " a", "a ", "   ", " ", "\t", "A"];
+    for (i, key) in keys.iter().enumerate() {
+        store.set(key, &u32::try_from(i).unwrap()).await?;
+    }
+    for (i, key) in keys.iter().enumerate() {
+        assert_eq!(
+            store.get(key).await?,
+            Some(u32::try_from(i).unwrap()),
+            "{key:?}"
+        );
+    }
+    assert_eq!(store.size().await?, keys.len() as u64);
+    assert!(store.delete("   ").await?);
+    assert_eq!(store.get(" ").await?, Some(4));
+    Ok(())
+}
+
+#[tokio::test]
+async fn hostile_field_paths_never_reach_the_query_body() -> Result<()> {
+    use storage_core::query::field;
+    use storage_core::{IndexDefinition, IndexKind, IndexedStorage, Query, QueryableStorage};
+    let store = open::<serde_json::Value>().await?;
+    let evil = "a`}) MATCH (n) DETACH DELETE n //";
+    store
+        .set(
+            "doc",
+            &serde_json::json!({ evil: 1, "plain": "x", "b`c": {"d": 2} }),
+        )
+        .await?;
+    store
+        .set("other", &serde_json::json!({"plain": "y"}))
+        .await?;
+    for path in [evil, "b`c.d", "plain`) DETACH DELETE n //"] {
+        let found = store.find_many(&Query::filter(field(path).gte(0))).await?;
+        assert!(found.len() <= 1, "{path}");
+        let plan = store.explain(&Query::filter(field(path).eq(1))).await?;
+        assert!(
+            !plan.pushed_down.iter().any(|p| p.contains("DETACH")),
+            "{plan:?}"
+        );
+    }
+    let found = store.find_many(&Query::filter(field(evil).eq(1))).await?;
+    assert_eq!(found.len(), 1);
+    let err = store
+        .create_index(IndexDefinition::new("evil", evil, IndexKind::Btree))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Unsupported);
+    assert_eq!(store.size().await?, 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn queries_push_a_pre_filter_and_explain_says_so() -> Result<()> {
+    use storage_core::query::field;
+    use storage_core::{IndexDefinition, IndexKind, IndexedStorage, Query, QueryableStorage};
+    let store = open::<serde_json::Value>().await?;
+    for i in 0..50 {
+        store
+            .set(
+                &format!("u{i:02}"),
+                &serde_json::json!({"age": i, "name": format!("n{i}"), "tags": ["t", i]}),
+            )
+            .await?;
+    }
+    let query = Query::filter(field("age").gte(40));
+    assert_eq!(store.count(&query).await?, 10);
+    let plan = store.explain(&query).await?;
+    assert!(
+        plan.pushed_down.iter().any(|p| p.contains("pre-filter")),
+        "{plan:?}"
+    );
+    assert!(plan.full_scan);
+    store
+        .create_index(IndexDefinition::new("by_name", "name", IndexKind::Hash))
+        .await?;
+    let by_name = Query::filter(field("name").eq("n7"));
+    let plan = store.explain(&by_name).await?;
+    assert_eq!(plan.index.as_deref(), Some("by_name"));
+    assert!(
+        plan.backend_plan.iter().any(|l| l.contains("Index")),
+        "{plan:?}"
+    );
+    let found = store.find_many(&by_name).await?;
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].key, "u07");
+    // Array fields are opaque to Cypher and still match through the evaluator.
+    assert_eq!(store.count(&Query::filter(field("tags").eq(3))).await?, 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn transactions_are_serializable_and_conflicts_are_retryable() -> Result<()> {
+    use storage_core::{IsolationLevel, TransactionOptions, TransactionalStorage};
+    let store = open::<i64>().await?;
+    store.set("x", &1).await?;
+    let t1 = store.begin(TransactionOptions::new()).await?;
+    assert_eq!(t1.isolation(), IsolationLevel::Serializable);
+    assert_eq!(t1.get("x").await?, Some(1));
+    t1.set("x", &2).await?;
+    assert_eq!(
+        t1.get("x").await?,
+        Some(2),
+        "a transaction sees its own writes"
+    );
+    assert_eq!(store.get("x").await?, Some(1), "others do not");
+    t1.savepoint("sp").await?;
+    t1.set("y", &3).await?;
+    t1.rollback_to("sp").await?;
+    assert_eq!(t1.get("y").await?, None);
+
+    // A concurrent write makes the commit (or the next read) a retryable conflict.
+    store.set("z", &9).await?;
+    let err = t1.commit().await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::VersionConflict);
+    assert!(err.is_retryable());
+    assert_eq!(store.get("x").await?, Some(1));
+
+    let t2 = store.begin(TransactionOptions::new()).await?;
+    t2.set("x", &5).await?;
+    assert!(t2.delete("z").await?);
+    t2.commit().await?;
+    assert_eq!(store.get("x").await?, Some(5));
+    assert_eq!(store.get("z").await?, None);
+    Ok(())
+}
+
+async fn next_event(
+    sub: &mut storage_core::Subscription<u32>,
+) -> std::result::Result<Option<storage_core::WatchEvent<u32>>, tokio::time::error::Elapsed> {
+    use futures::StreamExt;
+    tokio::time::timeout(std::time::Duration::from_secs(5), sub.next()).await
+}
+
+#[tokio::test]
+async fn watchers_on_other_handles_see_commits_and_resume_from_a_token() -> Result<()> {
+    use storage_core::{ObservableStorage, WatchEvent, WatchPattern};
+    let config = fresh_config();
+    let writer = GraphStorage::<u32>::open(config.clone()).await?;
+    let reader = GraphStorage::<u32>::open(config).await?;
+    let mut sub = reader.watch(WatchPattern::All, 16)?;
+    writer.set("a", &1).await?;
+    writer
+        .batch(vec![Operation::set("b", 2), Operation::delete("a")])
+        .await?;
+    let Ok(Some(WatchEvent::Changes(first))) = next_event(&mut sub).await else {
+        panic!("no first batch");
+    };
+    assert_eq!(first.changes.len(), 1);
+    assert_eq!(first.changes[0].new_value.as_deref(), Some(&1));
+    let Ok(Some(WatchEvent::Changes(second))) = next_event(&mut sub).await else {
+        panic!("no second batch");
+    };
+    assert_eq!(second.changes.len(), 2);
+    assert!(second.sequence > first.sequence);
+
+    // A watcher that stopped after the first batch resumes from its token.
+    let token = first.resume_token.clone().unwrap();
+    let mut resumed = reader.watch_from(WatchPattern::All, 16, &token)?;
+    let Ok(Some(WatchEvent::Changes(again))) = next_event(&mut resumed).await else {
+        panic!("no resumed batch");
+    };
+    assert_eq!(again.resume_token, second.resume_token);
+    Ok(())
+}
+
+#[tokio::test]
+async fn relationships_carry_exact_properties_and_reject_hostile_types() -> Result<()> {
+    use storage_graph::{EdgeDirection, GraphExt};
+    let store = open::<u32>().await?;
+    store.set("a", &1).await?;
+    store.set("b b", &2).await?;
+    let props = serde_json::json!({"big": u64::MAX, "nul": "x\u{0}y"});
+    store.link("a", "KNOWS", "b b", props.clone()).await?;
+    let out = store
+        .neighbours("a", Some("KNOWS"), EdgeDirection::Outgoing)
+        .await?;
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].properties, props);
+    assert!(out[0].outgoing);
+    let back = store
+        .neighbours("b b", None, EdgeDirection::Incoming)
+        .await?;
+    assert_eq!(back[0].key, "a");
+    let err = store
+        .link(
+            "a",
+            "X]->() MATCH (n) DETACH DELETE n //",
+            "b b",
+            serde_json::json!({}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::InvalidQuery);
+    let err = store
+        .link("a", "KNOWS", "missing", serde_json::json!({}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::KeyNotFound);
+    assert!(store.unlink("a", "KNOWS", "b b").await?);
+    assert!(!store.unlink("a", "KNOWS", "b b").await?);
+    assert_eq!(store.size().await?, 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_store_without_url_starts_and_stops_its_own_server() -> Result<()> {
+    let store = GraphStorage::<u32>::open(GraphConfig::default()).await?;
+    store.set("k", &7).await?;
+    assert_eq!(store.get("k").await?, Some(7));
+    assert!(store.url().starts_with("unix://"));
+    assert!(!storage_core::Storage::capabilities(&store).persistent);
+    Ok(())
+}
