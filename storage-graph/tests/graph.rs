@@ -453,3 +453,52 @@ async fn a_store_without_url_starts_and_stops_its_own_server() -> Result<()> {
     assert!(!storage_core::Storage::capabilities(&store).persistent);
     Ok(())
 }
+
+#[tokio::test]
+async fn counts_in_cypher_agree_with_the_evaluator_on_mixed_shapes() -> Result<()> {
+    use storage_core::query::{and, field, not, or};
+    use storage_core::{Query, QueryableStorage};
+    let store = open::<serde_json::Value>().await?;
+    let docs = [
+        serde_json::json!({"a": 1, "s": "x"}),
+        serde_json::json!({"a": 1.0, "s": " x"}),
+        serde_json::json!({"a": [1, 2], "s": "y"}),
+        serde_json::json!({"a": null}),
+        serde_json::json!({"a": u64::MAX, "s": "x\u{0}"}),
+        serde_json::json!({"a": {"b": 1}, "s": true}),
+        serde_json::json!({"s": 5}),
+        serde_json::json!([1, 2]),
+        serde_json::json!("scalar"),
+        serde_json::json!({"a": "1", "s": "z"}),
+    ];
+    for (i, doc) in docs.iter().enumerate() {
+        store.set(&format!("d{i}"), doc).await?;
+    }
+    let filters = [
+        field("a").eq(1),
+        field("a").ne(1),
+        field("a").gt(0),
+        field("s").lte("x"),
+        field("s").is_in([serde_json::json!("x"), serde_json::json!(5)]),
+        field("s").not_in([serde_json::json!("x")]),
+        not(field("a").eq(1)),
+        or(vec![field("a").eq(2), not(field("s").eq("y"))]),
+        and(vec![field("a").gte(1), not(field("s").gt("x"))]),
+        field("a.b").eq(1),
+    ];
+    for filter in filters {
+        let query = Query::filter(filter.clone());
+        let counted = store.count(&query).await?;
+        let found = store.find_many(&query).await?.len() as u64;
+        let all: Vec<(String, serde_json::Value)> = docs
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (format!("d{i}"), d.clone()))
+            .collect();
+        let reference =
+            storage_core::query::count(&query, all.iter().map(|(k, d)| (k.as_str(), d)))?;
+        assert_eq!(counted, reference, "count {filter:?}");
+        assert_eq!(found, reference, "find {filter:?}");
+    }
+    Ok(())
+}
