@@ -311,15 +311,14 @@ impl<T: StorageValue> GraphStorage<T> {
         let mut total: u64 = 0;
         let mut docs = Vec::new();
         for row in rows {
-            match (row.get(1).and_then(cell_str), row.get(2).and_then(cell_str)) {
-                (Some(key), Some(stored)) => {
-                    let value: T = decode(&self.codec, &stored, "count")?;
-                    docs.push((key, to_document(&value)?));
-                }
-                _ => {
-                    let c = row.first().and_then(cell_int).unwrap_or(0);
-                    total += u64::try_from(c).unwrap_or(0);
-                }
+            if let (Some(key), Some(stored)) =
+                (row.get(1).and_then(cell_str), row.get(2).and_then(cell_str))
+            {
+                let value: T = decode(&self.codec, &stored, "count")?;
+                docs.push((key, to_document(&value)?));
+            } else {
+                let c = row.first().and_then(cell_int).unwrap_or(0);
+                total += u64::try_from(c).unwrap_or(0);
             }
         }
         total += compiled.count(docs.iter().map(|(k, d)| (k.as_str(), d)));
