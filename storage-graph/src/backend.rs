@@ -802,6 +802,16 @@ fn make_client(info: redis::ConnectionInfo, config: &GraphConfig) -> Result<redi
 
 #[cfg(feature = "tls")]
 fn make_client(info: redis::ConnectionInfo, config: &GraphConfig) -> Result<redis::Client> {
+    let uses_tls =
+        config.tls.is_some() || matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. });
+    if uses_tls && rustls::crypto::CryptoProvider::get_default().is_none() {
+        // rustls would panic while building its client configuration.
+        return Err(StorageError::new(
+            ErrorCode::InvalidConfig,
+            "tls needs a rustls CryptoProvider installed by the application (for example rustls::crypto::ring::default_provider().install_default())",
+        )
+        .with_backend(BACKEND));
+    }
     let Some(tls) = &config.tls else {
         return redis::Client::open(info).map_err(redis_err("open"));
     };
@@ -809,15 +819,15 @@ fn make_client(info: redis::ConnectionInfo, config: &GraphConfig) -> Result<redi
     let client_tls = None;
     let root_cert = tls.ca_file.as_deref().map(read).transpose()?;
     let mut info = info;
-    if tls.insecure_skip_verify {
-        if let redis::ConnectionAddr::TcpTls { host, port, .. } = info.addr().clone() {
-            info = info.set_addr(redis::ConnectionAddr::TcpTls {
-                host,
-                port,
-                insecure: true,
-                tls_params: None,
-            });
-        }
+    if tls.insecure_skip_verify
+        && let redis::ConnectionAddr::TcpTls { host, port, .. } = info.addr().clone()
+    {
+        info = info.set_addr(redis::ConnectionAddr::TcpTls {
+            host,
+            port,
+            insecure: true,
+            tls_params: None,
+        });
     }
     redis::Client::build_with_tls(
         info,

@@ -502,3 +502,15 @@ async fn counts_in_cypher_agree_with_the_evaluator_on_mixed_shapes() -> Result<(
     }
     Ok(())
 }
+
+#[cfg(not(feature = "tls"))]
+#[tokio::test]
+async fn tls_without_the_feature_is_refused_not_downgraded() {
+    let config = GraphConfig {
+        url: Some("rediss://127.0.0.1:1".into()),
+        ..GraphConfig::default()
+    };
+    let err = GraphStorage::<u32>::open(config).await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::InvalidConfig);
+    assert!(err.message().contains("tls"));
+}
