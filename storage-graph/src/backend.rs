@@ -302,6 +302,13 @@ impl Inner {
                 })??;
             (server.url().to_owned(), Some(server))
         };
+        if cfg!(not(feature = "tls")) && (config.tls.is_some() || url.starts_with("rediss://")) {
+            return Err(StorageError::new(
+                ErrorCode::InvalidConfig,
+                "tls needs storage-graph's `tls` feature (rustls)",
+            )
+            .with_backend(BACKEND));
+        }
         let mut info = url.as_str().into_connection_info().map_err(|e| {
             StorageError::new(ErrorCode::InvalidConfig, format!("bad url: {e}"))
                 .with_backend(BACKEND)
