@@ -727,7 +727,18 @@ impl Inner {
                 "UNWIND {del} AS k OPTIONAL MATCH (d:{label} {{{KEY_INDEX_PROP}: k}}) DETACH DELETE d WITH count(*) AS _c "
             );
         }
-        if !sets.is_empty() {
+        if let (true, Some((key, value))) = (body.is_empty() && sets.len() == 1, sets.iter().next()) {
+            // A lone set skips UNWIND, which costs FalkorDB about three times more
+            // than the same upsert on plain parameters.
+            let k = q.param(&key_hex(key))?;
+            let p = q.param(&node_props(key, value))?;
+            let _ = write!(
+                body,
+                "OPTIONAL MATCH (n:{label} {{{KEY_INDEX_PROP}: {k}}}) \
+                 FOREACH (_ IN CASE WHEN n IS NULL THEN [1] ELSE [] END | CREATE (m:{label}) SET m = {p}) \
+                 FOREACH (_ IN CASE WHEN n IS NULL THEN [] ELSE [1] END | SET n = {p})"
+            );
+        } else if !sets.is_empty() {
             let rows: Vec<FalkorValue> = sets
                 .iter()
                 .map(|(key, value)| node_props(key, value))
