@@ -73,7 +73,8 @@ impl<T> std::fmt::Debug for GraphStorage<T> {
 pub(crate) struct Inner {
     pub(crate) url: String,
     pub(crate) client: redis::Client,
-    conn: MultiplexedConnection,
+    /// The connection every operation without `WATCH` shares; replaced when it drops.
+    conn: Mutex<MultiplexedConnection>,
     spare: Mutex<Vec<MultiplexedConnection>>,
     pub(crate) graph: String,
     /// The label, backtick-quoted for the query body.
@@ -338,7 +339,7 @@ impl Inner {
         let inner = Self {
             url,
             client,
-            conn,
+            conn: Mutex::new(conn),
             spare: Mutex::new(Vec::new()),
             graph: config.database.clone(),
             label,
@@ -361,7 +362,7 @@ impl Inner {
     /// (the whole server) when a node whose constrained property is empty or only
     /// whitespace is created under a unique constraint, and `"   "` is a valid key.
     async fn ensure_schema(&self) -> Result<()> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.shared();
         let index = format!(
             "CREATE INDEX FOR (n:{}) ON (n.{KEY_INDEX_PROP})",
             self.label
@@ -379,7 +380,25 @@ impl Inner {
     }
 
     pub(crate) fn shared(&self) -> MultiplexedConnection {
-        self.conn.clone()
+        self.conn
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// After a failure that dropped the connection, connects again so the next
+    /// operation works; the failed one still reports `ConnectionLost` (retryable).
+    pub(crate) async fn recover(&self, e: &redis::RedisError) {
+        if !(e.is_connection_dropped() || e.is_io_error() || e.is_unrecoverable_error()) {
+            return;
+        }
+        if let Ok(fresh) = self
+            .client
+            .get_multiplexed_async_connection_with_config(&conn_config())
+            .await
+        {
+            *self.conn.lock().unwrap_or_else(PoisonError::into_inner) = fresh;
+        }
     }
 
     /// A connection no other operation uses, as `WATCH` needs.
@@ -422,7 +441,10 @@ impl Inner {
         {
             Ok(reply) => rows_of(reply, operation),
             Err(e) if is_missing_graph(&e) => Ok(Vec::new()),
-            Err(e) => Err(redis_err(operation)(e)),
+            Err(e) => {
+                self.recover(&e).await;
+                Err(redis_err(operation)(e))
+            }
         }
     }
 
@@ -673,7 +695,13 @@ impl Inner {
             .arg(&payload)
             .cmd("INCR")
             .arg(&self.version_key);
-        let reply: Value = pipe.query_async(conn).await.map_err(redis_err("commit"))?;
+        let reply: Value = match pipe.query_async(conn).await {
+            Ok(reply) => reply,
+            Err(e) => {
+                self.recover(&e).await;
+                return Err(redis_err("commit")(e));
+            }
+        };
         let results = match reply {
             Value::Nil => return Ok(None),
             Value::Array(results) => results,
@@ -727,7 +755,8 @@ impl Inner {
                 "UNWIND {del} AS k OPTIONAL MATCH (d:{label} {{{KEY_INDEX_PROP}: k}}) DETACH DELETE d WITH count(*) AS _c "
             );
         }
-        if let (true, Some((key, value))) = (body.is_empty() && sets.len() == 1, sets.iter().next()) {
+        if let (true, Some((key, value))) = (body.is_empty() && sets.len() == 1, sets.iter().next())
+        {
             // A lone set skips UNWIND, which costs FalkorDB about three times more
             // than the same upsert on plain parameters.
             let k = q.param(&key_hex(key))?;

@@ -41,8 +41,15 @@ impl<T: StorageValue> Harness<T> for GraphHarness {
             storage_core::StorageError::new(storage_core::ErrorCode::Backend, e.to_string())
         };
         let client = redis::Client::open(server().url()).map_err(fail)?;
-        let mut conn = client.get_multiplexed_async_connection().await.map_err(fail)?;
-        let hex: String = key.bytes().map(|b| format!("{b:02x}")).collect();
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(fail)?;
+        let hex = key.bytes().fold(String::new(), |mut out, b| {
+            use std::fmt::Write as _;
+            let _ = write!(out, "{b:02x}");
+            out
+        });
         let query = format!(
             "CYPHER k={} MATCH (n:Entry {{kh: $k}}) SET n.v = 't9VM|{{not json' RETURN count(n)",
             falkordb::to_cypher_param(&hex).map_err(|e| {

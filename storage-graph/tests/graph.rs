@@ -514,3 +514,41 @@ async fn tls_without_the_feature_is_refused_not_downgraded() {
     assert_eq!(err.code(), ErrorCode::InvalidConfig);
     assert!(err.message().contains("tls"));
 }
+
+#[tokio::test]
+async fn a_dropped_connection_fails_one_call_then_recovers() -> Result<()> {
+    // Its own server: killing connections on the shared one would hit other tests.
+    let own = EmbeddedServer::start()?;
+    let store = GraphStorage::<u32>::open(GraphConfig {
+        url: Some(own.url().to_owned()),
+        ..GraphConfig::default()
+    })
+    .await?;
+    store.set("k", &1).await?;
+    let client = redis::Client::open(own.url())
+        .map_err(|e| storage_core::StorageError::new(ErrorCode::Backend, e.to_string()))?;
+    let mut admin = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|e| storage_core::StorageError::new(ErrorCode::Backend, e.to_string()))?;
+    // Kills every other client's connection, this store's among them.
+    let _: redis::Value = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .query_async(&mut admin)
+        .await
+        .map_err(|e| storage_core::StorageError::new(ErrorCode::Backend, e.to_string()))?;
+    let mut answered = None;
+    for _ in 0..3 {
+        match store.get("k").await {
+            Ok(v) => {
+                answered = v;
+                break;
+            }
+            Err(e) => assert!(e.is_retryable(), "{e}"),
+        }
+    }
+    assert_eq!(answered, Some(1));
+    Ok(())
+}
