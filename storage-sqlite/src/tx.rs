@@ -111,7 +111,18 @@ impl<T: StorageValue> SqliteTransaction<T> {
         F: FnOnce(&mut Connection) -> Result<R> + Send + 'static,
     {
         self.check(operation).await?;
-        let result = self.worker.run(operation, f).await;
+        let result = self.worker.run(operation, f).await.map_err(|e| {
+            // The thread stops at the deadline (rolling back): a job that missed it
+            // finds the thread gone.
+            if e.code() == ErrorCode::ConnectionLost
+                && self.deadline.is_some_and(|d| Instant::now() >= d)
+            {
+                self.lock().state = TransactionState::Aborted;
+                aborted("the transaction timed out and was rolled back", operation)
+            } else {
+                e
+            }
+        });
         if let Err(e) = &result
             && e.code() == ErrorCode::VersionConflict
         {
@@ -419,8 +430,10 @@ impl<T: StorageValue> TransactionalStorage<T> for SqliteStorage<T> {
         let db_open = Arc::clone(&self.db);
         let db_exit = Arc::clone(&self.db);
         let read_only = options.read_only;
+        let deadline = options.timeout.map(|t| Instant::now() + t);
         let worker = Dedicated::start(
             self.db.config.common.debug,
+            deadline,
             move || {
                 let conn = db_open.take_tx_connection()?;
                 if read_only {
@@ -448,7 +461,7 @@ impl<T: StorageValue> TransactionalStorage<T> for SqliteStorage<T> {
             store: self.clone(),
             worker,
             options,
-            deadline: options.timeout.map(|t| Instant::now() + t),
+            deadline,
             inner: Mutex::new(TxState {
                 state: TransactionState::Active,
                 effects: Vec::new(),

@@ -371,6 +371,20 @@ async fn transactions_commit_and_roll_back() -> Result<()> {
     assert_eq!(ro.get("a").await?, Some(2));
     ro.commit().await?;
 
+    // An abandoned transaction releases the write lock at its time-out, not at drop.
+    let abandoned = s
+        .begin(TransactionOptions::new().timeout(Duration::from_millis(50)))
+        .await?;
+    abandoned.set("a", &77).await?;
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    s.set("after_abandoned", &1).await?;
+    assert_eq!(
+        abandoned.get("a").await.expect_err("timed out").code(),
+        ErrorCode::TransactionAborted
+    );
+    assert_eq!(s.get("a").await?, Some(2));
+    drop(abandoned);
+
     let slow = s
         .begin(TransactionOptions::new().timeout(Duration::from_millis(20)))
         .await?;
