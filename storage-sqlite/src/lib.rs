@@ -47,9 +47,11 @@
 //! evaluator then checks every candidate in process, so results always equal the
 //! reference evaluator's. These parts are **not pushed down**: `ne`, `nin`, `not`,
 //! `regex`, nested clauses, `exists: false`, `eq`/`in` with `null`, arrays or objects,
-//! numbers beyond ±2^53, full-text and box clauses without an index; and always
-//! ordering, offset/limit, projection, scores and aggregate stages (a leading `match`
-//! narrows the rows read). [`IndexedStorage::explain`](storage_core::IndexedStorage::explain)
+//! numbers beyond ±2^53, full-text and box clauses without an index; ordering,
+//! offset/limit (except a plain page in key order, which is `ORDER BY key LIMIT … OFFSET …`),
+//! projection and scores; aggregate stages (a leading `match` narrows the rows read; a
+//! leading `group` by a path with only `count` accumulators runs as `GROUP BY` when no
+//! entry holds an array, object, boolean or number beyond ±2^53 there). [`IndexedStorage::explain`](storage_core::IndexedStorage::explain)
 //! lists both sides and SQLite's `EXPLAIN QUERY PLAN` lines.
 //!
 //! ## Isolation

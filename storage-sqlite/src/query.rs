@@ -62,6 +62,105 @@ fn fetch(
     Ok(out)
 }
 
+/// A pipeline that starts by counting groups of the whole table (`group` by a path with
+/// only `count` accumulators) runs that stage as SQL `GROUP BY` when it is provably
+/// exact: no entry holds, at the path, an array (or passes an array on the way), an
+/// object, a boolean or a number beyond ±2^53 — values whose grouping in SQL could
+/// differ from the evaluator's. Each group's `_id` is read from its first entry in key
+/// order, as the evaluator does; the later stages run in process on the group rows.
+/// `None` when the pipeline or the data does not qualify.
+fn group_in_sql(
+    conn: &Connection,
+    table: &Table,
+    pipeline: &[AggregateStage],
+) -> Result<Option<Vec<Document>>> {
+    let Some(AggregateStage::Group {
+        by: Some(by),
+        accumulators,
+    }) = pipeline.first()
+    else {
+        return Ok(None);
+    };
+    if accumulators.is_empty()
+        || !accumulators
+            .iter()
+            .all(|(_, a)| matches!(a, storage_core::query::Accumulator::Count))
+    {
+        return Ok(None);
+    }
+    let Ok(path) = storage_core::query::FieldPath::parse(by) else {
+        return Ok(None);
+    };
+    let segments = path.segments();
+    let Some(jp) = crate::sql::json_path(&path) else {
+        return Ok(None);
+    };
+    let t = &table.sql.table;
+    let mut irregular = vec!["json_type(value) = 'array'".to_owned()];
+    for n in 1..segments.len() {
+        if let Some(prefix) = crate::sql::json_path_of(&segments[..n]) {
+            irregular.push(format!(
+                "json_type(value, {}) = 'array'",
+                crate::sql::quote_literal(&prefix)
+            ));
+        }
+    }
+    let p = crate::sql::quote_literal(&jp);
+    let guard = format!(
+        "SELECT 1 FROM {t} WHERE {} OR json_type(value, {p}) IN ('array', 'object', 'true', 'false') \
+         OR (json_type(value, {p}) IN ('integer', 'real') AND abs(json_extract(value, {p})) > 9007199254740992.0) \
+         LIMIT 1",
+        irregular.join(" OR ")
+    );
+    let err = sql_err("aggregate");
+    // One read transaction: the check and the grouping see the same snapshot.
+    let tx = conn.unchecked_transaction().map_err(&err)?;
+    if tx
+        .prepare_cached(&guard)
+        .and_then(|mut s| s.exists([]))
+        .map_err(&err)?
+    {
+        return Ok(None);
+    }
+    let sql = format!("SELECT count(*), min(key) FROM {t} GROUP BY json_extract(value, {p})");
+    let groups: Vec<(i64, String)> = tx
+        .prepare_cached(&sql)
+        .and_then(|mut s| {
+            s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(&err)?;
+    let mut rows = Vec::with_capacity(groups.len());
+    for (count, first_key) in groups {
+        let json: String = tx
+            .prepare_cached(&table.sql.get)
+            .and_then(|mut s| s.query_row([&first_key], |r| r.get(0)))
+            .map_err(&err)?;
+        let doc: Document = serde_json::from_str(&json).map_err(|e| {
+            StorageError::new(ErrorCode::Corrupted, "stored value is not json")
+                .with_operation("aggregate")
+                .with_backend("sqlite")
+                .with_context("key", first_key.escape_debug())
+                .with_source(e)
+        })?;
+        let mut row = serde_json::Map::new();
+        row.insert(
+            "_id".to_owned(),
+            path.get(&doc).cloned().unwrap_or(Document::Null),
+        );
+        let count = Document::from(u64::try_from(count).unwrap_or(0));
+        for (name, _) in accumulators {
+            row.insert(name.clone(), count.clone());
+        }
+        rows.push(Document::Object(row));
+    }
+    tx.finish().map_err(&err)?;
+    rows.sort_by(|a, b| storage_core::query::compare_total(a.get("_id"), b.get("_id")));
+    aggregate(&pipeline[1..], rows.iter())
+        .map(Some)
+        .map_err(|e| e.with_operation("aggregate").with_backend("sqlite"))
+}
+
 /// Whether `query` is a plain page in key order, which SQL answers exactly.
 fn pages_in_sql(query: &Query) -> bool {
     query.filter.is_none()
@@ -221,6 +320,12 @@ impl<T: StorageValue> QueryableStorage<T> for SqliteStorage<T> {
         self.db
             .readers
             .run("aggregate", move |conn| {
+                // Compiling on no input checks every stage (bad paths, names, operands).
+                aggregate(&pipeline, std::iter::empty())
+                    .map_err(|e| e.with_operation("aggregate").with_backend("sqlite"))?;
+                if let Some(docs) = group_in_sql(conn, &table, &pipeline)? {
+                    return Ok(docs);
+                }
                 // A leading match narrows the rows read; the pipeline still runs it exactly.
                 let first = match pipeline.first() {
                     Some(AggregateStage::Match(f)) => Some(f.clone()),

@@ -629,3 +629,36 @@ async fn rollback_journal_mode_works() -> Result<()> {
     assert!(!path.with_extension("sqlite-wal").exists());
     Ok(())
 }
+
+/// Group counts over plain values run in SQL and equal the evaluator's.
+#[tokio::test]
+async fn group_counts_match_the_evaluator() -> Result<()> {
+    let s = memory::<serde_json::Value>().await?;
+    let docs = [
+        ("a", json!({"author": "Ann", "n": 1})),
+        ("b", json!({"author": "Bob", "n": 1.0})),
+        ("c", json!({"author": "Ann"})),
+        ("d", json!({"n": 2})),
+        ("e", json!({"author": null, "n": -0.5})),
+    ];
+    s.set_many(
+        docs.iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect(),
+    )
+    .await?;
+    for path in ["author", "n", "missing"] {
+        let pipeline = vec![
+            storage_core::AggregateStage::group_by(path).count("count"),
+            storage_core::AggregateStage::Limit(5),
+        ];
+        let expected = storage_core::query::aggregate(&pipeline, docs.iter().map(|(_, v)| v))?;
+        assert_eq!(s.aggregate(&pipeline).await?, expected, "{path}");
+    }
+    let bad = vec![storage_core::AggregateStage::group_by("a").count("_id")];
+    assert_eq!(
+        s.aggregate(&bad).await.expect_err("_id is reserved").code(),
+        ErrorCode::InvalidQuery
+    );
+    Ok(())
+}
