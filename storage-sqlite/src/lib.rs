@@ -48,8 +48,11 @@
 //! reference evaluator's. These parts are **not pushed down**: `ne`, `nin`, `not`,
 //! `regex`, nested clauses, `exists: false`, `eq`/`in` with `null`, arrays or objects,
 //! numbers beyond ±2^53, full-text and box clauses without an index; ordering,
-//! offset/limit (except a plain page in key order, which is `ORDER BY key LIMIT … OFFSET …`),
-//! projection and scores; aggregate stages (a leading `match` narrows the rows read; a
+//! offset/limit, projection and scores — except in two exact cases: a plain page in key
+//! order (`ORDER BY key LIMIT … OFFSET …`), and a numeric range (a lower and an upper
+//! bound within ±2^53) on a btree-indexed path, ordered by that path or by key, while no
+//! entry holds an array on the path (checked per query through the index's partial
+//! indexes), which SQL filters, orders and pages exactly; aggregate stages (a leading `match` narrows the rows read; a
 //! leading `group` by a path with only `count` accumulators runs as `GROUP BY` when no
 //! entry holds an array, object, boolean or number beyond ±2^53 there). [`IndexedStorage::explain`](storage_core::IndexedStorage::explain)
 //! lists both sides and SQLite's `EXPLAIN QUERY PLAN` lines.

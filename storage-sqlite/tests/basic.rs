@@ -662,3 +662,60 @@ async fn group_counts_match_the_evaluator() -> Result<()> {
     );
     Ok(())
 }
+
+/// A numeric range on an indexed path, ordered and paged, runs exactly in SQL while no
+/// entry holds an array there, and falls back to the evaluator when one does.
+#[tokio::test]
+async fn indexed_ranges_run_in_sql_while_exact() -> Result<()> {
+    let s = memory::<serde_json::Value>().await?;
+    s.create_index(IndexDefinition::new("year", "year", IndexKind::Btree))
+        .await?;
+    let mut docs: Vec<(String, serde_json::Value)> = (0..300u32)
+        .map(|i| {
+            (
+                format!("d{i:03}"),
+                json!({"year": 1900 + (i * 7) % 120, "title": format!("t{i}")}),
+            )
+        })
+        .collect();
+    docs.push(("s".into(), json!({"year": "1950"})));
+    docs.push(("f".into(), json!({"year": 1950.5})));
+    s.set_many(docs.clone()).await?;
+    let q = Query::filter(storage_core::query::and(vec![
+        field("year").gte(1950),
+        field("year").lt(1960.5),
+    ]))
+    .order_desc("year")
+    .offset(2)
+    .limit(7)
+    .select(["title"]);
+    for round in 0..2 {
+        let plan = s.explain(&q).await?;
+        let exact = plan
+            .pushed_down
+            .iter()
+            .any(|p| p.starts_with("exact range"));
+        assert_eq!(exact, round == 0, "{plan:#?}");
+        assert_eq!(plan.index.as_deref(), Some("year"), "{plan:#?}");
+        let expected =
+            storage_core::query::evaluate(&q, docs.iter().map(|(k, v)| (k.as_str(), v)))?;
+        let got = s.find_many(&q).await?;
+        assert_eq!(
+            got.iter()
+                .map(|r| (r.key.clone(), r.projection.clone()))
+                .collect::<Vec<_>>(),
+            expected
+                .into_iter()
+                .map(|m| (m.key, m.projection))
+                .collect::<Vec<_>>()
+        );
+        // An array on the path makes the plan inexact: the evaluator decides again.
+        let arr = (
+            "z".to_owned(),
+            json!({"year": [1955, 3000], "title": "arr"}),
+        );
+        s.set(&arr.0, &arr.1).await?;
+        docs.push(arr);
+    }
+    Ok(())
+}
