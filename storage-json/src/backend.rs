@@ -506,6 +506,24 @@ impl serde::Serialize for LiveEntries<'_> {
     }
 }
 
+/// Clears the `compacting` flag if the compaction thread unwinds before doing so
+/// itself, so waiters for an idle store never wait on a thread that is gone.
+struct CompactionGuard<'a> {
+    state: &'a RwLock<State>,
+    armed: bool,
+}
+
+impl Drop for CompactionGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.state
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .compacting = false;
+        }
+    }
+}
+
 fn compact_in_background(
     job: Snapshot,
     state: &RwLock<State>,
@@ -513,6 +531,7 @@ fn compact_in_background(
     pretty: bool,
     group: Option<&GroupSync>,
 ) {
+    let mut guard = CompactionGuard { state, armed: true };
     let written = journal::write_main_from(paths, LiveEntries { state }, job.seq, pretty);
     // Copy (and fsync) the journal's newer records that exist by now without the lock;
     // under it only what was appended in the meantime is left to copy.
@@ -524,6 +543,7 @@ fn compact_in_background(
     });
     let mut st = state.write().unwrap_or_else(PoisonError::into_inner);
     st.compacting = false;
+    guard.armed = false;
     let outcome = prepared.and_then(|(len, tail)| {
         st.main_len = len;
         carry_over_journal(&mut st, paths, tail, job.records, group)
