@@ -13,7 +13,6 @@ use std::marker::PhantomData;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
-use falkordb::FalkorValue;
 use futures::StreamExt;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, IntoConnectionInfo, Value};
@@ -28,7 +27,8 @@ use storage_core::{
 
 use crate::config::{GraphConfig, STREAM_MAX_LEN, redact_url};
 use crate::cypher::{
-    Cypher, KEY_INDEX_PROP, KEY_PROP, OPAQUE_PROP, Promoted, VALUE_PROP, key_hex, promote,
+    Cypher, KEY_INDEX_PROP, KEY_PROP, OPAQUE_PROP, Promoted, VALUE_PROP, key_hex, literal,
+    promote,
 };
 use crate::embedded::EmbeddedServer;
 use crate::error::{BACKEND, corrupt, is_missing_graph, redis_err, reply_err};
@@ -760,7 +760,9 @@ impl Inner {
             // A lone set skips UNWIND, which costs FalkorDB about three times more
             // than the same upsert on plain parameters.
             let k = q.param(&key_hex(key))?;
-            let p = q.param(&node_props(key, value))?;
+            let mut row = String::new();
+            write_node_literal(&mut row, key, value)?;
+            let p = q.param_literal(&row);
             let _ = write!(
                 body,
                 "OPTIONAL MATCH (n:{label} {{{KEY_INDEX_PROP}: {k}}}) \
@@ -768,11 +770,16 @@ impl Inner {
                  FOREACH (_ IN CASE WHEN n IS NULL THEN [] ELSE [1] END | SET n = {p})"
             );
         } else if !sets.is_empty() {
-            let rows: Vec<FalkorValue> = sets
-                .iter()
-                .map(|(key, value)| node_props(key, value))
-                .collect();
-            let rows = q.param(&rows)?;
+            let mut list = String::with_capacity(sets.len() * 160);
+            list.push('[');
+            for (i, (key, value)) in sets.iter().enumerate() {
+                if i > 0 {
+                    list.push_str(", ");
+                }
+                write_node_literal(&mut list, key, value)?;
+            }
+            list.push(']');
+            let rows = q.param_literal(&list);
             let _ = write!(
                 body,
                 "UNWIND {rows} AS r OPTIONAL MATCH (n:{label} {{{KEY_INDEX_PROP}: r.{KEY_INDEX_PROP}}}) \
@@ -789,30 +796,35 @@ impl Inner {
     }
 }
 
-/// Every property of an entry's node.
-fn node_props(key: &str, value: &Encoded) -> FalkorValue {
-    let mut map: HashMap<String, FalkorValue> = value.promoted.props.clone();
-    map.insert(KEY_PROP.to_owned(), FalkorValue::String(key.to_owned()));
-    map.insert(KEY_INDEX_PROP.to_owned(), FalkorValue::String(key_hex(key)));
-    map.insert(
-        VALUE_PROP.to_owned(),
-        FalkorValue::String(value.stored.clone()),
+/// Every property of an entry's node, as a Cypher map literal appended to `out`.
+///
+/// Written directly rather than through a `FalkorValue::Map`, which would copy every
+/// property once more per row: each value still goes through the `falkordb` encoder,
+/// and every name is fixed or a promoted path (no backtick, no NUL: see
+/// `cypher::promote`) in backticks.
+fn write_node_literal(out: &mut String, key: &str, value: &Encoded) -> Result<()> {
+    let hex = key_hex(key);
+    let _ = write!(
+        out,
+        "{{{KEY_PROP}: {}, {KEY_INDEX_PROP}: '{hex}', {VALUE_PROP}: {}",
+        literal(key)?,
+        literal(value.stored.as_str())?
     );
-    if !value.promoted.opaque.is_empty() {
-        map.insert(
-            OPAQUE_PROP.to_owned(),
-            FalkorValue::Array(
-                value
-                    .promoted
-                    .opaque
-                    .iter()
-                    .cloned()
-                    .map(FalkorValue::String)
-                    .collect(),
-            ),
-        );
+    for (name, v) in &value.promoted.props {
+        let _ = write!(out, ", `{name}`: {}", literal(v)?);
     }
-    FalkorValue::Map(map)
+    if !value.promoted.opaque.is_empty() {
+        let _ = write!(out, ", {OPAQUE_PROP}: [");
+        for (i, path) in value.promoted.opaque.iter().enumerate() {
+            if i > 0 {
+                out.push_str(", ");
+            }
+            out.push_str(&literal(path.as_str())?);
+        }
+        out.push(']');
+    }
+    out.push('}');
+    Ok(())
 }
 
 fn conn_config() -> AsyncConnectionConfig {
