@@ -71,7 +71,13 @@ async fn main() -> Result<()> {
         .await
         .map_err(backend)?;
 
-    raw_query(&mut conn, "GRAPH.QUERY", "raw", "CREATE INDEX FOR (n:User) ON (n.key)").await?;
+    raw_query(
+        &mut conn,
+        "GRAPH.QUERY",
+        "raw",
+        "CREATE INDEX FOR (n:User) ON (n.key)",
+    )
+    .await?;
     let store = GraphStorage::<User>::open(GraphConfig {
         url: Some(server.url().to_owned()),
         database: "adapter".into(),
@@ -104,7 +110,11 @@ async fn main() -> Result<()> {
         let rows: Vec<std::collections::HashMap<String, String>> = (0..batch)
             .map(|i| {
                 let v = serde_json::to_string(&user(i)).unwrap_or_default();
-                [("key".to_owned(), format!("row:{round}:{i}")), ("v".to_owned(), v)].into()
+                [
+                    ("key".to_owned(), format!("row:{round}:{i}")),
+                    ("v".to_owned(), v),
+                ]
+                .into()
             })
             .collect();
         let started = Instant::now();
@@ -114,8 +124,9 @@ async fn main() -> Result<()> {
         );
         raw_query(&mut conn, "GRAPH.QUERY", "raw", &q).await?;
         raw_batch += started.elapsed();
-        let entries: Vec<(String, User)> =
-            (0..batch).map(|i| (format!("row:{round}:{i}"), user(i))).collect();
+        let entries: Vec<(String, User)> = (0..batch)
+            .map(|i| (format!("row:{round}:{i}"), user(i)))
+            .collect();
         let started = Instant::now();
         store.set_many(entries).await?;
         batched += started.elapsed();
@@ -136,7 +147,10 @@ async fn main() -> Result<()> {
         assert!(found.is_some());
     }
     let (raw_create, create) = (rate(n, raw_create), rate(n, create));
-    let (raw_batch, batched) = (rate(batch * rounds, raw_batch), rate(batch * rounds, batched));
+    let (raw_batch, batched) = (
+        rate(batch * rounds, raw_batch),
+        rate(batch * rounds, batched),
+    );
     let (raw_get, get) = (rate(n, raw_get), rate(n, get));
 
     println!("workload                      raw ops/s   adapter ops/s   ratio");

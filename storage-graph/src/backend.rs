@@ -27,8 +27,7 @@ use storage_core::{
 
 use crate::config::{GraphConfig, STREAM_MAX_LEN, redact_url};
 use crate::cypher::{
-    Cypher, KEY_INDEX_PROP, KEY_PROP, OPAQUE_PROP, Promoted, VALUE_PROP, key_hex, literal,
-    promote,
+    Cypher, KEY_INDEX_PROP, KEY_PROP, OPAQUE_PROP, Promoted, VALUE_PROP, key_hex, literal, promote,
 };
 use crate::embedded::EmbeddedServer;
 use crate::error::{BACKEND, corrupt, is_missing_graph, redis_err, reply_err};
@@ -36,7 +35,7 @@ use crate::error::{BACKEND, corrupt, is_missing_graph, redis_err, reply_err};
 /// How often a write that lost a `WATCH` race is retried before `VersionConflict`.
 const WRITE_RETRIES: usize = 16;
 /// Entries fetched per round trip when iterating.
-const PAGE: usize = 1000;
+const PAGE: usize = 5000;
 
 /// A FalkorDB-backed store of `T` values under one label of one graph.
 ///
@@ -1017,7 +1016,7 @@ impl<T: StorageValue> GraphStorage<T> {
 
     async fn apply_watched(&self, ops: &[Op]) -> Result<Applied> {
         let mut conn = self.inner.dedicated().await?;
-        for _ in 0..WRITE_RETRIES {
+        for attempt in 0..WRITE_RETRIES {
             redis::cmd("WATCH")
                 .arg(&self.inner.graph)
                 .arg(&self.inner.version_key)
@@ -1033,7 +1032,17 @@ impl<T: StorageValue> GraphStorage<T> {
                     self.inner.give_back(conn);
                     return Ok(applied);
                 }
-                Ok(None) => {}
+                Ok(None) => {
+                    // Lost a race: back off a little (growing, staggered by the clock)
+                    // so that a crowd of writers does not retry in lockstep.
+                    let jitter = u64::from(
+                        std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.subsec_nanos() % 1000),
+                    );
+                    let attempt_us = 200 * (u64::try_from(attempt).unwrap_or(16) + 1);
+                    tokio::time::sleep(std::time::Duration::from_micros(attempt_us + jitter)).await;
+                }
                 Err(e) => {
                     let _ = redis::cmd("UNWATCH").query_async::<()>(&mut conn).await;
                     return Err(e);
