@@ -179,16 +179,13 @@ impl Script {
                 .insert(label.to_owned(), Err("session gone".into()));
             return;
         }
-        match tokio::time::timeout(BLOCKED_AFTER, &mut rx).await {
-            Ok(reply) => {
-                let reply = reply.unwrap_or_else(|_| Err("session gone".into()));
-                let _ = write!(self.trace, "{reply:?}");
-                self.answers.insert(label.to_owned(), reply);
-            }
-            Err(_) => {
-                self.trace.push_str("blocked");
-                self.pending.push((label.to_owned(), rx));
-            }
+        if let Ok(reply) = tokio::time::timeout(BLOCKED_AFTER, &mut rx).await {
+            let reply = reply.unwrap_or_else(|_| Err("session gone".into()));
+            let _ = write!(self.trace, "{reply:?}");
+            self.answers.insert(label.to_owned(), reply);
+        } else {
+            self.trace.push_str("blocked");
+            self.pending.push((label.to_owned(), rx));
         }
     }
 
@@ -263,6 +260,8 @@ impl Anomaly {
     }
 }
 
+// The nine scripts read best side by side, as in Hermitage.
+#[allow(clippy::too_many_lines)]
 /// Runs `anomaly`'s script once at `level`; `Ok(Some(why))` when the anomaly occurred.
 async fn run_once<S: TransactionalStorage<Value> + 'static>(
     store: Arc<S>,
@@ -467,12 +466,12 @@ pub async fn check_anomaly<H: TransactionalHarness>(h: &H, anomaly: Anomaly) -> 
             reported >= level,
             "{anomaly:?}: requested {level}, a transaction reported {reported}"
         );
-        if reported >= anomaly.forbidden_from() {
-            if let Some(why) = found {
-                return Err(Failure::new(format!(
-                    "{anomaly:?} occurred at {reported} (requested {level}), which forbids it: {why}\ninterleaving:{trace}"
-                )));
-            }
+        if reported >= anomaly.forbidden_from()
+            && let Some(why) = found
+        {
+            return Err(Failure::new(format!(
+                "{anomaly:?} occurred at {reported} (requested {level}), which forbids it: {why}\ninterleaving:{trace}"
+            )));
         }
     }
     Ok(())

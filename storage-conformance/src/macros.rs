@@ -5,13 +5,21 @@
 #[macro_export]
 macro_rules! __suite {
     (
-        $module:ident, $harness:expr;
+        $module:ident, $harness:expr, $tier:ident;
         plain: [$($pm:ident :: $pc:ident),* $(,)?];
         model: [$($mm:ident :: $mc:ident),* $(,)?];
     ) => {
         #[allow(unused_imports, clippy::all, clippy::pedantic)]
         mod $module {
             use super::*;
+
+            /// Fails to compile, naming the missing tier, when the harness's store lacks it
+            /// (checked in every build, not only under `cfg(test)`).
+            #[allow(dead_code)]
+            fn the_store_implements_the_suites_tier() {
+                fn has_tier<H: $crate::$tier>(_: &H) {}
+                has_tier(&$harness);
+            }
             $(
                 #[test]
                 fn $pc() {
@@ -64,7 +72,7 @@ macro_rules! storage_suite {
     };
     ($module:ident, $harness:expr) => {
         $crate::__suite! {
-            $module, $harness;
+            $module, $harness, StorageHarness;
             plain: [
                 storage::capabilities_agree_with_tier_accessors,
                 storage::get_of_missing_key_returns_none,
@@ -105,7 +113,7 @@ macro_rules! batch_suite {
     };
     ($module:ident, $harness:expr) => {
         $crate::__suite! {
-            $module, $harness;
+            $module, $harness, BatchHarness;
             plain: [
                 batch::capabilities_agree_with_tier_accessors,
                 batch::get_many_returns_only_present_keys,
@@ -135,7 +143,7 @@ macro_rules! queryable_suite {
     };
     ($module:ident, $harness:expr) => {
         $crate::__suite! {
-            $module, $harness;
+            $module, $harness, QueryableHarness;
             plain: [
                 query::capabilities_agree_with_tier_accessors,
                 query::corpus_cases_return_the_expected_keys,
@@ -167,7 +175,7 @@ macro_rules! indexed_suite {
     };
     ($module:ident, $harness:expr) => {
         $crate::__suite! {
-            $module, $harness;
+            $module, $harness, IndexedHarness;
             plain: [
                 indexed::capabilities_agree_with_tier_accessors,
                 indexed::creating_an_identical_index_twice_is_a_no_op,
@@ -200,11 +208,12 @@ macro_rules! transactional_suite {
     };
     ($module:ident, $harness:expr) => {
         $crate::__suite! {
-            $module, $harness;
+            $module, $harness, TransactionalHarness;
             plain: [
                 transactional::capabilities_agree_with_tier_accessors,
                 transactional::committed_writes_become_visible,
                 transactional::a_transaction_sees_its_own_writes,
+                transactional::invalid_keys_in_a_transaction_are_rejected,
                 transactional::uncommitted_writes_are_invisible_to_others,
                 transactional::rolled_back_writes_vanish,
                 transactional::a_dropped_transaction_rolls_back,
@@ -246,7 +255,7 @@ macro_rules! observable_suite {
     };
     ($module:ident, $harness:expr) => {
         $crate::__suite! {
-            $module, $harness;
+            $module, $harness, ObservableHarness;
             plain: [
                 observable::capabilities_agree_with_tier_accessors,
                 observable::committed_writes_arrive_in_commit_order,
@@ -255,6 +264,7 @@ macro_rules! observable_suite {
                 observable::only_committed_changes_are_announced,
                 observable::batches_and_clears_announce_every_change,
                 observable::a_vetoing_before_hook_leaves_the_store_unchanged,
+                observable::a_before_hook_can_veto_reads,
                 observable::after_hooks_see_committed_writes,
                 observable::watch_by_glob_delivers_matching_keys_only,
                 observable::watch_by_regex_matches_whole_keys,
@@ -263,6 +273,68 @@ macro_rules! observable_suite {
                 observable::changes_cross_handles_when_declared,
             ];
             model: [];
+        }
+    };
+}
+
+/// The persistence suite, for stores that declare `persistent`:
+/// `persistence_suite!(MyHarness::new());` expands into the module `persistence_conformance`.
+/// The harness must give back a namespace's data when it is opened again after
+/// [`Harness::close`](crate::Harness::close).
+#[macro_export]
+macro_rules! persistence_suite {
+    ($harness:expr) => {
+        $crate::persistence_suite!(persistence_conformance, $harness);
+    };
+    ($module:ident, $harness:expr) => {
+        $crate::__suite! {
+            $module, $harness, StorageHarness;
+            plain: [
+                persistence::capabilities_declare_persistence,
+                persistence::acknowledged_writes_survive_reopening,
+                persistence::typed_values_survive_reopening,
+                persistence::batches_and_transactions_survive_reopening,
+                persistence::a_reopened_store_keeps_working,
+            ];
+            model: [];
+        }
+    };
+}
+
+/// The crash suite: `crash_suite!(|location: String| async move { MyStore::open(location) });`
+/// expands into the module `crash_conformance` with two tests: `crash_child_entry` (what the
+/// killed child process runs; on its own it checks the write-and-acknowledge loop in process) and
+/// `acknowledged_writes_survive_sigkill` (kills the child `CONFORMANCE_CRASH_TRIALS` times, 200 by
+/// default, and checks every acknowledged write after each kill). The closure opens a
+/// `Storage<serde_json::Value>` at `location`, a path inside a fresh temporary directory.
+#[macro_export]
+macro_rules! crash_suite {
+    ($open:expr) => {
+        $crate::crash_suite!(crash_conformance, $open);
+    };
+    ($module:ident, $open:expr) => {
+        #[allow(unused_imports, clippy::all, clippy::pedantic)]
+        mod $module {
+            use super::*;
+
+            #[test]
+            fn crash_child_entry() {
+                $crate::runner::run(
+                    concat!(stringify!($module), "::crash_child_entry"),
+                    $crate::crash::child_entry($open),
+                );
+            }
+
+            #[test]
+            fn acknowledged_writes_survive_sigkill() {
+                $crate::runner::run(
+                    concat!(stringify!($module), "::acknowledged_writes_survive_sigkill"),
+                    $crate::crash::acknowledged_writes_survive_sigkill(
+                        concat!(module_path!(), "::crash_child_entry"),
+                        $open,
+                    ),
+                );
+            }
         }
     };
 }

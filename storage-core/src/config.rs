@@ -462,6 +462,8 @@ fn default_read_pool_size() -> usize {
 }
 
 /// Configuration of the SQLite adapter (`type = "sqlite"`).
+// Each flag is an independent SQLite setting, named as configuration files name it.
+#[allow(clippy::struct_excessive_bools)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "SqliteConfigRepr")]
 pub struct SqliteConfig {
@@ -470,8 +472,8 @@ pub struct SqliteConfig {
     pub common: StorageConfig,
     /// The database file, or `":memory:"` for a private in-memory database. Required.
     pub database: String,
-    /// The table holding the entries (alias `tableName`); an identifier that does not
-    /// start with `sqlite_`. Default: `"storage"`.
+    /// The table holding the entries (alias `tableName`); an identifier, see
+    /// [`validate`](Self::validate) for the reserved names. Default: `"storage"`.
     pub table_name: String,
     /// Use write-ahead logging (readers never block the writer). Default: `true`.
     pub wal: bool,
@@ -483,11 +485,17 @@ pub struct SqliteConfig {
     /// in milliseconds (alias `busyTimeoutMs`). Default: 5000.
     pub busy_timeout_ms: u64,
     /// Read-only connections serving reads beside the one writer (alias
-    /// `readPoolSize`); at least 1. Default: 4.
+    /// `readPoolSize`); 1 to 64. Default: 4.
     pub read_pool_size: usize,
     /// Run `PRAGMA integrity_check` when opening and fail with `Corrupted` if it
-    /// reports a problem (alias `integrityCheckOnOpen`). Default: `false`.
+    /// reports a problem; it reads the whole file (alias `integrityCheckOnOpen`).
+    /// Default: `false`.
     pub integrity_check_on_open: bool,
+    /// Record every committed change in a change-log table, in the same transaction
+    /// as the change, so other handles and processes can watch it (alias
+    /// `changeLog`). Without it, watches see only changes made through this handle.
+    /// Default: `true`.
+    pub change_log: bool,
 }
 
 config_repr!(SqliteConfigRepr => SqliteConfig ("sqlite") {
@@ -506,6 +514,8 @@ config_repr!(SqliteConfigRepr => SqliteConfig ("sqlite") {
     read_pool_size: usize,
     #[serde(default, alias = "integrityCheckOnOpen")]
     integrity_check_on_open: bool,
+    #[serde(default = "default_true", alias = "changeLog")]
+    change_log: bool,
 });
 
 impl SqliteConfig {
@@ -521,48 +531,122 @@ impl SqliteConfig {
             busy_timeout_ms: default_busy_timeout_ms(),
             read_pool_size: default_read_pool_size(),
             integrity_check_on_open: false,
+            change_log: true,
         }
     }
 
     /// A private in-memory database.
-    pub fn in_memory() -> Self {
+    pub fn memory() -> Self {
         Self::new(":memory:")
     }
 
-    /// Whether the database is the in-memory one.
-    pub fn is_in_memory(&self) -> bool {
+    /// Whether the database is the private in-memory one.
+    pub fn is_memory(&self) -> bool {
         self.database == ":memory:"
+    }
+
+    /// The database file, `None` for `:memory:`.
+    pub fn path(&self) -> Option<PathBuf> {
+        (!self.is_memory()).then(|| PathBuf::from(&self.database))
+    }
+
+    /// Sets the table name.
+    #[must_use]
+    pub fn table_name(mut self, name: impl Into<String>) -> Self {
+        self.table_name = name.into();
+        self
+    }
+
+    /// Sets write-ahead logging.
+    #[must_use]
+    pub fn wal(mut self, yes: bool) -> Self {
+        self.wal = yes;
+        self
+    }
+
+    /// Sets the `foreign_keys` pragma.
+    #[must_use]
+    pub fn foreign_keys(mut self, yes: bool) -> Self {
+        self.foreign_keys = yes;
+        self
+    }
+
+    /// Sets the `synchronous` level.
+    #[must_use]
+    pub fn synchronous(mut self, level: SynchronousLevel) -> Self {
+        self.synchronous = level;
+        self
+    }
+
+    /// Sets the busy time-out in milliseconds.
+    #[must_use]
+    pub fn busy_timeout_ms(mut self, ms: u64) -> Self {
+        self.busy_timeout_ms = ms;
+        self
+    }
+
+    /// Sets the number of read connections.
+    #[must_use]
+    pub fn read_pool_size(mut self, size: usize) -> Self {
+        self.read_pool_size = size;
+        self
+    }
+
+    /// Sets whether to run an integrity check on open.
+    #[must_use]
+    pub fn integrity_check_on_open(mut self, yes: bool) -> Self {
+        self.integrity_check_on_open = yes;
+        self
+    }
+
+    /// Turns the change-log table on or off.
+    #[must_use]
+    pub fn change_log(mut self, yes: bool) -> Self {
+        self.change_log = yes;
+        self
     }
 
     /// Checks what deserialization cannot.
     ///
     /// # Errors
-    /// As [`StorageConfig::validate`]; `InvalidConfig` when `table_name` is not an identifier
-    /// (`^[A-Za-z_][A-Za-z0-9_]{0,62}$`) or starts with `sqlite_` (any case, reserved
-    /// by SQLite), when `database` is empty, or `read_pool_size` is zero.
+    /// As [`StorageConfig::validate`]; `InvalidConfig` naming the field when
+    /// `table_name` is not an identifier (`^[A-Za-z_][A-Za-z0-9_]{0,62}$`), starts with
+    /// `sqlite_` (reserved by SQLite) or `_storage` (the adapter's own tables), any case,
+    /// or contains `__` (the separator of the adapter's derived names); when `database`
+    /// is empty or contains NUL; when `read_pool_size` is not 1 to 64; when
+    /// `busy_timeout_ms` exceeds one hour.
     pub fn validate(&self) -> Result<()> {
         self.common.validate()?;
         check_identifier("table_name", &self.table_name)?;
-        if self
-            .table_name
-            .get(..7)
-            .is_some_and(|p| p.eq_ignore_ascii_case("sqlite_"))
-        {
-            return Err(invalid(format!(
-                "table_name {:?} starts with `sqlite_`, which sqlite reserves for itself",
-                self.table_name
-            ))
-            .with_context("field", "table_name"));
+        let lower = self.table_name.to_ascii_lowercase();
+        let reserved = if lower.starts_with("sqlite_") {
+            Some("starts with `sqlite_`, which sqlite reserves for itself")
+        } else if lower.starts_with("_storage") {
+            Some("starts with `_storage`, which the sqlite adapter reserves for its own tables")
+        } else if lower.contains("__") {
+            Some("contains `__`, which the sqlite adapter uses in the names it derives")
+        } else {
+            None
+        };
+        if let Some(why) = reserved {
+            return Err(invalid(format!("table_name {:?} {why}", self.table_name))
+                .with_context("field", "table_name"));
         }
-        if self.database.is_empty() {
-            return Err(
-                invalid("database must be a file path or \":memory:\", not empty")
-                    .with_context("field", "database"),
-            );
+        if self.database.is_empty() || self.database.contains('\0') {
+            return Err(invalid(
+                "database must be a file path or \":memory:\", not empty and without nul",
+            )
+            .with_context("field", "database"));
         }
-        if self.read_pool_size == 0 {
-            return Err(invalid("read_pool_size must be at least 1")
+        if !(1..=64).contains(&self.read_pool_size) {
+            return Err(invalid("read_pool_size must be between 1 and 64")
                 .with_context("field", "read_pool_size"));
+        }
+        if self.busy_timeout_ms > 3_600_000 {
+            return Err(
+                invalid("busy_timeout_ms must be at most one hour (3600000)")
+                    .with_context("field", "busy_timeout_ms"),
+            );
         }
         Ok(())
     }
@@ -1098,7 +1182,7 @@ hints:
         let BackendConfig::Sqlite(s) = cfg else {
             return Err("expected sqlite".into());
         };
-        assert!(s.is_in_memory());
+        assert!(s.is_memory());
         assert_eq!(s.table_name, "users");
         assert_eq!(s.synchronous, SynchronousLevel::Full);
         assert_eq!(s.synchronous.as_pragma(), "FULL");
@@ -1254,6 +1338,37 @@ hints:
     }
 
     #[test]
+    fn durability_and_lock_modes_parse_in_every_syntax() -> TestResult {
+        let group = Durability::Group {
+            max_writes: 8,
+            max_delay_ms: 10,
+        };
+        let yaml = "file_path: a\ndurability:\n  group:\n    max_writes: 8\nlock: fail\n";
+        let j: JsonConfig = parse_config(yaml, ConfigFormat::Yaml)?;
+        assert_eq!((j.durability, j.lock), (group, LockMode::Fail));
+        let json = r#"{"file_path":"a","durability":"fsync-each","lock":{"wait":{}}}"#;
+        let j: JsonConfig = parse_config(json, ConfigFormat::Json)?;
+        assert_eq!(j.durability, Durability::FsyncEach);
+        assert_eq!(j.lock, LockMode::Wait { timeout_ms: 10_000 });
+        let toml = "file_path = 'a'\ndurability = 'fsync_each'\n[lock.wait]\ntimeout_ms = 1";
+        let j: JsonConfig = parse_config(toml, ConfigFormat::Toml)?;
+        assert_eq!(j.lock, LockMode::Wait { timeout_ms: 1 });
+        expect_invalid(parse_config::<JsonConfig>(
+            "file_path = 'a'\ndurability = 'sometimes'",
+            ConfigFormat::Toml,
+        ));
+        let zero = JsonConfig {
+            durability: Durability::Group {
+                max_writes: 0,
+                max_delay_ms: 1,
+            },
+            ..JsonConfig::new("a")
+        };
+        expect_invalid(zero.validate());
+        Ok(())
+    }
+
+    #[test]
     fn an_adapter_config_accepts_only_its_own_type() -> TestResult {
         let j: JsonConfig = parse_config("type = 'json'\nfile_path = 'a'", ConfigFormat::Toml)?;
         assert_eq!(j, JsonConfig::new("a"));
@@ -1277,12 +1392,16 @@ hints:
             "sqlite_master",
             "SQLITE_custom",
             "Sqlite_x",
+            "_storage_changes",
+            "_STORAGE",
+            "a__b",
+            "users\0",
             "ünïcode",
             &"t".repeat(64),
         ] {
             let cfg = SqliteConfig {
                 table_name: bad.to_owned(),
-                ..SqliteConfig::in_memory()
+                ..SqliteConfig::memory()
             };
             let err = expect_invalid(cfg.validate());
             assert_eq!(err.context_value("field"), Some("table_name"), "{bad}");
@@ -1290,18 +1409,27 @@ hints:
         for good in ["users", "_t", "T_1", "sqlite", "sqlitex_1", &"t".repeat(63)] {
             let cfg = SqliteConfig {
                 table_name: good.to_owned(),
-                ..SqliteConfig::in_memory()
+                ..SqliteConfig::memory()
             };
             assert!(cfg.validate().is_ok(), "{good}");
         }
         expect_invalid(SqliteConfig::new("").validate());
-        expect_invalid(
-            SqliteConfig {
-                read_pool_size: 0,
-                ..SqliteConfig::in_memory()
-            }
-            .validate(),
-        );
+        expect_invalid(SqliteConfig::new("a\0b").validate());
+        expect_invalid(SqliteConfig::memory().read_pool_size(0).validate());
+        expect_invalid(SqliteConfig::memory().read_pool_size(65).validate());
+        expect_invalid(SqliteConfig::memory().busy_timeout_ms(3_600_001).validate());
+        let built = SqliteConfig::new("x.db")
+            .table_name("users")
+            .wal(false)
+            .foreign_keys(true)
+            .synchronous(SynchronousLevel::Off)
+            .busy_timeout_ms(1)
+            .read_pool_size(2)
+            .integrity_check_on_open(true)
+            .change_log(false);
+        assert!(built.validate().is_ok());
+        assert_eq!(built.path(), Some(PathBuf::from("x.db")));
+        assert_eq!(SqliteConfig::memory().path(), None);
     }
 
     #[test]
@@ -1380,7 +1508,7 @@ hints:
             }),
             BackendConfig::Sqlite(SqliteConfig {
                 common: common.clone(),
-                ..SqliteConfig::in_memory()
+                ..SqliteConfig::memory()
             }),
             BackendConfig::Graph(GraphConfig {
                 common: common.clone(),

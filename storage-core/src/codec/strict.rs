@@ -98,6 +98,7 @@ struct Checked<'g, 'v, T: ?Sized> {
 }
 
 impl<T: Serialize + ?Sized> Serialize for Checked<'_, '_, T> {
+    #[inline]
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         self.value.serialize(Strict {
             inner: serializer,
@@ -113,6 +114,7 @@ struct CheckedKey<'g, 'v, T: ?Sized> {
 }
 
 impl<T: Serialize + ?Sized> Serialize for CheckedKey<'_, '_, T> {
+    #[inline]
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         self.value.serialize(KeyCheck {
             inner: serializer,
@@ -121,6 +123,7 @@ impl<T: Serialize + ?Sized> Serialize for CheckedKey<'_, '_, T> {
     }
 }
 
+#[inline]
 fn check<'g, 'v, T: ?Sized>(guard: &'g Guard, value: &'v T) -> Checked<'g, 'v, T> {
     Checked { value, guard }
 }

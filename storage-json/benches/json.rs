@@ -1,0 +1,364 @@
+//! The JSON-file store on the shared workload, next to a raw JSON file.
+//!
+//! `cargo bench -p storage-json` prints one Markdown report: sets at 1k, 10k and
+//! 100k existing entries under fsync-per-write, group commit and `atomic: false`;
+//! open time; gets; queries with and without indexes; compaction; and the raw
+//! baselines (rewrite the whole file per write, append one fsync'd line).
+//! `STORAGE_JSON_BENCH_QUICK=1` shrinks the run for a smoke test;
+//! `STORAGE_JSON_BENCH_SIZES=100000` picks the store sizes.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use storage_core::query::field;
+use storage_core::{
+    BatchStorage, IndexDefinition, IndexKind, IndexedStorage, Query, QueryableStorage, Storage,
+};
+use storage_json::{Durability, JsonConfig, JsonConfigExt, JsonStorage};
+
+type BenchResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
+
+/// The shared workload's value: a user record of about 150 bytes of JSON.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct User {
+    id: u64,
+    name: String,
+    email: String,
+    age: u32,
+    city: String,
+    tags: Vec<String>,
+    active: bool,
+}
+
+const CITIES: [&str; 8] = [
+    "Paris", "Lyon", "Berlin", "Madrid", "Rome", "Oslo", "Lisbon", "Vienna",
+];
+
+fn user(id: u64) -> User {
+    User {
+        id,
+        name: format!("User Number {id}"),
+        email: format!("user{id}@example.com"),
+        age: u32::try_from(18 + id % 60).unwrap_or(18),
+        city: CITIES[usize::try_from(id % 8).unwrap_or(0)].to_owned(),
+        tags: vec!["alpha".to_owned(), format!("group{}", id % 100)],
+        active: !id.is_multiple_of(3),
+    }
+}
+
+fn key(id: u64) -> String {
+    format!("user:{id:08}")
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+fn micros(d: Duration, ops: u64) -> f64 {
+    d.as_secs_f64() * 1e6 / f64::from(u32::try_from(ops).unwrap_or(u32::MAX))
+}
+
+async fn prefill(path: &Path, n: u64) -> BenchResult {
+    let store = JsonStorage::<User>::open(JsonConfig::new(path)).await?;
+    for chunk in (0..n).collect::<Vec<_>>().chunks(10_000) {
+        store
+            .set_many(chunk.iter().map(|i| (key(*i), user(*i))).collect())
+            .await?;
+    }
+    store.close().await?;
+    Ok(())
+}
+
+/// Sequential overwrites of random existing keys, one `set` awaited at a time.
+async fn sequential_sets(config: JsonConfig, n: u64, ops: u64) -> BenchResult<f64> {
+    let store = JsonStorage::<User>::open(config).await?;
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let start = Instant::now();
+    for _ in 0..ops {
+        let id = rng.below(n);
+        store.set(&key(id), &user(id)).await?;
+    }
+    let took = start.elapsed();
+    store.close().await?;
+    Ok(micros(took, ops))
+}
+
+/// Sequential fsync'd sets and raw fsync'd appends, alternated in rounds so both
+/// see the same disk (its fsync latency drifts with other load on the machine).
+async fn fsync_vs_raw(dir: &Path, path: &Path, n: u64, ops: u64) -> BenchResult<(f64, f64)> {
+    let store = JsonStorage::<User>::open(JsonConfig::new(path)).await?;
+    let mut raw = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("raw.log"))?;
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let rounds = 10;
+    let (mut in_store, mut in_raw) = (Duration::ZERO, Duration::ZERO);
+    for _ in 0..rounds {
+        let start = Instant::now();
+        for _ in 0..ops / rounds {
+            let id = rng.below(n);
+            store.set(&key(id), &user(id)).await?;
+        }
+        in_store += start.elapsed();
+        let start = Instant::now();
+        for _ in 0..ops / rounds {
+            let id = rng.below(n);
+            let mut line = serde_json::to_vec(&(key(id), user(id)))?;
+            line.push(b'\n');
+            raw.write_all(&line)?;
+            raw.sync_data()?;
+        }
+        in_raw += start.elapsed();
+    }
+    store.close().await?;
+    Ok((micros(in_store, ops), micros(in_raw, ops)))
+}
+
+/// Overwrites from `writers` concurrent tasks; group commit shares fsyncs between them.
+async fn concurrent_sets(config: JsonConfig, n: u64, ops: u64, writers: u64) -> BenchResult<f64> {
+    let store = JsonStorage::<User>::open(config).await?;
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..writers)
+        .map(|w| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut rng = Rng(0x2545_F491_4F6C_DD1D ^ (w + 1));
+                for _ in 0..ops / writers {
+                    let id = rng.below(n);
+                    store.set(&key(id), &user(id)).await?;
+                }
+                Ok::<_, storage_core::StorageError>(())
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await??;
+    }
+    let took = start.elapsed();
+    store.close().await?;
+    Ok(micros(took, ops))
+}
+
+/// The naive design: rewrite the whole file (temp, fsync, rename) for every write.
+fn raw_rewrite(dir: &Path, n: u64, ops: u64) -> BenchResult<f64> {
+    let mut map: std::collections::BTreeMap<String, User> =
+        (0..n).map(|i| (key(i), user(i))).collect();
+    let path = dir.join("raw.json");
+    let tmp = dir.join("raw.json.tmp");
+    let mut rng = Rng(7);
+    let start = Instant::now();
+    for _ in 0..ops {
+        let id = rng.below(n);
+        map.insert(key(id), user(id));
+        let mut out = std::io::BufWriter::new(File::create(&tmp)?);
+        serde_json::to_writer(&mut out, &map)?;
+        let file = out
+            .into_inner()
+            .map_err(std::io::IntoInnerError::into_error)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+    }
+    Ok(micros(start.elapsed(), ops))
+}
+
+/// Write costs at every size; returns the largest size.
+async fn write_costs(root: &Path, quick: bool) -> BenchResult<u64> {
+    let sizes: Vec<u64> = match std::env::var("STORAGE_JSON_BENCH_SIZES") {
+        Ok(list) => list
+            .split(',')
+            .filter_map(|n| n.trim().parse().ok())
+            .collect(),
+        Err(_) if quick => vec![1_000],
+        Err(_) => vec![1_000, 10_000, 100_000],
+    };
+    let seq_ops = if quick { 200 } else { 2_000 };
+    let group_ops = if quick { 2_000 } else { 20_000 };
+    let group = Durability::Group {
+        max_writes: 64,
+        max_delay_ms: 1,
+    };
+
+    println!(
+        "| entries | set, fsync per write | raw append + fdatasync (same rounds) | ratio | set, group commit (64 writers) | set, atomic: false | raw: rewrite the file per write |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    for &n in &sizes {
+        let path = root.join(format!("users-{n}.json"));
+        prefill(&path, n).await?;
+        let (fsync, raw) = fsync_vs_raw(root, &path, n, seq_ops).await?;
+        let grouped =
+            concurrent_sets(JsonConfig::new(&path).durability(group), n, group_ops, 64).await?;
+        let loose = sequential_sets(JsonConfig::new(&path).atomic(false), n, seq_ops).await?;
+        let rewrite_ops = if n >= 100_000 { 5 } else { 50 };
+        let rewrite = raw_rewrite(root, n, rewrite_ops)?;
+        println!(
+            "| {n} | {fsync:.1} µs | {raw:.1} µs | {:.2} | {grouped:.1} µs | {loose:.1} µs | {rewrite:.0} µs |",
+            fsync / raw
+        );
+    }
+    Ok(*sizes.last().unwrap_or(&1_000))
+}
+
+/// Open, get, query and compaction costs at `n` entries (the file written by `write_costs`).
+async fn read_costs(root: &Path, n: u64) -> BenchResult {
+    let path = root.join(format!("users-{n}.json"));
+    let start = Instant::now();
+    let store = JsonStorage::<User>::open(JsonConfig::new(&path)).await?;
+    let open_ms = start.elapsed().as_secs_f64() * 1e3;
+    let size_kb = std::fs::metadata(&path)?.len() / 1_000;
+    let file_mb = f64::from(u32::try_from(size_kb).unwrap_or(u32::MAX)) / 1e3;
+    println!("\nAt {n} entries ({file_mb:.1} MB file):\n");
+    println!("| operation | time |");
+    println!("|---|---:|");
+    println!("| open (load and parse the file) | {open_ms:.0} ms |");
+
+    let gets = 100_000u64;
+    let mut rng = Rng(11);
+    let start = Instant::now();
+    for _ in 0..gets {
+        let id = rng.below(n);
+        if store.get(&key(id)).await?.is_none() {
+            return Err("missing key".into());
+        }
+    }
+    println!("| get | {:.2} µs |", micros(start.elapsed(), gets));
+
+    let queries = [
+        (
+            "eq on city, no index (full scan)",
+            Query::filter(field("city").eq("Oslo")),
+        ),
+        (
+            "range age 30..32 + order_by email, limit 10, no index",
+            Query::filter(storage_core::query::and(vec![
+                field("age").gte(30),
+                field("age").lt(32),
+            ]))
+            .order_asc("email")
+            .limit(10),
+        ),
+        (
+            "eq on email (unique hash index)",
+            Query::filter(field("email").eq("user77@example.com")),
+        ),
+        (
+            "eq on tags (hash index, array field)",
+            Query::filter(field("tags").eq("group7")),
+        ),
+    ];
+    let time_query = |q: &Query| {
+        let store = store.clone();
+        let q = q.clone();
+        async move {
+            let reps = 20u64;
+            let start = Instant::now();
+            let mut found = 0usize;
+            for _ in 0..reps {
+                found = store.find_many(&q).await?.len();
+            }
+            Ok::<_, storage_core::StorageError>((
+                start.elapsed() / u32::try_from(reps).unwrap_or(1),
+                found,
+            ))
+        }
+    };
+    for (name, q) in &queries[..2] {
+        let (t, found) = time_query(q).await?;
+        println!(
+            "| query: {name} → {found} results | {:.2} ms |",
+            t.as_secs_f64() * 1e3
+        );
+    }
+    store
+        .create_index(IndexDefinition::new("email", "email", IndexKind::Hash).unique())
+        .await?;
+    store
+        .create_index(IndexDefinition::new("tags", "tags", IndexKind::Hash))
+        .await?;
+    for (name, q) in &queries[2..] {
+        let (t, found) = time_query(q).await?;
+        println!(
+            "| query: {name} → {found} results | {:.1} µs |",
+            t.as_secs_f64() * 1e6
+        );
+    }
+    let start = Instant::now();
+    let counted = store
+        .count(&Query::filter(field("active").eq(true)))
+        .await?;
+    println!(
+        "| count active (full scan) → {counted} | {:.2} ms |",
+        start.elapsed().as_secs_f64() * 1e3
+    );
+    let start = Instant::now();
+    store.compact().await?;
+    let compact_ms = start.elapsed().as_secs_f64() * 1e3;
+    println!(
+        "| compaction in the foreground (`compact()`; rewrite the whole file) | {compact_ms:.0} ms |"
+    );
+    store.close().await?;
+    background_compaction(&path, n).await
+}
+
+/// Automatic compaction runs in the background: the longest set while one starts
+/// and runs is what a writer sees of it (`atomic: false` to reach the threshold fast).
+async fn background_compaction(path: &Path, n: u64) -> BenchResult {
+    let store =
+        JsonStorage::<User>::open(JsonConfig::new(path).atomic(false).compact_after(1)).await?;
+    let mut rng = Rng(23);
+    let mut longest = Duration::ZERO;
+    let mut total = Duration::ZERO;
+    let mut writes = 0u64;
+    let mut peak_records = 0;
+    let give_up = Instant::now() + Duration::from_secs(10);
+    loop {
+        let id = rng.below(n);
+        let start = Instant::now();
+        store.set(&key(id), &user(id)).await?;
+        let took = start.elapsed();
+        longest = longest.max(took);
+        total += took;
+        writes += 1;
+        let records = store.journal_records();
+        if records < peak_records || Instant::now() > give_up {
+            break;
+        }
+        peak_records = records;
+    }
+    let finished = if Instant::now() > give_up {
+        "still running at the end"
+    } else {
+        "ran to completion"
+    };
+    println!(
+        "| longest set while a background compaction started and {finished} ({writes} sets, mean {:.1} µs) | {:.2} ms |",
+        micros(total, writes),
+        longest.as_secs_f64() * 1e3
+    );
+    store.close().await?;
+    Ok(())
+}
+
+fn main() -> BenchResult {
+    let quick = std::env::var("STORAGE_JSON_BENCH_QUICK").is_ok();
+    let root = tempfile::tempdir()?;
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(async {
+            let n = write_costs(root.path(), quick).await?;
+            read_costs(root.path(), n).await
+        })
+}

@@ -1,0 +1,1704 @@
+//! `JsonStorage`: the store, its commit pipeline and its tier implementations.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::fs::TryLockError as FileLockError;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
+use std::time::{Duration, Instant, SystemTime};
+
+use async_trait::async_trait;
+use futures::channel::oneshot;
+use serde::de::DeserializeOwned;
+use storage_core::codec::to_document;
+use storage_core::events::{AfterEvent, AfterHook, BeforeEvent, BeforeHook, HookId, WatchPattern};
+use storage_core::query::{CompiledQuery, aggregate};
+use storage_core::{
+    AggregateStage, BatchResult, BatchStorage, Capabilities, Change, ChangeBatch, ChangeKind,
+    Document, ErrorCode, EventHub, ExecutionPlan, IndexDefinition, IndexInfo, IndexKind,
+    IndexedStorage, IsolationLevel, ObservableStorage, Operation, Query, QueryResult,
+    QueryableStorage, Result, ResultStream, Storage, StorageError, StorageValue, Subscription,
+    Tier, Transaction, TransactionOptions, TransactionalStorage, validate_key, validate_keys,
+};
+use tracing::Instrument;
+
+use crate::config::{Durability, JsonConfig, LockMode, check};
+use crate::error::JsonError;
+use crate::index::Indexes;
+use crate::journal::{
+    self, Commit, GroupSync, JournalWriter, Paths, SyncOutcome, encode_record, read_journal,
+    read_main, truncate_file, write_main,
+};
+use crate::transaction::JsonTransaction;
+
+const BACKEND: &str = "json";
+
+/// One operation of a commit, with its value already encoded.
+#[derive(Debug, Clone)]
+pub(crate) enum StagedOp {
+    Set(String, Arc<Document>),
+    Delete(String),
+    Clear,
+}
+
+/// What a commit did, operation by operation, for hooks and change events.
+enum EventOp {
+    Set {
+        key: String,
+        new: Arc<Document>,
+        old: Option<Arc<Document>>,
+    },
+    Delete {
+        key: String,
+        old: Option<Arc<Document>>,
+    },
+    Clear {
+        removed: Vec<(String, Arc<Document>)>,
+    },
+}
+
+/// A commit's operations resolved against the current state.
+struct Staged {
+    commit: Commit,
+    result: BatchResult,
+    events: Vec<EventOp>,
+}
+
+/// The value of `key` once `commit` (so far) is applied over `entries`.
+fn staged_value(
+    entries: &BTreeMap<String, Arc<Document>>,
+    commit: &Commit,
+    key: &str,
+) -> Option<Arc<Document>> {
+    match commit.writes.get(key) {
+        Some(v) => v.clone(),
+        None if commit.cleared => None,
+        None => entries.get(key).cloned(),
+    }
+}
+
+fn stage(entries: &BTreeMap<String, Arc<Document>>, ops: &[StagedOp], events: bool) -> Staged {
+    let mut staged = Staged {
+        commit: Commit::default(),
+        result: BatchResult::default(),
+        events: Vec::new(),
+    };
+    for op in ops {
+        staged.result.operations += 1;
+        match op {
+            StagedOp::Set(key, doc) => {
+                if events {
+                    let old = staged_value(entries, &staged.commit, key);
+                    staged.events.push(EventOp::Set {
+                        key: key.clone(),
+                        new: Arc::clone(doc),
+                        old,
+                    });
+                }
+                staged
+                    .commit
+                    .writes
+                    .insert(key.clone(), Some(Arc::clone(doc)));
+            }
+            StagedOp::Delete(key) => {
+                let old = staged_value(entries, &staged.commit, key);
+                if old.is_some() {
+                    staged.result.deleted += 1;
+                }
+                if events {
+                    staged.events.push(EventOp::Delete {
+                        key: key.clone(),
+                        old,
+                    });
+                }
+                staged.commit.writes.insert(key.clone(), None);
+            }
+            StagedOp::Clear => {
+                let mut removed = Vec::new();
+                let mut count = 0usize;
+                if !staged.commit.cleared {
+                    for (k, v) in entries {
+                        if !staged.commit.writes.contains_key(k) {
+                            count += 1;
+                            if events {
+                                removed.push((k.clone(), Arc::clone(v)));
+                            }
+                        }
+                    }
+                }
+                for (k, v) in &staged.commit.writes {
+                    if let Some(v) = v {
+                        count += 1;
+                        if events {
+                            removed.push((k.clone(), Arc::clone(v)));
+                        }
+                    }
+                }
+                if events {
+                    removed.sort_by(|a, b| a.0.cmp(&b.0));
+                    staged.events.push(EventOp::Clear { removed });
+                }
+                staged.result.cleared += count;
+                staged.commit.cleared = true;
+                staged.commit.writes.clear();
+            }
+        }
+    }
+    staged
+}
+
+/// Before-images of one commit, kept while a transaction that started before it is open.
+pub(crate) struct HistoryRecord {
+    seq: u64,
+    /// The whole state before a clear (or a reload), when the commit had one.
+    cleared_before: Option<Arc<BTreeMap<String, Arc<Document>>>>,
+    /// The previous value of every key the commit wrote.
+    before: HashMap<String, Option<Arc<Document>>>,
+}
+
+/// What a read-write transaction read, checked against later commits at its commit.
+pub(crate) struct ReadSet<'a> {
+    pub(crate) start: u64,
+    pub(crate) keys: &'a HashSet<String>,
+    pub(crate) scanned: bool,
+}
+
+/// Everything behind the state lock.
+pub(crate) struct State {
+    entries: BTreeMap<String, Arc<Document>>,
+    indexes: Indexes,
+    /// `None` once closed, and always for a read-only handle.
+    journal: Option<JournalWriter>,
+    open: bool,
+    read_only: bool,
+    /// A background compaction is writing the main file.
+    compacting: bool,
+    lock_file: Option<File>,
+    seq: u64,
+    main_len: u64,
+    /// Start sequence of every open transaction, with a count.
+    active: BTreeMap<u64, usize>,
+    history: VecDeque<HistoryRecord>,
+    poisoned: Option<String>,
+}
+
+impl State {
+    fn ensure_open(&self) -> Result<(), JsonError> {
+        if !self.open {
+            return Err(JsonError::Closed);
+        }
+        Ok(())
+    }
+
+    fn ensure_writable(&self) -> Result<(), JsonError> {
+        self.ensure_open()?;
+        if self.read_only {
+            return Err(JsonError::ReadOnly);
+        }
+        if let Some(why) = &self.poisoned {
+            return Err(JsonError::Poisoned(why.clone()));
+        }
+        Ok(())
+    }
+
+    fn prune_history(&mut self) {
+        let oldest = self.active.keys().next().copied();
+        while self
+            .history
+            .front()
+            .is_some_and(|h| oldest.is_none_or(|o| h.seq <= o))
+        {
+            self.history.pop_front();
+        }
+    }
+
+    /// Applies a durable commit to memory, keeping before-images for open transactions.
+    fn apply(&mut self, seq: u64, commit: Commit) {
+        let keep = !self.active.is_empty();
+        let mut record = HistoryRecord {
+            seq,
+            cleared_before: None,
+            before: HashMap::new(),
+        };
+        if commit.cleared {
+            let old = std::mem::take(&mut self.entries);
+            self.indexes.clear();
+            if keep {
+                record.cleared_before = Some(Arc::new(old));
+            }
+        }
+        for (key, value) in commit.writes {
+            let prev = match &value {
+                Some(doc) => self.entries.insert(key.clone(), Arc::clone(doc)),
+                None => self.entries.remove(&key),
+            };
+            if !self.indexes.is_empty() {
+                self.indexes.update(&key, prev.as_deref(), value.as_deref());
+            }
+            if keep && !commit.cleared {
+                record.before.insert(key, prev);
+            }
+        }
+        if keep {
+            self.history.push_back(record);
+        }
+    }
+
+    /// The value of `key` as of sequence `start`.
+    pub(crate) fn snapshot_get(&self, start: u64, key: &str) -> Option<Arc<Document>> {
+        for record in self.history.iter().filter(|h| h.seq > start) {
+            if let Some(old) = &record.cleared_before {
+                return old.get(key).cloned();
+            }
+            if let Some(before) = record.before.get(key) {
+                return before.clone();
+            }
+        }
+        self.entries.get(key).cloned()
+    }
+
+    /// Every entry as of sequence `start`.
+    pub(crate) fn snapshot_all(&self, start: u64) -> BTreeMap<String, Arc<Document>> {
+        let mut overlay: HashMap<&str, &Option<Arc<Document>>> = HashMap::new();
+        let mut base = &self.entries;
+        for record in self.history.iter().filter(|h| h.seq > start) {
+            if let Some(old) = &record.cleared_before {
+                base = old;
+                break;
+            }
+            for (k, v) in &record.before {
+                overlay.entry(k.as_str()).or_insert(v);
+            }
+        }
+        let mut view: BTreeMap<String, Arc<Document>> = base
+            .iter()
+            .filter(|(k, _)| !overlay.contains_key(k.as_str()))
+            .map(|(k, v)| (k.clone(), Arc::clone(v)))
+            .collect();
+        for (k, v) in overlay {
+            if let Some(v) = v {
+                view.insert(k.to_owned(), Arc::clone(v));
+            }
+        }
+        view
+    }
+
+    /// Serializable validation: nothing the transaction read changed since it started.
+    fn validate(&self, reads: &ReadSet<'_>) -> Result<()> {
+        for record in self.history.iter().filter(|h| h.seq > reads.start) {
+            let conflict = reads.scanned
+                || (record.cleared_before.is_some() && !reads.keys.is_empty())
+                || if record.before.len() < reads.keys.len() {
+                    record.before.keys().any(|k| reads.keys.contains(k))
+                } else {
+                    reads.keys.iter().any(|k| record.before.contains_key(k))
+                };
+            if conflict {
+                return Err(StorageError::new(
+                    ErrorCode::VersionConflict,
+                    "a concurrent commit changed data this transaction read",
+                )
+                .with_backend(BACKEND)
+                .with_context("conflicting_commit", record.seq));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A change batch waiting to be handed to hooks and subscribers, in commit order.
+struct Publication<T> {
+    batch: ChangeBatch<T>,
+    after: Vec<AfterOp<T>>,
+}
+
+enum AfterOp<T> {
+    Set(String, Arc<T>),
+    Delete(String, bool),
+    Clear(u64),
+}
+
+/// The shared part of a store: every handle and transaction points here.
+pub(crate) struct Inner<T> {
+    config: JsonConfig,
+    paths: Paths,
+    state: Arc<RwLock<State>>,
+    hub: EventHub<T>,
+    group: Option<Arc<GroupSync>>,
+    /// The compaction running in the background, if any.
+    background: Mutex<Option<std::thread::JoinHandle<()>>>,
+    outbox: Mutex<VecDeque<Publication<T>>>,
+    publishing: Mutex<()>,
+    next_tx: AtomicU64,
+}
+
+/// A human-readable JSON-file store with an append-only journal.
+///
+/// See the [crate docs](crate) for the file layout, the crash guarantees and
+/// what each configuration trades.
+pub struct JsonStorage<T> {
+    inner: Arc<Inner<T>>,
+}
+
+impl<T> Clone for JsonStorage<T> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for JsonStorage<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JsonStorage")
+            .field("file", &self.inner.paths.main)
+            .finish_non_exhaustive()
+    }
+}
+
+fn decode<T: DeserializeOwned>(doc: &Document, key: &str) -> Result<T> {
+    T::deserialize(doc).map_err(|e| {
+        StorageError::new(
+            ErrorCode::SerializationFailed,
+            format!("stored value does not fit the handle's type: {e}"),
+        )
+        .with_backend(BACKEND)
+        .with_context("key", key.escape_debug())
+        .with_source(e)
+    })
+}
+
+fn encode<T: StorageValue>(value: &T, key: &str) -> Result<Arc<Document>> {
+    to_document(value).map(Arc::new).map_err(|e| {
+        e.with_backend(BACKEND)
+            .with_context("key", key.escape_debug())
+    })
+}
+
+/// What loading the files from disk produced.
+struct Loaded {
+    entries: BTreeMap<String, Arc<Document>>,
+    seq: u64,
+    main_len: u64,
+    /// Journal records newer than the main file.
+    records: u64,
+    /// Where the journal's valid part ends, when a torn tail follows it.
+    torn_at: Option<u64>,
+}
+
+fn apply_to(entries: &mut BTreeMap<String, Arc<Document>>, commit: Commit) {
+    if commit.cleared {
+        entries.clear();
+    }
+    for (k, v) in commit.writes {
+        match v {
+            Some(doc) => {
+                entries.insert(k, doc);
+            }
+            None => {
+                entries.remove(&k);
+            }
+        }
+    }
+}
+
+/// Reads main file and journal without changing either.
+fn load(paths: &Paths) -> Result<Loaded, JsonError> {
+    let main = read_main(&paths.main)?;
+    let replay = read_journal(&paths.journal)?;
+    let main_exists = main.is_some();
+    let main = main.unwrap_or_default();
+    if !main_exists
+        && let Some(first) = replay.records.first()
+        && first.seq > 1
+    {
+        return Err(JsonError::corrupt(
+            &paths.journal,
+            0,
+            format!(
+                "the main file {} is missing but the journal starts at record {}",
+                paths.main.display(),
+                first.seq
+            ),
+        ));
+    }
+    let mut entries = main.entries;
+    let mut seq = main.seq;
+    let mut records = 0u64;
+    for record in replay.records {
+        if record.seq <= main.seq {
+            // Already in the main file: a crash came between compaction's rename and truncation.
+            continue;
+        }
+        if record.seq != seq + 1 {
+            // Every commit writes the next number, so a gap means records were lost (or,
+            // for a reader without the lock, that a compaction ran between its two reads).
+            return Err(JsonError::corrupt(
+                &paths.journal,
+                record.offset,
+                format!(
+                    "journal record {} follows record {seq}: records in between are missing",
+                    record.seq
+                ),
+            ));
+        }
+        apply_to(&mut entries, record.commit);
+        seq = record.seq;
+        records += 1;
+    }
+    Ok(Loaded {
+        entries,
+        seq,
+        main_len: main.len,
+        records,
+        torn_at: (replay.valid_len < replay.file_len).then_some(replay.valid_len),
+    })
+}
+
+/// What a background compaction writes: the entries as of record `seq`, and where
+/// the journal stood then.
+struct Snapshot {
+    entries: BTreeMap<String, Arc<Document>>,
+    seq: u64,
+    offset: u64,
+    records: u64,
+}
+
+fn compact_in_background(
+    job: Snapshot,
+    state: &RwLock<State>,
+    paths: &Paths,
+    pretty: bool,
+    group: Option<&GroupSync>,
+) {
+    let written = write_main(paths, &job.entries, job.seq, pretty);
+    drop(job.entries);
+    // Copy (and fsync) the journal's newer records that exist by now without the lock;
+    // under it only what was appended in the meantime is left to copy.
+    let prepared = written.and_then(|len| {
+        let mut tail = TailCopy::start(paths, job.offset)?;
+        tail.copy_more()?;
+        tail.sync()?;
+        Ok((len, tail))
+    });
+    let mut st = state.write().unwrap_or_else(PoisonError::into_inner);
+    st.compacting = false;
+    let outcome = prepared.and_then(|(len, tail)| {
+        st.main_len = len;
+        carry_over_journal(&mut st, paths, tail, job.records, group)
+    });
+    if let Err(e) = outcome {
+        // The old journal still holds every record (replay skips what the main file has).
+        tracing::warn!(error = %e, "background compaction failed");
+    }
+}
+
+/// The journal's bytes from a snapshot's offset on, copied into `<journal>.tmp`.
+///
+/// The journal only ever grows by appends while a compaction runs, so copying it in
+/// two reads (most of it without the lock, the rest under it) yields exactly its
+/// bytes from the offset to the end, even when the first read stopped mid-line.
+struct TailCopy {
+    source: File,
+    target: File,
+    offset: u64,
+    copied: u64,
+    pending_sync: bool,
+    path: PathBuf,
+}
+
+impl TailCopy {
+    fn start(paths: &Paths, offset: u64) -> Result<Self, JsonError> {
+        let mut source =
+            File::open(&paths.journal).map_err(|e| JsonError::io("open", &paths.journal, e))?;
+        io::Seek::seek(&mut source, io::SeekFrom::Start(offset))
+            .map_err(|e| JsonError::io("seek", &paths.journal, e))?;
+        let target = File::create(&paths.journal_temp)
+            .map_err(|e| JsonError::io("create", &paths.journal_temp, e))?;
+        Ok(Self {
+            source,
+            target,
+            offset,
+            copied: 0,
+            pending_sync: false,
+            path: paths.journal_temp.clone(),
+        })
+    }
+
+    /// Copies what the journal holds beyond what was copied so far.
+    fn copy_more(&mut self) -> Result<(), JsonError> {
+        let copied = io::copy(&mut self.source, &mut self.target)
+            .map_err(|e| JsonError::io("copy the journal into", &self.path, e))?;
+        self.copied += copied;
+        self.pending_sync |= copied > 0;
+        Ok(())
+    }
+
+    /// Copies exactly `len` bytes from the offset again, for when the journal did not
+    /// only grow (an append that failed was cut back while the copy ran).
+    fn recopy(&mut self, len: u64) -> Result<(), JsonError> {
+        let redo = |this: &mut Self| -> io::Result<u64> {
+            this.target.set_len(0)?;
+            io::Seek::seek(&mut this.target, io::SeekFrom::Start(0))?;
+            io::Seek::seek(&mut this.source, io::SeekFrom::Start(this.offset))?;
+            io::copy(&mut io::Read::take(&mut this.source, len), &mut this.target)
+        };
+        self.copied =
+            redo(self).map_err(|e| JsonError::io("copy the journal into", &self.path, e))?;
+        self.pending_sync = true;
+        if self.copied != len {
+            return Err(JsonError::io(
+                "copy the journal into",
+                &self.path,
+                io::Error::other("the journal is shorter than the records it was given"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<(), JsonError> {
+        if self.pending_sync {
+            self.target
+                .sync_data()
+                .map_err(|e| JsonError::io("fsync", &self.path, e))?;
+            self.pending_sync = false;
+        }
+        Ok(())
+    }
+}
+
+/// Replaces the journal by its records newer than a compaction's snapshot: the rest
+/// of the copy is made, fsync'd, renamed over the journal, and the directory
+/// fsync'd. A crash before the rename leaves the old journal, whose older records
+/// replay skips.
+fn carry_over_journal(
+    st: &mut State,
+    paths: &Paths,
+    mut tail: TailCopy,
+    records_then: u64,
+    group: Option<&GroupSync>,
+) -> Result<(), JsonError> {
+    let Some(journal) = st.journal.as_mut() else {
+        return Ok(());
+    };
+    tail.copy_more()?;
+    let expected = journal.len().saturating_sub(tail.offset);
+    if tail.copied != expected {
+        tail.recopy(expected)?;
+    }
+    tail.sync()?;
+    drop(tail);
+    fs::rename(&paths.journal_temp, &paths.journal)
+        .map_err(|e| JsonError::io("rename", &paths.journal, e))?;
+    journal::sync_dir(&paths.dir)?;
+    let records = journal.records().saturating_sub(records_then);
+    match JournalWriter::open(&paths.journal, records) {
+        Ok(fresh) => {
+            *journal = fresh;
+            if let Some(group) = group {
+                group.set_file(journal.clone_file()?);
+                // Every record is in the fsync'd main file or the fsync'd new journal.
+                group.mark_synced(st.seq);
+            }
+            Ok(())
+        }
+        Err(e) => {
+            // The handle points at the replaced file; appending there would lose writes.
+            st.poisoned = Some(e.to_string());
+            Err(e)
+        }
+    }
+}
+
+/// [`load`] for a handle without the lock: a writer may compact between the reads of
+/// the main file and the journal, which shows as a gap; such a read is retried.
+fn load_settled(paths: &Paths) -> Result<Loaded, JsonError> {
+    let mut attempt = 0;
+    loop {
+        match load(paths) {
+            Err(JsonError::Corrupt { .. }) if attempt < 20 => {
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn open_lock_file(path: &Path) -> Result<File, JsonError> {
+    OpenOptions::new()
+        .create(true)
+        .read(true)
+        .write(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| JsonError::io("open", path, e))
+}
+
+/// Takes the advisory lock, failing or waiting as configured.
+async fn acquire_lock(paths: &Paths, mode: LockMode) -> Result<File, JsonError> {
+    let file = open_lock_file(&paths.lock)?;
+    match file.try_lock() {
+        Ok(()) => return Ok(file),
+        Err(FileLockError::WouldBlock) => {}
+        Err(FileLockError::Error(e)) => return Err(JsonError::io("lock", &paths.lock, e)),
+    }
+    let LockMode::Wait { timeout_ms } = mode else {
+        return Err(JsonError::Locked {
+            file: paths.main.clone(),
+        });
+    };
+    // Wait on a helper thread, so the async caller's executor keeps running.
+    let (tx, rx) = oneshot::channel();
+    let lock_path = paths.lock.clone();
+    let main_path = paths.main.clone();
+    std::thread::Builder::new()
+        .name("storage-json-lock".to_owned())
+        .spawn(move || {
+            let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+            let outcome = loop {
+                match file.try_lock() {
+                    Ok(()) => break Ok(file),
+                    Err(FileLockError::WouldBlock) => {}
+                    Err(FileLockError::Error(e)) => {
+                        break Err(JsonError::io("lock", &lock_path, e));
+                    }
+                }
+                let now = Instant::now();
+                if now >= deadline {
+                    break Err(JsonError::LockTimeout {
+                        file: main_path,
+                        waited_ms: timeout_ms,
+                    });
+                }
+                std::thread::sleep((deadline - now).min(Duration::from_millis(5)));
+            };
+            // The opener may have given up (its future dropped); the file then just closes.
+            let _ = tx.send(outcome);
+        })
+        .map_err(|e| JsonError::io("spawn lock waiter for", &paths.lock, e))?;
+    rx.await.map_err(|_| {
+        JsonError::io(
+            "lock",
+            &paths.lock,
+            io::Error::other("lock waiter thread stopped"),
+        )
+    })?
+}
+
+fn remove_if_exists(path: &Path) -> Result<(), JsonError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(JsonError::io("remove", path, e)),
+    }
+}
+
+impl<T: StorageValue> JsonStorage<T> {
+    /// Opens (creating if needed) the store at `config.file_path`.
+    ///
+    /// # Behavior
+    /// - takes an exclusive advisory lock on `<file>.lock`; another process (or
+    ///   another handle in this one) gets `ConnectionFailed` "locked by another
+    ///   process", or waits with [`LockMode::Wait`];
+    /// - loads the main file and replays the journal; a torn last journal record
+    ///   (a crash mid-append) is dropped and cut off;
+    /// - removes a temp file a crashed compaction left;
+    /// - a failed open changes no file.
+    ///
+    /// # Errors
+    /// `InvalidConfig`; `Corrupted` naming file and byte position; `ConnectionFailed`
+    /// (locked) or `Timeout` (waited too long); `Io`.
+    pub async fn open(config: JsonConfig) -> Result<Self> {
+        Self::open_inner(config)
+            .await
+            .map_err(|e| e.with_operation("open"))
+    }
+
+    async fn open_inner(config: JsonConfig) -> Result<Self> {
+        check(&config)?;
+        let paths = Paths::new(&config.file_path);
+        if !paths.dir.exists() {
+            fs::create_dir_all(&paths.dir)
+                .map_err(|e| JsonError::io("create directory", &paths.dir, e))?;
+        }
+        let lock_file = acquire_lock(&paths, config.lock).await?;
+        let loaded = load(&paths)?;
+        // Everything is verified; only now repair what a crash left behind.
+        if let Some(valid) = loaded.torn_at {
+            tracing::warn!(
+                file = %paths.journal.display(),
+                position = valid,
+                "dropping a torn journal tail left by a crash"
+            );
+            truncate_file(&paths.journal, valid)?;
+        }
+        remove_if_exists(&paths.temp)?;
+        remove_if_exists(&paths.journal_temp)?;
+        let journal = JournalWriter::open(&paths.journal, loaded.records)?;
+        let group = match (config.atomic, config.durability) {
+            (
+                true,
+                Durability::Group {
+                    max_writes,
+                    max_delay_ms,
+                },
+            ) => Some(GroupSync::start(
+                journal.clone_file()?,
+                usize::try_from(max_writes).unwrap_or(usize::MAX),
+                Duration::from_millis(max_delay_ms),
+            )?),
+            _ => None,
+        };
+        let state = State {
+            entries: loaded.entries,
+            indexes: Indexes::default(),
+            journal: Some(journal),
+            open: true,
+            read_only: false,
+            compacting: false,
+            lock_file: Some(lock_file),
+            seq: loaded.seq,
+            main_len: loaded.main_len,
+            active: BTreeMap::new(),
+            history: VecDeque::new(),
+            poisoned: None,
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                paths,
+                state: Arc::new(RwLock::new(state)),
+                hub: EventHub::new(),
+                group: group.map(Arc::new),
+                background: Mutex::new(None),
+                outbox: Mutex::new(VecDeque::new()),
+                publishing: Mutex::new(()),
+                next_tx: AtomicU64::new(1),
+            }),
+        })
+    }
+
+    /// Opens the file for reading only, without taking the lock, so it works while
+    /// another process has the store open for writing.
+    ///
+    /// # Behavior
+    /// - loads the main file and the verified part of the journal: a record the writer
+    ///   is appending at that instant fails its checksum and is left out, never misread,
+    ///   so the handle sees the state as of some acknowledged write;
+    /// - a compaction racing the load is detected and the load retried (for up to
+    ///   about 200 ms; a file still unreadable then is `Corrupted`);
+    /// - changes no file, not even a torn journal tail or a leftover temp file;
+    /// - sees later writes only through [`JsonStorage::reload`];
+    /// - writes (`set`, `delete`, `clear`, batches, transaction commits with writes,
+    ///   `compact`) fail with `Unsupported`; indexes and queries work in memory.
+    ///
+    /// # Errors
+    /// `InvalidConfig`; `Corrupted` naming file and byte position; `Io`.
+    pub async fn open_read_only(config: JsonConfig) -> Result<Self> {
+        async {
+            check(&config)?;
+            let paths = Paths::new(&config.file_path);
+            // Retries sleep, so the load runs on a helper thread rather than the executor's.
+            let (tx, rx) = oneshot::channel();
+            let load_paths = paths.clone();
+            std::thread::Builder::new()
+                .name("storage-json-load".to_owned())
+                .spawn(move || {
+                    // The opener may have given up; the result is then dropped.
+                    let _ = tx.send(load_settled(&load_paths));
+                })
+                .map_err(|e| JsonError::io("spawn loader for", &paths.main, e))?;
+            let loaded = rx.await.map_err(|_| {
+                JsonError::io(
+                    "read",
+                    &paths.main,
+                    io::Error::other("loader thread stopped"),
+                )
+            })??;
+            let state = State {
+                entries: loaded.entries,
+                indexes: Indexes::default(),
+                journal: None,
+                open: true,
+                read_only: true,
+                compacting: false,
+                lock_file: None,
+                seq: loaded.seq,
+                main_len: loaded.main_len,
+                active: BTreeMap::new(),
+                history: VecDeque::new(),
+                poisoned: None,
+            };
+            Ok(Self {
+                inner: Arc::new(Inner {
+                    config,
+                    paths,
+                    state: Arc::new(RwLock::new(state)),
+                    hub: EventHub::new(),
+                    group: None,
+                    background: Mutex::new(None),
+                    outbox: Mutex::new(VecDeque::new()),
+                    publishing: Mutex::new(()),
+                    next_tx: AtomicU64::new(1),
+                }),
+            })
+        }
+        .await
+        .map_err(|e: StorageError| e.with_operation("open"))
+    }
+
+    /// The main file's path.
+    pub fn path(&self) -> &Path {
+        &self.inner.paths.main
+    }
+
+    /// The journal's path (`<file>.journal`).
+    pub fn journal_path(&self) -> &Path {
+        &self.inner.paths.journal
+    }
+
+    /// The configuration the store was opened with.
+    pub fn config(&self) -> &JsonConfig {
+        &self.inner.config
+    }
+
+    /// Records in the journal not yet compacted into the main file.
+    pub fn journal_records(&self) -> u64 {
+        self.inner
+            .read()
+            .journal
+            .as_ref()
+            .map_or(0, JournalWriter::records)
+    }
+
+    /// Compacts the journal into the main file now.
+    ///
+    /// # Errors
+    /// `ConnectionLost` when closed; `Io`.
+    #[allow(clippy::unused_async)] // async so callers need not change if this moves off-thread
+    pub async fn compact(&self) -> Result<()> {
+        let mut st = self.inner.write_idle();
+        st.ensure_writable()?;
+        self.inner.compact(&mut st)?;
+        Ok(())
+    }
+
+    /// Compacts the journal into the main file, releases the lock and closes the
+    /// store: later calls on any handle fail with `ConnectionLost`. Closing twice is fine.
+    ///
+    /// # Errors
+    /// `Io` when the final compaction fails (the journal then still holds every
+    /// write, and the lock is released anyway).
+    #[allow(clippy::unused_async)] // async so callers need not change if this moves off-thread
+    pub async fn close(&self) -> Result<()> {
+        self.inner
+            .shutdown()
+            .map_err(|e| StorageError::from(e).with_operation("close"))
+    }
+
+    /// Re-reads the files and announces what changed on disk since they were
+    /// last read or written through this handle (a person editing the file, a
+    /// restore from backup), as one change batch.
+    ///
+    /// # Behavior
+    /// - returns the number of keys that changed; nothing is announced when none did;
+    /// - a transaction open across the reload conflicts at commit if it read anything.
+    ///
+    /// # Errors
+    /// `Corrupted` (memory keeps the previous state), `DuplicateKey` when the new
+    /// contents break a unique index (likewise), `ConnectionLost` when closed, `Io`.
+    #[allow(clippy::unused_async)] // async so callers need not change if this moves off-thread
+    pub async fn reload(&self) -> Result<usize> {
+        let changed = self.inner.reload()?;
+        self.inner.drain_outbox();
+        Ok(changed)
+    }
+}
+
+impl<T> Inner<T> {
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn compact(&self, st: &mut State) -> Result<(), JsonError> {
+        let len = write_main(&self.paths, &st.entries, st.seq, self.config.pretty)?;
+        st.main_len = len;
+        if let Some(journal) = st.journal.as_mut() {
+            journal.reset()?;
+        }
+        if let Some(group) = &self.group {
+            // The main file is fsync'd and holds every applied record.
+            group.mark_synced(st.seq);
+        }
+        Ok(())
+    }
+
+    /// The state lock, once no background compaction runs (so a compaction of its
+    /// own cannot race one). Must not be called with the state lock held.
+    fn write_idle(&self) -> RwLockWriteGuard<'_, State> {
+        loop {
+            let handle = self
+                .background
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            if let Some(handle) = handle {
+                // A panic in the compaction thread left the files as they were.
+                let _ = handle.join();
+            }
+            let st = self.write();
+            if !st.compacting {
+                return st;
+            }
+        }
+    }
+
+    /// Starts a background compaction once the journal is due: the state is
+    /// snapshotted under the lock, written to the main file without it, and the
+    /// journal's records newer than the snapshot are then carried over to a fresh journal.
+    fn maybe_compact(&self, st: &mut State) {
+        if st.compacting {
+            return;
+        }
+        let Some(journal) = st.journal.as_ref() else {
+            return;
+        };
+        if journal.records() < self.config.compact_after
+            || journal.len().saturating_mul(2) < st.main_len
+        {
+            return;
+        }
+        let job = Snapshot {
+            entries: st.entries.clone(),
+            seq: st.seq,
+            offset: journal.len(),
+            records: journal.records(),
+        };
+        let state = Arc::clone(&self.state);
+        let paths = self.paths.clone();
+        let pretty = self.config.pretty;
+        let group = self.group.clone();
+        let spawned = std::thread::Builder::new()
+            .name("storage-json-compact".to_owned())
+            .spawn(move || compact_in_background(job, &state, &paths, pretty, group.as_deref()));
+        match spawned {
+            Ok(handle) => {
+                st.compacting = true;
+                *self
+                    .background
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(handle);
+            }
+            Err(e) => tracing::warn!(error = %e, "could not start a compaction thread"),
+        }
+    }
+
+    /// Compacts, stops group commit and releases the lock.
+    fn shutdown(&self) -> Result<(), JsonError> {
+        let mut st = self.write_idle();
+        if !st.open {
+            return Ok(());
+        }
+        let Some(journal) = st.journal.as_ref() else {
+            st.open = false;
+            return Ok(());
+        };
+        let outcome = if journal.len() > 0 && st.poisoned.is_none() {
+            self.compact(&mut st)
+        } else {
+            Ok(())
+        };
+        if let Some(group) = &self.group {
+            group.shutdown();
+        }
+        st.journal = None;
+        st.open = false;
+        st.lock_file = None;
+        outcome
+    }
+}
+
+impl<T> Drop for Inner<T> {
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown() {
+            tracing::warn!(error = %e, file = %self.paths.main.display(), "compaction on close failed");
+        }
+    }
+}
+
+impl<T: StorageValue> Inner<T> {
+    pub(crate) fn hub(&self) -> &EventHub<T> {
+        &self.hub
+    }
+
+    pub(crate) fn next_tx_id(&self) -> u64 {
+        self.next_tx.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Registers a transaction; returns its snapshot's sequence number.
+    pub(crate) fn begin_tx(&self) -> Result<u64> {
+        let mut st = self.write();
+        st.ensure_open()?;
+        let start = st.seq;
+        *st.active.entry(start).or_default() += 1;
+        Ok(start)
+    }
+
+    pub(crate) fn end_tx(&self, start: u64) {
+        let mut st = self.write();
+        if let Some(count) = st.active.get_mut(&start) {
+            *count -= 1;
+            if *count == 0 {
+                st.active.remove(&start);
+            }
+        }
+        st.prune_history();
+    }
+
+    pub(crate) fn with_state<R>(&self, f: impl FnOnce(&State) -> R) -> Result<R> {
+        let st = self.read();
+        st.ensure_open()?;
+        Ok(f(&st))
+    }
+
+    /// Validates (for a transaction), stages, journals and applies a commit;
+    /// queues its events. Returns the group-commit wait, if any.
+    pub(crate) fn commit_now(
+        &self,
+        ops: &[StagedOp],
+        reads: Option<&ReadSet<'_>>,
+    ) -> Result<(BatchResult, Option<oneshot::Receiver<SyncOutcome>>)> {
+        let mut st = self.write();
+        st.ensure_writable()?;
+        if let Some(reads) = reads {
+            st.validate(reads)?;
+        }
+        let events = self.hub.has_listeners();
+        let staged = stage(&st.entries, ops, events);
+        let noop = !staged.commit.cleared
+            && staged
+                .commit
+                .writes
+                .iter()
+                .all(|(k, v)| v.is_none() && !st.entries.contains_key(k));
+        if noop {
+            if events {
+                self.queue(&st, 0, staged.events);
+            }
+            return Ok((staged.result, None));
+        }
+        st.indexes.check_unique(&st.entries, &staged.commit)?;
+        let seq = st.seq + 1;
+        let line = encode_record(seq, &staged.commit).map_err(|e| {
+            StorageError::new(ErrorCode::SerializationFailed, e.to_string())
+                .with_backend(BACKEND)
+                .with_source(e)
+        })?;
+        let sync_each = self.config.atomic && self.config.durability == Durability::FsyncEach;
+        {
+            let State {
+                journal, poisoned, ..
+            } = &mut *st;
+            let Some(journal) = journal.as_mut() else {
+                return Err(JsonError::Closed.into());
+            };
+            let before = journal.len();
+            if let Err((err, restored)) = journal.append(&line) {
+                if !restored {
+                    *poisoned = Some(err.to_string());
+                }
+                return Err(err.into());
+            }
+            if sync_each && let Err(err) = journal.sync() {
+                // After a failed fsync the kernel's view of the file is unknown; refuse
+                // further writes rather than risk acknowledging lost ones.
+                journal.cut_back(before);
+                *poisoned = Some(err.to_string());
+                return Err(err.into());
+            }
+        }
+        st.seq = seq;
+        st.apply(seq, staged.commit);
+        let waiter = self.group.as_ref().map(|g| g.register(seq));
+        if events {
+            self.queue(&st, seq, staged.events);
+        }
+        self.maybe_compact(&mut st);
+        Ok((staged.result, waiter))
+    }
+
+    /// Turns a commit's event list into a publication, in commit order (the
+    /// state lock is held, so the outbox order is the commit order).
+    fn queue(&self, _st: &State, seq: u64, events: Vec<EventOp>) {
+        let now = SystemTime::now();
+        let dec = |doc: &Arc<Document>, key: &str| decode::<T>(doc, key).ok().map(Arc::new);
+        let mut changes = Vec::new();
+        let mut after = Vec::new();
+        for event in events {
+            match event {
+                EventOp::Set { key, new, old } => {
+                    let new_value = dec(&new, &key);
+                    if let Some(v) = &new_value {
+                        after.push(AfterOp::Set(key.clone(), Arc::clone(v)));
+                    }
+                    changes.push(Change {
+                        kind: ChangeKind::Set,
+                        old_value: old.as_ref().and_then(|o| dec(o, &key)),
+                        new_value,
+                        key,
+                        timestamp: now,
+                    });
+                }
+                EventOp::Delete { key, old } => {
+                    after.push(AfterOp::Delete(key.clone(), old.is_some()));
+                    if let Some(old) = old {
+                        changes.push(Change {
+                            kind: ChangeKind::Delete,
+                            old_value: dec(&old, &key),
+                            new_value: None,
+                            key,
+                            timestamp: now,
+                        });
+                    }
+                }
+                EventOp::Clear { removed } => {
+                    after.push(AfterOp::Clear(journal::to_u64(removed.len())));
+                    for (key, old) in removed {
+                        changes.push(Change {
+                            kind: ChangeKind::Delete,
+                            old_value: dec(&old, &key),
+                            new_value: None,
+                            key,
+                            timestamp: now,
+                        });
+                    }
+                }
+            }
+        }
+        self.outbox
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push_back(Publication {
+                batch: ChangeBatch {
+                    sequence: seq,
+                    resume_token: None,
+                    changes,
+                },
+                after,
+            });
+    }
+
+    /// Hands queued publications to hooks and subscribers, outside the state lock.
+    ///
+    /// Whoever holds `publishing` drains for everyone, so publications leave in
+    /// commit order, and a hook that writes to the store only queues its own.
+    pub(crate) fn drain_outbox(&self) {
+        loop {
+            let guard = match self.publishing.try_lock() {
+                Ok(g) => g,
+                Err(TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(TryLockError::WouldBlock) => return,
+            };
+            loop {
+                let next = self
+                    .outbox
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .pop_front();
+                let Some(publication) = next else { break };
+                for op in &publication.after {
+                    match op {
+                        AfterOp::Set(key, value) => self.hub.after(&AfterEvent::Set {
+                            key,
+                            value: value.as_ref(),
+                        }),
+                        AfterOp::Delete(key, existed) => self.hub.after(&AfterEvent::Delete {
+                            key,
+                            existed: *existed,
+                        }),
+                        AfterOp::Clear(removed) => {
+                            self.hub.after(&AfterEvent::Clear { removed: *removed });
+                        }
+                    }
+                }
+                self.hub.publish(&publication.batch);
+            }
+            drop(guard);
+            if self
+                .outbox
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_empty()
+            {
+                return;
+            }
+        }
+    }
+
+    /// Commits `ops`, publishes, and waits for group commit.
+    pub(crate) async fn commit_ops(
+        &self,
+        ops: &[StagedOp],
+        reads: Option<&ReadSet<'_>>,
+    ) -> Result<BatchResult> {
+        let (result, waiter) = self.commit_now(ops, reads)?;
+        self.drain_outbox();
+        if let Some(rx) = waiter {
+            self.wait_synced(rx).await?;
+        }
+        Ok(result)
+    }
+
+    async fn wait_synced(&self, rx: oneshot::Receiver<SyncOutcome>) -> Result<()> {
+        let outcome = rx
+            .await
+            .unwrap_or_else(|_| Err("group-commit thread stopped".to_owned()));
+        if let Err(why) = outcome {
+            self.write().poisoned = Some(why.clone());
+            return Err(JsonError::io("fsync", &self.paths.journal, io::Error::other(why)).into());
+        }
+        Ok(())
+    }
+
+    fn reload(&self) -> Result<usize> {
+        let mut st = self.write_idle();
+        st.ensure_open()?;
+        let loaded = if st.read_only {
+            load_settled(&self.paths)?
+        } else {
+            st.ensure_writable()?;
+            let loaded = load(&self.paths)?;
+            if let Some(valid) = loaded.torn_at {
+                truncate_file(&self.paths.journal, valid)?;
+            }
+            let journal = JournalWriter::open(&self.paths.journal, loaded.records)?;
+            if let Some(group) = &self.group {
+                group.set_file(journal.clone_file()?);
+            }
+            st.journal = Some(journal);
+            st.main_len = loaded.main_len;
+            loaded
+        };
+        let indexes = st.indexes.rebuild(&loaded.entries)?;
+        let mut changed = Vec::new();
+        {
+            let old = &st.entries;
+            let new = &loaded.entries;
+            for (k, v) in old {
+                match new.get(k) {
+                    None => changed.push(EventOp::Delete {
+                        key: k.clone(),
+                        old: Some(Arc::clone(v)),
+                    }),
+                    Some(n) if n != v => changed.push(EventOp::Set {
+                        key: k.clone(),
+                        new: Arc::clone(n),
+                        old: Some(Arc::clone(v)),
+                    }),
+                    Some(_) => {}
+                }
+            }
+            for (k, n) in new {
+                if !old.contains_key(k) {
+                    changed.push(EventOp::Set {
+                        key: k.clone(),
+                        new: Arc::clone(n),
+                        old: None,
+                    });
+                }
+            }
+        }
+        changed.sort_by(|a, b| event_key(a).cmp(event_key(b)));
+        let count = changed.len();
+        if count == 0 && loaded.seq == st.seq {
+            return Ok(0);
+        }
+        // A reload is a commit of its own in this handle's order.
+        let seq = st.seq.max(loaded.seq) + 1;
+        let old = std::mem::replace(&mut st.entries, loaded.entries);
+        if !st.active.is_empty() {
+            st.history.push_back(HistoryRecord {
+                seq,
+                cleared_before: Some(Arc::new(old)),
+                before: HashMap::new(),
+            });
+        }
+        st.indexes = indexes;
+        st.seq = seq;
+        if !st.read_only {
+            // The files' numbering no longer matches this handle's (a restored backup may
+            // even count lower): rewrite them so the next record follows on disk too.
+            self.compact(&mut st)?;
+        }
+        if count > 0 && self.hub.has_listeners() {
+            self.queue(&st, seq, changed);
+        }
+        Ok(count)
+    }
+}
+
+fn event_key(e: &EventOp) -> &str {
+    match e {
+        EventOp::Set { key, .. } | EventOp::Delete { key, .. } => key,
+        EventOp::Clear { .. } => "",
+    }
+}
+
+impl<T: StorageValue> JsonStorage<T> {
+    /// A debug span around one operation when the config's `debug` is on.
+    fn span(&self, operation: &'static str) -> tracing::Span {
+        storage_core::trace::op_span(self.inner.config.common.debug, BACKEND, operation)
+    }
+
+    fn run_before(&self, event: &BeforeEvent<'_, T>) -> Result<()> {
+        if self.inner.hub.has_before_hooks() {
+            self.inner.hub.before(event)?;
+        }
+        Ok(())
+    }
+
+    fn snapshot<R>(&self, f: impl FnOnce(&BTreeMap<String, Arc<Document>>) -> R) -> Result<R> {
+        self.inner.with_state(|st| f(&st.entries))
+    }
+
+    fn run_query(&self, query: &Query) -> Result<Vec<QueryResult<T>>> {
+        let span = self.span("query");
+        let _entered = span.enter();
+        let compiled = CompiledQuery::compile(query)?;
+        let found = self.inner.with_state(|st| {
+            let plan = st.indexes.plan(query.filter.as_ref());
+            let matches = match &plan {
+                Some(p) => compiled.run(
+                    p.candidates
+                        .iter()
+                        .filter_map(|k| st.entries.get_key_value(k))
+                        .map(|(k, v)| (k.as_str(), &**v)),
+                ),
+                None => compiled.run(st.entries.iter().map(|(k, v)| (k.as_str(), &**v))),
+            };
+            matches
+                .into_iter()
+                .filter_map(|m| st.entries.get(&m.key).cloned().map(|d| (m, d)))
+                .collect::<Vec<_>>()
+        })?;
+        found
+            .into_iter()
+            .map(|(m, doc)| {
+                Ok(QueryResult {
+                    value: decode(&doc, &m.key)?,
+                    key: m.key,
+                    score: m.score,
+                    projection: m.projection,
+                })
+            })
+            .collect()
+    }
+
+    /// Encodes and vets a batch: keys, values and before-hooks, before anything is applied.
+    fn prepare(&self, operations: &[Operation<T>]) -> Result<Vec<StagedOp>> {
+        validate_keys(operations.iter().filter_map(Operation::key))?;
+        let hooks = self.inner.hub.has_before_hooks();
+        let mut ops = Vec::with_capacity(operations.len());
+        for (i, op) in operations.iter().enumerate() {
+            match op {
+                Operation::Set { key, value } => {
+                    let doc = encode(value, key).map_err(|e| e.with_context("index", i))?;
+                    if hooks {
+                        self.inner.hub.before(&BeforeEvent::Set { key, value })?;
+                    }
+                    ops.push(StagedOp::Set(key.clone(), doc));
+                }
+                Operation::Delete { key } => {
+                    if hooks {
+                        self.inner.hub.before(&BeforeEvent::Delete { key })?;
+                    }
+                    ops.push(StagedOp::Delete(key.clone()));
+                }
+                Operation::Clear => {
+                    if hooks {
+                        self.inner.hub.before(&BeforeEvent::Clear)?;
+                    }
+                    ops.push(StagedOp::Clear);
+                }
+            }
+        }
+        Ok(ops)
+    }
+}
+
+pub(crate) fn capabilities() -> Capabilities {
+    Capabilities::new(BACKEND, Tier::Observable)
+        .with_isolation_levels([IsolationLevel::Serializable])
+        .with_index_kinds([IndexKind::Btree, IndexKind::Hash, IndexKind::Fulltext])
+        .with_unique_indexes(true)
+        .with_savepoints(true)
+        .with_cross_process_watch(false)
+        .with_persistent(true)
+}
+
+fn stream_of<'a, I: Send + 'a>(items: Result<Vec<Result<I>>>) -> ResultStream<'a, I> {
+    match items {
+        Ok(v) => Box::pin(futures::stream::iter(v)),
+        Err(e) => Box::pin(futures::stream::iter(vec![Err(e)])),
+    }
+}
+
+#[async_trait]
+impl<T: StorageValue> Storage<T> for JsonStorage<T> {
+    storage_core::tier_accessors!(T; batch, queryable, indexed, transactional, observable);
+
+    fn capabilities(&self) -> Capabilities {
+        capabilities()
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<T>> {
+        let run = || -> Result<Option<T>> {
+            validate_key(key)?;
+            self.run_before(&BeforeEvent::Get { key })?;
+            let doc = self.snapshot(|e| e.get(key).cloned())?;
+            if self.inner.hub.has_after_hooks() {
+                self.inner.hub.after(&AfterEvent::Get {
+                    key,
+                    found: doc.is_some(),
+                });
+            }
+            doc.map(|d| decode(&d, key)).transpose()
+        };
+        let span = self.span("get");
+        let _entered = span.enter();
+        run().map_err(|e| e.with_operation("get"))
+    }
+
+    async fn set(&self, key: &str, value: &T) -> Result<()> {
+        async {
+            validate_key(key)?;
+            let doc = encode(value, key)?;
+            self.run_before(&BeforeEvent::Set { key, value })?;
+            self.inner
+                .commit_ops(&[StagedOp::Set(key.to_owned(), doc)], None)
+                .await
+                .map(|_| ())
+        }
+        .instrument(self.span("set"))
+        .await
+        .map_err(|e| e.with_operation("set"))
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool> {
+        async {
+            validate_key(key)?;
+            self.run_before(&BeforeEvent::Delete { key })?;
+            let result = self
+                .inner
+                .commit_ops(&[StagedOp::Delete(key.to_owned())], None)
+                .await?;
+            Ok::<_, StorageError>(result.deleted > 0)
+        }
+        .instrument(self.span("delete"))
+        .await
+        .map_err(|e| e.with_operation("delete"))
+    }
+
+    async fn has(&self, key: &str) -> Result<bool> {
+        validate_key(key).map_err(|e| e.with_operation("has"))?;
+        self.snapshot(|e| e.contains_key(key))
+            .map_err(|e| e.with_operation("has"))
+    }
+
+    async fn clear(&self) -> Result<()> {
+        async {
+            self.run_before(&BeforeEvent::Clear)?;
+            self.inner
+                .commit_ops(&[StagedOp::Clear], None)
+                .await
+                .map(|_| ())
+        }
+        .instrument(self.span("clear"))
+        .await
+        .map_err(|e| e.with_operation("clear"))
+    }
+
+    async fn size(&self) -> Result<u64> {
+        self.snapshot(|e| journal::to_u64(e.len()))
+            .map_err(|e| e.with_operation("size"))
+    }
+
+    fn keys(&self) -> ResultStream<'_, String> {
+        stream_of(self.snapshot(|e| e.keys().cloned().map(Ok).collect()))
+    }
+
+    fn values(&self) -> ResultStream<'_, T> {
+        stream_of(self.snapshot(|e| e.iter().map(|(k, v)| decode(v, k)).collect()))
+    }
+
+    fn entries(&self) -> ResultStream<'_, (String, T)> {
+        stream_of(self.snapshot(|e| {
+            e.iter()
+                .map(|(k, v)| decode(v, k).map(|t| (k.clone(), t)))
+                .collect()
+        }))
+    }
+}
+
+#[async_trait]
+impl<T: StorageValue> BatchStorage<T> for JsonStorage<T> {
+    async fn get_many(&self, keys: &[String]) -> Result<BTreeMap<String, T>> {
+        validate_keys(keys.iter().map(String::as_str)).map_err(|e| e.with_operation("get_many"))?;
+        let docs = self.snapshot(|e| {
+            keys.iter()
+                .filter_map(|k| e.get(k).map(|d| (k.clone(), Arc::clone(d))))
+                .collect::<Vec<_>>()
+        })?;
+        docs.into_iter()
+            .map(|(k, d)| decode(&d, &k).map(|v| (k, v)))
+            .collect()
+    }
+
+    async fn batch(&self, operations: Vec<Operation<T>>) -> Result<BatchResult> {
+        async {
+            let ops = self.prepare(&operations)?;
+            if ops.is_empty() {
+                return Ok(BatchResult::default());
+            }
+            self.inner.commit_ops(&ops, None).await
+        }
+        .instrument(self.span("batch"))
+        .await
+        .map_err(|e| e.with_operation("batch"))
+    }
+}
+
+#[async_trait]
+impl<T: StorageValue> QueryableStorage<T> for JsonStorage<T> {
+    fn query(&self, query: &Query) -> ResultStream<'_, QueryResult<T>> {
+        stream_of(
+            self.run_query(query)
+                .map(|v| v.into_iter().map(Ok).collect())
+                .map_err(|e| e.with_operation("query")),
+        )
+    }
+
+    async fn count(&self, query: &Query) -> Result<u64> {
+        let compiled = CompiledQuery::compile(query).map_err(|e| e.with_operation("count"))?;
+        self.inner
+            .with_state(|st| match st.indexes.plan(query.filter.as_ref()) {
+                Some(p) => compiled.count(
+                    p.candidates
+                        .iter()
+                        .filter_map(|k| st.entries.get_key_value(k))
+                        .map(|(k, v)| (k.as_str(), &**v)),
+                ),
+                None => compiled.count(st.entries.iter().map(|(k, v)| (k.as_str(), &**v))),
+            })
+    }
+
+    async fn aggregate(&self, pipeline: &[AggregateStage]) -> Result<Vec<Document>> {
+        self.inner
+            .with_state(|st| aggregate(pipeline, st.entries.values().map(|d| &**d)))?
+            .map_err(|e| e.with_operation("aggregate").with_backend(BACKEND))
+    }
+}
+
+#[async_trait]
+impl<T: StorageValue> IndexedStorage<T> for JsonStorage<T> {
+    async fn create_index(&self, definition: IndexDefinition) -> Result<()> {
+        let mut st = self.inner.write();
+        st.ensure_open()?;
+        let State {
+            indexes, entries, ..
+        } = &mut *st;
+        indexes
+            .create(definition, entries)
+            .map(|_| ())
+            .map_err(|e| e.with_operation("create_index"))
+    }
+
+    async fn drop_index(&self, name: &str) -> Result<bool> {
+        let mut st = self.inner.write();
+        st.ensure_open()?;
+        Ok(st.indexes.drop_index(name))
+    }
+
+    async fn list_indexes(&self) -> Result<Vec<IndexInfo>> {
+        self.inner.with_state(|st| st.indexes.infos())
+    }
+
+    async fn explain(&self, query: &Query) -> Result<ExecutionPlan> {
+        CompiledQuery::compile(query).map_err(|e| e.with_operation("explain"))?;
+        let choice = self
+            .inner
+            .with_state(|st| st.indexes.choose(query.filter.as_ref()))?;
+        let mut plan = ExecutionPlan::default();
+        if let Some((index, clause)) = choice {
+            plan.backend_plan.push(format!(
+                "in-memory index {index} narrows candidates by {clause}"
+            ));
+            plan.in_process
+                .push("filter: reference evaluator over the index's candidates".to_owned());
+            plan.index = Some(index);
+        } else {
+            plan.full_scan = true;
+            plan.in_process
+                .push("filter: reference evaluator over every entry".to_owned());
+        }
+        if !query.order_by.is_empty() {
+            plan.in_process.push("order_by".to_owned());
+        }
+        if query.offset.is_some() || query.limit.is_some() {
+            plan.in_process.push("offset/limit".to_owned());
+        }
+        if query.select.is_some() {
+            plan.in_process.push("select".to_owned());
+        }
+        Ok(plan)
+    }
+}
+
+#[async_trait]
+impl<T: StorageValue> TransactionalStorage<T> for JsonStorage<T> {
+    async fn begin(&self, options: TransactionOptions) -> Result<Box<dyn Transaction<T>>> {
+        let tx = JsonTransaction::begin(Arc::clone(&self.inner), options)
+            .map_err(|e| e.with_operation("begin"))?;
+        Ok(Box::new(tx))
+    }
+}
+
+impl<T: StorageValue> ObservableStorage<T> for JsonStorage<T> {
+    fn on_before(&self, hook: BeforeHook<T>) -> HookId {
+        self.inner.hub.on_before(hook)
+    }
+
+    fn on_after(&self, hook: AfterHook<T>) -> HookId {
+        self.inner.hub.on_after(hook)
+    }
+
+    fn off(&self, id: HookId) -> bool {
+        self.inner.hub.off(id)
+    }
+
+    fn watch(&self, pattern: WatchPattern, capacity: usize) -> Result<Subscription<T>> {
+        self.inner
+            .hub
+            .watch(pattern, capacity)
+            .map_err(|e| e.with_operation("watch").with_backend(BACKEND))
+    }
+}
+
+/// The paths a store at `file` uses: main file, journal, lock file, temp file.
+///
+/// # Example
+/// ```
+/// let files = storage_json::files_of("data/users.json");
+/// assert_eq!(files[1], std::path::PathBuf::from("data/users.json.journal"));
+/// ```
+pub fn files_of(file: impl AsRef<Path>) -> [PathBuf; 4] {
+    let p = Paths::new(file.as_ref());
+    [p.main, p.journal, p.lock, p.temp]
+}

@@ -1,0 +1,192 @@
+//! # storage-json
+//!
+//! A key-value store in one human-readable JSON file, loaded into memory on
+//! open, that survives being killed at any instant and stays cheap to write at
+//! a hundred thousand entries. Writes go to an append-only journal beside the
+//! file (one checksummed JSON line per acknowledged write, batch or
+//! transaction), which is compacted into the main file atomically when it grows
+//! and on close. An advisory lock keeps a second process from writing the same
+//! file.
+//!
+//! ## Quick start
+//! ```
+//! use serde::{Deserialize, Serialize};
+//! use storage_core::query::field;
+//! use storage_core::{Query, QueryableStorage, Storage};
+//! use storage_json::{JsonConfig, JsonStorage};
+//!
+//! #[derive(Debug, Serialize, Deserialize)]
+//! struct User {
+//!     name: String,
+//!     age: u32,
+//! }
+//!
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! # let dir = tempfile::tempdir().unwrap();
+//! # let path = dir.path().join("users.json");
+//! let store = JsonStorage::<User>::open(JsonConfig::new(&path)).await?;
+//! store.set("user:1", &User { name: "Alice".into(), age: 31 }).await?;
+//! store.set("user:2", &User { name: "Bob".into(), age: 27 }).await?;
+//!
+//! let over_30 = store.find_many(&Query::filter(field("age").gt(30))).await?;
+//! assert_eq!(over_30[0].value.name, "Alice");
+//!
+//! store.close().await?; // compacts the journal into users.json
+//! let text = std::fs::read_to_string(&path).unwrap();
+//! assert!(text.contains("\"user:1\""));
+//! # Ok::<(), storage_core::StorageError>(())
+//! # }).unwrap();
+//! ```
+//!
+//! ## Tiers
+//! Implemented: `Storage`, `BatchStorage`, `QueryableStorage`, `IndexedStorage`,
+//! `TransactionalStorage`, `ObservableStorage`. Not implemented: `DistributedStorage`
+//! (one file on one machine has no replicas).
+//!
+//! - **Queries** run on the in-memory entries through the reference evaluator
+//!   ([`storage_core::query::CompiledQuery`]), so results are the evaluator's, in its order.
+//! - **Indexes** are in-memory structures: btree (equality and ranges), hash
+//!   (equality), unique, fulltext (word match with a `score`). Spatial is
+//!   `Unsupported` (`within_box` still runs in process). An index narrows the
+//!   candidates and the evaluator judges them, so an index never changes results.
+//!   Index definitions are not stored in the file: create them after each open.
+//! - **Transactions** are optimistic and serializable: reads come from a snapshot
+//!   taken at `begin`, writes are buffered, and the commit fails with
+//!   `VersionConflict` (retryable) if another commit since `begin` wrote anything
+//!   the transaction read (or anything at all, if it listed or counted entries).
+//!   Every requested level runs as `Serializable`. Savepoints, read-only
+//!   transactions (writes give `Unsupported`) and time-outs (`TransactionAborted`)
+//!   are supported; a commit is one journal record; dropping rolls back.
+//! - **Observation**: hooks and watches through [`storage_core::EventHub`]; events
+//!   describe committed changes, in commit order, one batch per commit. Another
+//!   process cannot write while this handle holds the lock, but a person may edit the
+//!   file: [`JsonStorage::reload`] re-reads it and announces the difference as one
+//!   change batch (on a read-only handle, it picks up what the writer committed).
+//!   `cross_process_watch` is `false`: nothing is noticed without `reload`.
+//!
+//! ## The files
+//! `users.json` (the main file; `pretty: false` writes it on one line):
+//! ```json
+//! {
+//!   "format": "storage-json/1",
+//!   "seq": 2,
+//!   "entries": {
+//!     "user:1": {
+//!       "age": 31,
+//!       "name": "Alice"
+//!     },
+//!     "user:2": {
+//!       "age": 27,
+//!       "name": "Bob"
+//!     }
+//!   }
+//! }
+//! ```
+//! Keys are in ascending byte order (object fields inside values too); values are their JSON documents
+//! ([`storage_core::codec::to_document`], so a value JSON cannot hold, like NaN, is
+//! refused with `InvalidValue` and nothing is stored). `seq` is the last journal
+//! record the file contains. The file round-trips through any JSON parser and may
+//! be edited by hand while the store is closed (or followed by `reload`).
+//!
+//! `users.json.journal`, one line per acknowledged commit, numbered consecutively from
+//! the main file's `seq` (a gap is `Corrupted`: records were lost), each plain JSON
+//! whose last member is a CRC-32 of the bytes before it:
+//! ```text
+//! {"seq":3,"ops":[{"op":"set","key":"user:3","value":{"age":40,"name":"Carol"}}],"crc":"869f919c"}
+//! {"seq":4,"ops":[{"op":"clear"},{"op":"set","key":"a","value":1}],"crc":"415ddc93"}
+//! ```
+//! `users.json.lock` carries the advisory lock (it stays after close; deleting it
+//! while a process holds it defeats the lock). `users.json.tmp` exists only during
+//! compaction (as does `users.json.journal.tmp`) and is removed on open if a crash left it.
+//!
+//! ## Crash safety
+//! - A write is acknowledged only after its journal line was written and (with
+//!   `atomic: true`) fsync'd — per write, or per group with group commit, where
+//!   writers wait for the fsync covering them. With group commit a change is visible
+//!   to readers, hooks and watchers of this handle from the moment it is appended,
+//!   which may be up to `max_delay_ms` before its writer's call returns; if that
+//!   fsync fails, the writer gets `Io` and the store refuses further writes.
+//! - A line torn by a crash fails its checksum and, being last, is dropped and cut
+//!   off on open; a damaged line followed by good ones is `Corrupted` with the
+//!   journal's path and the line's byte offset.
+//! - Compaction writes `<file>.tmp`, fsyncs it, renames it over the file, fsyncs the
+//!   directory, and only then replaces the journal by the records the new file lacks
+//!   (copied to `<file>.journal.tmp`, fsync'd, renamed; or simply emptied when nothing
+//!   was written meanwhile); replay skips records the main file already holds, so a
+//!   kill at any instant leaves every acknowledged write.
+//! - Opening a damaged main file (truncated, invalid JSON, empty, starting with a
+//!   byte-order mark, wrong `format`) gives `Corrupted` naming the file and byte
+//!   position, and changes no file.
+//!
+//! **`atomic: false`** skips the journal fsync. A crash of the process loses
+//! nothing (every acknowledged line is in the kernel's page cache); a crash of the
+//! operating system or a power loss may lose the writes acknowledged since the
+//! kernel last wrote the journal back (typically the last 30 seconds), and the
+//! journal's tail may then be torn (dropped on open). Compaction stays fsync'd and
+//! atomic, so the main file is never lost.
+//!
+//! ## Costs
+//! A `set` appends one line and fsyncs (or joins a group): its cost does not grow
+//! with the number of entries. Compaction rewrites the whole file; it starts once the
+//! journal holds `compact_after` records *and* is at least half the main file's
+//! size, so its cost per write stays bounded as the store grows. It runs on a
+//! background thread: the write that triggers it only copies the in-memory map (its
+//! keys and pointers to the values), and writes go on while the file is written.
+//! `compact`, `close` and dropping the last handle compact in the foreground. Everything runs on
+//! the calling thread except the group-commit fsync thread and lock waiting; an fsync'd
+//! write holds the store's lock while it syncs, so reads wait for it. Figures (sets at
+//! 1k to 100k entries against a raw fsync'd append, open, gets, queries) are in the
+//! crate's `BENCHMARKS.md`, produced by `cargo bench -p storage-json`.
+//!
+//! ## Two processes
+//! `open` takes an exclusive lock on `<file>.lock` (`std::fs::File::try_lock`). A
+//! second opener — another process, or a second handle in the same process — gets
+//! `ConnectionFailed` ("locked by another process", retryable), or with
+//! [`LockMode::Wait`] waits up to its time-out and then gets `Timeout`.
+//!
+//! Readers need no lock: [`JsonStorage::open_read_only`] loads the files beside a
+//! writer and never sees a half-written state (the main file is only ever replaced
+//! whole, by rename; a journal line being appended fails its checksum and is left out;
+//! a compaction racing the load is detected by the record numbering and the load
+//! retried). It refuses writes with `Unsupported` and follows the writer through
+//! [`JsonStorage::reload`], which announces what changed.
+//!
+//! ## Configuration
+//! [`JsonConfig`] comes from `storage_core::config` (so a TOML, YAML or JSON file with
+//! `type = "json"` opens this store); [`JsonConfigExt`] adds builder methods. The
+//! common `serialization` setting must stay JSON without compression (anything else is
+//! `InvalidConfig`: the file is for people to read), and `debug = true` wraps every
+//! operation in a `tracing` debug span.
+//!
+//! ## Crate features
+//! None.
+//!
+//! ## Modules
+//! - `config`: [`JsonConfig`], [`Durability`], [`LockMode`] (from `storage_core::config`) and
+//!   the [`JsonConfigExt`] builder;
+//! - `backend`: [`JsonStorage`] and its tier implementations;
+//! - `transaction`: [`JsonTransaction`];
+//! - `journal`: the file formats, compaction and group commit;
+//! - `index`: in-memory indexes;
+//! - `error`: the adapter's errors, mapped into [`storage_core::StorageError`].
+
+#![forbid(unsafe_code)]
+
+mod backend;
+mod config;
+mod error;
+mod index;
+mod journal;
+mod transaction;
+
+pub use backend::{JsonStorage, files_of};
+pub use config::{Durability, JsonConfig, JsonConfigExt, LockMode};
+pub use transaction::JsonTransaction;
+
+/// Compile-time check that the public types can cross threads.
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<JsonStorage<serde_json::Value>>();
+    assert_send_sync::<JsonTransaction<serde_json::Value>>();
+    assert_send_sync::<JsonConfig>();
+};

@@ -1,0 +1,898 @@
+//! Behaviour of the JSON-file store that only a real file shows: reopening,
+//! the journal, corruption, compaction, group commit, transactions, events.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use serde_json::{Value, json};
+use storage_core::query::field;
+use storage_core::{
+    BatchStorage, ErrorCode, IndexDefinition, IndexKind, IndexedStorage, IsolationLevel,
+    ObservableStorage, Operation, Query, QueryableStorage, Storage, StorageError, Transaction,
+    TransactionOptions, TransactionState, TransactionalStorage, WatchEvent, WatchPattern,
+};
+use storage_json::{Durability, JsonConfig, JsonConfigExt, JsonStorage, LockMode};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+fn temp() -> std::io::Result<(tempfile::TempDir, PathBuf)> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("store.json");
+    Ok((dir, path))
+}
+
+async fn open(path: &Path) -> Result<JsonStorage<Value>, StorageError> {
+    JsonStorage::open(JsonConfig::new(path)).await
+}
+
+/// Copies the store's files as they are now, which is what a killed process leaves.
+fn copy_as_crashed(path: &Path, to_dir: &Path) -> std::io::Result<PathBuf> {
+    let target = to_dir.join("store.json");
+    // Journal first: a compaction replaces the main file before the journal, so a
+    // journal copied earlier than the main file always pairs with a main file at
+    // least as new, which is a state a crash can leave.
+    let [main, journal, ..] = storage_json::files_of(path);
+    let [main_to, journal_to, ..] = storage_json::files_of(&target);
+    for (from, to) in [(journal, journal_to), (main, main_to)] {
+        if from.exists() {
+            std::fs::copy(&from, &to)?;
+        }
+    }
+    Ok(target)
+}
+
+fn journal_of(path: &Path) -> PathBuf {
+    storage_json::files_of(path)[1].clone()
+}
+
+/// Acknowledged writes, deletes and batches survive closing and reopening.
+#[tokio::test]
+async fn writes_survive_reopening() -> TestResult {
+    let (_dir, path) = temp()?;
+    {
+        let store = open(&path).await?;
+        store.set("b", &json!({"n": 2})).await?;
+        store.set("a", &json!({"n": 1})).await?;
+        store.set("c", &json!([1, 2, 3])).await?;
+        assert!(store.delete("c").await?);
+        assert!(!store.delete("c").await?);
+        store
+            .batch(vec![
+                Operation::set("d", json!("four")),
+                Operation::delete("a"),
+            ])
+            .await?;
+    }
+    let store = open(&path).await?;
+    let entries: Vec<(String, Value)> = store.entries().try_collect().await?;
+    assert_eq!(
+        entries,
+        vec![
+            ("b".to_owned(), json!({"n": 2})),
+            ("d".to_owned(), json!("four"))
+        ]
+    );
+    Ok(())
+}
+
+/// After close, the main file is pretty JSON any parser reads, keys ascending, journal empty.
+#[tokio::test]
+async fn closed_file_is_readable_json_in_key_order() -> TestResult {
+    let (_dir, path) = temp()?;
+    let store = open(&path).await?;
+    for k in ["zeta", "alpha", "Mu", "é"] {
+        store.set(k, &json!({"k": k})).await?;
+    }
+    store.close().await?;
+    assert_eq!(
+        store.get("alpha").await.expect_err("closed").code(),
+        ErrorCode::ConnectionLost
+    );
+    let text = std::fs::read_to_string(&path)?;
+    let doc: Value = serde_json::from_str(&text)?;
+    assert_eq!(doc["format"], "storage-json/1");
+    let keys: Vec<&String> = doc["entries"]
+        .as_object()
+        .ok_or("entries")?
+        .keys()
+        .collect();
+    assert_eq!(keys, ["Mu", "alpha", "zeta", "é"]);
+    assert!(text.contains("\n  \"entries\": {\n"), "{text}");
+    assert_eq!(std::fs::metadata(journal_of(&path))?.len(), 0);
+    Ok(())
+}
+
+/// `pretty: false` writes the main file on one line.
+#[tokio::test]
+async fn compact_format_is_one_line() -> TestResult {
+    let (_dir, path) = temp()?;
+    let store = JsonStorage::<Value>::open(JsonConfig::new(&path).pretty(false)).await?;
+    store.set("a", &json!({"x": 1})).await?;
+    store.close().await?;
+    let text = std::fs::read_to_string(&path)?;
+    assert_eq!(text.trim_end().lines().count(), 1);
+    Ok(())
+}
+
+/// A value JSON cannot hold is refused with `InvalidValue` and nothing is written.
+#[tokio::test]
+async fn nan_is_invalid_value_and_nothing_is_stored() -> TestResult {
+    let (_dir, path) = temp()?;
+    let store = JsonStorage::<f64>::open(JsonConfig::new(&path)).await?;
+    let err = store.set("x", &f64::NAN).await.expect_err("nan");
+    assert_eq!(err.code(), ErrorCode::InvalidValue);
+    assert_eq!(store.size().await?, 0);
+    assert_eq!(std::fs::metadata(journal_of(&path))?.len(), 0);
+    Ok(())
+}
+
+/// Bad keys are `InvalidKey` everywhere, and a batch with one applies nothing.
+#[tokio::test]
+async fn bad_keys_are_rejected() -> TestResult {
+    let (_dir, path) = temp()?;
+    let store = open(&path).await?;
+    assert_eq!(
+        store.set("", &json!(1)).await.expect_err("empty").code(),
+        ErrorCode::InvalidKey
+    );
+    assert_eq!(
+        store.get("a\0b").await.expect_err("nul").code(),
+        ErrorCode::InvalidKey
+    );
+    let long = "k".repeat(1025);
+    assert_eq!(
+        store.delete(&long).await.expect_err("long").code(),
+        ErrorCode::InvalidKey
+    );
+    let err = store
+        .batch(vec![
+            Operation::set("ok", json!(1)),
+            Operation::set("", json!(2)),
+        ])
+        .await
+        .expect_err("bad batch");
+    assert_eq!(err.code(), ErrorCode::InvalidKey);
+    assert_eq!(store.size().await?, 0);
+    Ok(())
+}
+
+/// Any encoding but UTF-8 is a typed config error naming what is supported.
+#[tokio::test]
+async fn other_encodings_are_invalid_config() -> TestResult {
+    let (_dir, path) = temp()?;
+    let mut config = JsonConfig::new(&path);
+    config.encoding = "utf-16".to_owned();
+    let err = JsonStorage::<Value>::open(config)
+        .await
+        .expect_err("utf-16");
+    assert_eq!(err.code(), ErrorCode::InvalidConfig);
+    assert!(err.message().contains("utf-8"), "{err}");
+    assert!(!path.exists());
+    Ok(())
+}
+
+/// A journal line torn by a crash is dropped on open, and later writes append cleanly.
+#[tokio::test]
+async fn torn_last_journal_line_is_dropped() -> TestResult {
+    let (dir, path) = temp()?;
+    let store = open(&path).await?;
+    store.set("a", &json!(1)).await?;
+    store.set("b", &json!(2)).await?;
+    let crashed_dir = tempfile::tempdir()?;
+    let crashed = copy_as_crashed(&path, crashed_dir.path())?;
+    drop(store);
+    drop(dir);
+    // Tear the last record in half.
+    let journal = journal_of(&crashed);
+    let bytes = std::fs::read(&journal)?;
+    let cut = bytes.len() - 10;
+    std::fs::write(&journal, &bytes[..cut])?;
+
+    let store = open(&crashed).await?;
+    assert_eq!(store.get("a").await?, Some(json!(1)));
+    assert_eq!(store.get("b").await?, None);
+    store.set("c", &json!(3)).await?;
+    drop(store);
+    let store = open(&crashed).await?;
+    assert_eq!(store.keys().try_collect::<Vec<_>>().await?, ["a", "c"]);
+    Ok(())
+}
+
+/// A damaged line followed by good ones is `Corrupted` naming the journal and
+/// the line's offset, and the open changes nothing.
+#[tokio::test]
+async fn garbled_middle_journal_line_is_corrupted() -> TestResult {
+    let (dir, path) = temp()?;
+    let store = open(&path).await?;
+    store.set("a", &json!("first")).await?;
+    store.set("b", &json!("second")).await?;
+    store.set("c", &json!("third")).await?;
+    let crashed_dir = tempfile::tempdir()?;
+    let crashed = copy_as_crashed(&path, crashed_dir.path())?;
+    drop(store);
+    drop(dir);
+    let journal = journal_of(&crashed);
+    let mut bytes = std::fs::read(&journal)?;
+    let second_line = bytes.iter().position(|b| *b == b'\n').ok_or("no line")? + 1;
+    let at = second_line
+        + bytes[second_line..]
+            .windows(6)
+            .position(|w| w == b"second")
+            .ok_or("no value")?;
+    bytes[at] = b'S';
+    std::fs::write(&journal, &bytes)?;
+
+    let err = open(&crashed).await.expect_err("corrupt");
+    assert_eq!(err.code(), ErrorCode::Corrupted);
+    assert_eq!(
+        err.context_value("file"),
+        Some(journal.display().to_string().as_str())
+    );
+    assert_eq!(
+        err.context_value("position"),
+        Some(second_line.to_string().as_str())
+    );
+    assert_eq!(std::fs::read(&journal)?, bytes);
+    Ok(())
+}
+
+/// Truncated, garbled, empty and BOM-prefixed main files are `Corrupted` with a
+/// position, and the file is left byte for byte as it was.
+#[tokio::test]
+async fn damaged_main_files_are_corrupted_and_untouched() -> TestResult {
+    let good = "{\n  \"format\": \"storage-json/1\",\n  \"seq\": 0,\n  \"entries\": {\n    \"a\": 1\n  }\n}\n";
+    let mut bom = vec![0xEF, 0xBB, 0xBF];
+    bom.extend_from_slice(good.as_bytes());
+    let cases: Vec<(&str, Vec<u8>, u64)> = vec![
+        ("truncated", good.as_bytes()[..40].to_vec(), 40),
+        (
+            "garbled",
+            good.replace("\"a\": 1", "\"a\": 1x").into_bytes(),
+            69,
+        ),
+        ("empty", Vec::new(), 0),
+        ("bom", bom, 0),
+        ("not an object", b"[1, 2]".to_vec(), 0),
+        (
+            "wrong format",
+            good.replace("storage-json/1", "other/9").into_bytes(),
+            4,
+        ),
+        (
+            "bad key",
+            good.replace("\"a\": 1", "\"\": 1").into_bytes(),
+            63,
+        ),
+    ];
+    for (name, bytes, position) in cases {
+        let (_dir, path) = temp()?;
+        std::fs::write(&path, &bytes)?;
+        let err = open(&path).await.expect_err(name);
+        assert_eq!(err.code(), ErrorCode::Corrupted, "{name}: {err}");
+        assert_eq!(
+            err.context_value("file"),
+            Some(path.display().to_string().as_str()),
+            "{name}"
+        );
+        assert_eq!(
+            err.context_value("position"),
+            Some(position.to_string().as_str()),
+            "{name}: {err}"
+        );
+        assert_eq!(std::fs::read(&path)?, bytes, "{name}: file changed");
+        assert!(!journal_of(&path).exists(), "{name}: journal created");
+    }
+    Ok(())
+}
+
+/// A hand-written main file without the optional `seq` opens fine.
+#[tokio::test]
+async fn hand_written_file_opens() -> TestResult {
+    let (_dir, path) = temp()?;
+    std::fs::write(
+        &path,
+        r#"{"format": "storage-json/1", "entries": {"x": {"name": "hand"}}}"#,
+    )?;
+    let store = open(&path).await?;
+    assert_eq!(store.get("x").await?, Some(json!({"name": "hand"})));
+    Ok(())
+}
+
+/// A second open of the same file in this process is refused while the first is open.
+#[tokio::test]
+async fn second_open_is_locked_until_the_first_closes() -> TestResult {
+    let (_dir, path) = temp()?;
+    let first = open(&path).await?;
+    let err = open(&path).await.expect_err("locked");
+    assert_eq!(err.code(), ErrorCode::ConnectionFailed);
+    assert!(err.is_retryable());
+    assert!(err.message().contains("locked by another process"), "{err}");
+    let waiting = JsonStorage::<Value>::open(
+        JsonConfig::new(&path).lock(LockMode::Wait { timeout_ms: 5_000 }),
+    );
+    let closer = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        first.set("k", &json!(1)).await?;
+        first.close().await
+    };
+    let (second, close_result) = tokio::join!(waiting, closer);
+    close_result?;
+    let second = second?;
+    assert_eq!(second.get("k").await?, Some(json!(1)));
+    let err =
+        JsonStorage::<Value>::open(JsonConfig::new(&path).lock(LockMode::Wait { timeout_ms: 30 }))
+            .await
+            .expect_err("timeout");
+    assert_eq!(err.code(), ErrorCode::Timeout);
+    drop(second);
+    Ok(())
+}
+
+/// The journal is compacted once it passes `compact_after`, and the result reopens intact.
+#[tokio::test]
+async fn journal_is_compacted_past_the_threshold() -> TestResult {
+    let (_dir, path) = temp()?;
+    let store = JsonStorage::<Value>::open(JsonConfig::new(&path).compact_after(8)).await?;
+    for i in 0..50 {
+        store.set(&format!("k{i:02}"), &json!(i)).await?;
+        if i % 7 == 0 {
+            store.delete(&format!("k{:02}", i / 2)).await?;
+        }
+    }
+    // Compaction runs in the background; it has carried the journal over once the
+    // journal holds fewer records than were written.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while store.journal_records() >= 40 {
+        assert!(std::time::Instant::now() < deadline, "never compacted");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(std::fs::metadata(&path)?.len() > 0);
+    let expected: Vec<(String, Value)> = store.entries().try_collect().await?;
+    // Reopen from the files as a crash would leave them.
+    let crashed_dir = tempfile::tempdir()?;
+    let crashed = copy_as_crashed(&path, crashed_dir.path())?;
+    let reopened = open(&crashed).await?;
+    assert_eq!(reopened.entries().try_collect::<Vec<_>>().await?, expected);
+    Ok(())
+}
+
+/// A crash between compaction's rename and the journal's truncation loses and
+/// duplicates nothing: replay skips records the main file holds.
+#[tokio::test]
+async fn stale_journal_after_compaction_is_skipped() -> TestResult {
+    let (_dir, path) = temp()?;
+    let store = open(&path).await?;
+    store.set("a", &json!(1)).await?;
+    store.set("b", &json!(2)).await?;
+    store.delete("a").await?;
+    let old_journal = std::fs::read(journal_of(&path))?;
+    store.compact().await?;
+    std::fs::write(journal_of(&path), &old_journal)?;
+    let crashed_dir = tempfile::tempdir()?;
+    let crashed = copy_as_crashed(&path, crashed_dir.path())?;
+    drop(store);
+    let store = open(&crashed).await?;
+    assert_eq!(store.keys().try_collect::<Vec<_>>().await?, ["b"]);
+    store.set("c", &json!(3)).await?;
+    drop(store);
+    let store = open(&crashed).await?;
+    assert_eq!(store.keys().try_collect::<Vec<_>>().await?, ["b", "c"]);
+    Ok(())
+}
+
+/// A leftover compaction temp file is removed on open.
+#[tokio::test]
+async fn leftover_temp_file_is_removed() -> TestResult {
+    let (_dir, path) = temp()?;
+    let temp_file = storage_json::files_of(&path)[3].clone();
+    std::fs::write(&temp_file, b"{\"format\": \"storage-json/1\", \"ent")?;
+    let store = open(&path).await?;
+    assert!(!temp_file.exists());
+    assert_eq!(store.size().await?, 0);
+    Ok(())
+}
+
+/// With group commit, concurrent writers share fsyncs and every acknowledged write survives.
+#[tokio::test]
+async fn group_commit_acknowledges_and_keeps_concurrent_writes() -> TestResult {
+    let (_dir, path) = temp()?;
+    let config = JsonConfig::new(&path).durability(Durability::Group {
+        max_writes: 16,
+        max_delay_ms: 2,
+    });
+    let store = JsonStorage::<Value>::open(config).await?;
+    let writes = (0..200).map(|i| {
+        let store = store.clone();
+        async move { store.set(&format!("k{i:03}"), &json!(i)).await }
+    });
+    futures::future::try_join_all(writes).await?;
+    // A lone writer is acknowledged after at most the group delay.
+    store.set("alone", &json!(true)).await?;
+    let crashed_dir = tempfile::tempdir()?;
+    let crashed = copy_as_crashed(&path, crashed_dir.path())?;
+    let reopened = open(&crashed).await?;
+    assert_eq!(reopened.size().await?, 201);
+    assert_eq!(reopened.get("k123").await?, Some(json!(123)));
+    Ok(())
+}
+
+/// `atomic: false` still keeps every write across a normal reopen.
+#[tokio::test]
+async fn non_atomic_mode_keeps_writes_across_reopen() -> TestResult {
+    let (_dir, path) = temp()?;
+    let store = JsonStorage::<Value>::open(JsonConfig::new(&path).atomic(false)).await?;
+    store.set("a", &json!(1)).await?;
+    let crashed_dir = tempfile::tempdir()?;
+    let crashed = copy_as_crashed(&path, crashed_dir.path())?;
+    assert_eq!(open(&crashed).await?.get("a").await?, Some(json!(1)));
+    Ok(())
+}
+
+fn people() -> Vec<(String, Value)> {
+    (0..40)
+        .map(|i| {
+            (
+                format!("p{i:02}"),
+                json!({
+                    "age": i % 17,
+                    "name": format!("person {i}"),
+                    "tags": if i % 3 == 0 { json!(["red", "blue"]) } else { json!(["green"]) },
+                    "bio": if i % 5 == 0 { "likes quick brown foxes" } else { "likes slow dogs" },
+                }),
+            )
+        })
+        .collect()
+}
+
+/// Queries give the reference evaluator's answer with and without indexes, and
+/// `explain` says which index is used.
+#[tokio::test]
+async fn indexed_queries_match_the_reference_evaluator() -> TestResult {
+    let (_dir, path) = temp()?;
+    let store = open(&path).await?;
+    store.set_many(people()).await?;
+    let queries = vec![
+        Query::filter(field("age").gt(10)),
+        Query::filter(field("age").eq(3)),
+        Query::filter(field("tags").eq("red")),
+        Query::filter(field("age").is_in([1, 2, 16])),
+        Query::filter(field("bio").text("quick FOX")),
+        Query::filter(field("bio").text("quick foxes")),
+        Query::filter(storage_core::query::and(vec![
+            field("age").lte(5),
+            field("tags").eq("green"),
+        ])),
+    ];
+    let docs: Vec<(String, Value)> = people();
+    let mut before = Vec::new();
+    for q in &queries {
+        let got: Vec<_> = store
+            .find_many(q)
+            .await?
+            .into_iter()
+            .map(|r| (r.key, r.score))
+            .collect();
+        let expected: Vec<_> =
+            storage_core::query::evaluate(q, docs.iter().map(|(k, v)| (k.as_str(), v)))?
+                .into_iter()
+                .map(|m| (m.key, m.score))
+                .collect();
+        assert_eq!(got, expected, "{q:?}");
+        before.push(got);
+    }
+    store
+        .create_index(IndexDefinition::new("age", "age", IndexKind::Btree))
+        .await?;
+    store
+        .create_index(IndexDefinition::new("tags", "tags", IndexKind::Hash))
+        .await?;
+    store
+        .create_index(IndexDefinition::new("bio", "bio", IndexKind::Fulltext))
+        .await?;
+    // Creating the identical index again is a no-op; another definition under the name is not.
+    store
+        .create_index(IndexDefinition::new("age", "age", IndexKind::Btree))
+        .await?;
+    let err = store
+        .create_index(IndexDefinition::new("age", "name", IndexKind::Btree))
+        .await
+        .expect_err("taken");
+    assert_eq!(err.code(), ErrorCode::DuplicateKey);
+    let err = store
+        .create_index(IndexDefinition::new("geo", "loc", IndexKind::Spatial))
+        .await
+        .expect_err("spatial");
+    assert_eq!(err.code(), ErrorCode::Unsupported);
+    for (q, expected) in queries.iter().zip(&before) {
+        let got: Vec<_> = store
+            .find_many(q)
+            .await?
+            .into_iter()
+            .map(|r| (r.key, r.score))
+            .collect();
+        assert_eq!(&got, expected, "{q:?}");
+        assert_eq!(store.count(q).await?, expected.len() as u64);
+        assert!(store.explain(q).await?.uses_index(), "{q:?}");
+    }
+    assert!(
+        !store
+            .explain(&Query::filter(field("name").eq("x")))
+            .await?
+            .uses_index()
+    );
+    let stats = store.list_indexes().await?;
+    assert!(stats.iter().all(|i| i.stats.hits + i.stats.misses > 0));
+    assert!(store.drop_index("bio").await?);
+    assert!(!store.drop_index("bio").await?);
+    Ok(())
+}
+
+/// A unique index rejects a conflicting write or batch and leaves nothing changed.
+#[tokio::test]
+async fn unique_index_rejects_conflicts() -> TestResult {
+    let (_dir, path) = temp()?;
+    let store = open(&path).await?;
+    store.set("u1", &json!({"email": "a@x"})).await?;
+    store
+        .create_index(IndexDefinition::new("email", "email", IndexKind::Hash).unique())
+        .await?;
+    let err = store
+        .set("u2", &json!({"email": "a@x"}))
+        .await
+        .expect_err("dup");
+    assert_eq!(err.code(), ErrorCode::DuplicateKey);
+    let err = store
+        .batch(vec![
+            Operation::set("u3", json!({"email": "b@x"})),
+            Operation::set("u4", json!({"email": "b@x"})),
+        ])
+        .await
+        .expect_err("dup in batch");
+    assert_eq!(err.code(), ErrorCode::DuplicateKey);
+    assert_eq!(store.size().await?, 1);
+    // Moving the value from one key to another within one batch is fine.
+    store
+        .batch(vec![
+            Operation::delete("u1"),
+            Operation::set("u2", json!({"email": "a@x"})),
+        ])
+        .await?;
+    store.set("u2", &json!({"email": "a@x", "v": 2})).await?;
+    assert_eq!(store.keys().try_collect::<Vec<_>>().await?, ["u2"]);
+    Ok(())
+}
+
+/// Aggregates run over every entry.
+#[tokio::test]
+async fn aggregate_counts_groups() -> TestResult {
+    use storage_core::AggregateStage;
+    use storage_core::query::Accumulator;
+    let (_dir, path) = temp()?;
+    let store = open(&path).await?;
+    store.set_many(people()).await?;
+    let out = store
+        .aggregate(&[AggregateStage::Group {
+            by: None,
+            accumulators: vec![("n".to_owned(), Accumulator::Count)],
+        }])
+        .await?;
+    assert_eq!(out[0]["n"], json!(40));
+    Ok(())
+}
+
+/// Transactions read a snapshot, see their own writes, and commit as one journal record.
+#[tokio::test]
+async fn transaction_commits_atomically_as_one_record() -> TestResult {
+    let (_dir, path) = temp()?;
+    let store = open(&path).await?;
+    store.set("a", &json!(100)).await?;
+    let before = store.journal_records();
+    let tx = store.begin(TransactionOptions::new()).await?;
+    assert_eq!(tx.isolation(), IsolationLevel::Serializable);
+    tx.set("a", &json!(60)).await?;
+    tx.set("b", &json!(40)).await?;
+    assert_eq!(tx.get("a").await?, Some(json!(60)));
+    assert_eq!(store.get("b").await?, None, "uncommitted write visible");
+    tx.commit().await?;
+    assert_eq!(tx.state(), TransactionState::Committed);
+    assert_eq!(store.journal_records(), before + 1);
+    assert_eq!(store.get("b").await?, Some(json!(40)));
+    Ok(())
+}
+
+/// Write skew between two concurrent transactions is prevented (G2-item).
+#[tokio::test]
+async fn write_skew_is_prevented() -> TestResult {
+    let (_dir, path) = temp()?;
+    let store = open(&path).await?;
+    store.set("x", &json!(1)).await?;
+    store.set("y", &json!(1)).await?;
+    let t1 = store.begin(TransactionOptions::new()).await?;
+    let t2 = store.begin(TransactionOptions::new()).await?;
+    let sum1 = t1.get("x").await?.and_then(|v| v.as_i64()).unwrap_or(0)
+        + t1.get("y").await?.and_then(|v| v.as_i64()).unwrap_or(0);
+    let sum2 = t2.get("x").await?.and_then(|v| v.as_i64()).unwrap_or(0)
+        + t2.get("y").await?.and_then(|v| v.as_i64()).unwrap_or(0);
+    assert_eq!((sum1, sum2), (2, 2));
+    t1.set("x", &json!(0)).await?;
+    t2.set("y", &json!(0)).await?;
+    t1.commit().await?;
+    let err = t2.commit().await.expect_err("write skew");
+    assert_eq!(err.code(), ErrorCode::VersionConflict);
+    assert!(err.is_retryable());
+    assert_eq!(t2.state(), TransactionState::Aborted);
+    assert_eq!(store.get("y").await?, Some(json!(1)));
+    Ok(())
+}
+
+/// A transaction keeps reading its snapshot after another commit (no read skew),
+/// and a read-only one commits.
+#[tokio::test]
+async fn reads_come_from_the_snapshot() -> TestResult {
+    let (_dir, path) = temp()?;
+    let store = open(&path).await?;
+    store.set("x", &json!(1)).await?;
+    store.set("y", &json!(1)).await?;
+    let reader = store.begin(TransactionOptions::new().read_only()).await?;
+    assert_eq!(reader.get("x").await?, Some(json!(1)));
+    store
+        .batch(vec![
+            Operation::set("x", json!(2)),
+            Operation::set("y", json!(2)),
+        ])
+        .await?;
+    store.clear().await?;
+    store.set("z", &json!(3)).await?;
+    assert_eq!(reader.get("y").await?, Some(json!(1)));
+    assert_eq!(reader.keys().try_collect::<Vec<_>>().await?, ["x", "y"]);
+    assert_eq!(reader.size().await?, 2);
+    let err = reader.set("x", &json!(9)).await.expect_err("read-only");
+    assert_eq!(err.code(), ErrorCode::Unsupported);
+    reader.commit().await?;
+    Ok(())
+}
+
+/// Savepoints undo later writes; time-outs abort; dropping rolls back.
+#[tokio::test]
+async fn savepoints_timeouts_and_drop() -> TestResult {
+    let (_dir, path) = temp()?;
+    let store = open(&path).await?;
+    let tx = store.begin(TransactionOptions::new()).await?;
+    tx.set("a", &json!(1)).await?;
+    tx.savepoint("s1").await?;
+    tx.set("b", &json!(2)).await?;
+    tx.savepoint("s2").await?;
+    tx.delete("a").await?;
+    tx.rollback_to("s1").await?;
+    assert_eq!(tx.keys().try_collect::<Vec<_>>().await?, ["a"]);
+    assert_eq!(
+        tx.rollback_to("s2").await.expect_err("gone").code(),
+        ErrorCode::KeyNotFound
+    );
+    tx.commit().await?;
+    assert_eq!(store.keys().try_collect::<Vec<_>>().await?, ["a"]);
+
+    let slow = store
+        .begin(TransactionOptions::new().timeout(Duration::from_millis(20)))
+        .await?;
+    slow.set("late", &json!(1)).await?;
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    assert_eq!(
+        slow.commit().await.expect_err("late").code(),
+        ErrorCode::TransactionAborted
+    );
+    assert_eq!(store.get("late").await?, None);
+
+    {
+        let dropped = store.begin(TransactionOptions::new()).await?;
+        dropped.set("dropped", &json!(1)).await?;
+    }
+    assert_eq!(store.get("dropped").await?, None);
+    Ok(())
+}
+
+/// Watchers get one batch per commit, in commit order; before-hooks veto.
+#[tokio::test]
+async fn events_follow_commits() -> TestResult {
+    let (_dir, path) = temp()?;
+    let store = open(&path).await?;
+    let mut sub = store.watch(WatchPattern::All, 16)?;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&seen);
+    store.on_after(Arc::new(move |e| {
+        if let storage_core::AfterEvent::Set { key, .. } = e {
+            log.lock().map(|mut l| l.push((*key).to_owned())).ok();
+        }
+    }));
+    store.on_before(Arc::new(|e| match e {
+        storage_core::BeforeEvent::Set { key, .. } if key.starts_with("forbidden") => {
+            Err(StorageError::new(ErrorCode::InvalidValue, "vetoed"))
+        }
+        _ => Ok(()),
+    }));
+    store.set("a", &json!(1)).await?;
+    assert!(store.set("forbidden", &json!(1)).await.is_err());
+    assert_eq!(store.get("forbidden").await?, None);
+    let tx = store.begin(TransactionOptions::new()).await?;
+    tx.set("b", &json!(2)).await?;
+    tx.delete("a").await?;
+    tx.commit().await?;
+    let Some(WatchEvent::Changes(first)) = sub.next().await else {
+        return Err("no first batch".into());
+    };
+    let Some(WatchEvent::Changes(second)) = sub.next().await else {
+        return Err("no second batch".into());
+    };
+    assert_eq!(first.changes.len(), 1);
+    assert_eq!(second.changes.len(), 2);
+    assert!(second.sequence > first.sequence);
+    assert_eq!(
+        seen.lock().map(|l| l.clone()).unwrap_or_default(),
+        ["a", "b"]
+    );
+    Ok(())
+}
+
+/// An edit made to the file outside the store is announced by `reload`.
+#[tokio::test]
+async fn reload_announces_changes_made_on_disk() -> TestResult {
+    let (_dir, path) = temp()?;
+    let store = open(&path).await?;
+    store.set("a", &json!(1)).await?;
+    store.set("b", &json!(2)).await?;
+    store.compact().await?;
+    let mut sub = store.watch(WatchPattern::All, 16)?;
+    let text = std::fs::read_to_string(&path)?.replace("\"b\": 2", "\"b\": 20,\n    \"c\": 3");
+    std::fs::write(&path, text)?;
+    assert_eq!(store.reload().await?, 2);
+    assert_eq!(store.get("b").await?, Some(json!(20)));
+    let Some(WatchEvent::Changes(batch)) = sub.next().await else {
+        return Err("no batch".into());
+    };
+    let keys: Vec<&str> = batch.changes.iter().map(|c| c.key.as_str()).collect();
+    assert_eq!(keys, ["b", "c"]);
+    assert_eq!(store.reload().await?, 0);
+    store.set("d", &json!(4)).await?;
+    drop(store);
+    let store = open(&path).await?;
+    assert_eq!(
+        store.keys().try_collect::<Vec<_>>().await?,
+        ["a", "b", "c", "d"]
+    );
+    Ok(())
+}
+
+/// The store reports every tier but Distributed, and the accessors agree.
+#[tokio::test]
+async fn capabilities_agree_with_accessors() -> TestResult {
+    let (_dir, path) = temp()?;
+    let store: Arc<dyn Storage<Value>> = Arc::new(open(&path).await?);
+    let caps = store.capabilities();
+    assert!(caps.persistent && caps.savepoints && caps.unique_indexes);
+    assert!(caps.supports(storage_core::Tier::Observable));
+    assert!(!caps.supports(storage_core::Tier::Distributed));
+    assert!(store.as_observable().is_some());
+    assert!(store.as_distributed().is_none());
+    assert!(caps.supports_isolation(IsolationLevel::Serializable));
+    let tx_store = store.as_transactional().ok_or("tx")?;
+    let tx: Box<dyn Transaction<Value>> = tx_store.begin(TransactionOptions::new()).await?;
+    tx.rollback().await?;
+    Ok(())
+}
+
+/// A read-only handle opens while a writer holds the file, sees acknowledged writes
+/// (later ones through `reload`), refuses writes, and changes no file.
+#[tokio::test]
+async fn read_only_handle_reads_beside_a_writer() -> TestResult {
+    let (_dir, path) = temp()?;
+    let writer = open(&path).await?;
+    writer.set("a", &json!(1)).await?;
+    writer.compact().await?;
+    writer.set("b", &json!(2)).await?;
+    let reader = JsonStorage::<Value>::open_read_only(JsonConfig::new(&path)).await?;
+    assert_eq!(reader.keys().try_collect::<Vec<_>>().await?, ["a", "b"]);
+    let err = reader.set("c", &json!(3)).await.expect_err("read-only");
+    assert_eq!(err.code(), ErrorCode::Unsupported);
+    assert_eq!(
+        reader.compact().await.expect_err("read-only").code(),
+        ErrorCode::Unsupported
+    );
+    let tx = reader.begin(TransactionOptions::new()).await?;
+    tx.set("c", &json!(3)).await?;
+    assert_eq!(
+        tx.commit().await.expect_err("read-only").code(),
+        ErrorCode::Unsupported
+    );
+
+    let mut sub = reader.watch(WatchPattern::All, 8)?;
+    writer.set("c", &json!(3)).await?;
+    writer.delete("a").await?;
+    writer.compact().await?;
+    writer.set("d", &json!(4)).await?;
+    assert_eq!(reader.reload().await?, 3);
+    assert_eq!(
+        reader.keys().try_collect::<Vec<_>>().await?,
+        ["b", "c", "d"]
+    );
+    let Some(WatchEvent::Changes(batch)) = sub.next().await else {
+        return Err("no batch".into());
+    };
+    assert_eq!(batch.changes.len(), 3);
+
+    // A record being appended (torn) is left out and left alone.
+    let journal = journal_of(&path);
+    let mut bytes = std::fs::read(&journal)?;
+    bytes.extend_from_slice(b"{\"seq\":99,\"ops\":[{\"op\":\"set\",\"key\":\"e\"");
+    std::fs::write(&journal, &bytes)?;
+    let reader2 = JsonStorage::<Value>::open_read_only(JsonConfig::new(&path)).await?;
+    assert_eq!(reader2.get("e").await?, None);
+    assert_eq!(reader2.get("d").await?, Some(json!(4)));
+    assert_eq!(std::fs::read(&journal)?, bytes);
+    drop(reader2);
+    assert_eq!(std::fs::read(&journal)?, bytes);
+    Ok(())
+}
+
+/// A journal whose records skip a number lost records: `Corrupted`, file untouched.
+#[tokio::test]
+async fn a_gap_in_the_journal_is_corrupted() -> TestResult {
+    let (dir, path) = temp()?;
+    let store = open(&path).await?;
+    for k in ["a", "b", "c"] {
+        store.set(k, &json!(k)).await?;
+    }
+    let crashed_dir = tempfile::tempdir()?;
+    let crashed = copy_as_crashed(&path, crashed_dir.path())?;
+    drop(store);
+    drop(dir);
+    let journal = journal_of(&crashed);
+    let text = std::fs::read_to_string(&journal)?;
+    let mut without_second = String::new();
+    for (i, line) in text.lines().enumerate() {
+        if i != 1 {
+            without_second.push_str(line);
+            without_second.push('\n');
+        }
+    }
+    std::fs::write(&journal, &without_second)?;
+    let err = open(&crashed).await.expect_err("gap");
+    assert_eq!(err.code(), ErrorCode::Corrupted);
+    assert!(err.message().contains("missing"), "{err}");
+    assert_eq!(std::fs::read_to_string(&journal)?, without_second);
+    Ok(())
+}
+
+/// Writes keep flowing while a background compaction runs, and the files hold every
+/// one of them at every moment: copies taken mid-way reopen with all acknowledged writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_during_background_compaction_are_kept() -> TestResult {
+    let (_dir, path) = temp()?;
+    let store = JsonStorage::<Value>::open(JsonConfig::new(&path).compact_after(20)).await?;
+    let copies = tempfile::tempdir()?;
+    let mut checks = 0;
+    for i in 0..600u32 {
+        store
+            .set(&format!("k{i:04}"), &json!({"i": i, "pad": "p".repeat(64)}))
+            .await?;
+        if i % 37 == 0 {
+            let dir = copies.path().join(format!("c{i}"));
+            std::fs::create_dir(&dir)?;
+            let copy = copy_as_crashed(&path, &dir)?;
+            let reopened = open(&copy).await?;
+            assert_eq!(reopened.size().await?, u64::from(i) + 1, "copy at {i}");
+            assert_eq!(
+                reopened.get(&format!("k{i:04}")).await?,
+                Some(json!({"i": i, "pad": "p".repeat(64)}))
+            );
+            checks += 1;
+        }
+    }
+    store.close().await?;
+    let reopened = open(&path).await?;
+    assert_eq!(reopened.size().await?, 600);
+    assert_eq!(std::fs::metadata(journal_of(&path))?.len(), 0);
+    assert!(checks > 10);
+    Ok(())
+}
