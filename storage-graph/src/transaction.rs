@@ -272,10 +272,13 @@ impl<T: StorageValue> Storage<T> for GraphTransaction<T> {
         validate_key(key)?;
         let mut tx = self.inner.lock().await;
         self.check_active(&mut tx)?;
-        match self.read_stored(&mut tx, key).await? {
-            Some(stored) => decode(&self.store.codec, &stored, "get").map(Some),
-            None => Ok(None),
-        }
+        self.store.before(&BeforeEvent::Get { key })?;
+        let value = match self.read_stored(&mut tx, key).await? {
+            Some(stored) => Some(decode(&self.store.codec, &stored, "get")?),
+            None => None,
+        };
+        self.store.after_get(key, value.is_some());
+        Ok(value)
     }
 
     async fn set(&self, key: &str, value: &T) -> Result<()> {
