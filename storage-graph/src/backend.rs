@@ -999,6 +999,7 @@ impl<T: StorageValue> GraphStorage<T> {
     /// Applies encoded ops as one commit, reading first (under `WATCH`) when deletes,
     /// clears or unique indexes need to know what exists; retries lost races.
     pub(crate) async fn apply(&self, ops: &[Op]) -> Result<Applied> {
+        self.refresh_indexes().await?;
         let needs_read = !self.inner.indexes.unique().is_empty()
             || ops.iter().any(|op| !matches!(op, Op::Set { .. }));
         let applied = if needs_read {

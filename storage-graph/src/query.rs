@@ -30,7 +30,12 @@ use crate::error::{BACKEND, redis_err};
 pub(crate) struct IndexRegistry {
     definitions: Mutex<Vec<IndexDefinition>>,
     counters: Mutex<HashMap<String, (u64, u64)>>,
+    loaded: Mutex<Option<std::time::Instant>>,
 }
+
+/// How long a handle trusts its copy of the index definitions before a write reloads
+/// them: indexes created through another handle or process are enforced within this.
+const INDEX_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl IndexRegistry {
     pub(crate) fn list(&self) -> Vec<IndexDefinition> {
@@ -40,7 +45,16 @@ impl IndexRegistry {
             .clone()
     }
 
+    fn is_stale(&self) -> bool {
+        self.loaded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_none_or(|at| at.elapsed() > INDEX_REFRESH)
+    }
+
     pub(crate) fn replace(&self, definitions: Vec<IndexDefinition>) {
+        *self.loaded.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some(std::time::Instant::now());
         *self
             .definitions
             .lock()
@@ -323,6 +337,14 @@ impl<T: StorageValue> GraphStorage<T> {
         }
         total += compiled.count(docs.iter().map(|(k, d)| (k.as_str(), d)));
         Ok(Some(total))
+    }
+
+    /// Reloads the index definitions when this handle's copy is older than a second.
+    pub(crate) async fn refresh_indexes(&self) -> Result<()> {
+        if self.inner.indexes.is_stale() {
+            self.load_indexes().await?;
+        }
+        Ok(())
     }
 
     /// Loads the index definitions of this label from the server.

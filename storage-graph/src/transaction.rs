@@ -243,6 +243,7 @@ impl<T: StorageValue> GraphTransaction<T> {
             }
             return Ok(None);
         }
+        self.store.refresh_indexes().await?;
         let inner = &self.store.inner;
         let ops = std::mem::take(&mut tx.ops);
         let mut conn = tx

@@ -552,3 +552,22 @@ async fn a_dropped_connection_fails_one_call_then_recovers() -> Result<()> {
     assert_eq!(answered, Some(1));
     Ok(())
 }
+
+#[tokio::test]
+async fn a_unique_index_made_through_one_handle_binds_the_others() -> Result<()> {
+    use storage_core::{IndexDefinition, IndexKind, IndexedStorage};
+    let config = fresh_config();
+    let a = GraphStorage::<serde_json::Value>::open(config.clone()).await?;
+    let b = GraphStorage::<serde_json::Value>::open(config).await?;
+    b.set("x", &serde_json::json!({"email": "e@x"})).await?;
+    a.create_index(IndexDefinition::new("by_email", "email", IndexKind::Hash).unique())
+        .await?;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let err = b
+        .set("y", &serde_json::json!({"email": "e@x"}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::DuplicateKey);
+    assert!(!b.has("y").await?);
+    Ok(())
+}
