@@ -86,6 +86,20 @@
 //! [`STREAM_MAX_LEN`] batches); every watch reads it, in commit order, so it sees
 //! writes from every handle and process.
 //!
+//! ## What you give up
+//! - change events carry the new value of a set; `old_value` is always `None`;
+//! - a label with unique indexes pays for them on every write: the check reads every
+//!   entry of the label under the commit's `WATCH` (FalkorDB's own unique constraint
+//!   compares single property values, and crashes the server on blank strings);
+//!   handles pick up indexes created elsewhere within a second;
+//! - `WATCH` covers the whole graph: a write to another label of the same graph makes
+//!   an open transaction retry; writes by other programs in raw Cypher are caught at
+//!   commit but not by a transaction's reads;
+//! - iteration reads pages of 5,000 keys, each page a scan of the label (FalkorDB's
+//!   index cannot answer string ranges in byte order);
+//! - `order_by`, `offset` and `limit` always run in process (FalkorDB orders mixed types
+//!   differently from the evaluator's total order).
+//!
 //! ## Crate features
 //! - `tls`: TLS through rustls (`rediss://`, `falkors://`, or `tls` in the config).
 //!   Off by default: without it, a TLS configuration is refused with `InvalidConfig`.
