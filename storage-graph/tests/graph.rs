@@ -571,3 +571,51 @@ async fn a_unique_index_made_through_one_handle_binds_the_others() -> Result<()>
     assert!(!b.has("y").await?);
     Ok(())
 }
+
+/// Set in the child process of `a_watcher_receives_commits_made_by_another_process`.
+const CHILD_URL: &str = "STORAGE_GRAPH_TEST_CHILD_URL";
+const CHILD_GRAPH: &str = "STORAGE_GRAPH_TEST_CHILD_GRAPH";
+
+#[tokio::test]
+async fn a_watcher_receives_commits_made_by_another_process() -> Result<()> {
+    use storage_core::{ObservableStorage, WatchEvent, WatchPattern};
+    if let (Ok(url), Ok(graph)) = (std::env::var(CHILD_URL), std::env::var(CHILD_GRAPH)) {
+        // The child: another process writing through its own handle.
+        let store = GraphStorage::<u32>::open(GraphConfig {
+            url: Some(url),
+            database: graph,
+            ..GraphConfig::default()
+        })
+        .await?;
+        store.set("from-child", &42).await?;
+        store
+            .batch(vec![Operation::set("a", 1), Operation::set("b", 2)])
+            .await?;
+        return Ok(());
+    }
+    let config = fresh_config();
+    let watcher = GraphStorage::<u32>::open(config.clone()).await?;
+    let mut sub = watcher.watch(WatchPattern::All, 16)?;
+    let status = std::process::Command::new(std::env::current_exe()?)
+        .args([
+            "--exact",
+            "a_watcher_receives_commits_made_by_another_process",
+            "--quiet",
+        ])
+        .env(CHILD_URL, server().url())
+        .env(CHILD_GRAPH, &config.database)
+        .stdout(std::process::Stdio::null())
+        .status()?;
+    assert!(status.success(), "the writer process failed");
+    let Ok(Some(WatchEvent::Changes(first))) = next_event(&mut sub).await else {
+        panic!("no batch from the other process");
+    };
+    assert_eq!(first.changes[0].key, "from-child");
+    assert_eq!(first.changes[0].new_value.as_deref(), Some(&42));
+    let Ok(Some(WatchEvent::Changes(second))) = next_event(&mut sub).await else {
+        panic!("no second batch from the other process");
+    };
+    let keys: Vec<&str> = second.changes.iter().map(|c| c.key.as_str()).collect();
+    assert_eq!(keys, ["a", "b"]);
+    Ok(())
+}
