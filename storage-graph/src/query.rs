@@ -209,13 +209,14 @@ impl<T: StorageValue> GraphStorage<T> {
                 .then(|| index_operand(&chosen.operand))
                 .flatten();
             if let (Some(prop), Some(operand)) = (prop, operand) {
-                // The index answers the nodes whose promoted value equals the operand;
-                // nodes with opaque values get the full pre-filter. Together they are a
-                // superset of the matches, which the evaluator then re-checks.
+                // The index answers the nodes whose promoted value equals the operand
+                // (and the pre-filter prunes them further); nodes with opaque values get
+                // the pre-filter alone. Together they are a superset of the matches,
+                // which the evaluator then re-checks.
                 let p = q.param(&operand)?;
                 let rest = pre.unwrap_or_else(|| "true".to_owned());
                 body = format!(
-                    "MATCH (n:{label}) WHERE n.{prop} = {p} {returns} UNION \
+                    "MATCH (n:{label}) WHERE n.{prop} = {p} AND {rest} {returns} UNION \
                      MATCH (n:{label}) WHERE n.{OPAQUE_PROP} IS NOT NULL AND {rest} {returns}"
                 );
                 pushed.push(format!(
