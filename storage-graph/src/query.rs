@@ -348,6 +348,31 @@ impl<T: StorageValue> GraphStorage<T> {
         Ok(())
     }
 
+    /// Waits (up to ten seconds) until FalkorDB finished building this label's indexes:
+    /// it fills an index over existing nodes in the background, and plans queries
+    /// without it until then.
+    async fn wait_for_indexes(&self) -> Result<()> {
+        let mut q = Cypher::new();
+        let l = q.param(self.inner.label_name.as_str())?;
+        q.push(&format!(
+            "CALL db.indexes() YIELD label, status WHERE label = {l} RETURN status"
+        ));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let rows = self
+                .inner
+                .read(&mut self.inner.shared(), &q, "create_index")
+                .await?;
+            let building = rows
+                .iter()
+                .any(|r| r.first().and_then(cell_str).as_deref() != Some("OPERATIONAL"));
+            if !building || std::time::Instant::now() > deadline {
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     /// Loads the index definitions of this label from the server.
     pub(crate) async fn load_indexes(&self) -> Result<()> {
         let map: BTreeMap<String, String> = redis::cmd("HGETALL")
@@ -500,6 +525,7 @@ impl<T: StorageValue> IndexedStorage<T> for GraphStorage<T> {
             }
             IndexKind::Spatial => {}
         }
+        self.wait_for_indexes().await?;
         let text = serde_json::to_string(&definition).map_err(|e| {
             StorageError::new(ErrorCode::SerializationFailed, e.to_string()).with_backend(BACKEND)
         })?;
