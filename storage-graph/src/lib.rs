@@ -69,7 +69,7 @@
 //!   nested conditions, `order_by`, `offset`, `limit`, `select`, `count` and aggregates
 //!   (FalkorDB's range index orders strings in its own collation and equates `true` with
 //!   `1`, so results are only ever re-checked, never taken from it as they are);
-//!   unique indexes, checked on the state read under the commit's `WATCH`.
+//!   unique indexes, checked on the candidates read under the commit's `WATCH`.
 //!
 //! [`storage_core::IndexedStorage::explain`] lists both, with the `GRAPH.EXPLAIN` plan.
 //!
@@ -88,10 +88,12 @@
 //!
 //! ## What you give up
 //! - change events carry the new value of a set; `old_value` is always `None`;
-//! - a label with unique indexes pays for them on every write: the check reads every
-//!   entry of the label under the commit's `WATCH` (FalkorDB's own unique constraint
-//!   compares single property values, and crashes the server on blank strings);
-//!   handles pick up indexes created elsewhere within a second;
+//! - a label with unique indexes pays for them on every write: the check runs in
+//!   process (FalkorDB's own unique constraint compares single property values, and
+//!   crashes the server on blank strings) on the entries that could conflict, read
+//!   under the commit's `WATCH` (each node lists its index terms; the read is a scan of
+//!   the label on the server); a handle that has not yet seen a unique index created
+//!   elsewhere (it looks again at most a second later) writes unchecked;
 //! - `WATCH` covers the whole graph: a write to another label of the same graph makes
 //!   an open transaction retry; writes by other programs in raw Cypher are caught at
 //!   commit but not by a transaction's reads;

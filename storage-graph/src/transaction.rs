@@ -99,6 +99,7 @@ impl<T: StorageValue> GraphTransaction<T> {
         redis::cmd("WATCH")
             .arg(&inner.graph)
             .arg(&inner.version_key)
+            .arg(&inner.epoch_key)
             .query_async::<()>(&mut conn)
             .await
             .map_err(redis_err("begin"))?;

@@ -619,3 +619,47 @@ async fn a_watcher_receives_commits_made_by_another_process() -> Result<()> {
     assert_eq!(keys, ["a", "b"]);
     Ok(())
 }
+
+#[tokio::test]
+async fn unique_checks_read_only_candidates_and_still_see_unstamped_nodes() -> Result<()> {
+    use storage_core::{IndexDefinition, IndexKind, IndexedStorage};
+    let config = fresh_config();
+    let a = GraphStorage::<serde_json::Value>::open(config.clone()).await?;
+    let stale = GraphStorage::<serde_json::Value>::open(config).await?;
+    for i in 0..50 {
+        a.set(
+            &format!("u{i}"),
+            &serde_json::json!({"email": format!("e{i}"), "tags": [i, "t"]}),
+        )
+        .await?;
+    }
+    a.create_index(IndexDefinition::new("by_email", "email", IndexKind::Hash).unique())
+        .await?;
+    a.create_index(IndexDefinition::new("by_tag", "tags", IndexKind::Hash).unique())
+        .await
+        .unwrap_err();
+    // `stale` has not looked at the indexes since before they existed: its next write
+    // (within the refresh second) is stamped with the old epoch and no terms...
+    stale
+        .set("late", &serde_json::json!({"email": "late@x"}))
+        .await?;
+    // ...which a checked write still finds by reading that node's document.
+    let err = a
+        .set("again", &serde_json::json!({"email": "late@x"}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::DuplicateKey);
+    let err = a
+        .set("dup", &serde_json::json!({"email": "e7"}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::DuplicateKey);
+    // Overwriting an entry with its own value, moving a value, and freeing one all work.
+    a.set("u7", &serde_json::json!({"email": "e7", "n": 1}))
+        .await?;
+    a.set("u8", &serde_json::json!({"email": "moved"})).await?;
+    a.set("dup", &serde_json::json!({"email": "e8"})).await?;
+    assert!(a.drop_index("by_email").await?);
+    a.set("free", &serde_json::json!({"email": "e7"})).await?;
+    Ok(())
+}
