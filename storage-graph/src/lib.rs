@@ -86,6 +86,11 @@
 //! [`STREAM_MAX_LEN`] batches); every watch reads it, in commit order, so it sees
 //! writes from every handle and process.
 //!
+//! ## Runtime
+//! Every call runs on tokio: the store needs a runtime with I/O and time enabled
+//! (`#[tokio::main]`, `Runtime::new()`, or a builder with `enable_all()`), and
+//! `watch` spawns one task per subscription on the current runtime.
+//!
 //! ## What you give up
 //! - change events carry the new value of a set; `old_value` is always `None`;
 //! - a label with unique indexes pays for them on every write: the check runs in
