@@ -8,7 +8,6 @@
 //! the whole change, checks it (quota, unique indexes, transaction conflicts),
 //! and only then mutates, so a failure applies nothing.
 
-mod index;
 mod query;
 mod tx;
 
@@ -39,7 +38,7 @@ use crate::types::{
     TransactionOptions,
 };
 
-use index::IndexSet;
+use crate::index::IndexSet;
 
 /// The backend name in capabilities, errors and spans.
 const BACKEND: &str = "memory";
@@ -417,9 +416,7 @@ impl<T: StorageValue> Shared<T> {
                     .with_context("entries", plan.size));
                 }
             }
-            state
-                .indexes
-                .check_unique(&state.data, &plan.overlay, plan.cleared)?;
+            state.indexes.check_unique(&plan.overlay, plan.cleared)?;
             self.commit_plan(&mut state, plan)
         };
         self.dispatch_after();
@@ -439,12 +436,13 @@ impl<T: StorageValue> Shared<T> {
                 indexes.clear();
             }
             for (key, doc) in plan.overlay {
-                if let Some(old) = data.get(&key) {
-                    indexes.remove(&key, &old.doc);
-                }
+                indexes.update(
+                    &key,
+                    data.get(&key).map(|old| old.doc.as_ref()),
+                    doc.as_deref(),
+                );
                 match doc {
                     Some(doc) => {
-                        indexes.insert(&key, &doc);
                         data.insert(
                             key,
                             Entry {
