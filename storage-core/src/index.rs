@@ -487,6 +487,10 @@ pub struct IndexSet {
 }
 
 impl IndexSet {
+    /// The index kinds a set builds, for [`crate::Capabilities::with_index_kinds`]
+    /// (all of them may be `unique` but fulltext).
+    pub const KINDS: [IndexKind; 3] = [IndexKind::Btree, IndexKind::Hash, IndexKind::Fulltext];
+
     /// A set without indexes.
     #[must_use]
     pub fn new() -> Self {

@@ -13,15 +13,15 @@ use async_trait::async_trait;
 use futures::channel::oneshot;
 use serde::de::DeserializeOwned;
 use storage_core::codec::to_document;
-use storage_core::events::{AfterEvent, AfterHook, BeforeEvent, BeforeHook, HookId, WatchPattern};
+use storage_core::events::{AfterEvent, BeforeEvent};
 use storage_core::index::IndexSet;
 use storage_core::query::{CompiledQuery, aggregate};
 use storage_core::{
     AggregateStage, BatchResult, BatchStorage, Capabilities, Change, ChangeBatch, ChangeKind,
-    Document, ErrorCode, EventHub, ExecutionPlan, IndexDefinition, IndexInfo, IndexKind,
-    IndexedStorage, IsolationLevel, ObservableStorage, Operation, Query, QueryResult,
-    QueryableStorage, Result, ResultStream, Storage, StorageError, StorageValue, Subscription,
-    Tier, Transaction, TransactionOptions, TransactionalStorage, validate_key, validate_keys,
+    Document, ErrorCode, EventHub, ExecutionPlan, IndexDefinition, IndexInfo, IndexedStorage,
+    IsolationLevel, Operation, Query, QueryResult, QueryableStorage, Result, ResultStream, Storage,
+    StorageError, StorageValue, Tier, Transaction, TransactionOptions, TransactionalStorage,
+    validate_key, validate_keys,
 };
 use tracing::Instrument;
 
@@ -1499,7 +1499,7 @@ impl<T: StorageValue> JsonStorage<T> {
 pub(crate) fn capabilities() -> Capabilities {
     Capabilities::new(BACKEND, Tier::Observable)
         .with_isolation_levels([IsolationLevel::Serializable])
-        .with_index_kinds([IndexKind::Btree, IndexKind::Hash, IndexKind::Fulltext])
+        .with_index_kinds(IndexSet::KINDS)
         .with_unique_indexes(true)
         .with_savepoints(true)
         .with_cross_process_watch(false)
@@ -1737,26 +1737,7 @@ impl<T: StorageValue> TransactionalStorage<T> for JsonStorage<T> {
     }
 }
 
-impl<T: StorageValue> ObservableStorage<T> for JsonStorage<T> {
-    fn on_before(&self, hook: BeforeHook<T>) -> HookId {
-        self.inner.hub.on_before(hook)
-    }
-
-    fn on_after(&self, hook: AfterHook<T>) -> HookId {
-        self.inner.hub.on_after(hook)
-    }
-
-    fn off(&self, id: HookId) -> bool {
-        self.inner.hub.off(id)
-    }
-
-    fn watch(&self, pattern: WatchPattern, capacity: usize) -> Result<Subscription<T>> {
-        self.inner
-            .hub
-            .watch(pattern, capacity)
-            .map_err(|e| e.with_operation("watch").with_backend(BACKEND))
-    }
-}
+storage_core::observable_via_hub!(JsonStorage, BACKEND, |store| &store.inner.hub);
 
 /// An entry as the evaluator and the index set take it.
 fn pair<'a>((key, doc): (&'a String, &'a Arc<Document>)) -> (&'a str, &'a Document) {

@@ -25,16 +25,14 @@ use crate::capabilities::{Capabilities, Tier};
 use crate::codec::{from_document, to_document};
 use crate::config::MemoryConfig;
 use crate::error::{ErrorCode, Result, StorageError};
-use crate::events::{AfterEvent, AfterHook, BeforeEvent, BeforeHook, EventHub, HookId};
-use crate::events::{Subscription, WatchPattern};
+use crate::events::{AfterEvent, BeforeEvent, EventHub};
 use crate::key::{validate_key, validate_keys};
 use crate::tiers::{
-    BatchStorage, ObservableStorage, ResultStream, Storage, StorageValue, Transaction,
-    TransactionalStorage,
+    BatchStorage, ResultStream, Storage, StorageValue, Transaction, TransactionalStorage,
 };
 use crate::trace::op_span;
 use crate::types::{
-    BatchResult, Change, ChangeBatch, ChangeKind, Document, IndexKind, IsolationLevel, Operation,
+    BatchResult, Change, ChangeBatch, ChangeKind, Document, IsolationLevel, Operation,
     TransactionOptions,
 };
 
@@ -249,7 +247,7 @@ impl<T: StorageValue> MemoryStorage<T> {
     fn capabilities_static() -> Capabilities {
         Capabilities::new(BACKEND, Tier::Observable)
             .with_isolation_levels([IsolationLevel::Serializable])
-            .with_index_kinds([IndexKind::Btree, IndexKind::Hash, IndexKind::Fulltext])
+            .with_index_kinds(IndexSet::KINDS)
             .with_unique_indexes(true)
             .with_savepoints(true)
             .with_cross_process_watch(false)
@@ -817,26 +815,7 @@ impl<T: StorageValue> TransactionalStorage<T> for MemoryStorage<T> {
     }
 }
 
-impl<T: StorageValue> ObservableStorage<T> for MemoryStorage<T> {
-    fn on_before(&self, hook: BeforeHook<T>) -> HookId {
-        self.shared.hub.on_before(hook)
-    }
-
-    fn on_after(&self, hook: AfterHook<T>) -> HookId {
-        self.shared.hub.on_after(hook)
-    }
-
-    fn off(&self, id: HookId) -> bool {
-        self.shared.hub.off(id)
-    }
-
-    fn watch(&self, pattern: WatchPattern, capacity: usize) -> Result<Subscription<T>> {
-        self.shared
-            .hub
-            .watch(pattern, capacity)
-            .map_err(|e| with_op(e, "watch"))
-    }
-}
+crate::observable_via_hub!(MemoryStorage, BACKEND, |store| &store.shared.hub);
 
 #[cfg(test)]
 mod tests;
