@@ -224,10 +224,6 @@ impl Index {
     }
 
     fn kind(&self) -> IndexKind {
-        self.postings_kind()
-    }
-
-    fn postings_kind(&self) -> IndexKind {
         match self.postings {
             Postings::Btree(_) => IndexKind::Btree,
             Postings::Hash(_) => IndexKind::Hash,
@@ -674,6 +670,43 @@ impl IndexSet {
         }
         None
     }
+
+    /// The entries a query with `filter` must hand to the evaluator: those of
+    /// the [chosen](Self::choose) index's candidates, in key order, or every
+    /// entry when no index applies (a full scan). Counts a hit or a miss like
+    /// [`IndexChoice::candidates`].
+    pub fn scan<'e, V>(
+        &self,
+        filter: Option<&Filter>,
+        entries: &'e BTreeMap<String, V>,
+    ) -> impl Iterator<Item = (&'e String, &'e V)> + use<'e, V> {
+        match self.choose(filter) {
+            Some(choice) => Scan::Keys(choice.candidates().into_iter(), entries),
+            None => Scan::All(entries.iter()),
+        }
+    }
+}
+
+/// Iterator of [`IndexSet::scan`]: the candidates' entries, or every entry.
+enum Scan<'e, V> {
+    Keys(
+        std::collections::btree_set::IntoIter<String>,
+        &'e BTreeMap<String, V>,
+    ),
+    All(std::collections::btree_map::Iter<'e, String, V>),
+}
+
+impl<'e, V> Iterator for Scan<'e, V> {
+    type Item = (&'e String, &'e V);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            // A candidate missing from the entries is skipped, not an error: the
+            // evaluator judges what exists.
+            Self::Keys(keys, entries) => keys.find_map(|k| entries.get_key_value(&k)),
+            Self::All(iter) => iter.next(),
+        }
+    }
 }
 
 fn conflict(index: &Index, value: &Document, existing: &str, key: &str) -> StorageError {
@@ -769,6 +802,33 @@ mod tests {
         )?;
         assert_eq!(candidates(&set, &field("n").gt(3))?, ["b", "d"]);
         assert_eq!(candidates(&set, &field("n").lte(2))?, ["a", "d"]);
+        Ok(())
+    }
+
+    #[test]
+    fn scan_narrows_to_candidates_only_when_an_index_applies() -> Result<()> {
+        let data: BTreeMap<String, Document> = [
+            ("a".to_owned(), json!({"n": 1, "s": "x"})),
+            ("b".to_owned(), json!({"n": 2, "s": "y"})),
+        ]
+        .into();
+        let mut set = IndexSet::new();
+        set.create(
+            IndexDefinition::new("n", "n", IndexKind::Hash),
+            data.iter().map(|(k, v)| (k.as_str(), v)),
+        )?;
+        let keys = |filter: &Filter| -> Vec<String> {
+            set.scan(Some(filter), &data)
+                .map(|(k, _)| k.clone())
+                .collect()
+        };
+        assert_eq!(keys(&field("n").eq(2)), ["b"]);
+        assert_eq!(keys(&field("n").eq(3)), Vec::<String>::new());
+        // No index on `s`, and a hash index cannot answer a range: full scans.
+        assert_eq!(keys(&field("s").eq("x")), ["a", "b"]);
+        assert_eq!(keys(&field("n").gt(1)), ["a", "b"]);
+        let stats = set.list()[0].stats;
+        assert_eq!((stats.hits, stats.misses), (1, 1));
         Ok(())
     }
 

@@ -1436,16 +1436,8 @@ impl<T: StorageValue> JsonStorage<T> {
         let _entered = span.enter();
         let compiled = CompiledQuery::compile(query)?;
         let found = self.inner.with_state(|st| {
-            let matches = match st.indexes.choose(query.filter.as_ref()) {
-                Some(choice) => compiled.run(
-                    choice
-                        .candidates()
-                        .iter()
-                        .filter_map(|k| st.entries.get_key_value(k))
-                        .map(pair),
-                ),
-                None => compiled.run(st.entries.iter().map(pair)),
-            };
+            let entries = st.indexes.scan(query.filter.as_ref(), &st.entries);
+            let matches = compiled.run(entries.map(pair));
             matches
                 .into_iter()
                 .filter_map(|m| st.entries.get(&m.key).cloned().map(|d| (m, d)))
@@ -1650,17 +1642,10 @@ impl<T: StorageValue> QueryableStorage<T> for JsonStorage<T> {
 
     async fn count(&self, query: &Query) -> Result<u64> {
         let compiled = CompiledQuery::compile(query).map_err(|e| e.with_operation("count"))?;
-        self.inner
-            .with_state(|st| match st.indexes.choose(query.filter.as_ref()) {
-                Some(choice) => compiled.count(
-                    choice
-                        .candidates()
-                        .iter()
-                        .filter_map(|k| st.entries.get_key_value(k))
-                        .map(pair),
-                ),
-                None => compiled.count(st.entries.iter().map(pair)),
-            })
+        self.inner.with_state(|st| {
+            let entries = st.indexes.scan(query.filter.as_ref(), &st.entries);
+            compiled.count(entries.map(pair))
+        })
     }
 
     async fn aggregate(&self, pipeline: &[AggregateStage]) -> Result<Vec<Document>> {

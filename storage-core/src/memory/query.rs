@@ -20,32 +20,14 @@ use crate::types::{Document, ExecutionPlan, IndexDefinition, IndexInfo, QueryRes
 /// Runs `query` over the snapshot, through an index when one applies.
 fn run(query: &Query, snapshot: &Snapshot) -> Result<Vec<Match>> {
     let compiled = CompiledQuery::compile(query)?;
-    Ok(match snapshot.indexes.choose(query.filter.as_ref()) {
-        Some(choice) => {
-            let keys = choice.candidates();
-            compiled.run(
-                keys.iter()
-                    .filter_map(|k| snapshot.data.get_key_value(k))
-                    .map(pair),
-            )
-        }
-        None => compiled.run(snapshot.data.iter().map(pair)),
-    })
+    let entries = snapshot.indexes.scan(query.filter.as_ref(), &snapshot.data);
+    Ok(compiled.run(entries.map(pair)))
 }
 
 fn count(query: &Query, snapshot: &Snapshot) -> Result<u64> {
     let compiled = CompiledQuery::compile(query)?;
-    Ok(match snapshot.indexes.choose(query.filter.as_ref()) {
-        Some(choice) => {
-            let keys = choice.candidates();
-            compiled.count(
-                keys.iter()
-                    .filter_map(|k| snapshot.data.get_key_value(k))
-                    .map(pair),
-            )
-        }
-        None => compiled.count(snapshot.data.iter().map(pair)),
-    })
+    let entries = snapshot.indexes.scan(query.filter.as_ref(), &snapshot.data);
+    Ok(compiled.count(entries.map(pair)))
 }
 
 /// An entry as the evaluator and the index set take it.
