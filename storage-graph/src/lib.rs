@@ -124,6 +124,7 @@
 mod backend;
 mod config;
 mod cypher;
+pub mod distributed;
 mod embedded;
 mod error;
 mod graph;
@@ -134,6 +135,8 @@ mod unique;
 
 pub use backend::GraphStorage;
 pub use config::{GraphConfig, STREAM_MAX_LEN, Secret, TlsConfig};
+pub use distributed::DistributedGraphStorage;
+pub use distributed::config::{NodeAddress, ReplicationConfig};
 pub use embedded::{ENV_MODULE, ENV_REDIS_SERVER, EmbeddedServer, Listen, ServerBinaries};
 pub use graph::{EdgeDirection, GraphExt, MAX_TRAVERSAL_DEPTH, Neighbour};
 pub use transaction::GraphTransaction;
