@@ -358,7 +358,10 @@ macro_rules! distributed_suite {
             #[test]
             fn replica_loss_is_reported_and_levels_hold() {
                 $crate::runner::run(
-                    concat!(stringify!($module), "::replica_loss_is_reported_and_levels_hold"),
+                    concat!(
+                        stringify!($module),
+                        "::replica_loss_is_reported_and_levels_hold"
+                    ),
                     async {
                         let harness = $harness;
                         $crate::distributed::replica_loss_is_reported_and_levels_hold(&harness)
@@ -381,11 +384,13 @@ macro_rules! distributed_suite {
             #[test]
             fn loss_window_of_a_partitioned_primary() {
                 $crate::runner::run(
-                    concat!(stringify!($module), "::loss_window_of_a_partitioned_primary"),
+                    concat!(
+                        stringify!($module),
+                        "::loss_window_of_a_partitioned_primary"
+                    ),
                     async {
                         let harness = $harness;
-                        $crate::distributed::loss_window_of_a_partitioned_primary(&harness)
-                            .await
+                        $crate::distributed::loss_window_of_a_partitioned_primary(&harness).await
                     },
                 );
             }

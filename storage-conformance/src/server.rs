@@ -451,7 +451,9 @@ fn signal(pid: u32, signal: &str) -> std::io::Result<()> {
     if status.success() {
         Ok(())
     } else {
-        Err(std::io::Error::other(format!("kill {signal} {pid} failed: {status}")))
+        Err(std::io::Error::other(format!(
+            "kill {signal} {pid} failed: {status}"
+        )))
     }
 }
 

@@ -30,8 +30,7 @@ impl DistributedHarness for GraphDeployment {
         let mut replication = if cluster.sentinels.is_empty() {
             ReplicationConfig::fixed(primary, tags)
         } else {
-            let mut config =
-                ReplicationConfig::sentinel(cluster.sentinel_addresses(), "mymaster");
+            let mut config = ReplicationConfig::sentinel(cluster.sentinel_addresses(), "mymaster");
             config.datacenters = std::iter::once(primary).chain(tags).collect();
             config
         };

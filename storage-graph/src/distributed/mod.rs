@@ -69,7 +69,14 @@ pub(crate) struct Shared<T> {
     last_seen: Mutex<std::collections::HashMap<String, SystemTime>>,
     readers: tokio::sync::Mutex<std::collections::HashMap<String, GraphStorage<T>>>,
     switching: tokio::sync::Mutex<()>,
+    /// When the Sentinels were last asked for the primary.
+    asked: Mutex<Option<Instant>>,
 }
+
+/// How often writes ask the Sentinels whether the primary moved: a primary cut off
+/// from the Sentinels keeps accepting writes until they demote it, and every write it
+/// acknowledges meanwhile is lost.
+const SENTINEL_CHECK: Duration = Duration::from_millis(250);
 
 /// The key the acknowledgement marker increments, beside the graph's own keys.
 fn marker_key(graph: &str) -> String {
@@ -122,6 +129,7 @@ impl<T: StorageValue> DistributedGraphStorage<T> {
                 last_seen: Mutex::new(std::collections::HashMap::new()),
                 readers: tokio::sync::Mutex::new(std::collections::HashMap::new()),
                 switching: tokio::sync::Mutex::new(()),
+                asked: Mutex::new(Some(Instant::now())),
             }),
             level: ConsistencyLevel::One,
         })
@@ -222,6 +230,22 @@ impl<T: StorageValue> Shared<T> {
             .unwrap_or_else(PoisonError::into_inner)
             .get(id)
             .copied()
+    }
+
+    /// With Sentinels, at most every [`SENTINEL_CHECK`]: follows a failover before a
+    /// write goes to a primary the Sentinels no longer name.
+    pub(crate) async fn follow_if_due(&self) {
+        if self.replication.sentinels.is_empty() {
+            return;
+        }
+        {
+            let mut asked = self.asked.lock().unwrap_or_else(PoisonError::into_inner);
+            if asked.is_some_and(|at| at.elapsed() < SENTINEL_CHECK) {
+                return;
+            }
+            *asked = Some(Instant::now());
+        }
+        self.follow_failover().await;
     }
 
     /// With Sentinels: asks them for the primary and, when it moved, switches every
@@ -360,6 +384,8 @@ impl<T: StorageValue> Shared<T> {
         if acked >= needed {
             return Ok(());
         }
+        // Replicas missing may mean this primary was demoted behind our back.
+        self.follow_failover().await;
         Err(violation(level, needed + 1, acked + 1, total, timeout))
     }
 

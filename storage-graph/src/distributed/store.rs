@@ -24,6 +24,7 @@ impl<T: StorageValue> DistributedGraphStorage<T> {
         F: FnOnce(crate::GraphStorage<T>) -> Fut,
         Fut: std::future::Future<Output = Result<R>>,
     {
+        self.shared.follow_if_due().await;
         match op(self.primary()).await {
             Ok(r) => {
                 self.shared.confirm(self.level).await?;
