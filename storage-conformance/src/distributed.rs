@@ -421,6 +421,9 @@ pub struct LossWindow {
     pub store_acknowledged: usize,
     /// Of those, writes missing once the deployment settled.
     pub store_lost: usize,
+    /// When the first and the last lost write of the store were acknowledged, in
+    /// milliseconds after the pause (negative: before it).
+    pub store_lost_between_ms: Option<(i64, i64)>,
     /// Plain `SET`s the old primary acknowledged after it came back, to a client that
     /// kept writing to it (as one on its side of a partition would).
     pub stale_acknowledged: usize,
@@ -529,7 +532,7 @@ pub async fn measure_loss_window<H: DistributedHarness>(h: &H) -> Result<LossWin
                 let value = json!(n);
                 let write = store.set(&key, &value);
                 if let Ok(Ok(())) = tokio::time::timeout(Duration::from_millis(300), write).await {
-                    acked.push(key);
+                    acked.push((key, Instant::now()));
                 }
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
@@ -571,9 +574,16 @@ pub async fn measure_loss_window<H: DistributedHarness>(h: &H) -> Result<LossWin
         .find(|r| r.port() == new_port)
         .ok_or_else(|| Failure::new(format!("the new primary {new_port} is not a replica")))?;
     let mut store_lost = 0;
-    for key in &acked {
+    let mut lost_between: Option<(i64, i64)> = None;
+    for (key, at) in &acked {
         if quorum.get(key).await.ctx("read back")?.is_none() {
             store_lost += 1;
+            let ms = if *at >= paused {
+                i64::try_from(at.duration_since(paused).as_millis()).unwrap_or(i64::MAX)
+            } else {
+                -i64::try_from(paused.duration_since(*at).as_millis()).unwrap_or(i64::MAX)
+            };
+            lost_between = Some(lost_between.map_or((ms, ms), |(a, b)| (a.min(ms), b.max(ms))));
         }
     }
     let stale_lost = tokio::task::block_in_place(|| missing_on(new_primary, &stale));
@@ -585,6 +595,7 @@ pub async fn measure_loss_window<H: DistributedHarness>(h: &H) -> Result<LossWin
     Ok(LossWindow {
         store_acknowledged: acked.len(),
         store_lost,
+        store_lost_between_ms: lost_between,
         stale_acknowledged: stale.len(),
         stale_lost,
         stale_window,
