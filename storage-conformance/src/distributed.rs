@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use storage_core::{
-    ConsistencyLevel, DistributedStorage, ErrorCode, Node, NodeRole, NodeStatus, Result, Storage,
+    ConsistencyLevel, DistributedStorage, ErrorCode, Node, NodeRole, NodeStatus, ObservableStorage,
+    Result, Storage,
 };
 
 use crate::check::{CheckResult, Context, Failure};
@@ -354,13 +355,17 @@ async fn killed_replica(
 }
 
 /// With Sentinels: the primary killed, writes fail with retryable errors only and
-/// reach the new primary within 10 s; the nodes then name the new primary.
+/// reach the new primary within 10 s; a watcher started before receives
+/// `WatchEvent::Resync`; the nodes then name the new primary.
 pub async fn writes_follow_a_failover<H: DistributedHarness>(h: &H) -> CheckResult {
     let mut cluster = deploy(3).await?;
     let store = h
         .open(&cluster, &crate::harness::fresh_namespace(), WAIT)
         .await
         .ctx("open")?;
+    let mut watcher = store
+        .watch(storage_core::WatchPattern::All, 1024)
+        .ctx("watch before the failover")?;
     store.set("before", &json!(1)).await.ctx("write before")?;
     store
         .sync(Duration::from_secs(5))
@@ -392,6 +397,21 @@ pub async fn writes_follow_a_failover<H: DistributedHarness>(h: &H) -> CheckResu
         store.get("before").await.ctx("read after the failover")?,
         Some(json!(1)),
         "a replicated write survives the failover"
+    );
+    // A watcher of the old primary is told it lost track, never left silent.
+    let told = tokio::time::timeout(Duration::from_secs(5), async {
+        use futures::StreamExt;
+        while let Some(event) = watcher.next().await {
+            if matches!(event, storage_core::WatchEvent::Resync { .. }) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    ensure!(
+        matches!(told, Ok(true)),
+        "a watcher across the failover received no Resync ({told:?})"
     );
     let nodes = store
         .get_nodes()
