@@ -24,7 +24,8 @@ pub trait DistributedHarness: Send + Sync + 'static {
     /// The store type.
     type Store: DistributedStorage<Value> + 'static;
 
-    /// Opens a store at consistency level ONE on `cluster` — on its Sentinels when it
+    /// Opens a store on `cluster` (a handle that reads the primary and waits for no
+    /// replica; the checks ask for levels with `with_consistency`) — on its Sentinels when it
     /// has any, else on its primary and replicas — whose writes wait at most
     /// `wait_timeout` for acknowledgements. Data-centre tags: the primary and replica 0
     /// in `a`, replica 1 in `b`.
@@ -479,6 +480,29 @@ async fn write_to_old_primary(old: &FalkorServer) -> (Vec<String>, Duration) {
     (stale, stale_window)
 }
 
+/// How many of the `acked` writes `store` no longer holds, and when the first and last
+/// of them were acknowledged, in milliseconds after `paused` (negative: before).
+async fn lost_among(
+    quorum: &dyn DistributedStorage<Value>,
+    acked: &[(String, Instant)],
+    paused: Instant,
+) -> Result<(usize, Option<(i64, i64)>), Failure> {
+    let mut store_lost = 0;
+    let mut lost_between: Option<(i64, i64)> = None;
+    for (key, at) in acked {
+        if quorum.get(key).await.ctx("read back")?.is_none() {
+            store_lost += 1;
+            let ms = if *at >= paused {
+                i64::try_from(at.duration_since(paused).as_millis()).unwrap_or(i64::MAX)
+            } else {
+                -i64::try_from(paused.duration_since(*at).as_millis()).unwrap_or(i64::MAX)
+            };
+            lost_between = Some(lost_between.map_or((ms, ms), |(a, b)| (a.min(ms), b.max(ms))));
+        }
+    }
+    Ok((store_lost, lost_between))
+}
+
 /// How many of `keys` the server does not hold.
 fn missing_on(server: &FalkorServer, keys: &[String]) -> usize {
     keys.iter()
@@ -541,7 +565,9 @@ pub async fn measure_loss_window<H: DistributedHarness>(h: &H) -> Result<LossWin
         .ctx("write at ALL before the partition")?;
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
-        let store = Arc::clone(&store);
+        let store = store
+            .with_consistency(ConsistencyLevel::One)
+            .ctx("with_consistency(ONE)")?;
         let stop = Arc::clone(&stop);
         tokio::spawn(async move {
             let mut acked = Vec::new();
@@ -593,19 +619,7 @@ pub async fn measure_loss_window<H: DistributedHarness>(h: &H) -> Result<LossWin
         .iter()
         .find(|r| r.port() == new_port)
         .ok_or_else(|| Failure::new(format!("the new primary {new_port} is not a replica")))?;
-    let mut store_lost = 0;
-    let mut lost_between: Option<(i64, i64)> = None;
-    for (key, at) in &acked {
-        if quorum.get(key).await.ctx("read back")?.is_none() {
-            store_lost += 1;
-            let ms = if *at >= paused {
-                i64::try_from(at.duration_since(paused).as_millis()).unwrap_or(i64::MAX)
-            } else {
-                -i64::try_from(paused.duration_since(*at).as_millis()).unwrap_or(i64::MAX)
-            };
-            lost_between = Some(lost_between.map_or((ms, ms), |(a, b)| (a.min(ms), b.max(ms))));
-        }
-    }
+    let (store_lost, lost_between) = lost_among(&*quorum, &acked, paused).await?;
     let stale_lost = tokio::task::block_in_place(|| missing_on(new_primary, &stale));
     ensure_eq!(
         quorum.get("base").await.ctx("read back")?,

@@ -38,7 +38,8 @@ use crate::error::{BACKEND, redis_err};
 /// failover; the operation itself fails with a retryable `ConnectionLost`.
 pub struct DistributedGraphStorage<T> {
     pub(crate) shared: Arc<Shared<T>>,
-    pub(crate) level: ConsistencyLevel,
+    /// None: the handle `open` returns, which reads the primary and waits for nothing.
+    pub(crate) level: Option<ConsistencyLevel>,
 }
 
 impl<T> Clone for DistributedGraphStorage<T> {
@@ -86,7 +87,9 @@ fn marker_key(graph: &str) -> String {
 impl<T: StorageValue> DistributedGraphStorage<T> {
     /// Opens the store on the primary that `replication` names (asking the Sentinels
     /// when configured); `graph`'s `url` is ignored, its credentials are used for
-    /// every node. Handles start at consistency level ONE.
+    /// every node. The handle it returns reads the primary (so it reads its own
+    /// writes) and waits for no replica; [`DistributedGraphStorage::with_level`] gives
+    /// handles at a consistency level.
     ///
     /// # Errors
     /// `InvalidConfig`; `ConnectionFailed` when the primary cannot be reached or the
@@ -131,7 +134,7 @@ impl<T: StorageValue> DistributedGraphStorage<T> {
                 switching: tokio::sync::Mutex::new(()),
                 asked: Mutex::new(Some(Instant::now())),
             }),
-            level: ConsistencyLevel::One,
+            level: None,
         })
     }
 
@@ -150,12 +153,12 @@ impl<T: StorageValue> DistributedGraphStorage<T> {
         }
         Ok(Self {
             shared: Arc::clone(&self.shared),
-            level,
+            level: Some(level),
         })
     }
 
-    /// The consistency level of this handle.
-    pub fn level(&self) -> ConsistencyLevel {
+    /// The consistency level of this handle (none for the handle `open` returns).
+    pub fn level(&self) -> Option<ConsistencyLevel> {
         self.level
     }
 
@@ -306,18 +309,23 @@ impl<T: StorageValue> Shared<T> {
 
     /// The store to read from at `level`: a replica for ONE and LOCAL when one fits
     /// (opened on first use), the primary otherwise.
-    pub(crate) async fn reader(&self, level: ConsistencyLevel) -> (bool, GraphStorage<T>) {
+    pub(crate) async fn reader(
+        &self,
+        level: Option<ConsistencyLevel>,
+    ) -> (Option<String>, GraphStorage<T>) {
         let target = match level {
-            ConsistencyLevel::Local => self.replication.local_datacenter.as_ref().and_then(|dc| {
-                let primary = self.primary_id();
-                if self.replication.datacenter_of(&primary).as_ref() == Some(dc) {
-                    return None;
-                }
-                self.replica_ids()
-                    .into_iter()
-                    .find(|r| self.replication.datacenter_of(r).as_ref() == Some(dc))
-            }),
-            ConsistencyLevel::One => {
+            Some(ConsistencyLevel::Local) => {
+                self.replication.local_datacenter.as_ref().and_then(|dc| {
+                    let primary = self.primary_id();
+                    if self.replication.datacenter_of(&primary).as_ref() == Some(dc) {
+                        return None;
+                    }
+                    self.replica_ids()
+                        .into_iter()
+                        .find(|r| self.replication.datacenter_of(r).as_ref() == Some(dc))
+                })
+            }
+            Some(ConsistencyLevel::One) => {
                 let local = self.replication.local_datacenter.as_ref();
                 let replicas = self.replica_ids();
                 replicas
@@ -331,22 +339,28 @@ impl<T: StorageValue> Shared<T> {
             _ => None,
         };
         let Some(id) = target else {
-            return (false, self.primary_store());
+            return (None, self.primary_store());
         };
         let mut readers = self.readers.lock().await;
         if let Some(store) = readers.get(&id) {
-            return (true, store.clone());
+            return (Some(id), store.clone());
         }
         let opened =
             tokio::time::timeout(probe::PROBE_TIMEOUT * 2, open_node::<T>(&self.graph, &id)).await;
         match opened {
             Ok(Ok(mut store)) => {
                 store.hub = Arc::clone(&self.primary_store().hub);
-                readers.insert(id, store.clone());
-                (true, store)
+                readers.insert(id.clone(), store.clone());
+                (Some(id), store)
             }
-            _ => (false, self.primary_store()),
+            _ => (None, self.primary_store()),
         }
+    }
+
+    /// Drops the cached store on a replica that failed a read, so the next read
+    /// connects again (and falls back to the primary at once if it cannot).
+    pub(crate) async fn forget_reader(&self, id: &str) {
+        self.readers.lock().await.remove(id);
     }
 
     /// Waits until the write just made through the primary is acknowledged as `level`
@@ -354,7 +368,10 @@ impl<T: StorageValue> Shared<T> {
     ///
     /// A marker write on a connection of its own, then `WAIT`: replication is ordered,
     /// so a replica that acknowledged the marker holds every earlier write.
-    pub(crate) async fn confirm(&self, level: ConsistencyLevel) -> Result<()> {
+    pub(crate) async fn confirm(&self, level: Option<ConsistencyLevel>) -> Result<()> {
+        let Some(level) = level else {
+            return Ok(());
+        };
         let replicas = self.replica_ids();
         let total = replicas.len() + 1;
         let needed = match level {
@@ -566,7 +583,12 @@ impl<T: StorageValue> Shared<T> {
             self.remember(info.replicas.iter().map(|r| r.id.clone()));
             let synced = |id: &String| info.link(id).is_some_and(|l| l.offset >= target);
             let left = deadline.saturating_duration_since(Instant::now());
-            if replicas.iter().all(synced) || left.is_zero() {
+            // Replicas the primary does not list are unreachable: nothing to wait for.
+            let reachable_synced = replicas
+                .iter()
+                .filter(|id| info.link(id).is_some())
+                .all(synced);
+            if reachable_synced || left.is_zero() {
                 let (mut in_sync, not_in_sync): (Vec<String>, Vec<String>) =
                     replicas.iter().cloned().partition(synced);
                 in_sync.insert(0, primary);

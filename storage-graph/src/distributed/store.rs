@@ -41,12 +41,13 @@ impl<T: StorageValue> DistributedGraphStorage<T> {
         F: Fn(crate::GraphStorage<T>) -> Fut,
         Fut: std::future::Future<Output = Result<R>>,
     {
-        let (on_replica, store) = self.shared.reader(self.level).await;
-        if on_replica {
+        let (replica, store) = self.shared.reader(self.level).await;
+        if let Some(id) = replica {
             let limit = self.shared.replication.wait_timeout();
             if let Ok(Ok(r)) = tokio::time::timeout(limit, op(store)).await {
                 return Ok(r);
             }
+            self.shared.forget_reader(&id).await;
         }
         match op(self.primary()).await {
             Ok(r) => Ok(r),
