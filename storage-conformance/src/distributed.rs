@@ -635,3 +635,16 @@ pub async fn measure_loss_window<H: DistributedHarness>(h: &H) -> Result<LossWin
         stale_window,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels_need_a_majority_or_every_replica() {
+        assert_eq!(needed(ConsistencyLevel::One, 3), 0);
+        assert_eq!(needed(ConsistencyLevel::Quorum, 3), 1);
+        assert_eq!(needed(ConsistencyLevel::Quorum, 5), 2);
+        assert_eq!(needed(ConsistencyLevel::All, 3), 2);
+    }
+}

@@ -641,3 +641,23 @@ fn violation(
     .with_context("requested", requested.to_string())
     .with_context("achieved", achieved.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_violation_names_the_counts_and_where_the_write_is() {
+        let e = violation(ConsistencyLevel::All, 3, 2, 3, Duration::from_millis(500));
+        assert_eq!(e.code(), ErrorCode::ConsistencyViolation);
+        assert_eq!(e.context_value("requested"), Some("3"));
+        assert_eq!(e.context_value("achieved"), Some("2"));
+        assert!(e.message().contains("applied on the primary"), "{e}");
+        assert!(!e.is_retryable());
+    }
+
+    #[test]
+    fn the_marker_lives_beside_the_graph() {
+        assert_eq!(marker_key("g"), "g::replication::marker");
+    }
+}
