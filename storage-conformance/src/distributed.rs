@@ -128,6 +128,13 @@ async fn write_checked(
     Ok((outcome, took))
 }
 
+/// `fut`'s output, or a failure when it takes longer than `limit`.
+async fn within_limit<F: Future>(limit: Duration, fut: F) -> Result<F::Output, Failure> {
+    tokio::time::timeout(limit, fut)
+        .await
+        .map_err(|_| Failure::new(format!("did not answer within {limit:?}")))
+}
+
 /// Polls `get_nodes` until `accept` holds or `limit` passes; returns the last nodes.
 async fn nodes_until(
     store: &dyn DistributedStorage<Value>,
@@ -189,40 +196,15 @@ pub async fn replica_loss_is_reported_and_levels_hold<H: DistributedHarness>(h: 
         )
         .await?;
         outcome.ctx("QUORUM write with one replica paused")?;
-        for (level, key) in [
-            (ConsistencyLevel::All, "paused:all"),
-            (ConsistencyLevel::Each, "paused:each"),
-        ] {
-            let (outcome, took) = write_checked(store, &cluster.primary, level, key).await?;
-            match outcome {
-                Err(e) if e.code() == ErrorCode::ConsistencyViolation => {
-                    ensure!(
-                        took <= WAIT + Duration::from_millis(200),
-                        "{level:?} took {took:?} to fail, more than the wait + 200 ms"
-                    );
-                    ensure!(
-                        e.message().contains("applied on the primary"),
-                        "the violation says where the write is: {e}"
-                    );
-                    ensure!(
-                        e.context_value("requested").is_some()
-                            && e.context_value("achieved").is_some(),
-                        "the violation names requested and achieved counts: {e}"
-                    );
-                }
-                other => {
-                    return Err(Failure::new(format!(
-                        "{level:?} write with a replica paused: expected ConsistencyViolation, \
-                         got {other:?}"
-                    )));
-                }
-            }
-            let stored = store.get(key).await.ctx("read after a violation")?;
-            ensure!(
-                stored.is_some(),
-                "a violated {level:?} write is applied on the primary"
-            );
-        }
+        let one = store
+            .with_consistency(ConsistencyLevel::One)
+            .ctx("with_consistency(ONE)")?;
+        let read = within_limit(WAIT + Duration::from_secs(1), one.get("paused:q")).await?;
+        ensure!(
+            read.is_ok(),
+            "a ONE read with a replica paused answers (from another node): {read:?}"
+        );
+        levels_above_the_live_nodes_fail(store, &cluster.primary).await?;
         let sync = store
             .sync(Duration::from_millis(300))
             .await
@@ -253,8 +235,56 @@ pub async fn replica_loss_is_reported_and_levels_hold<H: DistributedHarness>(h: 
     killed_replica(store, &mut cluster).await
 }
 
+/// With replica 1 paused: ALL and EACH fail with a `ConsistencyViolation` in time that
+/// names the counts, and the write is applied on the primary.
+async fn levels_above_the_live_nodes_fail(
+    store: &dyn DistributedStorage<Value>,
+    primary: &FalkorServer,
+) -> CheckResult {
+    for (level, key) in [
+        (ConsistencyLevel::All, "paused:all"),
+        (ConsistencyLevel::Each, "paused:each"),
+    ] {
+        let (outcome, took) = write_checked(store, primary, level, key).await?;
+        match outcome {
+            Err(e) if e.code() == ErrorCode::ConsistencyViolation => {
+                ensure!(
+                    took <= WAIT + Duration::from_millis(200),
+                    "{level:?} took {took:?} to fail, more than the wait + 200 ms"
+                );
+                ensure!(
+                    e.message().contains("applied on the primary"),
+                    "the violation says where the write is: {e}"
+                );
+                ensure!(
+                    e.context_value("requested").is_some() && e.context_value("achieved").is_some(),
+                    "the violation names requested and achieved counts: {e}"
+                );
+            }
+            other => {
+                return Err(Failure::new(format!(
+                    "{level:?} write with a replica paused: expected ConsistencyViolation, \
+                     got {other:?}"
+                )));
+            }
+        }
+        let stored = store.get(key).await.ctx("read after a violation")?;
+        ensure!(
+            stored.is_some(),
+            "a violated {level:?} write is applied on the primary"
+        );
+    }
+    Ok(())
+}
+
 /// The checks with every node up.
 async fn all_up(store: &dyn DistributedStorage<Value>, cluster: &FalkorCluster) -> CheckResult {
+    let caps = store.capabilities();
+    ensure!(
+        caps.tiers.contains(&storage_core::Tier::Distributed) && store.as_distributed().is_some(),
+        "the distributed tier is declared and reachable: {:?}",
+        caps.tiers
+    );
     let sync = store
         .sync(Duration::from_secs(5))
         .await
@@ -295,6 +325,20 @@ async fn all_up(store: &dyn DistributedStorage<Value>, cluster: &FalkorCluster) 
         let (outcome, _) =
             write_checked(store, &cluster.primary, level, &format!("up:{level:?}")).await?;
         outcome.ctx(format!("{level:?} write with all up"))?;
+    }
+    for level in [
+        ConsistencyLevel::One,
+        ConsistencyLevel::Local,
+        ConsistencyLevel::Quorum,
+    ] {
+        let handle = store
+            .with_consistency(level)
+            .ctx(format!("with_consistency({level:?})"))?;
+        ensure_eq!(
+            handle.get("up:All").await.ctx(format!("{level:?} read"))?,
+            Some(json!({ "level": "All" })),
+            "a {level:?} read of a write every replica acknowledged"
+        );
     }
 
     Ok(())
