@@ -93,7 +93,6 @@ impl<T: StorageValue> Storage<T> for DistributedGraphStorage<T> {
     fn capabilities(&self) -> Capabilities {
         let mut caps = self.primary().capabilities();
         caps.tiers.push(Tier::Distributed);
-        caps.persistent = true;
         caps
     }
 
