@@ -1,0 +1,885 @@
+//! `SqliteStorage<T>`: the store, its connection threads, and its tier impls.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use serde::Serialize;
+use storage_core::codec::to_document;
+use storage_core::{
+    AfterEvent, BatchResult, BatchStorage, BeforeEvent, Capabilities, Change, ChangeBatch,
+    ChangeKind, ErrorCode, EventHub, IndexKind, IsolationLevel, Operation, Result, ResultStream,
+    Storage, StorageError, StorageValue, Tier, validate_key,
+};
+
+use crate::config::{SqliteConfig, SqliteOptions, validate_config};
+use crate::error::sql_err;
+use crate::index::IndexCatalog;
+use crate::sql::{SHARED_SCHEMA, TableSql};
+use crate::worker::{Workers, open_connection};
+
+/// Rows fetched per round trip while iterating.
+const PAGE: i64 = 512;
+
+/// The largest value SQLite stores by default (`SQLITE_MAX_LENGTH`).
+pub(crate) const MAX_VALUE_LEN: usize = 1_000_000_000;
+
+/// One database file: its connection threads, shared by every table handle on it.
+pub(crate) struct Database {
+    pub(crate) config: SqliteConfig,
+    pub(crate) path: PathBuf,
+    pub(crate) writer: Workers,
+    pub(crate) readers: Workers,
+    /// Connections of finished transactions, kept for the next ones.
+    pub(crate) idle_tx: Mutex<Vec<Connection>>,
+    /// Commit counter for change batches when there is no change log.
+    pub(crate) local_seq: AtomicU64,
+    /// Keeps the private file of a `:memory:` database; dropped after the threads.
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl Database {
+    /// Opens (creating if needed) the file and starts its threads. Blocking: run on a
+    /// thread of its own.
+    fn open_blocking(config: SqliteConfig) -> Result<Self> {
+        let (path, temp) = if config.is_in_memory() {
+            let dir = tempfile::Builder::new()
+                .prefix("storage-sqlite-")
+                .tempdir()
+                .map_err(|e| {
+                    StorageError::from(e)
+                        .with_operation("open")
+                        .with_backend("sqlite")
+                })?;
+            (dir.path().join("memory.sqlite"), Some(dir))
+        } else {
+            (PathBuf::from(&config.database), None)
+        };
+        let writer = open_connection(&path, &config, false)?;
+        let err = |e| sql_err("open")(e).with_context("database", path.display());
+        let mode = if config.wal { "WAL" } else { "DELETE" };
+        let _: String = writer
+            .query_row(&format!("PRAGMA journal_mode = {mode}"), [], |r| r.get(0))
+            .map_err(err)?;
+        if config.integrity_check_on_open {
+            integrity_check(&writer).map_err(|e| e.with_context("database", path.display()))?;
+        }
+        writer.execute_batch(SHARED_SCHEMA).map_err(err)?;
+        let mut readers = Vec::with_capacity(config.read_pool_size);
+        for _ in 0..config.read_pool_size {
+            readers.push(open_connection(&path, &config, true)?);
+        }
+        Ok(Self {
+            writer: Workers::spawn("sqlite-writer", vec![writer])?,
+            readers: Workers::spawn("sqlite-reader", readers)?,
+            idle_tx: Mutex::new(Vec::new()),
+            local_seq: AtomicU64::new(0),
+            config,
+            path,
+            _temp: temp,
+        })
+    }
+
+    /// A connection for a transaction: an idle one, or a new one.
+    pub(crate) fn take_tx_connection(&self) -> Result<Connection> {
+        let idle = self
+            .idle_tx
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        match idle {
+            Some(conn) => Ok(conn),
+            None => open_connection(&self.path, &self.config, false),
+        }
+    }
+
+    /// Returns a transaction's connection (rolled back, writable) for reuse.
+    pub(crate) fn return_tx_connection(&self, conn: Connection) {
+        let mut idle = self.idle_tx.lock().unwrap_or_else(PoisonError::into_inner);
+        // A few idle connections cover bursts; more would only hold file descriptors.
+        if idle.len() < 8 {
+            idle.push(conn);
+        }
+    }
+}
+
+/// Runs `PRAGMA integrity_check`, `Corrupted` unless it answers `ok`.
+pub(crate) fn integrity_check(conn: &Connection) -> Result<()> {
+    let answer: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .map_err(sql_err("integrity_check"))?;
+    if answer == "ok" {
+        Ok(())
+    } else {
+        Err(
+            StorageError::new(ErrorCode::Corrupted, "integrity check failed")
+                .with_operation("integrity_check")
+                .with_backend("sqlite")
+                .with_context("detail", answer),
+        )
+    }
+}
+
+/// One table on a database: its statements and index catalog.
+pub(crate) struct Table {
+    pub(crate) name: String,
+    pub(crate) sql: TableSql,
+    pub(crate) change_log: bool,
+    pub(crate) indexes: IndexCatalog,
+}
+
+/// A store on one table of a SQLite database.
+///
+/// Cloning is cheap and gives another handle on the same table, sharing threads and hooks.
+pub struct SqliteStorage<T> {
+    pub(crate) db: Arc<Database>,
+    pub(crate) table: Arc<Table>,
+    pub(crate) hub: Arc<EventHub<T>>,
+    pub(crate) observer: Arc<crate::observe::Observer<T>>,
+}
+
+impl<T> Clone for SqliteStorage<T> {
+    fn clone(&self) -> Self {
+        Self {
+            db: Arc::clone(&self.db),
+            table: Arc::clone(&self.table),
+            hub: Arc::clone(&self.hub),
+            observer: Arc::clone(&self.observer),
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for SqliteStorage<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStorage")
+            .field("database", &self.db.config.database)
+            .field("table", &self.table.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A write, encoded and validated, ready for a connection thread.
+pub(crate) enum WriteOp {
+    Set { key: String, json: String },
+    Delete { key: String },
+    Clear,
+}
+
+/// What a write did, as change events and the change log need it.
+pub(crate) enum Effect {
+    Set { key: String, json: String },
+    Delete { key: String, old: Option<String> },
+    Clear { removed: Vec<(String, String)> },
+}
+
+/// Encodes a value as the JSON text stored in the `value` column.
+pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<String> {
+    let doc = to_document(value)?;
+    let json = serde_json::to_string(&doc).map_err(|e| {
+        StorageError::new(ErrorCode::SerializationFailed, "json encoding failed").with_source(e)
+    })?;
+    if json.len() > MAX_VALUE_LEN {
+        return Err(StorageError::new(
+            ErrorCode::QuotaExceeded,
+            format!(
+                "encoded value is {} bytes, the limit is {MAX_VALUE_LEN}",
+                json.len()
+            ),
+        ));
+    }
+    Ok(json)
+}
+
+/// Decodes the stored JSON text of a value.
+pub(crate) fn decode<T: StorageValue>(json: &str) -> Result<T> {
+    serde_json::from_str(json).map_err(|e| {
+        StorageError::new(
+            ErrorCode::SerializationFailed,
+            format!("stored value does not fit the value type: {e}"),
+        )
+        .with_backend("sqlite")
+        .with_context("type", std::any::type_name::<T>())
+        .with_source(e)
+    })
+}
+
+/// Runs `ops` on `conn` inside whatever transaction the caller opened.
+///
+/// With `track`, the returned effects carry what change events need (old values,
+/// the keys a clear removed); without it they carry only what counting needs.
+pub(crate) fn apply_ops(
+    conn: &Connection,
+    sql: &TableSql,
+    ops: Vec<WriteOp>,
+    track: bool,
+) -> Result<(BatchResult, Vec<Effect>)> {
+    let mut result = BatchResult::default();
+    let mut effects = Vec::with_capacity(if track { ops.len() } else { 0 });
+    for op in ops {
+        match op {
+            WriteOp::Set { key, json } => {
+                conn.prepare_cached(&sql.upsert)
+                    .and_then(|mut s| s.execute(params![key, json]))
+                    .map_err(|e| sql_err("set")(e).with_context("key", key.escape_debug()))?;
+                if track {
+                    effects.push(Effect::Set { key, json });
+                }
+            }
+            WriteOp::Delete { key } => {
+                let existed = if track {
+                    let old: Option<String> = conn
+                        .prepare_cached(&sql.delete_returning)
+                        .and_then(|mut s| s.query_row(params![key], |r| r.get(0)).optional())
+                        .map_err(sql_err("delete"))?;
+                    let existed = old.is_some();
+                    effects.push(Effect::Delete { key, old });
+                    existed
+                } else {
+                    conn.prepare_cached(&sql.delete)
+                        .and_then(|mut s| s.execute(params![key]))
+                        .map_err(sql_err("delete"))?
+                        > 0
+                };
+                result.deleted += usize::from(existed);
+            }
+            WriteOp::Clear => {
+                if track {
+                    let mut stmt = conn
+                        .prepare_cached(&sql.clear_returning)
+                        .map_err(sql_err("clear"))?;
+                    let removed = stmt
+                        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+                        .and_then(Iterator::collect::<rusqlite::Result<Vec<_>>>)
+                        .map_err(sql_err("clear"))?;
+                    result.cleared += removed.len();
+                    effects.push(Effect::Clear { removed });
+                } else {
+                    result.cleared += conn
+                        .prepare_cached(&sql.clear)
+                        .and_then(|mut s| s.execute([]))
+                        .map_err(sql_err("clear"))?;
+                }
+            }
+        }
+        result.operations += 1;
+    }
+    Ok((result, effects))
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .ok()
+        .and_then(|d| i64::try_from(d.as_millis()).ok())
+        .unwrap_or(0)
+}
+
+/// Appends `effects` to the change log in the caller's transaction; returns the commit's
+/// sequence number (the log position of its first change), or `None` when nothing changed.
+pub(crate) fn write_log(conn: &Connection, table: &str, effects: &[Effect]) -> Result<Option<u64>> {
+    let err = sql_err("change_log");
+    let mut commit_seq: Option<i64> = None;
+    let at = now_ms();
+    let mut insert = |kind: i64, key: &str, value: Option<&str>| -> Result<()> {
+        let cs = if let Some(cs) = commit_seq {
+            cs
+        } else {
+            // The write lock is held, so the next rowid is max + 1 and stays so.
+            let cs: i64 = conn
+                .prepare_cached("SELECT IFNULL(MAX(seq), 0) + 1 FROM _storage_changes")
+                .and_then(|mut s| s.query_row([], |r| r.get(0)))
+                .map_err(&err)?;
+            commit_seq = Some(cs);
+            cs
+        };
+        conn.prepare_cached(
+            "INSERT INTO _storage_changes (commit_seq, tbl, kind, key, value, at_ms) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .and_then(|mut s| s.execute(params![cs, table, kind, key, value, at]))
+        .map_err(&err)?;
+        Ok(())
+    };
+    for effect in effects {
+        match effect {
+            Effect::Set { key, json } => insert(0, key, Some(json))?,
+            Effect::Delete { key, old } => {
+                if old.is_some() {
+                    insert(1, key, None)?;
+                }
+            }
+            Effect::Clear { removed } => {
+                for (key, _) in removed {
+                    insert(1, key, None)?;
+                }
+            }
+        }
+    }
+    Ok(commit_seq.and_then(|cs| u64::try_from(cs).ok()))
+}
+
+/// Runs the after-hooks of committed `effects` and turns them into a change batch.
+pub(crate) fn committed_changes<T: StorageValue>(
+    hub: &EventHub<T>,
+    effects: &[Effect],
+    collect: bool,
+) -> Vec<Change<T>> {
+    let timestamp = SystemTime::now();
+    let run_hooks = hub.has_after_hooks();
+    let subscribers = collect && hub.has_subscribers();
+    let mut changes = Vec::new();
+    let value_of = |json: &str| decode::<T>(json).ok().map(Arc::new);
+    for effect in effects {
+        match effect {
+            Effect::Set { key, json } => {
+                let value = value_of(json);
+                if run_hooks && let Some(v) = &value {
+                    hub.after(&AfterEvent::Set { key, value: v });
+                }
+                if subscribers {
+                    changes.push(Change {
+                        kind: ChangeKind::Set,
+                        key: key.clone(),
+                        old_value: None,
+                        new_value: value,
+                        timestamp,
+                    });
+                }
+            }
+            Effect::Delete { key, old } => {
+                if run_hooks {
+                    hub.after(&AfterEvent::Delete {
+                        key,
+                        existed: old.is_some(),
+                    });
+                }
+                if subscribers && let Some(old) = old {
+                    changes.push(Change {
+                        kind: ChangeKind::Delete,
+                        key: key.clone(),
+                        old_value: value_of(old),
+                        new_value: None,
+                        timestamp,
+                    });
+                }
+            }
+            Effect::Clear { removed } => {
+                if run_hooks {
+                    hub.after(&AfterEvent::Clear {
+                        removed: u64::try_from(removed.len()).unwrap_or(u64::MAX),
+                    });
+                }
+                if subscribers {
+                    for (key, old) in removed {
+                        changes.push(Change {
+                            kind: ChangeKind::Delete,
+                            key: key.clone(),
+                            old_value: value_of(old),
+                            new_value: None,
+                            timestamp,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    changes
+}
+
+impl<T: StorageValue> SqliteStorage<T> {
+    /// Opens (creating if needed) the database and the table named in `config`, with
+    /// default [`SqliteOptions`] (no change log).
+    ///
+    /// # Errors
+    /// `InvalidConfig` for a bad configuration ([`crate::validate_config`]); `Corrupted`
+    /// when the file is not a database or fails the integrity check asked for; `Io`
+    /// when it cannot be opened.
+    pub async fn open(config: SqliteConfig) -> Result<Self> {
+        Self::open_with(config, SqliteOptions::default()).await
+    }
+
+    /// Opens as [`SqliteStorage::open`] does, with `options`.
+    ///
+    /// # Errors
+    /// As [`SqliteStorage::open`].
+    pub async fn open_with(config: SqliteConfig, options: SqliteOptions) -> Result<Self> {
+        validate_config(&config)?;
+        let table_name = config.table_name.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("sqlite-open".to_owned())
+            .spawn(move || {
+                let _ = tx.send(Database::open_blocking(config));
+            })
+            .map_err(|e| {
+                StorageError::from(e)
+                    .with_operation("open")
+                    .with_backend("sqlite")
+            })?;
+        let db = rx.await.map_err(|_| crate::worker::closed("open"))??;
+        Self::on_database(Arc::new(db), table_name, options.change_log).await
+    }
+
+    /// Another handle on the same database (the same file, or the same private
+    /// `:memory:` database), on another table and possibly another value type.
+    ///
+    /// # Errors
+    /// `InvalidConfig` for a bad table name; backend errors.
+    pub async fn table<U: StorageValue>(&self, table_name: &str) -> Result<SqliteStorage<U>> {
+        crate::config::validate_identifier(table_name)?;
+        SqliteStorage::<U>::on_database(
+            Arc::clone(&self.db),
+            table_name.to_owned(),
+            self.table.change_log,
+        )
+        .await
+    }
+
+    async fn on_database(db: Arc<Database>, table_name: String, change_log: bool) -> Result<Self> {
+        let sql = TableSql::new(&table_name);
+        let create = sql.create.clone();
+        let name = table_name.clone();
+        db.writer
+            .run("open", move |conn| {
+                conn.execute_batch(&create)
+                    .map_err(|e| sql_err("open")(e).with_context("table", name))
+            })
+            .await?;
+        let table = Arc::new(Table {
+            name: table_name,
+            sql,
+            change_log,
+            indexes: IndexCatalog::new(),
+        });
+        let hub = Arc::new(EventHub::new());
+        let observer = Arc::new(crate::observe::Observer::new(
+            Arc::clone(&db),
+            Arc::clone(&table),
+            Arc::clone(&hub),
+        ));
+        if change_log {
+            // Start watching from the current end of the log: only changes from now on.
+            let tbl = table.name.clone();
+            let last = db
+                .readers
+                .run("open", move |conn| crate::observe::last_seq(conn, &tbl))
+                .await?;
+            observer.start_at(last);
+        }
+        Ok(Self {
+            db,
+            table,
+            hub,
+            observer,
+        })
+    }
+
+    /// The configuration the database was opened with (for a handle from
+    /// [`SqliteStorage::table`], the first handle's, with its table name).
+    pub fn config(&self) -> &SqliteConfig {
+        &self.db.config
+    }
+
+    /// This handle's table name.
+    pub fn table_name(&self) -> &str {
+        &self.table.name
+    }
+
+    /// Runs `PRAGMA integrity_check` now.
+    ///
+    /// # Errors
+    /// `Corrupted` unless SQLite answers `ok`.
+    pub async fn integrity_check(&self) -> Result<()> {
+        self.db
+            .readers
+            .run("integrity_check", |conn| integrity_check(conn))
+            .await
+    }
+
+    fn before(&self, event: &BeforeEvent<'_, T>) -> Result<()> {
+        if self.hub.has_before_hooks() {
+            self.hub.before(event)?;
+        }
+        Ok(())
+    }
+
+    /// Validates, runs before-hooks on and encodes a set.
+    pub(crate) fn prepare_set(&self, key: &str, value: &T) -> Result<WriteOp> {
+        validate_key(key)?;
+        self.before(&BeforeEvent::Set { key, value })?;
+        let json = encode(value).map_err(|e| {
+            e.with_operation("set")
+                .with_backend("sqlite")
+                .with_context("key", key.escape_debug())
+        })?;
+        Ok(WriteOp::Set {
+            key: key.to_owned(),
+            json,
+        })
+    }
+
+    /// Validates, runs before-hooks on and encodes one operation.
+    pub(crate) fn prepare_op(&self, op: &Operation<T>) -> Result<WriteOp> {
+        match op {
+            Operation::Set { key, value } => self.prepare_set(key, value),
+            Operation::Delete { key } => {
+                validate_key(key)?;
+                self.before(&BeforeEvent::Delete { key })?;
+                Ok(WriteOp::Delete { key: key.clone() })
+            }
+            Operation::Clear => {
+                self.before(&BeforeEvent::Clear)?;
+                Ok(WriteOp::Clear)
+            }
+        }
+    }
+
+    /// Applies encoded writes atomically on the writer thread, then (still there, so in
+    /// commit order) runs after-hooks and publishes the change batch.
+    pub(crate) async fn write(
+        &self,
+        operation: &'static str,
+        ops: Vec<WriteOp>,
+    ) -> Result<BatchResult> {
+        let table = Arc::clone(&self.table);
+        let hub = Arc::clone(&self.hub);
+        let observer = Arc::clone(&self.observer);
+        let db = Arc::clone(&self.db);
+        let single = ops.len() == 1 && !matches!(ops[0], WriteOp::Clear);
+        self.db
+            .writer
+            .run(operation, move |conn| {
+                let listening = hub.has_listeners();
+                let track = listening || table.change_log;
+                let (result, effects) = if single && !track {
+                    // One statement is its own transaction: no BEGIN/COMMIT round trip.
+                    apply_ops(conn, &table.sql, ops, false)?
+                } else {
+                    let tx = conn
+                        .transaction_with_behavior(TransactionBehavior::Immediate)
+                        .map_err(sql_err(operation))?;
+                    let (result, effects) = apply_ops(&tx, &table.sql, ops, track)?;
+                    if table.change_log {
+                        write_log(&tx, &table.name, &effects)?;
+                    }
+                    tx.commit().map_err(sql_err(operation))?;
+                    (result, effects)
+                };
+                if table.change_log {
+                    // Publishes everything logged up to and including this commit, in
+                    // log order, other handles' and processes' commits included.
+                    observer.drain(conn);
+                    if hub.has_after_hooks() {
+                        committed_changes(&hub, &effects, false);
+                    }
+                } else if listening {
+                    let changes = committed_changes(&hub, &effects, true);
+                    if !changes.is_empty() {
+                        let sequence = db.local_seq.fetch_add(1, Ordering::SeqCst) + 1;
+                        hub.publish(&ChangeBatch {
+                            sequence,
+                            resume_token: None,
+                            changes,
+                        });
+                    }
+                }
+                Ok(result)
+            })
+            .await
+    }
+
+    fn page_stream<I, F>(&self, operation: &'static str, fetch: F) -> ResultStream<'_, I>
+    where
+        I: Send + 'static,
+        F: Fn(&Connection, &TableSql, &str) -> Result<Vec<(String, I)>> + Send + Sync + 'static,
+    {
+        struct State<I> {
+            cursor: Option<String>,
+            buffer: VecDeque<I>,
+        }
+        let fetch = Arc::new(fetch);
+        let db = Arc::clone(&self.db);
+        let table = Arc::clone(&self.table);
+        futures::stream::unfold(
+            State {
+                cursor: Some(String::new()),
+                buffer: VecDeque::new(),
+            },
+            move |mut state| {
+                let fetch = Arc::clone(&fetch);
+                let db = Arc::clone(&db);
+                let table = Arc::clone(&table);
+                async move {
+                    if state.buffer.is_empty() {
+                        let cursor = state.cursor.take()?;
+                        let page = db
+                            .readers
+                            .run(operation, move |conn| fetch(conn, &table.sql, &cursor))
+                            .await;
+                        match page {
+                            Ok(rows) => {
+                                let full =
+                                    rows.len() == usize::try_from(PAGE).unwrap_or(usize::MAX);
+                                let mut last = None;
+                                for (key, item) in rows {
+                                    state.buffer.push_back(item);
+                                    last = Some(key);
+                                }
+                                if full {
+                                    state.cursor = last;
+                                }
+                            }
+                            Err(e) => return Some((Err(e), state)),
+                        }
+                    }
+                    let item = state.buffer.pop_front()?;
+                    Some((Ok(item), state))
+                }
+            },
+        )
+        .boxed()
+    }
+}
+
+/// The capabilities of a store over `config`.
+pub(crate) fn capabilities(config: &SqliteConfig, change_log: bool) -> Capabilities {
+    Capabilities::new("sqlite", Tier::Observable)
+        .with_isolation_levels([
+            IsolationLevel::ReadUncommitted,
+            IsolationLevel::ReadCommitted,
+            IsolationLevel::RepeatableRead,
+            IsolationLevel::Snapshot,
+            IsolationLevel::Serializable,
+        ])
+        .with_index_kinds([
+            IndexKind::Btree,
+            IndexKind::Hash,
+            IndexKind::Fulltext,
+            IndexKind::Spatial,
+        ])
+        .with_unique_indexes(true)
+        .with_savepoints(true)
+        .with_cross_process_watch(change_log)
+        .with_persistent(!config.is_in_memory())
+        .with_max_value_len(Some(MAX_VALUE_LEN))
+}
+
+#[async_trait::async_trait]
+impl<T: StorageValue> Storage<T> for SqliteStorage<T> {
+    storage_core::tier_accessors!(T; batch, queryable, indexed, transactional, observable);
+
+    fn capabilities(&self) -> Capabilities {
+        capabilities(&self.db.config, self.table.change_log)
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<T>> {
+        validate_key(key)?;
+        self.before(&BeforeEvent::Get { key })?;
+        let table = Arc::clone(&self.table);
+        let owned = key.to_owned();
+        let value = self
+            .db
+            .readers
+            .run("get", move |conn| {
+                let mut stmt = conn
+                    .prepare_cached(&table.sql.get)
+                    .map_err(sql_err("get"))?;
+                let mut rows = stmt.query(params![owned]).map_err(sql_err("get"))?;
+                match rows.next().map_err(sql_err("get"))? {
+                    Some(row) => {
+                        let json = row
+                            .get_ref(0)
+                            .and_then(|v| Ok(v.as_str()?))
+                            .map_err(sql_err("get"))?;
+                        decode::<T>(json).map(Some)
+                    }
+                    None => Ok(None),
+                }
+            })
+            .await
+            .map_err(|e| e.with_context("key", key.escape_debug()))?;
+        if self.hub.has_after_hooks() {
+            self.hub.after(&AfterEvent::Get {
+                key,
+                found: value.is_some(),
+            });
+        }
+        Ok(value)
+    }
+
+    async fn set(&self, key: &str, value: &T) -> Result<()> {
+        let op = self.prepare_set(key, value)?;
+        self.write("set", vec![op]).await.map(|_| ())
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool> {
+        validate_key(key)?;
+        self.before(&BeforeEvent::Delete { key })?;
+        self.write(
+            "delete",
+            vec![WriteOp::Delete {
+                key: key.to_owned(),
+            }],
+        )
+        .await
+        .map(|r| r.deleted > 0)
+    }
+
+    async fn has(&self, key: &str) -> Result<bool> {
+        validate_key(key)?;
+        let table = Arc::clone(&self.table);
+        let owned = key.to_owned();
+        self.db
+            .readers
+            .run("has", move |conn| {
+                conn.prepare_cached(&table.sql.has)
+                    .and_then(|mut s| s.exists(params![owned]))
+                    .map_err(sql_err("has"))
+            })
+            .await
+    }
+
+    async fn clear(&self) -> Result<()> {
+        self.before(&BeforeEvent::Clear)?;
+        self.write("clear", vec![WriteOp::Clear]).await.map(|_| ())
+    }
+
+    async fn size(&self) -> Result<u64> {
+        let table = Arc::clone(&self.table);
+        self.db
+            .readers
+            .run("size", move |conn| {
+                let n: i64 = conn
+                    .prepare_cached(&table.sql.count)
+                    .and_then(|mut s| s.query_row([], |r| r.get(0)))
+                    .map_err(sql_err("size"))?;
+                Ok(u64::try_from(n).unwrap_or(0))
+            })
+            .await
+    }
+
+    fn keys(&self) -> ResultStream<'_, String> {
+        self.page_stream("keys", |conn, sql, cursor| {
+            let mut stmt = conn
+                .prepare_cached(&sql.page_keys)
+                .map_err(sql_err("keys"))?;
+            let rows = stmt
+                .query_map(params![cursor, PAGE], |r| {
+                    let k: String = r.get(0)?;
+                    Ok((k.clone(), k))
+                })
+                .and_then(Iterator::collect::<rusqlite::Result<Vec<_>>>)
+                .map_err(sql_err("keys"))?;
+            Ok(rows)
+        })
+    }
+
+    fn values(&self) -> ResultStream<'_, T> {
+        self.entries().map(|r| r.map(|(_, v)| v)).boxed()
+    }
+
+    fn entries(&self) -> ResultStream<'_, (String, T)> {
+        self.page_stream("entries", |conn, sql, cursor| {
+            let mut stmt = conn
+                .prepare_cached(&sql.page_entries)
+                .map_err(sql_err("entries"))?;
+            let mut rows = stmt
+                .query(params![cursor, PAGE])
+                .map_err(sql_err("entries"))?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(sql_err("entries"))? {
+                let key: String = row.get(0).map_err(sql_err("entries"))?;
+                let json = row
+                    .get_ref(1)
+                    .and_then(|v| Ok(v.as_str()?))
+                    .map_err(sql_err("entries"))?;
+                let value =
+                    decode::<T>(json).map_err(|e| e.with_context("key", key.escape_debug()))?;
+                out.push((key.clone(), (key, value)));
+            }
+            Ok(out)
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl<T: StorageValue> BatchStorage<T> for SqliteStorage<T> {
+    async fn get_many(&self, keys: &[String]) -> Result<BTreeMap<String, T>> {
+        storage_core::validate_keys(keys.iter().map(String::as_str))?;
+        let table = Arc::clone(&self.table);
+        let keys = keys.to_vec();
+        self.db
+            .readers
+            .run("get_many", move |conn| {
+                // One read transaction: every key is read from the same snapshot.
+                let tx = conn.unchecked_transaction().map_err(sql_err("get_many"))?;
+                let mut out = BTreeMap::new();
+                {
+                    let mut stmt = tx
+                        .prepare_cached(&table.sql.get)
+                        .map_err(sql_err("get_many"))?;
+                    for key in keys {
+                        let json: Option<String> = stmt
+                            .query_row(params![key], |r| r.get(0))
+                            .optional()
+                            .map_err(sql_err("get_many"))?;
+                        if let Some(json) = json {
+                            let value = decode::<T>(&json)
+                                .map_err(|e| e.with_context("key", key.escape_debug()))?;
+                            out.insert(key, value);
+                        }
+                    }
+                }
+                tx.finish().map_err(sql_err("get_many"))?;
+                Ok(out)
+            })
+            .await
+    }
+
+    async fn set_many(&self, entries: Vec<(String, T)>) -> Result<()> {
+        storage_core::validate_keys(entries.iter().map(|(k, _)| k.as_str()))?;
+        let mut ops = Vec::with_capacity(entries.len());
+        for (i, (key, value)) in entries.iter().enumerate() {
+            self.before(&BeforeEvent::Set { key, value })?;
+            let json = encode(value).map_err(|e| {
+                e.with_operation("set_many")
+                    .with_context("index", i)
+                    .with_context("key", key.escape_debug())
+            })?;
+            ops.push(WriteOp::Set {
+                key: key.clone(),
+                json,
+            });
+        }
+        self.write("set_many", ops).await.map(|_| ())
+    }
+
+    async fn delete_many(&self, keys: &[String]) -> Result<u64> {
+        storage_core::validate_keys(keys.iter().map(String::as_str))?;
+        let mut ops = Vec::with_capacity(keys.len());
+        for key in keys {
+            self.before(&BeforeEvent::Delete { key })?;
+            ops.push(WriteOp::Delete { key: key.clone() });
+        }
+        let result = self.write("delete_many", ops).await?;
+        Ok(u64::try_from(result.deleted).unwrap_or(u64::MAX))
+    }
+
+    async fn batch(&self, operations: Vec<Operation<T>>) -> Result<BatchResult> {
+        let mut ops = Vec::with_capacity(operations.len());
+        for (i, op) in operations.iter().enumerate() {
+            ops.push(
+                self.prepare_op(op)
+                    .map_err(|e| e.with_operation("batch").with_context("index", i))?,
+            );
+        }
+        self.write("batch", ops).await
+    }
+}
+
+/// How long to wait between change-log polls.
+pub(crate) const POLL_INTERVAL: Duration = Duration::from_millis(25);

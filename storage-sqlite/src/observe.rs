@@ -1,0 +1,261 @@
+//! Change events across handles and processes, through the change-log table.
+//!
+//! With `change_log` on, every commit appends its changes to `_storage_changes` in the
+//! same SQLite transaction, numbered by `seq`; the commit's sequence number is the `seq`
+//! of its first change. Each handle publishes the log to its subscribers in log order:
+//! right after its own commits (on the thread that committed) and from a poller thread
+//! every [`POLL_INTERVAL`], which picks up commits of other handles and processes.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::SystemTime;
+
+use rusqlite::{Connection, params};
+use storage_core::{
+    AfterHook, BeforeHook, Change, ChangeBatch, ChangeKind, EventHub, HookId, ObservableStorage,
+    Result, StorageValue, Subscription, WatchPattern,
+};
+
+use crate::backend::{Database, POLL_INTERVAL, SqliteStorage, Table, decode};
+use crate::error::sql_err;
+use crate::worker::open_connection;
+
+/// Publishes the change log of one table to one event hub.
+pub(crate) struct Observer<T> {
+    db: Arc<Database>,
+    table: Arc<Table>,
+    hub: Arc<EventHub<T>>,
+    /// The last commit sequence published; `None` until started.
+    cursor: Mutex<Option<u64>>,
+    stopped: AtomicBool,
+}
+
+/// The latest commit sequence of `table` in the log (0 when empty).
+pub(crate) fn last_seq(conn: &Connection, table: &str) -> Result<u64> {
+    let seq: Option<i64> = conn
+        .prepare_cached("SELECT MAX(commit_seq) FROM _storage_changes WHERE tbl = ?1")
+        .and_then(|mut s| s.query_row(params![table], |r| r.get(0)))
+        .map_err(sql_err("watch"))?;
+    Ok(seq.and_then(|s| u64::try_from(s).ok()).unwrap_or(0))
+}
+
+impl<T: StorageValue> Observer<T> {
+    pub(crate) fn new(db: Arc<Database>, table: Arc<Table>, hub: Arc<EventHub<T>>) -> Self {
+        Self {
+            db,
+            table,
+            hub,
+            cursor: Mutex::new(None),
+            stopped: AtomicBool::new(false),
+        }
+    }
+
+    /// Starts publishing commits after `seq`, with a poller that lives as long as the
+    /// handles do.
+    pub(crate) fn start_at(self: &Arc<Self>, seq: u64) {
+        *self.cursor.lock().unwrap_or_else(PoisonError::into_inner) = Some(seq);
+        spawn_poller(Poller::Weak(Arc::downgrade(self)), self);
+    }
+
+    /// Publishes every logged commit after the cursor, in order. Errors are left for the
+    /// next poll: the cursor only moves past what was published.
+    pub(crate) fn drain(&self, conn: &Connection) {
+        let mut cursor = self.cursor.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(after) = *cursor else { return };
+        let Ok(after_i) = i64::try_from(after) else {
+            return;
+        };
+        if !self.hub.has_subscribers() {
+            if let Ok(Some(last)) = conn
+                .prepare_cached(
+                    "SELECT MAX(commit_seq) FROM _storage_changes WHERE tbl = ?1 AND seq > ?2",
+                )
+                .and_then(|mut s| {
+                    s.query_row(params![self.table.name, after_i], |r| {
+                        r.get::<_, Option<i64>>(0)
+                    })
+                })
+            {
+                *cursor = u64::try_from(last).ok().or(*cursor);
+            }
+            return;
+        }
+        let Ok(batches) = self.read_batches(conn, after_i) else {
+            return;
+        };
+        for batch in batches {
+            *cursor = Some(batch.sequence);
+            self.hub.publish(&batch);
+        }
+    }
+
+    fn read_batches(&self, conn: &Connection, after: i64) -> Result<Vec<ChangeBatch<T>>> {
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT commit_seq, kind, key, value, at_ms FROM _storage_changes \
+                 WHERE tbl = ?1 AND seq > ?2 AND commit_seq > ?2 ORDER BY seq",
+            )
+            .map_err(sql_err("watch"))?;
+        let mut rows = stmt
+            .query(params![self.table.name, after])
+            .map_err(sql_err("watch"))?;
+        let mut batches: Vec<ChangeBatch<T>> = Vec::new();
+        while let Some(row) = rows.next().map_err(sql_err("watch"))? {
+            let commit_seq: i64 = row.get(0).map_err(sql_err("watch"))?;
+            let kind: i64 = row.get(1).map_err(sql_err("watch"))?;
+            let key: String = row.get(2).map_err(sql_err("watch"))?;
+            let value: Option<String> = row.get(3).map_err(sql_err("watch"))?;
+            let at_ms: i64 = row.get(4).map_err(sql_err("watch"))?;
+            let sequence = u64::try_from(commit_seq).unwrap_or(0);
+            let timestamp = u64::try_from(at_ms)
+                .ok()
+                .and_then(|ms| {
+                    SystemTime::UNIX_EPOCH.checked_add(std::time::Duration::from_millis(ms))
+                })
+                .unwrap_or_else(SystemTime::now);
+            let change = Change {
+                kind: if kind == 0 {
+                    ChangeKind::Set
+                } else {
+                    ChangeKind::Delete
+                },
+                key,
+                old_value: None,
+                new_value: value.and_then(|v| decode::<T>(&v).ok()).map(Arc::new),
+                timestamp,
+            };
+            match batches.last_mut() {
+                Some(b) if b.sequence == sequence => b.changes.push(change),
+                _ => batches.push(ChangeBatch {
+                    sequence,
+                    resume_token: Some(sequence.to_string()),
+                    changes: vec![change],
+                }),
+            }
+        }
+        Ok(batches)
+    }
+}
+
+enum Poller<T> {
+    /// Polls while any handle lives.
+    Weak(Weak<Observer<T>>),
+    /// Polls while its subscriber lives (a resumed watch).
+    Owned(Arc<Observer<T>>),
+}
+
+fn spawn_poller<T: StorageValue>(poller: Poller<T>, observer: &Observer<T>) {
+    let path = observer.db.path.clone();
+    let config = observer.db.config.clone();
+    // Without a thread, commits of this handle are still published; only other
+    // handles' commits would go unseen, so a failed spawn is logged, not fatal.
+    let spawned = std::thread::Builder::new()
+        .name("sqlite-watch".to_owned())
+        .spawn(move || {
+            let Ok(conn) = open_connection(&path, &config, true) else {
+                tracing::warn!("sqlite change-log poller could not open the database");
+                return;
+            };
+            loop {
+                std::thread::sleep(POLL_INTERVAL);
+                let observer = match &poller {
+                    Poller::Weak(w) => match w.upgrade() {
+                        Some(o) => o,
+                        None => return,
+                    },
+                    Poller::Owned(o) => {
+                        if !o.hub.has_subscribers() {
+                            return;
+                        }
+                        Arc::clone(o)
+                    }
+                };
+                if observer.stopped.load(Ordering::Relaxed) {
+                    return;
+                }
+                observer.drain(&conn);
+            }
+        });
+    if spawned.is_err() {
+        tracing::warn!("sqlite change-log poller thread could not start");
+    }
+}
+
+impl<T> Drop for Observer<T> {
+    fn drop(&mut self) {
+        self.stopped.store(true, Ordering::Relaxed);
+    }
+}
+
+impl<T: StorageValue> SqliteStorage<T> {
+    /// Subscribes to committed changes after commit sequence `after` (a
+    /// [`ChangeBatch::sequence`] or resume token seen earlier, possibly by another
+    /// process), replaying the logged commits since then before live ones.
+    ///
+    /// # Errors
+    /// `Unsupported` without the change log ([`crate::SqliteOptions::change_log`]);
+    /// `InvalidQuery` for a bad pattern.
+    pub fn watch_from(
+        &self,
+        pattern: WatchPattern,
+        capacity: usize,
+        after: u64,
+    ) -> Result<Subscription<T>> {
+        if !self.table.change_log {
+            return Err(storage_core::StorageError::unsupported(
+                "resuming a watch needs the change log (SqliteOptions::change_log)",
+            )
+            .with_operation("watch")
+            .with_backend("sqlite"));
+        }
+        let hub = Arc::new(EventHub::new());
+        let subscription = hub.watch(pattern, capacity)?;
+        let observer = Arc::new(Observer::new(
+            Arc::clone(&self.db),
+            Arc::clone(&self.table),
+            hub,
+        ));
+        *observer
+            .cursor
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(after);
+        spawn_poller(Poller::Owned(Arc::clone(&observer)), &observer);
+        Ok(subscription)
+    }
+
+    /// The latest commit sequence in this table's change log (0 when empty or without
+    /// the change log): a starting point for [`SqliteStorage::watch_from`].
+    ///
+    /// # Errors
+    /// Backend errors.
+    pub async fn last_sequence(&self) -> Result<u64> {
+        if !self.table.change_log {
+            return Ok(0);
+        }
+        let table = self.table.name.clone();
+        self.db
+            .readers
+            .run("watch", move |conn| last_seq(conn, &table))
+            .await
+    }
+}
+
+impl<T: StorageValue> ObservableStorage<T> for SqliteStorage<T> {
+    fn on_before(&self, hook: BeforeHook<T>) -> HookId {
+        self.hub.on_before(hook)
+    }
+
+    fn on_after(&self, hook: AfterHook<T>) -> HookId {
+        self.hub.on_after(hook)
+    }
+
+    fn off(&self, id: HookId) -> bool {
+        self.hub.off(id)
+    }
+
+    fn watch(&self, pattern: WatchPattern, capacity: usize) -> Result<Subscription<T>> {
+        self.hub
+            .watch(pattern, capacity)
+            .map_err(|e| e.with_operation("watch").with_backend("sqlite"))
+    }
+}

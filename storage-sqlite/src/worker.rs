@@ -1,0 +1,200 @@
+//! Connection threads: every SQLite call runs on a thread that owns its connection,
+//! never on the async executor. Callers send a job and await a oneshot reply.
+
+use std::path::Path;
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+use storage_core::{ErrorCode, Result, StorageError};
+
+use crate::config::SqliteConfig;
+use crate::error::{SqliteError, sql_err};
+
+/// Work for a connection thread.
+pub(crate) type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// How many prepared statements each connection keeps compiled.
+const STATEMENT_CACHE: usize = 64;
+
+/// Opens a connection with this crate's per-connection settings.
+pub(crate) fn open_connection(
+    path: &Path,
+    config: &SqliteConfig,
+    read_only: bool,
+) -> Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_URI;
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| sql_err("open")(e).with_context("database", path.display()))?;
+    configure(&conn, config, read_only).map_err(|e| e.with_context("database", path.display()))?;
+    Ok(conn)
+}
+
+fn configure(conn: &Connection, config: &SqliteConfig, read_only: bool) -> Result<()> {
+    let err = sql_err("open");
+    conn.busy_timeout(Duration::from_millis(config.busy_timeout_ms))
+        .map_err(&err)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    conn.pragma_update(None, "synchronous", config.synchronous.as_pragma())
+        .map_err(&err)?;
+    conn.pragma_update(None, "foreign_keys", config.foreign_keys)
+        .map_err(&err)?;
+    if read_only {
+        conn.pragma_update(None, "query_only", true).map_err(&err)?;
+    }
+    Ok(())
+}
+
+/// Threads sharing one job queue, each owning a connection.
+pub(crate) struct Workers {
+    sender: Option<Sender<Job>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Workers {
+    /// Starts `connections.len()` threads, one per connection.
+    pub(crate) fn spawn(name: &str, connections: Vec<Connection>) -> Result<Self> {
+        let (sender, receiver) = channel::<Job>();
+        let receiver = Arc::new(Mutex::new(receiver));
+        let mut threads = Vec::with_capacity(connections.len());
+        for (i, conn) in connections.into_iter().enumerate() {
+            let receiver = Arc::clone(&receiver);
+            let handle = std::thread::Builder::new()
+                .name(format!("{name}-{i}"))
+                .spawn(move || serve(conn, &receiver))
+                .map_err(|e| {
+                    StorageError::from(e)
+                        .with_operation("open")
+                        .with_backend("sqlite")
+                })?;
+            threads.push(handle);
+        }
+        Ok(Self {
+            sender: Some(sender),
+            threads,
+        })
+    }
+
+    /// Runs `f` on one of the threads and awaits its answer.
+    pub(crate) async fn run<R, F>(&self, operation: &'static str, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<R> + Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.submit(Box::new(move |conn| {
+            // The caller may have stopped waiting (its future was dropped); nothing to do then.
+            let _ = tx.send(f(conn));
+        }))
+        .map_err(|e| e.into_storage(operation))?;
+        rx.await
+            .map_err(|_| SqliteError::WorkerGone.into_storage(operation))?
+    }
+
+    /// Queues a job without waiting for it.
+    pub(crate) fn submit(&self, job: Job) -> std::result::Result<(), SqliteError> {
+        self.sender
+            .as_ref()
+            .ok_or(SqliteError::WorkerGone)?
+            .send(job)
+            .map_err(|_| SqliteError::WorkerGone)
+    }
+}
+
+fn serve(mut conn: Connection, receiver: &Mutex<Receiver<Job>>) {
+    loop {
+        let job = {
+            let Ok(guard) = receiver.lock() else { return };
+            match guard.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            }
+        };
+        job(&mut conn);
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        // Closing the queue lets each thread finish its queued jobs and close its
+        // connection; joining makes "the handle is dropped" mean "the file is closed".
+        self.sender = None;
+        let me = std::thread::current().id();
+        for handle in self.threads.drain(..) {
+            if handle.thread().id() != me {
+                let _ = handle.join();
+            }
+        }
+    }
+}
+
+/// A dedicated thread owning one connection for the life of a transaction.
+pub(crate) struct Dedicated {
+    sender: Sender<Job>,
+}
+
+impl Dedicated {
+    /// Starts a thread, opens its connection there with `open`, and serves jobs until
+    /// the handle is dropped; `on_exit` then gets the connection back (to roll back
+    /// and return it to a pool).
+    pub(crate) async fn start(
+        open: impl FnOnce() -> Result<Connection> + Send + 'static,
+        on_exit: impl FnOnce(Connection) + Send + 'static,
+    ) -> Result<Self> {
+        let (sender, receiver) = channel::<Job>();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<Result<()>>();
+        std::thread::Builder::new()
+            .name("sqlite-tx".to_owned())
+            .spawn(move || {
+                let mut conn = match open() {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                while let Ok(job) = receiver.recv() {
+                    job(&mut conn);
+                }
+                on_exit(conn);
+            })
+            .map_err(|e| {
+                StorageError::from(e)
+                    .with_operation("begin")
+                    .with_backend("sqlite")
+            })?;
+        ready_rx
+            .await
+            .map_err(|_| SqliteError::WorkerGone.into_storage("begin"))??;
+        Ok(Self { sender })
+    }
+
+    /// Runs `f` on the thread and awaits its answer.
+    pub(crate) async fn run<R, F>(&self, operation: &'static str, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<R> + Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.sender
+            .send(Box::new(move |conn| {
+                let _ = tx.send(f(conn));
+            }))
+            .map_err(|_| SqliteError::WorkerGone.into_storage(operation))?;
+        rx.await
+            .map_err(|_| SqliteError::WorkerGone.into_storage(operation))?
+    }
+}
+
+/// The error of a closed store.
+pub(crate) fn closed(operation: &'static str) -> StorageError {
+    StorageError::new(ErrorCode::ConnectionLost, "the store is closed")
+        .with_operation(operation)
+        .with_backend("sqlite")
+}

@@ -1,0 +1,579 @@
+//! Behaviour of the SQLite adapter, tier by tier.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use storage_core::query::field;
+use storage_core::{
+    BatchStorage, ErrorCode, IndexDefinition, IndexKind, IndexedStorage, IsolationLevel,
+    ObservableStorage, Operation, Query, QueryableStorage, Result, Storage, StorageError,
+    TransactionOptions, TransactionalExt, TransactionalStorage, WatchEvent, WatchPattern,
+};
+use storage_sqlite::{SqliteConfig, SqliteConfigExt, SqliteOptions, SqliteStorage};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct User {
+    name: String,
+    age: u32,
+}
+
+fn user(name: &str, age: u32) -> User {
+    User {
+        name: name.to_owned(),
+        age,
+    }
+}
+
+async fn memory<T: storage_core::StorageValue>() -> Result<SqliteStorage<T>> {
+    SqliteStorage::open(SqliteConfig::in_memory()).await
+}
+
+/// Basic get/set/delete/has/size/clear round trip.
+#[tokio::test]
+async fn set_get_delete_round_trip() -> Result<()> {
+    let s = memory::<User>().await?;
+    assert_eq!(s.get("a").await?, None);
+    s.set("a", &user("Alice", 31)).await?;
+    assert_eq!(s.get("a").await?, Some(user("Alice", 31)));
+    s.set("a", &user("Alice", 32)).await?;
+    assert_eq!(s.get("a").await?, Some(user("Alice", 32)));
+    assert!(s.has("a").await?);
+    assert_eq!(s.size().await?, 1);
+    assert!(s.delete("a").await?);
+    assert!(!s.delete("a").await?);
+    assert!(!s.has("a").await?);
+    s.set("b", &user("B", 1)).await?;
+    s.clear().await?;
+    assert_eq!(s.size().await?, 0);
+    Ok(())
+}
+
+/// Keys stream in byte order, across pages.
+#[tokio::test]
+async fn keys_stream_in_byte_order_across_pages() -> Result<()> {
+    let s = memory::<u32>().await?;
+    let mut expected: Vec<String> = (0..1300u32).map(|i| format!("k{i}")).collect();
+    expected.extend([
+        "Z".to_owned(),
+        "a".to_owned(),
+        "é".to_owned(),
+        "\u{7f}".to_owned(),
+        "ab".to_owned(),
+    ]);
+    let entries: Vec<(String, u32)> = expected.iter().cloned().zip(0..).collect();
+    s.set_many(entries).await?;
+    expected.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    let keys: Vec<String> = s.keys().try_collect().await?;
+    assert_eq!(keys, expected);
+    let entries: Vec<(String, u32)> = s.entries().try_collect().await?;
+    assert_eq!(entries.len(), expected.len());
+    assert_eq!(
+        entries.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(),
+        expected
+    );
+    let values: Vec<u32> = s.values().try_collect().await?;
+    assert_eq!(values.len(), expected.len());
+    Ok(())
+}
+
+/// Bad keys and unrepresentable values are typed errors.
+#[tokio::test]
+async fn bad_inputs_are_typed_errors() -> Result<()> {
+    let s = memory::<f64>().await?;
+    assert_eq!(
+        s.set("", &1.0).await.expect_err("must fail").code(),
+        ErrorCode::InvalidKey
+    );
+    assert_eq!(
+        s.get("a\0b").await.expect_err("must fail").code(),
+        ErrorCode::InvalidKey
+    );
+    assert_eq!(
+        s.set(&"k".repeat(1025), &1.0)
+            .await
+            .expect_err("must fail")
+            .code(),
+        ErrorCode::InvalidKey
+    );
+    assert_eq!(
+        s.set("nan", &f64::NAN).await.expect_err("must fail").code(),
+        ErrorCode::InvalidValue
+    );
+    assert_eq!(s.size().await?, 0);
+    Ok(())
+}
+
+/// SQL injection strings are data, never SQL.
+#[tokio::test]
+async fn injection_strings_are_plain_data() -> Result<()> {
+    let evil = [
+        "'; DROP TABLE storage; --",
+        "\" OR 1=1 --",
+        "key') ON CONFLICT DO NOTHING; --",
+        "$.a') = 1 OR ('",
+        "x\"; DELETE FROM _storage_indexes; --",
+    ];
+    let s = memory::<serde_json::Value>().await?;
+    for (i, e) in evil.iter().enumerate() {
+        s.set(e, &json!({ *e: e, "n": i })).await?;
+    }
+    assert_eq!(s.size().await?, evil.len() as u64);
+    for (i, e) in evil.iter().copied().enumerate() {
+        assert_eq!(s.get(e).await?, Some(json!({ e: e, "n": i })));
+        let found = s.find_many(&Query::filter(field(e).eq(e))).await;
+        match found {
+            Ok(rows) => assert!(rows.len() <= 1),
+            Err(err) => assert_eq!(err.code(), ErrorCode::InvalidQuery),
+        }
+        // Index names and paths are data too.
+        let def = IndexDefinition::new(e, "n", IndexKind::Btree);
+        s.create_index(def).await?;
+        let bad_path = s
+            .create_index(IndexDefinition::new("p", e, IndexKind::Btree))
+            .await;
+        if let Err(err) = bad_path {
+            assert!(matches!(
+                err.code(),
+                ErrorCode::InvalidQuery | ErrorCode::Unsupported
+            ));
+        } else {
+            assert!(s.drop_index("p").await?);
+        }
+    }
+    assert_eq!(s.list_indexes().await?.len(), evil.len());
+    assert_eq!(s.size().await?, evil.len() as u64);
+    for bad_table in evil {
+        let err = SqliteStorage::<u32>::open(SqliteConfig::in_memory().table_name(bad_table))
+            .await
+            .expect_err("must fail");
+        assert_eq!(err.code(), ErrorCode::InvalidConfig);
+        assert_eq!(
+            s.table::<u32>(bad_table)
+                .await
+                .expect_err("must fail")
+                .code(),
+            ErrorCode::InvalidConfig
+        );
+    }
+    Ok(())
+}
+
+/// A failing batch applies nothing.
+#[tokio::test]
+async fn failed_batch_applies_nothing() -> Result<()> {
+    let s = memory::<serde_json::Value>().await?;
+    s.set("keep", &json!({"email": "a@x"})).await?;
+    s.create_index(IndexDefinition::new("email", "email", IndexKind::Hash).unique())
+        .await?;
+    let ops = vec![
+        Operation::set("n1", json!({"email": "b@x"})),
+        Operation::delete("keep"),
+        Operation::set("n2", json!({"email": "b@x"})),
+    ];
+    let err = s.batch(ops).await.expect_err("must fail");
+    assert_eq!(err.code(), ErrorCode::DuplicateKey);
+    assert_eq!(s.size().await?, 1);
+    assert!(s.has("keep").await?);
+    let ops = vec![Operation::set("n1", json!(1)), Operation::set("", json!(2))];
+    assert_eq!(
+        s.batch(ops).await.expect_err("must fail").code(),
+        ErrorCode::InvalidKey
+    );
+    assert!(!s.has("n1").await?);
+    let r = s
+        .batch(vec![
+            Operation::set("x", json!(1)),
+            Operation::delete("x"),
+            Operation::delete("x"),
+            Operation::set("y", json!(2)),
+            Operation::Clear,
+            Operation::set("z", json!(3)),
+        ])
+        .await?;
+    assert_eq!((r.operations, r.deleted, r.cleared), (6, 1, 2));
+    assert_eq!(
+        s.keys().try_collect::<Vec<_>>().await?,
+        vec!["z".to_owned()]
+    );
+    assert_eq!(s.delete_many(&["z".into(), "nope".into()]).await?, 1);
+    Ok(())
+}
+
+/// Big batches run in one transaction and get_many reads them back.
+#[tokio::test]
+async fn big_batches_and_get_many() -> Result<()> {
+    let s = memory::<u64>().await?;
+    let entries: Vec<(String, u64)> = (0..40_000u64).map(|i| (format!("k{i:05}"), i)).collect();
+    s.set_many(entries).await?;
+    assert_eq!(s.size().await?, 40_000);
+    let keys: Vec<String> = (0..40_001u64)
+        .step_by(1000)
+        .map(|i| format!("k{i:05}"))
+        .collect();
+    let got = s.get_many(&keys).await?;
+    assert_eq!(got.len(), 40);
+    assert_eq!(got.get("k01000"), Some(&1000));
+    Ok(())
+}
+
+/// Tables of one database are separate namespaces with their own value types.
+#[tokio::test]
+async fn tables_share_a_file_but_not_entries() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("db.sqlite");
+    let users =
+        SqliteStorage::<User>::open(SqliteConfig::new(path.to_string_lossy()).table_name("users"))
+            .await?;
+    let counts = users.table::<u64>("counts").await?;
+    let other = SqliteStorage::<String>::open(
+        SqliteConfig::new(path.to_string_lossy()).table_name("names"),
+    )
+    .await?;
+    users.set("a", &user("A", 1)).await?;
+    counts.set("a", &7).await?;
+    other.set("a", &"x".to_owned()).await?;
+    counts.clear().await?;
+    assert_eq!(users.get("a").await?, Some(user("A", 1)));
+    assert_eq!(other.get("a").await?, Some("x".to_owned()));
+    assert_eq!(counts.size().await?, 0);
+    drop((users, counts, other));
+    let reopened =
+        SqliteStorage::<User>::open(SqliteConfig::new(path.to_string_lossy()).table_name("users"))
+            .await?;
+    assert_eq!(reopened.get("a").await?, Some(user("A", 1)));
+    reopened.integrity_check().await?;
+    Ok(())
+}
+
+/// A file that is not a database is reported as corrupted and left alone.
+#[tokio::test]
+async fn garbage_file_is_corrupted() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("junk.sqlite");
+    std::fs::write(&path, vec![0x42u8; 8192])?;
+    let err = SqliteStorage::<u32>::open(SqliteConfig::new(path.to_string_lossy()))
+        .await
+        .expect_err("must fail");
+    assert_eq!(err.code(), ErrorCode::Corrupted, "{err}");
+    assert_eq!(std::fs::read(&path)?, vec![0x42u8; 8192]);
+    Ok(())
+}
+
+/// Queries agree with the reference evaluator, including arrays and mixed types.
+#[tokio::test]
+async fn queries_match_the_reference_evaluator() -> Result<()> {
+    let s = memory::<serde_json::Value>().await?;
+    let docs = [
+        (
+            "a",
+            json!({"name": "Alice", "age": 31, "tags": ["x", "y"], "addr": {"city": "Paris"}}),
+        ),
+        (
+            "b",
+            json!({"name": "Bob", "age": 27.0, "tags": "x", "addr": [{"city": "Rome"}, {"city": "Paris"}]}),
+        ),
+        (
+            "c",
+            json!({"name": "Carol", "age": "31", "tags": [], "addr": null}),
+        ),
+        ("d", json!([{"name": "Alice"}])),
+        ("e", json!({"name": ["Alice", "Eve"], "age": [20, 40]})),
+        ("f", json!({"age": true, "name": "alice"})),
+    ];
+    s.set_many(
+        docs.iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect(),
+    )
+    .await?;
+    let queries = vec![
+        Query::filter(field("name").eq("Alice")),
+        Query::filter(field("age").eq(31)),
+        Query::filter(field("age").gt(25)),
+        Query::filter(field("age").lte(31.0)),
+        Query::filter(field("age").gte("30")),
+        Query::filter(field("tags").eq("x")),
+        Query::filter(field("addr.city").eq("Paris")),
+        Query::filter(field("age").exists(true)),
+        Query::filter(field("age").eq(true)),
+        Query::filter(field("name").ne("Alice")),
+        Query::filter(field("name").is_in(vec![json!("Bob"), json!("Eve")])),
+    ];
+    for index in [false, true] {
+        if index {
+            s.create_index(IndexDefinition::new("name", "name", IndexKind::Btree))
+                .await?;
+            s.create_index(IndexDefinition::new("age", "age", IndexKind::Btree))
+                .await?;
+            s.create_index(IndexDefinition::new("city", "addr.city", IndexKind::Hash))
+                .await?;
+        }
+        for q in &queries {
+            let got: Vec<String> = s.find_many(q).await?.into_iter().map(|r| r.key).collect();
+            let expected: Vec<String> =
+                storage_core::query::evaluate(q, docs.iter().map(|(k, v)| (*k, v)))?
+                    .into_iter()
+                    .map(|m| m.key)
+                    .collect();
+            assert_eq!(got, expected, "query {q:?} index {index}");
+            assert_eq!(s.count(q).await?, expected.len() as u64);
+        }
+    }
+    let plan = s.explain(&Query::filter(field("name").eq("Alice"))).await?;
+    assert_eq!(plan.index.as_deref(), Some("name"), "{plan:?}");
+    Ok(())
+}
+
+/// Transactions see their own writes, commit atomically and roll back on drop.
+#[tokio::test]
+async fn transactions_commit_and_roll_back() -> Result<()> {
+    let s = memory::<i64>().await?;
+    s.set("a", &1).await?;
+    let tx = s.begin(TransactionOptions::new()).await?;
+    assert_eq!(tx.isolation(), IsolationLevel::Serializable);
+    tx.set("a", &2).await?;
+    tx.set("b", &3).await?;
+    assert_eq!(tx.get("a").await?, Some(2));
+    assert_eq!(s.get("a").await?, Some(1));
+    tx.savepoint("sp").await?;
+    tx.delete("b").await?;
+    tx.rollback_to("sp").await?;
+    assert_eq!(tx.get("b").await?, Some(3));
+    assert_eq!(
+        tx.rollback_to("nope").await.expect_err("must fail").code(),
+        ErrorCode::KeyNotFound
+    );
+    tx.commit().await?;
+    assert_eq!(s.get("a").await?, Some(2));
+    assert_eq!(s.get("b").await?, Some(3));
+    assert_eq!(
+        tx.commit().await.expect_err("must fail").code(),
+        ErrorCode::TransactionAborted
+    );
+
+    {
+        let tx = s.begin(TransactionOptions::new()).await?;
+        tx.set("a", &100).await?;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(s.get("a").await?, Some(2));
+    // The dropped transaction released the write lock.
+    s.set("c", &1).await?;
+
+    let ro = s.begin(TransactionOptions::new().read_only()).await?;
+    assert_eq!(
+        ro.set("a", &5).await.expect_err("must fail").code(),
+        ErrorCode::Unsupported
+    );
+    assert_eq!(ro.get("a").await?, Some(2));
+    ro.commit().await?;
+
+    let slow = s
+        .begin(TransactionOptions::new().timeout(Duration::from_millis(20)))
+        .await?;
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    assert_eq!(
+        slow.set("a", &9).await.expect_err("must fail").code(),
+        ErrorCode::TransactionAborted
+    );
+    assert_eq!(s.get("a").await?, Some(2));
+    Ok(())
+}
+
+/// A transaction whose snapshot is overtaken gets a retryable conflict, and the retry helper succeeds.
+#[tokio::test]
+async fn lost_update_is_prevented_and_retried() -> Result<()> {
+    let s = memory::<i64>().await?;
+    s.set("x", &0).await?;
+    let t1 = s.begin(TransactionOptions::new()).await?;
+    let t2 = s.begin(TransactionOptions::new()).await?;
+    let v1 = t1.get("x").await?.unwrap_or(0);
+    let v2 = t2.get("x").await?.unwrap_or(0);
+    t1.set("x", &(v1 + 1)).await?;
+    t1.commit().await?;
+    let err = t2.set("x", &(v2 + 1)).await.expect_err("must fail");
+    assert_eq!(err.code(), ErrorCode::VersionConflict, "{err}");
+    assert!(err.is_retryable());
+    drop(t2);
+    assert_eq!(s.get("x").await?, Some(1));
+
+    let store = Arc::new(s);
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let store = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            store
+                .transaction(TransactionOptions::new().retries(50), |tx| async move {
+                    let v = tx.get("x").await?.unwrap_or(0);
+                    tx.set("x", &(v + 1)).await?;
+                    Ok(())
+                })
+                .await
+        }));
+    }
+    for t in tasks {
+        t.await
+            .map_err(|e| StorageError::new(ErrorCode::Backend, e.to_string()))??;
+    }
+    assert_eq!(store.get("x").await?, Some(9));
+    Ok(())
+}
+
+/// Subscribers see committed batches in order; a transaction is one batch.
+#[tokio::test]
+async fn watchers_see_committed_batches() -> Result<()> {
+    let s = memory::<i64>().await?;
+    let mut sub = s.watch(WatchPattern::All, 16)?;
+    s.set("a", &1).await?;
+    let tx = s.begin(TransactionOptions::new()).await?;
+    tx.set("b", &2).await?;
+    tx.set("c", &3).await?;
+    tx.commit().await?;
+    let first = tokio::time::timeout(Duration::from_secs(2), sub.next()).await;
+    let Ok(Some(WatchEvent::Changes(b1))) = first else {
+        panic!("no first batch")
+    };
+    assert_eq!(b1.changes.len(), 1);
+    let Ok(Some(WatchEvent::Changes(b2))) =
+        tokio::time::timeout(Duration::from_secs(2), sub.next()).await
+    else {
+        panic!("no second batch")
+    };
+    assert_eq!(
+        b2.changes
+            .iter()
+            .map(|c| c.key.as_str())
+            .collect::<Vec<_>>(),
+        ["b", "c"]
+    );
+    assert!(b2.sequence > b1.sequence);
+    Ok(())
+}
+
+/// With the change log, another handle on the same file sees the changes, and a watch resumes.
+#[tokio::test]
+async fn change_log_crosses_handles_and_resumes() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("db.sqlite").to_string_lossy().into_owned();
+    let log = SqliteOptions::default().change_log(true);
+    let a = SqliteStorage::<i64>::open_with(SqliteConfig::new(&path), log).await?;
+    let b = SqliteStorage::<i64>::open_with(SqliteConfig::new(&path), log).await?;
+    let mut sub = b.watch(WatchPattern::glob("k*"), 16)?;
+    a.set("k1", &1).await?;
+    a.set("other", &1).await?;
+    a.set("k2", &2).await?;
+    let Ok(Some(WatchEvent::Changes(b1))) =
+        tokio::time::timeout(Duration::from_secs(2), sub.next()).await
+    else {
+        panic!("no batch")
+    };
+    assert_eq!(b1.changes[0].key, "k1");
+    let Ok(Some(WatchEvent::Changes(b2))) =
+        tokio::time::timeout(Duration::from_secs(2), sub.next()).await
+    else {
+        panic!("no batch")
+    };
+    assert_eq!(b2.changes[0].key, "k2");
+    let mut resumed = a.watch_from(WatchPattern::All, 16, b1.sequence)?;
+    let Ok(Some(WatchEvent::Changes(r1))) =
+        tokio::time::timeout(Duration::from_secs(2), resumed.next()).await
+    else {
+        panic!("no replay")
+    };
+    assert_eq!(r1.changes[0].key, "other");
+    Ok(())
+}
+
+/// Indexed equality and ranges are answered from indexes, without a full scan.
+#[tokio::test]
+async fn indexed_queries_avoid_full_scans() -> Result<()> {
+    let s = memory::<serde_json::Value>().await?;
+    s.create_index(IndexDefinition::new("name", "name", IndexKind::Btree))
+        .await?;
+    s.create_index(IndexDefinition::new("city", "addr.city", IndexKind::Btree))
+        .await?;
+    for (q, index) in [
+        (Query::filter(field("name").eq("Alice")), "name"),
+        (Query::filter(field("addr.city").gt("P")), "city"),
+        (Query::filter(field("name").eq(3)), "name"),
+    ] {
+        let plan = s.explain(&q).await?;
+        assert_eq!(plan.index.as_deref(), Some(index), "{plan:#?}");
+        assert!(!plan.full_scan, "{plan:#?}");
+        assert!(!plan.backend_plan.is_empty());
+    }
+    s.create_index(IndexDefinition::new(
+        "body",
+        "doc.body",
+        IndexKind::Fulltext,
+    ))
+    .await?;
+    s.create_index(IndexDefinition::new("at", "at", IndexKind::Spatial))
+        .await?;
+    s.set(
+        "t1",
+        &json!({"doc": {"body": "The quick brown fox"}, "at": [1, 2]}),
+    )
+    .await?;
+    s.set(
+        "t2",
+        &json!({"doc": [{"body": "a lazy dog"}], "at": {"x": 5, "y": 5}}),
+    )
+    .await?;
+    s.set(
+        "t3",
+        &json!({"doc": {"body": ["lazy", "fox"]}, "at": [[9, 9], [0, 0]]}),
+    )
+    .await?;
+    for (q, index, keys) in [
+        (
+            Query::filter(field("doc.body").text("FOX")),
+            "body",
+            vec!["t1", "t3"],
+        ),
+        (
+            Query::filter(field("doc.body").text("lazy")),
+            "body",
+            vec!["t2", "t3"],
+        ),
+        (
+            Query::filter(field("at").within_box([0, 0], [2, 2])),
+            "at",
+            vec!["t1", "t3"],
+        ),
+        (
+            Query::filter(field("at").within_box([4, 4], [6, 6])),
+            "at",
+            vec!["t2"],
+        ),
+    ] {
+        let plan = s.explain(&q).await?;
+        assert_eq!(plan.index.as_deref(), Some(index), "{plan:#?}");
+        assert!(!plan.full_scan, "{plan:#?}");
+        let got: Vec<String> = s.find_many(&q).await?.into_iter().map(|r| r.key).collect();
+        assert_eq!(got, keys);
+    }
+    let infos = s.list_indexes().await?;
+    let body = infos
+        .iter()
+        .find(|i| i.definition.name == "body")
+        .map(|i| i.stats);
+    assert!(
+        body.is_some_and(|st| st.entries == 3 && st.hits >= 2),
+        "{infos:#?}"
+    );
+    assert!(s.drop_index("body").await?);
+    assert!(!s.drop_index("body").await?);
+    assert_eq!(
+        s.find_many(&Query::filter(field("doc.body").text("fox")))
+            .await?
+            .len(),
+        2
+    );
+    let plan = s.explain(&Query::filter(field("other").ne(1))).await?;
+    assert!(plan.full_scan && plan.index.is_none(), "{plan:#?}");
+    Ok(())
+}

@@ -1,0 +1,186 @@
+//! Differential tests: random documents and random queries, against the reference
+//! evaluator, with and without every kind of index.
+
+use proptest::prelude::*;
+use serde_json::{Value, json};
+use storage_core::query::{and, field, not, or};
+use storage_core::{
+    BatchStorage, Filter, IndexDefinition, IndexKind, IndexedStorage, Query, QueryableStorage,
+    Result,
+};
+use storage_sqlite::{SqliteConfig, SqliteConfigExt, SqliteStorage};
+
+fn scalar() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        (-3i64..4).prop_map(Value::from),
+        (-6i32..7).prop_map(|h| json!(f64::from(h) / 2.0)),
+        prop::sample::select(vec!["a", "b", "Alice", "alice", "bob", "", "é", "a b"])
+            .prop_map(Value::from),
+    ]
+}
+
+fn words() -> impl Strategy<Value = Value> {
+    prop::collection::vec(
+        prop::sample::select(vec!["red", "Green", "blue", "RED", "fox", "ünï", "x-ray"]),
+        0..4,
+    )
+    .prop_map(|w| Value::from(w.join(" ")))
+}
+
+fn point() -> impl Strategy<Value = Value> {
+    (-4i32..5, -4i32..5, any::<bool>()).prop_map(|(x, y, obj)| {
+        if obj {
+            json!({"x": x, "y": f64::from(y) / 2.0})
+        } else {
+            json!([x, y])
+        }
+    })
+}
+
+fn doc() -> impl Strategy<Value = Value> {
+    (
+        prop::option::of(prop_oneof![
+            scalar(),
+            prop::collection::vec(scalar(), 0..3).prop_map(Value::from)
+        ]),
+        prop::option::of(prop_oneof![
+            scalar().prop_map(|c| json!({"c": c})),
+            prop::collection::vec(scalar().prop_map(|c| json!({"c": c})), 0..3)
+                .prop_map(Value::from),
+            scalar(),
+        ]),
+        prop::option::of(prop_oneof![
+            words(),
+            prop::collection::vec(words(), 0..3).prop_map(Value::from)
+        ]),
+        prop::option::of(prop_oneof![
+            point(),
+            prop::collection::vec(point(), 0..3).prop_map(Value::from),
+            scalar()
+        ]),
+    )
+        .prop_map(|(a, b, t, p)| {
+            let mut m = serde_json::Map::new();
+            for (k, v) in [("a", a), ("b", b), ("t", t), ("p", p)] {
+                if let Some(v) = v {
+                    m.insert(k.to_owned(), v);
+                }
+            }
+            Value::Object(m)
+        })
+}
+
+fn condition() -> impl Strategy<Value = Filter> {
+    let path = prop::sample::select(vec!["a", "b", "b.c", "a.0", "b.0.c", "missing"]);
+    prop_oneof![
+        (path.clone(), scalar()).prop_map(|(p, v)| field(p).eq(v)),
+        (path.clone(), scalar()).prop_map(|(p, v)| field(p).ne(v)),
+        (path.clone(), scalar()).prop_map(|(p, v)| field(p).gt(v)),
+        (path.clone(), scalar()).prop_map(|(p, v)| field(p).gte(v)),
+        (path.clone(), scalar()).prop_map(|(p, v)| field(p).lt(v)),
+        (path.clone(), scalar()).prop_map(|(p, v)| field(p).lte(v)),
+        (path.clone(), prop::collection::vec(scalar(), 0..3)).prop_map(|(p, v)| field(p).is_in(v)),
+        (path.clone(), prop::collection::vec(scalar(), 0..3)).prop_map(|(p, v)| field(p).not_in(v)),
+        (path.clone(), any::<bool>()).prop_map(|(p, v)| field(p).exists(v)),
+        prop::sample::select(vec!["red", "fox red", "GREEN", "ray", "ünï", "x"])
+            .prop_map(|w| field("t").text(w)),
+        (-4i32..4, -4i32..4, 0i32..5, 0i32..5)
+            .prop_map(|(x, y, w, h)| field("p").within_box([x, y], [x + w, y + h])),
+    ]
+}
+
+fn filter() -> impl Strategy<Value = Filter> {
+    condition().prop_recursive(2, 8, 3, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..3).prop_map(and),
+            prop::collection::vec(inner.clone(), 0..3).prop_map(or),
+            inner.prop_map(not),
+        ]
+    })
+}
+
+fn query() -> impl Strategy<Value = Query> {
+    (
+        prop::option::of(filter()),
+        prop::option::of(prop::sample::select(vec!["a", "b.c", "t"])),
+        any::<bool>(),
+        prop::option::of(0u64..4),
+        prop::option::of(0u64..3),
+    )
+        .prop_map(|(f, order, desc, limit, offset)| {
+            let mut q = Query::new();
+            q.filter = f;
+            if let Some(o) = order {
+                q = if desc {
+                    q.order_desc(o)
+                } else {
+                    q.order_asc(o)
+                };
+            }
+            q.limit = limit;
+            q.offset = offset;
+            q
+        })
+}
+
+async fn check(docs: Vec<Value>, queries: Vec<Query>, indexed: bool) -> Result<()> {
+    let store = SqliteStorage::<Value>::open(SqliteConfig::in_memory().read_pool_size(1)).await?;
+    if indexed {
+        store
+            .create_index(IndexDefinition::new("a", "a", IndexKind::Btree))
+            .await?;
+        store
+            .create_index(IndexDefinition::new("bc", "b.c", IndexKind::Hash))
+            .await?;
+        store
+            .create_index(IndexDefinition::new("b", "b", IndexKind::Btree))
+            .await?;
+        store
+            .create_index(IndexDefinition::new("t", "t", IndexKind::Fulltext))
+            .await?;
+        store
+            .create_index(IndexDefinition::new("p", "p", IndexKind::Spatial))
+            .await?;
+    }
+    let entries: Vec<(String, Value)> = docs
+        .into_iter()
+        .enumerate()
+        .map(|(i, d)| (format!("k{i:02}"), d))
+        .collect();
+    store.set_many(entries.clone()).await?;
+    for q in &queries {
+        let expected =
+            storage_core::query::evaluate(q, entries.iter().map(|(k, v)| (k.as_str(), v)))?;
+        let got = store.find_many(q).await?;
+        let got_keys: Vec<&str> = got.iter().map(|r| r.key.as_str()).collect();
+        let exp_keys: Vec<&str> = expected.iter().map(|m| m.key.as_str()).collect();
+        assert_eq!(got_keys, exp_keys, "query {q:?}");
+        for (g, e) in got.iter().zip(&expected) {
+            assert_eq!(g.score, e.score, "score of {} for {q:?}", g.key);
+            assert_eq!(g.projection, e.projection);
+        }
+        let mut unpaged = q.clone();
+        unpaged.limit = None;
+        unpaged.offset = None;
+        let n = storage_core::query::count(q, entries.iter().map(|(k, v)| (k.as_str(), v)))?;
+        assert_eq!(store.count(q).await?, n, "count {q:?}");
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(48)))]
+
+    /// Whatever runs in SQL, results equal the reference evaluator's.
+    #[test]
+    fn queries_agree_with_the_evaluator(
+        docs in prop::collection::vec(doc(), 0..24),
+        queries in prop::collection::vec(query(), 1..8),
+        indexed in any::<bool>(),
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        rt.block_on(check(docs, queries, indexed)).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    }
+}
