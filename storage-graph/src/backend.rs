@@ -1,0 +1,1209 @@
+//! [`GraphStorage`]: the store, its connection, and the Storage and Batch tiers.
+//!
+//! Every write — a `set`, a batch, a committed transaction — is one Redis
+//! `MULTI`/`EXEC` holding one `GRAPH.QUERY` (a single `UNWIND` query, which FalkorDB
+//! applies atomically), one `XADD` of the change batch to the label's change stream,
+//! and one `INCR` of the graph's write version. Writes that must know what existed
+//! before (deletes, clears) first `WATCH` the graph on a dedicated connection and
+//! read, so what they report and publish is exactly what they changed.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Write as _;
+use std::marker::PhantomData;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use async_trait::async_trait;
+use falkordb::FalkorValue;
+use futures::StreamExt;
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, IntoConnectionInfo, Value};
+use serde::{Deserialize, Serialize};
+use storage_core::codec::{Codec, Header, to_document};
+use storage_core::events::BeforeEvent;
+use storage_core::{
+    BatchResult, BatchStorage, Capabilities, Document, ErrorCode, EventHub, IndexKind,
+    IsolationLevel, Operation, Result, ResultStream, Storage, StorageError, StorageValue, Tier,
+    validate_key, validate_keys,
+};
+
+use crate::config::{GraphConfig, STREAM_MAX_LEN, redact_url};
+use crate::cypher::{
+    Cypher, KEY_INDEX_PROP, KEY_PROP, OPAQUE_PROP, Promoted, VALUE_PROP, key_hex, promote,
+};
+use crate::embedded::EmbeddedServer;
+use crate::error::{BACKEND, corrupt, is_missing_graph, redis_err, reply_err};
+
+/// How often a write that lost a `WATCH` race is retried before `VersionConflict`.
+const WRITE_RETRIES: usize = 16;
+/// Entries fetched per round trip when iterating.
+const PAGE: usize = 1000;
+
+/// A FalkorDB-backed store of `T` values under one label of one graph.
+///
+/// See the [crate docs](crate) for the data model, what runs where and the tiers.
+pub struct GraphStorage<T> {
+    pub(crate) inner: Arc<Inner>,
+    pub(crate) codec: Arc<Codec<T>>,
+    pub(crate) hub: Arc<EventHub<T>>,
+    _marker: PhantomData<fn() -> T>,
+}
+
+impl<T: Send + Sync + 'static> Clone for GraphStorage<T> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+            codec: Arc::clone(&self.codec),
+            hub: Arc::clone(&self.hub),
+            _marker: PhantomData,
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for GraphStorage<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GraphStorage")
+            .field("url", &redact_url(&self.inner.url))
+            .field("graph", &self.inner.graph)
+            .field("label", &self.inner.label_name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The state every handle and transaction of one store shares.
+pub(crate) struct Inner {
+    pub(crate) url: String,
+    pub(crate) client: redis::Client,
+    conn: MultiplexedConnection,
+    spare: Mutex<Vec<MultiplexedConnection>>,
+    pub(crate) graph: String,
+    /// The label, backtick-quoted for the query body.
+    pub(crate) label: String,
+    pub(crate) label_name: String,
+    pub(crate) stream: String,
+    pub(crate) version_key: String,
+    pub(crate) stream_max_len: usize,
+    pub(crate) index_key: String,
+    pub(crate) indexes: crate::query::IndexRegistry,
+    // Declared last: dropped after the connections above.
+    server: Option<EmbeddedServer>,
+}
+
+/// A value encoded for the graph: the exact stored form plus the properties promoted for pushdown.
+#[derive(Debug, Clone)]
+pub(crate) struct Encoded {
+    pub(crate) stored: String,
+    pub(crate) promoted: Arc<Promoted>,
+    pub(crate) doc: Arc<Document>,
+}
+
+/// A write with its value already encoded.
+#[derive(Debug, Clone)]
+pub(crate) enum Op {
+    Set { key: String, value: Encoded },
+    Delete { key: String },
+    Clear,
+}
+
+impl Op {
+    fn key(&self) -> Option<&str> {
+        match self {
+            Op::Set { key, .. } | Op::Delete { key } => Some(key),
+            Op::Clear => None,
+        }
+    }
+}
+
+/// One change as written to the change stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct StreamChange {
+    /// `s` for a set, `d` for a delete.
+    pub(crate) k: String,
+    pub(crate) key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) v: Option<String>,
+}
+
+/// An after-hook event of a commit, kept until the commit succeeded.
+#[derive(Debug, Clone)]
+pub(crate) enum AfterItem {
+    Set { key: String, stored: String },
+    Delete { key: String, existed: bool },
+    Clear { removed: u64 },
+}
+
+/// What a write did.
+#[derive(Debug, Default)]
+pub(crate) struct Applied {
+    pub(crate) result: BatchResult,
+    pub(crate) changes: Vec<StreamChange>,
+    pub(crate) after: Vec<AfterItem>,
+    /// The change stream id of the commit (none when nothing changed).
+    pub(crate) stream_id: Option<String>,
+}
+
+/// Encodes a value for the graph.
+///
+/// The codec's bytes (header and payload) are stored in one string property, since
+/// FalkorDB strings are C strings that end at the first NUL: `t` + the base64 header +
+/// `|` + the payload when the payload is UTF-8 without NUL (uncompressed JSON, which
+/// stays readable in the graph), `b` + base64 of everything otherwise.
+pub(crate) fn encode<T: StorageValue>(codec: &Codec<T>, value: &T) -> Result<Encoded> {
+    let bytes = codec.encode(value)?;
+    let doc = to_document(value)?;
+    let (_, payload) = Header::parse(&bytes)?;
+    let header_len = bytes.len() - payload.len();
+    let stored = match std::str::from_utf8(payload) {
+        Ok(text) if !text.contains('\0') => {
+            format!("t{}|{text}", base64_encode(&bytes[..header_len]))
+        }
+        _ => format!("b{}", base64_encode(&bytes)),
+    };
+    Ok(Encoded {
+        stored,
+        promoted: Arc::new(promote(&doc)),
+        doc: Arc::new(doc),
+    })
+}
+
+/// Decodes a stored value.
+pub(crate) fn decode<T: StorageValue>(
+    codec: &Codec<T>,
+    stored: &str,
+    operation: &'static str,
+) -> Result<T> {
+    let bytes: Vec<u8> = match stored.split_at_checked(1) {
+        Some(("t", rest)) => {
+            let (header, text) = rest
+                .split_once('|')
+                .ok_or_else(|| corrupt(operation, "stored value has no header separator"))?;
+            let mut bytes = base64_decode(header)
+                .ok_or_else(|| corrupt(operation, "bad base64 in stored header"))?;
+            bytes.extend_from_slice(text.as_bytes());
+            bytes
+        }
+        Some(("b", b64)) => {
+            base64_decode(b64).ok_or_else(|| corrupt(operation, "bad base64 in stored value"))?
+        }
+        _ => return Err(corrupt(operation, "stored value has no known tag")),
+    };
+    codec
+        .decode(&bytes)
+        .map_err(|e| e.with_operation(operation).with_backend(BACKEND))
+}
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+fn base64_encode(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(B64[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    let text = text.trim_end_matches('=');
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let mut acc: u32 = 0;
+    let mut bits = 0;
+    for c in text.bytes() {
+        let v = u32::try_from(B64.iter().position(|&x| x == c)?).ok()?;
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push(u8::try_from((acc >> bits) & 0xFF).ok()?);
+        }
+    }
+    Some(out)
+}
+
+/// A string cell of a result row.
+pub(crate) fn cell_str(value: &Value) -> Option<String> {
+    match value {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) | Value::VerbatimString { text: s, .. } => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// An integer cell of a result row.
+pub(crate) fn cell_int(value: &Value) -> Option<i64> {
+    match value {
+        Value::Int(i) => Some(*i),
+        other => cell_str(other).and_then(|s| s.parse().ok()),
+    }
+}
+
+/// The rows of a verbose `GRAPH.QUERY` reply (`[header, rows, stats]`; `[stats]` without `RETURN`).
+pub(crate) fn rows_of(reply: Value, operation: &'static str) -> Result<Vec<Vec<Value>>> {
+    let Value::Array(mut parts) = reply else {
+        return Err(reply_err(operation, "graph reply is not an array"));
+    };
+    if parts.len() < 3 {
+        return Ok(Vec::new());
+    }
+    let Value::Array(rows) = parts.swap_remove(1) else {
+        return Err(reply_err(operation, "graph rows are not an array"));
+    };
+    rows.into_iter()
+        .map(|row| match row {
+            Value::Array(cells) => Ok(cells),
+            _ => Err(reply_err(operation, "graph row is not an array")),
+        })
+        .collect()
+}
+
+/// `(key, stored)` pairs from rows of `n.key, n.v`.
+pub(crate) fn key_value_rows(
+    rows: Vec<Vec<Value>>,
+    operation: &'static str,
+) -> Result<Vec<(String, String)>> {
+    rows.into_iter()
+        .map(|row| {
+            match (
+                row.first().and_then(cell_str),
+                row.get(1).and_then(cell_str),
+            ) {
+                (Some(k), Some(v)) => Ok((k, v)),
+                _ => Err(corrupt(operation, "node without key or value")),
+            }
+        })
+        .collect()
+}
+
+impl Inner {
+    async fn connect(config: &GraphConfig) -> Result<Self> {
+        config.validate().map_err(|e| e.with_backend(BACKEND))?;
+        let (url, server) = if let Some(url) = &config.url {
+            (normalize_url(url, config.tls.is_some()), None)
+        } else {
+            let server = tokio::task::spawn_blocking(EmbeddedServer::start)
+                .await
+                .map_err(|e| {
+                    StorageError::new(
+                        ErrorCode::ConnectionFailed,
+                        "embedded server start panicked",
+                    )
+                    .with_backend(BACKEND)
+                    .with_source(e)
+                })??;
+            (server.url().to_owned(), Some(server))
+        };
+        let mut info = url.as_str().into_connection_info().map_err(|e| {
+            StorageError::new(ErrorCode::InvalidConfig, format!("bad url: {e}"))
+                .with_backend(BACKEND)
+                .with_context("url", redact_url(&url))
+        })?;
+        let mut redis_info = info.redis_settings().clone();
+        if let Some(user) = &config.username {
+            redis_info = redis_info.set_username(user);
+        }
+        if let Some(password) = &config.password {
+            redis_info = redis_info.set_password(password.expose());
+        }
+        info = info.set_redis_settings(redis_info);
+        let client = make_client(info, config)?;
+        let conn = client
+            .get_multiplexed_async_connection_with_config(&conn_config())
+            .await
+            .map_err(|e| {
+                let err = redis_err("open")(e);
+                StorageError::new(ErrorCode::ConnectionFailed, err.message().to_owned())
+                    .with_backend(BACKEND)
+                    .with_context("url", redact_url(&url))
+                    .with_source(err)
+            })?;
+        let label = crate::cypher::quote_name(&config.label)
+            .ok_or_else(|| StorageError::new(ErrorCode::InvalidConfig, "bad label"))?;
+        let inner = Self {
+            url,
+            client,
+            conn,
+            spare: Mutex::new(Vec::new()),
+            graph: config.database.clone(),
+            label,
+            label_name: config.label.clone(),
+            stream: format!("{}::{}::changes", config.database, config.label),
+            version_key: format!("{}::version", config.database),
+            stream_max_len: STREAM_MAX_LEN,
+            index_key: format!("{}::{}::indexes", config.database, config.label),
+            indexes: crate::query::IndexRegistry::default(),
+            server,
+        };
+        inner.ensure_schema().await?;
+        Ok(inner)
+    }
+
+    /// The exact-match index on the hex key (see [`KEY_INDEX_PROP`]).
+    ///
+    /// Keys stay unique because every write `MERGE`s on `key` and FalkorDB runs writes
+    /// one at a time. No FalkorDB unique constraint is added: FalkorDB 4.16.3 crashes
+    /// (the whole server) when a node whose constrained property is empty or only
+    /// whitespace is created under a unique constraint, and `"   "` is a valid key.
+    async fn ensure_schema(&self) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let index = format!(
+            "CREATE INDEX FOR (n:{}) ON (n.{KEY_INDEX_PROP})",
+            self.label
+        );
+        if let Err(e) = redis::cmd("GRAPH.QUERY")
+            .arg(&self.graph)
+            .arg(&index)
+            .query_async::<Value>(&mut conn)
+            .await
+            && !e.to_string().contains("already indexed")
+        {
+            return Err(redis_err("open")(e));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn shared(&self) -> MultiplexedConnection {
+        self.conn.clone()
+    }
+
+    /// A connection no other operation uses, as `WATCH` needs.
+    pub(crate) async fn dedicated(&self) -> Result<MultiplexedConnection> {
+        let spare = self
+            .spare
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        match spare {
+            Some(conn) => Ok(conn),
+            None => self
+                .client
+                .get_multiplexed_async_connection_with_config(&conn_config())
+                .await
+                .map_err(redis_err("connect")),
+        }
+    }
+
+    /// Returns a dedicated connection that holds no `WATCH`.
+    pub(crate) fn give_back(&self, conn: MultiplexedConnection) {
+        let mut spare = self.spare.lock().unwrap_or_else(PoisonError::into_inner);
+        if spare.len() < 8 {
+            spare.push(conn);
+        }
+    }
+
+    /// Runs a read-only query; a graph that does not exist yet reads as empty.
+    pub(crate) async fn read(
+        &self,
+        conn: &mut MultiplexedConnection,
+        q: &Cypher,
+        operation: &'static str,
+    ) -> Result<Vec<Vec<Value>>> {
+        match redis::cmd("GRAPH.RO_QUERY")
+            .arg(&self.graph)
+            .arg(q.text())
+            .query_async::<Value>(conn)
+            .await
+        {
+            Ok(reply) => rows_of(reply, operation),
+            Err(e) if is_missing_graph(&e) => Ok(Vec::new()),
+            Err(e) => Err(redis_err(operation)(e)),
+        }
+    }
+
+    /// Runs a write query outside `MULTI` (schema changes, graph extension writes).
+    pub(crate) async fn write_query(
+        &self,
+        q: &Cypher,
+        operation: &'static str,
+    ) -> Result<Vec<Vec<Value>>> {
+        let reply = redis::cmd("GRAPH.QUERY")
+            .arg(&self.graph)
+            .arg(q.text())
+            .query_async::<Value>(&mut self.shared())
+            .await
+            .map_err(redis_err(operation))?;
+        rows_of(reply, operation)
+    }
+
+    /// The write version, bumped by every write of this adapter to the graph.
+    pub(crate) async fn version(&self, conn: &mut MultiplexedConnection) -> Result<i64> {
+        let v: Option<i64> = redis::cmd("GET")
+            .arg(&self.version_key)
+            .query_async(conn)
+            .await
+            .map_err(redis_err("version"))?;
+        Ok(v.unwrap_or(0))
+    }
+
+    pub(crate) async fn get_stored(
+        &self,
+        conn: &mut MultiplexedConnection,
+        key: &str,
+    ) -> Result<Option<String>> {
+        let mut q = Cypher::new();
+        let k = q.param(&key_hex(key))?;
+        q.push(&format!(
+            "MATCH (n:{} {{{KEY_INDEX_PROP}: {k}}}) RETURN n.{VALUE_PROP} LIMIT 1",
+            self.label
+        ));
+        let rows = self.read(conn, &q, "get").await?;
+        match rows.first().and_then(|row| row.first()) {
+            None => Ok(None),
+            Some(cell) => cell_str(cell)
+                .map(Some)
+                .ok_or_else(|| corrupt("get", "node without value")),
+        }
+    }
+
+    /// Which of `keys` exist.
+    pub(crate) async fn existing(
+        &self,
+        conn: &mut MultiplexedConnection,
+        keys: &[&str],
+    ) -> Result<BTreeSet<String>> {
+        if keys.is_empty() {
+            return Ok(BTreeSet::new());
+        }
+        let mut q = Cypher::new();
+        let hex: Vec<String> = keys.iter().map(|k| key_hex(k)).collect();
+        let ks = q.param(&hex)?;
+        q.push(&format!(
+            "UNWIND {ks} AS k MATCH (n:{} {{{KEY_INDEX_PROP}: k}}) RETURN n.{KEY_PROP}",
+            self.label
+        ));
+        let rows = self.read(conn, &q, "read").await?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| r.first().and_then(cell_str))
+            .collect())
+    }
+
+    /// Every key of the label.
+    pub(crate) async fn all_keys(
+        &self,
+        conn: &mut MultiplexedConnection,
+    ) -> Result<BTreeSet<String>> {
+        let q = {
+            let mut q = Cypher::new();
+            q.push(&format!("MATCH (n:{}) RETURN n.{KEY_PROP}", self.label));
+            q
+        };
+        let rows = self.read(conn, &q, "read").await?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| r.first().and_then(cell_str))
+            .collect())
+    }
+
+    /// Up to `limit` entries with keys after `after`, in byte order of the key.
+    pub(crate) async fn page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        with_values: bool,
+    ) -> Result<Vec<(String, Option<String>)>> {
+        let mut q = Cypher::new();
+        let filter = match after {
+            // `key` has no index (see `KEY_INDEX_PROP`); `toString` would keep one out
+            // anyway: FalkorDB's range index answers string ranges in its own collation
+            // (verified: `n.key > 'n1'` through an index returned 'Z' and 'a'), while a
+            // plain comparison is strcmp, which is UTF-8 byte order.
+            Some(after) => format!("WHERE toString(n.{KEY_PROP}) > {} ", q.param(after)?),
+            None => String::new(),
+        };
+        let value = if with_values {
+            format!(", n.{VALUE_PROP}")
+        } else {
+            String::new()
+        };
+        // FalkorDB compares strings with strcmp, which is UTF-8 byte order.
+        q.push(&format!(
+            "MATCH (n:{}) {filter}RETURN n.{KEY_PROP}{value} ORDER BY n.{KEY_PROP} LIMIT {limit}",
+            self.label
+        ));
+        let rows = self.read(&mut self.shared(), &q, "iterate").await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let key = row
+                .first()
+                .and_then(cell_str)
+                .ok_or_else(|| corrupt("iterate", "node without key"))?;
+            let value = if with_values {
+                Some(
+                    row.get(1)
+                        .and_then(cell_str)
+                        .ok_or_else(|| corrupt("iterate", "node without value"))?,
+                )
+            } else {
+                None
+            };
+            out.push((key, value));
+        }
+        // Defensive: the contract is byte order whatever the server's collation, and a
+        // page must move forward or iteration would never end.
+        out.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        if let Some(after) = after {
+            out.retain(|(k, _)| k.as_bytes() > after.as_bytes());
+        }
+        Ok(out)
+    }
+
+    /// Applies `ops` as one commit. `existed` must hold, for every key a delete or clear
+    /// touches, whether it existed before (read under the caller's `WATCH`), or be
+    /// `None` when `ops` holds only sets. Returns `None` when `EXEC` was aborted by a
+    /// concurrent write.
+    #[allow(clippy::too_many_lines)] // one commit's bookkeeping reads best in one place
+    pub(crate) async fn commit(
+        &self,
+        conn: &mut MultiplexedConnection,
+        ops: &[Op],
+        existed: Option<&BTreeSet<String>>,
+    ) -> Result<Option<Applied>> {
+        let mut applied = Applied::default();
+        let mut state: HashMap<&str, bool> = HashMap::new();
+        let mut all_known: BTreeSet<&str> = existed
+            .map(|e| e.iter().map(String::as_str).collect())
+            .unwrap_or_default();
+        let exists = |key: &str, state: &HashMap<&str, bool>| {
+            state
+                .get(key)
+                .copied()
+                .unwrap_or_else(|| existed.is_some_and(|e| e.contains(key)))
+        };
+        let mut clear = false;
+        let mut sets: BTreeMap<&str, &Encoded> = BTreeMap::new();
+        let mut deletes: BTreeSet<&str> = BTreeSet::new();
+        for op in ops {
+            applied.result.operations += 1;
+            match op {
+                Op::Set { key, value } => {
+                    sets.insert(key, value);
+                    deletes.remove(key.as_str());
+                    state.insert(key, true);
+                    all_known.insert(key);
+                    applied.after.push(AfterItem::Set {
+                        key: key.clone(),
+                        stored: value.stored.clone(),
+                    });
+                    applied.changes.push(StreamChange {
+                        k: "s".into(),
+                        key: key.clone(),
+                        v: Some(value.stored.clone()),
+                    });
+                }
+                Op::Delete { key } => {
+                    applied.after.push(AfterItem::Delete {
+                        key: key.clone(),
+                        existed: exists(key, &state),
+                    });
+                    if exists(key, &state) {
+                        applied.result.deleted += 1;
+                        applied.changes.push(StreamChange {
+                            k: "d".into(),
+                            key: key.clone(),
+                            v: None,
+                        });
+                    }
+                    sets.remove(key.as_str());
+                    deletes.insert(key);
+                    state.insert(key, false);
+                }
+                Op::Clear => {
+                    let present: Vec<&str> = all_known
+                        .iter()
+                        .copied()
+                        .filter(|k| exists(k, &state))
+                        .collect();
+                    let removed = present.len();
+                    for key in present {
+                        applied.result.cleared += 1;
+                        applied.changes.push(StreamChange {
+                            k: "d".into(),
+                            key: key.to_owned(),
+                            v: None,
+                        });
+                        state.insert(key, false);
+                    }
+                    applied.after.push(AfterItem::Clear {
+                        removed: u64::try_from(removed).unwrap_or(u64::MAX),
+                    });
+                    clear = true;
+                    sets.clear();
+                    deletes.clear();
+                }
+            }
+        }
+        if applied.changes.is_empty() {
+            // Nothing to write (deletes of missing keys): the after-hooks still see them.
+            return Ok(Some(applied));
+        }
+        let q = self.write_plan(clear, &sets, &deletes)?;
+        let payload = serde_json::to_string(&applied.changes).map_err(|e| {
+            StorageError::new(ErrorCode::SerializationFailed, e.to_string()).with_backend(BACKEND)
+        })?;
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .ignore_errors()
+            .cmd("GRAPH.QUERY")
+            .arg(&self.graph)
+            .arg(q.text())
+            .cmd("XADD")
+            .arg(&self.stream)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(self.stream_max_len)
+            .arg("*")
+            .arg("c")
+            .arg(&payload)
+            .cmd("INCR")
+            .arg(&self.version_key);
+        let reply: Value = pipe.query_async(conn).await.map_err(redis_err("commit"))?;
+        let results = match reply {
+            Value::Nil => return Ok(None),
+            Value::Array(results) => results,
+            other => return Err(reply_err("commit", format!("exec answered {other:?}"))),
+        };
+        let stream_id = results.get(1).and_then(cell_str);
+        if let Some(Value::ServerError(e)) = results.first() {
+            // Redis transactions do not roll back: take the change record back out,
+            // so watchers never see a write that was not applied.
+            if let Some(id) = &stream_id {
+                let _: std::result::Result<Value, _> = redis::cmd("XDEL")
+                    .arg(&self.stream)
+                    .arg(id)
+                    .query_async(conn)
+                    .await;
+            }
+            let err: redis::RedisError = e.clone().into();
+            return Err(redis_err("commit")(err));
+        }
+        applied.stream_id = stream_id;
+        Ok(Some(applied))
+    }
+
+    /// One query for a whole commit: deletes (or the clear), then an `UNWIND` of the sets.
+    ///
+    /// Sets are an upsert written as `OPTIONAL MATCH` + `CREATE` or `SET` rather than
+    /// `MERGE`, which FalkorDB runs several times slower. It is exact because each key
+    /// appears once in `sets` (an `OPTIONAL MATCH` does not see nodes created earlier
+    /// in the same query) and FalkorDB runs write queries one at a time.
+    fn write_plan(
+        &self,
+        clear: bool,
+        sets: &BTreeMap<&str, &Encoded>,
+        deletes: &BTreeSet<&str>,
+    ) -> Result<Cypher> {
+        let mut q = Cypher::new();
+        let label = &self.label;
+        let mut body = String::new();
+        if clear {
+            let keep: Vec<&str> = sets.keys().copied().collect();
+            let keep = q.param(&keep)?;
+            let _ = write!(
+                body,
+                "OPTIONAL MATCH (d:{label}) WHERE NOT d.{KEY_PROP} IN {keep} DETACH DELETE d WITH count(*) AS _c "
+            );
+        } else if !deletes.is_empty() {
+            let del: Vec<String> = deletes.iter().map(|k| key_hex(k)).collect();
+            let del = q.param(&del)?;
+            let _ = write!(
+                body,
+                "UNWIND {del} AS k OPTIONAL MATCH (d:{label} {{{KEY_INDEX_PROP}: k}}) DETACH DELETE d WITH count(*) AS _c "
+            );
+        }
+        if !sets.is_empty() {
+            let rows: Vec<FalkorValue> = sets
+                .iter()
+                .map(|(key, value)| node_props(key, value))
+                .collect();
+            let rows = q.param(&rows)?;
+            let _ = write!(
+                body,
+                "UNWIND {rows} AS r OPTIONAL MATCH (n:{label} {{{KEY_INDEX_PROP}: r.{KEY_INDEX_PROP}}}) \
+                 FOREACH (_ IN CASE WHEN n IS NULL THEN [1] ELSE [] END | CREATE (m:{label}) SET m = r) \
+                 FOREACH (_ IN CASE WHEN n IS NULL THEN [] ELSE [1] END | SET n = r)"
+            );
+        } else if body.is_empty() {
+            body.push_str("RETURN 0");
+        } else {
+            body.push_str("RETURN _c");
+        }
+        q.push(&body);
+        Ok(q)
+    }
+}
+
+/// Every property of an entry's node.
+fn node_props(key: &str, value: &Encoded) -> FalkorValue {
+    let mut map: HashMap<String, FalkorValue> = value.promoted.props.clone();
+    map.insert(KEY_PROP.to_owned(), FalkorValue::String(key.to_owned()));
+    map.insert(KEY_INDEX_PROP.to_owned(), FalkorValue::String(key_hex(key)));
+    map.insert(
+        VALUE_PROP.to_owned(),
+        FalkorValue::String(value.stored.clone()),
+    );
+    if !value.promoted.opaque.is_empty() {
+        map.insert(
+            OPAQUE_PROP.to_owned(),
+            FalkorValue::Array(
+                value
+                    .promoted
+                    .opaque
+                    .iter()
+                    .cloned()
+                    .map(FalkorValue::String)
+                    .collect(),
+            ),
+        );
+    }
+    FalkorValue::Map(map)
+}
+
+fn conn_config() -> AsyncConnectionConfig {
+    // Large batches legitimately take longer than a default response time-out.
+    AsyncConnectionConfig::new().set_response_timeout(None)
+}
+
+/// `falkor://` is the falkordb client's spelling of `redis://`; `tls` upgrades to `rediss://`.
+fn normalize_url(url: &str, tls: bool) -> String {
+    let url = if let Some(rest) = url.strip_prefix("falkor://") {
+        format!("redis://{rest}")
+    } else if let Some(rest) = url.strip_prefix("falkors://") {
+        format!("rediss://{rest}")
+    } else {
+        url.to_owned()
+    };
+    match (tls, url.strip_prefix("redis://")) {
+        (true, Some(rest)) => format!("rediss://{rest}"),
+        _ => url,
+    }
+}
+
+#[cfg(not(feature = "tls"))]
+fn make_client(info: redis::ConnectionInfo, config: &GraphConfig) -> Result<redis::Client> {
+    if config.tls.is_some() || matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }) {
+        return Err(StorageError::new(
+            ErrorCode::InvalidConfig,
+            "tls needs storage-graph's `tls` feature (rustls)",
+        )
+        .with_backend(BACKEND));
+    }
+    redis::Client::open(info).map_err(redis_err("open"))
+}
+
+#[cfg(feature = "tls")]
+fn make_client(info: redis::ConnectionInfo, config: &GraphConfig) -> Result<redis::Client> {
+    let Some(tls) = &config.tls else {
+        return redis::Client::open(info).map_err(redis_err("open"));
+    };
+    let read = |path: &std::path::Path| std::fs::read(path).map_err(StorageError::from);
+    let client_tls = None;
+    let root_cert = tls.ca_file.as_deref().map(read).transpose()?;
+    let mut info = info;
+    if tls.insecure_skip_verify {
+        if let redis::ConnectionAddr::TcpTls { host, port, .. } = info.addr().clone() {
+            info = info.set_addr(redis::ConnectionAddr::TcpTls {
+                host,
+                port,
+                insecure: true,
+                tls_params: None,
+            });
+        }
+    }
+    redis::Client::build_with_tls(
+        info,
+        redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        },
+    )
+    .map_err(redis_err("open"))
+}
+
+impl<T: StorageValue> GraphStorage<T> {
+    /// Opens the store: connects (or starts an embedded server when `url` is none),
+    /// and creates the key index and unique constraint of the label if missing.
+    ///
+    /// # Errors
+    /// `InvalidConfig`; `ConnectionFailed` (for the embedded server: saying how to
+    /// install the binaries); backend errors.
+    pub async fn open(config: GraphConfig) -> Result<Self> {
+        let codec = Codec::new(&config.common.serialization)
+            .map_err(|e| e.with_operation("open").with_backend(BACKEND))?;
+        Self::open_with_codec(config, codec).await
+    }
+
+    /// Opens the store with a codec of your own (for example a custom serializer).
+    ///
+    /// # Errors
+    /// As [`GraphStorage::open`].
+    pub async fn open_with_codec(config: GraphConfig, codec: Codec<T>) -> Result<Self> {
+        let store = Self::from_parts(Arc::new(Inner::connect(&config).await?), Arc::new(codec));
+        store.load_indexes().await?;
+        Ok(store)
+    }
+
+    pub(crate) fn from_parts(inner: Arc<Inner>, codec: Arc<Codec<T>>) -> Self {
+        Self {
+            inner,
+            codec,
+            hub: Arc::new(EventHub::new()),
+            _marker: PhantomData,
+        }
+    }
+
+    /// The graph's name.
+    pub fn graph_name(&self) -> &str {
+        &self.inner.graph
+    }
+
+    /// The label of this handle's nodes.
+    pub fn label_name(&self) -> &str {
+        &self.inner.label_name
+    }
+
+    /// The Redis key of the change stream of this label.
+    pub fn stream_key(&self) -> &str {
+        &self.inner.stream
+    }
+
+    /// The server URL (password redacted).
+    pub fn url(&self) -> String {
+        redact_url(&self.inner.url)
+    }
+
+    /// Every entry as a document (for unique checks), read on `conn`.
+    pub(crate) async fn all_documents(
+        &self,
+        conn: &mut MultiplexedConnection,
+    ) -> Result<BTreeMap<String, Document>> {
+        let mut q = Cypher::new();
+        q.push(&format!(
+            "MATCH (n:{}) RETURN n.{KEY_PROP}, n.{VALUE_PROP}",
+            self.inner.label
+        ));
+        let rows = self.inner.read(conn, &q, "read").await?;
+        key_value_rows(rows, "read")?
+            .into_iter()
+            .map(|(k, stored)| {
+                let value: T = decode(&self.codec, &stored, "read")?;
+                Ok((k, to_document(&value)?))
+            })
+            .collect()
+    }
+
+    /// Reads what `ops` need to know (existing keys; every document when unique
+    /// indexes must be checked) on a connection that `WATCH`es the graph, then commits.
+    /// `None`: a concurrent write aborted `EXEC`.
+    pub(crate) async fn commit_watched(
+        &self,
+        conn: &mut MultiplexedConnection,
+        ops: &[Op],
+    ) -> Result<Option<Applied>> {
+        let uniques = self.inner.indexes.unique();
+        let existed = if !uniques.is_empty() {
+            let base = self.all_documents(conn).await?;
+            crate::unique::check_ops(&uniques, &base, ops)?;
+            base.into_keys().collect()
+        } else if ops.iter().any(|op| matches!(op, Op::Clear)) {
+            self.inner.all_keys(conn).await?
+        } else {
+            let keys: BTreeSet<&str> = ops
+                .iter()
+                .filter(|op| matches!(op, Op::Delete { .. }))
+                .filter_map(Op::key)
+                .collect();
+            let keys: Vec<&str> = keys.into_iter().collect();
+            self.inner.existing(conn, &keys).await?
+        };
+        self.inner.commit(conn, ops, Some(&existed)).await
+    }
+
+    /// Applies encoded ops as one commit, reading first (under `WATCH`) when deletes,
+    /// clears or unique indexes need to know what exists; retries lost races.
+    pub(crate) async fn apply(&self, ops: &[Op]) -> Result<Applied> {
+        let needs_read = !self.inner.indexes.unique().is_empty()
+            || ops.iter().any(|op| !matches!(op, Op::Set { .. }));
+        let applied = if needs_read {
+            self.apply_watched(ops).await?
+        } else {
+            let mut conn = self.inner.shared();
+            self.inner
+                .commit(&mut conn, ops, None)
+                .await?
+                .ok_or_else(|| reply_err("commit", "exec aborted without watch"))?
+        };
+        self.after_commit(&applied);
+        Ok(applied)
+    }
+
+    async fn apply_watched(&self, ops: &[Op]) -> Result<Applied> {
+        let mut conn = self.inner.dedicated().await?;
+        for _ in 0..WRITE_RETRIES {
+            redis::cmd("WATCH")
+                .arg(&self.inner.graph)
+                .arg(&self.inner.version_key)
+                .query_async::<()>(&mut conn)
+                .await
+                .map_err(redis_err("watch"))?;
+            match self.commit_watched(&mut conn, ops).await {
+                Ok(Some(applied)) => {
+                    if applied.stream_id.is_none() {
+                        // Nothing changed and nothing was executed: release the watch.
+                        let _ = redis::cmd("UNWATCH").query_async::<()>(&mut conn).await;
+                    }
+                    self.inner.give_back(conn);
+                    return Ok(applied);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    let _ = redis::cmd("UNWATCH").query_async::<()>(&mut conn).await;
+                    return Err(e);
+                }
+            }
+        }
+        self.inner.give_back(conn);
+        Err(StorageError::new(
+            ErrorCode::VersionConflict,
+            "concurrent writes kept changing the graph",
+        )
+        .with_backend(BACKEND))
+    }
+
+    pub(crate) fn encode_ops(codec: &Codec<T>, operations: &[Operation<T>]) -> Result<Vec<Op>> {
+        operations
+            .iter()
+            .enumerate()
+            .map(|(i, op)| {
+                Ok(match op {
+                    Operation::Set { key, value } => {
+                        validate_key(key).map_err(|e| e.with_context("index", i))?;
+                        Op::Set {
+                            key: key.clone(),
+                            value: encode(codec, value).map_err(|e| e.with_context("index", i))?,
+                        }
+                    }
+                    Operation::Delete { key } => {
+                        validate_key(key).map_err(|e| e.with_context("index", i))?;
+                        Op::Delete { key: key.clone() }
+                    }
+                    Operation::Clear => Op::Clear,
+                })
+            })
+            .collect()
+    }
+
+    fn iterate(&self, with_values: bool) -> ResultStream<'_, (String, Option<String>)> {
+        let inner = Arc::clone(&self.inner);
+        futures::stream::try_unfold(
+            (inner, None::<String>, false),
+            move |(inner, after, done)| async move {
+                if done {
+                    return Ok::<_, StorageError>(None);
+                }
+                let page = inner.page(after.as_deref(), PAGE, with_values).await?;
+                let done = page.len() < PAGE || page.is_empty();
+                let after = page.last().map(|(k, _)| k.clone());
+                Ok(Some((page, (inner, after, done))))
+            },
+        )
+        .map_ok(|page| futures::stream::iter(page.into_iter().map(Ok)))
+        .try_flatten()
+        .boxed()
+    }
+}
+
+use futures::TryStreamExt;
+
+#[async_trait]
+impl<T: StorageValue> Storage<T> for GraphStorage<T> {
+    storage_core::tier_accessors!(T; batch, queryable, indexed, transactional, observable);
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new(BACKEND, Tier::Observable)
+            .with_isolation_levels([IsolationLevel::Serializable])
+            .with_index_kinds([IndexKind::Btree, IndexKind::Hash, IndexKind::Fulltext])
+            .with_unique_indexes(true)
+            .with_savepoints(true)
+            .with_cross_process_watch(true)
+            .with_persistent(self.inner.server.is_none())
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<T>> {
+        validate_key(key).map_err(|e| e.with_operation("get").with_backend(BACKEND))?;
+        self.before(&BeforeEvent::Get { key })?;
+        let value = match self.inner.get_stored(&mut self.inner.shared(), key).await? {
+            Some(stored) => Some(decode(&self.codec, &stored, "get")?),
+            None => None,
+        };
+        self.after_get(key, value.is_some());
+        Ok(value)
+    }
+
+    async fn set(&self, key: &str, value: &T) -> Result<()> {
+        validate_key(key).map_err(|e| e.with_operation("set").with_backend(BACKEND))?;
+        self.before(&BeforeEvent::Set { key, value })?;
+        let op = Op::Set {
+            key: key.to_owned(),
+            value: encode(&self.codec, value)
+                .map_err(|e| e.with_operation("set").with_context("key", key))?,
+        };
+        self.apply(std::slice::from_ref(&op)).await?;
+        Ok(())
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool> {
+        validate_key(key).map_err(|e| e.with_operation("delete").with_backend(BACKEND))?;
+        self.before(&BeforeEvent::Delete { key })?;
+        let applied = self
+            .apply(&[Op::Delete {
+                key: key.to_owned(),
+            }])
+            .await?;
+        Ok(applied.result.deleted > 0)
+    }
+
+    async fn has(&self, key: &str) -> Result<bool> {
+        validate_key(key).map_err(|e| e.with_operation("has").with_backend(BACKEND))?;
+        Ok(!self
+            .inner
+            .existing(&mut self.inner.shared(), &[key])
+            .await?
+            .is_empty())
+    }
+
+    async fn clear(&self) -> Result<()> {
+        self.before(&BeforeEvent::Clear)?;
+        self.apply(&[Op::Clear]).await?;
+        Ok(())
+    }
+
+    async fn size(&self) -> Result<u64> {
+        let mut q = Cypher::new();
+        q.push(&format!("MATCH (n:{}) RETURN count(n)", self.inner.label));
+        let rows = self
+            .inner
+            .read(&mut self.inner.shared(), &q, "size")
+            .await?;
+        let n = rows
+            .first()
+            .and_then(|r| r.first())
+            .and_then(cell_int)
+            .unwrap_or(0);
+        u64::try_from(n).map_err(|_| reply_err("size", "negative count"))
+    }
+
+    fn keys(&self) -> ResultStream<'_, String> {
+        self.iterate(false).map_ok(|(k, _)| k).boxed()
+    }
+
+    fn values(&self) -> ResultStream<'_, T> {
+        self.entries().map_ok(|(_, v)| v).boxed()
+    }
+
+    fn entries(&self) -> ResultStream<'_, (String, T)> {
+        let codec = Arc::clone(&self.codec);
+        self.iterate(true)
+            .and_then(move |(k, v)| {
+                let codec = Arc::clone(&codec);
+                async move {
+                    let stored = v.ok_or_else(|| corrupt("iterate", "node without value"))?;
+                    Ok((k, decode(&codec, &stored, "iterate")?))
+                }
+            })
+            .boxed()
+    }
+}
+
+#[async_trait]
+impl<T: StorageValue> BatchStorage<T> for GraphStorage<T> {
+    async fn get_many(&self, keys: &[String]) -> Result<BTreeMap<String, T>> {
+        validate_keys(keys.iter().map(String::as_str))
+            .map_err(|e| e.with_operation("get_many").with_backend(BACKEND))?;
+        if keys.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let mut q = Cypher::new();
+        let hex: Vec<String> = keys.iter().map(|k| key_hex(k)).collect();
+        let ks = q.param(&hex)?;
+        q.push(&format!(
+            "UNWIND {ks} AS k MATCH (n:{} {{{KEY_INDEX_PROP}: k}}) RETURN n.{KEY_PROP}, n.{VALUE_PROP}",
+            self.inner.label
+        ));
+        let rows = self
+            .inner
+            .read(&mut self.inner.shared(), &q, "get_many")
+            .await?;
+        key_value_rows(rows, "get_many")?
+            .into_iter()
+            .map(|(k, v)| Ok((k, decode(&self.codec, &v, "get_many")?)))
+            .collect()
+    }
+
+    async fn batch(&self, operations: Vec<Operation<T>>) -> Result<BatchResult> {
+        let ops =
+            Self::encode_ops(&self.codec, &operations).map_err(|e| e.with_operation("batch"))?;
+        if self.hub.has_before_hooks() {
+            for (i, op) in operations.iter().enumerate() {
+                let event = match op {
+                    Operation::Set { key, value } => BeforeEvent::Set { key, value },
+                    Operation::Delete { key } => BeforeEvent::Delete { key },
+                    Operation::Clear => BeforeEvent::Clear,
+                };
+                self.before(&event)
+                    .map_err(|e| e.with_context("index", i))?;
+            }
+        }
+        Ok(self.apply(&ops).await?.result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_round_trips() {
+        for bytes in [&b""[..], b"a", b"ab", b"abc", b"abcd", b"\0\xff\x10"] {
+            let text = base64_encode(bytes);
+            assert_eq!(base64_decode(&text).as_deref(), Some(bytes));
+        }
+        assert_eq!(base64_encode(b"Man"), "TWFu");
+        assert_eq!(base64_encode(b"Ma"), "TWE=");
+    }
+
+    #[test]
+    fn stored_values_never_hold_nul() -> Result<()> {
+        use storage_core::codec::{Compression, Format, SerializationConfig};
+        for config in [
+            SerializationConfig::default(),
+            SerializationConfig::new(Format::Postcard, Compression::None),
+            SerializationConfig::new(Format::Json, Compression::Gzip),
+        ] {
+            let codec = Codec::<(String, u64, i64)>::new(&config)?;
+            let value = ("a\0b".to_owned(), u64::MAX, i64::MIN);
+            let enc = encode(&codec, &value)?;
+            assert!(!enc.stored.contains('\0'));
+            assert_eq!(decode(&codec, &enc.stored, "get")?, value);
+        }
+        let json = encode(&Codec::<String>::default(), &"hi".to_owned())?;
+        assert!(json.stored.ends_with("|\"hi\""), "{}", json.stored);
+        Ok(())
+    }
+
+    #[test]
+    fn urls_are_normalized() {
+        assert_eq!(normalize_url("falkor://h:1", false), "redis://h:1");
+        assert_eq!(normalize_url("redis://h:1", true), "rediss://h:1");
+        assert_eq!(normalize_url("redis+unix:///x", false), "redis+unix:///x");
+    }
+}

@@ -1,0 +1,402 @@
+//! Translation to Cypher: parameters, quoted names, the node properties promoted
+//! from a document for pushdown, and where clauses as Cypher pre-filters.
+//!
+//! Every key and value reaches FalkorDB as a parameter in the `CYPHER name=value`
+//! header, encoded by the `falkordb` crate's server-verified literal encoder; the
+//! query body only ever holds fixed text, `$p0`-style placeholders, and names quoted
+//! by [`quote_name`].
+//!
+//! # Pushdown by pre-filter
+//! A where clause runs in Cypher as a *pre-filter*: a condition that keeps every node
+//! the reference evaluator would keep (and usually few others). The evaluator then
+//! re-checks the surviving entries, orders, pages and projects them. This makes the
+//! answer the evaluator's by construction, whatever Cypher's three-valued logic or
+//! type rules would say, while the graph still does the bulk of the filtering.
+//!
+//! The pre-filter is exact on *promoted* properties: scalars FalkorDB represents
+//! faithfully (strings without NUL, integers within ±2^53 so that comparisons with
+//! floats stay exact, finite floats, booleans), stored as `` n.`.path` ``. Every
+//! other present value (arrays, nulls, larger integers, strings with NUL) is listed
+//! by path in the node's `_o` ("opaque") property, and a node with an opaque value on
+//! a clause's path always passes that clause's pre-filter. Under `not` the polarity
+//! flips: the inner clause must then keep *only* matching nodes, so opaque nodes are
+//! excluded instead.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use falkordb::{FalkorValue, IntoFalkorParam, to_cypher_param};
+use serde_json::Value;
+use storage_core::query::FieldPath;
+use storage_core::{Document, ErrorCode, Filter, Operator, Result, StorageError};
+
+use crate::error::BACKEND;
+
+/// Node property holding the entry's key.
+pub(crate) const KEY_PROP: &str = "key";
+/// Node property holding the key in lowercase hex, the one the key index covers.
+///
+/// FalkorDB's range index does not match strings exactly: it trims leading and
+/// trailing whitespace (a lookup of `"a"` also returns `" a"`, one of `" a"` returns
+/// nothing, and `"   "` cannot be found at all). Hex digits have nothing to trim.
+pub(crate) const KEY_INDEX_PROP: &str = "kh";
+/// Node property holding the encoded value.
+pub(crate) const VALUE_PROP: &str = "v";
+/// Node property listing the paths of values that are present but not promoted.
+pub(crate) const OPAQUE_PROP: &str = "_o";
+/// Integers beyond this magnitude are not promoted: FalkorDB compares them with
+/// floats through a double, which would be inexact.
+const EXACT_INT: i64 = 1 << 53;
+
+/// A Cypher query: parameters and a body that holds no data.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Cypher {
+    header: String,
+    body: String,
+    next: usize,
+}
+
+impl Cypher {
+    pub(crate) fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a parameter and returns its placeholder (`$p3`).
+    pub(crate) fn param<V: IntoFalkorParam + ?Sized>(&mut self, value: &V) -> Result<String> {
+        let literal = to_cypher_param(value).map_err(|e| {
+            StorageError::new(
+                ErrorCode::InvalidValue,
+                format!("value cannot be sent to falkordb: {e}"),
+            )
+            .with_backend(BACKEND)
+        })?;
+        let name = format!("p{}", self.next);
+        self.next += 1;
+        if self.header.is_empty() {
+            self.header.push_str("CYPHER ");
+        }
+        let _ = write!(self.header, "{name}={literal} ");
+        Ok(format!("${name}"))
+    }
+
+    /// Appends fixed text to the body.
+    pub(crate) fn push(&mut self, text: &str) -> &mut Self {
+        self.body.push_str(text);
+        self
+    }
+
+    /// The full query text: header then body.
+    pub(crate) fn text(&self) -> String {
+        let mut out = String::with_capacity(self.header.len() + self.body.len());
+        out.push_str(&self.header);
+        out.push_str(&self.body);
+        out
+    }
+
+    /// The body alone (for explain output: the data stays out of plans and logs).
+    pub(crate) fn body(&self) -> &str {
+        &self.body
+    }
+}
+
+/// The key as lowercase hex of its UTF-8 bytes (see [`KEY_INDEX_PROP`]).
+pub(crate) fn key_hex(key: &str) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(key.len() * 2);
+    for b in key.bytes() {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+    out
+}
+
+/// Quotes a label, relationship type or property name in backticks.
+///
+/// FalkorDB reads everything inside backticks literally but rejects the doubled-backtick
+/// escape, so a name containing a backtick (or NUL, or nothing) cannot be written and
+/// yields `None`: the clause that needed it is evaluated in process instead.
+pub(crate) fn quote_name(name: &str) -> Option<String> {
+    if name.is_empty() || name.contains('`') || name.contains('\0') {
+        return None;
+    }
+    Some(format!("`{name}`"))
+}
+
+/// The property a field path is promoted to.
+pub(crate) fn promoted_name(path: &str) -> String {
+    format!(".{path}")
+}
+
+/// The promoted properties and opaque paths of a document.
+#[derive(Debug, Default)]
+pub(crate) struct Promoted {
+    pub(crate) props: HashMap<String, FalkorValue>,
+    pub(crate) opaque: Vec<String>,
+}
+
+/// Splits a document into promoted scalars and opaque paths (see the module docs).
+pub(crate) fn promote(doc: &Document) -> Promoted {
+    let mut out = Promoted::default();
+    match doc {
+        Value::Object(map) => {
+            for (k, v) in map {
+                if nameable(k) {
+                    walk(k, v, &mut out);
+                }
+            }
+        }
+        // Paths address the fields of objects; an array at the root is indexed by
+        // numeric segments the pre-filter does not model, so it is opaque as a whole.
+        Value::Array(_) => out.opaque.push(String::new()),
+        _ => {}
+    }
+    out
+}
+
+/// Whether an object key can be part of a promoted property name. A key with a dot or
+/// NUL, or an empty key, can never be named by a field path (paths split on dots and
+/// reject NUL and empty segments); a backtick cannot appear in a FalkorDB name at all,
+/// so a path through it is evaluated in process and its value needs no property.
+fn nameable(k: &str) -> bool {
+    !(k.is_empty() || k.contains(['.', '\0', '`']))
+}
+
+fn walk(path: &str, value: &Value, out: &mut Promoted) {
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map {
+                if nameable(k) {
+                    walk(&format!("{path}.{k}"), v, out);
+                }
+            }
+        }
+        Value::String(s) if !s.contains('\0') => {
+            out.props
+                .insert(promoted_name(path), FalkorValue::String(s.clone()));
+        }
+        Value::Bool(b) => {
+            out.props.insert(promoted_name(path), FalkorValue::Bool(*b));
+        }
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64().filter(|i| (-EXACT_INT..=EXACT_INT).contains(i)) {
+                out.props.insert(promoted_name(path), FalkorValue::I64(i));
+            } else if let (false, Some(f)) = (n.is_i64() || n.is_u64(), n.as_f64()) {
+                if f.is_finite() {
+                    out.props.insert(promoted_name(path), FalkorValue::F64(f));
+                } else {
+                    out.opaque.push(path.to_owned());
+                }
+            } else {
+                out.opaque.push(path.to_owned());
+            }
+        }
+        _ => out.opaque.push(path.to_owned()),
+    }
+}
+
+/// A scalar operand FalkorDB compares exactly like the evaluator: a string without
+/// NUL, an integer within ±2^53, a finite float, a boolean.
+fn exact_scalar(value: &Value) -> Option<FalkorValue> {
+    match value {
+        Value::String(s) if !s.contains('\0') => Some(FalkorValue::String(s.clone())),
+        Value::Bool(b) => Some(FalkorValue::Bool(*b)),
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                (-EXACT_INT..=EXACT_INT)
+                    .contains(&i)
+                    .then_some(FalkorValue::I64(i))
+            } else if n.is_u64() {
+                None
+            } else {
+                n.as_f64().filter(|f| f.is_finite()).map(FalkorValue::F64)
+            }
+        }
+        _ => None,
+    }
+}
+
+/// A where clause translated to a Cypher pre-filter over node `n`.
+#[derive(Debug)]
+pub(crate) struct PreFilter {
+    /// The boolean expression (`true` when nothing could be pushed).
+    pub(crate) expr: String,
+    /// Descriptions of the clauses that run in Cypher.
+    pub(crate) pushed: Vec<String>,
+    /// Descriptions of the clauses that only run in process.
+    pub(crate) in_process: Vec<String>,
+    /// Whether every clause was pushed.
+    pub(crate) complete: bool,
+}
+
+/// Translates a filter into a pre-filter over `n`, adding parameters to `q`.
+pub(crate) fn pre_filter(filter: &Filter, q: &mut Cypher) -> Result<PreFilter> {
+    let mut out = PreFilter {
+        expr: String::new(),
+        pushed: Vec::new(),
+        in_process: Vec::new(),
+        complete: true,
+    };
+    out.expr = translate(filter, true, q, &mut out)?;
+    Ok(out)
+}
+
+/// `positive`: the result must keep every match (a superset); otherwise it must keep
+/// only matches (a subset), which is what an enclosing `not` needs.
+fn translate(
+    filter: &Filter,
+    positive: bool,
+    q: &mut Cypher,
+    out: &mut PreFilter,
+) -> Result<String> {
+    let fallback = if positive { "true" } else { "false" };
+    match filter {
+        Filter::And(parts) | Filter::Or(parts) => {
+            let is_and = matches!(filter, Filter::And(_));
+            if parts.is_empty() {
+                return Ok(if is_and { "true" } else { "false" }.to_owned());
+            }
+            let mut exprs = Vec::with_capacity(parts.len());
+            for part in parts {
+                exprs.push(translate(part, positive, q, out)?);
+            }
+            let joiner = if is_and { " AND " } else { " OR " };
+            Ok(format!("({})", exprs.join(joiner)))
+        }
+        Filter::Not(inner) => Ok(format!("(NOT {})", translate(inner, !positive, q, out)?)),
+        Filter::Nested { field, .. } => {
+            out.complete = false;
+            out.in_process.push(format!("nested condition on {field}"));
+            Ok(fallback.to_owned())
+        }
+        Filter::Condition { field, op, value } => {
+            if let Some(expr) = condition(field, *op, value, positive, q)? {
+                out.pushed.push(format!("{field} {op:?}"));
+                Ok(expr)
+            } else {
+                out.complete = false;
+                out.in_process.push(format!("{field} {op:?}"));
+                Ok(fallback.to_owned())
+            }
+        }
+    }
+}
+
+fn condition(
+    field: &str,
+    op: Operator,
+    value: &Value,
+    positive: bool,
+    q: &mut Cypher,
+) -> Result<Option<String>> {
+    // An invalid path is the evaluator's to reject (InvalidQuery), not ours to guess.
+    let Ok(path) = FieldPath::parse(field) else {
+        return Ok(None);
+    };
+    let Some(prop) = quote_name(&promoted_name(path.as_str())) else {
+        return Ok(None);
+    };
+    let n = format!("n.{prop}");
+    let exact = match op {
+        Operator::Eq | Operator::Ne => {
+            let Some(v) = exact_scalar(value) else {
+                return Ok(None);
+            };
+            let p = q.param(&v)?;
+            let eq = format!("coalesce({n} = {p}, false)");
+            if op == Operator::Eq {
+                eq
+            } else {
+                format!("(NOT {eq})")
+            }
+        }
+        Operator::Gt | Operator::Gte | Operator::Lt | Operator::Lte => {
+            let Some(v) = exact_scalar(value) else {
+                return Ok(None);
+            };
+            let sym = match op {
+                Operator::Gt => ">",
+                Operator::Gte => ">=",
+                Operator::Lt => "<",
+                _ => "<=",
+            };
+            // FalkorDB answers null across types, as the evaluator's brackets want;
+            // booleans are compared among themselves by both.
+            let p = q.param(&v)?;
+            format!("coalesce({n} {sym} {p}, false)")
+        }
+        Operator::In | Operator::Nin => {
+            let Value::Array(items) = value else {
+                return Ok(None);
+            };
+            let Some(list) = items.iter().map(exact_scalar).collect::<Option<Vec<_>>>() else {
+                return Ok(None);
+            };
+            let p = q.param(&FalkorValue::Array(list))?;
+            let within = format!("coalesce({n} IN {p}, false)");
+            if op == Operator::In {
+                within
+            } else {
+                format!("(NOT {within})")
+            }
+        }
+        Operator::Exists | Operator::Regex | Operator::Text | Operator::WithinBox => {
+            return Ok(None);
+        }
+    };
+    // Every prefix of the path (the root included): an opaque value at any of them
+    // may hold what the clause looks for, in a shape the properties do not show.
+    let segments = path.segments();
+    let mut prefixes = vec![String::new()];
+    for i in 1..=segments.len() {
+        prefixes.push(segments[..i].join("."));
+    }
+    let list: Vec<FalkorValue> = prefixes.into_iter().map(FalkorValue::String).collect();
+    let pfx = q.param(&FalkorValue::Array(list))?;
+    let opaque = format!("any(x IN coalesce(n.{OPAQUE_PROP}, []) WHERE x IN {pfx})");
+    Ok(Some(if positive {
+        format!("({exact} OR {opaque})")
+    } else {
+        format!("({exact} AND NOT {opaque})")
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn values_become_parameters_never_body_text() -> Result<()> {
+        let mut q = Cypher::new();
+        let evil = "'}) MATCH (n) DETACH DELETE n //";
+        let p = q.param(evil)?;
+        q.push("MATCH (n {key: ").push(&p).push("}) RETURN n");
+        assert!(!q.body().contains("DETACH"));
+        assert!(q.text().starts_with("CYPHER p0='\\'}) MATCH"));
+        Ok(())
+    }
+
+    #[test]
+    fn names_with_backticks_cannot_be_quoted() {
+        assert_eq!(quote_name("a b").as_deref(), Some("`a b`"));
+        assert_eq!(quote_name("a`b"), None);
+        assert_eq!(quote_name(""), None);
+    }
+
+    #[test]
+    fn only_faithful_scalars_are_promoted() {
+        let doc = json!({
+            "s": "x", "n": 5, "f": 1.5, "b": true, "nul": "a\u{0}b",
+            "big": u64::MAX, "min": i64::MIN, "arr": [1], "null": null,
+            "o": {"c": "d"}, "dot.ted": 1
+        });
+        let p = promote(&doc);
+        for name in [".s", ".n", ".f", ".b", ".o.c"] {
+            assert!(p.props.contains_key(name), "{name}");
+        }
+        let mut opaque = p.opaque.clone();
+        opaque.sort();
+        assert_eq!(opaque, ["arr", "big", "min", "nul", "null"]);
+        assert!(!p.props.keys().any(|k| k.contains("dot")));
+    }
+}

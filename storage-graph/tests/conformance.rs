@@ -1,0 +1,43 @@
+//! Every conformance suite, for every tier `GraphStorage` claims, against a FalkorDB
+//! server this test binary starts on a private Unix socket (never a server the machine
+//! happens to run) and stops when it exits. Each namespace is its own graph.
+
+use std::sync::OnceLock;
+
+use storage_conformance::{
+    Harness, batch_suite, indexed_suite, observable_suite, queryable_suite, storage_suite,
+    transactional_suite,
+};
+use storage_core::{Result, StorageValue};
+use storage_graph::{EmbeddedServer, GraphConfig, GraphStorage};
+
+fn server() -> &'static EmbeddedServer {
+    static SERVER: OnceLock<EmbeddedServer> = OnceLock::new();
+    SERVER.get_or_init(|| match EmbeddedServer::start() {
+        Ok(server) => server,
+        Err(e) => panic!("the graph conformance tests need a FalkorDB server: {e}"),
+    })
+}
+
+/// Opens each namespace as its own graph on the shared test server.
+struct GraphHarness;
+
+impl<T: StorageValue> Harness<T> for GraphHarness {
+    type Store = GraphStorage<T>;
+
+    async fn open(&self, namespace: &str) -> Result<GraphStorage<T>> {
+        GraphStorage::open(GraphConfig {
+            url: Some(server().url().to_owned()),
+            database: namespace.to_owned(),
+            ..GraphConfig::default()
+        })
+        .await
+    }
+}
+
+storage_suite!(GraphHarness);
+batch_suite!(GraphHarness);
+queryable_suite!(GraphHarness);
+indexed_suite!(GraphHarness);
+transactional_suite!(GraphHarness);
+observable_suite!(GraphHarness);

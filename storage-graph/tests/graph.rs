@@ -1,0 +1,455 @@
+//! Behaviour of `GraphStorage` against a real FalkorDB server that this test
+//! binary starts (on a private Unix socket) and stops when it exits.
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use futures::TryStreamExt;
+use serde::{Deserialize, Serialize};
+use storage_core::{BatchStorage, ErrorCode, Operation, Result, Storage};
+use storage_graph::{EmbeddedServer, GraphConfig, GraphStorage};
+
+fn server() -> &'static EmbeddedServer {
+    static SERVER: OnceLock<EmbeddedServer> = OnceLock::new();
+    SERVER.get_or_init(|| match EmbeddedServer::start() {
+        Ok(server) => server,
+        Err(e) => panic!("the graph tests need a FalkorDB server: {e}"),
+    })
+}
+
+/// A config for a fresh graph on the shared test server.
+fn fresh_config() -> GraphConfig {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    GraphConfig {
+        url: Some(server().url().to_owned()),
+        database: format!("test_{}_{n}", std::process::id()),
+        ..GraphConfig::default()
+    }
+}
+
+async fn open<T: storage_core::StorageValue>() -> Result<GraphStorage<T>> {
+    GraphStorage::open(fresh_config()).await
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct User {
+    name: String,
+    age: i64,
+    tags: Vec<String>,
+}
+
+#[tokio::test]
+async fn set_get_delete_round_trip() -> Result<()> {
+    let store = open::<User>().await?;
+    assert_eq!(store.get("missing").await?, None);
+    let alice = User {
+        name: "Alice".into(),
+        age: 31,
+        tags: vec!["a".into()],
+    };
+    store.set("user:1", &alice).await?;
+    assert_eq!(store.get("user:1").await?, Some(alice.clone()));
+    assert!(store.has("user:1").await?);
+    assert_eq!(store.size().await?, 1);
+    let older = User { age: 32, ..alice };
+    store.set("user:1", &older).await?;
+    assert_eq!(store.get("user:1").await?, Some(older));
+    assert_eq!(store.size().await?, 1);
+    assert!(store.delete("user:1").await?);
+    assert!(!store.delete("user:1").await?);
+    assert!(!store.has("user:1").await?);
+    Ok(())
+}
+
+#[tokio::test]
+async fn integer_edges_and_nul_bytes_round_trip_exactly() -> Result<()> {
+    let store = open::<serde_json::Value>().await?;
+    let values = [
+        serde_json::json!(u64::MAX),
+        serde_json::json!(i64::MIN),
+        serde_json::json!(i64::MAX),
+        serde_json::json!({"n": u64::MAX, "m": i64::MIN, "s": "a\u{0}b"}),
+        serde_json::json!("nul \u{0} inside"),
+        serde_json::json!("quote ' backslash \\ backtick ` newline \n"),
+        serde_json::json!(1.5e300),
+    ];
+    for (i, value) in values.iter().enumerate() {
+        store.set(&format!("k{i}"), value).await?;
+    }
+    for (i, value) in values.iter().enumerate() {
+        assert_eq!(
+            store.get(&format!("k{i}")).await?.as_ref(),
+            Some(value),
+            "k{i}"
+        );
+    }
+    let typed = open::<(u64, i64, String)>().await?;
+    let edge = (u64::MAX, i64::MIN, "x\0y".to_owned());
+    typed.set("edge", &edge).await?;
+    assert_eq!(typed.get("edge").await?, Some(edge));
+    Ok(())
+}
+
+#[tokio::test]
+async fn injection_strings_are_data_not_cypher() -> Result<()> {
+    let store = open::<String>().await?;
+    store.set("bystander", &"still here".to_owned()).await?;
+    let evil = [
+        "'}) MATCH (n) DETACH DELETE n //",
+        "\"}) MATCH (n) DETACH DELETE n //",
+        "x` }) DETACH DELETE n //",
+        "\\'; MATCH (n) DELETE n",
+        "$p0",
+        "CYPHER p0='x' MATCH (n) DELETE n",
+    ];
+    for key in evil {
+        store.set(key, &key.to_owned()).await?;
+        assert_eq!(store.get(key).await?.as_deref(), Some(key));
+    }
+    assert_eq!(store.size().await?, 1 + evil.len() as u64);
+    for key in evil {
+        assert!(store.delete(key).await?);
+    }
+    assert_eq!(store.get("bystander").await?.as_deref(), Some("still here"));
+    assert_eq!(store.size().await?, 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn keys_iterate_in_byte_order_across_pages() -> Result<()> {
+    let store = open::<u32>().await?;
+    let mut expected: Vec<String> = ["b", "Z", "é", "z", "😀", "\u{ffff}", "a b", "A", "a"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    for i in 0..2100u32 {
+        expected.push(format!("n{i:05}"));
+    }
+    let entries: Vec<(String, u32)> = expected.iter().cloned().zip(0..).collect();
+    store.set_many(entries.clone()).await?;
+    expected.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    let keys: Vec<String> = store.keys().try_collect().await?;
+    assert_eq!(keys, expected);
+    let got: BTreeMap<String, u32> = store.entries().try_collect().await?;
+    assert_eq!(got, entries.into_iter().collect());
+    Ok(())
+}
+
+#[tokio::test]
+async fn clear_only_touches_its_own_label() -> Result<()> {
+    let config = fresh_config();
+    let users = GraphStorage::<u32>::open(GraphConfig {
+        label: "User".into(),
+        ..config.clone()
+    })
+    .await?;
+    let orders = GraphStorage::<u32>::open(GraphConfig {
+        label: "Order".into(),
+        ..config
+    })
+    .await?;
+    users.set("a", &1).await?;
+    orders.set("a", &2).await?;
+    users.clear().await?;
+    assert_eq!(users.size().await?, 0);
+    assert_eq!(orders.get("a").await?, Some(2));
+    Ok(())
+}
+
+#[tokio::test]
+async fn batch_is_atomic_and_counts() -> Result<()> {
+    let store = open::<u32>().await?;
+    store.set("old", &0).await?;
+    let result = store
+        .batch(vec![
+            Operation::set("a", 1),
+            Operation::set("b", 2),
+            Operation::delete("a"),
+            Operation::delete("nope"),
+            Operation::delete("old"),
+            Operation::set("c", 3),
+        ])
+        .await?;
+    assert_eq!(result.operations, 6);
+    assert_eq!(result.deleted, 2);
+    let all: BTreeMap<String, u32> = store.entries().try_collect().await?;
+    assert_eq!(all, BTreeMap::from([("b".into(), 2), ("c".into(), 3)]));
+
+    let result = store
+        .batch(vec![
+            Operation::set("x", 9),
+            Operation::Clear,
+            Operation::set("y", 8),
+        ])
+        .await?;
+    assert_eq!(result.cleared, 3);
+    let all: BTreeMap<String, u32> = store.entries().try_collect().await?;
+    assert_eq!(all, BTreeMap::from([("y".into(), 8)]));
+
+    let err = store
+        .batch(vec![Operation::set("ok", 1), Operation::set("", 2)])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::InvalidKey);
+    assert!(!store.has("ok").await?);
+    assert_eq!(store.delete_many(&["y".into(), "zz".into()]).await?, 1);
+    assert_eq!(store.size().await?, 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn invalid_keys_are_rejected() -> Result<()> {
+    let store = open::<u32>().await?;
+    for key in ["", "a\0b", &"k".repeat(1025)] {
+        assert_eq!(
+            store.set(key, &1).await.unwrap_err().code(),
+            ErrorCode::InvalidKey
+        );
+        assert_eq!(
+            store.get(key).await.unwrap_err().code(),
+            ErrorCode::InvalidKey
+        );
+    }
+    let longest = "k".repeat(1024);
+    store.set(&longest, &1).await?;
+    assert_eq!(store.get(&longest).await?, Some(1));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_large_batch_is_one_query() -> Result<()> {
+    let store = open::<serde_json::Value>().await?;
+    let rows: Vec<(String, serde_json::Value)> = (0..10_000)
+        .map(|i| {
+            (
+                format!("row:{i:05}"),
+                serde_json::json!({"i": i, "name": format!("n{i}")}),
+            )
+        })
+        .collect();
+    store.set_many(rows).await?;
+    assert_eq!(store.size().await?, 10_000);
+    let got = store.get_many(&["row:00042".into(), "nope".into()]).await?;
+    assert_eq!(got.len(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn blank_and_padded_keys_are_distinct_entries() -> Result<()> {
+    let store = open::<u32>().await?;
+    let keys = ["a", " a", "a ", "   ", " ", "\t", "A"];
+    for (i, key) in keys.iter().enumerate() {
+        store.set(key, &u32::try_from(i).unwrap()).await?;
+    }
+    for (i, key) in keys.iter().enumerate() {
+        assert_eq!(
+            store.get(key).await?,
+            Some(u32::try_from(i).unwrap()),
+            "{key:?}"
+        );
+    }
+    assert_eq!(store.size().await?, keys.len() as u64);
+    assert!(store.delete("   ").await?);
+    assert_eq!(store.get(" ").await?, Some(4));
+    Ok(())
+}
+
+#[tokio::test]
+async fn hostile_field_paths_never_reach_the_query_body() -> Result<()> {
+    use storage_core::query::field;
+    use storage_core::{IndexDefinition, IndexKind, IndexedStorage, Query, QueryableStorage};
+    let store = open::<serde_json::Value>().await?;
+    let evil = "a`}) MATCH (n) DETACH DELETE n //";
+    store
+        .set(
+            "doc",
+            &serde_json::json!({ evil: 1, "plain": "x", "b`c": {"d": 2} }),
+        )
+        .await?;
+    store
+        .set("other", &serde_json::json!({"plain": "y"}))
+        .await?;
+    for path in [evil, "b`c.d", "plain`) DETACH DELETE n //"] {
+        let found = store.find_many(&Query::filter(field(path).gte(0))).await?;
+        assert!(found.len() <= 1, "{path}");
+        let plan = store.explain(&Query::filter(field(path).eq(1))).await?;
+        assert!(
+            !plan.pushed_down.iter().any(|p| p.contains("DETACH")),
+            "{plan:?}"
+        );
+    }
+    let found = store.find_many(&Query::filter(field(evil).eq(1))).await?;
+    assert_eq!(found.len(), 1);
+    let err = store
+        .create_index(IndexDefinition::new("evil", evil, IndexKind::Btree))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Unsupported);
+    assert_eq!(store.size().await?, 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn queries_push_a_pre_filter_and_explain_says_so() -> Result<()> {
+    use storage_core::query::field;
+    use storage_core::{IndexDefinition, IndexKind, IndexedStorage, Query, QueryableStorage};
+    let store = open::<serde_json::Value>().await?;
+    for i in 0..50 {
+        store
+            .set(
+                &format!("u{i:02}"),
+                &serde_json::json!({"age": i, "name": format!("n{i}"), "tags": ["t", i]}),
+            )
+            .await?;
+    }
+    let query = Query::filter(field("age").gte(40));
+    assert_eq!(store.count(&query).await?, 10);
+    let plan = store.explain(&query).await?;
+    assert!(
+        plan.pushed_down.iter().any(|p| p.contains("pre-filter")),
+        "{plan:?}"
+    );
+    assert!(plan.full_scan);
+    store
+        .create_index(IndexDefinition::new("by_name", "name", IndexKind::Hash))
+        .await?;
+    let by_name = Query::filter(field("name").eq("n7"));
+    let plan = store.explain(&by_name).await?;
+    assert_eq!(plan.index.as_deref(), Some("by_name"));
+    assert!(
+        plan.backend_plan.iter().any(|l| l.contains("Index")),
+        "{plan:?}"
+    );
+    let found = store.find_many(&by_name).await?;
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].key, "u07");
+    // Array fields are opaque to Cypher and still match through the evaluator.
+    assert_eq!(store.count(&Query::filter(field("tags").eq(3))).await?, 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn transactions_are_serializable_and_conflicts_are_retryable() -> Result<()> {
+    use storage_core::{IsolationLevel, TransactionOptions, TransactionalStorage};
+    let store = open::<i64>().await?;
+    store.set("x", &1).await?;
+    let t1 = store.begin(TransactionOptions::new()).await?;
+    assert_eq!(t1.isolation(), IsolationLevel::Serializable);
+    assert_eq!(t1.get("x").await?, Some(1));
+    t1.set("x", &2).await?;
+    assert_eq!(
+        t1.get("x").await?,
+        Some(2),
+        "a transaction sees its own writes"
+    );
+    assert_eq!(store.get("x").await?, Some(1), "others do not");
+    t1.savepoint("sp").await?;
+    t1.set("y", &3).await?;
+    t1.rollback_to("sp").await?;
+    assert_eq!(t1.get("y").await?, None);
+
+    // A concurrent write makes the commit (or the next read) a retryable conflict.
+    store.set("z", &9).await?;
+    let err = t1.commit().await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::VersionConflict);
+    assert!(err.is_retryable());
+    assert_eq!(store.get("x").await?, Some(1));
+
+    let t2 = store.begin(TransactionOptions::new()).await?;
+    t2.set("x", &5).await?;
+    assert!(t2.delete("z").await?);
+    t2.commit().await?;
+    assert_eq!(store.get("x").await?, Some(5));
+    assert_eq!(store.get("z").await?, None);
+    Ok(())
+}
+
+async fn next_event(
+    sub: &mut storage_core::Subscription<u32>,
+) -> std::result::Result<Option<storage_core::WatchEvent<u32>>, tokio::time::error::Elapsed> {
+    use futures::StreamExt;
+    tokio::time::timeout(std::time::Duration::from_secs(5), sub.next()).await
+}
+
+#[tokio::test]
+async fn watchers_on_other_handles_see_commits_and_resume_from_a_token() -> Result<()> {
+    use storage_core::{ObservableStorage, WatchEvent, WatchPattern};
+    let config = fresh_config();
+    let writer = GraphStorage::<u32>::open(config.clone()).await?;
+    let reader = GraphStorage::<u32>::open(config).await?;
+    let mut sub = reader.watch(WatchPattern::All, 16)?;
+    writer.set("a", &1).await?;
+    writer
+        .batch(vec![Operation::set("b", 2), Operation::delete("a")])
+        .await?;
+    let Ok(Some(WatchEvent::Changes(first))) = next_event(&mut sub).await else {
+        panic!("no first batch");
+    };
+    assert_eq!(first.changes.len(), 1);
+    assert_eq!(first.changes[0].new_value.as_deref(), Some(&1));
+    let Ok(Some(WatchEvent::Changes(second))) = next_event(&mut sub).await else {
+        panic!("no second batch");
+    };
+    assert_eq!(second.changes.len(), 2);
+    assert!(second.sequence > first.sequence);
+
+    // A watcher that stopped after the first batch resumes from its token.
+    let token = first.resume_token.clone().unwrap();
+    let mut resumed = reader.watch_from(WatchPattern::All, 16, &token)?;
+    let Ok(Some(WatchEvent::Changes(again))) = next_event(&mut resumed).await else {
+        panic!("no resumed batch");
+    };
+    assert_eq!(again.resume_token, second.resume_token);
+    Ok(())
+}
+
+#[tokio::test]
+async fn relationships_carry_exact_properties_and_reject_hostile_types() -> Result<()> {
+    use storage_graph::{EdgeDirection, GraphExt};
+    let store = open::<u32>().await?;
+    store.set("a", &1).await?;
+    store.set("b b", &2).await?;
+    let props = serde_json::json!({"big": u64::MAX, "nul": "x\u{0}y"});
+    store.link("a", "KNOWS", "b b", props.clone()).await?;
+    let out = store
+        .neighbours("a", Some("KNOWS"), EdgeDirection::Outgoing)
+        .await?;
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].properties, props);
+    assert!(out[0].outgoing);
+    let back = store
+        .neighbours("b b", None, EdgeDirection::Incoming)
+        .await?;
+    assert_eq!(back[0].key, "a");
+    let err = store
+        .link(
+            "a",
+            "X]->() MATCH (n) DETACH DELETE n //",
+            "b b",
+            serde_json::json!({}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::InvalidQuery);
+    let err = store
+        .link("a", "KNOWS", "missing", serde_json::json!({}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::KeyNotFound);
+    assert!(store.unlink("a", "KNOWS", "b b").await?);
+    assert!(!store.unlink("a", "KNOWS", "b b").await?);
+    assert_eq!(store.size().await?, 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_store_without_url_starts_and_stops_its_own_server() -> Result<()> {
+    let store = GraphStorage::<u32>::open(GraphConfig::default()).await?;
+    store.set("k", &7).await?;
+    assert_eq!(store.get("k").await?, Some(7));
+    assert!(store.url().starts_with("unix://"));
+    assert!(!storage_core::Storage::capabilities(&store).persistent);
+    Ok(())
+}
