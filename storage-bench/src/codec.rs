@@ -1,0 +1,177 @@
+//! The serializer layer (`storage_core::codec::Codec`) against the raw serde and
+//! compression calls it wraps: `serde_json::to_vec`, `rmp_serde::to_vec_named`,
+//! `postcard::to_allocvec` and their `from_slice`s, with `flate2`'s gzip encoder,
+//! `lz4_flex`'s size-prefixed block format and `snap`'s raw format. The codec adds its
+//! five-byte header, JSON's strict checks (no NaN, no non-string map keys) and the
+//! decoded-size limit; the raw calls do none of that.
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use storage_core::codec::{Codec, Compression, Format, SerializationConfig};
+use storage_core::{ErrorCode, Result, StorageError};
+
+use crate::measure::start;
+use crate::workload::Doc;
+
+/// The configurations measured.
+pub const CONFIGS: [(Format, Compression); 6] = [
+    (Format::Json, Compression::None),
+    (Format::Json, Compression::Gzip),
+    (Format::MessagePack, Compression::None),
+    (Format::MessagePack, Compression::Lz4),
+    (Format::Postcard, Compression::None),
+    (Format::Postcard, Compression::Snappy),
+];
+
+/// One configuration's times per value, and the encoded sizes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CodecSample {
+    /// Codec encode, per value.
+    pub encode: Duration,
+    /// Raw encode, per value.
+    pub raw_encode: Duration,
+    /// Codec decode, per value.
+    pub decode: Duration,
+    /// Raw decode, per value.
+    pub raw_decode: Duration,
+    /// Average encoded size through the codec, in bytes.
+    pub size: usize,
+    /// Average encoded size of the raw calls, in bytes.
+    pub raw_size: usize,
+}
+
+fn raw_err(e: impl std::fmt::Display) -> StorageError {
+    StorageError::new(ErrorCode::SerializationFailed, format!("raw codec: {e}"))
+}
+
+fn raw_encode(format: Format, compression: Compression, doc: &Doc) -> Result<Vec<u8>> {
+    let plain = match format {
+        Format::MessagePack => rmp_serde::to_vec_named(doc).map_err(raw_err)?,
+        Format::Postcard => postcard::to_allocvec(doc).map_err(raw_err)?,
+        _ => serde_json::to_vec(doc).map_err(raw_err)?,
+    };
+    Ok(match compression {
+        Compression::None => plain,
+        Compression::Gzip => {
+            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            enc.write_all(&plain)?;
+            enc.finish()?
+        }
+        Compression::Lz4 => lz4_flex::compress_prepend_size(&plain),
+        Compression::Snappy => snap::raw::Encoder::new()
+            .compress_vec(&plain)
+            .map_err(raw_err)?,
+    })
+}
+
+fn raw_decode(format: Format, compression: Compression, bytes: &[u8]) -> Result<Doc> {
+    let owned;
+    let plain: &[u8] = match compression {
+        Compression::None => bytes,
+        Compression::Gzip => {
+            let mut out = Vec::new();
+            flate2::read::GzDecoder::new(bytes).read_to_end(&mut out)?;
+            owned = out;
+            &owned
+        }
+        Compression::Lz4 => {
+            owned = lz4_flex::decompress_size_prepended(bytes).map_err(raw_err)?;
+            &owned
+        }
+        Compression::Snappy => {
+            owned = snap::raw::Decoder::new()
+                .decompress_vec(bytes)
+                .map_err(raw_err)?;
+            &owned
+        }
+    };
+    match format {
+        Format::MessagePack => rmp_serde::from_slice(plain).map_err(raw_err),
+        Format::Postcard => postcard::from_bytes(plain).map_err(raw_err),
+        _ => serde_json::from_slice(plain).map_err(raw_err),
+    }
+}
+
+fn per_value(d: Duration, n: usize) -> Duration {
+    d / u32::try_from(n.max(1)).unwrap_or(u32::MAX)
+}
+
+/// One run of one configuration over `docs`; codec and raw alternate so both see the
+/// same machine.
+pub fn run(format: Format, compression: Compression, docs: &[Doc]) -> Result<CodecSample> {
+    let codec = Codec::<Doc>::new(&SerializationConfig::new(format, compression))?;
+    let n = docs.len();
+
+    let t = start();
+    let encoded = docs.iter().map(|d| codec.encode(d)).collect::<Result<Vec<_>>>()?;
+    let encode = per_value(t.elapsed(), n);
+
+    let t = start();
+    let raw = docs
+        .iter()
+        .map(|d| raw_encode(format, compression, d))
+        .collect::<Result<Vec<_>>>()?;
+    let raw_encode_time = per_value(t.elapsed(), n);
+
+    let t = start();
+    let decoded = encoded.iter().map(|b| codec.decode(b)).collect::<Result<Vec<_>>>()?;
+    let decode = per_value(t.elapsed(), n);
+
+    let t = start();
+    let raw_decoded = raw
+        .iter()
+        .map(|b| raw_decode(format, compression, b))
+        .collect::<Result<Vec<_>>>()?;
+    let raw_decode_time = per_value(t.elapsed(), n);
+
+    if decoded != docs || raw_decoded != docs {
+        return Err(StorageError::new(
+            ErrorCode::SerializationFailed,
+            format!("{format:?}/{compression:?} did not round-trip"),
+        ));
+    }
+    Ok(CodecSample {
+        encode,
+        raw_encode: raw_encode_time,
+        decode,
+        raw_decode: raw_decode_time,
+        size: encoded.iter().map(Vec::len).sum::<usize>() / n.max(1),
+        raw_size: raw.iter().map(Vec::len).sum::<usize>() / n.max(1),
+    })
+}
+
+/// The median of runs, field by field.
+pub fn median(samples: &[CodecSample]) -> CodecSample {
+    let pick = |f: fn(&CodecSample) -> Duration| {
+        let mut v: Vec<Duration> = samples.iter().map(f).collect();
+        v.sort();
+        v.get(v.len().saturating_sub(1) / 2).copied().unwrap_or_default()
+    };
+    CodecSample {
+        encode: pick(|s| s.encode),
+        raw_encode: pick(|s| s.raw_encode),
+        decode: pick(|s| s.decode),
+        raw_decode: pick(|s| s.raw_decode),
+        size: samples.first().map_or(0, |s| s.size),
+        raw_size: samples.first().map_or(0, |s| s.raw_size),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workload::Workload;
+
+    #[test]
+    fn every_configuration_round_trips_both_ways() -> Result<()> {
+        let w = Workload::new(20, 0, 0);
+        let docs: Vec<Doc> = w.docs.into_iter().map(|(_, d)| d).collect();
+        for (format, compression) in CONFIGS {
+            let s = run(format, compression, &docs)?;
+            // The codec's header is the only difference in size.
+            assert!(s.size >= s.raw_size, "{format:?}/{compression:?}");
+        }
+        Ok(())
+    }
+}
