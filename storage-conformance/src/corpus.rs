@@ -30,6 +30,30 @@ const FILES: &[(&str, &str)] = &[
         include_str!("../testdata/text_and_space.toml"),
     ),
     ("aggregate.toml", include_str!("../testdata/aggregate.toml")),
+    (
+        "query_md_paths.toml",
+        include_str!("../testdata/query_md_paths.toml"),
+    ),
+    (
+        "query_md_order.toml",
+        include_str!("../testdata/query_md_order.toml"),
+    ),
+    (
+        "query_md_fanout.toml",
+        include_str!("../testdata/query_md_fanout.toml"),
+    ),
+    (
+        "query_md_scores.toml",
+        include_str!("../testdata/query_md_scores.toml"),
+    ),
+    (
+        "query_md_aggregate.toml",
+        include_str!("../testdata/query_md_aggregate.toml"),
+    ),
+    (
+        "query_md_stable_sort.toml",
+        include_str!("../testdata/query_md_stable_sort.toml"),
+    ),
 ];
 
 #[derive(Deserialize)]
@@ -47,6 +71,7 @@ struct RawCase {
     pipeline: Option<String>,
     expect: Option<Vec<String>>,
     count: Option<u64>,
+    scores: Option<Vec<f64>>,
     projections: Option<String>,
     expect_docs: Option<String>,
     error: Option<String>,
@@ -63,6 +88,8 @@ pub enum Expected {
         count: Option<u64>,
         /// One projection per result, when given.
         projections: Option<Vec<BTreeMap<String, Value>>>,
+        /// One relevance score per result, when given.
+        scores: Option<Vec<f64>>,
     },
     /// These aggregate output documents, in order (numbers compared by value).
     Docs(Vec<Value>),
@@ -141,6 +168,7 @@ fn parse_case(file: &str, raw: RawCase) -> Result<Case, Failure> {
             keys,
             count: raw.count,
             projections,
+            scores: raw.scores,
         }
     } else {
         return Err(Failure::new(format!("{name}: no expectation")));
@@ -219,6 +247,7 @@ pub fn run_against_reference() -> Result<Vec<String>, Failure> {
                         Ok(Outcome::Keys {
                             keys: m.iter().map(|x| x.key.clone()).collect(),
                             count,
+                            scores: m.iter().map(|x| x.score).collect(),
                             projections: m
                                 .into_iter()
                                 .map(|x| x.projection.unwrap_or_default())
@@ -248,6 +277,8 @@ pub enum Outcome {
         count: u64,
         /// Projections.
         projections: Vec<BTreeMap<String, Value>>,
+        /// Scores.
+        scores: Vec<Option<f64>>,
     },
     /// Aggregate output.
     Docs(Vec<Value>),
@@ -268,11 +299,13 @@ pub fn compare(expected: &Expected, outcome: storage_core::Result<Outcome>) -> R
                 keys,
                 count,
                 projections,
+                scores,
             },
             Ok(Outcome::Keys {
                 keys: got,
                 count: got_count,
                 projections: got_proj,
+                scores: got_scores,
             }),
         ) => {
             if *keys != got {
@@ -292,6 +325,16 @@ pub fn compare(expected: &Expected, outcome: storage_core::Result<Outcome>) -> R
                     });
                 if !same {
                     return Err(format!("projections {got_proj:?}, expected {p:?}"));
+                }
+            }
+            if let Some(want) = scores {
+                let same = want.len() == got_scores.len()
+                    && want
+                        .iter()
+                        .zip(&got_scores)
+                        .all(|(w, g)| g.is_some_and(|g| (g - w).abs() <= 1e-9 * w.abs().max(1.0)));
+                if !same {
+                    return Err(format!("scores {got_scores:?}, expected {want:?}"));
                 }
             }
             Ok(())

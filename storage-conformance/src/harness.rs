@@ -15,15 +15,25 @@ use crate::values::{Doc, Reading};
 
 /// How the suites open stores of value type `T` on an adapter.
 ///
-/// Implement it once, generically over `T`:
+/// Implement it once, generically over `T` (this is [`MemoryHarness`] with the optional hooks
+/// spelled out):
 ///
-/// ```ignore
-/// struct SqliteHarness { dir: tempfile::TempDir }
+/// ```
+/// use storage_conformance::Harness;
+/// use storage_core::{MemoryStorage, Result, StorageValue};
 ///
-/// impl<T: StorageValue> Harness<T> for SqliteHarness {
-///     type Store = SqliteStorage<T>;
-///     async fn open(&self, namespace: &str) -> Result<SqliteStorage<T>> {
-///         SqliteStorage::open(SqliteConfig::file(self.dir.path().join("db.sqlite")).table(namespace))
+/// struct MyHarness;
+///
+/// impl<T: StorageValue> Harness<T> for MyHarness {
+///     type Store = MemoryStorage<T>;
+///
+///     async fn open(&self, _namespace: &str) -> Result<MemoryStorage<T>> {
+///         // A real adapter maps the namespace to a file, a table or a graph name.
+///         Ok(MemoryStorage::new())
+///     }
+///
+///     fn expects_index_use(&self) -> bool {
+///         true
 ///     }
 /// }
 /// ```

@@ -5,13 +5,21 @@
 #[macro_export]
 macro_rules! __suite {
     (
-        $module:ident, $harness:expr;
+        $module:ident, $harness:expr, $tier:ident;
         plain: [$($pm:ident :: $pc:ident),* $(,)?];
         model: [$($mm:ident :: $mc:ident),* $(,)?];
     ) => {
         #[allow(unused_imports, clippy::all, clippy::pedantic)]
         mod $module {
             use super::*;
+
+            /// Fails to compile, naming the missing tier, when the harness's store lacks it
+            /// (checked in every build, not only under `cfg(test)`).
+            #[allow(dead_code)]
+            fn the_store_implements_the_suites_tier() {
+                fn has_tier<H: $crate::$tier>(_: &H) {}
+                has_tier(&$harness);
+            }
             $(
                 #[test]
                 fn $pc() {
@@ -64,7 +72,7 @@ macro_rules! storage_suite {
     };
     ($module:ident, $harness:expr) => {
         $crate::__suite! {
-            $module, $harness;
+            $module, $harness, StorageHarness;
             plain: [
                 storage::capabilities_agree_with_tier_accessors,
                 storage::get_of_missing_key_returns_none,
@@ -105,7 +113,7 @@ macro_rules! batch_suite {
     };
     ($module:ident, $harness:expr) => {
         $crate::__suite! {
-            $module, $harness;
+            $module, $harness, BatchHarness;
             plain: [
                 batch::capabilities_agree_with_tier_accessors,
                 batch::get_many_returns_only_present_keys,
@@ -135,7 +143,7 @@ macro_rules! queryable_suite {
     };
     ($module:ident, $harness:expr) => {
         $crate::__suite! {
-            $module, $harness;
+            $module, $harness, QueryableHarness;
             plain: [
                 query::capabilities_agree_with_tier_accessors,
                 query::corpus_cases_return_the_expected_keys,
@@ -167,7 +175,7 @@ macro_rules! indexed_suite {
     };
     ($module:ident, $harness:expr) => {
         $crate::__suite! {
-            $module, $harness;
+            $module, $harness, IndexedHarness;
             plain: [
                 indexed::capabilities_agree_with_tier_accessors,
                 indexed::creating_an_identical_index_twice_is_a_no_op,
@@ -200,7 +208,7 @@ macro_rules! transactional_suite {
     };
     ($module:ident, $harness:expr) => {
         $crate::__suite! {
-            $module, $harness;
+            $module, $harness, TransactionalHarness;
             plain: [
                 transactional::capabilities_agree_with_tier_accessors,
                 transactional::committed_writes_become_visible,
@@ -246,7 +254,7 @@ macro_rules! observable_suite {
     };
     ($module:ident, $harness:expr) => {
         $crate::__suite! {
-            $module, $harness;
+            $module, $harness, ObservableHarness;
             plain: [
                 observable::capabilities_agree_with_tier_accessors,
                 observable::committed_writes_arrive_in_commit_order,
@@ -278,7 +286,7 @@ macro_rules! persistence_suite {
     };
     ($module:ident, $harness:expr) => {
         $crate::__suite! {
-            $module, $harness;
+            $module, $harness, StorageHarness;
             plain: [
                 persistence::capabilities_declare_persistence,
                 persistence::acknowledged_writes_survive_reopening,

@@ -70,8 +70,8 @@ where
         Ok(()) => Ok(()),
         Err(TestError::Fail(reason, value)) => {
             let mut input = format!("{value:?}");
-            if input.len() > 8000 {
-                let mut cut = 8000;
+            if input.len() > 2000 {
+                let mut cut = 2000;
                 while !input.is_char_boundary(cut) {
                     cut -= 1;
                 }

@@ -48,6 +48,7 @@ async fn store_outcome<S: QueryableStorage<Value> + ?Sized>(
     Ok(Outcome::Keys {
         keys: results.iter().map(|r| r.key.clone()).collect(),
         count,
+        scores: results.iter().map(|r| r.score).collect(),
         projections: results
             .into_iter()
             .map(|r| r.projection.unwrap_or_default())

@@ -458,7 +458,7 @@ fn same_readings(a: &[(String, Reading)], b: &[(String, Reading)]) -> bool {
 }
 
 /// A 1 MiB value round-trips, or is refused with `QuotaExceeded`/`InvalidValue` when the store
-/// declares a smaller `max_value_len`.
+/// declares a smaller `max_value_len`; a value over a declared limit is refused and changes nothing.
 pub async fn large_values_round_trip<H: StorageHarness>(h: &H) -> CheckResult {
     let (_, s) = open::<Value, _>(h).await?;
     let big = json!({ "blob": "é".repeat(1 << 19), "n": 1 });
@@ -480,6 +480,31 @@ pub async fn large_values_round_trip<H: StorageHarness>(h: &H) -> CheckResult {
                 "a refused value is not stored"
             );
         }
+    }
+    if let Some(limit) = limit {
+        // Incompressible text, twice the limit: over it whatever the format and compression.
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let text: String = (0..limit.saturating_mul(2).saturating_add(1024))
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                char::from(
+                    b"abcdefghijklmnopqrstuvwxyz0123456789"[usize::try_from(x % 36).unwrap_or(0)],
+                )
+            })
+            .collect();
+        s.set("over", &json!("before")).await.ctx("set")?;
+        expect_error(
+            s.set("over", &json!(text)).await,
+            &[ErrorCode::QuotaExceeded, ErrorCode::InvalidValue],
+            format_args!("a value over max_value_len ({limit} bytes)"),
+        )?;
+        ensure_eq!(
+            s.get("over").await.ctx("get")?,
+            Some(json!("before")),
+            "the value under a refused oversized write"
+        );
     }
     Ok(())
 }

@@ -202,8 +202,8 @@ fn float_strategy() -> BoxedStrategy<f64> {
     .boxed()
 }
 
-/// Random JSON values: scalars from the edge cases, nested objects and arrays,
-/// and (rarely) a 1 MiB string.
+/// Random JSON values: scalars from the edge cases, nested objects and arrays, (rarely)
+/// nesting up to 99 levels deep, and (more rarely) a 1 MiB string.
 pub fn value_strategy() -> BoxedStrategy<Value> {
     let scalar = prop_oneof![
         Just(Value::Null),
@@ -224,6 +224,7 @@ pub fn value_strategy() -> BoxedStrategy<Value> {
     });
     prop_oneof![
         200 => tree,
+        2 => (1usize..100).prop_map(deeply_nested),
         1 => Just(Value::String("x".repeat(1 << 20))),
     ]
     .boxed()

@@ -17,6 +17,9 @@ use storage_core::{
     Tier, async_trait, validate_key,
 };
 
+/// The largest encoded value, so the suites' limit checks run here too.
+const MAX_VALUE_LEN: usize = 256 * 1024;
+
 struct Inner {
     map: BTreeMap<String, Document>,
     log: BufWriter<File>,
@@ -110,7 +113,9 @@ impl<T: StorageValue> LogStore<T> {
 #[async_trait]
 impl<T: StorageValue> Storage<T> for LogStore<T> {
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new("log", Tier::Storage).with_persistent(true)
+        Capabilities::new("log", Tier::Storage)
+            .with_persistent(true)
+            .with_max_value_len(Some(MAX_VALUE_LEN))
     }
     async fn get(&self, key: &str) -> Result<Option<T>> {
         validate_key(key)?;
@@ -120,6 +125,13 @@ impl<T: StorageValue> Storage<T> for LogStore<T> {
     async fn set(&self, key: &str, value: &T) -> Result<()> {
         validate_key(key)?;
         let doc = to_document(value)?;
+        let encoded = doc.to_string().len();
+        if encoded > MAX_VALUE_LEN {
+            return Err(StorageError::new(
+                ErrorCode::QuotaExceeded,
+                format!("value is {encoded} bytes, the limit is {MAX_VALUE_LEN}"),
+            ));
+        }
         let mut inner = self.lock()?;
         self.append(&mut inner, &json!({"op": "set", "k": key, "v": doc}))?;
         inner.map.insert(key.to_owned(), doc);

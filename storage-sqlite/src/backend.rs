@@ -8,15 +8,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
-use serde::Serialize;
-use storage_core::codec::to_document;
+use storage_core::codec::{Codec, Header};
 use storage_core::{
     AfterEvent, BatchResult, BatchStorage, BeforeEvent, Capabilities, Change, ChangeBatch,
     ChangeKind, ErrorCode, EventHub, IndexKind, IsolationLevel, Operation, Result, ResultStream,
     Storage, StorageError, StorageValue, Tier, validate_key,
 };
 
-use crate::config::{SqliteConfig, SqliteOptions, validate_config};
+use crate::config::{SqliteConfig, validate_config};
 use crate::error::sql_err;
 use crate::index::IndexCatalog;
 use crate::sql::{SHARED_SCHEMA, TableSql};
@@ -46,7 +45,7 @@ impl Database {
     /// Opens (creating if needed) the file and starts its threads. Blocking: run on a
     /// thread of its own.
     fn open_blocking(config: SqliteConfig) -> Result<Self> {
-        let (path, temp) = if config.is_in_memory() {
+        let (path, temp) = if config.is_memory() {
             let dir = tempfile::Builder::new()
                 .prefix("storage-sqlite-")
                 .tempdir()
@@ -74,8 +73,8 @@ impl Database {
             readers.push(open_connection(&path, &config, true)?);
         }
         Ok(Self {
-            writer: Workers::spawn("sqlite-writer", vec![writer])?,
-            readers: Workers::spawn("sqlite-reader", readers)?,
+            writer: Workers::spawn("sqlite-writer", vec![writer], config.common.debug)?,
+            readers: Workers::spawn("sqlite-reader", readers, config.common.debug)?,
             idle_tx: Mutex::new(Vec::new()),
             local_seq: AtomicU64::new(0),
             config,
@@ -140,11 +139,13 @@ pub struct SqliteStorage<T> {
     pub(crate) table: Arc<Table>,
     pub(crate) hub: Arc<EventHub<T>>,
     pub(crate) observer: Arc<crate::observe::Observer<T>>,
+    pub(crate) codec: Arc<Codec<T>>,
 }
 
 impl<T> Clone for SqliteStorage<T> {
     fn clone(&self) -> Self {
         Self {
+            codec: Arc::clone(&self.codec),
             db: Arc::clone(&self.db),
             table: Arc::clone(&self.table),
             hub: Arc::clone(&self.hub),
@@ -176,22 +177,27 @@ pub(crate) enum Effect {
     Clear { removed: Vec<(String, String)> },
 }
 
-/// Encodes a value as the JSON text stored in the `value` column.
-pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<String> {
-    let doc = to_document(value)?;
-    let json = serde_json::to_string(&doc).map_err(|e| {
-        StorageError::new(ErrorCode::SerializationFailed, "json encoding failed").with_source(e)
-    })?;
-    if json.len() > MAX_VALUE_LEN {
+/// Encodes a value as the JSON text stored in the `value` column, through the
+/// codec's strict JSON writer (no intermediate document; NaN, infinities and 128-bit
+/// integers out of range are refused with `InvalidValue`).
+pub(crate) fn encode<T: StorageValue>(codec: &Codec<T>, value: &T) -> Result<String> {
+    let mut buf = Vec::with_capacity(128);
+    codec.encode_into(value, &mut buf)?;
+    let header_len = buf.len() - Header::parse(&buf)?.1.len();
+    buf.drain(..header_len);
+    if buf.len() > MAX_VALUE_LEN {
         return Err(StorageError::new(
             ErrorCode::QuotaExceeded,
             format!(
                 "encoded value is {} bytes, the limit is {MAX_VALUE_LEN}",
-                json.len()
+                buf.len()
             ),
         ));
     }
-    Ok(json)
+    String::from_utf8(buf).map_err(|e| {
+        StorageError::new(ErrorCode::SerializationFailed, "json encoding is not utf-8")
+            .with_source(e)
+    })
 }
 
 /// Decodes the stored JSON text of a value.
@@ -288,9 +294,13 @@ pub(crate) fn write_log(conn: &Connection, table: &str, effects: &[Effect]) -> R
         let cs = if let Some(cs) = commit_seq {
             cs
         } else {
-            // The write lock is held, so the next rowid is max + 1 and stays so.
+            // The write lock is held, so the next AUTOINCREMENT rowid is known and stays so
+            // (trimmed rows never make it go back).
             let cs: i64 = conn
-                .prepare_cached("SELECT IFNULL(MAX(seq), 0) + 1 FROM _storage_changes")
+                .prepare_cached(
+                    "SELECT IFNULL((SELECT seq FROM sqlite_sequence \
+                     WHERE name = '_storage_changes'), 0) + 1",
+                )
                 .and_then(|mut s| s.query_row([], |r| r.get(0)))
                 .map_err(&err)?;
             commit_seq = Some(cs);
@@ -391,24 +401,16 @@ pub(crate) fn committed_changes<T: StorageValue>(
 }
 
 impl<T: StorageValue> SqliteStorage<T> {
-    /// Opens (creating if needed) the database and the table named in `config`, with
-    /// default [`SqliteOptions`] (no change log).
+    /// Opens (creating if needed) the database and the table named in `config`.
     ///
     /// # Errors
     /// `InvalidConfig` for a bad configuration ([`crate::validate_config`]); `Corrupted`
     /// when the file is not a database or fails the integrity check asked for; `Io`
     /// when it cannot be opened.
     pub async fn open(config: SqliteConfig) -> Result<Self> {
-        Self::open_with(config, SqliteOptions::default()).await
-    }
-
-    /// Opens as [`SqliteStorage::open`] does, with `options`.
-    ///
-    /// # Errors
-    /// As [`SqliteStorage::open`].
-    pub async fn open_with(config: SqliteConfig, options: SqliteOptions) -> Result<Self> {
         validate_config(&config)?;
         let table_name = config.table_name.clone();
+        let change_log = config.change_log;
         let (tx, rx) = tokio::sync::oneshot::channel();
         std::thread::Builder::new()
             .name("sqlite-open".to_owned())
@@ -421,7 +423,7 @@ impl<T: StorageValue> SqliteStorage<T> {
                     .with_backend("sqlite")
             })?;
         let db = rx.await.map_err(|_| crate::worker::closed("open"))??;
-        Self::on_database(Arc::new(db), table_name, options.change_log).await
+        Self::on_database(Arc::new(db), table_name, change_log).await
     }
 
     /// Another handle on the same database (the same file, or the same private
@@ -470,11 +472,16 @@ impl<T: StorageValue> SqliteStorage<T> {
                 .await?;
             observer.start_at(last);
         }
+        let codec = Arc::new(
+            Codec::new(&db.config.common.serialization)
+                .map_err(|e| e.with_operation("open").with_backend("sqlite"))?,
+        );
         Ok(Self {
             db,
             table,
             hub,
             observer,
+            codec,
         })
     }
 
@@ -511,7 +518,7 @@ impl<T: StorageValue> SqliteStorage<T> {
     pub(crate) fn prepare_set(&self, key: &str, value: &T) -> Result<WriteOp> {
         validate_key(key)?;
         self.before(&BeforeEvent::Set { key, value })?;
-        let json = encode(value).map_err(|e| {
+        let json = encode(&self.codec, value).map_err(|e| {
             e.with_operation("set")
                 .with_backend("sqlite")
                 .with_context("key", key.escape_debug())
@@ -664,7 +671,7 @@ pub(crate) fn capabilities(config: &SqliteConfig, change_log: bool) -> Capabilit
         .with_unique_indexes(true)
         .with_savepoints(true)
         .with_cross_process_watch(change_log)
-        .with_persistent(!config.is_in_memory())
+        .with_persistent(!config.is_memory())
         .with_max_value_len(Some(MAX_VALUE_LEN))
 }
 
@@ -845,7 +852,7 @@ impl<T: StorageValue> BatchStorage<T> for SqliteStorage<T> {
         let mut ops = Vec::with_capacity(entries.len());
         for (i, (key, value)) in entries.iter().enumerate() {
             self.before(&BeforeEvent::Set { key, value })?;
-            let json = encode(value).map_err(|e| {
+            let json = encode(&self.codec, value).map_err(|e| {
                 e.with_operation("set_many")
                     .with_context("index", i)
                     .with_context("key", key.escape_debug())

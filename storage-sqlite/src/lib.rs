@@ -10,7 +10,7 @@
 //! use serde::{Deserialize, Serialize};
 //! use storage_core::query::field;
 //! use storage_core::{Query, QueryableStorage, Storage};
-//! use storage_sqlite::{SqliteConfig, SqliteConfigExt, SqliteStorage};
+//! use storage_sqlite::{SqliteConfig, SqliteStorage};
 //!
 //! #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 //! struct User {
@@ -19,7 +19,7 @@
 //! }
 //!
 //! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-//! let store = SqliteStorage::<User>::open(SqliteConfig::in_memory().table_name("users")).await?;
+//! let store = SqliteStorage::<User>::open(SqliteConfig::memory().table_name("users")).await?;
 //! store.set("user:1", &User { name: "Alice".into(), age: 31 }).await?;
 //! store.set("user:2", &User { name: "Bob".into(), age: 27 }).await?;
 //!
@@ -66,8 +66,8 @@
 //! None. SQLite is always bundled (FTS5, R*Tree and JSON included).
 //!
 //! ## Modules
-//! - [`SqliteConfig`] (storage-core's), [`SqliteConfigExt`], [`SqliteOptions`],
-//!   [`validate_config`] (`config`): configuration, builder methods, checks and defaults;
+//! - [`SqliteConfig`] (storage-core's) and [`validate_config`] (`config`): configuration,
+//!   its defaults and this adapter's checks;
 //! - [`SqliteStorage`] (`backend`): the store, Storage and Batch;
 //! - `query`, `sql`, `index`: queries, their translation, indexes;
 //! - `tx`: transactions; `observe`: hooks, watches and the change log;
@@ -86,12 +86,11 @@ mod tx;
 mod worker;
 
 pub use backend::SqliteStorage;
-pub use config::{SqliteConfig, SqliteConfigExt, SqliteOptions, SynchronousLevel, validate_config};
+pub use config::{SqliteConfig, SynchronousLevel, validate_config};
 
 /// Compile-time check that the public types can cross threads.
 const _: () = {
     const fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<SqliteStorage<serde_json::Value>>();
     assert_send_sync::<SqliteConfig>();
-    assert_send_sync::<SqliteOptions>();
 };

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::SystemTime;
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use storage_core::{
     AfterHook, BeforeHook, Change, ChangeBatch, ChangeKind, EventHub, HookId, ObservableStorage,
     Result, StorageValue, Subscription, WatchPattern,
@@ -35,6 +35,15 @@ pub(crate) fn last_seq(conn: &Connection, table: &str) -> Result<u64> {
     let seq: Option<i64> = conn
         .prepare_cached("SELECT MAX(commit_seq) FROM _storage_changes WHERE tbl = ?1")
         .and_then(|mut s| s.query_row(params![table], |r| r.get(0)))
+        .map_err(sql_err("watch"))?;
+    Ok(seq.and_then(|s| u64::try_from(s).ok()).unwrap_or(0))
+}
+
+/// The sequence through which `table`'s log was trimmed (0 when never).
+fn trimmed_through(conn: &Connection, table: &str) -> Result<u64> {
+    let seq: Option<i64> = conn
+        .prepare_cached("SELECT trimmed_through FROM _storage_log_horizon WHERE tbl = ?1")
+        .and_then(|mut s| s.query_row(params![table], |r| r.get(0)).optional())
         .map_err(sql_err("watch"))?;
     Ok(seq.and_then(|s| u64::try_from(s).ok()).unwrap_or(0))
 }
@@ -192,10 +201,15 @@ impl<T: StorageValue> SqliteStorage<T> {
     /// [`ChangeBatch::sequence`] or resume token seen earlier, possibly by another
     /// process), replaying the logged commits since then before live ones.
     ///
+    /// # Behavior
+    /// - when the log was trimmed past `after` ([`SqliteStorage::trim_change_log`]), the
+    ///   subscription starts with [`WatchEvent::Resync`](storage_core::WatchEvent::Resync)
+    ///   and goes on from the oldest commit still logged.
+    ///
     /// # Errors
-    /// `Unsupported` without the change log ([`crate::SqliteOptions::change_log`]);
-    /// `InvalidQuery` for a bad pattern.
-    pub fn watch_from(
+    /// `Unsupported` without the change log ([`SqliteConfig::change_log`](crate::SqliteConfig::change_log));
+    /// `InvalidQuery` for a bad pattern; backend errors.
+    pub async fn watch_from(
         &self,
         pattern: WatchPattern,
         capacity: usize,
@@ -203,13 +217,27 @@ impl<T: StorageValue> SqliteStorage<T> {
     ) -> Result<Subscription<T>> {
         if !self.table.change_log {
             return Err(storage_core::StorageError::unsupported(
-                "resuming a watch needs the change log (SqliteOptions::change_log)",
+                "resuming a watch needs the change log (change_log = true)",
             )
             .with_operation("watch")
             .with_backend("sqlite"));
         }
         let hub = Arc::new(EventHub::new());
         let subscription = hub.watch(pattern, capacity)?;
+        let table = self.table.name.clone();
+        let horizon = self
+            .db
+            .readers
+            .run("watch", move |conn| trimmed_through(conn, &table))
+            .await?;
+        let start = if after < horizon {
+            hub.resync(&format!(
+                "the change log was trimmed through sequence {horizon}, after {after} was asked"
+            ));
+            horizon
+        } else {
+            after
+        };
         let observer = Arc::new(Observer::new(
             Arc::clone(&self.db),
             Arc::clone(&self.table),
@@ -218,9 +246,43 @@ impl<T: StorageValue> SqliteStorage<T> {
         *observer
             .cursor
             .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(after);
+            .unwrap_or_else(PoisonError::into_inner) = Some(start);
         spawn_poller(Poller::Owned(Arc::clone(&observer)), &observer);
         Ok(subscription)
+    }
+
+    /// Deletes this table's logged commits up to and including sequence `through`;
+    /// returns how many changes were deleted. The log otherwise grows with every commit.
+    ///
+    /// # Errors
+    /// Backend errors.
+    pub async fn trim_change_log(&self, through: u64) -> Result<u64> {
+        let table = self.table.name.clone();
+        let through = i64::try_from(through).unwrap_or(i64::MAX);
+        self.db
+            .writer
+            .run("trim_change_log", move |conn| {
+                let err = sql_err("trim_change_log");
+                let tx = conn
+                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                    .map_err(&err)?;
+                let deleted = tx
+                    .execute(
+                        "DELETE FROM _storage_changes WHERE tbl = ?1 AND commit_seq <= ?2",
+                        params![table, through],
+                    )
+                    .map_err(&err)?;
+                tx.execute(
+                    "INSERT INTO _storage_log_horizon (tbl, trimmed_through) VALUES (?1, ?2) \
+                     ON CONFLICT (tbl) DO UPDATE SET trimmed_through = \
+                     max(trimmed_through, excluded.trimmed_through)",
+                    params![table, through],
+                )
+                .map_err(&err)?;
+                tx.commit().map_err(&err)?;
+                Ok(u64::try_from(deleted).unwrap_or(u64::MAX))
+            })
+            .await
     }
 
     /// The latest commit sequence in this table's change log (0 when empty or without

@@ -25,7 +25,7 @@ CREATE TABLE IF NOT EXISTS _storage_indexes (
     PRIMARY KEY (tbl, name)
 );
 CREATE TABLE IF NOT EXISTS _storage_changes (
-    seq INTEGER PRIMARY KEY,
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
     commit_seq INTEGER NOT NULL,
     tbl TEXT NOT NULL,
     kind INTEGER NOT NULL,
@@ -34,6 +34,10 @@ CREATE TABLE IF NOT EXISTS _storage_changes (
     at_ms INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS _storage_changes_by_table ON _storage_changes (tbl, seq);
+CREATE TABLE IF NOT EXISTS _storage_log_horizon (
+    tbl TEXT PRIMARY KEY,
+    trimmed_through INTEGER NOT NULL
+);
 ";
 
 /// The statements of one table, formatted once when the handle opens.

@@ -414,6 +414,7 @@ impl<T: StorageValue> TransactionalStorage<T> for SqliteStorage<T> {
         let db_exit = Arc::clone(&self.db);
         let read_only = options.read_only;
         let worker = Dedicated::start(
+            self.db.config.common.debug,
             move || {
                 let conn = db_open.take_tx_connection()?;
                 if read_only {

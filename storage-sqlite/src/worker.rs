@@ -52,13 +52,15 @@ fn configure(conn: &Connection, config: &SqliteConfig, read_only: bool) -> Resul
 
 /// Threads sharing one job queue, each owning a connection.
 pub(crate) struct Workers {
+    /// Whether jobs run inside a `tracing` span (the `debug` setting).
+    debug: bool,
     sender: Option<Sender<Job>>,
     threads: Vec<JoinHandle<()>>,
 }
 
 impl Workers {
     /// Starts `connections.len()` threads, one per connection.
-    pub(crate) fn spawn(name: &str, connections: Vec<Connection>) -> Result<Self> {
+    pub(crate) fn spawn(name: &str, connections: Vec<Connection>, debug: bool) -> Result<Self> {
         let (sender, receiver) = channel::<Job>();
         let receiver = Arc::new(Mutex::new(receiver));
         let mut threads = Vec::with_capacity(connections.len());
@@ -75,6 +77,7 @@ impl Workers {
             threads.push(handle);
         }
         Ok(Self {
+            debug,
             sender: Some(sender),
             threads,
         })
@@ -87,9 +90,11 @@ impl Workers {
         F: FnOnce(&mut Connection) -> Result<R> + Send + 'static,
     {
         let (tx, rx) = tokio::sync::oneshot::channel();
+        let debug = self.debug;
         self.submit(Box::new(move |conn| {
+            let span = storage_core::trace::op_span(debug, "sqlite", operation);
             // The caller may have stopped waiting (its future was dropped); nothing to do then.
-            let _ = tx.send(f(conn));
+            let _ = tx.send(span.in_scope(|| f(conn)));
         }))
         .map_err(|e| e.into_storage(operation))?;
         rx.await
@@ -135,6 +140,7 @@ impl Drop for Workers {
 
 /// A dedicated thread owning one connection for the life of a transaction.
 pub(crate) struct Dedicated {
+    debug: bool,
     sender: Sender<Job>,
 }
 
@@ -143,6 +149,7 @@ impl Dedicated {
     /// the handle is dropped; `on_exit` then gets the connection back (to roll back
     /// and return it to a pool).
     pub(crate) async fn start(
+        debug: bool,
         open: impl FnOnce() -> Result<Connection> + Send + 'static,
         on_exit: impl FnOnce(Connection) + Send + 'static,
     ) -> Result<Self> {
@@ -172,7 +179,7 @@ impl Dedicated {
         ready_rx
             .await
             .map_err(|_| SqliteError::WorkerGone.into_storage("begin"))??;
-        Ok(Self { sender })
+        Ok(Self { debug, sender })
     }
 
     /// Runs `f` on the thread and awaits its answer.
@@ -182,9 +189,11 @@ impl Dedicated {
         F: FnOnce(&mut Connection) -> Result<R> + Send + 'static,
     {
         let (tx, rx) = tokio::sync::oneshot::channel();
+        let debug = self.debug;
         self.sender
             .send(Box::new(move |conn| {
-                let _ = tx.send(f(conn));
+                let span = storage_core::trace::op_span(debug, "sqlite", operation);
+                let _ = tx.send(span.in_scope(|| f(conn)));
             }))
             .map_err(|_| SqliteError::WorkerGone.into_storage(operation))?;
         rx.await

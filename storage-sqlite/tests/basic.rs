@@ -12,7 +12,7 @@ use storage_core::{
     ObservableStorage, Operation, Query, QueryableStorage, Result, Storage, StorageError,
     TransactionOptions, TransactionalExt, TransactionalStorage, WatchEvent, WatchPattern,
 };
-use storage_sqlite::{SqliteConfig, SqliteConfigExt, SqliteOptions, SqliteStorage};
+use storage_sqlite::{SqliteConfig, SqliteStorage};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct User {
@@ -28,7 +28,7 @@ fn user(name: &str, age: u32) -> User {
 }
 
 async fn memory<T: storage_core::StorageValue>() -> Result<SqliteStorage<T>> {
-    SqliteStorage::open(SqliteConfig::in_memory()).await
+    SqliteStorage::open(SqliteConfig::memory()).await
 }
 
 /// Basic get/set/delete/has/size/clear round trip.
@@ -146,7 +146,7 @@ async fn injection_strings_are_plain_data() -> Result<()> {
     assert_eq!(s.list_indexes().await?.len(), evil.len());
     assert_eq!(s.size().await?, evil.len() as u64);
     for bad_table in evil {
-        let err = SqliteStorage::<u32>::open(SqliteConfig::in_memory().table_name(bad_table))
+        let err = SqliteStorage::<u32>::open(SqliteConfig::memory().table_name(bad_table))
             .await
             .expect_err("must fail");
         assert_eq!(err.code(), ErrorCode::InvalidConfig);
@@ -458,9 +458,8 @@ async fn watchers_see_committed_batches() -> Result<()> {
 async fn change_log_crosses_handles_and_resumes() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("db.sqlite").to_string_lossy().into_owned();
-    let log = SqliteOptions::default().change_log(true);
-    let a = SqliteStorage::<i64>::open_with(SqliteConfig::new(&path), log).await?;
-    let b = SqliteStorage::<i64>::open_with(SqliteConfig::new(&path), log).await?;
+    let a = SqliteStorage::<i64>::open(SqliteConfig::new(&path).change_log(true)).await?;
+    let b = SqliteStorage::<i64>::open(SqliteConfig::new(&path).change_log(true)).await?;
     let mut sub = b.watch(WatchPattern::glob("k*"), 16)?;
     a.set("k1", &1).await?;
     a.set("other", &1).await?;
@@ -477,13 +476,29 @@ async fn change_log_crosses_handles_and_resumes() -> Result<()> {
         panic!("no batch")
     };
     assert_eq!(b2.changes[0].key, "k2");
-    let mut resumed = a.watch_from(WatchPattern::All, 16, b1.sequence)?;
+    let mut resumed = a.watch_from(WatchPattern::All, 16, b1.sequence).await?;
     let Ok(Some(WatchEvent::Changes(r1))) =
         tokio::time::timeout(Duration::from_secs(2), resumed.next()).await
     else {
         panic!("no replay")
     };
     assert_eq!(r1.changes[0].key, "other");
+    // Trimmed history: a resumed watch is told to resync, then goes on.
+    assert!(a.trim_change_log(b2.sequence).await? >= 3);
+    let mut late = a.watch_from(WatchPattern::All, 16, b1.sequence).await?;
+    let Ok(Some(WatchEvent::Resync { .. })) =
+        tokio::time::timeout(Duration::from_secs(2), late.next()).await
+    else {
+        panic!("no resync")
+    };
+    a.set("k3", &3).await?;
+    let Ok(Some(WatchEvent::Changes(after))) =
+        tokio::time::timeout(Duration::from_secs(2), late.next()).await
+    else {
+        panic!("no batch after the resync")
+    };
+    assert_eq!(after.changes[0].key, "k3");
+    assert!(after.sequence > b2.sequence);
     Ok(())
 }
 

@@ -10,7 +10,7 @@ use storage_conformance::{
     queryable_suite, storage_suite, transactional_suite,
 };
 use storage_core::{Result, StorageError, StorageValue};
-use storage_sqlite::{SqliteConfig, SqliteConfigExt, SqliteOptions, SqliteStorage};
+use storage_sqlite::{SqliteConfig, SqliteStorage};
 
 /// Opens tables of one temporary database file.
 struct SqliteHarness {
@@ -42,11 +42,7 @@ impl<T: StorageValue> Harness<T> for SqliteHarness {
     type Store = SqliteStorage<T>;
 
     async fn open(&self, namespace: &str) -> Result<SqliteStorage<T>> {
-        SqliteStorage::open_with(
-            self.config(namespace),
-            SqliteOptions::default().change_log(true),
-        )
-        .await
+        SqliteStorage::open(self.config(namespace)).await
     }
 
     async fn corrupt(&self, namespace: &str, key: &str) -> Result<bool> {
@@ -70,9 +66,5 @@ transactional_suite!(SqliteHarness::new());
 observable_suite!(SqliteHarness::new());
 persistence_suite!(SqliteHarness::new());
 crash_suite!(|location: String| async move {
-    SqliteStorage::<serde_json::Value>::open_with(
-        SqliteConfig::new(location),
-        SqliteOptions::default().change_log(true),
-    )
-    .await
+    SqliteStorage::<serde_json::Value>::open(SqliteConfig::new(location)).await
 });

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use storage_core::{
     BatchStorage, Result, Storage, StorageError, TransactionOptions, TransactionalStorage,
 };
-use storage_sqlite::{SqliteConfig, SqliteConfigExt, SqliteOptions, SqliteStorage};
+use storage_sqlite::{SqliteConfig, SqliteStorage};
 
 const CHILD_ENV: &str = "STORAGE_SQLITE_CRASH_CHILD";
 const TRIALS: u64 = 200;
@@ -21,7 +21,7 @@ fn config(path: &str) -> SqliteConfig {
 }
 
 async fn open(config: SqliteConfig) -> Result<SqliteStorage<u64>> {
-    SqliteStorage::open_with(config, SqliteOptions::default().change_log(true)).await
+    SqliteStorage::open(config.change_log(true)).await
 }
 
 /// Writes until killed, printing `ack <key> <value>` after each acknowledged write.

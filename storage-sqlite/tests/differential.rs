@@ -8,7 +8,7 @@ use storage_core::{
     BatchStorage, Filter, IndexDefinition, IndexKind, IndexedStorage, Query, QueryableStorage,
     Result,
 };
-use storage_sqlite::{SqliteConfig, SqliteConfigExt, SqliteStorage};
+use storage_sqlite::{SqliteConfig, SqliteStorage};
 
 fn scalar() -> impl Strategy<Value = Value> {
     prop_oneof![
@@ -126,7 +126,7 @@ fn query() -> impl Strategy<Value = Query> {
 }
 
 async fn check(docs: Vec<Value>, queries: Vec<Query>, indexed: bool) -> Result<()> {
-    let store = SqliteStorage::<Value>::open(SqliteConfig::in_memory().read_pool_size(1)).await?;
+    let store = SqliteStorage::<Value>::open(SqliteConfig::memory().read_pool_size(1)).await?;
     if indexed {
         store
             .create_index(IndexDefinition::new("a", "a", IndexKind::Btree))

@@ -18,10 +18,10 @@ use storage_core::{
     ErrorCode, IsolationLevel, Result, Storage, Transaction, TransactionOptions,
     TransactionalStorage,
 };
-use storage_sqlite::{SqliteConfig, SqliteConfigExt, SqliteStorage};
+use storage_sqlite::{SqliteConfig, SqliteStorage};
 
 async fn setup() -> Result<SqliteStorage<i64>> {
-    let s = SqliteStorage::open(SqliteConfig::in_memory().busy_timeout_ms(2000)).await?;
+    let s = SqliteStorage::open(SqliteConfig::memory().busy_timeout_ms(2000)).await?;
     s.set("1", &10).await?;
     s.set("2", &20).await?;
     Ok(s)
