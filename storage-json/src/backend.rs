@@ -475,11 +475,19 @@ fn compact_in_background(
 ) {
     let written = write_main(paths, &job.entries, job.seq, pretty);
     drop(job.entries);
+    // Copy (and fsync) the journal's newer records that exist by now without the lock;
+    // under it only what was appended in the meantime is left to copy.
+    let prepared = written.and_then(|len| {
+        let mut tail = TailCopy::start(paths, job.offset)?;
+        tail.copy_more()?;
+        tail.sync()?;
+        Ok((len, tail))
+    });
     let mut st = state.write().unwrap_or_else(PoisonError::into_inner);
     st.compacting = false;
-    let outcome = written.and_then(|len| {
+    let outcome = prepared.and_then(|(len, tail)| {
         st.main_len = len;
-        carry_over_journal(&mut st, paths, job.offset, job.records, group)
+        carry_over_journal(&mut st, paths, tail, job.records, group)
     });
     if let Err(e) = outcome {
         // The old journal still holds every record (replay skips what the main file has).
@@ -487,32 +495,101 @@ fn compact_in_background(
     }
 }
 
-/// Replaces the journal by its records newer than a compaction's snapshot: copied to
-/// `<journal>.tmp`, fsync'd, renamed over the journal, directory fsync'd. A crash
-/// before the rename leaves the old journal, whose older records replay skips.
+/// The journal's bytes from a snapshot's offset on, copied into `<journal>.tmp`.
+///
+/// The journal only ever grows by appends while a compaction runs, so copying it in
+/// two reads (most of it without the lock, the rest under it) yields exactly its
+/// bytes from the offset to the end, even when the first read stopped mid-line.
+struct TailCopy {
+    source: File,
+    target: File,
+    offset: u64,
+    copied: u64,
+    pending_sync: bool,
+    path: PathBuf,
+}
+
+impl TailCopy {
+    fn start(paths: &Paths, offset: u64) -> Result<Self, JsonError> {
+        let mut source =
+            File::open(&paths.journal).map_err(|e| JsonError::io("open", &paths.journal, e))?;
+        io::Seek::seek(&mut source, io::SeekFrom::Start(offset))
+            .map_err(|e| JsonError::io("seek", &paths.journal, e))?;
+        let target = File::create(&paths.journal_temp)
+            .map_err(|e| JsonError::io("create", &paths.journal_temp, e))?;
+        Ok(Self {
+            source,
+            target,
+            offset,
+            copied: 0,
+            pending_sync: false,
+            path: paths.journal_temp.clone(),
+        })
+    }
+
+    /// Copies what the journal holds beyond what was copied so far.
+    fn copy_more(&mut self) -> Result<(), JsonError> {
+        let copied = io::copy(&mut self.source, &mut self.target)
+            .map_err(|e| JsonError::io("copy the journal into", &self.path, e))?;
+        self.copied += copied;
+        self.pending_sync |= copied > 0;
+        Ok(())
+    }
+
+    /// Copies exactly `len` bytes from the offset again, for when the journal did not
+    /// only grow (an append that failed was cut back while the copy ran).
+    fn recopy(&mut self, len: u64) -> Result<(), JsonError> {
+        let redo = |this: &mut Self| -> io::Result<u64> {
+            this.target.set_len(0)?;
+            io::Seek::seek(&mut this.target, io::SeekFrom::Start(0))?;
+            io::Seek::seek(&mut this.source, io::SeekFrom::Start(this.offset))?;
+            io::copy(&mut io::Read::take(&mut this.source, len), &mut this.target)
+        };
+        self.copied =
+            redo(self).map_err(|e| JsonError::io("copy the journal into", &self.path, e))?;
+        self.pending_sync = true;
+        if self.copied != len {
+            return Err(JsonError::io(
+                "copy the journal into",
+                &self.path,
+                io::Error::other("the journal is shorter than the records it was given"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<(), JsonError> {
+        if self.pending_sync {
+            self.target
+                .sync_data()
+                .map_err(|e| JsonError::io("fsync", &self.path, e))?;
+            self.pending_sync = false;
+        }
+        Ok(())
+    }
+}
+
+/// Replaces the journal by its records newer than a compaction's snapshot: the rest
+/// of the copy is made, fsync'd, renamed over the journal, and the directory
+/// fsync'd. A crash before the rename leaves the old journal, whose older records
+/// replay skips.
 fn carry_over_journal(
     st: &mut State,
     paths: &Paths,
-    offset: u64,
+    mut tail: TailCopy,
     records_then: u64,
     group: Option<&GroupSync>,
 ) -> Result<(), JsonError> {
     let Some(journal) = st.journal.as_mut() else {
         return Ok(());
     };
-    let data = fs::read(&paths.journal).map_err(|e| JsonError::io("read", &paths.journal, e))?;
-    let from = usize::try_from(offset)
-        .unwrap_or(usize::MAX)
-        .min(data.len());
-    let tail = &data[from..];
-    {
-        let mut file = File::create(&paths.journal_temp)
-            .map_err(|e| JsonError::io("create", &paths.journal_temp, e))?;
-        io::Write::write_all(&mut file, tail)
-            .map_err(|e| JsonError::io("write", &paths.journal_temp, e))?;
-        file.sync_all()
-            .map_err(|e| JsonError::io("fsync", &paths.journal_temp, e))?;
+    tail.copy_more()?;
+    let expected = journal.len().saturating_sub(tail.offset);
+    if tail.copied != expected {
+        tail.recopy(expected)?;
     }
+    tail.sync()?;
+    drop(tail);
     fs::rename(&paths.journal_temp, &paths.journal)
         .map_err(|e| JsonError::io("rename", &paths.journal, e))?;
     journal::sync_dir(&paths.dir)?;
