@@ -35,7 +35,12 @@ fn backend(e: impl std::fmt::Display) -> StorageError {
     StorageError::new(storage_core::ErrorCode::Backend, e.to_string())
 }
 
-async fn raw_query(conn: &mut redis::aio::MultiplexedConnection, cmd: &str, graph: &str, q: &str) -> Result<()> {
+async fn raw_query(
+    conn: &mut redis::aio::MultiplexedConnection,
+    cmd: &str,
+    graph: &str,
+    q: &str,
+) -> Result<()> {
     redis::cmd(cmd)
         .arg(graph)
         .arg(q)
@@ -52,14 +57,26 @@ fn per_second(n: usize, started: Instant) -> f64 {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
-    let n: usize = std::env::var("BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
+    let n: usize = std::env::var("BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
     let batch = 10_000;
     let server = EmbeddedServer::start()?;
     let client = redis::Client::open(server.url()).map_err(backend)?;
-    let mut conn = client.get_multiplexed_async_connection().await.map_err(backend)?;
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(backend)?;
 
     // Raw FalkorDB.
-    raw_query(&mut conn, "GRAPH.QUERY", "raw", "CREATE INDEX FOR (n:User) ON (n.key)").await?;
+    raw_query(
+        &mut conn,
+        "GRAPH.QUERY",
+        "raw",
+        "CREATE INDEX FOR (n:User) ON (n.key)",
+    )
+    .await?;
     let started = Instant::now();
     for i in 0..n {
         let json = serde_json::to_string(&user(i)).map_err(backend)?;

@@ -73,7 +73,8 @@ impl<T> std::fmt::Debug for GraphStorage<T> {
 pub(crate) struct Inner {
     pub(crate) url: String,
     pub(crate) client: redis::Client,
-    conn: MultiplexedConnection,
+    /// The connection every operation without `WATCH` shares; replaced when it drops.
+    conn: Mutex<MultiplexedConnection>,
     spare: Mutex<Vec<MultiplexedConnection>>,
     pub(crate) graph: String,
     /// The label, backtick-quoted for the query body.
@@ -302,6 +303,13 @@ impl Inner {
                 })??;
             (server.url().to_owned(), Some(server))
         };
+        if cfg!(not(feature = "tls")) && (config.tls.is_some() || url.starts_with("rediss://")) {
+            return Err(StorageError::new(
+                ErrorCode::InvalidConfig,
+                "tls needs storage-graph's `tls` feature (rustls)",
+            )
+            .with_backend(BACKEND));
+        }
         let mut info = url.as_str().into_connection_info().map_err(|e| {
             StorageError::new(ErrorCode::InvalidConfig, format!("bad url: {e}"))
                 .with_backend(BACKEND)
@@ -331,7 +339,7 @@ impl Inner {
         let inner = Self {
             url,
             client,
-            conn,
+            conn: Mutex::new(conn),
             spare: Mutex::new(Vec::new()),
             graph: config.database.clone(),
             label,
@@ -354,7 +362,7 @@ impl Inner {
     /// (the whole server) when a node whose constrained property is empty or only
     /// whitespace is created under a unique constraint, and `"   "` is a valid key.
     async fn ensure_schema(&self) -> Result<()> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.shared();
         let index = format!(
             "CREATE INDEX FOR (n:{}) ON (n.{KEY_INDEX_PROP})",
             self.label
@@ -372,7 +380,25 @@ impl Inner {
     }
 
     pub(crate) fn shared(&self) -> MultiplexedConnection {
-        self.conn.clone()
+        self.conn
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// After a failure that dropped the connection, connects again so the next
+    /// operation works; the failed one still reports `ConnectionLost` (retryable).
+    pub(crate) async fn recover(&self, e: &redis::RedisError) {
+        if !(e.is_connection_dropped() || e.is_io_error() || e.is_unrecoverable_error()) {
+            return;
+        }
+        if let Ok(fresh) = self
+            .client
+            .get_multiplexed_async_connection_with_config(&conn_config())
+            .await
+        {
+            *self.conn.lock().unwrap_or_else(PoisonError::into_inner) = fresh;
+        }
     }
 
     /// A connection no other operation uses, as `WATCH` needs.
@@ -415,7 +441,10 @@ impl Inner {
         {
             Ok(reply) => rows_of(reply, operation),
             Err(e) if is_missing_graph(&e) => Ok(Vec::new()),
-            Err(e) => Err(redis_err(operation)(e)),
+            Err(e) => {
+                self.recover(&e).await;
+                Err(redis_err(operation)(e))
+            }
         }
     }
 
@@ -666,7 +695,13 @@ impl Inner {
             .arg(&payload)
             .cmd("INCR")
             .arg(&self.version_key);
-        let reply: Value = pipe.query_async(conn).await.map_err(redis_err("commit"))?;
+        let reply: Value = match pipe.query_async(conn).await {
+            Ok(reply) => reply,
+            Err(e) => {
+                self.recover(&e).await;
+                return Err(redis_err("commit")(e));
+            }
+        };
         let results = match reply {
             Value::Nil => return Ok(None),
             Value::Array(results) => results,
@@ -720,7 +755,19 @@ impl Inner {
                 "UNWIND {del} AS k OPTIONAL MATCH (d:{label} {{{KEY_INDEX_PROP}: k}}) DETACH DELETE d WITH count(*) AS _c "
             );
         }
-        if !sets.is_empty() {
+        if let (true, Some((key, value))) = (body.is_empty() && sets.len() == 1, sets.iter().next())
+        {
+            // A lone set skips UNWIND, which costs FalkorDB about three times more
+            // than the same upsert on plain parameters.
+            let k = q.param(&key_hex(key))?;
+            let p = q.param(&node_props(key, value))?;
+            let _ = write!(
+                body,
+                "OPTIONAL MATCH (n:{label} {{{KEY_INDEX_PROP}: {k}}}) \
+                 FOREACH (_ IN CASE WHEN n IS NULL THEN [1] ELSE [] END | CREATE (m:{label}) SET m = {p}) \
+                 FOREACH (_ IN CASE WHEN n IS NULL THEN [] ELSE [1] END | SET n = {p})"
+            );
+        } else if !sets.is_empty() {
             let rows: Vec<FalkorValue> = sets
                 .iter()
                 .map(|(key, value)| node_props(key, value))
@@ -802,6 +849,16 @@ fn make_client(info: redis::ConnectionInfo, config: &GraphConfig) -> Result<redi
 
 #[cfg(feature = "tls")]
 fn make_client(info: redis::ConnectionInfo, config: &GraphConfig) -> Result<redis::Client> {
+    let uses_tls =
+        config.tls.is_some() || matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. });
+    if uses_tls && rustls::crypto::CryptoProvider::get_default().is_none() {
+        // rustls would panic while building its client configuration.
+        return Err(StorageError::new(
+            ErrorCode::InvalidConfig,
+            "tls needs a rustls CryptoProvider installed by the application (for example rustls::crypto::ring::default_provider().install_default())",
+        )
+        .with_backend(BACKEND));
+    }
     let Some(tls) = &config.tls else {
         return redis::Client::open(info).map_err(redis_err("open"));
     };
@@ -809,15 +866,15 @@ fn make_client(info: redis::ConnectionInfo, config: &GraphConfig) -> Result<redi
     let client_tls = None;
     let root_cert = tls.ca_file.as_deref().map(read).transpose()?;
     let mut info = info;
-    if tls.insecure_skip_verify {
-        if let redis::ConnectionAddr::TcpTls { host, port, .. } = info.addr().clone() {
-            info = info.set_addr(redis::ConnectionAddr::TcpTls {
-                host,
-                port,
-                insecure: true,
-                tls_params: None,
-            });
-        }
+    if tls.insecure_skip_verify
+        && let redis::ConnectionAddr::TcpTls { host, port, .. } = info.addr().clone()
+    {
+        info = info.set_addr(redis::ConnectionAddr::TcpTls {
+            host,
+            port,
+            insecure: true,
+            tls_params: None,
+        });
     }
     redis::Client::build_with_tls(
         info,

@@ -240,6 +240,27 @@ pub(crate) fn pre_filter(filter: &Filter, q: &mut Cypher) -> Result<PreFilter> {
     Ok(out)
 }
 
+/// Every prefix (the root `""` included) of every field path a filter's conditions
+/// name: an opaque value at any of them may decide the filter in a way the promoted
+/// properties do not show.
+pub(crate) fn relevant_prefixes(filter: &Filter) -> Vec<String> {
+    fn walk(filter: &Filter, out: &mut std::collections::BTreeSet<String>) {
+        match filter {
+            Filter::And(parts) | Filter::Or(parts) => parts.iter().for_each(|p| walk(p, out)),
+            Filter::Not(inner) => walk(inner, out),
+            Filter::Condition { field, .. } | Filter::Nested { field, .. } => {
+                let segments: Vec<&str> = field.split('.').collect();
+                for i in 1..=segments.len() {
+                    out.insert(segments[..i].join("."));
+                }
+            }
+        }
+    }
+    let mut out = std::collections::BTreeSet::from([String::new()]);
+    walk(filter, &mut out);
+    out.into_iter().collect()
+}
+
 /// `positive`: the result must keep every match (a superset); otherwise it must keep
 /// only matches (a subset), which is what an enclosing `not` needs.
 fn translate(

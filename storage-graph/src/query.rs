@@ -21,6 +21,7 @@ use storage_core::{
 use crate::backend::{GraphStorage, cell_int, cell_str, decode, key_value_rows};
 use crate::cypher::{
     Cypher, KEY_PROP, OPAQUE_PROP, VALUE_PROP, pre_filter, promoted_name, quote_name,
+    relevant_prefixes,
 };
 use crate::error::{BACKEND, redis_err};
 
@@ -160,9 +161,11 @@ impl<T: StorageValue> GraphStorage<T> {
         let mut pushed = Vec::new();
         let mut in_process = Vec::new();
         let mut index = None;
+        let mut pre_complete = filter.is_none();
         let pre = match filter {
             Some(filter) => {
                 let pre = pre_filter(filter, &mut q)?;
+                pre_complete = pre.complete;
                 pushed.extend(
                     pre.pushed
                         .iter()
@@ -211,6 +214,11 @@ impl<T: StorageValue> GraphStorage<T> {
                     chosen.name, chosen.field, chosen.op
                 ));
             }
+        }
+        if pre_complete {
+            pushed.push(
+                "count: in cypher for nodes without opaque values on the filter's paths".into(),
+            );
         }
         in_process.push(
             "exact where re-check, order_by, offset, limit, select, scores (evaluator)".into(),
@@ -270,6 +278,53 @@ impl<T: StorageValue> GraphStorage<T> {
             .collect())
     }
 
+    /// Counts in Cypher when every clause of `filter` translates exactly: nodes with no
+    /// opaque value on the filter's paths are counted by the server, the few others are
+    /// fetched and counted by the evaluator, both in one read (one consistent state).
+    /// `None` when some clause only runs in process.
+    async fn count_in_cypher(
+        &self,
+        compiled: &CompiledQuery,
+        filter: &Filter,
+    ) -> Result<Option<u64>> {
+        let mut q = Cypher::new();
+        let pre = pre_filter(filter, &mut q)?;
+        if !pre.complete {
+            return Ok(None);
+        }
+        let prefixes: Vec<FalkorValue> = relevant_prefixes(filter)
+            .into_iter()
+            .map(FalkorValue::String)
+            .collect();
+        let pfx = q.param(&FalkorValue::Array(prefixes))?;
+        let label = &self.inner.label;
+        let opaque = format!("any(x IN coalesce(n.{OPAQUE_PROP}, []) WHERE x IN {pfx})");
+        q.push(&format!(
+            "MATCH (n:{label}) WHERE NOT {opaque} AND {expr} RETURN count(n) AS c, null AS k, null AS v \
+             UNION ALL MATCH (n:{label}) WHERE {opaque} RETURN 0 AS c, n.{KEY_PROP} AS k, n.{VALUE_PROP} AS v",
+            expr = pre.expr
+        ));
+        let rows = self
+            .inner
+            .read(&mut self.inner.shared(), &q, "count")
+            .await?;
+        let mut total: u64 = 0;
+        let mut docs = Vec::new();
+        for row in rows {
+            if let (Some(key), Some(stored)) =
+                (row.get(1).and_then(cell_str), row.get(2).and_then(cell_str))
+            {
+                let value: T = decode(&self.codec, &stored, "count")?;
+                docs.push((key, to_document(&value)?));
+            } else {
+                let c = row.first().and_then(cell_int).unwrap_or(0);
+                total += u64::try_from(c).unwrap_or(0);
+            }
+        }
+        total += compiled.count(docs.iter().map(|(k, d)| (k.as_str(), d)));
+        Ok(Some(total))
+    }
+
     /// Loads the index definitions of this label from the server.
     pub(crate) async fn load_indexes(&self) -> Result<()> {
         let map: BTreeMap<String, String> = redis::cmd("HGETALL")
@@ -324,7 +379,13 @@ impl<T: StorageValue> QueryableStorage<T> for GraphStorage<T> {
 
     async fn count(&self, query: &Query) -> Result<u64> {
         let compiled = CompiledQuery::compile(query)?;
-        let (entries, _) = self.candidates(query.filter.as_ref()).await?;
+        let Some(filter) = &query.filter else {
+            return storage_core::Storage::size(self).await;
+        };
+        if let Some(counted) = self.count_in_cypher(&compiled, filter).await? {
+            return Ok(counted);
+        }
+        let (entries, _) = self.candidates(Some(filter)).await?;
         Ok(compiled.count(entries.iter().map(|(k, _, d)| (k.as_str(), d))))
     }
 

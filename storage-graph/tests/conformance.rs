@@ -33,6 +33,37 @@ impl<T: StorageValue> Harness<T> for GraphHarness {
         })
         .await
     }
+
+    /// Overwrites the stored value of `key` with bytes no codec wrote: a truncated
+    /// header followed by text that is not JSON.
+    async fn corrupt(&self, namespace: &str, key: &str) -> Result<bool> {
+        let fail = |e: redis::RedisError| {
+            storage_core::StorageError::new(storage_core::ErrorCode::Backend, e.to_string())
+        };
+        let client = redis::Client::open(server().url()).map_err(fail)?;
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(fail)?;
+        let hex = key.bytes().fold(String::new(), |mut out, b| {
+            use std::fmt::Write as _;
+            let _ = write!(out, "{b:02x}");
+            out
+        });
+        let query = format!(
+            "CYPHER k={} MATCH (n:Entry {{kh: $k}}) SET n.v = 't9VM|{{not json' RETURN count(n)",
+            falkordb::to_cypher_param(&hex).map_err(|e| {
+                storage_core::StorageError::new(storage_core::ErrorCode::Backend, e.to_string())
+            })?
+        );
+        redis::cmd("GRAPH.QUERY")
+            .arg(namespace)
+            .arg(query)
+            .query_async::<redis::Value>(&mut conn)
+            .await
+            .map_err(fail)?;
+        Ok(true)
+    }
 }
 
 storage_suite!(GraphHarness);

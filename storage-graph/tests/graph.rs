@@ -453,3 +453,102 @@ async fn a_store_without_url_starts_and_stops_its_own_server() -> Result<()> {
     assert!(!storage_core::Storage::capabilities(&store).persistent);
     Ok(())
 }
+
+#[tokio::test]
+async fn counts_in_cypher_agree_with_the_evaluator_on_mixed_shapes() -> Result<()> {
+    use storage_core::query::{and, field, not, or};
+    use storage_core::{Query, QueryableStorage};
+    let store = open::<serde_json::Value>().await?;
+    let docs = [
+        serde_json::json!({"a": 1, "s": "x"}),
+        serde_json::json!({"a": 1.0, "s": " x"}),
+        serde_json::json!({"a": [1, 2], "s": "y"}),
+        serde_json::json!({"a": null}),
+        serde_json::json!({"a": u64::MAX, "s": "x\u{0}"}),
+        serde_json::json!({"a": {"b": 1}, "s": true}),
+        serde_json::json!({"s": 5}),
+        serde_json::json!([1, 2]),
+        serde_json::json!("scalar"),
+        serde_json::json!({"a": "1", "s": "z"}),
+    ];
+    for (i, doc) in docs.iter().enumerate() {
+        store.set(&format!("d{i}"), doc).await?;
+    }
+    let filters = [
+        field("a").eq(1),
+        field("a").ne(1),
+        field("a").gt(0),
+        field("s").lte("x"),
+        field("s").is_in([serde_json::json!("x"), serde_json::json!(5)]),
+        field("s").not_in([serde_json::json!("x")]),
+        not(field("a").eq(1)),
+        or(vec![field("a").eq(2), not(field("s").eq("y"))]),
+        and(vec![field("a").gte(1), not(field("s").gt("x"))]),
+        field("a.b").eq(1),
+    ];
+    for filter in filters {
+        let query = Query::filter(filter.clone());
+        let counted = store.count(&query).await?;
+        let found = store.find_many(&query).await?.len() as u64;
+        let all: Vec<(String, serde_json::Value)> = docs
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (format!("d{i}"), d.clone()))
+            .collect();
+        let reference =
+            storage_core::query::count(&query, all.iter().map(|(k, d)| (k.as_str(), d)))?;
+        assert_eq!(counted, reference, "count {filter:?}");
+        assert_eq!(found, reference, "find {filter:?}");
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "tls"))]
+#[tokio::test]
+async fn tls_without_the_feature_is_refused_not_downgraded() {
+    let config = GraphConfig {
+        url: Some("rediss://127.0.0.1:1".into()),
+        ..GraphConfig::default()
+    };
+    let err = GraphStorage::<u32>::open(config).await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::InvalidConfig);
+    assert!(err.message().contains("tls"));
+}
+
+#[tokio::test]
+async fn a_dropped_connection_fails_one_call_then_recovers() -> Result<()> {
+    // Its own server: killing connections on the shared one would hit other tests.
+    let own = EmbeddedServer::start()?;
+    let store = GraphStorage::<u32>::open(GraphConfig {
+        url: Some(own.url().to_owned()),
+        ..GraphConfig::default()
+    })
+    .await?;
+    store.set("k", &1).await?;
+    let client = redis::Client::open(own.url())
+        .map_err(|e| storage_core::StorageError::new(ErrorCode::Backend, e.to_string()))?;
+    let mut admin = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|e| storage_core::StorageError::new(ErrorCode::Backend, e.to_string()))?;
+    // Kills every other client's connection, this store's among them.
+    let _: redis::Value = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .query_async(&mut admin)
+        .await
+        .map_err(|e| storage_core::StorageError::new(ErrorCode::Backend, e.to_string()))?;
+    let mut answered = None;
+    for _ in 0..3 {
+        match store.get("k").await {
+            Ok(v) => {
+                answered = v;
+                break;
+            }
+            Err(e) => assert!(e.is_retryable(), "{e}"),
+        }
+    }
+    assert_eq!(answered, Some(1));
+    Ok(())
+}
