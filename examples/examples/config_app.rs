@@ -149,14 +149,20 @@ async fn record_run(stores: &Stores, run: u32, log: ExecutionLog) -> Result<()> 
 }
 
 async fn run_application(stores: &Stores) -> Result<()> {
-    for (version, steps) in [(1, vec!["fetch", "build"]), (2, vec!["fetch", "build", "test"])] {
+    for (version, steps) in [
+        (1, vec!["fetch", "build"]),
+        (2, vec!["fetch", "build", "test"]),
+    ] {
         let wf = Workflow {
             id: "deploy".into(),
             version,
             parent: (version > 1).then(|| version - 1),
             steps: steps.into_iter().map(str::to_owned).collect(),
         };
-        stores.workflows.set(&format!("deploy@v{version}"), &wf).await?;
+        stores
+            .workflows
+            .set(&format!("deploy@v{version}"), &wf)
+            .await?;
     }
     let versions = stores
         .workflows
@@ -166,11 +172,14 @@ async fn run_application(stores: &Stores) -> Result<()> {
         .first()
         .ok_or_else(|| StorageError::new(ErrorCode::KeyNotFound, "no workflow"))?;
     println!(
-        "workflows: {} versions of deploy; latest v{} ({} steps, parent v{:?})",
+        "workflows: {} versions of deploy; latest v{} ({} steps, derived from {})",
         versions.len(),
         latest.value.version,
         latest.value.steps.len(),
-        latest.value.parent
+        latest
+            .value
+            .parent
+            .map_or_else(|| "nothing".to_owned(), |p| format!("v{p}"))
     );
 
     stores
@@ -234,6 +243,8 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
             Ok(())
         }
         Err(e) => Err(format!("start-up failed for another reason: {e}").into()),
-        Ok(_) => Err("a configuration without replication started in high-availability mode".into()),
+        Ok(_) => {
+            Err("a configuration without replication started in high-availability mode".into())
+        }
     }
 }

@@ -9,7 +9,7 @@ use storage_core::query::field;
 use storage_core::{
     BatchStorage, Direction, IndexDefinition, IndexKind, IndexedStorage, Query, QueryableStorage,
 };
-use storage_sqlite::{SqliteConfig, SqliteConfigExt, SqliteStorage};
+use storage_sqlite::{SqliteConfig, SqliteStorage};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -75,13 +75,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut shown = 0;
     while let Some(doc) = docs.next().await {
         let doc = doc?;
-        println!("{}  {} ({})", doc.key, doc.value.title, doc.value.created_at);
+        println!(
+            "{}  {} ({})",
+            doc.key, doc.value.title, doc.value.created_at
+        );
         shown += 1;
     }
     drop(docs);
     println!(
         "{shown} of {} documents by Alice, newest first",
-        storage.count(&Query::filter(field("author").eq("Alice"))).await?
+        storage
+            .count(&Query::filter(field("author").eq("Alice")))
+            .await?
     );
     Ok(())
 }

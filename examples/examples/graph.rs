@@ -56,7 +56,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("async", "ownership", "pinning is about moves"),
         ("storage", "async", "the tiers are async traits"),
     ] {
-        course.link(from, "REQUIRES", to, json!({ "why": why })).await?;
+        course
+            .link(from, "REQUIRES", to, json!({ "why": why }))
+            .await?;
         println!("link {from} -[REQUIRES]-> {to}");
     }
 

@@ -14,7 +14,7 @@ use storage_core::{
 };
 use storage_graph::{GraphConfig, GraphStorage};
 use storage_json::{JsonConfig, JsonStorage};
-use storage_sqlite::{SqliteConfig, SqliteConfigExt, SqliteStorage};
+use storage_sqlite::{SqliteConfig, SqliteStorage};
 
 /// The library's own type. The library never names a backend.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -31,19 +31,18 @@ where
 {
     store
         .transaction(TransactionOptions::new().retries(10), |tx| async move {
-            let mut payer = tx.get_required(from).await?;
-            let mut payee = tx.get_required(to).await?;
-            if payer.balance < amount {
-                return Err(StorageError::new(
-                    ErrorCode::InvalidValue,
-                    "insufficient funds",
-                )
-                .with_context("account", from));
+            let mut sender = tx.get_required(from).await?;
+            let mut receiver = tx.get_required(to).await?;
+            if sender.balance < amount {
+                return Err(
+                    StorageError::new(ErrorCode::InvalidValue, "insufficient funds")
+                        .with_context("account", from),
+                );
             }
-            payer.balance -= amount;
-            payee.balance += amount;
-            tx.set(from, &payer).await?;
-            tx.set(to, &payee).await?;
+            sender.balance -= amount;
+            receiver.balance += amount;
+            tx.set(from, &sender).await?;
+            tx.set(to, &receiver).await?;
             Ok(())
         })
         .await
@@ -87,7 +86,8 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     let memory = MemoryStorage::<Account>::new();
     report("memory", &memory, exercise(&memory).await?);
 
-    let json = JsonStorage::<Account>::open(JsonConfig::new(dir.path().join("accounts.json"))).await?;
+    let json =
+        JsonStorage::<Account>::open(JsonConfig::new(dir.path().join("accounts.json"))).await?;
     report("json", &json, exercise(&json).await?);
     json.close().await?;
 

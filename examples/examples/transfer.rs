@@ -11,10 +11,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 use storage_core::{
-    BatchStorage, ErrorCode, IsolationLevel, Storage, StorageError, TransactionOptions,
-    TransactionalExt,
+    BatchStorage, ErrorCode, IsolationLevel, StorageError, TransactionOptions, TransactionalExt,
 };
-use storage_sqlite::{SqliteConfig, SqliteConfigExt, SqliteStorage};
+use storage_sqlite::{SqliteConfig, SqliteStorage};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Account {
@@ -31,7 +30,7 @@ fn account_key(i: u64) -> String {
     format!("account:{i}")
 }
 
-/// Moves `amount` from one account to another, or does nothing when the payer lacks
+/// Moves `amount` from one account to another, or does nothing when the sender lacks
 /// the funds. Returns whether money moved.
 async fn transfer(
     store: &SqliteStorage<Account>,
@@ -47,17 +46,18 @@ async fn transfer(
         .transaction(options, |tx| async move {
             attempts.fetch_add(1, Ordering::Relaxed);
             let missing = |key: &str| {
-                StorageError::new(ErrorCode::KeyNotFound, "no such account").with_context("key", key)
+                StorageError::new(ErrorCode::KeyNotFound, "no such account")
+                    .with_context("key", key)
             };
-            let mut payer = tx.get(from).await?.ok_or_else(|| missing(from))?;
-            let mut payee = tx.get(to).await?.ok_or_else(|| missing(to))?;
-            if payer.balance < amount {
+            let mut sender = tx.get(from).await?.ok_or_else(|| missing(from))?;
+            let mut receiver = tx.get(to).await?.ok_or_else(|| missing(to))?;
+            if sender.balance < amount {
                 return Ok(false);
             }
-            payer.balance -= amount;
-            payee.balance += amount;
-            tx.set(from, &payer).await?;
-            tx.set(to, &payee).await?;
+            sender.balance -= amount;
+            receiver.balance += amount;
+            tx.set(from, &sender).await?;
+            tx.set(to, &receiver).await?;
             Ok(true)
         })
         .await
@@ -65,7 +65,12 @@ async fn transfer(
 
 async fn total(store: &SqliteStorage<Account>) -> storage_core::Result<i64> {
     let keys: Vec<String> = (0..ACCOUNTS).map(account_key).collect();
-    Ok(store.get_many(&keys).await?.values().map(|a| a.balance).sum())
+    Ok(store
+        .get_many(&keys)
+        .await?
+        .values()
+        .map(|a| a.balance)
+        .sum())
 }
 
 #[tokio::main]
@@ -108,8 +113,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let from = (task * 7 + n * 3) % ACCOUNTS;
                 let to = (from + 1 + (task + n) % (ACCOUNTS - 1)) % ACCOUNTS;
                 let amount = i64::try_from(10 + (task * 13 + n * 17) % 190).unwrap_or(10);
-                if transfer(&store, &account_key(from), &account_key(to), amount, &attempts)
-                    .await?
+                if transfer(
+                    &store,
+                    &account_key(from),
+                    &account_key(to),
+                    amount,
+                    &attempts,
+                )
+                .await?
                 {
                     moved += 1;
                 }
@@ -131,7 +142,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     let after = total(&store).await?;
-    for (key, account) in store.get_many(&(0..ACCOUNTS).map(account_key).collect::<Vec<_>>()).await? {
+    for (key, account) in store
+        .get_many(&(0..ACCOUNTS).map(account_key).collect::<Vec<_>>())
+        .await?
+    {
         println!("  {key}: {}", account.balance);
     }
     println!("total after: {after}");

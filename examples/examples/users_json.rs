@@ -36,7 +36,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // A missing key is `None`; `get_required` turns it into a typed `KeyNotFound`.
     println!("get user:999 -> {:?}", storage.get("user:999").await?);
     match storage.get_required("user:999").await {
-        Err(e) => println!("get_required user:999 -> error code {}: {e}", e.code()),
+        Err(e) => println!("get_required user:999 -> {e}"),
         Ok(u) => println!("get_required user:999 -> {u:?}"),
     }
 

@@ -2,10 +2,7 @@
 
 use futures::StreamExt;
 use storage_core::query::field;
-use storage_core::{
-    Direction, IndexDefinition, IndexKind, IndexedStorage, Query, QueryableStorage, Result,
-    Storage,
-};
+use storage_core::{Direction, IndexDefinition, IndexKind, IndexedStorage, Query, Result};
 
 use crate::measure::{Op, Sample, start};
 use crate::workload::{Doc, WINDOW_LIMIT, Workload, key};
@@ -17,9 +14,13 @@ pub fn author_query(author: &str) -> Query {
 
 /// The window query: `from <= created_at < to`, oldest first, limit 100.
 pub fn window_query(from: i64, to: i64) -> Query {
-    Query::filter(field("created_at").gte(from).and(field("created_at").lt(to)))
-        .order_by("created_at", Direction::Asc)
-        .limit(WINDOW_LIMIT)
+    Query::filter(
+        field("created_at")
+            .gte(from)
+            .and(field("created_at").lt(to)),
+    )
+    .order_by("created_at", Direction::Asc)
+    .limit(WINDOW_LIMIT)
 }
 
 /// Runs every operation: one-by-one inserts on `single` (a fresh, empty store), then
@@ -35,7 +36,12 @@ pub async fn run(
     for (k, d) in w.single() {
         single.set(k, d).await?;
     }
-    s.record(Op::InsertOne, t.elapsed(), w.single_inserts, w.single_inserts);
+    s.record(
+        Op::InsertOne,
+        t.elapsed(),
+        w.single_inserts,
+        w.single_inserts,
+    );
 
     let entries = w.docs.clone();
     let t = start();
@@ -52,8 +58,12 @@ pub async fn run(
     queries(bulk, w, &mut s, Op::AuthorScan, Op::WindowScan).await?;
 
     let t = start();
-    bulk.create_index(IndexDefinition::new("by_author", "author", IndexKind::Btree))
-        .await?;
+    bulk.create_index(IndexDefinition::new(
+        "by_author",
+        "author",
+        IndexKind::Btree,
+    ))
+    .await?;
     bulk.create_index(IndexDefinition::new(
         "by_created_at",
         "created_at",

@@ -104,7 +104,10 @@ pub fn run(format: Format, compression: Compression, docs: &[Doc]) -> Result<Cod
     let n = docs.len();
 
     let t = start();
-    let encoded = docs.iter().map(|d| codec.encode(d)).collect::<Result<Vec<_>>>()?;
+    let encoded = docs
+        .iter()
+        .map(|d| codec.encode(d))
+        .collect::<Result<Vec<_>>>()?;
     let encode = per_value(t.elapsed(), n);
 
     let t = start();
@@ -115,7 +118,10 @@ pub fn run(format: Format, compression: Compression, docs: &[Doc]) -> Result<Cod
     let raw_encode_time = per_value(t.elapsed(), n);
 
     let t = start();
-    let decoded = encoded.iter().map(|b| codec.decode(b)).collect::<Result<Vec<_>>>()?;
+    let decoded = encoded
+        .iter()
+        .map(|b| codec.decode(b))
+        .collect::<Result<Vec<_>>>()?;
     let decode = per_value(t.elapsed(), n);
 
     let t = start();
@@ -146,7 +152,9 @@ pub fn median(samples: &[CodecSample]) -> CodecSample {
     let pick = |f: fn(&CodecSample) -> Duration| {
         let mut v: Vec<Duration> = samples.iter().map(f).collect();
         v.sort();
-        v.get(v.len().saturating_sub(1) / 2).copied().unwrap_or_default()
+        v.get(v.len().saturating_sub(1) / 2)
+            .copied()
+            .unwrap_or_default()
     };
     CodecSample {
         encode: pick(|s| s.encode),

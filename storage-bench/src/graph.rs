@@ -131,10 +131,8 @@ fn docs_of(reply: Value) -> Result<Vec<(String, Doc)>> {
             let Value::Array(cells) = row else {
                 return Err(backend("row is not an array"));
             };
-            let (Some(k), Some(v)) = (
-                cells.first().and_then(cell),
-                cells.get(1).and_then(cell),
-            ) else {
+            let (Some(k), Some(v)) = (cells.first().and_then(cell), cells.get(1).and_then(cell))
+            else {
                 return Err(backend("row without key and value"));
             };
             let k = String::from_utf8(k.to_vec()).map_err(backend)?;
@@ -163,20 +161,31 @@ pub async fn raw_run(server: &mut Server, w: &Workload) -> Result<Sample> {
 }
 
 async fn raw_inner(conn: &mut MultiplexedConnection, w: &Workload) -> Result<Sample> {
-    let mut s = Sample::default();
+    let mut sample = Sample::default();
     let (single, bulk) = ("raw_single", "raw_bulk");
     for g in [single, bulk] {
-        send(conn, "GRAPH.QUERY", g, "CREATE INDEX FOR (n:Doc) ON (n.key)").await?;
+        send(
+            conn,
+            "GRAPH.QUERY",
+            g,
+            "CREATE INDEX FOR (n:Doc) ON (n.key)",
+        )
+        .await?;
     }
 
     let t = start();
     for (k, d) in w.single() {
-        let q = Q::new()
-            .p("r", &row(k, d)?)?
-            .body("CREATE (:Doc {key: $r.key, v: $r.v, author: $r.author, created_at: $r.created_at})");
-        send(conn, "GRAPH.QUERY", single, &q).await?;
+        let query = Q::new().p("r", &row(k, d)?)?.body(
+            "CREATE (:Doc {key: $r.key, v: $r.v, author: $r.author, created_at: $r.created_at})",
+        );
+        send(conn, "GRAPH.QUERY", single, &query).await?;
     }
-    s.record(Op::InsertOne, t.elapsed(), w.single_inserts, w.single_inserts);
+    sample.record(
+        Op::InsertOne,
+        t.elapsed(),
+        w.single_inserts,
+        w.single_inserts,
+    );
 
     let t = start();
     let rows = w
@@ -184,49 +193,69 @@ async fn raw_inner(conn: &mut MultiplexedConnection, w: &Workload) -> Result<Sam
         .iter()
         .map(|(k, d)| row(k, d))
         .collect::<Result<Vec<_>>>()?;
-    let q = Q::new().p("rows", &rows)?.body(
+    let query = Q::new().p("rows", &rows)?.body(
         "UNWIND $rows AS r CREATE (:Doc {key: r.key, v: r.v, author: r.author, created_at: r.created_at})",
     );
     drop(rows);
-    send(conn, "GRAPH.QUERY", bulk, &q).await?;
-    drop(q);
-    s.record(Op::InsertBatch, t.elapsed(), 1, w.docs.len());
+    send(conn, "GRAPH.QUERY", bulk, &query).await?;
+    drop(query);
+    sample.record(Op::InsertBatch, t.elapsed(), 1, w.docs.len());
 
     let t = start();
     let mut found = 0;
     for &i in &w.gets {
-        let q = Q::new()
+        let query = Q::new()
             .p("k", &key(i))?
             .body("MATCH (n:Doc {key: $k}) RETURN n.key, n.v");
-        found += docs_of(send(conn, "GRAPH.RO_QUERY", bulk, &q).await?)?.len();
+        found += docs_of(send(conn, "GRAPH.RO_QUERY", bulk, &query).await?)?.len();
     }
-    s.record(Op::Get, t.elapsed(), w.gets.len(), found);
+    sample.record(Op::Get, t.elapsed(), w.gets.len(), found);
 
-    queries(conn, bulk, w, &mut s, Op::AuthorScan, Op::WindowScan).await?;
+    queries(conn, bulk, w, &mut sample, Op::AuthorScan, Op::WindowScan).await?;
 
     let t = start();
-    send(conn, "GRAPH.QUERY", bulk, "CREATE INDEX FOR (n:Doc) ON (n.author)").await?;
-    send(conn, "GRAPH.QUERY", bulk, "CREATE INDEX FOR (n:Doc) ON (n.created_at)").await?;
-    s.record(Op::CreateIndexes, t.elapsed(), 1, 2);
+    send(
+        conn,
+        "GRAPH.QUERY",
+        bulk,
+        "CREATE INDEX FOR (n:Doc) ON (n.author)",
+    )
+    .await?;
+    send(
+        conn,
+        "GRAPH.QUERY",
+        bulk,
+        "CREATE INDEX FOR (n:Doc) ON (n.created_at)",
+    )
+    .await?;
+    sample.record(Op::CreateIndexes, t.elapsed(), 1, 2);
 
-    queries(conn, bulk, w, &mut s, Op::AuthorIndexed, Op::WindowIndexed).await?;
+    queries(
+        conn,
+        bulk,
+        w,
+        &mut sample,
+        Op::AuthorIndexed,
+        Op::WindowIndexed,
+    )
+    .await?;
 
     let t = start();
     let mut seen = 0;
     let mut last = String::new();
     loop {
-        let q = Q::new().p("last", &last)?.body(
-            "MATCH (n:Doc) WHERE n.key > $last RETURN n.key, n.v ORDER BY n.key LIMIT 1000",
-        );
-        let page = docs_of(send(conn, "GRAPH.RO_QUERY", bulk, &q).await?)?;
+        let query = Q::new()
+            .p("last", &last)?
+            .body("MATCH (n:Doc) WHERE n.key > $last RETURN n.key, n.v ORDER BY n.key LIMIT 1000");
+        let page = docs_of(send(conn, "GRAPH.RO_QUERY", bulk, &query).await?)?;
         seen += page.len();
         match page.into_iter().last() {
             Some((k, _)) => last = k,
             None => break,
         }
     }
-    s.record(Op::Iterate, t.elapsed(), 1, seen);
-    Ok(s)
+    sample.record(Op::Iterate, t.elapsed(), 1, seen);
+    Ok(sample)
 }
 
 async fn queries(

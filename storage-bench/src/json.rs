@@ -51,8 +51,11 @@ impl RawJournal {
 
     fn line(out: &mut Vec<u8>, k: &str, d: &Doc) -> Result<()> {
         serde_json::to_writer(&mut *out, &(k, d)).map_err(|e| {
-            StorageError::new(ErrorCode::SerializationFailed, "raw journal: encoding failed")
-                .with_source(e)
+            StorageError::new(
+                ErrorCode::SerializationFailed,
+                "raw journal: encoding failed",
+            )
+            .with_source(e)
         })?;
         out.push(b'\n');
         Ok(())
@@ -137,7 +140,12 @@ pub fn raw_run(dir: &Path, w: &Workload) -> Result<Sample> {
     for (k, d) in w.single() {
         single.set(k, d)?;
     }
-    s.record(Op::InsertOne, t.elapsed(), w.single_inserts, w.single_inserts);
+    s.record(
+        Op::InsertOne,
+        t.elapsed(),
+        w.single_inserts,
+        w.single_inserts,
+    );
 
     let entries = w.docs.clone();
     let t = start();
@@ -178,7 +186,11 @@ fn queries(j: &RawJournal, w: &Workload, s: &mut Sample, indexed: bool) {
         }
         .len();
     }
-    let op = if indexed { Op::AuthorIndexed } else { Op::AuthorScan };
+    let op = if indexed {
+        Op::AuthorIndexed
+    } else {
+        Op::AuthorScan
+    };
     s.record(op, t.elapsed(), w.authors.len(), results);
 
     let t = start();
@@ -191,6 +203,10 @@ fn queries(j: &RawJournal, w: &Workload, s: &mut Sample, indexed: bool) {
         }
         .len();
     }
-    let op = if indexed { Op::WindowIndexed } else { Op::WindowScan };
+    let op = if indexed {
+        Op::WindowIndexed
+    } else {
+        Op::WindowScan
+    };
     s.record(op, t.elapsed(), w.windows.len(), results);
 }

@@ -42,7 +42,8 @@ impl Machine {
             cpus: std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
             cpu_model: field(&read("/proc/cpuinfo"), "model name")
                 .unwrap_or_else(|| "unknown".to_owned()),
-            memory: field(&read("/proc/meminfo"), "MemTotal").unwrap_or_else(|| "unknown".to_owned()),
+            memory: field(&read("/proc/meminfo"), "MemTotal")
+                .unwrap_or_else(|| "unknown".to_owned()),
             kernel: read("/proc/sys/kernel/osrelease").trim().to_owned(),
             rustc,
         }
@@ -66,7 +67,11 @@ pub fn utc_now() -> String {
     let days = i64::try_from(secs / 86_400).unwrap_or(0);
     let rem = secs % 86_400;
     let (y, m, d) = civil_from_days(days);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02} UTC", rem / 3600, rem % 3600 / 60)
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60
+    )
 }
 
 /// Howard Hinnant's days-to-civil algorithm (proleptic Gregorian calendar).

@@ -53,8 +53,17 @@ impl Options {
         let mut o = Options {
             quick: false,
             runs: 3,
-            only: vec!["json".into(), "sqlite".into(), "graph".into(), "codec".into()],
-            out: Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("docs")),
+            only: vec![
+                "json".into(),
+                "sqlite".into(),
+                "graph".into(),
+                "codec".into(),
+            ],
+            out: Some(
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("..")
+                    .join("docs"),
+            ),
         };
         let mut out_given = false;
         let mut args = std::env::args().skip(1);
@@ -129,9 +138,16 @@ async fn bench_sqlite(o: &Options, w: &Workload) -> Result<BackendResult> {
     progress("sqlite: raw rusqlite");
     let raw = runs_in_dirs(o.runs, |d| async move { sqlite::raw_run(&d, w) }).await?;
     progress("sqlite: adapter");
-    let adapter = runs_in_dirs(o.runs, |d| async move { sqlite::adapter_run(&d, w, true).await }).await?;
+    let adapter = runs_in_dirs(
+        o.runs,
+        |d| async move { sqlite::adapter_run(&d, w, true).await },
+    )
+    .await?;
     progress("sqlite: adapter without change log");
-    let quiet = runs_in_dirs(o.runs, |d| async move { sqlite::adapter_run(&d, w, false).await }).await?;
+    let quiet = runs_in_dirs(o.runs, |d| async move {
+        sqlite::adapter_run(&d, w, false).await
+    })
+    .await?;
     Ok(BackendResult {
         name: "SQLite",
         raw_name: "raw rusqlite",
@@ -178,7 +194,17 @@ async fn bench_graph(o: &Options, w: &Workload) -> Result<BackendResult> {
     })
 }
 
-fn bench_codec(o: &Options, w: &Workload, values: usize) -> Result<Vec<(storage_core::Format, storage_core::Compression, codec::CodecSample)>> {
+fn bench_codec(
+    o: &Options,
+    w: &Workload,
+    values: usize,
+) -> Result<
+    Vec<(
+        storage_core::Format,
+        storage_core::Compression,
+        codec::CodecSample,
+    )>,
+> {
     progress("serializer layer");
     let docs: Vec<Doc> = w.docs.iter().take(values).map(|(_, d)| d.clone()).collect();
     let mut out = Vec::new();
@@ -246,7 +272,8 @@ async fn main() -> MainResult {
     if let Some(dir) = &o.out {
         std::fs::create_dir_all(dir)?;
         let md_path = dir.join("BENCHMARKS.md");
-        let existing = std::fs::read_to_string(&md_path).unwrap_or_else(|_| "# Benchmarks\n".to_owned());
+        let existing =
+            std::fs::read_to_string(&md_path).unwrap_or_else(|_| "# Benchmarks\n".to_owned());
         std::fs::write(&md_path, report::splice(&existing, &markdown))?;
         std::fs::write(dir.join("benchmarks.svg"), report.svg())?;
         progress(&format!("wrote {} and benchmarks.svg", md_path.display()));

@@ -101,7 +101,10 @@ pub fn start() -> Instant {
 pub fn median(samples: &[Sample]) -> Sample {
     let mut out = Sample::default();
     for op in Op::ALL {
-        let mut times: Vec<Duration> = samples.iter().filter_map(|s| s.times.get(&op).copied()).collect();
+        let mut times: Vec<Duration> = samples
+            .iter()
+            .filter_map(|s| s.times.get(&op).copied())
+            .collect();
         if times.is_empty() {
             continue;
         }
@@ -157,7 +160,10 @@ mod tests {
     fn durations_read_well() {
         assert_eq!(human(Duration::from_nanos(512)), "512 ns");
         assert_eq!(human(Duration::from_micros(1500)), "1.5 ms");
-        assert_eq!(ratio(Duration::from_secs(3), Duration::from_secs(2)), Some(1.5));
+        assert_eq!(
+            ratio(Duration::from_secs(3), Duration::from_secs(2)),
+            Some(1.5)
+        );
         assert_eq!(ratio(Duration::from_secs(3), Duration::ZERO), None);
     }
 }

@@ -108,88 +108,43 @@ impl Report {
         );
 
         for b in &self.backends {
-            let _ = writeln!(out, "### {}\n", b.name);
-            let mut head = format!("| operation | {} | adapter | adapter / raw |", b.raw_name);
-            let mut rule = "|---|---:|---:|---:|".to_owned();
-            for (name, _) in &b.variants {
-                let _ = write!(head, " {name} | / raw |");
-                rule.push_str("---:|---:|");
-            }
-            let _ = writeln!(out, "{head}\n{rule}");
-            for op in Op::ALL {
-                let (Some(raw), Some(ad)) = (cell(&b.raw, op), cell(&b.adapter, op)) else {
-                    continue;
-                };
-                let mut line = format!(
-                    "| {} | {} | {} | **{}** |",
-                    op.label(),
-                    human(raw),
-                    human(ad),
-                    ratio_cell(ad, raw)
-                );
-                for (_, v) in &b.variants {
-                    match cell(v, op) {
-                        Some(t) => {
-                            let _ = write!(line, " {} | {} |", human(t), ratio_cell(t, raw));
-                        }
-                        None => line.push_str(" – | – |"),
-                    }
-                }
-                let _ = writeln!(out, "{line}");
-            }
-            let mismatches: Vec<String> = Op::ALL
-                .iter()
-                .filter_map(|op| {
-                    let raw = b.raw.results.get(op)?;
-                    let ad = b.adapter.results.get(op)?;
-                    (raw != ad).then(|| format!("{} (raw {raw}, adapter {ad})", op.short()))
-                })
-                .collect();
-            if mismatches.is_empty() {
-                let _ = writeln!(
-                    out,
-                    "\nBoth sides returned the same number of results for every operation."
-                );
-            } else {
-                let _ = writeln!(
-                    out,
-                    "\n**Result counts differ**: {}.",
-                    mismatches.join("; ")
-                );
-            }
-            let _ = writeln!(out);
+            backend_table(&mut out, b);
         }
-
-        if !self.codec.is_empty() {
-            let _ = writeln!(
-                out,
-                "### Serializer layer ({} values per run, time per value)\n",
-                self.codec_values
-            );
-            let _ = writeln!(
-                out,
-                "| format | compression | encode: raw | codec | codec / raw | decode: raw | codec | codec / raw | bytes: raw | codec |"
-            );
-            let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-            for (f, c, s) in &self.codec {
-                let _ = writeln!(
-                    out,
-                    "| {} | {} | {} | {} | **{}** | {} | {} | **{}** | {} | {} |",
-                    format_name(*f),
-                    compression_name(*c),
-                    human(s.raw_encode),
-                    human(s.encode),
-                    ratio_cell(s.encode, s.raw_encode),
-                    human(s.raw_decode),
-                    human(s.decode),
-                    ratio_cell(s.decode, s.raw_decode),
-                    s.raw_size,
-                    s.size
-                );
-            }
-            let _ = writeln!(out);
-        }
+        self.codec_table(&mut out);
         out
+    }
+
+    fn codec_table(&self, out: &mut String) {
+        if self.codec.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            out,
+            "### Serializer layer ({} values per run, time per value)\n",
+            self.codec_values
+        );
+        let _ = writeln!(
+            out,
+            "| format | compression | encode: raw | codec | codec / raw | decode: raw | codec | codec / raw | bytes: raw | codec |"
+        );
+        let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for (f, c, s) in &self.codec {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | **{}** | {} | {} | **{}** | {} | {} |",
+                format_name(*f),
+                compression_name(*c),
+                human(s.raw_encode),
+                human(s.encode),
+                ratio_cell(s.encode, s.raw_encode),
+                human(s.raw_decode),
+                human(s.decode),
+                ratio_cell(s.decode, s.raw_decode),
+                s.raw_size,
+                s.size
+            );
+        }
+        let _ = writeln!(out);
     }
 
     /// The bars of the chart: group, label, ratio.
@@ -247,7 +202,11 @@ impl Report {
             y += row;
             for (_, label, r) in bars.iter().filter(|b| b.0 == *g) {
                 let (x1, x2) = (x(1.0), x(*r));
-                let (bx, bw) = if x2 >= x1 { (x1, x2 - x1) } else { (x2, x1 - x2) };
+                let (bx, bw) = if x2 >= x1 {
+                    (x1, x2 - x1)
+                } else {
+                    (x2, x1 - x2)
+                };
                 let _ = writeln!(
                     body,
                     r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text><rect x="{bx:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{colour}"/><text x="{:.1}" y="{:.1}">{r:.2}×</text>"#,
@@ -274,10 +233,14 @@ impl Report {
                     break;
                 }
                 let xr = x(r);
-                let stroke = if (r - 1.0).abs() < 1e-9 { "#000" } else { "#ddd" };
+                let stroke = if (r - 1.0).abs() < 1e-9 {
+                    "#000"
+                } else {
+                    "#ddd"
+                };
                 let _ = writeln!(
                     axis,
-                    r#"<line x1="{xr:.1}" y1="{:.1}" x2="{xr:.1}" y2="{:.1}" stroke="{stroke}"/><text x="{xr:.1}" y="{:.1}" text-anchor="middle" fill="#555">{}×</text>"#,
+                    r##"<line x1="{xr:.1}" y1="{:.1}" x2="{xr:.1}" y2="{:.1}" stroke="{stroke}"/><text x="{xr:.1}" y="{:.1}" text-anchor="middle" fill="#555">{}×</text>"##,
                     top - 4.0,
                     y,
                     top - 8.0,
@@ -287,15 +250,70 @@ impl Report {
             decade += 1.0;
         }
         format!(
-            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" viewBox="0 0 {width:.0} {height:.0}" font-family="sans-serif" font-size="11">
+            r##"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" viewBox="0 0 {width:.0} {height:.0}" font-family="sans-serif" font-size="11">
 <rect width="100%" height="100%" fill="#fff"/>
 <text x="8" y="18" font-size="14" font-weight="bold">Adapter time / raw backend time, per operation (lower is better; 1× = as fast as raw)</text>
 <text x="8" y="34" fill="#555">{} documents, median of {} runs, {}. Logarithmic axis.</text>
 {axis}{body}</svg>
-"#,
-            self.n, self.runs, esc(&self.finished)
+"##,
+            self.n,
+            self.runs,
+            esc(&self.finished)
         )
     }
+}
+
+fn backend_table(out: &mut String, b: &BackendResult) {
+    let _ = writeln!(out, "### {}\n", b.name);
+    let mut head = format!("| operation | {} | adapter | adapter / raw |", b.raw_name);
+    let mut rule = "|---|---:|---:|---:|".to_owned();
+    for (name, _) in &b.variants {
+        let _ = write!(head, " {name} | / raw |");
+        rule.push_str("---:|---:|");
+    }
+    let _ = writeln!(out, "{head}\n{rule}");
+    for op in Op::ALL {
+        let (Some(raw), Some(ad)) = (cell(&b.raw, op), cell(&b.adapter, op)) else {
+            continue;
+        };
+        let mut line = format!(
+            "| {} | {} | {} | **{}** |",
+            op.label(),
+            human(raw),
+            human(ad),
+            ratio_cell(ad, raw)
+        );
+        for (_, v) in &b.variants {
+            match cell(v, op) {
+                Some(t) => {
+                    let _ = write!(line, " {} | {} |", human(t), ratio_cell(t, raw));
+                }
+                None => line.push_str(" – | – |"),
+            }
+        }
+        let _ = writeln!(out, "{line}");
+    }
+    let mismatches: Vec<String> = Op::ALL
+        .iter()
+        .filter_map(|op| {
+            let raw = b.raw.results.get(op)?;
+            let ad = b.adapter.results.get(op)?;
+            (raw != ad).then(|| format!("{} (raw {raw}, adapter {ad})", op.short()))
+        })
+        .collect();
+    if mismatches.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nBoth sides returned the same number of results for every operation."
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "\n**Result counts differ**: {}.",
+            mismatches.join("; ")
+        );
+    }
+    let _ = writeln!(out);
 }
 
 fn trim(r: f64) -> String {
@@ -304,7 +322,9 @@ fn trim(r: f64) -> String {
 }
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// Replaces the generated part of `existing` (between the markers) with `generated`,
@@ -313,11 +333,9 @@ pub fn splice(existing: &str, generated: &str) -> String {
     const BEGIN: &str = "<!-- generated:begin -->";
     const END: &str = "<!-- generated:end -->";
     match (existing.find(BEGIN), existing.find(END)) {
-        (Some(b), Some(e)) if b < e => format!(
-            "{}{BEGIN}\n{generated}{}",
-            &existing[..b],
-            &existing[e..]
-        ),
+        (Some(b), Some(e)) if b < e => {
+            format!("{}{BEGIN}\n{generated}{}", &existing[..b], &existing[e..])
+        }
         _ => format!("{existing}\n{BEGIN}\n{generated}{END}\n"),
     }
 }

@@ -19,11 +19,11 @@ use crate::measure::{Op, Sample, start};
 use crate::workload::{Doc, WINDOW_LIMIT, Workload, key};
 
 fn sql(e: rusqlite::Error) -> StorageError {
-    StorageError::new(ErrorCode::Backend, format!("raw sqlite: {e}"))
+    StorageError::new(ErrorCode::Backend, "raw sqlite call failed").with_source(e)
 }
 
 fn json(e: serde_json::Error) -> StorageError {
-    StorageError::new(ErrorCode::SerializationFailed, format!("raw sqlite: {e}"))
+    StorageError::new(ErrorCode::SerializationFailed, "raw sqlite: json failed").with_source(e)
 }
 
 /// One run of the adapter, with or without its change log.
@@ -42,7 +42,7 @@ pub async fn adapter_run(dir: &Path, w: &Workload, change_log: bool) -> Result<S
 
 fn open_raw(path: &Path) -> Result<Connection> {
     let conn = Connection::open(path).map_err(sql)?;
-    conn.busy_timeout(std::time::Duration::from_millis(5_000))
+    conn.busy_timeout(std::time::Duration::from_secs(5))
         .map_err(sql)?;
     conn.pragma_update(None, "synchronous", "NORMAL")
         .map_err(sql)?;
@@ -88,7 +88,12 @@ pub fn raw_run(dir: &Path, w: &Workload) -> Result<Sample> {
             .and_then(|mut st| st.execute(params![k, v]))
             .map_err(sql)?;
     }
-    s.record(Op::InsertOne, t.elapsed(), w.single_inserts, w.single_inserts);
+    s.record(
+        Op::InsertOne,
+        t.elapsed(),
+        w.single_inserts,
+        w.single_inserts,
+    );
 
     let t = start();
     let tx = bulk.transaction().map_err(sql)?;
@@ -140,7 +145,13 @@ pub fn raw_run(dir: &Path, w: &Workload) -> Result<Sample> {
     Ok(s)
 }
 
-fn queries(conn: &Connection, w: &Workload, s: &mut Sample, author_op: Op, window_op: Op) -> Result<()> {
+fn queries(
+    conn: &Connection,
+    w: &Workload,
+    s: &mut Sample,
+    author_op: Op,
+    window_op: Op,
+) -> Result<()> {
     let t = start();
     let mut results = 0;
     for a in &w.authors {

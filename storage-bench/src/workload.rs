@@ -35,9 +35,9 @@ const T0: i64 = 1_700_000_000_000;
 
 const WORDS: [&str; 32] = [
     "storage", "adapter", "tier", "query", "index", "journal", "graph", "node", "commit",
-    "snapshot", "replica", "batch", "stream", "codec", "header", "page", "cursor", "lock",
-    "fsync", "table", "range", "order", "window", "author", "score", "tag", "value", "key",
-    "field", "path", "filter", "limit",
+    "snapshot", "replica", "batch", "stream", "codec", "header", "page", "cursor", "lock", "fsync",
+    "table", "range", "order", "window", "author", "score", "tag", "value", "key", "field", "path",
+    "filter", "limit",
 ];
 
 /// A small deterministic generator (SplitMix64): the workload needs reproducible
@@ -113,7 +113,9 @@ impl Workload {
     /// `gets` random gets, from a fixed seed.
     pub fn new(n: u64, single_inserts: usize, gets: usize) -> Self {
         let mut rng = Rng::new(0x5EED_0008);
-        let span = i64::try_from(n.max(1)).unwrap_or(i64::MAX).saturating_mul(1_000);
+        let span = i64::try_from(n.max(1))
+            .unwrap_or(i64::MAX)
+            .saturating_mul(1_000);
         let span_u = u64::try_from(span).unwrap_or(1);
         let docs = (0..n)
             .map(|i| {
@@ -188,7 +190,8 @@ mod tests {
             assert!((200..220).contains(&d.body.len()));
             assert!((0.0..=100.0).contains(&d.score));
         }
-        let authors: std::collections::BTreeSet<_> = a.docs.iter().map(|(_, d)| &d.author).collect();
+        let authors: std::collections::BTreeSet<_> =
+            a.docs.iter().map(|(_, d)| &d.author).collect();
         assert!(authors.len() > 90);
         let (from, to) = a.windows[0];
         let inside = a
@@ -196,6 +199,9 @@ mod tests {
             .iter()
             .filter(|(_, d)| (from..to).contains(&d.created_at))
             .count();
-        assert!((1..=40).contains(&inside), "{inside} documents in a 1 % window");
+        assert!(
+            (1..=40).contains(&inside),
+            "{inside} documents in a 1 % window"
+        );
     }
 }
