@@ -4,6 +4,10 @@
 //! an `Arc<dyn Storage<T>>` and asks it for the tier it needs at start-up
 //! ([`storage_core::ArcStorageExt::into_transactional_or_err`] and friends).
 //! [`open_backend`] is the one place that knows the concrete adapter types.
+//!
+//! The examples themselves live in `examples/examples/` (see the crate's `README.md`):
+//! `quickstart`, `users_json`, `documents_sqlite`, `transfer`, `library_author`,
+//! `config_app` and `graph`, each run with `cargo run -p examples --example <name>`.
 
 #![forbid(unsafe_code)]
 
