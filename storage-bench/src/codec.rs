@@ -97,39 +97,53 @@ fn per_value(d: Duration, n: usize) -> Duration {
     d / u32::try_from(n.max(1)).unwrap_or(u32::MAX)
 }
 
-/// One run of one configuration over `docs`; codec and raw alternate so both see the
-/// same machine.
+/// Values per timed slice: codec and raw alternate slice by slice, so a burst of other
+/// load on the machine lands on both sides instead of on one.
+const SLICE: usize = 250;
+
+/// One run of one configuration over `docs`.
 pub fn run(format: Format, compression: Compression, docs: &[Doc]) -> Result<CodecSample> {
     let codec = Codec::<Doc>::new(&SerializationConfig::new(format, compression))?;
     let n = docs.len();
+    let (mut encode, mut raw_encode_time) = (Duration::ZERO, Duration::ZERO);
+    let (mut encoded, mut raw) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for (i, slice) in docs.chunks(SLICE).enumerate() {
+        // Alternate which side goes first, so neither always meets a warmer cache.
+        for side in [i % 2, 1 - i % 2] {
+            let t = start();
+            for d in slice {
+                if side == 0 {
+                    encoded.push(codec.encode(d)?);
+                } else {
+                    raw.push(raw_encode(format, compression, d)?);
+                }
+            }
+            if side == 0 {
+                encode += t.elapsed();
+            } else {
+                raw_encode_time += t.elapsed();
+            }
+        }
+    }
 
-    let t = start();
-    let encoded = docs
-        .iter()
-        .map(|d| codec.encode(d))
-        .collect::<Result<Vec<_>>>()?;
-    let encode = per_value(t.elapsed(), n);
-
-    let t = start();
-    let raw = docs
-        .iter()
-        .map(|d| raw_encode(format, compression, d))
-        .collect::<Result<Vec<_>>>()?;
-    let raw_encode_time = per_value(t.elapsed(), n);
-
-    let t = start();
-    let decoded = encoded
-        .iter()
-        .map(|b| codec.decode(b))
-        .collect::<Result<Vec<_>>>()?;
-    let decode = per_value(t.elapsed(), n);
-
-    let t = start();
-    let raw_decoded = raw
-        .iter()
-        .map(|b| raw_decode(format, compression, b))
-        .collect::<Result<Vec<_>>>()?;
-    let raw_decode_time = per_value(t.elapsed(), n);
+    let (mut decode, mut raw_decode_time) = (Duration::ZERO, Duration::ZERO);
+    let (mut decoded, mut raw_decoded) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for (i, (slice, raw_slice)) in encoded.chunks(SLICE).zip(raw.chunks(SLICE)).enumerate() {
+        for side in [i % 2, 1 - i % 2] {
+            let t = start();
+            if side == 0 {
+                for b in slice {
+                    decoded.push(codec.decode(b)?);
+                }
+                decode += t.elapsed();
+            } else {
+                for b in raw_slice {
+                    raw_decoded.push(raw_decode(format, compression, b)?);
+                }
+                raw_decode_time += t.elapsed();
+            }
+        }
+    }
 
     if decoded != docs || raw_decoded != docs {
         return Err(StorageError::new(
@@ -138,10 +152,10 @@ pub fn run(format: Format, compression: Compression, docs: &[Doc]) -> Result<Cod
         ));
     }
     Ok(CodecSample {
-        encode,
-        raw_encode: raw_encode_time,
-        decode,
-        raw_decode: raw_decode_time,
+        encode: per_value(encode, n),
+        raw_encode: per_value(raw_encode_time, n),
+        decode: per_value(decode, n),
+        raw_decode: per_value(raw_decode_time, n),
         size: encoded.iter().map(Vec::len).sum::<usize>() / n.max(1),
         raw_size: raw.iter().map(Vec::len).sum::<usize>() / n.max(1),
     })

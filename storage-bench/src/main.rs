@@ -209,7 +209,9 @@ fn bench_codec(
     let docs: Vec<Doc> = w.docs.iter().take(values).map(|(_, d)| d.clone()).collect();
     let mut out = Vec::new();
     for (format, compression) in codec::CONFIGS {
-        let samples = (0..o.runs.max(5))
+        // One untimed pass warms caches and the allocator for both sides.
+        codec::run(format, compression, &docs)?;
+        let samples = (0..o.runs.max(7))
             .map(|_| codec::run(format, compression, &docs))
             .collect::<Result<Vec<_>>>()?;
         out.push((format, compression, codec::median(&samples)));
