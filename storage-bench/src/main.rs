@@ -116,6 +116,14 @@ impl Options {
     }
 }
 
+/// Prints a finished backend's table at once, so a later failure loses nothing.
+fn show(b: BackendResult) -> BackendResult {
+    let mut table = String::new();
+    report::backend_table(&mut table, &b);
+    eprintln!("{table}");
+    b
+}
+
 fn progress(what: &str) {
     eprintln!("[{}] {what}", machine::utc_now());
 }
@@ -234,13 +242,13 @@ async fn main() -> MainResult {
 
     let mut backends = Vec::new();
     if o.wants("sqlite") {
-        backends.push(bench_sqlite(&o, &w).await?);
+        backends.push(show(bench_sqlite(&o, &w).await?));
     }
     if o.wants("json") {
-        backends.push(bench_json(&o, &w).await?);
+        backends.push(show(bench_json(&o, &w).await?));
     }
     if o.wants("graph") {
-        backends.push(bench_graph(&o, &w).await?);
+        backends.push(show(bench_graph(&o, &w).await?));
     }
     let codec = if o.wants("codec") {
         bench_codec(&o, &w, codec_values)?

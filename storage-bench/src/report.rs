@@ -263,7 +263,8 @@ impl Report {
     }
 }
 
-fn backend_table(out: &mut String, b: &BackendResult) {
+/// Appends one backend's table (and its result check) to `out`.
+pub fn backend_table(out: &mut String, b: &BackendResult) {
     let _ = writeln!(out, "### {}\n", b.name);
     let mut head = format!("| operation | {} | adapter | adapter / raw |", b.raw_name);
     let mut rule = "|---|---:|---:|---:|".to_owned();
