@@ -143,3 +143,16 @@ pub use harness::{
 };
 pub use prop::Regressions;
 pub use values::{Doc, Reading};
+
+/// Compile-time check that the public types can cross threads.
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Failure>();
+    assert_send_sync::<MemoryHarness>();
+    assert_send_sync::<Regressions>();
+    assert_send_sync::<Doc>();
+    assert_send_sync::<Reading>();
+    assert_send_sync::<corpus::Fixture>();
+    assert_send_sync::<server::FalkorServer>();
+    assert_send_sync::<server::FalkorCluster>();
+};

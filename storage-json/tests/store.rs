@@ -864,35 +864,55 @@ async fn a_gap_in_the_journal_is_corrupted() -> TestResult {
     Ok(())
 }
 
-/// Writes keep flowing while a background compaction runs, and the files hold every
-/// one of them at every moment: copies taken mid-way reopen with all acknowledged writes.
+/// Writes, overwrites, deletes and clears keep flowing while background compactions
+/// run, and the files hold exactly the acknowledged state at every moment: copies
+/// taken mid-way reopen to what the store held when they were taken.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_during_background_compaction_are_kept() -> TestResult {
     let (_dir, path) = temp()?;
     let store = JsonStorage::<Value>::open(JsonConfig::new(&path).compact_after(20)).await?;
     let copies = tempfile::tempdir()?;
     let mut checks = 0;
-    for i in 0..600u32 {
-        store
-            .set(&format!("k{i:04}"), &json!({"i": i, "pad": "p".repeat(64)}))
-            .await?;
+    let mut seed = 0x2545_F491_4F6C_DD1Du64;
+    let (mut last_records, mut compactions) = (0, 0);
+    for i in 0..1500u32 {
+        let records = store.journal_records();
+        if records < last_records {
+            compactions += 1;
+        }
+        last_records = records;
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let key = format!("k{:03}", seed % 400);
+        match seed % 100 {
+            0 => store.clear().await?,
+            1..=24 => {
+                store.delete(&key).await?;
+            }
+            _ => {
+                store
+                    .set(&key, &json!({"i": i, "pad": "p".repeat(64)}))
+                    .await?;
+            }
+        }
         if i % 37 == 0 {
+            let expected: Vec<(String, Value)> = store.entries().try_collect().await?;
             let dir = copies.path().join(format!("c{i}"));
             std::fs::create_dir(&dir)?;
             let copy = copy_as_crashed(&path, &dir)?;
             let reopened = open(&copy).await?;
-            assert_eq!(reopened.size().await?, u64::from(i) + 1, "copy at {i}");
-            assert_eq!(
-                reopened.get(&format!("k{i:04}")).await?,
-                Some(json!({"i": i, "pad": "p".repeat(64)}))
-            );
+            let got: Vec<(String, Value)> = reopened.entries().try_collect().await?;
+            assert_eq!(got, expected, "copy at {i}");
             checks += 1;
         }
     }
+    let expected: Vec<(String, Value)> = store.entries().try_collect().await?;
     store.close().await?;
     let reopened = open(&path).await?;
-    assert_eq!(reopened.size().await?, 600);
+    assert_eq!(reopened.entries().try_collect::<Vec<_>>().await?, expected);
     assert_eq!(std::fs::metadata(journal_of(&path))?.len(), 0);
-    assert!(checks > 10);
+    assert!(checks > 30);
+    assert!(compactions > 3, "only {compactions} background compactions");
     Ok(())
 }
