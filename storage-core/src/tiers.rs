@@ -165,7 +165,7 @@ pub trait Storage<T: StorageValue>: Send + Sync {
 /// Expands, inside an `impl Storage<T> for …` block, into the `as_*` and
 /// `into_*` accessors of the named tiers.
 ///
-/// ```ignore
+/// ```text
 /// impl<T: StorageValue> Storage<T> for MyStore<T> {
 ///     storage_core::tier_accessors!(T; batch, queryable);
 ///     // …

@@ -13,7 +13,6 @@ use std::marker::PhantomData;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
-use falkordb::FalkorValue;
 use futures::StreamExt;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, IntoConnectionInfo, Value};
@@ -28,15 +27,16 @@ use storage_core::{
 
 use crate::config::{GraphConfig, STREAM_MAX_LEN, redact_url};
 use crate::cypher::{
-    Cypher, KEY_INDEX_PROP, KEY_PROP, OPAQUE_PROP, Promoted, VALUE_PROP, key_hex, promote,
+    Cypher, KEY_INDEX_PROP, KEY_PROP, OPAQUE_PROP, Promoted, VALUE_PROP, key_hex, literal, promote,
 };
 use crate::embedded::EmbeddedServer;
 use crate::error::{BACKEND, corrupt, is_missing_graph, redis_err, reply_err};
+use crate::unique::{EPOCH_PROP, Stamp, op_terms};
 
 /// How often a write that lost a `WATCH` race is retried before `VersionConflict`.
 const WRITE_RETRIES: usize = 16;
 /// Entries fetched per round trip when iterating.
-const PAGE: usize = 1000;
+const PAGE: usize = 5000;
 
 /// A FalkorDB-backed store of `T` values under one label of one graph.
 ///
@@ -84,6 +84,8 @@ pub(crate) struct Inner {
     pub(crate) version_key: String,
     pub(crate) stream_max_len: usize,
     pub(crate) index_key: String,
+    /// Counter bumped whenever the label's unique indexes change (see `crate::unique`).
+    pub(crate) epoch_key: String,
     pub(crate) indexes: crate::query::IndexRegistry,
     // Declared last: dropped after the connections above.
     server: Option<EmbeddedServer>,
@@ -348,6 +350,7 @@ impl Inner {
             version_key: format!("{}::version", config.database),
             stream_max_len: STREAM_MAX_LEN,
             index_key: format!("{}::{}::indexes", config.database, config.label),
+            epoch_key: format!("{}::{}::indexes::epoch", config.database, config.label),
             indexes: crate::query::IndexRegistry::default(),
             server,
         };
@@ -596,6 +599,7 @@ impl Inner {
         conn: &mut MultiplexedConnection,
         ops: &[Op],
         existed: Option<&BTreeSet<String>>,
+        stamp: &Stamp,
     ) -> Result<Option<Applied>> {
         let mut applied = Applied::default();
         let mut state: HashMap<&str, bool> = HashMap::new();
@@ -675,7 +679,7 @@ impl Inner {
             // Nothing to write (deletes of missing keys): the after-hooks still see them.
             return Ok(Some(applied));
         }
-        let q = self.write_plan(clear, &sets, &deletes)?;
+        let q = self.write_plan(clear, &sets, &deletes, stamp)?;
         let payload = serde_json::to_string(&applied.changes).map_err(|e| {
             StorageError::new(ErrorCode::SerializationFailed, e.to_string()).with_backend(BACKEND)
         })?;
@@ -736,6 +740,7 @@ impl Inner {
         clear: bool,
         sets: &BTreeMap<&str, &Encoded>,
         deletes: &BTreeSet<&str>,
+        stamp: &Stamp,
     ) -> Result<Cypher> {
         let mut q = Cypher::new();
         let label = &self.label;
@@ -760,7 +765,9 @@ impl Inner {
             // A lone set skips UNWIND, which costs FalkorDB about three times more
             // than the same upsert on plain parameters.
             let k = q.param(&key_hex(key))?;
-            let p = q.param(&node_props(key, value))?;
+            let mut row = String::new();
+            write_node_literal(&mut row, key, value, stamp)?;
+            let p = q.param_literal(&row);
             let _ = write!(
                 body,
                 "OPTIONAL MATCH (n:{label} {{{KEY_INDEX_PROP}: {k}}}) \
@@ -768,11 +775,16 @@ impl Inner {
                  FOREACH (_ IN CASE WHEN n IS NULL THEN [] ELSE [1] END | SET n = {p})"
             );
         } else if !sets.is_empty() {
-            let rows: Vec<FalkorValue> = sets
-                .iter()
-                .map(|(key, value)| node_props(key, value))
-                .collect();
-            let rows = q.param(&rows)?;
+            let mut list = String::with_capacity(sets.len() * 160);
+            list.push('[');
+            for (i, (key, value)) in sets.iter().enumerate() {
+                if i > 0 {
+                    list.push_str(", ");
+                }
+                write_node_literal(&mut list, key, value, stamp)?;
+            }
+            list.push(']');
+            let rows = q.param_literal(&list);
             let _ = write!(
                 body,
                 "UNWIND {rows} AS r OPTIONAL MATCH (n:{label} {{{KEY_INDEX_PROP}: r.{KEY_INDEX_PROP}}}) \
@@ -789,30 +801,36 @@ impl Inner {
     }
 }
 
-/// Every property of an entry's node.
-fn node_props(key: &str, value: &Encoded) -> FalkorValue {
-    let mut map: HashMap<String, FalkorValue> = value.promoted.props.clone();
-    map.insert(KEY_PROP.to_owned(), FalkorValue::String(key.to_owned()));
-    map.insert(KEY_INDEX_PROP.to_owned(), FalkorValue::String(key_hex(key)));
-    map.insert(
-        VALUE_PROP.to_owned(),
-        FalkorValue::String(value.stored.clone()),
+/// Every property of an entry's node, as a Cypher map literal appended to `out`.
+///
+/// Written directly rather than through a `FalkorValue::Map`, which would copy every
+/// property once more per row: each value still goes through the `falkordb` encoder,
+/// and every name is fixed or a promoted path (no backtick, no NUL: see
+/// `cypher::promote`) in backticks.
+fn write_node_literal(out: &mut String, key: &str, value: &Encoded, stamp: &Stamp) -> Result<()> {
+    let hex = key_hex(key);
+    let _ = write!(
+        out,
+        "{{{KEY_PROP}: {}, {KEY_INDEX_PROP}: '{hex}', {VALUE_PROP}: {}",
+        literal(key)?,
+        literal(value.stored.as_str())?
     );
-    if !value.promoted.opaque.is_empty() {
-        map.insert(
-            OPAQUE_PROP.to_owned(),
-            FalkorValue::Array(
-                value
-                    .promoted
-                    .opaque
-                    .iter()
-                    .cloned()
-                    .map(FalkorValue::String)
-                    .collect(),
-            ),
-        );
+    for (name, v) in &value.promoted.props {
+        let _ = write!(out, ", `{name}`: {}", literal(v)?);
     }
-    FalkorValue::Map(map)
+    if !value.promoted.opaque.is_empty() {
+        let _ = write!(out, ", {OPAQUE_PROP}: [");
+        for (i, path) in value.promoted.opaque.iter().enumerate() {
+            if i > 0 {
+                out.push_str(", ");
+            }
+            out.push_str(&literal(path.as_str())?);
+        }
+        out.push(']');
+    }
+    stamp.write_props(&value.doc, out)?;
+    out.push('}');
+    Ok(())
 }
 
 fn conn_config() -> AsyncConnectionConfig {
@@ -966,12 +984,22 @@ impl<T: StorageValue> GraphStorage<T> {
         conn: &mut MultiplexedConnection,
         ops: &[Op],
     ) -> Result<Option<Applied>> {
-        let uniques = self.inner.indexes.unique();
-        let existed = if !uniques.is_empty() {
-            let base = self.all_documents(conn).await?;
-            crate::unique::check_ops(&uniques, &base, ops)?;
-            base.into_keys().collect()
-        } else if ops.iter().any(|op| matches!(op, Op::Clear)) {
+        // The epoch under WATCH: if the unique indexes changed since this handle last
+        // looked, read them again (a later change aborts the EXEC).
+        let epoch: Option<i64> = redis::cmd("GET")
+            .arg(&self.inner.epoch_key)
+            .query_async(conn)
+            .await
+            .map_err(redis_err("commit"))?;
+        if epoch.unwrap_or(0) != self.inner.indexes.epoch() {
+            self.load_indexes_on(conn, false).await?;
+        }
+        let stamp = Stamp::new(self.inner.indexes.epoch(), &self.inner.indexes.list())?;
+        if !stamp.uniques.is_empty() && ops.iter().any(|op| matches!(op, Op::Set { .. })) {
+            let base = self.unique_candidates(conn, &stamp, ops).await?;
+            crate::unique::check_ops(&stamp.definitions(), &base, ops)?;
+        }
+        let existed = if ops.iter().any(|op| matches!(op, Op::Clear)) {
             self.inner.all_keys(conn).await?
         } else {
             let keys: BTreeSet<&str> = ops
@@ -982,20 +1010,61 @@ impl<T: StorageValue> GraphStorage<T> {
             let keys: Vec<&str> = keys.into_iter().collect();
             self.inner.existing(conn, &keys).await?
         };
-        self.inner.commit(conn, ops, Some(&existed)).await
+        self.inner.commit(conn, ops, Some(&existed), &stamp).await
+    }
+
+    /// The documents that could hold a term `ops` claims in a unique index: nodes that
+    /// list one of the terms, and nodes stamped with another epoch (their stored terms
+    /// may be missing or stale, so their documents are checked).
+    async fn unique_candidates(
+        &self,
+        conn: &mut MultiplexedConnection,
+        stamp: &Stamp,
+        ops: &[Op],
+    ) -> Result<BTreeMap<String, Document>> {
+        let mut q = Cypher::new();
+        let e = q.param(&stamp.epoch)?;
+        let mut clauses = vec![format!("coalesce(n.{EPOCH_PROP}, -1) <> {e}")];
+        for ((prop, _, _), terms) in stamp.uniques.iter().zip(op_terms(stamp, ops)) {
+            if terms.is_empty() {
+                continue;
+            }
+            let t = q.param(&terms)?;
+            clauses.push(format!("any(t IN coalesce(n.`{prop}`, []) WHERE t IN {t})"));
+        }
+        q.push(&format!(
+            "MATCH (n:{}) WHERE {} RETURN n.{KEY_PROP}, n.{VALUE_PROP}",
+            self.inner.label,
+            clauses.join(" OR ")
+        ));
+        let rows = self.inner.read(conn, &q, "commit").await?;
+        key_value_rows(rows, "commit")?
+            .into_iter()
+            .map(|(k, stored)| {
+                let value: T = decode(&self.codec, &stored, "commit")?;
+                Ok((k, to_document(&value)?))
+            })
+            .collect()
     }
 
     /// Applies encoded ops as one commit, reading first (under `WATCH`) when deletes,
     /// clears or unique indexes need to know what exists; retries lost races.
     pub(crate) async fn apply(&self, ops: &[Op]) -> Result<Applied> {
+        self.refresh_indexes().await?;
         let needs_read = !self.inner.indexes.unique().is_empty()
             || ops.iter().any(|op| !matches!(op, Op::Set { .. }));
         let applied = if needs_read {
             self.apply_watched(ops).await?
         } else {
             let mut conn = self.inner.shared();
+            // No unique index known: stamp the cached epoch. If it is already stale, the
+            // nodes count as unchecked and later unique checks read their documents.
+            let stamp = Stamp {
+                epoch: self.inner.indexes.epoch(),
+                uniques: Vec::new(),
+            };
             self.inner
-                .commit(&mut conn, ops, None)
+                .commit(&mut conn, ops, None, &stamp)
                 .await?
                 .ok_or_else(|| reply_err("commit", "exec aborted without watch"))?
         };
@@ -1005,10 +1074,11 @@ impl<T: StorageValue> GraphStorage<T> {
 
     async fn apply_watched(&self, ops: &[Op]) -> Result<Applied> {
         let mut conn = self.inner.dedicated().await?;
-        for _ in 0..WRITE_RETRIES {
+        for attempt in 0..WRITE_RETRIES {
             redis::cmd("WATCH")
                 .arg(&self.inner.graph)
                 .arg(&self.inner.version_key)
+                .arg(&self.inner.epoch_key)
                 .query_async::<()>(&mut conn)
                 .await
                 .map_err(redis_err("watch"))?;
@@ -1021,7 +1091,17 @@ impl<T: StorageValue> GraphStorage<T> {
                     self.inner.give_back(conn);
                     return Ok(applied);
                 }
-                Ok(None) => {}
+                Ok(None) => {
+                    // Lost a race: back off a little (growing, staggered by the clock)
+                    // so that a crowd of writers does not retry in lockstep.
+                    let jitter = u64::from(
+                        std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.subsec_nanos() % 1000),
+                    );
+                    let attempt_us = 200 * (u64::try_from(attempt).unwrap_or(16) + 1);
+                    tokio::time::sleep(std::time::Duration::from_micros(attempt_us + jitter)).await;
+                }
                 Err(e) => {
                     let _ = redis::cmd("UNWATCH").query_async::<()>(&mut conn).await;
                     return Err(e);

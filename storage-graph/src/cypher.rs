@@ -79,6 +79,21 @@ impl Cypher {
         Ok(format!("${name}"))
     }
 
+    /// Adds a parameter given as a Cypher literal and returns its placeholder.
+    ///
+    /// Only for literals assembled from [`literal`] pieces and names that passed
+    /// [`quote_name`]'s rules (the row maps of a write, built without the
+    /// intermediate maps `param` would need).
+    pub(crate) fn param_literal(&mut self, literal: &str) -> String {
+        let name = format!("p{}", self.next);
+        self.next += 1;
+        if self.header.is_empty() {
+            self.header.push_str("CYPHER ");
+        }
+        let _ = write!(self.header, "{name}={literal} ");
+        format!("${name}")
+    }
+
     /// Appends fixed text to the body.
     pub(crate) fn push(&mut self, text: &str) -> &mut Self {
         self.body.push_str(text);
@@ -108,6 +123,17 @@ pub(crate) fn key_hex(key: &str) -> String {
         out.push(char::from(DIGITS[usize::from(b & 15)]));
     }
     out
+}
+
+/// One value as a Cypher literal, by the `falkordb` crate's encoder.
+pub(crate) fn literal<V: IntoFalkorParam + ?Sized>(value: &V) -> Result<String> {
+    to_cypher_param(value).map_err(|e| {
+        StorageError::new(
+            ErrorCode::InvalidValue,
+            format!("value cannot be sent to falkordb: {e}"),
+        )
+        .with_backend(BACKEND)
+    })
 }
 
 /// Quotes a label, relationship type or property name in backticks.

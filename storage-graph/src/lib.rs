@@ -69,7 +69,7 @@
 //!   nested conditions, `order_by`, `offset`, `limit`, `select`, `count` and aggregates
 //!   (FalkorDB's range index orders strings in its own collation and equates `true` with
 //!   `1`, so results are only ever re-checked, never taken from it as they are);
-//!   unique indexes, checked on the state read under the commit's `WATCH`.
+//!   unique indexes, checked on the candidates read under the commit's `WATCH`.
 //!
 //! [`storage_core::IndexedStorage::explain`] lists both, with the `GRAPH.EXPLAIN` plan.
 //!
@@ -85,6 +85,27 @@
 //! `{database}::{label}::changes` in the same `MULTI`/`EXEC` (trimmed to about
 //! [`STREAM_MAX_LEN`] batches); every watch reads it, in commit order, so it sees
 //! writes from every handle and process.
+//!
+//! ## Runtime
+//! Every call runs on tokio: the store needs a runtime with I/O and time enabled
+//! (`#[tokio::main]`, `Runtime::new()`, or a builder with `enable_all()`), and
+//! `watch` spawns one task per subscription on the current runtime.
+//!
+//! ## What you give up
+//! - change events carry the new value of a set; `old_value` is always `None`;
+//! - a label with unique indexes pays for them on every write: the check runs in
+//!   process (FalkorDB's own unique constraint compares single property values, and
+//!   crashes the server on blank strings) on the entries that could conflict, read
+//!   under the commit's `WATCH` (each node lists its index terms; the read is a scan of
+//!   the label on the server); a handle that has not yet seen a unique index created
+//!   elsewhere (it looks again at most a second later) writes unchecked;
+//! - `WATCH` covers the whole graph: a write to another label of the same graph makes
+//!   an open transaction retry; writes by other programs in raw Cypher are caught at
+//!   commit but not by a transaction's reads;
+//! - iteration reads pages of 5,000 keys, each page a scan of the label (FalkorDB's
+//!   index cannot answer string ranges in byte order);
+//! - `order_by`, `offset` and `limit` always run in process (FalkorDB orders mixed types
+//!   differently from the evaluator's total order).
 //!
 //! ## Crate features
 //! - `tls`: TLS through rustls (`rediss://`, `falkors://`, or `tls` in the config).

@@ -2,6 +2,7 @@
 //! FalkorDB indexes, unique indexes checked under `WATCH`, and `explain`.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
@@ -20,17 +21,25 @@ use storage_core::{
 
 use crate::backend::{GraphStorage, cell_int, cell_str, decode, key_value_rows};
 use crate::cypher::{
-    Cypher, KEY_PROP, OPAQUE_PROP, VALUE_PROP, pre_filter, promoted_name, quote_name,
-    relevant_prefixes,
+    Cypher, KEY_INDEX_PROP, KEY_PROP, OPAQUE_PROP, VALUE_PROP, key_hex, pre_filter, promoted_name,
+    quote_name, relevant_prefixes,
 };
 use crate::error::{BACKEND, redis_err};
+use crate::unique::Stamp;
 
 /// The indexes of one label, cached by every handle that opened it, with counters.
 #[derive(Debug, Default)]
 pub(crate) struct IndexRegistry {
     definitions: Mutex<Vec<IndexDefinition>>,
     counters: Mutex<HashMap<String, (u64, u64)>>,
+    loaded: Mutex<Option<std::time::Instant>>,
+    /// The label's index epoch these definitions belong to (see `crate::unique`).
+    epoch: Mutex<i64>,
 }
+
+/// How long a handle trusts its copy of the index definitions before a write reloads
+/// them: indexes created through another handle or process are enforced within this.
+const INDEX_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl IndexRegistry {
     pub(crate) fn list(&self) -> Vec<IndexDefinition> {
@@ -40,7 +49,21 @@ impl IndexRegistry {
             .clone()
     }
 
-    pub(crate) fn replace(&self, definitions: Vec<IndexDefinition>) {
+    fn is_stale(&self) -> bool {
+        self.loaded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_none_or(|at| at.elapsed() > INDEX_REFRESH)
+    }
+
+    pub(crate) fn epoch(&self) -> i64 {
+        *self.epoch.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn replace(&self, definitions: Vec<IndexDefinition>, epoch: i64) {
+        *self.epoch.lock().unwrap_or_else(PoisonError::into_inner) = epoch;
+        *self.loaded.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some(std::time::Instant::now());
         *self
             .definitions
             .lock()
@@ -195,13 +218,14 @@ impl<T: StorageValue> GraphStorage<T> {
                 .then(|| index_operand(&chosen.operand))
                 .flatten();
             if let (Some(prop), Some(operand)) = (prop, operand) {
-                // The index answers the nodes whose promoted value equals the operand;
-                // nodes with opaque values get the full pre-filter. Together they are a
-                // superset of the matches, which the evaluator then re-checks.
+                // The index answers the nodes whose promoted value equals the operand
+                // (and the pre-filter prunes them further); nodes with opaque values get
+                // the pre-filter alone. Together they are a superset of the matches,
+                // which the evaluator then re-checks.
                 let p = q.param(&operand)?;
                 let rest = pre.unwrap_or_else(|| "true".to_owned());
                 body = format!(
-                    "MATCH (n:{label}) WHERE n.{prop} = {p} {returns} UNION \
+                    "MATCH (n:{label}) WHERE n.{prop} = {p} AND {rest} {returns} UNION \
                      MATCH (n:{label}) WHERE n.{OPAQUE_PROP} IS NOT NULL AND {rest} {returns}"
                 );
                 pushed.push(format!(
@@ -325,11 +349,179 @@ impl<T: StorageValue> GraphStorage<T> {
         Ok(Some(total))
     }
 
+    /// Registers a unique index: under `WATCH`, checks every entry, stamps every node
+    /// with its terms and the next epoch, and records the definition, in one `EXEC`.
+    async fn register_unique(&self, definition: IndexDefinition) -> Result<()> {
+        let inner = &self.inner;
+        let text = serde_json::to_string(&definition).map_err(|e| {
+            StorageError::new(ErrorCode::SerializationFailed, e.to_string()).with_backend(BACKEND)
+        })?;
+        let mut conn = inner.dedicated().await?;
+        for _ in 0..16 {
+            redis::cmd("WATCH")
+                .arg(&inner.graph)
+                .arg(&inner.version_key)
+                .arg(&inner.epoch_key)
+                .arg(&inner.index_key)
+                .query_async::<()>(&mut conn)
+                .await
+                .map_err(redis_err("create_index"))?;
+            let outcome = self
+                .register_unique_once(&mut conn, &definition, &text)
+                .await;
+            match outcome {
+                Ok(true) => {
+                    inner.give_back(conn);
+                    return self.load_indexes().await;
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    let _ = redis::cmd("UNWATCH").query_async::<()>(&mut conn).await;
+                    inner.give_back(conn);
+                    return Err(e);
+                }
+            }
+        }
+        Err(StorageError::new(
+            ErrorCode::VersionConflict,
+            "concurrent writes kept changing the graph while the index was built",
+        )
+        .with_backend(BACKEND))
+    }
+
+    /// One attempt of [`Self::register_unique`]; `Ok(false)` when `EXEC` was aborted.
+    async fn register_unique_once(
+        &self,
+        conn: &mut redis::aio::MultiplexedConnection,
+        definition: &IndexDefinition,
+        text: &str,
+    ) -> Result<bool> {
+        let inner = &self.inner;
+        self.load_indexes_on(conn, false).await?;
+        let mut definitions = inner.indexes.list();
+        if let Some(existing) = definitions.iter().find(|d| d.name == definition.name) {
+            if existing == definition {
+                let _ = redis::cmd("UNWATCH").query_async::<()>(conn).await;
+                return Ok(true);
+            }
+            return Err(StorageError::new(
+                ErrorCode::DuplicateKey,
+                "an index with this name has another definition",
+            )
+            .with_context("index", &definition.name));
+        }
+        definitions.push(definition.clone());
+        let all: BTreeMap<String, Option<Document>> = self
+            .all_documents(conn)
+            .await?
+            .into_iter()
+            .map(|(k, d)| (k, Some(d)))
+            .collect();
+        crate::unique::check(&definitions, &BTreeMap::new(), &all, true)?;
+        let stamp = Stamp::new(inner.indexes.epoch() + 1, &definitions)?;
+        let mut rows = String::from("[");
+        for (i, (key, doc)) in all.iter().enumerate() {
+            let Some(doc) = doc else { continue };
+            if i > 0 {
+                rows.push_str(", ");
+            }
+            // `write_props` writes `, ix: …, …`: the map starts after that comma.
+            let mut props = String::new();
+            stamp.write_props(doc, &mut props)?;
+            let props = props.trim_start_matches(", ");
+            let _ = write!(
+                rows,
+                "{{{KEY_INDEX_PROP}: '{}', p: {{{props}}}}}",
+                key_hex(key)
+            );
+        }
+        rows.push(']');
+        let mut q = Cypher::new();
+        let r = q.param_literal(&rows);
+        q.push(&format!(
+            "UNWIND {r} AS r MATCH (n:{} {{{KEY_INDEX_PROP}: r.{KEY_INDEX_PROP}}}) SET n += r.p",
+            inner.label
+        ));
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("GRAPH.QUERY")
+            .arg(&inner.graph)
+            .arg(q.text())
+            .ignore()
+            .cmd("INCR")
+            .arg(&inner.epoch_key)
+            .ignore()
+            .cmd("INCR")
+            .arg(&inner.version_key)
+            .ignore()
+            .cmd("HSET")
+            .arg(&inner.index_key)
+            .arg(&definition.name)
+            .arg(text)
+            .ignore();
+        let reply: Value = pipe
+            .query_async(conn)
+            .await
+            .map_err(redis_err("create_index"))?;
+        Ok(!matches!(reply, Value::Nil))
+    }
+
+    /// Reloads the index definitions when this handle's copy is older than a second.
+    pub(crate) async fn refresh_indexes(&self) -> Result<()> {
+        if self.inner.indexes.is_stale() {
+            self.load_indexes().await?;
+        }
+        Ok(())
+    }
+
+    /// Waits (up to ten seconds) until FalkorDB finished building this label's indexes:
+    /// it fills an index over existing nodes in the background, and plans queries
+    /// without it until then.
+    async fn wait_for_indexes(&self) -> Result<()> {
+        let mut q = Cypher::new();
+        let l = q.param(self.inner.label_name.as_str())?;
+        q.push(&format!(
+            "CALL db.indexes() YIELD label, status WHERE label = {l} RETURN status"
+        ));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let rows = self
+                .inner
+                .read(&mut self.inner.shared(), &q, "create_index")
+                .await?;
+            let building = rows
+                .iter()
+                .any(|r| r.first().and_then(cell_str).as_deref() != Some("OPERATIONAL"));
+            if !building || std::time::Instant::now() > deadline {
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     /// Loads the index definitions of this label from the server.
     pub(crate) async fn load_indexes(&self) -> Result<()> {
-        let map: BTreeMap<String, String> = redis::cmd("HGETALL")
+        self.load_indexes_on(&mut self.inner.shared(), true).await
+    }
+
+    /// Loads the index definitions and epoch on `conn`, in one `MULTI` when `atomic`;
+    /// on a watching connection (`atomic` false) the `WATCH` on the epoch makes the pair
+    /// consistent instead, since an `EXEC` would end the watch.
+    pub(crate) async fn load_indexes_on(
+        &self,
+        conn: &mut redis::aio::MultiplexedConnection,
+        atomic: bool,
+    ) -> Result<()> {
+        let mut pipe = redis::pipe();
+        if atomic {
+            pipe.atomic();
+        }
+        let (map, epoch): (BTreeMap<String, String>, Option<i64>) = pipe
+            .cmd("HGETALL")
             .arg(&self.inner.index_key)
-            .query_async(&mut self.inner.shared())
+            .cmd("GET")
+            .arg(&self.inner.epoch_key)
+            .query_async(conn)
             .await
             .map_err(redis_err("list_indexes"))?;
         let mut definitions = Vec::with_capacity(map.len());
@@ -341,7 +533,7 @@ impl<T: StorageValue> GraphStorage<T> {
             definitions.push(def);
         }
         definitions.sort_by(|a, b| a.name.cmp(&b.name));
-        self.inner.indexes.replace(definitions);
+        self.inner.indexes.replace(definitions, epoch.unwrap_or(0));
         Ok(())
     }
 
@@ -477,6 +669,10 @@ impl<T: StorageValue> IndexedStorage<T> for GraphStorage<T> {
             }
             IndexKind::Spatial => {}
         }
+        self.wait_for_indexes().await?;
+        if definition.unique {
+            return self.register_unique(definition).await.map_err(err);
+        }
         let text = serde_json::to_string(&definition).map_err(|e| {
             StorageError::new(ErrorCode::SerializationFailed, e.to_string()).with_backend(BACKEND)
         })?;
@@ -509,9 +705,15 @@ impl<T: StorageValue> IndexedStorage<T> for GraphStorage<T> {
         else {
             return Ok(false);
         };
-        let removed: i64 = redis::cmd("HDEL")
+        // Bumping the epoch makes every handle re-read the definitions before its next
+        // unique check, so a dropped unique index stops refusing writes at once.
+        let (removed, _): (i64, i64) = redis::pipe()
+            .atomic()
+            .cmd("HDEL")
             .arg(&self.inner.index_key)
             .arg(name)
+            .cmd("INCR")
+            .arg(&self.inner.epoch_key)
             .query_async(&mut self.inner.shared())
             .await
             .map_err(redis_err("drop_index"))?;

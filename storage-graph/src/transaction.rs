@@ -99,6 +99,7 @@ impl<T: StorageValue> GraphTransaction<T> {
         redis::cmd("WATCH")
             .arg(&inner.graph)
             .arg(&inner.version_key)
+            .arg(&inner.epoch_key)
             .query_async::<()>(&mut conn)
             .await
             .map_err(redis_err("begin"))?;
@@ -243,6 +244,7 @@ impl<T: StorageValue> GraphTransaction<T> {
             }
             return Ok(None);
         }
+        self.store.refresh_indexes().await?;
         let inner = &self.store.inner;
         let ops = std::mem::take(&mut tx.ops);
         let mut conn = tx
@@ -272,10 +274,13 @@ impl<T: StorageValue> Storage<T> for GraphTransaction<T> {
         validate_key(key)?;
         let mut tx = self.inner.lock().await;
         self.check_active(&mut tx)?;
-        match self.read_stored(&mut tx, key).await? {
-            Some(stored) => decode(&self.store.codec, &stored, "get").map(Some),
-            None => Ok(None),
-        }
+        self.store.before(&BeforeEvent::Get { key })?;
+        let value = match self.read_stored(&mut tx, key).await? {
+            Some(stored) => Some(decode(&self.store.codec, &stored, "get")?),
+            None => None,
+        };
+        self.store.after_get(key, value.is_some());
+        Ok(value)
     }
 
     async fn set(&self, key: &str, value: &T) -> Result<()> {

@@ -6,6 +6,15 @@
 //! itself, with `1` and `1.0` equal; an explicit `null` counts unless the index is
 //! sparse. So the check runs in process on the state read under the commit's `WATCH`:
 //! if that state changes before `EXEC`, the commit is retried and checked again.
+//!
+//! To read only the entries that could conflict, every node carries, per unique index,
+//! its terms as canonical strings (`` `u:<hex name>` ``), and the label's index *epoch*
+//! (`ix`) they were computed at. The epoch is a counter bumped, in the same
+//! `MULTI`/`EXEC`, whenever a unique index is created (which also fills every node's
+//! terms) or dropped. A commit reads the epoch under its `WATCH`, and the candidates
+//! are the nodes holding one of its terms plus every node stamped with another epoch
+//! (written by a handle that did not know the current indexes yet), whose terms are
+//! recomputed from their documents.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -15,7 +24,69 @@ use storage_core::query::FieldPath;
 use storage_core::{Document, ErrorCode, IndexDefinition, Result, StorageError};
 
 use crate::backend::Op;
+use crate::cypher::{key_hex, literal};
 use crate::error::BACKEND;
+
+/// Node property holding the index epoch a node's terms were computed at.
+pub(crate) const EPOCH_PROP: &str = "ix";
+
+/// The node property holding the terms of the unique index `name`.
+pub(crate) fn terms_prop(name: &str) -> String {
+    format!("u:{}", key_hex(name))
+}
+
+/// What a write stamps on the nodes it writes: the index epoch, and the terms of the
+/// unique indexes of that epoch.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Stamp {
+    pub(crate) epoch: i64,
+    pub(crate) uniques: Vec<(String, IndexDefinition, FieldPath)>,
+}
+
+impl Stamp {
+    /// The stamp of `epoch`, whose index definitions are `definitions`.
+    pub(crate) fn new(epoch: i64, definitions: &[IndexDefinition]) -> Result<Self> {
+        let mut uniques = Vec::new();
+        for def in definitions.iter().filter(|d| d.unique) {
+            if let Some(field) = def.fields.first() {
+                uniques.push((
+                    terms_prop(&def.name),
+                    def.clone(),
+                    FieldPath::parse(&field.path)?,
+                ));
+            }
+        }
+        Ok(Self { epoch, uniques })
+    }
+
+    /// The unique index definitions.
+    pub(crate) fn definitions(&self) -> Vec<IndexDefinition> {
+        self.uniques.iter().map(|(_, d, _)| d.clone()).collect()
+    }
+
+    /// Appends `, ix: <epoch>` and each unique index's terms (`null`, which removes the
+    /// property, when the document has none) to a node's map literal.
+    pub(crate) fn write_props(&self, doc: &Document, out: &mut String) -> Result<()> {
+        let _ = write!(out, ", {EPOCH_PROP}: {}", self.epoch);
+        for (prop, def, path) in &self.uniques {
+            let terms = terms(def, path, doc);
+            let _ = write!(out, ", `{prop}`: ");
+            if terms.is_empty() {
+                out.push_str("null");
+            } else {
+                out.push('[');
+                for (i, term) in terms.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(", ");
+                    }
+                    out.push_str(&literal(term.as_str())?);
+                }
+                out.push(']');
+            }
+        }
+        Ok(())
+    }
+}
 
 /// A string equal for exactly the values the evaluator calls equal.
 pub(crate) fn canonical(value: &Value) -> String {
@@ -75,7 +146,7 @@ fn format_integral(f: f64) -> String {
 }
 
 /// The canonical values `doc` is filed under in `index`.
-fn terms(index: &IndexDefinition, path: &FieldPath, doc: &Document) -> Vec<String> {
+pub(crate) fn terms(index: &IndexDefinition, path: &FieldPath, doc: &Document) -> Vec<String> {
     let mut out = Vec::new();
     for value in path.values(doc) {
         if let Value::Array(items) = value {
@@ -143,6 +214,27 @@ pub(crate) fn check(
         }
     }
     Ok(())
+}
+
+/// The terms every document set by `ops` is filed under, per unique index of `stamp`.
+pub(crate) fn op_terms(stamp: &Stamp, ops: &[Op]) -> Vec<Vec<String>> {
+    stamp
+        .uniques
+        .iter()
+        .map(|(_, def, path)| {
+            let mut all: Vec<String> = ops
+                .iter()
+                .filter_map(|op| match op {
+                    Op::Set { value, .. } => Some(terms(def, path, &value.doc)),
+                    _ => None,
+                })
+                .flatten()
+                .collect();
+            all.sort();
+            all.dedup();
+            all
+        })
+        .collect()
 }
 
 /// [`check`] for a list of encoded operations applied in order.

@@ -552,3 +552,114 @@ async fn a_dropped_connection_fails_one_call_then_recovers() -> Result<()> {
     assert_eq!(answered, Some(1));
     Ok(())
 }
+
+#[tokio::test]
+async fn a_unique_index_made_through_one_handle_binds_the_others() -> Result<()> {
+    use storage_core::{IndexDefinition, IndexKind, IndexedStorage};
+    let config = fresh_config();
+    let a = GraphStorage::<serde_json::Value>::open(config.clone()).await?;
+    let b = GraphStorage::<serde_json::Value>::open(config).await?;
+    b.set("x", &serde_json::json!({"email": "e@x"})).await?;
+    a.create_index(IndexDefinition::new("by_email", "email", IndexKind::Hash).unique())
+        .await?;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let err = b
+        .set("y", &serde_json::json!({"email": "e@x"}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::DuplicateKey);
+    assert!(!b.has("y").await?);
+    Ok(())
+}
+
+/// Set in the child process of `a_watcher_receives_commits_made_by_another_process`.
+const CHILD_URL: &str = "STORAGE_GRAPH_TEST_CHILD_URL";
+const CHILD_GRAPH: &str = "STORAGE_GRAPH_TEST_CHILD_GRAPH";
+
+#[tokio::test]
+async fn a_watcher_receives_commits_made_by_another_process() -> Result<()> {
+    use storage_core::{ObservableStorage, WatchEvent, WatchPattern};
+    if let (Ok(url), Ok(graph)) = (std::env::var(CHILD_URL), std::env::var(CHILD_GRAPH)) {
+        // The child: another process writing through its own handle.
+        let store = GraphStorage::<u32>::open(GraphConfig {
+            url: Some(url),
+            database: graph,
+            ..GraphConfig::default()
+        })
+        .await?;
+        store.set("from-child", &42).await?;
+        store
+            .batch(vec![Operation::set("a", 1), Operation::set("b", 2)])
+            .await?;
+        return Ok(());
+    }
+    let config = fresh_config();
+    let watcher = GraphStorage::<u32>::open(config.clone()).await?;
+    let mut sub = watcher.watch(WatchPattern::All, 16)?;
+    let status = std::process::Command::new(std::env::current_exe()?)
+        .args([
+            "--exact",
+            "a_watcher_receives_commits_made_by_another_process",
+            "--quiet",
+        ])
+        .env(CHILD_URL, server().url())
+        .env(CHILD_GRAPH, &config.database)
+        .stdout(std::process::Stdio::null())
+        .status()?;
+    assert!(status.success(), "the writer process failed");
+    let Ok(Some(WatchEvent::Changes(first))) = next_event(&mut sub).await else {
+        panic!("no batch from the other process");
+    };
+    assert_eq!(first.changes[0].key, "from-child");
+    assert_eq!(first.changes[0].new_value.as_deref(), Some(&42));
+    let Ok(Some(WatchEvent::Changes(second))) = next_event(&mut sub).await else {
+        panic!("no second batch from the other process");
+    };
+    let keys: Vec<&str> = second.changes.iter().map(|c| c.key.as_str()).collect();
+    assert_eq!(keys, ["a", "b"]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn unique_checks_read_only_candidates_and_still_see_unstamped_nodes() -> Result<()> {
+    use storage_core::{IndexDefinition, IndexKind, IndexedStorage};
+    let config = fresh_config();
+    let a = GraphStorage::<serde_json::Value>::open(config.clone()).await?;
+    let stale = GraphStorage::<serde_json::Value>::open(config).await?;
+    for i in 0..50 {
+        a.set(
+            &format!("u{i}"),
+            &serde_json::json!({"email": format!("e{i}"), "tags": [i, "t"]}),
+        )
+        .await?;
+    }
+    a.create_index(IndexDefinition::new("by_email", "email", IndexKind::Hash).unique())
+        .await?;
+    a.create_index(IndexDefinition::new("by_tag", "tags", IndexKind::Hash).unique())
+        .await
+        .unwrap_err();
+    // `stale` has not looked at the indexes since before they existed: its next write
+    // (within the refresh second) is stamped with the old epoch and no terms...
+    stale
+        .set("late", &serde_json::json!({"email": "late@x"}))
+        .await?;
+    // ...which a checked write still finds by reading that node's document.
+    let err = a
+        .set("again", &serde_json::json!({"email": "late@x"}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::DuplicateKey);
+    let err = a
+        .set("dup", &serde_json::json!({"email": "e7"}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::DuplicateKey);
+    // Overwriting an entry with its own value, moving a value, and freeing one all work.
+    a.set("u7", &serde_json::json!({"email": "e7", "n": 1}))
+        .await?;
+    a.set("u8", &serde_json::json!({"email": "moved"})).await?;
+    a.set("dup", &serde_json::json!({"email": "e8"})).await?;
+    assert!(a.drop_index("by_email").await?);
+    a.set("free", &serde_json::json!({"email": "e7"})).await?;
+    Ok(())
+}

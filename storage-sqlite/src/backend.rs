@@ -562,24 +562,25 @@ impl<T: StorageValue> SqliteStorage<T> {
             .run(operation, move |conn| {
                 let listening = hub.has_listeners();
                 let track = listening || table.change_log;
-                let (result, effects) = if single && !track {
+                let (result, effects, seq) = if single && !track {
                     // One statement is its own transaction: no BEGIN/COMMIT round trip.
-                    apply_ops(conn, &table.sql, ops, false)?
+                    let (result, effects) = apply_ops(conn, &table.sql, ops, false)?;
+                    (result, effects, None)
                 } else {
                     let tx = conn
                         .transaction_with_behavior(TransactionBehavior::Immediate)
                         .map_err(sql_err(operation))?;
                     let (result, effects) = apply_ops(&tx, &table.sql, ops, track)?;
-                    if table.change_log {
-                        write_log(&tx, &table.name, &effects)?;
-                    }
+                    let seq = if table.change_log {
+                        write_log(&tx, &table.name, &effects)?
+                    } else {
+                        None
+                    };
                     tx.commit().map_err(sql_err(operation))?;
-                    (result, effects)
+                    (result, effects, seq)
                 };
                 if table.change_log {
-                    // Publishes everything logged up to and including this commit, in
-                    // log order, other handles' and processes' commits included.
-                    observer.drain(conn);
+                    observer.after_commit(conn, seq);
                     if hub.has_after_hooks() {
                         committed_changes(&hub, &effects, false);
                     }
@@ -652,6 +653,14 @@ impl<T: StorageValue> SqliteStorage<T> {
     }
 }
 
+/// The largest encoded value a store over `config` accepts: the codec's
+/// `max_decoded_len`, within SQLite's own limit.
+pub(crate) fn max_value_len(config: &SqliteConfig) -> usize {
+    usize::try_from(config.common.serialization.max_decoded_len)
+        .unwrap_or(usize::MAX)
+        .min(MAX_VALUE_LEN)
+}
+
 /// The capabilities of a store over `config`.
 pub(crate) fn capabilities(config: &SqliteConfig, change_log: bool) -> Capabilities {
     Capabilities::new("sqlite", Tier::Observable)
@@ -672,7 +681,7 @@ pub(crate) fn capabilities(config: &SqliteConfig, change_log: bool) -> Capabilit
         .with_savepoints(true)
         .with_cross_process_watch(change_log)
         .with_persistent(!config.is_memory())
-        .with_max_value_len(Some(MAX_VALUE_LEN))
+        .with_max_value_len(Some(max_value_len(config)))
 }
 
 #[async_trait::async_trait]
@@ -888,5 +897,9 @@ impl<T: StorageValue> BatchStorage<T> for SqliteStorage<T> {
     }
 }
 
-/// How long to wait between change-log polls.
-pub(crate) const POLL_INTERVAL: Duration = Duration::from_millis(25);
+/// How often, in milliseconds, a handle with subscribers reads the change log for
+/// commits of other handles and processes.
+pub const POLL_INTERVAL_MS: u64 = 25;
+
+/// [`POLL_INTERVAL_MS`] as a duration.
+pub(crate) const POLL_INTERVAL: Duration = Duration::from_millis(POLL_INTERVAL_MS);

@@ -66,6 +66,20 @@ impl<T: StorageValue> Observer<T> {
         spawn_poller(Poller::Weak(Arc::downgrade(self)), self);
     }
 
+    /// Called on the committing connection right after a commit logged as `seq`:
+    /// with subscribers, publishes everything logged up to it (other handles' and
+    /// processes' commits included), in log order; without, only moves the cursor.
+    pub(crate) fn after_commit(&self, conn: &Connection, seq: Option<u64>) {
+        if self.hub.has_subscribers() {
+            self.drain(conn);
+        } else if let Some(seq) = seq {
+            let mut cursor = self.cursor.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(c) = cursor.as_mut() {
+                *c = (*c).max(seq);
+            }
+        }
+    }
+
     /// Publishes every logged commit after the cursor, in order. Errors are left for the
     /// next poll: the cursor only moves past what was published.
     pub(crate) fn drain(&self, conn: &Connection) {

@@ -15,7 +15,7 @@ use storage_core::{
 use crate::backend::{SqliteStorage, Table};
 use crate::error::sql_err;
 use crate::index::{self, load_catalog};
-use crate::sql::{Candidates, candidates, quote_ident};
+use crate::sql::{candidates, quote_ident};
 
 /// The candidate rows of a filter, parsed, with the candidate filter used.
 fn fetch(
@@ -62,6 +62,148 @@ fn fetch(
     Ok(out)
 }
 
+/// A pipeline that starts by counting groups of the whole table (`group` by a path with
+/// only `count` accumulators) runs that stage as SQL `GROUP BY` when it is provably
+/// exact: no entry holds, at the path, an array (or passes an array on the way), an
+/// object, a boolean or a number beyond ±2^53 — values whose grouping in SQL could
+/// differ from the evaluator's. Each group's `_id` is read from its first entry in key
+/// order, as the evaluator does; the later stages run in process on the group rows.
+/// `None` when the pipeline or the data does not qualify.
+fn group_in_sql(
+    conn: &Connection,
+    table: &Table,
+    pipeline: &[AggregateStage],
+) -> Result<Option<Vec<Document>>> {
+    let Some(AggregateStage::Group {
+        by: Some(by),
+        accumulators,
+    }) = pipeline.first()
+    else {
+        return Ok(None);
+    };
+    if accumulators.is_empty()
+        || !accumulators
+            .iter()
+            .all(|(_, a)| matches!(a, storage_core::query::Accumulator::Count))
+    {
+        return Ok(None);
+    }
+    let Ok(path) = storage_core::query::FieldPath::parse(by) else {
+        return Ok(None);
+    };
+    let segments = path.segments();
+    let Some(jp) = crate::sql::json_path(&path) else {
+        return Ok(None);
+    };
+    let t = &table.sql.table;
+    let mut irregular = vec!["json_type(value) = 'array'".to_owned()];
+    for n in 1..segments.len() {
+        if let Some(prefix) = crate::sql::json_path_of(&segments[..n]) {
+            irregular.push(format!(
+                "json_type(value, {}) = 'array'",
+                crate::sql::quote_literal(&prefix)
+            ));
+        }
+    }
+    let p = crate::sql::quote_literal(&jp);
+    let guard = format!(
+        "SELECT 1 FROM {t} WHERE {} OR json_type(value, {p}) IN ('array', 'object', 'true', 'false') \
+         OR (json_type(value, {p}) IN ('integer', 'real') AND abs(json_extract(value, {p})) > 9007199254740992.0) \
+         LIMIT 1",
+        irregular.join(" OR ")
+    );
+    let err = sql_err("aggregate");
+    // One read transaction: the check and the grouping see the same snapshot.
+    let tx = conn.unchecked_transaction().map_err(&err)?;
+    if tx
+        .prepare_cached(&guard)
+        .and_then(|mut s| s.exists([]))
+        .map_err(&err)?
+    {
+        return Ok(None);
+    }
+    let sql = format!("SELECT count(*), min(key) FROM {t} GROUP BY json_extract(value, {p})");
+    let groups: Vec<(i64, String)> = tx
+        .prepare_cached(&sql)
+        .and_then(|mut s| {
+            s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(&err)?;
+    let mut rows = Vec::with_capacity(groups.len());
+    for (count, first_key) in groups {
+        let json: String = tx
+            .prepare_cached(&table.sql.get)
+            .and_then(|mut s| s.query_row([&first_key], |r| r.get(0)))
+            .map_err(&err)?;
+        let doc: Document = serde_json::from_str(&json).map_err(|e| {
+            StorageError::new(ErrorCode::Corrupted, "stored value is not json")
+                .with_operation("aggregate")
+                .with_backend("sqlite")
+                .with_context("key", first_key.escape_debug())
+                .with_source(e)
+        })?;
+        let mut row = serde_json::Map::new();
+        row.insert(
+            "_id".to_owned(),
+            path.get(&doc).cloned().unwrap_or(Document::Null),
+        );
+        let count = Document::from(u64::try_from(count).unwrap_or(0));
+        for (name, _) in accumulators {
+            row.insert(name.clone(), count.clone());
+        }
+        rows.push(Document::Object(row));
+    }
+    tx.finish().map_err(&err)?;
+    rows.sort_by(|a, b| storage_core::query::compare_total(a.get("_id"), b.get("_id")));
+    aggregate(&pipeline[1..], rows.iter())
+        .map(Some)
+        .map_err(|e| e.with_operation("aggregate").with_backend("sqlite"))
+}
+
+/// Whether `query` is a plain page in key order, which SQL answers exactly.
+fn pages_in_sql(query: &Query) -> bool {
+    query.filter.is_none()
+        && query.order_by.is_empty()
+        && (query.limit.is_some() || query.offset.is_some())
+}
+
+/// One page of entries in key order, parsed.
+fn fetch_page(conn: &Connection, table: &Table, query: &Query) -> Result<Vec<(String, Document)>> {
+    // SQLite reads a negative limit as "no limit".
+    let limit = query
+        .limit
+        .map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
+    let offset = query
+        .offset
+        .map_or(0, |o| i64::try_from(o).unwrap_or(i64::MAX));
+    let sql = format!(
+        "SELECT key, value FROM {} ORDER BY key LIMIT ?1 OFFSET ?2",
+        table.sql.table
+    );
+    let mut stmt = conn.prepare_cached(&sql).map_err(sql_err("query"))?;
+    let mut rows = stmt
+        .query(rusqlite::params![limit, offset])
+        .map_err(sql_err("query"))?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().map_err(sql_err("query"))? {
+        let key: String = row.get(0).map_err(sql_err("query"))?;
+        let json = row
+            .get_ref(1)
+            .and_then(|v| Ok(v.as_str()?))
+            .map_err(sql_err("query"))?;
+        let doc: Document = serde_json::from_str(json).map_err(|e| {
+            StorageError::new(ErrorCode::Corrupted, "stored value is not json")
+                .with_operation("query")
+                .with_backend("sqlite")
+                .with_context("key", key.escape_debug())
+                .with_source(e)
+        })?;
+        out.push((key, doc));
+    }
+    Ok(out)
+}
+
 fn value_of<T: StorageValue>(doc: &Document, key: &str) -> Result<T> {
     <T as serde::Deserialize>::deserialize(doc).map_err(|e| {
         StorageError::new(
@@ -74,14 +216,368 @@ fn value_of<T: StorageValue>(doc: &Document, key: &str) -> Result<T> {
     })
 }
 
+/// `EXPLAIN QUERY PLAN` of `sql`, one line per step.
+fn plan_lines(
+    conn: &Connection,
+    sql: &str,
+    params: Vec<rusqlite::types::Value>,
+) -> Result<Vec<String>> {
+    let mut stmt = conn
+        .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+        .map_err(sql_err("explain"))?;
+    stmt.query_map(params_from_iter(params), |r| r.get::<_, String>(3))
+        .and_then(Iterator::collect)
+        .map_err(sql_err("explain"))
+}
+
+/// The index a candidate filter uses according to the plan `lines`.
+fn index_used(
+    catalog: &[index::IndexMeta],
+    cand: Option<&crate::sql::Candidates>,
+    lines: &[String],
+) -> Option<String> {
+    let uses = |object: &str| lines.iter().any(|l| l.contains(object));
+    catalog
+        .iter()
+        .find(|m| {
+            cand.is_some_and(|c| c.indexes.contains(&m.name))
+                && (uses(&format!("{}__ix{} ", m.table, m.id))
+                    || uses(&format!("{}__ix{})", m.table, m.id))
+                    || lines
+                        .iter()
+                        .any(|l| l.ends_with(&format!("{}__ix{}", m.table, m.id)))
+                    || uses(&m.fts_table())
+                    || uses(&m.rtree_table()))
+        })
+        .map(|m| m.name.clone())
+}
+
+/// Whether plan `lines` scan the whole table without an index.
+fn scans_table(lines: &[String], table: &str) -> bool {
+    lines.iter().any(|l| {
+        (l == &format!("SCAN {table}") || l.starts_with(&format!("SCAN {table} ")))
+            && !l.contains("USING")
+    }) && !lines.iter().any(|l| l.contains("MULTI-INDEX"))
+}
+
+/// How `query` runs: the exact range plan when it applies, else candidates in SQL and
+/// the evaluator in process.
+fn explain(conn: &Connection, table: &Table, query: &Query) -> Result<ExecutionPlan> {
+    let catalog = load_catalog(conn, &table.name)?;
+    let plain = table.name.as_str();
+    if let Some(plan) = range_plan(query, &catalog)
+        .filter(|plan| run_range_guard(conn, table, plan).unwrap_or(false))
+    {
+        let lines = plan_lines(
+            conn,
+            &range_sql(table, &plan),
+            vec![
+                plan.lower.0.clone(),
+                plan.upper.0.clone(),
+                (-1i64).into(),
+                0i64.into(),
+            ],
+        )?;
+        let uses_index = lines
+            .iter()
+            .any(|l| l.contains("USING INDEX") || l.contains("USING COVERING INDEX"));
+        return Ok(ExecutionPlan {
+            index: uses_index.then(|| plan.index.clone()),
+            full_scan: scans_table(&lines, plain),
+            pushed_down: vec![
+                "exact range filter, order_by and offset/limit (no entry has an array on the path)"
+                    .to_owned(),
+            ],
+            in_process: query
+                .select
+                .as_ref()
+                .map(|_| vec!["select".to_owned()])
+                .unwrap_or_default(),
+            backend_plan: lines,
+        });
+    }
+    let cand = candidates(query.filter.as_ref(), &catalog);
+    let t = &table.sql.table;
+    let (sql, params) = match &cand {
+        Some(c) => (
+            format!("SELECT key, value FROM {t} WHERE {}", c.sql),
+            c.params.clone(),
+        ),
+        None if pages_in_sql(query) => (
+            format!("SELECT key, value FROM {t} ORDER BY key LIMIT ?1 OFFSET ?2"),
+            vec![
+                query
+                    .limit
+                    .map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX))
+                    .into(),
+                query
+                    .offset
+                    .map_or(0, |o| i64::try_from(o).unwrap_or(i64::MAX))
+                    .into(),
+            ],
+        ),
+        None => (format!("SELECT key, value FROM {t}"), Vec::new()),
+    };
+    let lines = plan_lines(conn, &sql, params)?;
+    let index = index_used(&catalog, cand.as_ref(), &lines);
+    let mut pushed_down: Vec<String> = cand
+        .as_ref()
+        .map(|c| {
+            c.pushed
+                .iter()
+                .map(|p| format!("candidate filter: {p}"))
+                .collect()
+        })
+        .unwrap_or_default();
+    if pushed_down.is_empty() {
+        pushed_down.push(format!("scan of table {}", quote_ident(plain)));
+    }
+    let mut in_process = Vec::new();
+    if query.filter.is_some() {
+        in_process.push("filter: the reference evaluator checks every candidate".to_owned());
+    }
+    if !query.order_by.is_empty() {
+        in_process.push("order_by".to_owned());
+    }
+    if pages_in_sql(query) {
+        pushed_down.push("key order, offset/limit".to_owned());
+    } else if query.offset.is_some() || query.limit.is_some() {
+        in_process.push("offset/limit".to_owned());
+    }
+    if query.select.is_some() {
+        in_process.push("select".to_owned());
+    }
+    Ok(ExecutionPlan {
+        index,
+        full_scan: scans_table(&lines, plain),
+        pushed_down,
+        in_process,
+        backend_plan: lines,
+    })
+}
+
+/// A numeric range on one btree-indexed path, ordered by that path or by key: with no
+/// array on the path in any entry (checked through the index's partial indexes), every
+/// entry has at most one value there, and SQL filters, orders and pages exactly.
+struct RangePlan {
+    index: String,
+    json_path: String,
+    segments: Vec<String>,
+    lower: (rusqlite::types::Value, bool),
+    upper: (rusqlite::types::Value, bool),
+    /// `None`: key order; `Some(desc)`: by the path, then key.
+    by_path: Option<bool>,
+}
+
+fn range_plan(query: &Query, catalog: &[index::IndexMeta]) -> Option<RangePlan> {
+    use storage_core::{Direction, Filter, Operator};
+    let conds: Vec<(&str, Operator, &Document)> = match query.filter.as_ref()? {
+        Filter::Condition { field, op, value } => vec![(field.as_str(), *op, value)],
+        Filter::And(items) => items
+            .iter()
+            .map(|f| match f {
+                Filter::Condition { field, op, value } => Some((field.as_str(), *op, value)),
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>()?,
+        _ => return None,
+    };
+    let field = conds.first()?.0;
+    if conds.iter().any(|(f, _, _)| *f != field) {
+        return None;
+    }
+    let by_path = match query.order_by.as_slice() {
+        [] => None,
+        [o] if o.field == field => Some(o.direction == Direction::Desc),
+        _ => return None,
+    };
+    let index = catalog.iter().find(|m| {
+        m.definition.fields.len() == 1
+            && m.definition.fields[0].path == field
+            && matches!(
+                m.definition.fields[0].kind,
+                storage_core::IndexKind::Btree | storage_core::IndexKind::Hash
+            )
+            && !m.definition.sparse
+    })?;
+    let path = storage_core::query::FieldPath::parse(field).ok()?;
+    let json_path = crate::sql::json_path(&path)?;
+    let (mut lower, mut upper) = (None, None);
+    for (_, op, value) in conds {
+        let Document::Number(n) = value else {
+            return None;
+        };
+        let bound = if let Some(i) = n.as_i64() {
+            (i.unsigned_abs() <= 1 << 53).then_some(rusqlite::types::Value::Integer(i))?
+        } else {
+            let x = n.as_f64().filter(|x| x.abs() <= 9_007_199_254_740_992.0)?;
+            rusqlite::types::Value::Real(x)
+        };
+        let (slot, inclusive) = match op {
+            Operator::Gt => (&mut lower, false),
+            Operator::Gte => (&mut lower, true),
+            Operator::Lt => (&mut upper, false),
+            Operator::Lte => (&mut upper, true),
+            _ => return None,
+        };
+        if slot.replace((bound, inclusive)).is_some() {
+            return None;
+        }
+    }
+    Some(RangePlan {
+        index: index.name.clone(),
+        json_path,
+        segments: path.segments().to_vec(),
+        lower: lower?,
+        upper: upper?,
+        by_path,
+    })
+}
+
+/// SQL finding an entry with an array on the plan's path (answered from the index's
+/// partial indexes).
+fn guard_sql(table: &Table, plan: &RangePlan) -> String {
+    use crate::sql::{json_path_of, quote_literal};
+    let arrays: Vec<String> = (0..=plan.segments.len())
+        .filter_map(|n| json_path_of(&plan.segments[..n]))
+        .map(|p| format!("json_type(value, {}) = 'array'", quote_literal(&p)))
+        .collect();
+    format!(
+        "SELECT 1 FROM {} WHERE {} LIMIT 1",
+        table.sql.table,
+        arrays.join(" OR ")
+    )
+}
+
+/// Whether a [`RangePlan`] runs exactly now (no entry has an array on the path).
+fn run_range_guard(conn: &Connection, table: &Table, plan: &RangePlan) -> Result<bool> {
+    conn.prepare_cached(&guard_sql(table, plan))
+        .and_then(|mut s| s.exists([]))
+        .map(|found| !found)
+        .map_err(sql_err("explain"))
+}
+
+/// The SQL of a [`RangePlan`] (parameters: lower, upper, limit, offset).
+fn range_sql(table: &Table, plan: &RangePlan) -> String {
+    use crate::sql::quote_literal;
+    let t = &table.sql.table;
+    let p = quote_literal(&plan.json_path);
+    let order = match plan.by_path {
+        None => "key".to_owned(),
+        Some(false) => format!("json_extract(value, {p}), key"),
+        Some(true) => format!("json_extract(value, {p}) DESC, key"),
+    };
+    format!(
+        "SELECT key, value FROM {t} WHERE json_type(value, {p}) IN ('integer', 'real') \
+         AND json_extract(value, {p}) {} ?1 AND json_extract(value, {p}) {} ?2 \
+         ORDER BY {order} LIMIT ?3 OFFSET ?4",
+        if plan.lower.1 { ">=" } else { ">" },
+        if plan.upper.1 { "<=" } else { "<" },
+    )
+}
+
+/// Runs a [`RangePlan`]; `None` when some entry has an array on the path.
+fn run_range(
+    conn: &Connection,
+    table: &Table,
+    plan: &RangePlan,
+    query: &Query,
+) -> Result<Option<Vec<(String, Document)>>> {
+    let err = sql_err("query");
+    let guard = guard_sql(table, plan);
+    let sql = range_sql(table, plan);
+    // One read transaction: the check and the query see the same snapshot.
+    let tx = conn.unchecked_transaction().map_err(&err)?;
+    if tx
+        .prepare_cached(&guard)
+        .and_then(|mut s| s.exists([]))
+        .map_err(&err)?
+    {
+        return Ok(None);
+    }
+    let limit = query
+        .limit
+        .map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
+    let offset = query
+        .offset
+        .map_or(0, |o| i64::try_from(o).unwrap_or(i64::MAX));
+    let mut out = Vec::new();
+    {
+        let mut stmt = tx.prepare_cached(&sql).map_err(&err)?;
+        let mut rows = stmt
+            .query(rusqlite::params![plan.lower.0, plan.upper.0, limit, offset])
+            .map_err(&err)?;
+        while let Some(row) = rows.next().map_err(&err)? {
+            let key: String = row.get(0).map_err(&err)?;
+            let json = row.get_ref(1).and_then(|v| Ok(v.as_str()?)).map_err(&err)?;
+            let doc: Document = serde_json::from_str(json).map_err(|e| {
+                StorageError::new(ErrorCode::Corrupted, "stored value is not json")
+                    .with_operation("query")
+                    .with_backend("sqlite")
+                    .with_context("key", key.escape_debug())
+                    .with_source(e)
+            })?;
+            out.push((key, doc));
+        }
+    }
+    tx.finish().map_err(&err)?;
+    table.indexes.record(&plan.index, !out.is_empty());
+    Ok(Some(out))
+}
+
 fn run_query<T: StorageValue>(
     conn: &Connection,
     table: &Table,
     query: &Query,
     compiled: &CompiledQuery,
 ) -> Result<Vec<QueryResult<T>>> {
-    let rows = fetch(conn, table, query.filter.as_ref(), "query")?;
-    let matches = compiled.run(rows.iter().map(|(k, d)| (k.as_str(), d)));
+    let catalog = load_catalog(conn, &table.name)?;
+    if let Some(plan) = range_plan(query, &catalog)
+        && let Some(rows) = run_range(conn, table, &plan, query)?
+    {
+        let select: Option<Vec<storage_core::query::FieldPath>> = query
+            .select
+            .as_ref()
+            .map(|paths| {
+                paths
+                    .iter()
+                    .map(|p| storage_core::query::FieldPath::parse(p))
+                    .collect()
+            })
+            .transpose()?;
+        return rows
+            .into_iter()
+            .map(|(key, doc)| {
+                let projection = select.as_ref().map(|paths| {
+                    paths
+                        .iter()
+                        .filter_map(|p| p.get(&doc).map(|v| (p.as_str().to_owned(), v.clone())))
+                        .collect()
+                });
+                Ok(QueryResult {
+                    value: value_of(&doc, &key)?,
+                    key,
+                    score: None,
+                    projection,
+                })
+            })
+            .collect();
+    }
+    let (rows, matches) = if pages_in_sql(query) {
+        // Without filter and order the result is the key order itself: SQL pages it.
+        let rows = fetch_page(conn, table, query)?;
+        let unpaged = CompiledQuery::compile(&Query {
+            limit: None,
+            offset: None,
+            ..query.clone()
+        })?;
+        let matches = unpaged.run(rows.iter().map(|(k, d)| (k.as_str(), d)));
+        (rows, matches)
+    } else {
+        let rows = fetch(conn, table, query.filter.as_ref(), "query")?;
+        let matches = compiled.run(rows.iter().map(|(k, d)| (k.as_str(), d)));
+        (rows, matches)
+    };
     let by_key: HashMap<&str, &Document> = rows.iter().map(|(k, d)| (k.as_str(), d)).collect();
     matches
         .into_iter()
@@ -102,16 +598,6 @@ fn run_query<T: StorageValue>(
 impl<T: StorageValue> SqliteStorage<T> {
     fn compile(query: &Query) -> Result<CompiledQuery> {
         CompiledQuery::compile(query).map_err(|e| e.with_operation("query").with_backend("sqlite"))
-    }
-
-    /// The candidate filter of `query` against the current catalog (for `explain`).
-    fn plan(
-        conn: &Connection,
-        table: &Table,
-        query: &Query,
-    ) -> Result<(Option<Candidates>, Vec<index::IndexMeta>)> {
-        let catalog = load_catalog(conn, &table.name)?;
-        Ok((candidates(query.filter.as_ref(), &catalog), catalog))
     }
 }
 
@@ -146,6 +632,13 @@ impl<T: StorageValue> QueryableStorage<T> for SqliteStorage<T> {
         self.db
             .readers
             .run("count", move |conn| {
+                if filter.is_none() {
+                    let n: i64 = conn
+                        .prepare_cached(&table.sql.count)
+                        .and_then(|mut s| s.query_row([], |r| r.get(0)))
+                        .map_err(sql_err("count"))?;
+                    return Ok(u64::try_from(n).unwrap_or(0));
+                }
                 let rows = fetch(conn, &table, filter.as_ref(), "count")?;
                 Ok(compiled.count(rows.iter().map(|(k, d)| (k.as_str(), d))))
             })
@@ -158,6 +651,12 @@ impl<T: StorageValue> QueryableStorage<T> for SqliteStorage<T> {
         self.db
             .readers
             .run("aggregate", move |conn| {
+                // Compiling on no input checks every stage (bad paths, names, operands).
+                aggregate(&pipeline, std::iter::empty())
+                    .map_err(|e| e.with_operation("aggregate").with_backend("sqlite"))?;
+                if let Some(docs) = group_in_sql(conn, &table, &pipeline)? {
+                    return Ok(docs);
+                }
                 // A leading match narrows the rows read; the pipeline still runs it exactly.
                 let first = match pipeline.first() {
                     Some(AggregateStage::Match(f)) => Some(f.clone()),
@@ -207,85 +706,12 @@ impl<T: StorageValue> IndexedStorage<T> for SqliteStorage<T> {
     }
 
     async fn explain(&self, query: &Query) -> Result<ExecutionPlan> {
-        let compiled = Self::compile(query)?;
-        drop(compiled);
+        Self::compile(query)?;
         let table = Arc::clone(&self.table);
         let query = query.clone();
         self.db
             .readers
-            .run("explain", move |conn| {
-                let (cand, catalog) = Self::plan(conn, &table, &query)?;
-                let t = &table.sql.table;
-                let (sql, params) = match &cand {
-                    Some(c) => (
-                        format!("SELECT key, value FROM {t} WHERE {}", c.sql),
-                        c.params.clone(),
-                    ),
-                    None => (format!("SELECT key, value FROM {t}"), Vec::new()),
-                };
-                let mut stmt = conn
-                    .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
-                    .map_err(sql_err("explain"))?;
-                let lines: Vec<String> = stmt
-                    .query_map(params_from_iter(params), |r| r.get::<_, String>(3))
-                    .and_then(Iterator::collect)
-                    .map_err(sql_err("explain"))?;
-                let uses = |object: &str| lines.iter().any(|l| l.contains(object));
-                let index = catalog
-                    .iter()
-                    .find(|m| {
-                        cand.as_ref().is_some_and(|c| c.indexes.contains(&m.name))
-                            && (uses(&format!("{}__ix{} ", m.table, m.id))
-                                || uses(&format!("{}__ix{})", m.table, m.id))
-                                || lines
-                                    .iter()
-                                    .any(|l| l.ends_with(&format!("{}__ix{}", m.table, m.id)))
-                                || uses(&m.fts_table())
-                                || uses(&m.rtree_table()))
-                    })
-                    .map(|m| m.name.clone());
-                let plain = table.name.as_str();
-                let full_scan = lines.iter().any(|l| {
-                    l == &format!("SCAN {plain}") || l.starts_with(&format!("SCAN {plain} "))
-                }) && !lines.iter().any(|l| {
-                    l.contains("USING INDEX")
-                        || l.contains("USING COVERING INDEX")
-                        || l.contains("MULTI-INDEX")
-                });
-                let mut pushed_down: Vec<String> = cand
-                    .as_ref()
-                    .map(|c| {
-                        c.pushed
-                            .iter()
-                            .map(|p| format!("candidate filter: {p}"))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                if pushed_down.is_empty() {
-                    pushed_down.push(format!("scan of table {}", quote_ident(plain)));
-                }
-                let mut in_process = Vec::new();
-                if query.filter.is_some() {
-                    in_process
-                        .push("filter: the reference evaluator checks every candidate".to_owned());
-                }
-                if !query.order_by.is_empty() {
-                    in_process.push("order_by".to_owned());
-                }
-                if query.offset.is_some() || query.limit.is_some() {
-                    in_process.push("offset/limit".to_owned());
-                }
-                if query.select.is_some() {
-                    in_process.push("select".to_owned());
-                }
-                Ok(ExecutionPlan {
-                    index,
-                    full_scan,
-                    pushed_down,
-                    in_process,
-                    backend_plan: lines,
-                })
-            })
+            .run("explain", move |conn| explain(conn, &table, &query))
             .await
     }
 }

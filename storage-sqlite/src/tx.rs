@@ -1,12 +1,12 @@
 //! Transactions: each open transaction owns a connection on a dedicated thread.
 //!
 //! A transaction starts with `BEGIN` and one read, which takes its WAL snapshot; its
-//! first write takes the database's single write lock. Writers are therefore
-//! serial, and a transaction that read a snapshot which another commit has since
-//! overtaken cannot write: SQLite answers `SQLITE_BUSY_SNAPSHOT`, reported as a
-//! retryable `VersionConflict`. Reads from one snapshot plus serial writes that must
-//! start from the latest state make every transaction serializable, and that is the
-//! level reported, whatever was asked.
+//! first write takes the database's single write lock. Writers are therefore serial, and
+//! a transaction whose snapshot another commit has overtaken (or whose write lock another
+//! transaction holds) cannot write: SQLite answers `SQLITE_BUSY_SNAPSHOT` (or
+//! `SQLITE_BUSY`), reported as a retryable `VersionConflict`. Reads from one snapshot
+//! plus serial writes that must start from the latest state make every transaction
+//! serializable, and that is the level reported, whatever was asked.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -111,7 +111,18 @@ impl<T: StorageValue> SqliteTransaction<T> {
         F: FnOnce(&mut Connection) -> Result<R> + Send + 'static,
     {
         self.check(operation).await?;
-        let result = self.worker.run(operation, f).await;
+        let result = self.worker.run(operation, f).await.map_err(|e| {
+            // The thread stops at the deadline (rolling back): a job that missed it
+            // finds the thread gone.
+            if e.code() == ErrorCode::ConnectionLost
+                && self.deadline.is_some_and(|d| Instant::now() >= d)
+            {
+                self.lock().state = TransactionState::Aborted;
+                aborted("the transaction timed out and was rolled back", operation)
+            } else {
+                e
+            }
+        });
         if let Err(e) = &result
             && e.code() == ErrorCode::VersionConflict
         {
@@ -302,19 +313,25 @@ impl<T: StorageValue> Transaction<T> for SqliteTransaction<T> {
             .worker
             .run("commit", move |conn| {
                 let committed = (|| {
-                    if table.change_log && !effects.is_empty() {
-                        write_log(conn, &table.name, &effects)?;
-                    }
-                    conn.execute_batch("COMMIT").map_err(sql_err("commit"))
+                    let seq = if table.change_log && !effects.is_empty() {
+                        write_log(conn, &table.name, &effects)?
+                    } else {
+                        None
+                    };
+                    conn.execute_batch("COMMIT").map_err(sql_err("commit"))?;
+                    Ok(seq)
                 })();
-                if let Err(e) = committed {
-                    if !conn.is_autocommit() {
-                        let _ = conn.execute_batch("ROLLBACK");
+                let seq = match committed {
+                    Ok(seq) => seq,
+                    Err(e) => {
+                        if !conn.is_autocommit() {
+                            let _ = conn.execute_batch("ROLLBACK");
+                        }
+                        return Err(e);
                     }
-                    return Err(e);
-                }
+                };
                 if table.change_log {
-                    observer.drain(conn);
+                    observer.after_commit(conn, seq);
                     if hub.has_after_hooks() {
                         committed_changes(&hub, &effects, false);
                     }
@@ -413,8 +430,10 @@ impl<T: StorageValue> TransactionalStorage<T> for SqliteStorage<T> {
         let db_open = Arc::clone(&self.db);
         let db_exit = Arc::clone(&self.db);
         let read_only = options.read_only;
+        let deadline = options.timeout.map(|t| Instant::now() + t);
         let worker = Dedicated::start(
             self.db.config.common.debug,
+            deadline,
             move || {
                 let conn = db_open.take_tx_connection()?;
                 if read_only {
@@ -442,7 +461,7 @@ impl<T: StorageValue> TransactionalStorage<T> for SqliteStorage<T> {
             store: self.clone(),
             worker,
             options,
-            deadline: options.timeout.map(|t| Instant::now() + t),
+            deadline,
             inner: Mutex::new(TxState {
                 state: TransactionState::Active,
                 effects: Vec::new(),

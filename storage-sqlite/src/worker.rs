@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags};
 use storage_core::{ErrorCode, Result, StorageError};
@@ -150,6 +150,7 @@ impl Dedicated {
     /// and return it to a pool).
     pub(crate) async fn start(
         debug: bool,
+        deadline: Option<Instant>,
         open: impl FnOnce() -> Result<Connection> + Send + 'static,
         on_exit: impl FnOnce(Connection) + Send + 'static,
     ) -> Result<Self> {
@@ -166,9 +167,21 @@ impl Dedicated {
                     }
                 };
                 let _ = ready_tx.send(Ok(()));
-                while let Ok(job) = receiver.recv() {
-                    job(&mut conn);
+                // Past the deadline the thread stops serving and `on_exit` rolls back, so
+                // an abandoned transaction never holds the write lock beyond its time-out.
+                loop {
+                    let job = match deadline {
+                        Some(d) => receiver
+                            .recv_timeout(d.saturating_duration_since(Instant::now()))
+                            .ok(),
+                        None => receiver.recv().ok(),
+                    };
+                    match job {
+                        Some(job) => job(&mut conn),
+                        None => break,
+                    }
                 }
+                drop(receiver);
                 on_exit(conn);
             })
             .map_err(|e| {

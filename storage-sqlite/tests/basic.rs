@@ -371,6 +371,20 @@ async fn transactions_commit_and_roll_back() -> Result<()> {
     assert_eq!(ro.get("a").await?, Some(2));
     ro.commit().await?;
 
+    // An abandoned transaction releases the write lock at its time-out, not at drop.
+    let abandoned = s
+        .begin(TransactionOptions::new().timeout(Duration::from_millis(50)))
+        .await?;
+    abandoned.set("a", &77).await?;
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    s.set("after_abandoned", &1).await?;
+    assert_eq!(
+        abandoned.get("a").await.expect_err("timed out").code(),
+        ErrorCode::TransactionAborted
+    );
+    assert_eq!(s.get("a").await?, Some(2));
+    drop(abandoned);
+
     let slow = s
         .begin(TransactionOptions::new().timeout(Duration::from_millis(20)))
         .await?;
@@ -590,5 +604,118 @@ async fn indexed_queries_avoid_full_scans() -> Result<()> {
     );
     let plan = s.explain(&Query::filter(field("other").ne(1))).await?;
     assert!(plan.full_scan && plan.index.is_none(), "{plan:#?}");
+    Ok(())
+}
+
+/// Without WAL (rollback journal) the store still works, transactions included.
+#[tokio::test]
+async fn rollback_journal_mode_works() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("nowal.sqlite");
+    let s = SqliteStorage::<i64>::open(
+        SqliteConfig::new(path.to_string_lossy())
+            .wal(false)
+            .synchronous(storage_sqlite::SynchronousLevel::Full)
+            .busy_timeout_ms(200),
+    )
+    .await?;
+    s.set_many(vec![("a".into(), 1), ("b".into(), 2)]).await?;
+    assert_eq!(s.get("a").await?, Some(1));
+    let tx = s.begin(TransactionOptions::new()).await?;
+    tx.set("a", &10).await?;
+    tx.commit().await?;
+    assert_eq!(s.get("a").await?, Some(10));
+    assert_eq!(s.keys().try_collect::<Vec<_>>().await?, ["a", "b"]);
+    assert!(!path.with_extension("sqlite-wal").exists());
+    Ok(())
+}
+
+/// Group counts over plain values run in SQL and equal the evaluator's.
+#[tokio::test]
+async fn group_counts_match_the_evaluator() -> Result<()> {
+    let s = memory::<serde_json::Value>().await?;
+    let docs = [
+        ("a", json!({"author": "Ann", "n": 1})),
+        ("b", json!({"author": "Bob", "n": 1.0})),
+        ("c", json!({"author": "Ann"})),
+        ("d", json!({"n": 2})),
+        ("e", json!({"author": null, "n": -0.5})),
+    ];
+    s.set_many(
+        docs.iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect(),
+    )
+    .await?;
+    for path in ["author", "n", "missing"] {
+        let pipeline = vec![
+            storage_core::AggregateStage::group_by(path).count("count"),
+            storage_core::AggregateStage::Limit(5),
+        ];
+        let expected = storage_core::query::aggregate(&pipeline, docs.iter().map(|(_, v)| v))?;
+        assert_eq!(s.aggregate(&pipeline).await?, expected, "{path}");
+    }
+    let bad = vec![storage_core::AggregateStage::group_by("a").count("_id")];
+    assert_eq!(
+        s.aggregate(&bad).await.expect_err("_id is reserved").code(),
+        ErrorCode::InvalidQuery
+    );
+    Ok(())
+}
+
+/// A numeric range on an indexed path, ordered and paged, runs exactly in SQL while no
+/// entry holds an array there, and falls back to the evaluator when one does.
+#[tokio::test]
+async fn indexed_ranges_run_in_sql_while_exact() -> Result<()> {
+    let s = memory::<serde_json::Value>().await?;
+    s.create_index(IndexDefinition::new("year", "year", IndexKind::Btree))
+        .await?;
+    let mut docs: Vec<(String, serde_json::Value)> = (0..300u32)
+        .map(|i| {
+            (
+                format!("d{i:03}"),
+                json!({"year": 1900 + (i * 7) % 120, "title": format!("t{i}")}),
+            )
+        })
+        .collect();
+    docs.push(("s".into(), json!({"year": "1950"})));
+    docs.push(("f".into(), json!({"year": 1950.5})));
+    s.set_many(docs.clone()).await?;
+    let q = Query::filter(storage_core::query::and(vec![
+        field("year").gte(1950),
+        field("year").lt(1960.5),
+    ]))
+    .order_desc("year")
+    .offset(2)
+    .limit(7)
+    .select(["title"]);
+    for round in 0..2 {
+        let plan = s.explain(&q).await?;
+        let exact = plan
+            .pushed_down
+            .iter()
+            .any(|p| p.starts_with("exact range"));
+        assert_eq!(exact, round == 0, "{plan:#?}");
+        assert_eq!(plan.index.as_deref(), Some("year"), "{plan:#?}");
+        let expected =
+            storage_core::query::evaluate(&q, docs.iter().map(|(k, v)| (k.as_str(), v)))?;
+        let got = s.find_many(&q).await?;
+        assert_eq!(
+            got.iter()
+                .map(|r| (r.key.clone(), r.projection.clone()))
+                .collect::<Vec<_>>(),
+            expected
+                .into_iter()
+                .map(|m| (m.key, m.projection))
+                .collect::<Vec<_>>()
+        );
+        // An array on the path makes the plan inexact: the evaluator decides again.
+        let arr = (
+            "z".to_owned(),
+            json!({"year": [1955, 3000], "title": "arr"}),
+        );
+        s.set(&arr.0, &arr.1).await?;
+        docs.push(arr);
+    }
     Ok(())
 }
