@@ -99,3 +99,20 @@ mod tests {
         assert_eq!(civil_from_days(20_414), (2025, 11, 22));
     }
 }
+
+/// The workspace's commit (`git describe --always --dirty`), or "unknown".
+pub fn commit() -> String {
+    Command::new("git")
+        .args([
+            "-C",
+            env!("CARGO_MANIFEST_DIR"),
+            "describe",
+            "--always",
+            "--dirty",
+        ])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map_or_else(|| "unknown".to_owned(), |s| s.trim().to_owned())
+}

@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 
 use storage_core::{ErrorCode, Result, StorageError};
 
-use crate::measure::{Sample, median};
+use crate::measure::median;
 use crate::report::{BackendResult, Report};
 use crate::workload::{Doc, Workload};
 
@@ -128,34 +128,38 @@ fn progress(what: &str) {
     eprintln!("[{}] {what}", machine::utc_now());
 }
 
-/// Runs `f` for every run on a fresh temporary directory.
-async fn runs_in_dirs<F, Fut>(runs: usize, mut f: F) -> Result<Vec<Sample>>
-where
-    F: FnMut(PathBuf) -> Fut,
-    Fut: Future<Output = Result<Sample>>,
-{
-    let mut out = Vec::with_capacity(runs);
-    for _ in 0..runs {
-        let dir = tempfile::tempdir()?;
-        out.push(f(dir.path().to_owned()).await?);
-    }
-    Ok(out)
+/// Which subject of a backend a run measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Subject {
+    Raw,
+    Adapter,
+    Variant,
+}
+
+/// The order of the subjects in run `run`: rotated from run to run, so a burst of other
+/// load on the machine (or a warmer page cache) does not always favour the same side.
+fn rotation(run: usize, subjects: &[Subject]) -> Vec<Subject> {
+    let k = run % subjects.len();
+    subjects[k..]
+        .iter()
+        .chain(&subjects[..k])
+        .copied()
+        .collect()
 }
 
 async fn bench_sqlite(o: &Options, w: &Workload) -> Result<BackendResult> {
-    progress("sqlite: raw rusqlite");
-    let raw = runs_in_dirs(o.runs, |d| async move { sqlite::raw_run(&d, w) }).await?;
-    progress("sqlite: adapter");
-    let adapter = runs_in_dirs(
-        o.runs,
-        |d| async move { sqlite::adapter_run(&d, w, true).await },
-    )
-    .await?;
-    progress("sqlite: adapter without change log");
-    let quiet = runs_in_dirs(o.runs, |d| async move {
-        sqlite::adapter_run(&d, w, false).await
-    })
-    .await?;
+    let (mut raw, mut adapter, mut quiet) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 0..o.runs {
+        progress(&format!("sqlite: run {} of {}", run + 1, o.runs));
+        for subject in rotation(run, &[Subject::Raw, Subject::Adapter, Subject::Variant]) {
+            let dir = tempfile::tempdir()?;
+            match subject {
+                Subject::Raw => raw.push(sqlite::raw_run(dir.path(), w)?),
+                Subject::Adapter => adapter.push(sqlite::adapter_run(dir.path(), w, true).await?),
+                Subject::Variant => quiet.push(sqlite::adapter_run(dir.path(), w, false).await?),
+            }
+        }
+    }
     Ok(BackendResult {
         name: "SQLite",
         raw_name: "raw rusqlite",
@@ -166,10 +170,18 @@ async fn bench_sqlite(o: &Options, w: &Workload) -> Result<BackendResult> {
 }
 
 async fn bench_json(o: &Options, w: &Workload) -> Result<BackendResult> {
-    progress("json: raw journal");
-    let raw = runs_in_dirs(o.runs, |d| async move { json::raw_run(&d, w) }).await?;
-    progress("json: adapter");
-    let adapter = runs_in_dirs(o.runs, |d| async move { json::adapter_run(&d, w).await }).await?;
+    let (mut raw, mut adapter) = (Vec::new(), Vec::new());
+    for run in 0..o.runs {
+        progress(&format!("json: run {} of {}", run + 1, o.runs));
+        for subject in rotation(run, &[Subject::Raw, Subject::Adapter]) {
+            let dir = tempfile::tempdir()?;
+            if subject == Subject::Raw {
+                raw.push(json::raw_run(dir.path(), w)?);
+            } else {
+                adapter.push(json::adapter_run(dir.path(), w).await?);
+            }
+        }
+    }
     Ok(BackendResult {
         name: "JSON file",
         raw_name: "raw journal (append + fdatasync)",
@@ -183,14 +195,13 @@ async fn bench_graph(o: &Options, w: &Workload) -> Result<BackendResult> {
     let mut server = graph::Server::start().await?;
     let (mut raw, mut adapter) = (Vec::new(), Vec::new());
     for run in 0..o.runs {
-        // Alternate which side goes first, so neither always meets a warmer server.
         progress(&format!("graph: run {} of {}", run + 1, o.runs));
-        if run % 2 == 0 {
-            raw.push(graph::raw_run(&mut server, w).await?);
-            adapter.push(graph::adapter_run(&mut server, w).await?);
-        } else {
-            adapter.push(graph::adapter_run(&mut server, w).await?);
-            raw.push(graph::raw_run(&mut server, w).await?);
+        for subject in rotation(run, &[Subject::Raw, Subject::Adapter]) {
+            if subject == Subject::Raw {
+                raw.push(graph::raw_run(&mut server, w).await?);
+            } else {
+                adapter.push(graph::adapter_run(&mut server, w).await?);
+            }
         }
     }
     Ok(BackendResult {
@@ -236,6 +247,7 @@ async fn main() -> MainResult {
         (100_000, 5_000, 100_000, 20_000)
     };
     let started = machine::utc_now();
+    let commit = machine::commit();
     let load_start = machine::load_average();
     progress(&format!("generating {n} documents"));
     let w = Workload::new(u64::try_from(n)?, single, gets);
@@ -268,6 +280,7 @@ async fn main() -> MainResult {
         finished: machine::utc_now(),
         load: (load_start, machine::load_average()),
         command,
+        commit,
         n,
         single_inserts: w.single_inserts,
         gets,
@@ -289,4 +302,20 @@ async fn main() -> MainResult {
         progress(&format!("wrote {} and benchmarks.svg", md_path.display()));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_subject_leads_a_run_in_turn() {
+        let all = [Subject::Raw, Subject::Adapter, Subject::Variant];
+        assert_eq!(rotation(0, &all), all.to_vec());
+        assert_eq!(
+            rotation(1, &all),
+            vec![Subject::Adapter, Subject::Variant, Subject::Raw]
+        );
+        assert_eq!(rotation(3, &all), all.to_vec());
+    }
 }
