@@ -8,6 +8,7 @@
 //! outside the timings too). Inserts are plain `CREATE`s (the raw client knows its keys
 //! are new; the adapter upserts), the batch is one `UNWIND` query, reads use
 //! `GRAPH.RO_QUERY`, and iteration is one `ORDER BY key` query (the adapter pages).
+//! After creating indexes both sides wait until FalkorDB reports them operational.
 //! Every key and value travels as a query parameter, encoded by the `falkordb` crate's
 //! encoder, as in the adapter.
 
@@ -230,6 +231,7 @@ async fn raw_inner(conn: &mut MultiplexedConnection, w: &Workload) -> Result<Sam
         "CREATE INDEX FOR (n:Doc) ON (n.created_at)",
     )
     .await?;
+    wait_for_indexes(conn, bulk).await?;
     sample.record(Op::CreateIndexes, t.elapsed(), 1, 2);
 
     queries(
@@ -258,6 +260,31 @@ async fn raw_inner(conn: &mut MultiplexedConnection, w: &Workload) -> Result<Sam
     drop(all);
     sample.record(Op::Iterate, t.elapsed(), 1, seen);
     Ok(sample)
+}
+
+/// FalkorDB fills a new index in the background; like the adapter, wait until every
+/// index of the label is operational, so the indexed queries really use them.
+async fn wait_for_indexes(conn: &mut MultiplexedConnection, graph: &str) -> Result<()> {
+    let q = "CALL db.indexes() YIELD label, status WHERE label = 'Doc' RETURN status";
+    loop {
+        let reply = send(conn, "GRAPH.RO_QUERY", graph, q).await?;
+        let Value::Array(parts) = reply else {
+            return Err(backend("reply is not an array"));
+        };
+        let building = match parts.get(1) {
+            Some(Value::Array(rows)) => rows.iter().any(|row| match row {
+                Value::Array(cells) => {
+                    cells.first().and_then(cell) != Some(b"OPERATIONAL".as_slice())
+                }
+                _ => true,
+            }),
+            _ => false,
+        };
+        if !building {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
 
 async fn queries(
