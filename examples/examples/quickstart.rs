@@ -1,13 +1,16 @@
-//! Quick start: a typed store on the embedded default, no server.
+//! Quick start: a typed store on the embedded default — one JSON file, no server.
 //!
-//! Run with `cargo run -p examples --example quickstart`.
+//! Run with `cargo run -p examples --example quickstart`. The file lives in a
+//! temporary directory that is removed at the end; point `JsonConfig::new` at a path
+//! of your own to keep it.
 
 use serde::{Deserialize, Serialize};
 use storage_core::query::field;
 use storage_core::{
-    BatchStorage, Direction, MemoryStorage, Operation, Query, QueryableStorage, Storage,
-    StorageError, TransactionOptions, TransactionalExt,
+    BatchStorage, Direction, Operation, Query, QueryableStorage, Storage, TransactionOptions,
+    TransactionalExt,
 };
+use storage_json::{JsonConfig, JsonStorage};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct User {
@@ -25,10 +28,14 @@ fn user(name: &str, age: u32, city: &str) -> User {
 }
 
 #[tokio::main(flavor = "current_thread")]
-async fn main() -> Result<(), StorageError> {
-    let store = MemoryStorage::<User>::new();
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("users.json");
+    let store = JsonStorage::<User>::open(JsonConfig::new(&path)).await?;
     println!(
-        "opened an in-memory store: {:?}",
+        "opened {} (backend {}, tiers {:?})",
+        path.display(),
+        store.capabilities().backend,
         store.capabilities().tiers
     );
 
@@ -74,5 +81,21 @@ async fn main() -> Result<(), StorageError> {
         "delete user:3 -> existed = {existed}; size = {}",
         store.size().await?
     );
+
+    // Closing compacts the journal into the main file, which stays readable by people.
+    store.close().await?;
+    println!(
+        "closed; {} now reads:\n{}",
+        path.display(),
+        std::fs::read_to_string(&path)?
+    );
+
+    let reopened = JsonStorage::<User>::open(JsonConfig::new(&path)).await?;
+    println!(
+        "reopened: size = {}, user:2 = {:?}",
+        reopened.size().await?,
+        reopened.get("user:2").await?
+    );
+    reopened.close().await?;
     Ok(())
 }

@@ -1,0 +1,199 @@
+//! The serializer layer (`storage_core::codec::Codec`) against the raw serde and
+//! compression calls it wraps: `serde_json::to_vec`, `rmp_serde::to_vec_named`,
+//! `postcard::to_allocvec` and their `from_slice`s, with `flate2`'s gzip encoder,
+//! `lz4_flex`'s size-prefixed block format and `snap`'s raw format. The codec adds its
+//! five-byte header, JSON's strict checks (no NaN, no non-string map keys) and the
+//! decoded-size limit; the raw calls do none of that.
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use storage_core::codec::{Codec, Compression, Format, SerializationConfig};
+use storage_core::{ErrorCode, Result, StorageError};
+
+use crate::measure::start;
+use crate::workload::Doc;
+
+/// The configurations measured.
+pub const CONFIGS: [(Format, Compression); 6] = [
+    (Format::Json, Compression::None),
+    (Format::Json, Compression::Gzip),
+    (Format::MessagePack, Compression::None),
+    (Format::MessagePack, Compression::Lz4),
+    (Format::Postcard, Compression::None),
+    (Format::Postcard, Compression::Snappy),
+];
+
+/// One configuration's times per value, and the encoded sizes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CodecSample {
+    /// Codec encode, per value.
+    pub encode: Duration,
+    /// Raw encode, per value.
+    pub raw_encode: Duration,
+    /// Codec decode, per value.
+    pub decode: Duration,
+    /// Raw decode, per value.
+    pub raw_decode: Duration,
+    /// Average encoded size through the codec, in bytes.
+    pub size: usize,
+    /// Average encoded size of the raw calls, in bytes.
+    pub raw_size: usize,
+}
+
+fn raw_err(e: impl std::fmt::Display) -> StorageError {
+    StorageError::new(ErrorCode::SerializationFailed, format!("raw codec: {e}"))
+}
+
+fn raw_encode(format: Format, compression: Compression, doc: &Doc) -> Result<Vec<u8>> {
+    let plain = match format {
+        Format::MessagePack => rmp_serde::to_vec_named(doc).map_err(raw_err)?,
+        Format::Postcard => postcard::to_allocvec(doc).map_err(raw_err)?,
+        _ => serde_json::to_vec(doc).map_err(raw_err)?,
+    };
+    Ok(match compression {
+        Compression::None => plain,
+        Compression::Gzip => {
+            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            enc.write_all(&plain)?;
+            enc.finish()?
+        }
+        Compression::Lz4 => lz4_flex::compress_prepend_size(&plain),
+        Compression::Snappy => snap::raw::Encoder::new()
+            .compress_vec(&plain)
+            .map_err(raw_err)?,
+    })
+}
+
+fn raw_decode(format: Format, compression: Compression, bytes: &[u8]) -> Result<Doc> {
+    let owned;
+    let plain: &[u8] = match compression {
+        Compression::None => bytes,
+        Compression::Gzip => {
+            let mut out = Vec::new();
+            flate2::read::GzDecoder::new(bytes).read_to_end(&mut out)?;
+            owned = out;
+            &owned
+        }
+        Compression::Lz4 => {
+            owned = lz4_flex::decompress_size_prepended(bytes).map_err(raw_err)?;
+            &owned
+        }
+        Compression::Snappy => {
+            owned = snap::raw::Decoder::new()
+                .decompress_vec(bytes)
+                .map_err(raw_err)?;
+            &owned
+        }
+    };
+    match format {
+        Format::MessagePack => rmp_serde::from_slice(plain).map_err(raw_err),
+        Format::Postcard => postcard::from_bytes(plain).map_err(raw_err),
+        _ => serde_json::from_slice(plain).map_err(raw_err),
+    }
+}
+
+fn per_value(d: Duration, n: usize) -> Duration {
+    d / u32::try_from(n.max(1)).unwrap_or(u32::MAX)
+}
+
+/// Values per timed slice: codec and raw alternate slice by slice, so a burst of other
+/// load on the machine lands on both sides instead of on one.
+const SLICE: usize = 250;
+
+/// One run of one configuration over `docs`.
+pub fn run(format: Format, compression: Compression, docs: &[Doc]) -> Result<CodecSample> {
+    let codec = Codec::<Doc>::new(&SerializationConfig::new(format, compression))?;
+    let n = docs.len();
+    let (mut encode, mut raw_encode_time) = (Duration::ZERO, Duration::ZERO);
+    let (mut encoded, mut raw) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for (i, slice) in docs.chunks(SLICE).enumerate() {
+        // Alternate which side goes first, so neither always meets a warmer cache.
+        for side in [i % 2, 1 - i % 2] {
+            let t = start();
+            for d in slice {
+                if side == 0 {
+                    encoded.push(codec.encode(d)?);
+                } else {
+                    raw.push(raw_encode(format, compression, d)?);
+                }
+            }
+            if side == 0 {
+                encode += t.elapsed();
+            } else {
+                raw_encode_time += t.elapsed();
+            }
+        }
+    }
+
+    let (mut decode, mut raw_decode_time) = (Duration::ZERO, Duration::ZERO);
+    let (mut decoded, mut raw_decoded) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for (i, (slice, raw_slice)) in encoded.chunks(SLICE).zip(raw.chunks(SLICE)).enumerate() {
+        for side in [i % 2, 1 - i % 2] {
+            let t = start();
+            if side == 0 {
+                for b in slice {
+                    decoded.push(codec.decode(b)?);
+                }
+                decode += t.elapsed();
+            } else {
+                for b in raw_slice {
+                    raw_decoded.push(raw_decode(format, compression, b)?);
+                }
+                raw_decode_time += t.elapsed();
+            }
+        }
+    }
+
+    if decoded != docs || raw_decoded != docs {
+        return Err(StorageError::new(
+            ErrorCode::SerializationFailed,
+            format!("{format:?}/{compression:?} did not round-trip"),
+        ));
+    }
+    Ok(CodecSample {
+        encode: per_value(encode, n),
+        raw_encode: per_value(raw_encode_time, n),
+        decode: per_value(decode, n),
+        raw_decode: per_value(raw_decode_time, n),
+        size: encoded.iter().map(Vec::len).sum::<usize>() / n.max(1),
+        raw_size: raw.iter().map(Vec::len).sum::<usize>() / n.max(1),
+    })
+}
+
+/// The median of runs, field by field.
+pub fn median(samples: &[CodecSample]) -> CodecSample {
+    let pick = |f: fn(&CodecSample) -> Duration| {
+        let mut v: Vec<Duration> = samples.iter().map(f).collect();
+        v.sort();
+        v.get(v.len().saturating_sub(1) / 2)
+            .copied()
+            .unwrap_or_default()
+    };
+    CodecSample {
+        encode: pick(|s| s.encode),
+        raw_encode: pick(|s| s.raw_encode),
+        decode: pick(|s| s.decode),
+        raw_decode: pick(|s| s.raw_decode),
+        size: samples.first().map_or(0, |s| s.size),
+        raw_size: samples.first().map_or(0, |s| s.raw_size),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workload::Workload;
+
+    #[test]
+    fn every_configuration_round_trips_both_ways() -> Result<()> {
+        let w = Workload::new(20, 0, 0);
+        let docs: Vec<Doc> = w.docs.into_iter().map(|(_, d)| d).collect();
+        for (format, compression) in CONFIGS {
+            let s = run(format, compression, &docs)?;
+            // The codec's header is the only difference in size.
+            assert!(s.size >= s.raw_size, "{format:?}/{compression:?}");
+        }
+        Ok(())
+    }
+}
