@@ -673,17 +673,34 @@ fn carry_over_journal(
 
 /// [`load`] for a handle without the lock: a writer may compact between the reads of
 /// the main file and the journal, which shows as a gap; such a read is retried.
+///
+/// A compaction can also finish between the two reads with the journal just emptied:
+/// then there is no gap to see, but the main file read first is the old one and the
+/// records compacted into the new one would be missed. So the main file must be the
+/// same file (same length and modification time) after the journal was read as
+/// before the main file was; otherwise the read is retried.
 fn load_settled(paths: &Paths) -> Result<Loaded, JsonError> {
     let mut attempt = 0;
     loop {
-        match load(paths) {
-            Err(JsonError::Corrupt { .. }) if attempt < 20 => {
-                attempt += 1;
-                std::thread::sleep(Duration::from_millis(10));
-            }
+        let before = main_identity(&paths.main);
+        let outcome = load(paths);
+        let settled = before == main_identity(&paths.main);
+        match outcome {
+            Err(JsonError::Corrupt { .. }) if attempt < 20 => {}
+            Ok(_) if !settled && attempt < 20 => {}
             other => return other,
         }
+        attempt += 1;
+        std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// What tells one version of the main file from the next: a compaction renames a new
+/// file over it, which changes its length or modification time.
+fn main_identity(path: &Path) -> Option<(u64, Option<std::time::SystemTime>)> {
+    std::fs::metadata(path)
+        .ok()
+        .map(|m| (m.len(), m.modified().ok()))
 }
 
 fn open_lock_file(path: &Path) -> Result<File, JsonError> {
