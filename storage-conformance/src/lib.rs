@@ -120,6 +120,7 @@ pub mod bad_input;
 pub mod batch;
 pub mod corpus;
 pub mod crash;
+pub mod distributed;
 pub mod harness;
 pub mod hermitage;
 pub mod indexed;

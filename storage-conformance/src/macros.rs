@@ -338,3 +338,62 @@ macro_rules! crash_suite {
         }
     };
 }
+
+/// The distributed suite, for stores on FalkorDB/Redis replication:
+/// `distributed_suite!(MyHarness);` expands into the module `distributed_conformance`:
+/// node health, replication status, `sync` and consistency levels under a paused and a
+/// killed replica, writes following a Sentinel failover, and the loss window of a
+/// partitioned primary. Needs a [`DistributedHarness`](crate::distributed::DistributedHarness);
+/// each check starts its own servers with [`crate::server`].
+#[macro_export]
+macro_rules! distributed_suite {
+    ($harness:expr) => {
+        $crate::distributed_suite!(distributed_conformance, $harness);
+    };
+    ($module:ident, $harness:expr) => {
+        #[allow(unused_imports, clippy::all, clippy::pedantic)]
+        mod $module {
+            use super::*;
+
+            #[test]
+            fn replica_loss_is_reported_and_levels_hold() {
+                $crate::runner::run(
+                    concat!(
+                        stringify!($module),
+                        "::replica_loss_is_reported_and_levels_hold"
+                    ),
+                    async {
+                        let harness = $harness;
+                        $crate::distributed::replica_loss_is_reported_and_levels_hold(&harness)
+                            .await
+                    },
+                );
+            }
+
+            #[test]
+            fn writes_follow_a_failover() {
+                $crate::runner::run(
+                    concat!(stringify!($module), "::writes_follow_a_failover"),
+                    async {
+                        let harness = $harness;
+                        $crate::distributed::writes_follow_a_failover(&harness).await
+                    },
+                );
+            }
+
+            #[test]
+            fn loss_window_of_a_partitioned_primary() {
+                $crate::runner::run(
+                    concat!(
+                        stringify!($module),
+                        "::loss_window_of_a_partitioned_primary"
+                    ),
+                    async {
+                        let harness = $harness;
+                        $crate::distributed::loss_window_of_a_partitioned_primary(&harness).await
+                    },
+                );
+            }
+        }
+    };
+}

@@ -299,46 +299,7 @@ impl FalkorServer {
         let err = |m: String| ServerError::Start(m);
         let dir = tempfile::tempdir().map_err(|e| err(format!("temp dir: {e}")))?;
         let port = free_port().map_err(|e| err(format!("no free port: {e}")))?;
-        let log = dir.path().join("server.log");
-        let mut cmd = Command::new(&bins.redis_server);
-        if let Role::Sentinel(primary) = role {
-            let conf = dir.path().join("sentinel.conf");
-            let text = format!(
-                "port {port}\nbind 127.0.0.1\ndir {}\nlogfile {}\nsentinel monitor mymaster 127.0.0.1 {primary} 1\n\
-                 sentinel down-after-milliseconds mymaster 1000\nsentinel failover-timeout mymaster 5000\n",
-                dir.path().display(),
-                log.display()
-            );
-            std::fs::write(&conf, text)
-                .map_err(|e| err(format!("write {}: {e}", conf.display())))?;
-            cmd.arg(&conf).arg("--sentinel");
-        } else {
-            cmd.args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .arg("--dir")
-            .arg(dir.path())
-            .arg("--logfile")
-            .arg(&log)
-            .arg("--loadmodule")
-            .arg(&bins.module);
-            if let Role::Replica(primary) = role {
-                cmd.args(["--replicaof", "127.0.0.1", &primary.to_string()]);
-            }
-        }
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| err(format!("spawn {}: {e}", bins.redis_server.display())))?;
+        let child = spawn(bins, role, port, dir.path())?;
         let mut server = Self {
             child,
             port,
@@ -347,6 +308,46 @@ impl FalkorServer {
         };
         server.wait_ready(Duration::from_secs(15))?;
         Ok(server)
+    }
+
+    /// The process id, for signals of a test's own.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Freezes the process (`SIGSTOP`): it keeps its sockets but answers nothing, as
+    /// a partitioned or stalled server would.
+    ///
+    /// # Errors
+    /// When `kill` cannot be run.
+    pub fn pause(&self) -> std::io::Result<()> {
+        signal(self.pid(), "-STOP")
+    }
+
+    /// Lets a paused process run again (`SIGCONT`).
+    ///
+    /// # Errors
+    /// When `kill` cannot be run.
+    pub fn resume(&self) -> std::io::Result<()> {
+        signal(self.pid(), "-CONT")
+    }
+
+    /// Kills the process (it stays stopped until [`FalkorServer::restart`]).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the process again on the same port, directory and role, and waits
+    /// until it answers `PING`.
+    ///
+    /// # Errors
+    /// [`ServerError`].
+    pub fn restart(&mut self) -> Result<(), ServerError> {
+        self.kill();
+        let bins = find_binaries()?;
+        self.child = spawn(&bins, self.role, self.port, self.dir.path())?;
+        self.wait_ready(Duration::from_secs(15))
     }
 
     fn wait_ready(&mut self, limit: Duration) -> Result<(), ServerError> {
@@ -441,6 +442,67 @@ impl FalkorServer {
     }
 }
 
+/// Sends `kill <signal> <pid>`.
+fn signal(pid: u32, signal: &str) -> std::io::Result<()> {
+    let status = Command::new("kill")
+        .arg(signal)
+        .arg(pid.to_string())
+        .status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!(
+            "kill {signal} {pid} failed: {status}"
+        )))
+    }
+}
+
+/// Spawns `redis-server` for `role` on `port` with its files in `dir`.
+fn spawn(bins: &Binaries, role: Role, port: u16, dir: &Path) -> Result<Child, ServerError> {
+    let err = |m: String| ServerError::Start(m);
+    let log = dir.join("server.log");
+    let mut cmd = Command::new(&bins.redis_server);
+    if let Role::Sentinel(primary) = role {
+        let conf = dir.join("sentinel.conf");
+        if !conf.exists() {
+            let text = format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\nlogfile {}\nsentinel monitor mymaster 127.0.0.1 {primary} 1\n\
+                 sentinel down-after-milliseconds mymaster 1000\nsentinel failover-timeout mymaster 5000\n",
+                dir.display(),
+                log.display()
+            );
+            std::fs::write(&conf, text)
+                .map_err(|e| err(format!("write {}: {e}", conf.display())))?;
+        }
+        cmd.arg(&conf).arg("--sentinel");
+    } else {
+        cmd.args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(dir)
+        .arg("--logfile")
+        .arg(&log)
+        .arg("--loadmodule")
+        .arg(&bins.module);
+        if let Role::Replica(primary) = role {
+            cmd.args(["--replicaof", "127.0.0.1", &primary.to_string()]);
+        }
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| err(format!("spawn {}: {e}", bins.redis_server.display())))
+}
+
 impl Drop for FalkorServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -455,6 +517,8 @@ pub struct FalkorCluster {
     pub primary: FalkorServer,
     /// The replicas, linked.
     pub replicas: Vec<FalkorServer>,
+    /// Sentinels monitoring the primary as `mymaster` (none unless asked for).
+    pub sentinels: Vec<FalkorServer>,
 }
 
 impl FalkorCluster {
@@ -467,7 +531,49 @@ impl FalkorCluster {
         let replicas = (0..replicas)
             .map(|_| FalkorServer::start_replica_of(&primary))
             .collect();
-        Self { primary, replicas }
+        Self {
+            primary,
+            replicas,
+            sentinels: Vec::new(),
+        }
+    }
+
+    /// Starts a primary, `replicas` linked replicas and `sentinels` Sentinels, and
+    /// waits until every Sentinel knows every replica and the other Sentinels.
+    ///
+    /// # Panics
+    /// As [`FalkorServer::start`], or when the Sentinels do not see the deployment
+    /// within 20 s.
+    pub fn start_with_sentinels(replicas: usize, sentinels: usize) -> Self {
+        let mut cluster = Self::start(replicas);
+        cluster.sentinels = (0..sentinels)
+            .map(|_| FalkorServer::start_sentinel_for(&cluster.primary))
+            .collect();
+        let start = Instant::now();
+        for sentinel in &cluster.sentinels {
+            loop {
+                let info = sentinel.info("sentinel").unwrap_or_default();
+                let wanted = format!("slaves={replicas},sentinels={sentinels}");
+                if info.contains(&wanted) {
+                    break;
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(20),
+                    "sentinel {} never saw the deployment: {info}",
+                    sentinel.port()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        cluster
+    }
+
+    /// The Sentinels' addresses, `127.0.0.1:PORT`.
+    pub fn sentinel_addresses(&self) -> Vec<String> {
+        self.sentinels
+            .iter()
+            .map(|s| format!("127.0.0.1:{}", s.port()))
+            .collect()
     }
 }
 

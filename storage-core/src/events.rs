@@ -567,6 +567,47 @@ impl<T: Send + Sync + 'static> EventHub<T> {
     }
 }
 
+/// Implements [`crate::ObservableStorage`] for a store `Name<T>` that keeps its
+/// hooks and subscribers in an [`EventHub`]: each method forwards to the hub, and
+/// a refused `watch` is tagged with the operation and the `backend` name.
+///
+/// The closure-like last argument says where the hub is, given the store.
+///
+/// ```text
+/// storage_core::observable_via_hub!(MyStore, "mine", |store| &store.inner.hub);
+/// ```
+#[macro_export]
+macro_rules! observable_via_hub {
+    ($store:ident, $backend:expr, |$this:ident| $hub:expr) => {
+        impl<T: $crate::StorageValue> $crate::ObservableStorage<T> for $store<T> {
+            fn on_before(&self, hook: $crate::BeforeHook<T>) -> $crate::HookId {
+                let $this = self;
+                $hub.on_before(hook)
+            }
+
+            fn on_after(&self, hook: $crate::AfterHook<T>) -> $crate::HookId {
+                let $this = self;
+                $hub.on_after(hook)
+            }
+
+            fn off(&self, id: $crate::HookId) -> bool {
+                let $this = self;
+                $hub.off(id)
+            }
+
+            fn watch(
+                &self,
+                pattern: $crate::WatchPattern,
+                capacity: usize,
+            ) -> $crate::Result<$crate::Subscription<T>> {
+                let $this = self;
+                $hub.watch(pattern, capacity)
+                    .map_err(|e| e.with_operation("watch").with_backend($backend))
+            }
+        }
+    };
+}
+
 impl<T> Drop for EventHub<T> {
     fn drop(&mut self) {
         // Ends every subscriber's stream instead of leaving it pending forever.

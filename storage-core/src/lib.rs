@@ -39,6 +39,8 @@
 //! - [`config`]: configuration types and file loading;
 //! - [`events`]: hooks, watch patterns, subscriptions and the event hub adapters embed;
 //! - [`trace`]: the tracing span adapters wrap operations in when `debug` is on;
+//! - [`index`]: the in-memory secondary indexes of [`MemoryStorage`], for any adapter
+//!   that keeps its entries in memory;
 //! - the tier traits, [`StorageError`], [`Capabilities`] and [`MemoryStorage`] at the root.
 
 #![forbid(unsafe_code)]
@@ -49,6 +51,7 @@ pub mod config;
 mod error;
 pub mod events;
 mod ext;
+pub mod index;
 mod key;
 mod memory;
 pub mod query;
@@ -85,6 +88,7 @@ const _: () = {
     assert_send_sync::<StorageError>();
     assert_send_sync::<Capabilities>();
     assert_send_sync::<Query>();
+    assert_send_sync::<index::IndexSet>();
     assert_send_sync::<MemoryStorage<serde_json::Value>>();
     assert_send_sync::<EventHub<serde_json::Value>>();
     assert_send_sync::<Subscription<serde_json::Value>>();

@@ -376,6 +376,8 @@ impl Inner {
             .query_async::<Value>(&mut conn)
             .await
             && !e.to_string().contains("already indexed")
+            // A replica (read by `DistributedGraphStorage`) has the index from its primary.
+            && !e.to_string().to_lowercase().contains("readonly")
         {
             return Err(redis_err("open")(e));
         }

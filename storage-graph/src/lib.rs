@@ -40,7 +40,12 @@
 //!   (btree, hash and full-text; unique indexes), `TransactionalStorage` (serializable,
 //!   savepoints), `ObservableStorage` (hooks; change batches across handles and processes,
 //!   resumable with [`GraphStorage::watch_from`]);
-//! - not implemented: `DistributedStorage`; spatial indexes (`Unsupported`).
+//! - `DistributedStorage` when replication is configured: [`DistributedGraphStorage`]
+//!   wraps the store on a primary with replicas (or Sentinels), reports nodes and
+//!   replication from the servers' acknowledged offsets, and waits for the
+//!   acknowledgements a consistency level needs (`docs/DISTRIBUTED.md` says what each
+//!   level guarantees, and the loss window measured under a partition);
+//! - not implemented: spatial indexes (`Unsupported`).
 //!
 //! ## Data model
 //! An entry is a node `(:Label {key, kh, v, …})`: `key` is the key, `kh` its hex form
@@ -117,13 +122,15 @@
 //! - `cypher`: parameters, quoting, promoted properties, pre-filters;
 //! - `query`: Queryable and Indexed; `unique`: unique-index checks;
 //! - `transaction`: [`GraphTransaction`]; `observable`: hooks and the change stream;
-//! - `graph`: [`GraphExt`]; `embedded`: [`EmbeddedServer`]; `error`: error mapping.
+//! - `graph`: [`GraphExt`]; `embedded`: [`EmbeddedServer`]; `error`: error mapping;
+//! - `distributed`: [`DistributedGraphStorage`] and its [`ReplicationConfig`].
 
 #![forbid(unsafe_code)]
 
 mod backend;
 mod config;
 mod cypher;
+pub mod distributed;
 mod embedded;
 mod error;
 mod graph;
@@ -134,6 +141,8 @@ mod unique;
 
 pub use backend::GraphStorage;
 pub use config::{GraphConfig, STREAM_MAX_LEN, Secret, TlsConfig};
+pub use distributed::DistributedGraphStorage;
+pub use distributed::config::{NodeAddress, ReplicationConfig};
 pub use embedded::{ENV_MODULE, ENV_REDIS_SERVER, EmbeddedServer, Listen, ServerBinaries};
 pub use graph::{EdgeDirection, GraphExt, MAX_TRAVERSAL_DEPTH, Neighbour};
 pub use transaction::GraphTransaction;
@@ -145,4 +154,5 @@ const _: () = {
     assert_send_sync::<GraphTransaction<serde_json::Value>>();
     assert_send_sync::<EmbeddedServer>();
     assert_send_sync::<GraphConfig>();
+    assert_send_sync::<DistributedGraphStorage<serde_json::Value>>();
 };

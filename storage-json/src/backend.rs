@@ -13,20 +13,20 @@ use async_trait::async_trait;
 use futures::channel::oneshot;
 use serde::de::DeserializeOwned;
 use storage_core::codec::to_document;
-use storage_core::events::{AfterEvent, AfterHook, BeforeEvent, BeforeHook, HookId, WatchPattern};
+use storage_core::events::{AfterEvent, BeforeEvent};
+use storage_core::index::IndexSet;
 use storage_core::query::{CompiledQuery, aggregate};
 use storage_core::{
     AggregateStage, BatchResult, BatchStorage, Capabilities, Change, ChangeBatch, ChangeKind,
-    Document, ErrorCode, EventHub, ExecutionPlan, IndexDefinition, IndexInfo, IndexKind,
-    IndexedStorage, IsolationLevel, ObservableStorage, Operation, Query, QueryResult,
-    QueryableStorage, Result, ResultStream, Storage, StorageError, StorageValue, Subscription,
-    Tier, Transaction, TransactionOptions, TransactionalStorage, validate_key, validate_keys,
+    Document, ErrorCode, EventHub, ExecutionPlan, IndexDefinition, IndexInfo, IndexedStorage,
+    IsolationLevel, Operation, Query, QueryResult, QueryableStorage, Result, ResultStream, Storage,
+    StorageError, StorageValue, Tier, Transaction, TransactionOptions, TransactionalStorage,
+    validate_key, validate_keys,
 };
 use tracing::Instrument;
 
 use crate::config::{Durability, JsonConfig, LockMode, check};
 use crate::error::JsonError;
-use crate::index::Indexes;
 use crate::journal::{
     self, Commit, GroupSync, JournalWriter, Paths, SyncOutcome, encode_record, read_journal,
     read_main, truncate_file, write_main,
@@ -168,7 +168,7 @@ pub(crate) struct ReadSet<'a> {
 /// Everything behind the state lock.
 pub(crate) struct State {
     entries: BTreeMap<String, Arc<Document>>,
-    indexes: Indexes,
+    indexes: IndexSet,
     /// `None` once closed, and always for a read-only handle.
     journal: Option<JournalWriter>,
     open: bool,
@@ -813,7 +813,7 @@ impl<T: StorageValue> JsonStorage<T> {
         };
         let state = State {
             entries: loaded.entries,
-            indexes: Indexes::default(),
+            indexes: IndexSet::new(),
             journal: Some(journal),
             open: true,
             read_only: false,
@@ -879,7 +879,7 @@ impl<T: StorageValue> JsonStorage<T> {
             })??;
             let state = State {
                 entries: loaded.entries,
-                indexes: Indexes::default(),
+                indexes: IndexSet::new(),
                 journal: None,
                 open: true,
                 read_only: true,
@@ -1152,7 +1152,9 @@ impl<T: StorageValue> Inner<T> {
             }
             return Ok((staged.result, None));
         }
-        st.indexes.check_unique(&st.entries, &staged.commit)?;
+        st.indexes
+            .check_unique(&staged.commit.writes, staged.commit.cleared)
+            .map_err(|e| e.with_backend(BACKEND))?;
         let seq = st.seq + 1;
         let line = encode_record(seq, &staged.commit).map_err(|e| {
             StorageError::new(ErrorCode::SerializationFailed, e.to_string())
@@ -1344,7 +1346,10 @@ impl<T: StorageValue> Inner<T> {
             st.main_len = loaded.main_len;
             loaded
         };
-        let indexes = st.indexes.rebuild(&loaded.entries)?;
+        let indexes = st
+            .indexes
+            .rebuild(loaded.entries.iter().map(pair))
+            .map_err(|e| e.with_backend(BACKEND))?;
         let mut changed = Vec::new();
         {
             let old = &st.entries;
@@ -1431,16 +1436,8 @@ impl<T: StorageValue> JsonStorage<T> {
         let _entered = span.enter();
         let compiled = CompiledQuery::compile(query)?;
         let found = self.inner.with_state(|st| {
-            let plan = st.indexes.plan(query.filter.as_ref());
-            let matches = match &plan {
-                Some(p) => compiled.run(
-                    p.candidates
-                        .iter()
-                        .filter_map(|k| st.entries.get_key_value(k))
-                        .map(|(k, v)| (k.as_str(), &**v)),
-                ),
-                None => compiled.run(st.entries.iter().map(|(k, v)| (k.as_str(), &**v))),
-            };
+            let entries = st.indexes.scan(query.filter.as_ref(), &st.entries);
+            let matches = compiled.run(entries.map(pair));
             matches
                 .into_iter()
                 .filter_map(|m| st.entries.get(&m.key).cloned().map(|d| (m, d)))
@@ -1494,7 +1491,7 @@ impl<T: StorageValue> JsonStorage<T> {
 pub(crate) fn capabilities() -> Capabilities {
     Capabilities::new(BACKEND, Tier::Observable)
         .with_isolation_levels([IsolationLevel::Serializable])
-        .with_index_kinds([IndexKind::Btree, IndexKind::Hash, IndexKind::Fulltext])
+        .with_index_kinds(IndexSet::KINDS)
         .with_unique_indexes(true)
         .with_savepoints(true)
         .with_cross_process_watch(false)
@@ -1645,16 +1642,10 @@ impl<T: StorageValue> QueryableStorage<T> for JsonStorage<T> {
 
     async fn count(&self, query: &Query) -> Result<u64> {
         let compiled = CompiledQuery::compile(query).map_err(|e| e.with_operation("count"))?;
-        self.inner
-            .with_state(|st| match st.indexes.plan(query.filter.as_ref()) {
-                Some(p) => compiled.count(
-                    p.candidates
-                        .iter()
-                        .filter_map(|k| st.entries.get_key_value(k))
-                        .map(|(k, v)| (k.as_str(), &**v)),
-                ),
-                None => compiled.count(st.entries.iter().map(|(k, v)| (k.as_str(), &**v))),
-            })
+        self.inner.with_state(|st| {
+            let entries = st.indexes.scan(query.filter.as_ref(), &st.entries);
+            compiled.count(entries.map(pair))
+        })
     }
 
     async fn aggregate(&self, pipeline: &[AggregateStage]) -> Result<Vec<Document>> {
@@ -1673,9 +1664,9 @@ impl<T: StorageValue> IndexedStorage<T> for JsonStorage<T> {
             indexes, entries, ..
         } = &mut *st;
         indexes
-            .create(definition, entries)
+            .create(definition, entries.iter().map(pair))
             .map(|_| ())
-            .map_err(|e| e.with_operation("create_index"))
+            .map_err(|e| e.with_operation("create_index").with_backend(BACKEND))
     }
 
     async fn drop_index(&self, name: &str) -> Result<bool> {
@@ -1685,14 +1676,17 @@ impl<T: StorageValue> IndexedStorage<T> for JsonStorage<T> {
     }
 
     async fn list_indexes(&self) -> Result<Vec<IndexInfo>> {
-        self.inner.with_state(|st| st.indexes.infos())
+        self.inner.with_state(|st| st.indexes.list())
     }
 
     async fn explain(&self, query: &Query) -> Result<ExecutionPlan> {
         CompiledQuery::compile(query).map_err(|e| e.with_operation("explain"))?;
-        let choice = self
-            .inner
-            .with_state(|st| st.indexes.choose(query.filter.as_ref()))?;
+        let choice = self.inner.with_state(|st| {
+            st.indexes.choose(query.filter.as_ref()).map(|c| {
+                let clause = format!("{} {} {}", c.field(), c.op(), c.operand());
+                (c.index_name().to_owned(), clause)
+            })
+        })?;
         let mut plan = ExecutionPlan::default();
         if let Some((index, clause)) = choice {
             plan.backend_plan.push(format!(
@@ -1728,25 +1722,11 @@ impl<T: StorageValue> TransactionalStorage<T> for JsonStorage<T> {
     }
 }
 
-impl<T: StorageValue> ObservableStorage<T> for JsonStorage<T> {
-    fn on_before(&self, hook: BeforeHook<T>) -> HookId {
-        self.inner.hub.on_before(hook)
-    }
+storage_core::observable_via_hub!(JsonStorage, BACKEND, |store| &store.inner.hub);
 
-    fn on_after(&self, hook: AfterHook<T>) -> HookId {
-        self.inner.hub.on_after(hook)
-    }
-
-    fn off(&self, id: HookId) -> bool {
-        self.inner.hub.off(id)
-    }
-
-    fn watch(&self, pattern: WatchPattern, capacity: usize) -> Result<Subscription<T>> {
-        self.inner
-            .hub
-            .watch(pattern, capacity)
-            .map_err(|e| e.with_operation("watch").with_backend(BACKEND))
-    }
+/// An entry as the evaluator and the index set take it.
+fn pair<'a>((key, doc): (&'a String, &'a Arc<Document>)) -> (&'a str, &'a Document) {
+    (key.as_str(), doc.as_ref())
 }
 
 /// The paths a store at `file` uses: main file, journal, lock file, temp file.

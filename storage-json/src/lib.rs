@@ -45,7 +45,8 @@
 //!
 //! - **Queries** run on the in-memory entries through the reference evaluator
 //!   ([`storage_core::query::CompiledQuery`]), so results are the evaluator's, in its order.
-//! - **Indexes** are in-memory structures: btree (equality and ranges), hash
+//! - **Indexes** are in-memory structures ([`storage_core::index::IndexSet`], the
+//!   memory store's own): btree (equality and ranges), hash
 //!   (equality), unique, fulltext (word match with a `score`). Spatial is
 //!   `Unsupported` (`within_box` still runs in process). An index narrows the
 //!   candidates and the evaluator judges them, so an index never changes results.
@@ -172,7 +173,6 @@
 //! - `backend`: [`JsonStorage`] and its tier implementations;
 //! - `transaction`: [`JsonTransaction`];
 //! - `journal`: the file formats, compaction and group commit;
-//! - `index`: in-memory indexes;
 //! - `error`: the adapter's errors, mapped into [`storage_core::StorageError`].
 
 #![forbid(unsafe_code)]
@@ -180,7 +180,6 @@
 mod backend;
 mod config;
 mod error;
-mod index;
 mod journal;
 mod transaction;
 

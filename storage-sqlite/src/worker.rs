@@ -2,7 +2,7 @@
 //! never on the async executor. Callers send a job and await a oneshot reply.
 
 use std::path::Path;
-use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -63,12 +63,17 @@ impl Workers {
     pub(crate) fn spawn(name: &str, connections: Vec<Connection>, debug: bool) -> Result<Self> {
         let (sender, receiver) = channel::<Job>();
         let receiver = Arc::new(Mutex::new(receiver));
+        let spin = if connections.len() == 1 {
+            WRITER_SPIN
+        } else {
+            Duration::ZERO
+        };
         let mut threads = Vec::with_capacity(connections.len());
         for (i, conn) in connections.into_iter().enumerate() {
             let receiver = Arc::clone(&receiver);
             let handle = std::thread::Builder::new()
                 .name(format!("{name}-{i}"))
-                .spawn(move || serve(conn, &receiver))
+                .spawn(move || serve(conn, &receiver, spin))
                 .map_err(|e| {
                     StorageError::from(e)
                         .with_operation("open")
@@ -111,13 +116,34 @@ impl Workers {
     }
 }
 
-fn serve(mut conn: Connection, receiver: &Mutex<Receiver<Job>>) {
+/// How long the writer thread, having finished a job, polls for the next one before
+/// sleeping: back-to-back writes then skip a thread wake-up. Reader pools do not spin
+/// (several spinning readers would take the CPU from the tasks that feed them).
+const WRITER_SPIN: Duration = Duration::from_micros(50);
+
+fn serve(mut conn: Connection, receiver: &Mutex<Receiver<Job>>, spin: Duration) {
     loop {
         let job = {
+            // One thread at a time holds the queue; the others wait for the lock.
             let Ok(guard) = receiver.lock() else { return };
-            match guard.recv() {
-                Ok(job) => job,
-                Err(_) => return,
+            let spin_start = Instant::now();
+            let mut next = None;
+            while spin_start.elapsed() < spin {
+                match guard.try_recv() {
+                    Ok(job) => {
+                        next = Some(job);
+                        break;
+                    }
+                    Err(TryRecvError::Empty) => std::hint::spin_loop(),
+                    Err(TryRecvError::Disconnected) => return,
+                }
+            }
+            match next {
+                Some(job) => job,
+                None => match guard.recv() {
+                    Ok(job) => job,
+                    Err(_) => return,
+                },
             }
         };
         job(&mut conn);

@@ -8,7 +8,6 @@
 //! the whole change, checks it (quota, unique indexes, transaction conflicts),
 //! and only then mutates, so a failure applies nothing.
 
-mod index;
 mod query;
 mod tx;
 
@@ -26,20 +25,18 @@ use crate::capabilities::{Capabilities, Tier};
 use crate::codec::{from_document, to_document};
 use crate::config::MemoryConfig;
 use crate::error::{ErrorCode, Result, StorageError};
-use crate::events::{AfterEvent, AfterHook, BeforeEvent, BeforeHook, EventHub, HookId};
-use crate::events::{Subscription, WatchPattern};
+use crate::events::{AfterEvent, BeforeEvent, EventHub};
 use crate::key::{validate_key, validate_keys};
 use crate::tiers::{
-    BatchStorage, ObservableStorage, ResultStream, Storage, StorageValue, Transaction,
-    TransactionalStorage,
+    BatchStorage, ResultStream, Storage, StorageValue, Transaction, TransactionalStorage,
 };
 use crate::trace::op_span;
 use crate::types::{
-    BatchResult, Change, ChangeBatch, ChangeKind, Document, IndexKind, IsolationLevel, Operation,
+    BatchResult, Change, ChangeBatch, ChangeKind, Document, IsolationLevel, Operation,
     TransactionOptions,
 };
 
-use index::IndexSet;
+use crate::index::IndexSet;
 
 /// The backend name in capabilities, errors and spans.
 const BACKEND: &str = "memory";
@@ -250,7 +247,7 @@ impl<T: StorageValue> MemoryStorage<T> {
     fn capabilities_static() -> Capabilities {
         Capabilities::new(BACKEND, Tier::Observable)
             .with_isolation_levels([IsolationLevel::Serializable])
-            .with_index_kinds([IndexKind::Btree, IndexKind::Hash, IndexKind::Fulltext])
+            .with_index_kinds(IndexSet::KINDS)
             .with_unique_indexes(true)
             .with_savepoints(true)
             .with_cross_process_watch(false)
@@ -417,9 +414,7 @@ impl<T: StorageValue> Shared<T> {
                     .with_context("entries", plan.size));
                 }
             }
-            state
-                .indexes
-                .check_unique(&state.data, &plan.overlay, plan.cleared)?;
+            state.indexes.check_unique(&plan.overlay, plan.cleared)?;
             self.commit_plan(&mut state, plan)
         };
         self.dispatch_after();
@@ -439,12 +434,13 @@ impl<T: StorageValue> Shared<T> {
                 indexes.clear();
             }
             for (key, doc) in plan.overlay {
-                if let Some(old) = data.get(&key) {
-                    indexes.remove(&key, &old.doc);
-                }
+                indexes.update(
+                    &key,
+                    data.get(&key).map(|old| old.doc.as_ref()),
+                    doc.as_deref(),
+                );
                 match doc {
                     Some(doc) => {
-                        indexes.insert(&key, &doc);
                         data.insert(
                             key,
                             Entry {
@@ -819,26 +815,7 @@ impl<T: StorageValue> TransactionalStorage<T> for MemoryStorage<T> {
     }
 }
 
-impl<T: StorageValue> ObservableStorage<T> for MemoryStorage<T> {
-    fn on_before(&self, hook: BeforeHook<T>) -> HookId {
-        self.shared.hub.on_before(hook)
-    }
-
-    fn on_after(&self, hook: AfterHook<T>) -> HookId {
-        self.shared.hub.on_after(hook)
-    }
-
-    fn off(&self, id: HookId) -> bool {
-        self.shared.hub.off(id)
-    }
-
-    fn watch(&self, pattern: WatchPattern, capacity: usize) -> Result<Subscription<T>> {
-        self.shared
-            .hub
-            .watch(pattern, capacity)
-            .map_err(|e| with_op(e, "watch"))
-    }
-}
+crate::observable_via_hub!(MemoryStorage, BACKEND, |store| &store.shared.hub);
 
 #[cfg(test)]
 mod tests;

@@ -10,9 +10,9 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use futures::stream;
 
-use super::index::{self, Choice};
-use super::{MemoryStorage, Snapshot, decode, with_op};
+use super::{Entry, MemoryStorage, Snapshot, State, decode, with_op};
 use crate::error::{ErrorCode, Result, StorageError};
+use crate::index::IndexChoice;
 use crate::query::{AggregateStage, CompiledQuery, Match, Query, aggregate};
 use crate::tiers::{IndexedStorage, QueryableStorage, ResultStream, StorageValue};
 use crate::types::{Document, ExecutionPlan, IndexDefinition, IndexInfo, QueryResult};
@@ -20,50 +20,27 @@ use crate::types::{Document, ExecutionPlan, IndexDefinition, IndexInfo, QueryRes
 /// Runs `query` over the snapshot, through an index when one applies.
 fn run(query: &Query, snapshot: &Snapshot) -> Result<Vec<Match>> {
     let compiled = CompiledQuery::compile(query)?;
-    Ok(match snapshot.indexes.choose(query.filter.as_ref()) {
-        Some(choice) => {
-            let keys = choice.index.candidates(choice.op, choice.operand);
-            compiled.run(
-                keys.iter()
-                    .filter_map(|k| snapshot.data.get_key_value(k))
-                    .map(|(k, e)| (k.as_str(), e.doc.as_ref())),
-            )
-        }
-        None => compiled.run(
-            snapshot
-                .data
-                .iter()
-                .map(|(k, e)| (k.as_str(), e.doc.as_ref())),
-        ),
-    })
+    let entries = snapshot.indexes.scan(query.filter.as_ref(), &snapshot.data);
+    Ok(compiled.run(entries.map(pair)))
 }
 
 fn count(query: &Query, snapshot: &Snapshot) -> Result<u64> {
     let compiled = CompiledQuery::compile(query)?;
-    Ok(match snapshot.indexes.choose(query.filter.as_ref()) {
-        Some(choice) => {
-            let keys = choice.index.candidates(choice.op, choice.operand);
-            compiled.count(
-                keys.iter()
-                    .filter_map(|k| snapshot.data.get_key_value(k))
-                    .map(|(k, e)| (k.as_str(), e.doc.as_ref())),
-            )
-        }
-        None => compiled.count(
-            snapshot
-                .data
-                .iter()
-                .map(|(k, e)| (k.as_str(), e.doc.as_ref())),
-        ),
-    })
+    let entries = snapshot.indexes.scan(query.filter.as_ref(), &snapshot.data);
+    Ok(compiled.count(entries.map(pair)))
 }
 
-fn describe(choice: &Choice<'_>) -> String {
+/// An entry as the evaluator and the index set take it.
+fn pair<'a>((key, entry): (&'a String, &'a Entry)) -> (&'a str, &'a Document) {
+    (key.as_str(), entry.doc.as_ref())
+}
+
+fn describe(choice: &IndexChoice<'_>) -> String {
     format!(
         "candidates from index {} ({:?} on {})",
-        choice.index.name(),
-        choice.op,
-        choice.field
+        choice.index_name(),
+        choice.op(),
+        choice.field()
     )
     .to_lowercase()
 }
@@ -89,7 +66,7 @@ fn plan(query: &Query, snapshot: &Snapshot) -> ExecutionPlan {
         in_process.push(format!("select {}", select.join(", ")));
     }
     ExecutionPlan {
-        index: choice.as_ref().map(|c| c.index.name().to_owned()),
+        index: choice.as_ref().map(|c| c.index_name().to_owned()),
         full_scan: choice.is_none(),
         pushed_down: choice.as_ref().map(describe).into_iter().collect(),
         in_process,
@@ -154,31 +131,24 @@ impl<T: StorageValue> QueryableStorage<T> for MemoryStorage<T> {
 #[async_trait]
 impl<T: StorageValue> IndexedStorage<T> for MemoryStorage<T> {
     async fn create_index(&self, definition: IndexDefinition) -> Result<()> {
-        let name = definition.name.clone();
         self.span("create_index")
             .in_scope(|| {
                 // Built under the write lock so no write slips between the build and the swap.
                 let mut state = self.shared.write();
-                if let Some(existing) = state.indexes.get(&definition.name) {
-                    return if existing_definition(existing) == &definition {
-                        Ok(())
-                    } else {
-                        Err(StorageError::new(
-                            ErrorCode::DuplicateKey,
-                            "an index with this name and another definition exists",
-                        ))
-                    };
+                if state.indexes.definition(&definition.name) == Some(&definition) {
+                    // Identical: nothing to do, and no reason to copy a shared set.
+                    return Ok(());
                 }
-                let built = index::build(definition, &state.data)?;
-                Arc::make_mut(&mut state.indexes).push(built);
+                let State { data, indexes, .. } = &mut *state;
+                Arc::make_mut(indexes).create(definition, data.iter().map(pair))?;
                 Ok(())
             })
-            .map_err(|e| with_op(e, "create_index").with_context("index", name))
+            .map_err(|e| with_op(e, "create_index"))
     }
 
     async fn drop_index(&self, name: &str) -> Result<bool> {
         let mut state = self.shared.write();
-        if state.indexes.get(name).is_none() {
+        if state.indexes.definition(name).is_none() {
             return Ok(false);
         }
         Ok(Arc::make_mut(&mut state.indexes).drop_index(name))
@@ -196,8 +166,4 @@ impl<T: StorageValue> IndexedStorage<T> for MemoryStorage<T> {
             })
             .map_err(|e| with_op(e, "explain"))
     }
-}
-
-fn existing_definition(index: &index::Index) -> &IndexDefinition {
-    index.definition()
 }

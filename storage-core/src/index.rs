@@ -1,4 +1,10 @@
-//! Secondary indexes of the memory store.
+//! Secondary indexes kept in memory, for adapters that hold their entries in memory.
+//!
+//! [`IndexSet`] is the index machinery of [`crate::MemoryStorage`], public so that
+//! another adapter keeping its documents in process (the JSON file store, say)
+//! gets the same semantics without a second implementation. The adapter owns the
+//! entries; the set only files keys under values and must be told every change
+//! ([`IndexSet::update`], [`IndexSet::clear`]) after it is committed.
 //!
 //! An index maps the values found at one field path to the keys holding them.
 //! It only ever narrows the candidates a query looks at: the reference evaluator
@@ -13,7 +19,35 @@
 //! Documents where the path reaches nothing are not indexed (so they never
 //! conflict in a unique index). An explicit `null` is indexed, so two entries
 //! with a `null` field do conflict in a unique index, unless it is `sparse`.
+//!
+//! # Example
+//! ```
+//! use serde_json::json;
+//! use storage_core::index::IndexSet;
+//! use storage_core::query::field;
+//! use storage_core::{Document, IndexDefinition, IndexKind};
+//!
+//! let alice = json!({"email": "a@x", "age": 31});
+//! let bob = json!({"email": "b@x", "age": 27});
+//! let entries = [("user:1", &alice), ("user:2", &bob)];
+//!
+//! let mut indexes = IndexSet::new();
+//! indexes.create(IndexDefinition::new("by_age", "age", IndexKind::Btree), entries)?;
+//!
+//! // The planner picks the index for a top-level clause and yields candidate keys.
+//! let filter = field("age").gt(30);
+//! let choice = indexes.choose(Some(&filter)).expect("the btree index answers `gt`");
+//! assert_eq!(choice.index_name(), "by_age");
+//! assert_eq!(choice.candidates().into_iter().collect::<Vec<_>>(), ["user:1"]);
+//!
+//! // After committing a change to its own entries, the adapter files it.
+//! let carol = json!({"email": "c@x", "age": 45});
+//! indexes.update("user:3", None, Some(&carol));
+//! assert_eq!(indexes.list()[0].stats.entries, 3);
+//! # Ok::<(), storage_core::StorageError>(())
+//! ```
 
+use std::borrow::Borrow;
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
@@ -21,8 +55,8 @@ use std::ops::Bound;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 
-use super::Map;
 use crate::error::{ErrorCode, Result, StorageError};
+use crate::query::Filter;
 use crate::query::{FieldPath, Operator, TypeBracket, compare_total, type_bracket, words};
 use crate::types::{Document, IndexDefinition, IndexInfo, IndexKind, IndexStats};
 
@@ -127,7 +161,7 @@ enum Postings {
 
 /// One index.
 #[derive(Debug, Clone)]
-pub(super) struct Index {
+struct Index {
     definition: IndexDefinition,
     path: FieldPath,
     postings: Postings,
@@ -137,28 +171,59 @@ pub(super) struct Index {
     counters: Arc<Counters>,
 }
 
-/// What the planner picked: an index and the clause it answers.
-pub(super) struct Choice<'a> {
-    pub(super) index: &'a Index,
-    pub(super) field: &'a str,
-    pub(super) op: Operator,
-    pub(super) operand: &'a Document,
+/// What [`IndexSet::choose`] picked: an index and the top-level clause it answers.
+///
+/// Borrowing the set and the filter, it is meant to be used at once, under
+/// whatever lock guards the adapter's entries.
+#[derive(Debug, Clone, Copy)]
+pub struct IndexChoice<'a> {
+    index: &'a Index,
+    field: &'a str,
+    op: Operator,
+    operand: &'a Document,
+}
+
+impl IndexChoice<'_> {
+    /// The name of the chosen index (for [`crate::ExecutionPlan::index`]).
+    #[must_use]
+    pub fn index_name(&self) -> &str {
+        &self.index.definition.name
+    }
+
+    /// The field path of the clause the index answers.
+    #[must_use]
+    pub fn field(&self) -> &str {
+        self.field
+    }
+
+    /// The operator of the clause the index answers.
+    #[must_use]
+    pub fn op(&self) -> Operator {
+        self.op
+    }
+
+    /// The operand of the clause the index answers.
+    #[must_use]
+    pub fn operand(&self) -> &Document {
+        self.operand
+    }
+
+    /// The keys that may match the clause: a superset of the matching entries'
+    /// keys, in key order. Run the evaluator over these entries only.
+    ///
+    /// Counts a hit (some candidate) or a miss (none) in the index's stats.
+    #[must_use]
+    pub fn candidates(&self) -> BTreeSet<String> {
+        self.index.candidates(self.op, self.operand)
+    }
 }
 
 impl Index {
-    pub(super) fn name(&self) -> &str {
+    fn name(&self) -> &str {
         &self.definition.name
     }
 
-    pub(super) fn definition(&self) -> &IndexDefinition {
-        &self.definition
-    }
-
     fn kind(&self) -> IndexKind {
-        self.postings_kind()
-    }
-
-    fn postings_kind(&self) -> IndexKind {
         match self.postings {
             Postings::Btree(_) => IndexKind::Btree,
             Postings::Hash(_) => IndexKind::Hash,
@@ -192,6 +257,23 @@ impl Index {
             }
         }
         out
+    }
+
+    /// Files `doc` under `key`, refusing a value a unique index already holds.
+    fn insert_checked(&mut self, key: &str, doc: &Document) -> Result<()> {
+        if self.definition.unique {
+            for term in self.terms(doc) {
+                if let Term::Value(value) = term
+                    && let Some(holder) = self
+                        .exact(&value)
+                        .and_then(|keys| keys.iter().find(|k| *k != key))
+                {
+                    return Err(conflict(self, &value, holder, key));
+                }
+            }
+        }
+        self.insert(key, doc);
+        Ok(())
     }
 
     fn insert(&mut self, key: &str, doc: &Document) {
@@ -287,7 +369,7 @@ impl Index {
     }
 
     /// The candidate keys for `op operand`, and records a hit or a miss.
-    pub(super) fn candidates(&self, op: Operator, operand: &Document) -> BTreeSet<String> {
+    fn candidates(&self, op: Operator, operand: &Document) -> BTreeSet<String> {
         let mut out = BTreeSet::new();
         match op {
             Operator::Eq => {
@@ -384,63 +466,158 @@ enum Term {
     Word(String),
 }
 
-/// Every index of a store.
+/// Every secondary index of one store, kept in step with the store's entries.
+///
+/// The adapter owns the entries and this set; it must call [`IndexSet::update`]
+/// (or [`IndexSet::clear`]) for every committed change, and may call
+/// [`IndexSet::check_unique`] before committing to refuse a change a unique
+/// index forbids. Cloning is cheap enough for copy-on-write snapshots, and the
+/// clones share their hit/miss counters.
+///
+/// Supported: single-field btree (equality, `in`, ranges), hash (equality,
+/// `in`) and fulltext (`text`) indexes, `unique` and `sparse`. Spatial and
+/// multi-field indexes are refused with `Unsupported`.
 #[derive(Debug, Clone, Default)]
-pub(super) struct IndexSet {
+pub struct IndexSet {
     indexes: Vec<Index>,
 }
 
 impl IndexSet {
-    pub(super) fn get(&self, name: &str) -> Option<&Index> {
-        self.indexes.iter().find(|i| i.name() == name)
+    /// The index kinds a set builds, for [`crate::Capabilities::with_index_kinds`]
+    /// (all of them may be `unique` but fulltext).
+    pub const KINDS: [IndexKind; 3] = [IndexKind::Btree, IndexKind::Hash, IndexKind::Fulltext];
+
+    /// A set without indexes.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
     }
 
-    pub(super) fn list(&self) -> Vec<IndexInfo> {
-        self.indexes.iter().map(Index::info).collect()
+    /// Whether the set has no index (then no change needs filing).
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.indexes.is_empty()
     }
 
-    pub(super) fn drop_index(&mut self, name: &str) -> bool {
+    /// The definition of the index called `name`, if any.
+    #[must_use]
+    pub fn definition(&self, name: &str) -> Option<&IndexDefinition> {
+        self.indexes
+            .iter()
+            .find(|i| i.name() == name)
+            .map(|i| &i.definition)
+    }
+
+    /// Checks `definition` and builds the index over `entries` (each key once).
+    ///
+    /// # Behavior
+    /// - returns `Ok(true)` when the index was built and added;
+    /// - returns `Ok(false)` and changes nothing when an identical definition
+    ///   exists under the name;
+    /// - on any error the set is unchanged.
+    ///
+    /// # Errors
+    /// `DuplicateKey` when another definition has the name, or the index is
+    /// unique and two entries share a value; `Unsupported` for a spatial,
+    /// multi-field or unique fulltext index; `InvalidQuery` for a bad field path.
+    pub fn create<'a, I>(&mut self, definition: IndexDefinition, entries: I) -> Result<bool>
+    where
+        I: IntoIterator<Item = (&'a str, &'a Document)>,
+    {
+        if let Some(existing) = self.definition(&definition.name) {
+            if *existing == definition {
+                return Ok(false);
+            }
+            return Err(StorageError::new(
+                ErrorCode::DuplicateKey,
+                "an index with this name and another definition exists",
+            )
+            .with_context("index", &definition.name));
+        }
+        let mut index = empty(definition)?;
+        for (key, doc) in entries {
+            index.insert_checked(key, doc)?;
+        }
+        self.indexes.push(index);
+        Ok(true)
+    }
+
+    /// Removes the index called `name`; `false` when there is none.
+    pub fn drop_index(&mut self, name: &str) -> bool {
         let before = self.indexes.len();
         self.indexes.retain(|i| i.name() != name);
         before != self.indexes.len()
     }
 
-    pub(super) fn insert(&mut self, key: &str, doc: &Document) {
+    /// Every index with its definition and stats, in creation order.
+    ///
+    /// `backend_kind` is `None`: each index is built as the kind requested.
+    #[must_use]
+    pub fn list(&self) -> Vec<IndexInfo> {
+        self.indexes.iter().map(Index::info).collect()
+    }
+
+    /// The same definitions built afresh over `entries` (after the adapter
+    /// replaced its contents wholesale, say by reloading a file). Stats restart.
+    ///
+    /// # Errors
+    /// `DuplicateKey` when the new entries break a unique index.
+    pub fn rebuild<'a, I>(&self, entries: I) -> Result<Self>
+    where
+        I: IntoIterator<Item = (&'a str, &'a Document)>,
+    {
+        let mut indexes = self
+            .indexes
+            .iter()
+            .map(|i| empty(i.definition.clone()))
+            .collect::<Result<Vec<_>>>()?;
+        for (key, doc) in entries {
+            for index in &mut indexes {
+                index.insert_checked(key, doc)?;
+            }
+        }
+        Ok(Self { indexes })
+    }
+
+    /// Files a committed change of `key`: `old` is its previous document
+    /// (`None`: absent), `new` its document now (`None`: deleted).
+    pub fn update(&mut self, key: &str, old: Option<&Document>, new: Option<&Document>) {
         for index in &mut self.indexes {
-            index.insert(key, doc);
+            if let Some(old) = old {
+                index.remove(key, old);
+            }
+            if let Some(new) = new {
+                index.insert(key, new);
+            }
         }
     }
 
-    pub(super) fn remove(&mut self, key: &str, doc: &Document) {
-        for index in &mut self.indexes {
-            index.remove(key, doc);
-        }
-    }
-
-    pub(super) fn clear(&mut self) {
+    /// Forgets every entry (the store was cleared); the definitions stay.
+    pub fn clear(&mut self) {
         for index in &mut self.indexes {
             index.clear();
         }
     }
 
-    pub(super) fn push(&mut self, index: Index) {
-        self.indexes.push(index);
-    }
-
-    /// Rejects a change that would give two live entries an equal value in a
-    /// unique index. `overlay` holds the final document of every touched key
-    /// (`None`: removed); `cleared` says the untouched base entries are gone.
-    pub(super) fn check_unique(
+    /// Refuses a planned set of changes that would give two live entries an
+    /// equal value in a unique index. Call it before committing, against the
+    /// set as it reflects the committed entries.
+    ///
+    /// `changes` holds the final document of every touched key (`None`:
+    /// removed); `cleared` says every untouched entry is removed too.
+    ///
+    /// # Errors
+    /// `DuplicateKey`, naming the index, the value and both keys.
+    pub fn check_unique<D: Borrow<Document>>(
         &self,
-        base: &Map,
-        overlay: &BTreeMap<String, Option<Arc<Document>>>,
+        changes: &BTreeMap<String, Option<D>>,
         cleared: bool,
     ) -> Result<()> {
         for index in self.indexes.iter().filter(|i| i.definition.unique) {
             let mut claimed: HashMap<String, &str> = HashMap::new();
-            for (key, doc) in overlay {
+            for (key, doc) in changes {
                 let Some(doc) = doc else { continue };
-                for term in index.terms(doc) {
+                for term in index.terms(doc.borrow()) {
                     let Term::Value(value) = term else { continue };
                     if let Some(other) = claimed.insert(canonical(&value), key) {
                         return Err(conflict(index, &value, other, key));
@@ -448,10 +625,10 @@ impl IndexSet {
                     if cleared {
                         continue;
                     }
+                    // The set mirrors the committed entries, so a filed key is live
+                    // unless this change touches it.
                     let holder = index.exact(&value).and_then(|keys| {
-                        keys.iter().find(|k| {
-                            *k != key && !overlay.contains_key(*k) && base.contains_key(*k)
-                        })
+                        keys.iter().find(|k| *k != key && !changes.contains_key(*k))
                     });
                     if let Some(holder) = holder {
                         return Err(conflict(index, &value, holder, key));
@@ -463,9 +640,13 @@ impl IndexSet {
     }
 
     /// The first index answering a clause of the filter's top level (the filter
-    /// itself, or a child of a top-level `and`).
-    pub(super) fn choose<'a>(&'a self, filter: Option<&'a crate::Filter>) -> Option<Choice<'a>> {
-        use crate::Filter;
+    /// itself, or a child of a top-level `and`); `None` means a full scan.
+    ///
+    /// Only clauses an index answers exactly as a superset are chosen: `eq`
+    /// and `in` without `null` (which also matches missing fields), ranges on
+    /// a btree index (never crossing type brackets), `text` on a fulltext index.
+    #[must_use]
+    pub fn choose<'a>(&'a self, filter: Option<&'a Filter>) -> Option<IndexChoice<'a>> {
         let clauses: Vec<&Filter> = match filter? {
             Filter::And(children) => children.iter().collect(),
             other => vec![other],
@@ -479,7 +660,7 @@ impl IndexSet {
                 .iter()
                 .find(|i| i.path.as_str() == field && i.answers(*op, value))
             {
-                return Some(Choice {
+                return Some(IndexChoice {
                     index,
                     field,
                     op: *op,
@@ -488,6 +669,43 @@ impl IndexSet {
             }
         }
         None
+    }
+
+    /// The entries a query with `filter` must hand to the evaluator: those of
+    /// the [chosen](Self::choose) index's candidates, in key order, or every
+    /// entry when no index applies (a full scan). Counts a hit or a miss like
+    /// [`IndexChoice::candidates`].
+    pub fn scan<'e, V>(
+        &self,
+        filter: Option<&Filter>,
+        entries: &'e BTreeMap<String, V>,
+    ) -> impl Iterator<Item = (&'e String, &'e V)> + use<'e, V> {
+        match self.choose(filter) {
+            Some(choice) => Scan::Keys(choice.candidates().into_iter(), entries),
+            None => Scan::All(entries.iter()),
+        }
+    }
+}
+
+/// Iterator of [`IndexSet::scan`]: the candidates' entries, or every entry.
+enum Scan<'e, V> {
+    Keys(
+        std::collections::btree_set::IntoIter<String>,
+        &'e BTreeMap<String, V>,
+    ),
+    All(std::collections::btree_map::Iter<'e, String, V>),
+}
+
+impl<'e, V> Iterator for Scan<'e, V> {
+    type Item = (&'e String, &'e V);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            // A candidate missing from the entries is skipped, not an error: the
+            // evaluator judges what exists.
+            Self::Keys(keys, entries) => keys.find_map(|k| entries.get_key_value(&k)),
+            Self::All(iter) => iter.next(),
+        }
     }
 }
 
@@ -502,15 +720,11 @@ fn conflict(index: &Index, value: &Document, existing: &str, key: &str) -> Stora
     .with_context("key", key.escape_debug())
 }
 
-/// Checks a definition and builds the index over `data`.
-///
-/// # Errors
-/// `Unsupported` (spatial, several fields, unique fulltext), `InvalidQuery` (bad path),
-/// `DuplicateKey` (unique over conflicting data).
-pub(super) fn build(definition: IndexDefinition, data: &Map) -> Result<Index> {
+/// Checks a definition and makes an index without entries.
+fn empty(definition: IndexDefinition) -> Result<Index> {
     let [field] = definition.fields.as_slice() else {
         return Err(
-            StorageError::unsupported("the memory store builds single-field indexes only")
+            StorageError::unsupported("in-memory indexes cover a single field only")
                 .with_context("index", &definition.name)
                 .with_context("fields", definition.fields.len()),
         );
@@ -527,34 +741,20 @@ pub(super) fn build(definition: IndexDefinition, data: &Map) -> Result<Index> {
         IndexKind::Fulltext => Postings::Fulltext(HashMap::new()),
         IndexKind::Spatial => {
             return Err(StorageError::unsupported(
-                "the memory store has no spatial index; within_box runs in process",
+                "there is no in-memory spatial index; within_box runs in process",
             )
             .with_context("index", &definition.name));
         }
     };
     let path =
         FieldPath::parse(&field.path).map_err(|e| e.with_context("index", &definition.name))?;
-    let mut index = Index {
+    Ok(Index {
         definition,
         path,
         postings,
         entries: 0,
         counters: Arc::new(Counters::default()),
-    };
-    let unique = index.definition.unique;
-    for (key, entry) in data {
-        if unique {
-            for term in index.terms(&entry.doc) {
-                if let Term::Value(value) = term
-                    && let Some(holder) = index.exact(&value).and_then(|keys| keys.iter().next())
-                {
-                    return Err(conflict(&index, &value, holder, key));
-                }
-            }
-        }
-        index.insert(key, &entry.doc);
-    }
-    Ok(index)
+    })
 }
 
 #[cfg(test)]
@@ -562,6 +762,20 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::query::field;
+
+    fn set_with(definition: IndexDefinition, data: &[(&str, Document)]) -> Result<IndexSet> {
+        let mut set = IndexSet::new();
+        set.create(definition, data.iter().map(|(k, v)| (*k, v)))?;
+        Ok(set)
+    }
+
+    fn candidates(set: &IndexSet, filter: &Filter) -> Result<Vec<String>> {
+        let choice = set
+            .choose(Some(filter))
+            .ok_or_else(|| StorageError::unsupported("no index chosen"))?;
+        Ok(choice.candidates().into_iter().collect())
+    }
 
     #[test]
     fn canonical_form_equates_integer_and_float() {
@@ -573,5 +787,135 @@ mod tests {
             canonical(&json!({"a": [1, 2.0]})),
             canonical(&json!({"a": [1.0, 2]}))
         );
+    }
+
+    #[test]
+    fn range_candidates_stay_in_the_operand_bracket() -> Result<()> {
+        let set = set_with(
+            IndexDefinition::new("n", "n", IndexKind::Btree),
+            &[
+                ("a", json!({"n": 1})),
+                ("b", json!({"n": 5})),
+                ("c", json!({"n": "9"})),
+                ("d", json!({"n": [2, 7]})),
+            ],
+        )?;
+        assert_eq!(candidates(&set, &field("n").gt(3))?, ["b", "d"]);
+        assert_eq!(candidates(&set, &field("n").lte(2))?, ["a", "d"]);
+        Ok(())
+    }
+
+    #[test]
+    fn scan_narrows_to_candidates_only_when_an_index_applies() -> Result<()> {
+        let data: BTreeMap<String, Document> = [
+            ("a".to_owned(), json!({"n": 1, "s": "x"})),
+            ("b".to_owned(), json!({"n": 2, "s": "y"})),
+        ]
+        .into();
+        let mut set = IndexSet::new();
+        set.create(
+            IndexDefinition::new("n", "n", IndexKind::Hash),
+            data.iter().map(|(k, v)| (k.as_str(), v)),
+        )?;
+        let keys = |filter: &Filter| -> Vec<String> {
+            set.scan(Some(filter), &data)
+                .map(|(k, _)| k.clone())
+                .collect()
+        };
+        assert_eq!(keys(&field("n").eq(2)), ["b"]);
+        assert_eq!(keys(&field("n").eq(3)), Vec::<String>::new());
+        // No index on `s`, and a hash index cannot answer a range: full scans.
+        assert_eq!(keys(&field("s").eq("x")), ["a", "b"]);
+        assert_eq!(keys(&field("n").gt(1)), ["a", "b"]);
+        let stats = set.list()[0].stats;
+        assert_eq!((stats.hits, stats.misses), (1, 1));
+        Ok(())
+    }
+
+    #[test]
+    fn unique_index_refuses_existing_duplicates_and_is_not_added() {
+        let mut set = IndexSet::new();
+        let (a, b) = (json!({"e": "x"}), json!({"e": "x"}));
+        let err = set
+            .create(
+                IndexDefinition::new("e", "e", IndexKind::Hash).unique(),
+                [("a", &a), ("b", &b)],
+            )
+            .expect_err("must fail");
+        assert_eq!(err.code(), ErrorCode::DuplicateKey);
+        assert!(set.is_empty());
+    }
+
+    #[test]
+    fn create_is_idempotent_and_refuses_another_definition_under_the_name() -> Result<()> {
+        let mut set = IndexSet::new();
+        let def = IndexDefinition::new("i", "a", IndexKind::Btree);
+        assert!(set.create(def.clone(), [])?);
+        assert!(!set.create(def, [])?);
+        let err = set
+            .create(IndexDefinition::new("i", "b", IndexKind::Btree), [])
+            .expect_err("must fail");
+        assert_eq!(err.code(), ErrorCode::DuplicateKey);
+        let err = set
+            .create(IndexDefinition::new("g", "loc", IndexKind::Spatial), [])
+            .expect_err("must fail");
+        assert_eq!(err.code(), ErrorCode::Unsupported);
+        assert_eq!(set.list().len(), 1);
+        assert!(set.drop_index("i"));
+        assert!(!set.drop_index("i"));
+        Ok(())
+    }
+
+    #[test]
+    fn check_unique_sees_moves_within_a_change_and_clears() -> Result<()> {
+        let set = set_with(
+            IndexDefinition::new("e", "e", IndexKind::Hash).unique(),
+            &[("a", json!({"e": 1})), ("b", json!({"e": 2}))],
+        )?;
+        let taken: BTreeMap<String, Option<Document>> =
+            [("c".to_owned(), Some(json!({"e": 1.0})))].into();
+        assert_eq!(
+            set.check_unique(&taken, false).map_err(|e| e.code()),
+            Err(ErrorCode::DuplicateKey)
+        );
+        // Clearing, or moving the value away in the same change, frees it.
+        set.check_unique(&taken, true)?;
+        let moved: BTreeMap<String, Option<Document>> = [
+            ("a".to_owned(), None),
+            ("c".to_owned(), Some(json!({"e": 1}))),
+        ]
+        .into();
+        set.check_unique(&moved, false)?;
+        let twice: BTreeMap<String, Option<Document>> = [
+            ("c".to_owned(), Some(json!({"e": 3}))),
+            ("d".to_owned(), Some(json!({"e": 3}))),
+        ]
+        .into();
+        assert!(set.check_unique(&twice, true).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn rebuild_and_update_keep_entries_and_stats_in_step() -> Result<()> {
+        let mut set = set_with(
+            IndexDefinition::new("t", "bio", IndexKind::Fulltext),
+            &[("a", json!({"bio": "Rust and SQL"}))],
+        )?;
+        let new = json!({"bio": "rust everywhere"});
+        set.update("b", None, Some(&new));
+        assert_eq!(candidates(&set, &field("bio").text("rust"))?, ["a", "b"]);
+        set.update("b", Some(&new), None);
+        assert_eq!(
+            candidates(&set, &field("bio").text("everywhere"))?,
+            Vec::<String>::new()
+        );
+        let stats = set.list()[0].stats;
+        assert_eq!((stats.entries, stats.hits, stats.misses), (1, 1, 1));
+        let other = json!({"bio": "sql"});
+        let rebuilt = set.rebuild([("z", &other)])?;
+        assert_eq!(candidates(&rebuilt, &field("bio").text("sql"))?, ["z"]);
+        set.clear();
+        assert_eq!(set.list()[0].stats.entries, 0);
+        Ok(())
     }
 }
