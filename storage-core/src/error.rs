@@ -119,7 +119,7 @@ impl fmt::Display for ErrorCode {
 /// assert_eq!(err.context_value("key"), Some("user:1"));
 /// assert_eq!(
 ///     err.to_string(),
-///     "KEY_NOT_FOUND: no such key (operation: get, backend: memory, key: user:1)"
+///     "key not found: no such key (operation: get, backend: memory, key: user:1)"
 /// );
 /// ```
 pub struct StorageError {
@@ -232,7 +232,10 @@ impl StorageError {
 
 impl fmt::Display for StorageError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.code, self.message)?;
+        // One lowercase line, as log lines and CLI output want it; callers that need
+        // the stable code match on `code()`, not on this text.
+        let code = self.code.as_str().to_lowercase().replace('_', " ");
+        write!(f, "{code}: {}", self.message)?;
         let mut parts: Vec<String> = Vec::new();
         if let Some(op) = self.operation {
             parts.push(format!("operation: {op}"));

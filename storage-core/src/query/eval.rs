@@ -1025,7 +1025,7 @@ mod tests {
             .err()
             .ok_or("accepted a bad regex")?;
         let text = err.to_string();
-        assert!(text.starts_with("INVALID_QUERY: invalid regex: "), "{text}");
+        assert!(text.starts_with("invalid query: invalid regex: "), "{text}");
         assert!(!text.contains('\n'), "{text}");
         assert_eq!(err.context_value("field"), Some("name"));
         Ok(())
