@@ -384,13 +384,7 @@ impl<T: StorageValue> Shared<T> {
             return Ok(());
         }
         let timeout = self.replication.wait_timeout();
-        let primary = self.primary_id();
-        let mut conn = connect(&primary, &self.graph, None).await?;
-        let _: i64 = redis::cmd("INCR")
-            .arg(marker_key(&self.graph.database))
-            .query_async(&mut conn)
-            .await
-            .map_err(redis_err("wait"))?;
+        let mut conn = self.marker_write(&self.primary_id(), "wait").await?;
         let acked: i64 = redis::cmd("WAIT")
             .arg(needed)
             .arg(millis(timeout))
@@ -407,17 +401,29 @@ impl<T: StorageValue> Shared<T> {
     }
 
     /// EACH: one node in every named data centre holds the write.
+    /// Writes the marker key on the primary, on a connection of its own, so the
+    /// primary's replication offset moves past every write made so far; returns that
+    /// connection for the `WAIT` or offset reads that follow.
+    async fn marker_write(
+        &self,
+        primary: &str,
+        operation: &'static str,
+    ) -> Result<redis::aio::MultiplexedConnection> {
+        let mut conn = connect(primary, &self.graph, None).await?;
+        let _: i64 = redis::cmd("INCR")
+            .arg(marker_key(&self.graph.database))
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_err(operation))?;
+        Ok(conn)
+    }
+
     async fn confirm_each(&self) -> Result<()> {
         let timeout = self.replication.wait_timeout();
         let deadline = Instant::now() + timeout;
         let primary = self.primary_id();
         let replicas = self.replica_ids();
-        let mut conn = connect(&primary, &self.graph, None).await?;
-        let _: i64 = redis::cmd("INCR")
-            .arg(marker_key(&self.graph.database))
-            .query_async(&mut conn)
-            .await
-            .map_err(redis_err("wait"))?;
+        let mut conn = self.marker_write(&primary, "wait").await?;
         let target = primary_offset(&mut conn).await?;
         let wanted = self.replication.named_datacenters();
         loop {
@@ -565,12 +571,7 @@ impl<T: StorageValue> Shared<T> {
     pub(crate) async fn sync(&self, timeout: Duration) -> Result<SyncResult> {
         let deadline = Instant::now() + timeout;
         let primary = self.primary_id();
-        let mut conn = connect(&primary, &self.graph, None).await?;
-        let _: i64 = redis::cmd("INCR")
-            .arg(marker_key(&self.graph.database))
-            .query_async(&mut conn)
-            .await
-            .map_err(redis_err("sync"))?;
+        let mut conn = self.marker_write(&primary, "sync").await?;
         let target = primary_offset(&mut conn).await?;
         let replicas = self.replica_ids();
         loop {
