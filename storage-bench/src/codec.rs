@@ -1,14 +1,19 @@
 //! The serializer layer (`storage_core::codec::Codec`) against the raw serde and
 //! compression calls it wraps: `serde_json::to_vec`, `rmp_serde::to_vec_named`,
-//! `postcard::to_allocvec` and their `from_slice`s, with `flate2`'s gzip encoder,
-//! `lz4_flex`'s size-prefixed block format and `snap`'s raw format. The codec adds its
-//! five-byte header, JSON's strict checks (no NaN, no non-string map keys) and the
-//! decoded-size limit; the raw calls do none of that.
+//! `postcard::to_allocvec` and their `from_slice`s, with `flate2`'s gzip encoder and
+//! decoder, `lz4_flex`'s size-prepended block format and `snap`'s raw format. The codec
+//! adds its five-byte header, JSON's strict checks (no NaN, no non-string map keys),
+//! the decoded-size limit and the check that nothing trails the value; the raw calls do
+//! none of that.
+//!
+//! Both sides do the same job on the same bytes: the run checks that every raw encoding
+//! equals the codec's payload (its encoding minus the header), and the raw side decodes
+//! from the codec's own encodings, past the header.
 
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use storage_core::codec::{Codec, Compression, Format, SerializationConfig};
+use storage_core::codec::{Codec, Compression, Format, Header, SerializationConfig};
 use storage_core::{ErrorCode, Result, StorageError};
 
 use crate::measure::start;
@@ -81,8 +86,10 @@ fn raw_decode(format: Format, compression: Compression, bytes: &[u8]) -> Result<
     let plain: &[u8] = match compression {
         Compression::None => bytes,
         Compression::Gzip => {
+            // A byte slice is already buffered: `bufread` inflates straight from it,
+            // where `read::GzDecoder` would copy it through a 32 KiB buffer first.
             let mut out = Vec::new();
-            flate2::read::GzDecoder::new(bytes).read_to_end(&mut out)?;
+            flate2::bufread::GzDecoder::new(bytes).read_to_end(&mut out)?;
             owned = out;
             &owned
         }
@@ -136,8 +143,27 @@ pub fn run(format: Format, compression: Compression, docs: &[Doc]) -> Result<Cod
         }
     }
 
+    // The same job on the same bytes: each raw encoding is the codec's payload, and the
+    // raw side decodes the codec's encodings from just past the header.
+    let mut payloads = Vec::with_capacity(n);
+    for (bytes, raw_bytes) in encoded.iter().zip(&raw) {
+        let (_, payload) = Header::parse(bytes)?;
+        if payload != raw_bytes.as_slice() {
+            return Err(StorageError::new(
+                ErrorCode::SerializationFailed,
+                format!(
+                    "{format:?}/{compression:?}: the codec's payload differs from the raw encoding"
+                ),
+            ));
+        }
+        payloads.push(payload);
+    }
     let (mut decoded, mut raw_decoded) = (Vec::with_capacity(n), Vec::with_capacity(n));
-    for (i, (slice, raw_slice)) in encoded.chunks(SLICE).zip(raw.chunks(SLICE)).enumerate() {
+    for (i, (slice, raw_slice)) in encoded
+        .chunks(SLICE)
+        .zip(payloads.chunks(SLICE))
+        .enumerate()
+    {
         for side in [i % 2, 1 - i % 2] {
             let t = start();
             if side == 0 {

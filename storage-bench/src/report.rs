@@ -24,6 +24,17 @@ pub struct BackendResult {
     pub variants: Vec<(&'static str, Sample)>,
 }
 
+/// The peer libraries and the adapters they are compared with, in one run.
+#[derive(Debug, Clone, Default)]
+pub struct PeerResult {
+    /// Median of each peer's runs, by name.
+    pub peers: Vec<(&'static str, Sample)>,
+    /// Median of each adapter's runs (default configuration), by name.
+    pub adapters: Vec<(&'static str, Sample)>,
+    /// Peers that were not measured, and why (not built, say).
+    pub not_built: Vec<String>,
+}
+
 /// Everything a report says.
 #[derive(Debug, Clone)]
 pub struct Report {
@@ -51,6 +62,8 @@ pub struct Report {
     pub doc_bytes: usize,
     /// Per backend.
     pub backends: Vec<BackendResult>,
+    /// The peer libraries, when that section ran.
+    pub peers: Option<PeerResult>,
     /// Values per codec run.
     pub codec_values: usize,
     /// Per codec configuration.
@@ -111,6 +124,9 @@ impl Report {
 
         for b in &self.backends {
             backend_table(&mut out, b);
+        }
+        if let Some(p) = &self.peers {
+            peer_table(&mut out, p);
         }
         self.codec_table(&mut out);
         out
@@ -319,6 +335,88 @@ pub fn backend_table(out: &mut String, b: &BackendResult) {
     let _ = writeln!(out);
 }
 
+/// Appends the peer table: each peer's time, then each adapter's time and its ratio to
+/// every peer (above 1× the adapter is slower). Operations no peer has are left out.
+pub fn peer_table(out: &mut String, p: &PeerResult) {
+    let _ = writeln!(out, "### Peer libraries\n");
+    if p.peers.is_empty() {
+        let _ = writeln!(
+            out,
+            "Not measured in this run: {}.\n",
+            p.not_built.join("; ")
+        );
+        return;
+    }
+    let mut head = "| operation |".to_owned();
+    let mut rule = "|---|".to_owned();
+    for (name, _) in &p.peers {
+        let _ = write!(head, " {name} |");
+        rule.push_str("---:|");
+    }
+    for (name, _) in &p.adapters {
+        let _ = write!(head, " {name} |");
+        rule.push_str("---:|");
+        for (peer, _) in &p.peers {
+            let _ = write!(head, " / {peer} |");
+            rule.push_str("---:|");
+        }
+    }
+    let _ = writeln!(out, "{head}\n{rule}");
+    for op in Op::ALL {
+        let times: Vec<Option<Duration>> = p.peers.iter().map(|(_, s)| cell(s, op)).collect();
+        if times.iter().all(Option::is_none) {
+            continue;
+        }
+        let mut line = format!("| {} |", op.label());
+        for t in &times {
+            let _ = write!(line, " {} |", t.map_or_else(|| "–".to_owned(), human));
+        }
+        for (_, a) in &p.adapters {
+            let Some(at) = cell(a, op) else {
+                line.push_str(" – |");
+                line.push_str(&" – |".repeat(times.len()));
+                continue;
+            };
+            let _ = write!(line, " {} |", human(at));
+            for t in &times {
+                let r = t.map_or_else(|| "–".to_owned(), |t| ratio_cell(at, t));
+                let _ = write!(line, " **{r}** |");
+            }
+        }
+        let _ = writeln!(out, "{line}");
+    }
+    let mismatches: Vec<String> = p
+        .peers
+        .iter()
+        .flat_map(|(peer, ps)| {
+            p.adapters.iter().flat_map(move |(adapter, s)| {
+                Op::ALL.iter().filter_map(move |op| {
+                    let theirs = ps.results.get(op)?;
+                    let ours = s.results.get(op)?;
+                    (theirs != ours)
+                        .then(|| format!("{} ({peer} {theirs}, {adapter} {ours})", op.short()))
+                })
+            })
+        })
+        .collect();
+    if mismatches.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nEvery peer and adapter returned the same number of results for every operation."
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "\n**Result counts differ**: {}.",
+            mismatches.join("; ")
+        );
+    }
+    if !p.not_built.is_empty() {
+        let _ = writeln!(out, "\nNot measured: {}.", p.not_built.join("; "));
+    }
+    let _ = writeln!(out);
+}
+
 fn trim(r: f64) -> String {
     let s = format!("{r:.2}");
     s.trim_end_matches('0').trim_end_matches('.').to_owned()
@@ -357,6 +455,42 @@ mod tests {
         );
         let fresh = splice("intro\n", "x\n");
         assert!(fresh.contains("<!-- generated:begin -->\nx\n<!-- generated:end -->"));
+    }
+
+    #[test]
+    fn the_peer_table_shows_only_what_a_peer_measured() {
+        let sample = |ops: &[(Op, u64)]| {
+            let mut s = Sample::default();
+            for &(op, ms) in ops {
+                s.record(op, Duration::from_millis(ms), 1, 7);
+            }
+            s
+        };
+        let p = PeerResult {
+            peers: vec![("redb", sample(&[(Op::Get, 2), (Op::Iterate, 10)]))],
+            adapters: vec![(
+                "SQLite adapter",
+                sample(&[(Op::Get, 3), (Op::Iterate, 5), (Op::AuthorIndexed, 1)]),
+            )],
+            not_built: Vec::new(),
+        };
+        let mut out = String::new();
+        peer_table(&mut out, &p);
+        assert!(out.contains("| operation | redb | SQLite adapter | / redb |"));
+        assert!(out.contains("| random get (per get) | 2.0 ms | 3.0 ms | **1.50×** |"));
+        assert!(out.contains("**0.50×**"));
+        assert!(!out.contains("indexed"), "{out}");
+        assert!(out.contains("same number of results"));
+
+        let mut out = String::new();
+        peer_table(
+            &mut out,
+            &PeerResult {
+                not_built: vec!["built without the `peers` feature".to_owned()],
+                ..PeerResult::default()
+            },
+        );
+        assert!(out.contains("Not measured in this run: built without"));
     }
 
     #[test]
