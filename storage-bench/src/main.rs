@@ -164,7 +164,7 @@ enum Subject {
 
 /// The order of the subjects in run `run`: rotated from run to run, so a burst of other
 /// load on the machine (or a warmer page cache) does not always favour the same side.
-fn rotation(run: usize, subjects: &[Subject]) -> Vec<Subject> {
+fn rotation<T: Copy>(run: usize, subjects: &[T]) -> Vec<T> {
     let k = run % subjects.len();
     subjects[k..]
         .iter()
@@ -243,25 +243,28 @@ async fn bench_graph(o: &Options, w: &Workload) -> Result<BackendResult> {
 /// ratio compares runs made under the same load.
 #[cfg(feature = "peers")]
 async fn bench_peers(o: &Options, w: &Workload) -> Result<PeerResult> {
-    let (mut redb, mut sqlite, mut json) = (Vec::new(), Vec::new(), Vec::new());
+    let mut samples: [Vec<measure::Sample>; 4] = Default::default();
     for run in 0..o.runs {
         progress(&format!("peers: run {} of {}", run + 1, o.runs));
-        for subject in rotation(run, &[Subject::Raw, Subject::Adapter, Subject::Variant]) {
+        for subject in rotation(run, &[0, 1, 2, 3]) {
             let dir = tempfile::tempdir()?;
-            match subject {
-                Subject::Raw => redb.push(peers::redb_run(dir.path(), w)?),
-                Subject::Adapter => sqlite.push(sqlite::adapter_run(dir.path(), w, true).await?),
-                Subject::Variant => json.push(json::adapter_run(dir.path(), w).await?),
-            }
+            let sample = match subject {
+                0 => peers::redb_run(dir.path(), w)?,
+                1 => peers::sled_run(dir.path(), w)?,
+                2 => sqlite::adapter_run(dir.path(), w, true).await?,
+                _ => json::adapter_run(dir.path(), w).await?,
+            };
+            samples[subject].push(sample);
         }
     }
+    let [redb, sled, sqlite, json] = samples;
     Ok(PeerResult {
-        peers: vec![(peers::PEERS[0], median(&redb))],
+        peers: vec![("redb", median(&redb)), ("sled", median(&sled))],
         adapters: vec![
             ("SQLite adapter", median(&sqlite)),
             ("JSON-file adapter", median(&json)),
         ],
-        not_built: Vec::new(),
+        notes: vec![peers::NOTE.to_owned()],
     })
 }
 
@@ -272,8 +275,8 @@ async fn bench_peers(_: &Options, _: &Workload) -> Result<PeerResult> {
     Ok(PeerResult {
         peers: Vec::new(),
         adapters: Vec::new(),
-        not_built: vec![
-            "this binary was built without the `peers` feature; run `cargo run --release -p storage-bench --features peers`"
+        notes: vec![
+            "Not measured in this run: this binary was built without the `peers` feature (`cargo run --release -p storage-bench --features peers`)."
                 .to_owned(),
         ],
     })

@@ -31,8 +31,8 @@ pub struct PeerResult {
     pub peers: Vec<(&'static str, Sample)>,
     /// Median of each adapter's runs (default configuration), by name.
     pub adapters: Vec<(&'static str, Sample)>,
-    /// Peers that were not measured, and why (not built, say).
-    pub not_built: Vec<String>,
+    /// What the table measures, and what was not measured and why (printed under it).
+    pub notes: Vec<String>,
 }
 
 /// Everything a report says.
@@ -347,11 +347,9 @@ pub fn backend_table(out: &mut String, b: &BackendResult) {
 pub fn peer_table(out: &mut String, p: &PeerResult) {
     let _ = writeln!(out, "### Peer libraries\n");
     if p.peers.is_empty() {
-        let _ = writeln!(
-            out,
-            "Not measured in this run: {}.\n",
-            p.not_built.join("; ")
-        );
+        for note in &p.notes {
+            let _ = writeln!(out, "{note}\n");
+        }
         return;
     }
     let mut head = "| operation |".to_owned();
@@ -418,8 +416,8 @@ pub fn peer_table(out: &mut String, p: &PeerResult) {
             mismatches.join("; ")
         );
     }
-    if !p.not_built.is_empty() {
-        let _ = writeln!(out, "\nNot measured: {}.", p.not_built.join("; "));
+    for note in &p.notes {
+        let _ = writeln!(out, "\n{note}");
     }
     let _ = writeln!(out);
 }
@@ -479,7 +477,7 @@ mod tests {
                 "SQLite adapter",
                 sample(&[(Op::Get, 3), (Op::Iterate, 5), (Op::AuthorIndexed, 1)]),
             )],
-            not_built: Vec::new(),
+            notes: vec!["Peers: redb.".to_owned()],
         };
         let mut out = String::new();
         peer_table(&mut out, &p);
@@ -488,12 +486,15 @@ mod tests {
         assert!(out.contains("**0.50×**"));
         assert!(!out.contains("indexed"), "{out}");
         assert!(out.contains("same number of results"));
+        assert!(out.contains("\nPeers: redb.\n"));
 
         let mut out = String::new();
         peer_table(
             &mut out,
             &PeerResult {
-                not_built: vec!["built without the `peers` feature".to_owned()],
+                notes: vec![
+                    "Not measured in this run: built without the `peers` feature.".to_owned(),
+                ],
                 ..PeerResult::default()
             },
         );
