@@ -824,8 +824,9 @@ impl<T: Serialize + DeserializeOwned> Codec<T> {
             }
             return deserialize_builtin(format, compression, payload);
         }
-        // Compressed payloads are inflated into one buffer of their stated size, as
-        // the compression crates' own `Vec`-returning calls do.
+        // A compressed payload is inflated into one buffer (sized from the stated
+        // length for lz4 and snappy), as the compression crates' own `Vec`-returning
+        // calls do, and deserialized from there.
         match decompress(compression, payload, self.max_decoded_len) {
             Ok(plain) => deserialize_builtin(format, compression, &plain),
             Err(err) => Err(decode_failed::<T>(err, format, compression)),
