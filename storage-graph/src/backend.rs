@@ -27,7 +27,8 @@ use storage_core::{
 
 use crate::config::{GraphConfig, STREAM_MAX_LEN, redact_url};
 use crate::cypher::{
-    Cypher, KEY_INDEX_PROP, KEY_PROP, OPAQUE_PROP, Promoted, VALUE_PROP, key_hex, literal, promote,
+    Cypher, KEY_INDEX_PROP, KEY_PROP, Leaf, OPAQUE_PROP, VALUE_PROP, key_hex, push_key_hex,
+    visit_leaves, write_str_literal,
 };
 use crate::embedded::EmbeddedServer;
 use crate::error::{BACKEND, corrupt, is_missing_graph, redis_err, reply_err};
@@ -91,11 +92,11 @@ pub(crate) struct Inner {
     server: Option<EmbeddedServer>,
 }
 
-/// A value encoded for the graph: the exact stored form plus the properties promoted for pushdown.
+/// A value encoded for the graph: the exact stored form, and the document its promoted
+/// properties (see `cypher::visit_leaves`) and unique index terms come from.
 #[derive(Debug, Clone)]
 pub(crate) struct Encoded {
     pub(crate) stored: String,
-    pub(crate) promoted: Arc<Promoted>,
     pub(crate) doc: Arc<Document>,
 }
 
@@ -126,6 +127,16 @@ pub(crate) struct StreamChange {
     pub(crate) v: Option<String>,
 }
 
+/// A change as serialized into the stream, borrowed from the ops (the same JSON shape
+/// as [`StreamChange`]: a batch of 10,000 sets should not copy every value again).
+#[derive(Serialize)]
+struct StreamChangeRef<'a> {
+    k: &'static str,
+    key: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    v: Option<&'a str>,
+}
+
 /// An after-hook event of a commit, kept until the commit succeeded.
 #[derive(Debug, Clone)]
 pub(crate) enum AfterItem {
@@ -138,7 +149,7 @@ pub(crate) enum AfterItem {
 #[derive(Debug, Default)]
 pub(crate) struct Applied {
     pub(crate) result: BatchResult,
-    pub(crate) changes: Vec<StreamChange>,
+    /// The after-hook events, collected only when the caller asked for them.
     pub(crate) after: Vec<AfterItem>,
     /// The change stream id of the commit (none when nothing changed).
     pub(crate) stream_id: Option<String>,
@@ -163,7 +174,6 @@ pub(crate) fn encode<T: StorageValue>(codec: &Codec<T>, value: &T) -> Result<Enc
     };
     Ok(Encoded {
         stored,
-        promoted: Arc::new(promote(&doc)),
         doc: Arc::new(doc),
     })
 }
@@ -593,8 +603,8 @@ impl Inner {
 
     /// Applies `ops` as one commit. `existed` must hold, for every key a delete or clear
     /// touches, whether it existed before (read under the caller's `WATCH`), or be
-    /// `None` when `ops` holds only sets. Returns `None` when `EXEC` was aborted by a
-    /// concurrent write.
+    /// `None` when `ops` holds only sets. `after_hooks`: whether to collect the
+    /// after-hook events. Returns `None` when `EXEC` was aborted by a concurrent write.
     #[allow(clippy::too_many_lines)] // one commit's bookkeeping reads best in one place
     pub(crate) async fn commit(
         &self,
@@ -602,18 +612,23 @@ impl Inner {
         ops: &[Op],
         existed: Option<&BTreeSet<String>>,
         stamp: &Stamp,
+        after_hooks: bool,
     ) -> Result<Option<Applied>> {
         let mut applied = Applied::default();
+        let has_clear = ops.iter().any(|op| matches!(op, Op::Clear));
         let mut state: HashMap<&str, bool> = HashMap::new();
-        let mut all_known: BTreeSet<&str> = existed
-            .map(|e| e.iter().map(String::as_str).collect())
-            .unwrap_or_default();
+        // Only a clear needs every key that may exist at its point in the commit.
+        let mut all_known: BTreeSet<&str> = match existed {
+            Some(e) if has_clear => e.iter().map(String::as_str).collect(),
+            _ => BTreeSet::new(),
+        };
         let exists = |key: &str, state: &HashMap<&str, bool>| {
             state
                 .get(key)
                 .copied()
                 .unwrap_or_else(|| existed.is_some_and(|e| e.contains(key)))
         };
+        let mut changes: Vec<StreamChangeRef<'_>> = Vec::with_capacity(ops.len());
         let mut clear = false;
         let mut sets: BTreeMap<&str, &Encoded> = BTreeMap::new();
         let mut deletes: BTreeSet<&str> = BTreeSet::new();
@@ -622,29 +637,38 @@ impl Inner {
             match op {
                 Op::Set { key, value } => {
                     sets.insert(key, value);
-                    deletes.remove(key.as_str());
+                    if !deletes.is_empty() {
+                        deletes.remove(key.as_str());
+                    }
                     state.insert(key, true);
-                    all_known.insert(key);
-                    applied.after.push(AfterItem::Set {
-                        key: key.clone(),
-                        stored: value.stored.clone(),
-                    });
-                    applied.changes.push(StreamChange {
-                        k: "s".into(),
-                        key: key.clone(),
-                        v: Some(value.stored.clone()),
+                    if has_clear {
+                        all_known.insert(key);
+                    }
+                    if after_hooks {
+                        applied.after.push(AfterItem::Set {
+                            key: key.clone(),
+                            stored: value.stored.clone(),
+                        });
+                    }
+                    changes.push(StreamChangeRef {
+                        k: "s",
+                        key,
+                        v: Some(&value.stored),
                     });
                 }
                 Op::Delete { key } => {
-                    applied.after.push(AfterItem::Delete {
-                        key: key.clone(),
-                        existed: exists(key, &state),
-                    });
-                    if exists(key, &state) {
-                        applied.result.deleted += 1;
-                        applied.changes.push(StreamChange {
-                            k: "d".into(),
+                    let existed = exists(key, &state);
+                    if after_hooks {
+                        applied.after.push(AfterItem::Delete {
                             key: key.clone(),
+                            existed,
+                        });
+                    }
+                    if existed {
+                        applied.result.deleted += 1;
+                        changes.push(StreamChangeRef {
+                            k: "d",
+                            key,
                             v: None,
                         });
                     }
@@ -661,36 +685,39 @@ impl Inner {
                     let removed = present.len();
                     for key in present {
                         applied.result.cleared += 1;
-                        applied.changes.push(StreamChange {
-                            k: "d".into(),
-                            key: key.to_owned(),
+                        changes.push(StreamChangeRef {
+                            k: "d",
+                            key,
                             v: None,
                         });
                         state.insert(key, false);
                     }
-                    applied.after.push(AfterItem::Clear {
-                        removed: u64::try_from(removed).unwrap_or(u64::MAX),
-                    });
+                    if after_hooks {
+                        applied.after.push(AfterItem::Clear {
+                            removed: u64::try_from(removed).unwrap_or(u64::MAX),
+                        });
+                    }
                     clear = true;
                     sets.clear();
                     deletes.clear();
                 }
             }
         }
-        if applied.changes.is_empty() {
+        if changes.is_empty() {
             // Nothing to write (deletes of missing keys): the after-hooks still see them.
             return Ok(Some(applied));
         }
         let q = self.write_plan(clear, &sets, &deletes, stamp)?;
-        let payload = serde_json::to_string(&applied.changes).map_err(|e| {
+        let payload = serde_json::to_string(&changes).map_err(|e| {
             StorageError::new(ErrorCode::SerializationFailed, e.to_string()).with_backend(BACKEND)
         })?;
+        drop(changes);
         let mut pipe = redis::pipe();
         pipe.atomic()
             .ignore_errors()
             .cmd("GRAPH.QUERY")
             .arg(&self.graph)
-            .arg(q.text())
+            .arg(q.into_text())
             .cmd("XADD")
             .arg(&self.stream)
             .arg("MAXLEN")
@@ -701,6 +728,7 @@ impl Inner {
             .arg(&payload)
             .cmd("INCR")
             .arg(&self.version_key);
+        drop(payload);
         let reply: Value = match pipe.query_async(conn).await {
             Ok(reply) => reply,
             Err(e) => {
@@ -731,12 +759,20 @@ impl Inner {
         Ok(Some(applied))
     }
 
-    /// One query for a whole commit: deletes (or the clear), then an `UNWIND` of the sets.
+    /// One query for a whole commit: deletes (or the clear), then the sets.
     ///
     /// Sets are an upsert written as `OPTIONAL MATCH` + `CREATE` or `SET` rather than
     /// `MERGE`, which FalkorDB runs several times slower. It is exact because each key
     /// appears once in `sets` (an `OPTIONAL MATCH` does not see nodes created earlier
     /// in the same query) and FalkorDB runs write queries one at a time.
+    ///
+    /// A batch of sets alone first asks the key index, in one lookup for the whole
+    /// batch (`kh IN $list`, which FalkorDB answers from the index several times
+    /// faster than one lookup per row), whether any of its keys exists. When none does
+    /// (loading new entries, the common case for a large batch), every row is a plain
+    /// `CREATE`, which costs FalkorDB about half the per-row upsert; otherwise the same
+    /// query upserts row by row. Both branches are in the one query, so the check and
+    /// the writes are atomic together.
     fn write_plan(
         &self,
         clear: bool,
@@ -777,22 +813,60 @@ impl Inner {
                  FOREACH (_ IN CASE WHEN n IS NULL THEN [] ELSE [1] END | SET n = {p})"
             );
         } else if !sets.is_empty() {
-            let mut list = String::with_capacity(sets.len() * 160);
-            list.push('[');
-            for (i, (key, value)) in sets.iter().enumerate() {
-                if i > 0 {
-                    list.push_str(", ");
+            let only_sets = body.is_empty();
+            let (rows, props) = if let Some(columns) = Columns::of(sets) {
+                let rows = q.param_literal(&columns.rows(sets, stamp)?);
+                (rows, columns.map_of("r", stamp))
+            } else {
+                let mut list = String::with_capacity(sets.len() * 160);
+                list.push('[');
+                for (i, (key, value)) in sets.iter().enumerate() {
+                    if i > 0 {
+                        list.push_str(", ");
+                    }
+                    write_node_literal(&mut list, key, value, stamp)?;
                 }
-                write_node_literal(&mut list, key, value, stamp)?;
-            }
-            list.push(']');
-            let rows = q.param_literal(&list);
-            let _ = write!(
-                body,
-                "UNWIND {rows} AS r OPTIONAL MATCH (n:{label} {{{KEY_INDEX_PROP}: r.{KEY_INDEX_PROP}}}) \
-                 FOREACH (_ IN CASE WHEN n IS NULL THEN [1] ELSE [] END | CREATE (m:{label}) SET m = r) \
-                 FOREACH (_ IN CASE WHEN n IS NULL THEN [] ELSE [1] END | SET n = r)"
+                list.push(']');
+                (q.param_literal(&list), "r".to_owned())
+            };
+            // In column form a row is a list, its key index property the second cell, and
+            // a node is created with its properties inline (cheaper than `SET m = map`).
+            let (kh, create) = if props == "r" {
+                (
+                    format!("r.{KEY_INDEX_PROP}"),
+                    format!("CREATE (m:{label}) SET m = r"),
+                )
+            } else {
+                ("r[1]".to_owned(), format!("CREATE (:{label} {props})"))
+            };
+            let upsert = format!(
+                "OPTIONAL MATCH (n:{label} {{{KEY_INDEX_PROP}: {kh}}}) \
+                 FOREACH (_ IN CASE WHEN n IS NULL THEN [1] ELSE [] END | {create}) \
+                 FOREACH (_ IN CASE WHEN n IS NULL THEN [] ELSE [1] END | SET n = {props})"
             );
+            if only_sets {
+                let mut khs = String::with_capacity(sets.len() * 24);
+                khs.push('[');
+                for (i, key) in sets.keys().enumerate() {
+                    if i > 0 {
+                        khs.push_str(", ");
+                    }
+                    // Hex digits need no escaping.
+                    khs.push('\'');
+                    khs.push_str(&key_hex(key));
+                    khs.push('\'');
+                }
+                khs.push(']');
+                let khs = q.param_literal(&khs);
+                let _ = write!(
+                    body,
+                    "OPTIONAL MATCH (e:{label}) WHERE e.{KEY_INDEX_PROP} IN {khs} WITH count(e) AS c \
+                     FOREACH (r IN CASE WHEN c = 0 THEN {rows} ELSE [] END | {create}) \
+                     WITH c UNWIND CASE WHEN c = 0 THEN [] ELSE {rows} END AS r {upsert}"
+                );
+            } else {
+                let _ = write!(body, "UNWIND {rows} AS r {upsert}");
+            }
         } else if body.is_empty() {
             body.push_str("RETURN 0");
         } else {
@@ -803,32 +877,156 @@ impl Inner {
     }
 }
 
-/// Every property of an entry's node, as a Cypher map literal appended to `out`.
-///
-/// Written directly rather than through a `FalkorValue::Map`, which would copy every
-/// property once more per row: each value still goes through the `falkordb` encoder,
-/// and every name is fixed or a promoted path (no backtick, no NUL: see
-/// `cypher::promote`) in backticks.
-fn write_node_literal(out: &mut String, key: &str, value: &Encoded, stamp: &Stamp) -> Result<()> {
-    let hex = key_hex(key);
-    let _ = write!(
-        out,
-        "{{{KEY_PROP}: {}, {KEY_INDEX_PROP}: '{hex}', {VALUE_PROP}: {}",
-        literal(key)?,
-        literal(value.stored.as_str())?
-    );
-    for (name, v) in &value.promoted.props {
-        let _ = write!(out, ", `{name}`: {}", literal(v)?);
+/// The columns of a batch written column-wise: each row a list `[key, kh, v, ix, _o,
+/// promoted…, unique terms…]` instead of a map, so that property names are written
+/// once in the query body rather than once per row (a map row costs FalkorDB more to
+/// parse and to apply through `SET m = r`). A property a row lacks is `null`, which
+/// `CREATE` and `SET n = {…}` both leave unset.
+struct Columns {
+    /// Promoted property names, in column order.
+    names: Vec<String>,
+    /// Column of each promoted name (after the fixed ones).
+    position: HashMap<String, usize>,
+}
+
+/// Fixed leading cells of a column-wise row: key, kh, v, ix, _o.
+const FIXED_COLUMNS: usize = 5;
+
+impl Columns {
+    /// The columns of `sets`, or `None` when the rows differ so much in their promoted
+    /// names that columns would be mostly nulls (map rows are then cheaper).
+    fn of(sets: &BTreeMap<&str, &Encoded>) -> Option<Self> {
+        let mut position: HashMap<String, usize> = HashMap::new();
+        let mut names: Vec<String> = Vec::new();
+        let mut filled = 0usize;
+        for value in sets.values() {
+            visit_leaves(&value.doc, &mut |name, leaf| {
+                if leaf == Leaf::Opaque {
+                    return;
+                }
+                filled += 1;
+                if !position.contains_key(name) {
+                    position.insert(name.to_owned(), names.len());
+                    names.push(name.to_owned());
+                }
+            });
+            if names.len() > 256 {
+                return None;
+            }
+        }
+        let cells = names.len().saturating_mul(sets.len());
+        (cells <= filled.saturating_mul(2) + sets.len() * 4).then_some(Self { names, position })
     }
-    if !value.promoted.opaque.is_empty() {
-        let _ = write!(out, ", {OPAQUE_PROP}: [");
-        for (i, path) in value.promoted.opaque.iter().enumerate() {
+
+    /// The rows as one list literal.
+    fn rows(&self, sets: &BTreeMap<&str, &Encoded>, stamp: &Stamp) -> Result<String> {
+        let mut out = String::with_capacity(
+            sets.values()
+                .map(|v| v.stored.len() + 64 + 16 * self.names.len())
+                .sum(),
+        );
+        let mut cells: Vec<Option<Leaf<'_>>> = vec![None; self.names.len()];
+        let mut opaque = String::new();
+        out.push('[');
+        for (i, (key, value)) in sets.iter().enumerate() {
             if i > 0 {
                 out.push_str(", ");
             }
-            out.push_str(&literal(path.as_str())?);
+            out.push('[');
+            write_str_literal(&mut out, key)?;
+            // Hex digits need no escaping.
+            out.push_str(", '");
+            push_key_hex(&mut out, key);
+            out.push_str("', ");
+            write_str_literal(&mut out, &value.stored)?;
+            let _ = write!(out, ", {}, ", stamp.epoch);
+            cells.fill(None);
+            opaque.clear();
+            let mut failed = None;
+            visit_leaves(&value.doc, &mut |name, leaf| {
+                if leaf == Leaf::Opaque {
+                    opaque.push_str(if opaque.is_empty() { "[" } else { ", " });
+                    if let Err(e) = write_str_literal(&mut opaque, &name[1..]) {
+                        failed = Some(e);
+                    }
+                } else if let Some(&at) = self.position.get(name) {
+                    cells[at] = Some(leaf);
+                }
+            });
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            if opaque.is_empty() {
+                out.push_str("null");
+            } else {
+                out.push_str(&opaque);
+                out.push(']');
+            }
+            for cell in &cells {
+                out.push_str(", ");
+                match cell {
+                    Some(leaf) => leaf.write(&mut out)?,
+                    None => out.push_str("null"),
+                }
+            }
+            stamp.write_term_columns(&value.doc, &mut out)?;
+            out.push(']');
         }
         out.push(']');
+        Ok(out)
+    }
+
+    /// The property map of a row named `row`, for `CREATE (:L {…})` and `SET n = {…}`.
+    fn map_of(&self, row: &str, stamp: &Stamp) -> String {
+        let mut out = format!(
+            "{{{KEY_PROP}: {row}[0], {KEY_INDEX_PROP}: {row}[1], {VALUE_PROP}: {row}[2], {EPOCH_PROP}: {row}[3], {OPAQUE_PROP}: {row}[4]"
+        );
+        for (i, name) in self.names.iter().enumerate() {
+            // Promoted names hold no backtick or NUL (see `cypher::visit_leaves`).
+            let _ = write!(out, ", `{name}`: {row}[{}]", FIXED_COLUMNS + i);
+        }
+        for (i, (prop, _, _)) in stamp.uniques.iter().enumerate() {
+            // Term property names are `u:` and hex digits.
+            let _ = write!(
+                out,
+                ", `{prop}`: {row}[{}]",
+                FIXED_COLUMNS + self.names.len() + i
+            );
+        }
+        out.push('}');
+        out
+    }
+}
+
+/// Every property of an entry's node, as a Cypher map literal appended to `out` (the
+/// row of a batch whose promoted names differ too much for columns, and a lone set).
+///
+/// Every name is fixed or a promoted path (no backtick, no NUL: see
+/// `cypher::visit_leaves`) in backticks; every value goes through the `falkordb` encoder.
+fn write_node_literal(out: &mut String, key: &str, value: &Encoded, stamp: &Stamp) -> Result<()> {
+    let _ = write!(out, "{{{KEY_PROP}: ");
+    write_str_literal(out, key)?;
+    let _ = write!(out, ", {KEY_INDEX_PROP}: '");
+    push_key_hex(out, key);
+    let _ = write!(out, "', {VALUE_PROP}: ");
+    write_str_literal(out, &value.stored)?;
+    let mut opaque = String::new();
+    let mut result = Ok(());
+    visit_leaves(&value.doc, &mut |name, leaf| {
+        if result.is_err() {
+            return;
+        }
+        result = if leaf == Leaf::Opaque {
+            opaque.push_str(if opaque.is_empty() { "[" } else { ", " });
+            write_str_literal(&mut opaque, &name[1..])
+        } else {
+            let _ = write!(out, ", `{name}`: ");
+            leaf.write(out)
+        };
+    });
+    result?;
+    if !opaque.is_empty() {
+        let _ = write!(out, ", {OPAQUE_PROP}: {opaque}]");
     }
     stamp.write_props(&value.doc, out)?;
     out.push('}');
@@ -1012,7 +1210,15 @@ impl<T: StorageValue> GraphStorage<T> {
             let keys: Vec<&str> = keys.into_iter().collect();
             self.inner.existing(conn, &keys).await?
         };
-        self.inner.commit(conn, ops, Some(&existed), &stamp).await
+        self.inner
+            .commit(
+                conn,
+                ops,
+                Some(&existed),
+                &stamp,
+                self.hub.has_after_hooks(),
+            )
+            .await
     }
 
     /// The documents that could hold a term `ops` claims in a unique index: nodes that
@@ -1066,7 +1272,7 @@ impl<T: StorageValue> GraphStorage<T> {
                 uniques: Vec::new(),
             };
             self.inner
-                .commit(&mut conn, ops, None, &stamp)
+                .commit(&mut conn, ops, None, &stamp, self.hub.has_after_hooks())
                 .await?
                 .ok_or_else(|| reply_err("commit", "exec aborted without watch"))?
         };

@@ -663,3 +663,75 @@ async fn unique_checks_read_only_candidates_and_still_see_unstamped_nodes() -> R
     a.set("free", &serde_json::json!({"email": "e7"})).await?;
     Ok(())
 }
+
+/// Batches of sets take one of three shapes (all keys new: plain creates; some exist:
+/// a per-row upsert; rows too different for columns: map rows); each must write
+/// exactly the documents given, keep one node per key and keep relationships.
+#[tokio::test]
+async fn batches_create_or_upsert_exactly_in_every_shape() -> Result<()> {
+    use serde_json::json;
+    use storage_core::query::field;
+    use storage_core::{Query, QueryableStorage};
+    use storage_graph::{EdgeDirection, GraphExt};
+    let store = open::<serde_json::Value>().await?;
+    // All new, column form, with opaque values, missing fields and nested objects.
+    let first: Vec<(String, serde_json::Value)> = (0..40)
+        .map(|i| {
+            let doc = match i % 4 {
+                0 => json!({"n": i, "s": format!("s{i}"), "o": {"x": i}}),
+                1 => json!({"n": i, "tags": [i, "t"], "big": u64::MAX}),
+                2 => json!({"n": i, "s": null, "nul": "a\u{0}b"}),
+                _ => json!({"s": format!("s{i}"), "f": 0.5}),
+            };
+            (format!("k{i:02}"), doc)
+        })
+        .collect();
+    store.set_many(first.clone()).await?;
+    store.link("k00", "NEXT", "k01", json!({"w": 1})).await?;
+    assert_eq!(store.size().await?, 40);
+    for (k, v) in &first {
+        assert_eq!(store.get(k).await?.as_ref(), Some(v), "{k}");
+    }
+    assert_eq!(store.count(&Query::filter(field("o.x").eq(8))).await?, 1);
+    assert_eq!(store.count(&Query::filter(field("n").gte(30))).await?, 7);
+
+    // Half existing (changed shape: stale promoted fields must go), half new.
+    let second: Vec<(String, serde_json::Value)> = (20..60)
+        .map(|i| (format!("k{i:02}"), json!({"m": i, "s": format!("t{i}")})))
+        .collect();
+    store.set_many(second.clone()).await?;
+    assert_eq!(store.size().await?, 60);
+    for (k, v) in &second {
+        assert_eq!(store.get(k).await?.as_ref(), Some(v), "{k}");
+    }
+    assert_eq!(store.count(&Query::filter(field("n").gte(20))).await?, 0);
+    assert_eq!(store.count(&Query::filter(field("m").gte(20))).await?, 40);
+
+    // Every row with its own field names: map rows instead of columns.
+    let third: Vec<(String, serde_json::Value)> = (0..30)
+        .map(|i| {
+            let mut doc = serde_json::Map::new();
+            doc.insert(format!("f{i}"), json!(i));
+            (format!("k{i:02}"), serde_json::Value::Object(doc))
+        })
+        .chain((100..110).map(|i| (format!("k{i}"), json!({format!("g{i}"): i}))))
+        .collect();
+    store.set_many(third.clone()).await?;
+    assert_eq!(store.size().await?, 70);
+    for (k, v) in &third {
+        assert_eq!(store.get(k).await?.as_ref(), Some(v), "{k}");
+    }
+    assert_eq!(store.count(&Query::filter(field("f7").eq(7))).await?, 1);
+    assert_eq!(
+        store.count(&Query::filter(field("s").exists(true))).await?,
+        30
+    );
+
+    // Overwriting in a batch keeps the node, so its relationships survive.
+    let next = store
+        .neighbours("k00", Some("NEXT"), EdgeDirection::Outgoing)
+        .await?;
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].key, "k01");
+    Ok(())
+}
