@@ -38,6 +38,8 @@ use crate::unique::{EPOCH_PROP, Stamp, op_terms};
 const WRITE_RETRIES: usize = 16;
 /// Entries fetched per round trip when iterating.
 const PAGE: usize = 5000;
+/// How long `create_index` waits, by default, for FalkorDB to build a new index.
+const DEFAULT_INDEX_BUILD_TIMEOUT_MS: u64 = 10_000;
 
 /// A FalkorDB-backed store of `T` values under one label of one graph.
 ///
@@ -88,6 +90,8 @@ pub(crate) struct Inner {
     /// Counter bumped whenever the label's unique indexes change (see `crate::unique`).
     pub(crate) epoch_key: String,
     pub(crate) indexes: crate::query::IndexRegistry,
+    /// How long `create_index` waits for FalkorDB to build an index, in milliseconds.
+    pub(crate) index_build_timeout_ms: std::sync::atomic::AtomicU64,
     // Declared last: dropped after the connections above.
     server: Option<EmbeddedServer>,
 }
@@ -362,6 +366,9 @@ impl Inner {
             index_key: format!("{}::{}::indexes", config.database, config.label),
             epoch_key: format!("{}::{}::indexes::epoch", config.database, config.label),
             indexes: crate::query::IndexRegistry::default(),
+            index_build_timeout_ms: std::sync::atomic::AtomicU64::new(
+                DEFAULT_INDEX_BUILD_TIMEOUT_MS,
+            ),
             server,
         };
         inner.ensure_schema().await?;
@@ -1154,6 +1161,29 @@ impl<T: StorageValue> GraphStorage<T> {
     /// The server URL (password redacted).
     pub fn url(&self) -> String {
         redact_url(&self.inner.url)
+    }
+
+    /// Sets how long `create_index` waits for FalkorDB to build a new index over the
+    /// existing nodes (10 s by default), for this store and every clone of it.
+    ///
+    /// FalkorDB builds an index in the background and plans queries without it until it
+    /// is ready. When the time runs out, `create_index` fails with a retryable `Timeout`:
+    /// the FalkorDB index exists and keeps building, but the definition is not
+    /// registered yet; calling `create_index` again waits again and registers it.
+    pub fn set_index_build_timeout(&self, timeout: std::time::Duration) {
+        let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        self.inner
+            .index_build_timeout_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How long `create_index` waits for FalkorDB to build a new index.
+    pub fn index_build_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(
+            self.inner
+                .index_build_timeout_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     /// Every entry as a document (for unique checks), read on `conn`.

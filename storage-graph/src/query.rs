@@ -474,16 +474,20 @@ impl<T: StorageValue> GraphStorage<T> {
         Ok(())
     }
 
-    /// Waits (up to ten seconds) until FalkorDB finished building this label's indexes:
-    /// it fills an index over existing nodes in the background, and plans queries
-    /// without it until then.
+    /// Waits until FalkorDB finished building this label's indexes: it fills an index
+    /// over existing nodes in the background, and plans queries without it until then.
+    ///
+    /// # Errors
+    /// `Timeout` (retryable) when an index is still building after the store's index
+    /// build timeout ([`GraphStorage::set_index_build_timeout`]).
     async fn wait_for_indexes(&self) -> Result<()> {
         let mut q = Cypher::new();
         let l = q.param(self.inner.label_name.as_str())?;
         q.push(&format!(
             "CALL db.indexes() YIELD label, status WHERE label = {l} RETURN status"
         ));
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let timeout = self.index_build_timeout();
+        let deadline = std::time::Instant::now() + timeout;
         loop {
             let rows = self
                 .inner
@@ -492,8 +496,19 @@ impl<T: StorageValue> GraphStorage<T> {
             let building = rows
                 .iter()
                 .any(|r| r.first().and_then(cell_str).as_deref() != Some("OPERATIONAL"));
-            if !building || std::time::Instant::now() > deadline {
+            if !building {
                 return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(StorageError::new(
+                    ErrorCode::Timeout,
+                    format!(
+                        "falkordb is still building the index after {timeout:?}; the backend index \
+                         exists, and calling create_index again waits for it and registers it"
+                    ),
+                )
+                .with_backend(BACKEND)
+                .with_context("label", &self.inner.label_name));
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
@@ -669,7 +684,9 @@ impl<T: StorageValue> IndexedStorage<T> for GraphStorage<T> {
             }
             IndexKind::Spatial => {}
         }
-        self.wait_for_indexes().await?;
+        self.wait_for_indexes()
+            .await
+            .map_err(|e| err(e.with_context("index", &definition.name)))?;
         if definition.unique {
             return self.register_unique(definition).await.map_err(err);
         }

@@ -735,3 +735,52 @@ async fn batches_create_or_upsert_exactly_in_every_shape() -> Result<()> {
     assert_eq!(next[0].key, "k01");
     Ok(())
 }
+
+/// When FalkorDB is still building an index as the wait runs out, `create_index`
+/// says so with a retryable `Timeout` (never a silent success), and a retry finishes.
+#[tokio::test]
+async fn an_index_still_building_at_the_deadline_is_a_retryable_timeout() -> Result<()> {
+    use storage_core::{IndexDefinition, IndexKind, IndexedStorage};
+    let store = open::<serde_json::Value>().await?;
+    let rows: Vec<(String, serde_json::Value)> = (0..30_000)
+        .map(|i| {
+            let doc = serde_json::json!({"a": i, "b": format!("b{i}"), "c": i % 7, "d": -i, "e": format!("{i}e")});
+            (format!("k{i}"), doc)
+        })
+        .collect();
+    store.set_many(rows).await?;
+    store.set_index_build_timeout(std::time::Duration::ZERO);
+    assert_eq!(store.index_build_timeout(), std::time::Duration::ZERO);
+    // A build can finish before the first look; one of five over 30,000 nodes will not.
+    let mut timed_out = None;
+    for field in ["a", "b", "c", "d", "e"] {
+        let def = IndexDefinition::new(format!("by_{field}"), field, IndexKind::Btree);
+        if let Err(e) = store.create_index(def.clone()).await {
+            assert_eq!(e.code(), ErrorCode::Timeout, "{e}");
+            assert!(e.is_retryable(), "{e}");
+            timed_out = Some(def);
+            break;
+        }
+    }
+    let Some(def) = timed_out else {
+        panic!("every index was built before the first look");
+    };
+    assert!(
+        !store
+            .list_indexes()
+            .await?
+            .iter()
+            .any(|i| i.definition.name == def.name),
+        "a timed-out index must not be registered"
+    );
+    store.set_index_build_timeout(std::time::Duration::from_secs(30));
+    store.create_index(def.clone()).await?;
+    assert!(
+        store
+            .list_indexes()
+            .await?
+            .iter()
+            .any(|i| i.definition.name == def.name)
+    );
+    Ok(())
+}
