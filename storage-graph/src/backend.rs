@@ -27,8 +27,8 @@ use storage_core::{
 
 use crate::config::{GraphConfig, STREAM_MAX_LEN, redact_url};
 use crate::cypher::{
-    Cypher, KEY_INDEX_PROP, KEY_PROP, Leaf, OPAQUE_PROP, VALUE_PROP, key_hex, push_key_hex,
-    visit_leaves, write_str_literal,
+    Cypher, KEY_INDEX_PROP, KEY_PROP, Leaf, OBJECT_PROP, OPAQUE_PROP, VALUE_PROP, key_hex,
+    path_tag, push_key_hex, visit_leaves, write_str_literal,
 };
 use crate::embedded::EmbeddedServer;
 use crate::error::{BACKEND, corrupt, is_missing_graph, redis_err, reply_err};
@@ -381,22 +381,27 @@ impl Inner {
     /// one at a time. No FalkorDB unique constraint is added: FalkorDB 4.16.3 crashes
     /// (the whole server) when a node whose constrained property is empty or only
     /// whitespace is created under a unique constraint, and `"   "` is a valid key.
+    ///
+    /// Queries also find the nodes holding opaque values or objects on their paths
+    /// through indexes on `_o` and `_x` (FalkorDB indexes each element of a list), so
+    /// that an indexed query never scans the label; nodes without such values hold
+    /// neither property and cost those indexes nothing.
     async fn ensure_schema(&self) -> Result<()> {
         let mut conn = self.shared();
-        let index = format!(
-            "CREATE INDEX FOR (n:{}) ON (n.{KEY_INDEX_PROP})",
-            self.label
-        );
-        if let Err(e) = redis::cmd("GRAPH.QUERY")
-            .arg(&self.graph)
-            .arg(&index)
-            .query_async::<Value>(&mut conn)
-            .await
-            && !e.to_string().contains("already indexed")
-            // A replica (read by `DistributedGraphStorage`) has the index from its primary.
-            && !e.to_string().to_lowercase().contains("readonly")
-        {
-            return Err(redis_err("open")(e));
+        for prop in [KEY_INDEX_PROP, OPAQUE_PROP, OBJECT_PROP] {
+            let index = format!("CREATE INDEX FOR (n:{}) ON (n.{prop})", self.label);
+            if let Err(e) = redis::cmd("GRAPH.QUERY")
+                .arg(&self.graph)
+                .arg(&index)
+                .query_async::<Value>(&mut conn)
+                .await
+                && !e.to_string().contains("already indexed")
+                // A replica (read by `DistributedGraphStorage`) has the indexes from its
+                // primary.
+                && !e.to_string().to_lowercase().contains("readonly")
+            {
+                return Err(redis_err("open")(e));
+            }
         }
         Ok(())
     }
@@ -884,7 +889,7 @@ impl Inner {
     }
 }
 
-/// The columns of a batch written column-wise: each row a list `[key, kh, v, ix, _o,
+/// The columns of a batch written column-wise: each row a list `[key, kh, v, ix, _o, _x,
 /// promoted…, unique terms…]` instead of a map, so that property names are written
 /// once in the query body rather than once per row (a map row costs FalkorDB more to
 /// parse and to apply through `SET m = r`). A property a row lacks is `null`, which
@@ -896,8 +901,8 @@ struct Columns {
     position: HashMap<String, usize>,
 }
 
-/// Fixed leading cells of a column-wise row: key, kh, v, ix, _o.
-const FIXED_COLUMNS: usize = 5;
+/// Fixed leading cells of a column-wise row: key, kh, v, ix, _o, _x.
+const FIXED_COLUMNS: usize = 6;
 
 impl Columns {
     /// The columns of `sets`, or `None` when the rows differ so much in their promoted
@@ -908,7 +913,7 @@ impl Columns {
         let mut filled = 0usize;
         for value in sets.values() {
             visit_leaves(&value.doc, &mut |name, leaf| {
-                if leaf == Leaf::Opaque {
+                if matches!(leaf, Leaf::Opaque | Leaf::Object) {
                     return;
                 }
                 filled += 1;
@@ -934,6 +939,7 @@ impl Columns {
         );
         let mut cells: Vec<Option<Leaf<'_>>> = vec![None; self.names.len()];
         let mut opaque = String::new();
+        let mut objects = String::new();
         out.push('[');
         for (i, (key, value)) in sets.iter().enumerate() {
             if i > 0 {
@@ -946,28 +952,38 @@ impl Columns {
             push_key_hex(&mut out, key);
             out.push_str("', ");
             write_str_literal(&mut out, &value.stored)?;
-            let _ = write!(out, ", {}, ", stamp.epoch);
+            let _ = write!(out, ", {}", stamp.epoch);
             cells.fill(None);
             opaque.clear();
+            objects.clear();
             let mut failed = None;
             visit_leaves(&value.doc, &mut |name, leaf| {
-                if leaf == Leaf::Opaque {
-                    opaque.push_str(if opaque.is_empty() { "[" } else { ", " });
-                    if let Err(e) = write_str_literal(&mut opaque, &name[1..]) {
-                        failed = Some(e);
+                let list = match leaf {
+                    Leaf::Opaque => &mut opaque,
+                    Leaf::Object => &mut objects,
+                    _ => {
+                        if let Some(&at) = self.position.get(name) {
+                            cells[at] = Some(leaf);
+                        }
+                        return;
                     }
-                } else if let Some(&at) = self.position.get(name) {
-                    cells[at] = Some(leaf);
+                };
+                list.push_str(if list.is_empty() { "[" } else { ", " });
+                if let Err(e) = write_str_literal(list, &path_tag(&name[1..])) {
+                    failed = Some(e);
                 }
             });
             if let Some(e) = failed {
                 return Err(e);
             }
-            if opaque.is_empty() {
-                out.push_str("null");
-            } else {
-                out.push_str(&opaque);
-                out.push(']');
+            for list in [&opaque, &objects] {
+                out.push_str(", ");
+                if list.is_empty() {
+                    out.push_str("null");
+                } else {
+                    out.push_str(list);
+                    out.push(']');
+                }
             }
             for cell in &cells {
                 out.push_str(", ");
@@ -986,7 +1002,7 @@ impl Columns {
     /// The property map of a row named `row`, for `CREATE (:L {…})` and `SET n = {…}`.
     fn map_of(&self, row: &str, stamp: &Stamp) -> String {
         let mut out = format!(
-            "{{{KEY_PROP}: {row}[0], {KEY_INDEX_PROP}: {row}[1], {VALUE_PROP}: {row}[2], {EPOCH_PROP}: {row}[3], {OPAQUE_PROP}: {row}[4]"
+            "{{{KEY_PROP}: {row}[0], {KEY_INDEX_PROP}: {row}[1], {VALUE_PROP}: {row}[2], {EPOCH_PROP}: {row}[3], {OPAQUE_PROP}: {row}[4], {OBJECT_PROP}: {row}[5]"
         );
         for (i, name) in self.names.iter().enumerate() {
             // Promoted names hold no backtick or NUL (see `cypher::visit_leaves`).
@@ -1017,23 +1033,30 @@ fn write_node_literal(out: &mut String, key: &str, value: &Encoded, stamp: &Stam
     push_key_hex(out, key);
     let _ = write!(out, "', {VALUE_PROP}: ");
     write_str_literal(out, &value.stored)?;
-    let mut opaque = String::new();
+    let (mut opaque, mut objects) = (String::new(), String::new());
     let mut result = Ok(());
     visit_leaves(&value.doc, &mut |name, leaf| {
         if result.is_err() {
             return;
         }
-        result = if leaf == Leaf::Opaque {
-            opaque.push_str(if opaque.is_empty() { "[" } else { ", " });
-            write_str_literal(&mut opaque, &name[1..])
-        } else {
-            let _ = write!(out, ", `{name}`: ");
-            leaf.write(out)
+        let list = match leaf {
+            Leaf::Opaque => &mut opaque,
+            Leaf::Object => &mut objects,
+            _ => {
+                let _ = write!(out, ", `{name}`: ");
+                result = leaf.write(out);
+                return;
+            }
         };
+        list.push_str(if list.is_empty() { "[" } else { ", " });
+        result = write_str_literal(list, &path_tag(&name[1..]));
     });
     result?;
     if !opaque.is_empty() {
         let _ = write!(out, ", {OPAQUE_PROP}: {opaque}]");
+    }
+    if !objects.is_empty() {
+        let _ = write!(out, ", {OBJECT_PROP}: {objects}]");
     }
     stamp.write_props(&value.doc, out)?;
     out.push('}');

@@ -41,8 +41,25 @@ pub(crate) const KEY_PROP: &str = "key";
 pub(crate) const KEY_INDEX_PROP: &str = "kh";
 /// Node property holding the encoded value.
 pub(crate) const VALUE_PROP: &str = "v";
-/// Node property listing the paths of values that are present but not promoted.
+/// Node property listing the paths of values that are present but not promoted, each
+/// as a [`path_tag`].
 pub(crate) const OPAQUE_PROP: &str = "_o";
+/// Node property listing the paths (below the root) that hold an object. Filters see an
+/// object like a missing value, but `order_by` does not (objects sort after strings),
+/// so an ordered query treats a node with an object on an order path in process. Each
+/// path is a [`path_tag`].
+pub(crate) const OBJECT_PROP: &str = "_x";
+
+/// A path as listed in `_o` and `_x`: `h` and the path's bytes in hex. Those lists are
+/// indexed, and FalkorDB's index does not match strings exactly (it trims whitespace,
+/// and cannot find `""`, the root's path); hex digits after a letter it matches as
+/// they are.
+pub(crate) fn path_tag(path: &str) -> String {
+    let mut out = String::with_capacity(1 + path.len() * 2);
+    out.push('h');
+    push_key_hex(&mut out, path);
+    out
+}
 /// Integers beyond this magnitude are not promoted: FalkorDB compares them with
 /// floats through a double, which would be inexact.
 const EXACT_INT: i64 = 1 << 53;
@@ -218,6 +235,8 @@ pub(crate) enum Leaf<'a> {
     Float(f64),
     /// Present but not promoted (arrays, nulls, larger integers, strings with NUL).
     Opaque,
+    /// An object (below the root), visited before its fields: listed in `_x`.
+    Object,
 }
 
 impl Leaf<'_> {
@@ -228,9 +247,9 @@ impl Leaf<'_> {
             Leaf::Bool(b) => write_literal(out, &b),
             Leaf::Int(i) => write_literal(out, &i),
             Leaf::Float(f) => write_literal(out, &f),
-            Leaf::Opaque => Err(StorageError::new(
+            Leaf::Opaque | Leaf::Object => Err(StorageError::new(
                 ErrorCode::InvalidValue,
-                "an opaque value has no promoted literal",
+                "an opaque value or object has no promoted literal",
             )
             .with_backend(BACKEND)),
         }
@@ -274,6 +293,7 @@ fn nameable(k: &str) -> bool {
 fn walk<'d>(name: &mut String, value: &'d Value, f: &mut impl FnMut(&str, Leaf<'d>)) {
     match value {
         Value::Object(map) => {
+            f(name, Leaf::Object);
             let len = name.len();
             for (k, v) in map {
                 if nameable(k) {
@@ -350,27 +370,6 @@ pub(crate) fn pre_filter(filter: &Filter, q: &mut Cypher) -> Result<PreFilter> {
     };
     out.expr = translate(filter, true, q, &mut out)?;
     Ok(out)
-}
-
-/// Every prefix (the root `""` included) of every field path a filter's conditions
-/// name: an opaque value at any of them may decide the filter in a way the promoted
-/// properties do not show.
-pub(crate) fn relevant_prefixes(filter: &Filter) -> Vec<String> {
-    fn walk(filter: &Filter, out: &mut std::collections::BTreeSet<String>) {
-        match filter {
-            Filter::And(parts) | Filter::Or(parts) => parts.iter().for_each(|p| walk(p, out)),
-            Filter::Not(inner) => walk(inner, out),
-            Filter::Condition { field, .. } | Filter::Nested { field, .. } => {
-                let segments: Vec<&str> = field.split('.').collect();
-                for i in 1..=segments.len() {
-                    out.insert(segments[..i].join("."));
-                }
-            }
-        }
-    }
-    let mut out = std::collections::BTreeSet::from([String::new()]);
-    walk(filter, &mut out);
-    out.into_iter().collect()
 }
 
 /// `positive`: the result must keep every match (a superset); otherwise it must keep
@@ -483,7 +482,10 @@ fn condition(
     for i in 1..=segments.len() {
         prefixes.push(segments[..i].join("."));
     }
-    let list: Vec<FalkorValue> = prefixes.into_iter().map(FalkorValue::String).collect();
+    let list: Vec<FalkorValue> = prefixes
+        .iter()
+        .map(|p| FalkorValue::String(path_tag(p)))
+        .collect();
     let pfx = q.param(&FalkorValue::Array(list))?;
     let opaque = format!("any(x IN coalesce(n.{OPAQUE_PROP}, []) WHERE x IN {pfx})");
     Ok(Some(if positive {
@@ -547,13 +549,13 @@ mod tests {
             "o": {"c": "d"}, "dot.ted": 1
         });
         let (mut props, mut opaque) = (Vec::new(), Vec::new());
-        visit_leaves(&doc, &mut |name, leaf| {
-            if leaf == Leaf::Opaque {
-                opaque.push(name[1..].to_owned());
-            } else {
-                props.push((name.to_owned(), leaf));
-            }
+        let mut objects = Vec::new();
+        visit_leaves(&doc, &mut |name, leaf| match leaf {
+            Leaf::Opaque => opaque.push(name[1..].to_owned()),
+            Leaf::Object => objects.push(name[1..].to_owned()),
+            _ => props.push((name.to_owned(), leaf)),
         });
+        assert_eq!(objects, ["o"]);
         let names: Vec<&str> = props.iter().map(|(n, _)| n.as_str()).collect();
         for name in [".s", ".n", ".f", ".b", ".o.c"] {
             assert!(names.contains(&name), "{name}");

@@ -308,10 +308,35 @@ async fn queries_push_a_pre_filter_and_explain_says_so() -> Result<()> {
     assert_eq!(store.count(&query).await?, 10);
     let plan = store.explain(&query).await?;
     assert!(
-        plan.pushed_down.iter().any(|p| p.contains("pre-filter")),
+        plan.pushed_down
+            .iter()
+            .any(|p| p.contains("exact in cypher")),
         "{plan:?}"
     );
     assert!(plan.full_scan);
+    // Ordered and paged: Cypher orders and keeps the first `offset + limit`.
+    let paged = Query::filter(field("age").gte(10))
+        .order_by("age", storage_core::Direction::Desc)
+        .offset(2)
+        .limit(3);
+    let plan = store.explain(&paged).await?;
+    assert!(
+        plan.pushed_down
+            .iter()
+            .any(|p| p.contains("order_by, offset and limit: the first 5")),
+        "{plan:?}"
+    );
+    assert!(
+        plan.backend_plan.iter().any(|l| l.contains("Sort")),
+        "{plan:?}"
+    );
+    let keys: Vec<String> = store
+        .find_many(&paged)
+        .await?
+        .into_iter()
+        .map(|r| r.key)
+        .collect();
+    assert_eq!(keys, ["u47", "u46", "u45"]);
     store
         .create_index(IndexDefinition::new("by_name", "name", IndexKind::Hash))
         .await?;
@@ -325,6 +350,43 @@ async fn queries_push_a_pre_filter_and_explain_says_so() -> Result<()> {
     let found = store.find_many(&by_name).await?;
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].key, "u07");
+    // A numeric range on a btree index is answered from the index.
+    store
+        .create_index(IndexDefinition::new("by_age", "age", IndexKind::Btree))
+        .await?;
+    let window = Query::filter(field("age").gte(20).and(field("age").lt(30)))
+        .order_by("age", storage_core::Direction::Asc)
+        .limit(4);
+    let plan = store.explain(&window).await?;
+    assert_eq!(plan.index.as_deref(), Some("by_age"), "{plan:?}");
+    assert!(!plan.full_scan);
+    assert!(
+        plan.backend_plan
+            .iter()
+            .filter(|l| l.contains("Node By Index Scan"))
+            .count()
+            >= 2,
+        "both the range and the opaque nodes come from indexes: {plan:?}"
+    );
+    assert!(
+        !plan.backend_plan.iter().any(|l| l.contains("Label Scan")),
+        "{plan:?}"
+    );
+    let keys: Vec<String> = store
+        .find_many(&window)
+        .await?
+        .into_iter()
+        .map(|r| r.key)
+        .collect();
+    assert_eq!(keys, ["u20", "u21", "u22", "u23"]);
+    assert_eq!(
+        store
+            .count(&Query::filter(
+                field("age").gte(20).and(field("age").lt(30))
+            ))
+            .await?,
+        10
+    );
     // Array fields are opaque to Cypher and still match through the evaluator.
     assert_eq!(store.count(&Query::filter(field("tags").eq(3))).await?, 1);
     Ok(())
