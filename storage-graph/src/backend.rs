@@ -104,6 +104,12 @@ pub(crate) struct Encoded {
     pub(crate) doc: Arc<Document>,
 }
 
+/// What a watched commit read about the keys it deletes or clears.
+enum Existed {
+    Keys(BTreeSet<String>),
+    Values(BTreeMap<String, String>),
+}
+
 /// A write with its value already encoded.
 #[derive(Debug, Clone)]
 pub(crate) enum Op {
@@ -129,6 +135,9 @@ pub(crate) struct StreamChange {
     pub(crate) key: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) v: Option<String>,
+    /// The stored value a delete removed, when the commit read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) o: Option<String>,
 }
 
 /// A change as serialized into the stream, borrowed from the ops (the same JSON shape
@@ -139,6 +148,8 @@ struct StreamChangeRef<'a> {
     key: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     v: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    o: Option<&'a str>,
 }
 
 /// An after-hook event of a commit, kept until the commit succeeded.
@@ -543,6 +554,26 @@ impl Inner {
             .collect())
     }
 
+    /// Which of `keys` exist, with their stored values.
+    pub(crate) async fn existing_values(
+        &self,
+        conn: &mut MultiplexedConnection,
+        keys: &[&str],
+    ) -> Result<BTreeMap<String, String>> {
+        if keys.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let mut q = Cypher::new();
+        let hex: Vec<String> = keys.iter().map(|k| key_hex(k)).collect();
+        let ks = q.param(&hex)?;
+        q.push(&format!(
+            "UNWIND {ks} AS k MATCH (n:{} {{{KEY_INDEX_PROP}: k}}) RETURN n.{KEY_PROP}, n.{VALUE_PROP}",
+            self.label
+        ));
+        let rows = self.read(conn, &q, "read").await?;
+        Ok(key_value_rows(rows, "read")?.into_iter().collect())
+    }
+
     /// Every key of the label.
     pub(crate) async fn all_keys(
         &self,
@@ -615,14 +646,17 @@ impl Inner {
 
     /// Applies `ops` as one commit. `existed` must hold, for every key a delete or clear
     /// touches, whether it existed before (read under the caller's `WATCH`), or be
-    /// `None` when `ops` holds only sets. `after_hooks`: whether to collect the
-    /// after-hook events. Returns `None` when `EXEC` was aborted by a concurrent write.
+    /// `None` when `ops` holds only sets. `old` holds the stored values read with it
+    /// (those of the keys deletes remove), which the change record carries.
+    /// `after_hooks`: whether to collect the after-hook events. Returns `None` when
+    /// `EXEC` was aborted by a concurrent write.
     #[allow(clippy::too_many_lines)] // one commit's bookkeeping reads best in one place
     pub(crate) async fn commit(
         &self,
         conn: &mut MultiplexedConnection,
         ops: &[Op],
         existed: Option<&BTreeSet<String>>,
+        old: &BTreeMap<String, String>,
         stamp: &Stamp,
         after_hooks: bool,
     ) -> Result<Option<Applied>> {
@@ -644,6 +678,9 @@ impl Inner {
         let mut clear = false;
         let mut sets: BTreeMap<&str, &Encoded> = BTreeMap::new();
         let mut deletes: BTreeSet<&str> = BTreeSet::new();
+        // What a delete removes: the value set earlier in this commit, or the stored
+        // one read under the watch (none for a key this commit deleted or cleared).
+        let mut current: HashMap<&str, Option<&str>> = HashMap::new();
         for op in ops {
             applied.result.operations += 1;
             match op {
@@ -666,7 +703,11 @@ impl Inner {
                         k: "s",
                         key,
                         v: Some(&value.stored),
+                        o: None,
                     });
+                    if !deletes.is_empty() || !old.is_empty() {
+                        current.insert(key, Some(&value.stored));
+                    }
                 }
                 Op::Delete { key } => {
                     let existed = exists(key, &state);
@@ -678,12 +719,18 @@ impl Inner {
                     }
                     if existed {
                         applied.result.deleted += 1;
+                        let removed = match current.get(key.as_str()) {
+                            Some(value) => *value,
+                            None => old.get(key).map(String::as_str),
+                        };
                         changes.push(StreamChangeRef {
                             k: "d",
                             key,
                             v: None,
+                            o: removed,
                         });
                     }
+                    current.insert(key, None);
                     sets.remove(key.as_str());
                     deletes.insert(key);
                     state.insert(key, false);
@@ -701,8 +748,10 @@ impl Inner {
                             k: "d",
                             key,
                             v: None,
+                            o: None,
                         });
                         state.insert(key, false);
+                        current.insert(key, None);
                     }
                     if after_hooks {
                         applied.after.push(AfterItem::Clear {
@@ -1253,7 +1302,9 @@ impl<T: StorageValue> GraphStorage<T> {
             crate::unique::check_ops(&stamp.definitions(), &base, ops)?;
         }
         let existed = if ops.iter().any(|op| matches!(op, Op::Clear)) {
-            self.inner.all_keys(conn).await?
+            // A clear's change record lists every key it removes, without the values
+            // (which would copy the whole label into the stream).
+            Existed::Keys(self.inner.all_keys(conn).await?)
         } else {
             let keys: BTreeSet<&str> = ops
                 .iter()
@@ -1261,13 +1312,18 @@ impl<T: StorageValue> GraphStorage<T> {
                 .filter_map(Op::key)
                 .collect();
             let keys: Vec<&str> = keys.into_iter().collect();
-            self.inner.existing(conn, &keys).await?
+            Existed::Values(self.inner.existing_values(conn, &keys).await?)
+        };
+        let (existed, old): (BTreeSet<String>, BTreeMap<String, String>) = match existed {
+            Existed::Keys(keys) => (keys, BTreeMap::new()),
+            Existed::Values(values) => (values.keys().cloned().collect(), values),
         };
         self.inner
             .commit(
                 conn,
                 ops,
                 Some(&existed),
+                &old,
                 &stamp,
                 self.hub.has_after_hooks(),
             )
@@ -1325,7 +1381,14 @@ impl<T: StorageValue> GraphStorage<T> {
                 uniques: Vec::new(),
             };
             self.inner
-                .commit(&mut conn, ops, None, &stamp, self.hub.has_after_hooks())
+                .commit(
+                    &mut conn,
+                    ops,
+                    None,
+                    &BTreeMap::new(),
+                    &stamp,
+                    self.hub.has_after_hooks(),
+                )
                 .await?
                 .ok_or_else(|| reply_err("commit", "exec aborted without watch"))?
         };

@@ -846,3 +846,52 @@ async fn an_index_still_building_at_the_deadline_is_a_retryable_timeout() -> Res
     );
     Ok(())
 }
+
+/// A delete's change carries the value it removed (read under the commit's watch, or
+/// set earlier in the same batch); a set's carries none (see the crate docs).
+#[tokio::test]
+async fn deletes_report_the_value_they_removed() -> Result<()> {
+    use storage_core::{ChangeKind, ObservableStorage, WatchEvent, WatchPattern};
+    let config = fresh_config();
+    let writer = GraphStorage::<u32>::open(config.clone()).await?;
+    let reader = GraphStorage::<u32>::open(config).await?;
+    let mut sub = reader.watch(WatchPattern::All, 16)?;
+    writer.set("a", &1).await?;
+    writer.set("b", &2).await?;
+    assert!(writer.delete("a").await?);
+    writer
+        .batch(vec![
+            Operation::set("b", 3),
+            Operation::delete("b"),
+            Operation::delete("missing"),
+        ])
+        .await?;
+    writer.set("c", &4).await?;
+    writer.clear().await?;
+    let mut batches = Vec::new();
+    for _ in 0..6 {
+        let Ok(Some(WatchEvent::Changes(batch))) = next_event(&mut sub).await else {
+            panic!("missing batch after {}", batches.len());
+        };
+        batches.push(batch);
+    }
+    let olds = |i: usize| -> Vec<(ChangeKind, String, Option<u32>)> {
+        batches[i]
+            .changes
+            .iter()
+            .map(|c| (c.kind, c.key.clone(), c.old_value.as_deref().copied()))
+            .collect()
+    };
+    assert_eq!(olds(0), [(ChangeKind::Set, "a".to_owned(), None)]);
+    assert_eq!(olds(2), [(ChangeKind::Delete, "a".to_owned(), Some(1))]);
+    assert_eq!(
+        olds(3),
+        [
+            (ChangeKind::Set, "b".to_owned(), None),
+            (ChangeKind::Delete, "b".to_owned(), Some(3)),
+        ]
+    );
+    // A clear lists the keys it removed without their values.
+    assert_eq!(olds(5), [(ChangeKind::Delete, "c".to_owned(), None)]);
+    Ok(())
+}
