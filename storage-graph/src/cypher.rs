@@ -352,6 +352,9 @@ fn exact_scalar(value: &Value) -> Option<FalkorValue> {
 pub(crate) struct PreFilter {
     /// The boolean expression (`true` when nothing could be pushed).
     pub(crate) expr: String,
+    /// The same without the opaque-value checks: exact, when `complete`, on nodes
+    /// without opaque values on the filter's paths (and cheaper to evaluate).
+    pub(crate) exact: String,
     /// Descriptions of the clauses that run in Cypher.
     pub(crate) pushed: Vec<String>,
     /// Descriptions of the clauses that only run in process.
@@ -364,50 +367,61 @@ pub(crate) struct PreFilter {
 pub(crate) fn pre_filter(filter: &Filter, q: &mut Cypher) -> Result<PreFilter> {
     let mut out = PreFilter {
         expr: String::new(),
+        exact: String::new(),
         pushed: Vec::new(),
         in_process: Vec::new(),
         complete: true,
     };
-    out.expr = translate(filter, true, q, &mut out)?;
+    (out.expr, out.exact) = translate(filter, true, q, &mut out)?;
     Ok(out)
 }
 
 /// `positive`: the result must keep every match (a superset); otherwise it must keep
-/// only matches (a subset), which is what an enclosing `not` needs.
+/// only matches (a subset), which is what an enclosing `not` needs. Returns the
+/// pre-filter and its exact form (see [`PreFilter::exact`]).
 fn translate(
     filter: &Filter,
     positive: bool,
     q: &mut Cypher,
     out: &mut PreFilter,
-) -> Result<String> {
+) -> Result<(String, String)> {
     let fallback = if positive { "true" } else { "false" };
     match filter {
         Filter::And(parts) | Filter::Or(parts) => {
             let is_and = matches!(filter, Filter::And(_));
             if parts.is_empty() {
-                return Ok(if is_and { "true" } else { "false" }.to_owned());
+                let empty = if is_and { "true" } else { "false" };
+                return Ok((empty.to_owned(), empty.to_owned()));
             }
-            let mut exprs = Vec::with_capacity(parts.len());
+            let (mut exprs, mut exacts) = (Vec::new(), Vec::new());
             for part in parts {
-                exprs.push(translate(part, positive, q, out)?);
+                let (expr, exact) = translate(part, positive, q, out)?;
+                exprs.push(expr);
+                exacts.push(exact);
             }
             let joiner = if is_and { " AND " } else { " OR " };
-            Ok(format!("({})", exprs.join(joiner)))
+            Ok((
+                format!("({})", exprs.join(joiner)),
+                format!("({})", exacts.join(joiner)),
+            ))
         }
-        Filter::Not(inner) => Ok(format!("(NOT {})", translate(inner, !positive, q, out)?)),
+        Filter::Not(inner) => {
+            let (expr, exact) = translate(inner, !positive, q, out)?;
+            Ok((format!("(NOT {expr})"), format!("(NOT {exact})")))
+        }
         Filter::Nested { field, .. } => {
             out.complete = false;
             out.in_process.push(format!("nested condition on {field}"));
-            Ok(fallback.to_owned())
+            Ok((fallback.to_owned(), fallback.to_owned()))
         }
         Filter::Condition { field, op, value } => {
-            if let Some(expr) = condition(field, *op, value, positive, q)? {
+            if let Some(pair) = condition(field, *op, value, positive, q)? {
                 out.pushed.push(format!("{field} {op:?}"));
-                Ok(expr)
+                Ok(pair)
             } else {
                 out.complete = false;
                 out.in_process.push(format!("{field} {op:?}"));
-                Ok(fallback.to_owned())
+                Ok((fallback.to_owned(), fallback.to_owned()))
             }
         }
     }
@@ -419,7 +433,7 @@ fn condition(
     value: &Value,
     positive: bool,
     q: &mut Cypher,
-) -> Result<Option<String>> {
+) -> Result<Option<(String, String)>> {
     // An invalid path is the evaluator's to reject (InvalidQuery), not ours to guess.
     let Ok(path) = FieldPath::parse(field) else {
         return Ok(None);
@@ -488,11 +502,12 @@ fn condition(
         .collect();
     let pfx = q.param(&FalkorValue::Array(list))?;
     let opaque = format!("any(x IN coalesce(n.{OPAQUE_PROP}, []) WHERE x IN {pfx})");
-    Ok(Some(if positive {
+    let expr = if positive {
         format!("({exact} OR {opaque})")
     } else {
         format!("({exact} AND NOT {opaque})")
-    }))
+    };
+    Ok(Some((expr, exact)))
 }
 
 #[cfg(test)]

@@ -340,10 +340,12 @@ impl<T: StorageValue> GraphStorage<T> {
         let mut in_process = Vec::new();
         let mut index = None;
         let mut pre_complete = true;
+        let mut exact = "true".to_owned();
         let pre = match filter {
             Some(filter) => {
                 let pre = pre_filter(filter, &mut q)?;
                 pre_complete = pre.complete;
+                exact.clone_from(&pre.exact);
                 pushed.extend(pre.pushed.iter().map(|c| format!("where {c} (cypher)")));
                 in_process.extend(
                     pre.in_process
@@ -382,9 +384,11 @@ impl<T: StorageValue> GraphStorage<T> {
                     clean.extend(hints);
                 }
             }
-            // `x IN n._o` is null where `_o` is missing, which `NOT` would keep null.
+            // The exact clause first: it is cheap, and most nodes fail it. Then the
+            // dirty test: `x IN n._o` is null where `_o` is missing, which `NOT` would
+            // keep null.
+            clean.push(exact.clone());
             clean.push(format!("NOT coalesce({dirty}, false)"));
-            clean.push(pre.clone());
             let paging = match &order {
                 Some((clause, _)) => {
                     pushed.push(format!(
@@ -530,9 +534,9 @@ impl<T: StorageValue> GraphStorage<T> {
             Some(chosen) => index_hints(Some(filter), &chosen, &mut q)?,
             None => Vec::new(),
         };
+        clean.push(pre.exact.clone());
         // `x IN n._o` is null where `_o` is missing, which `NOT` would keep null.
         clean.push(format!("NOT coalesce({dirty}, false)"));
-        clean.push(pre.expr.clone());
         let label = &self.inner.label;
         q.push(&format!(
             "MATCH (n:{label}) WHERE {} RETURN count(n) AS c, null AS k, null AS v \
