@@ -862,16 +862,15 @@ impl Inner {
         if let (true, Some((key, value))) = (body.is_empty() && sets.len() == 1, sets.iter().next())
         {
             // A lone set skips UNWIND, which costs FalkorDB about three times more
-            // than the same upsert on plain parameters.
+            // than the same upsert on plain parameters, and names its properties in the
+            // body, one parameter each: a third faster to create than `SET m = $map`.
             let k = q.param(&key_hex(key))?;
-            let mut row = String::new();
-            write_node_literal(&mut row, key, value, stamp)?;
-            let p = q.param_literal(&row);
+            let props = lone_props(&mut q, &k, key, value, stamp)?;
             let _ = write!(
                 body,
                 "OPTIONAL MATCH (n:{label} {{{KEY_INDEX_PROP}: {k}}}) \
-                 FOREACH (_ IN CASE WHEN n IS NULL THEN [1] ELSE [] END | CREATE (m:{label}) SET m = {p}) \
-                 FOREACH (_ IN CASE WHEN n IS NULL THEN [] ELSE [1] END | SET n = {p})"
+                 FOREACH (_ IN CASE WHEN n IS NULL THEN [1] ELSE [] END | CREATE (:{label} {props})) \
+                 FOREACH (_ IN CASE WHEN n IS NULL THEN [] ELSE [1] END | SET n = {props})"
             );
         } else if !sets.is_empty() {
             let only_sets = body.is_empty();
@@ -1070,8 +1069,66 @@ impl Columns {
     }
 }
 
+/// The property map of a lone set's node, each value a parameter of `q` (`kh` is the
+/// placeholder `kh` already holds): `{key: $p1, kh: $p0, v: $p2, …}`. A missing list
+/// or unique term is `null`, which `CREATE` skips and `SET n = {…}` removes.
+fn lone_props(
+    q: &mut Cypher,
+    kh: &str,
+    key: &str,
+    value: &Encoded,
+    stamp: &Stamp,
+) -> Result<String> {
+    let mut cell = String::new();
+    write_str_literal(&mut cell, key)?;
+    let mut out = format!(
+        "{{{KEY_PROP}: {}, {KEY_INDEX_PROP}: {kh}",
+        q.param_literal(&cell)
+    );
+    cell.clear();
+    write_str_literal(&mut cell, &value.stored)?;
+    let _ = write!(out, ", {VALUE_PROP}: {}", q.param_literal(&cell));
+    let (mut opaque, mut objects) = (String::new(), String::new());
+    let mut leaves = Vec::new();
+    let mut result = Ok(());
+    visit_leaves(&value.doc, &mut |name, leaf| {
+        let list = match leaf {
+            Leaf::Opaque => &mut opaque,
+            Leaf::Object => &mut objects,
+            _ => {
+                leaves.push((name.to_owned(), leaf));
+                return;
+            }
+        };
+        list.push_str(if list.is_empty() { "[" } else { ", " });
+        if result.is_ok() {
+            result = write_str_literal(list, &path_tag(&name[1..]));
+        }
+    });
+    result?;
+    for (prop, list) in [(OPAQUE_PROP, &mut opaque), (OBJECT_PROP, &mut objects)] {
+        if !list.is_empty() {
+            list.push(']');
+            let _ = write!(out, ", {prop}: {}", q.param_literal(list));
+        }
+    }
+    for (name, leaf) in leaves {
+        cell.clear();
+        leaf.write(&mut cell)?;
+        // Promoted names hold no backtick or NUL (see `cypher::visit_leaves`).
+        let _ = write!(out, ", `{name}`: {}", q.param_literal(&cell));
+    }
+    let _ = write!(out, ", {EPOCH_PROP}: {}", stamp.epoch);
+    for (prop, terms) in stamp.term_literals(&value.doc)? {
+        // Term property names are `u:` and hex digits.
+        let _ = write!(out, ", `{prop}`: {}", q.param_literal(&terms));
+    }
+    out.push('}');
+    Ok(out)
+}
+
 /// Every property of an entry's node, as a Cypher map literal appended to `out` (the
-/// row of a batch whose promoted names differ too much for columns, and a lone set).
+/// row of a batch whose promoted names differ too much for columns).
 ///
 /// Every name is fixed or a promoted path (no backtick, no NUL: see
 /// `cypher::visit_leaves`) in backticks; every value goes through the `falkordb` encoder.

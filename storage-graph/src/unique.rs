@@ -75,6 +75,19 @@ impl Stamp {
         Ok(())
     }
 
+    /// Each unique index's term property and its terms as a literal (`null` when the
+    /// document has none), for a query that passes them as parameters.
+    pub(crate) fn term_literals(&self, doc: &Document) -> Result<Vec<(&str, String)>> {
+        self.uniques
+            .iter()
+            .map(|(prop, def, path)| {
+                let mut out = String::new();
+                write_terms(&mut out, &terms(def, path, doc))?;
+                Ok((prop.as_str(), out))
+            })
+            .collect()
+    }
+
     /// Appends `, <terms>` for each unique index (in the order of `uniques`) to a row
     /// of a column-wise batch.
     pub(crate) fn write_term_columns(&self, doc: &Document, out: &mut String) -> Result<()> {
