@@ -831,9 +831,11 @@ impl Inner {
     /// batch (`kh IN $list`, which FalkorDB answers from the index several times
     /// faster than one lookup per row), whether any of its keys exists. When none does
     /// (loading new entries, the common case for a large batch), every row is a plain
-    /// `CREATE`, which costs FalkorDB about half the per-row upsert; otherwise the same
-    /// query upserts row by row. Both branches are in the one query, so the check and
-    /// the writes are atomic together.
+    /// `CREATE`, which costs FalkorDB about half the per-row upsert; otherwise nothing
+    /// was created (`created = 0`, a batch is never empty) and the same query upserts
+    /// row by row. Both branches are in the one query, so the check and the writes are
+    /// atomic together. (A `CASE` choosing between the rows and `[]` costs FalkorDB a
+    /// copy of the rows; it only runs on the upsert branch.)
     fn write_plan(
         &self,
         clear: bool,
@@ -920,9 +922,10 @@ impl Inner {
                 let khs = q.param_literal(&khs);
                 let _ = write!(
                     body,
-                    "OPTIONAL MATCH (e:{label}) WHERE e.{KEY_INDEX_PROP} IN {khs} WITH count(e) AS c \
-                     FOREACH (r IN CASE WHEN c = 0 THEN {rows} ELSE [] END | {create}) \
-                     WITH c UNWIND CASE WHEN c = 0 THEN [] ELSE {rows} END AS r {upsert}"
+                    "OPTIONAL MATCH (e:{label}) WHERE e.{KEY_INDEX_PROP} IN {khs} \
+                     WITH count(e) AS c WHERE c = 0 UNWIND {rows} AS r {create} \
+                     WITH count(*) AS created \
+                     UNWIND CASE WHEN created = 0 THEN {rows} ELSE [] END AS r {upsert}"
                 );
             } else {
                 let _ = write!(body, "UNWIND {rows} AS r {upsert}");
