@@ -789,6 +789,30 @@ async fn batches_create_or_upsert_exactly_in_every_shape() -> Result<()> {
         30
     );
 
+    // All new and all different: map rows on the create branch.
+    let fourth: Vec<(String, serde_json::Value)> = (200..230)
+        .map(|i| (format!("k{i}"), json!({format!("h{i}"): i, "o": {}})))
+        .collect();
+    store.set_many(fourth.clone()).await?;
+    assert_eq!(store.size().await?, 100);
+    for (k, v) in &fourth {
+        assert_eq!(store.get(k).await?.as_ref(), Some(v), "{k}");
+    }
+    assert_eq!(store.count(&Query::filter(field("h207").eq(207))).await?, 1);
+    // Objects sort after strings: a page ordered in Cypher must not take `{}` for a
+    // missing value (nodes with an object on the order path are fetched apart).
+    let page = store
+        .find_many(
+            &Query::default()
+                .order_by("o", storage_core::Direction::Desc)
+                .limit(2),
+        )
+        .await?;
+    assert_eq!(
+        page.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(),
+        ["k200", "k201"]
+    );
+
     // Overwriting in a batch keeps the node, so its relationships survive.
     let next = store
         .neighbours("k00", Some("NEXT"), EdgeDirection::Outgoing)
