@@ -399,6 +399,17 @@ async fn killed_replica(
     Ok(())
 }
 
+/// Holds the process-wide lock that lets one distributed check at a time run its
+/// cluster: the checks bound failover and lag times, and two clusters (seven servers
+/// each, one of them writing flat out) on a 2-core machine push those past their bounds.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static CLUSTERS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    // A failed check poisons the lock; the next check still needs its turn.
+    CLUSTERS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// With Sentinels: the primary killed, writes fail with retryable errors only and
 /// reach the new primary within 10 s; a watcher started before receives
 /// `WatchEvent::Resync`; the nodes then name the new primary.
