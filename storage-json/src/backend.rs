@@ -384,6 +384,8 @@ struct Loaded {
     main_len: u64,
     /// Journal records newer than the main file.
     records: u64,
+    /// Where the journal's records end (zero-filled space or a torn tail may follow).
+    journal_len: u64,
     /// Where the journal's valid part ends, when a torn tail follows it.
     torn_at: Option<u64>,
 }
@@ -453,7 +455,8 @@ fn load(paths: &Paths) -> Result<Loaded, JsonError> {
         seq,
         main_len: main.len,
         records,
-        torn_at: (replay.valid_len < replay.file_len).then_some(replay.valid_len),
+        journal_len: replay.valid_len,
+        torn_at: replay.torn.then_some(replay.valid_len),
     })
 }
 
@@ -537,7 +540,13 @@ fn compact_in_background(
     // under it only what was appended in the meantime is left to copy.
     let prepared = written.and_then(|len| {
         let mut tail = TailCopy::start(paths, job.offset)?;
-        tail.copy_more()?;
+        let end = state
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .journal
+            .as_ref()
+            .map_or(job.offset, JournalWriter::len);
+        tail.copy_more(end)?;
         tail.sync()?;
         Ok((len, tail))
     });
@@ -586,9 +595,11 @@ impl TailCopy {
         })
     }
 
-    /// Copies what the journal holds beyond what was copied so far.
-    fn copy_more(&mut self) -> Result<(), JsonError> {
-        let copied = io::copy(&mut self.source, &mut self.target)
+    /// Copies the journal's bytes beyond what was copied so far, up to `end` (its
+    /// records end there; zero-filled space follows).
+    fn copy_more(&mut self, end: u64) -> Result<(), JsonError> {
+        let want = end.saturating_sub(self.offset + self.copied);
+        let copied = io::copy(&mut io::Read::take(&mut self.source, want), &mut self.target)
             .map_err(|e| JsonError::io("copy the journal into", &self.path, e))?;
         self.copied += copied;
         self.pending_sync |= copied > 0;
@@ -642,7 +653,7 @@ fn carry_over_journal(
     let Some(journal) = st.journal.as_mut() else {
         return Ok(());
     };
-    tail.copy_more()?;
+    tail.copy_more(journal.len())?;
     let expected = journal.len().saturating_sub(tail.offset);
     if tail.copied != expected {
         tail.recopy(expected)?;
@@ -653,7 +664,7 @@ fn carry_over_journal(
         .map_err(|e| JsonError::io("rename", &paths.journal, e))?;
     journal::sync_dir(&paths.dir)?;
     let records = journal.records().saturating_sub(records_then);
-    match JournalWriter::open(&paths.journal, records) {
+    match JournalWriter::open_exact(&paths.journal, records, journal.preallocates()) {
         Ok(fresh) => {
             *journal = fresh;
             if let Some(group) = group {
@@ -813,19 +824,14 @@ impl<T: StorageValue> JsonStorage<T> {
         }
         remove_if_exists(&paths.temp)?;
         remove_if_exists(&paths.journal_temp)?;
-        let journal = JournalWriter::open(&paths.journal, loaded.records)?;
+        let journal = JournalWriter::open(
+            &paths.journal,
+            loaded.records,
+            loaded.journal_len,
+            config.atomic,
+        )?;
         let group = match (config.atomic, config.durability) {
-            (
-                true,
-                Durability::Group {
-                    max_writes,
-                    max_delay_ms,
-                },
-            ) => Some(GroupSync::start(
-                journal.clone_file()?,
-                usize::try_from(max_writes).unwrap_or(usize::MAX),
-                Duration::from_millis(max_delay_ms),
-            )?),
+            (true, Durability::Group { .. }) => Some(GroupSync::start(journal.clone_file()?)?),
             _ => None,
         };
         let state = State {
@@ -1355,7 +1361,12 @@ impl<T: StorageValue> Inner<T> {
             if let Some(valid) = loaded.torn_at {
                 truncate_file(&self.paths.journal, valid)?;
             }
-            let journal = JournalWriter::open(&self.paths.journal, loaded.records)?;
+            let journal = JournalWriter::open(
+                &self.paths.journal,
+                loaded.records,
+                loaded.journal_len,
+                self.config.atomic,
+            )?;
             if let Some(group) = &self.group {
                 group.set_file(journal.clone_file()?);
             }

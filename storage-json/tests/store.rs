@@ -173,30 +173,133 @@ async fn other_encodings_are_invalid_config() -> TestResult {
     Ok(())
 }
 
-/// A journal line torn by a crash is dropped on open, and later writes append cleanly.
+/// Where the journal's records end: the journal is preallocated, so zeros follow.
+fn records_end(bytes: &[u8]) -> usize {
+    bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1)
+}
+
+/// A journal line torn by a crash is dropped on open, and later writes append
+/// cleanly: torn into the zero-filled space (what a crash leaves in a preallocated
+/// journal) or cut short (a journal that was not preallocated).
 #[tokio::test]
 async fn torn_last_journal_line_is_dropped() -> TestResult {
+    for zero_filled in [true, false] {
+        let (dir, path) = temp()?;
+        let store = open(&path).await?;
+        store.set("a", &json!(1)).await?;
+        store.set("b", &json!(2)).await?;
+        let crashed_dir = tempfile::tempdir()?;
+        let crashed = copy_as_crashed(&path, crashed_dir.path())?;
+        drop(store);
+        drop(dir);
+        // Tear the last record in half.
+        let journal = journal_of(&crashed);
+        let mut bytes = std::fs::read(&journal)?;
+        let end = records_end(&bytes);
+        assert!(bytes[end..].iter().all(|b| *b == 0), "zeros follow the records");
+        if zero_filled {
+            bytes[end - 10..end].fill(0);
+        } else {
+            bytes.truncate(end - 10);
+        }
+        std::fs::write(&journal, &bytes)?;
+
+        let store = open(&crashed).await?;
+        assert_eq!(store.get("a").await?, Some(json!(1)));
+        assert_eq!(store.get("b").await?, None);
+        store.set("c", &json!(3)).await?;
+        drop(store);
+        let store = open(&crashed).await?;
+        assert_eq!(store.keys().try_collect::<Vec<_>>().await?, ["a", "c"]);
+    }
+    Ok(())
+}
+
+/// The journal is preallocated in zero-filled chunks: its records end where the
+/// zeros start, reopening keeps that space (nothing to cut off), and appends
+/// continue in it.
+#[tokio::test]
+async fn zero_filled_journal_space_is_its_end_not_damage() -> TestResult {
     let (dir, path) = temp()?;
     let store = open(&path).await?;
     store.set("a", &json!(1)).await?;
-    store.set("b", &json!(2)).await?;
     let crashed_dir = tempfile::tempdir()?;
     let crashed = copy_as_crashed(&path, crashed_dir.path())?;
     drop(store);
     drop(dir);
-    // Tear the last record in half.
     let journal = journal_of(&crashed);
-    let bytes = std::fs::read(&journal)?;
-    let cut = bytes.len() - 10;
-    std::fs::write(&journal, &bytes[..cut])?;
+    let before = std::fs::read(&journal)?;
+    let end = records_end(&before);
+    assert!(before.len() >= 1 << 20, "a megabyte is preallocated");
+    assert!(before[end..].iter().all(|b| *b == 0));
 
     let store = open(&crashed).await?;
-    assert_eq!(store.get("a").await?, Some(json!(1)));
-    assert_eq!(store.get("b").await?, None);
-    store.set("c", &json!(3)).await?;
+    assert_eq!(std::fs::read(&journal)?, before, "open changed the journal");
+    store.set("b", &json!(2)).await?;
+    let after = std::fs::read(&journal)?;
+    assert_eq!(after.len(), before.len(), "the append used the preallocated space");
+    assert_eq!(&after[..end], &before[..end]);
+    let copy_dir = tempfile::tempdir()?;
+    let copy = copy_as_crashed(&crashed, copy_dir.path())?;
+    drop(store);
+    let store = open(&copy).await?;
+    assert_eq!(store.keys().try_collect::<Vec<_>>().await?, ["a", "b"]);
+    Ok(())
+}
+
+/// An operating-system crash between an append and its fsync can leave a later
+/// page of the journal on disk but not an earlier one: a record running into
+/// zeros up to a page boundary, then more records. Nothing from the torn record on
+/// was acknowledged (fsyncs come in append order), so it is dropped, not `Corrupted`.
+#[tokio::test]
+async fn records_after_a_page_that_never_reached_the_disk_are_dropped() -> TestResult {
+    let (dir, path) = temp()?;
+    let store = open(&path).await?;
+    store.set("a", &json!(1)).await?;
+    let long = "x".repeat(5000);
+    for key in ["b", "c", "d"] {
+        store.set(key, &json!(long)).await?;
+    }
+    let crashed_dir = tempfile::tempdir()?;
+    let crashed = copy_as_crashed(&path, crashed_dir.path())?;
+    drop(store);
+    drop(dir);
+    let journal = journal_of(&crashed);
+    let mut bytes = std::fs::read(&journal)?;
+    // "b"'s record spans the first page boundary: lose that page (4096..8192).
+    let first_end = bytes.iter().position(|b| *b == b'\n').ok_or("no line")? + 1;
+    assert!(first_end < 4096 && records_end(&bytes) > 8192);
+    bytes[4096..8192].fill(0);
+    std::fs::write(&journal, &bytes)?;
+
+    let store = open(&crashed).await?;
+    assert_eq!(store.keys().try_collect::<Vec<_>>().await?, ["a"]);
+    store.set("e", &json!(5)).await?;
     drop(store);
     let store = open(&crashed).await?;
-    assert_eq!(store.keys().try_collect::<Vec<_>>().await?, ["a", "c"]);
+    assert_eq!(store.keys().try_collect::<Vec<_>>().await?, ["a", "e"]);
+
+    // A single NUL byte in a middle record is not a missing page: still `Corrupted`.
+    let (dir, path) = temp()?;
+    let store = open(&path).await?;
+    for key in ["a", "b", "c"] {
+        store.set(key, &json!("value")).await?;
+    }
+    let crashed_dir = tempfile::tempdir()?;
+    let crashed = copy_as_crashed(&path, crashed_dir.path())?;
+    drop(store);
+    drop(dir);
+    let journal = journal_of(&crashed);
+    let mut bytes = std::fs::read(&journal)?;
+    let second_line = bytes.iter().position(|b| *b == b'\n').ok_or("no line")? + 1;
+    bytes[second_line + 3] = 0;
+    std::fs::write(&journal, &bytes)?;
+    let err = open(&crashed).await.expect_err("corrupt");
+    assert_eq!(err.code(), ErrorCode::Corrupted);
+    assert_eq!(
+        err.context_value("position"),
+        Some(second_line.to_string().as_str())
+    );
     Ok(())
 }
 
