@@ -167,11 +167,15 @@ struct Index {
     postings: Postings,
     /// Documents contributing at least one value.
     entries: u64,
+    /// Keys filed under more than one value (a btree index's array fields): the only
+    /// documents whose range clauses on one field may be met by different values.
+    multi: BTreeSet<String>,
     /// Shared by every copy-on-write clone, so snapshots count into the same stats.
     counters: Arc<Counters>,
 }
 
-/// What [`IndexSet::choose`] picked: an index and the top-level clause it answers.
+/// What [`IndexSet::choose`] picked: an index and the top-level clause (or, for a
+/// btree index, the range clauses on its field) it answers.
 ///
 /// Borrowing the set and the filter, it is meant to be used at once, under
 /// whatever lock guards the adapter's entries.
@@ -181,6 +185,116 @@ pub struct IndexChoice<'a> {
     field: &'a str,
     op: Operator,
     operand: &'a Document,
+    /// For a range: every range clause on the field, intersected.
+    range: Option<RangeProbe<'a>>,
+    estimate: usize,
+}
+
+/// One end of a range: the operand and whether it is included.
+type RangeEnd<'a> = Option<(&'a Document, bool)>;
+
+/// The intersection of the range clauses on one field.
+#[derive(Debug, Clone, Copy)]
+struct RangeProbe<'a> {
+    lower: RangeEnd<'a>,
+    upper: RangeEnd<'a>,
+    /// The operands lie in different type brackets: no single value meets them all.
+    disjoint: bool,
+}
+
+impl<'a> RangeProbe<'a> {
+    /// Intersects range clauses (`gt`, `gte`, `lt`, `lte` with their operands).
+    fn of(clauses: &[(Operator, &'a Document)]) -> Option<Self> {
+        let first = clauses.first()?.1;
+        let mut probe = Self {
+            lower: None,
+            upper: None,
+            disjoint: clauses
+                .iter()
+                .any(|(_, v)| type_bracket(v) != type_bracket(first)),
+        };
+        for &(op, value) in clauses {
+            let inclusive = matches!(op, Operator::Gte | Operator::Lte);
+            let (end, tighter) = match op {
+                Operator::Gt | Operator::Gte => (&mut probe.lower, Ordering::Greater),
+                Operator::Lt | Operator::Lte => (&mut probe.upper, Ordering::Less),
+                _ => continue,
+            };
+            *end = match *end {
+                Some((current, current_inclusive)) => {
+                    match compare_total(Some(value), Some(current)) {
+                        o if o == tighter => Some((value, inclusive)),
+                        Ordering::Equal => Some((value, inclusive && current_inclusive)),
+                        _ => Some((current, current_inclusive)),
+                    }
+                }
+                None => Some((value, inclusive)),
+            };
+        }
+        Some(probe)
+    }
+
+    /// The posting sets of the values inside the range, walked lazily from one end.
+    fn sets<'m>(
+        &self,
+        m: &'m BTreeMap<SortKey, BTreeSet<String>>,
+    ) -> Box<dyn Iterator<Item = &'m BTreeSet<String>> + 'm> {
+        if self.disjoint {
+            return Box::new(std::iter::empty());
+        }
+        let upper = self.upper.map(|(v, inclusive)| (SortKey(v.clone()), inclusive));
+        match self.lower {
+            Some((lower, inclusive)) => {
+                let bracket = type_bracket(lower);
+                let start = SortKey(lower.clone());
+                let start = if inclusive {
+                    Bound::Included(start)
+                } else {
+                    Bound::Excluded(start)
+                };
+                Box::new(
+                    m.range((start, Bound::Unbounded))
+                        .take_while(move |(k, _)| {
+                            type_bracket(&k.0) == bracket
+                                && upper.as_ref().is_none_or(|(u, inclusive)| match (*k).cmp(u) {
+                                    Ordering::Less => true,
+                                    Ordering::Equal => *inclusive,
+                                    Ordering::Greater => false,
+                                })
+                        })
+                        .map(|(_, keys)| keys),
+                )
+            }
+            None => {
+                let Some((end, inclusive)) = upper else {
+                    return Box::new(std::iter::empty());
+                };
+                let bracket = type_bracket(&end.0);
+                let end = if inclusive {
+                    Bound::Included(end)
+                } else {
+                    Bound::Excluded(end)
+                };
+                Box::new(
+                    m.range((Bound::Unbounded, end))
+                        .rev()
+                        .take_while(move |(k, _)| type_bracket(&k.0) == bracket)
+                        .map(|(_, keys)| keys),
+                )
+            }
+        }
+    }
+
+    fn describe(&self, field: &str) -> String {
+        let mut parts = Vec::new();
+        if let Some((v, inclusive)) = self.lower {
+            parts.push(format!("{field} {} {v}", if inclusive { ">=" } else { ">" }));
+        }
+        if let Some((v, inclusive)) = self.upper {
+            parts.push(format!("{field} {} {v}", if inclusive { "<=" } else { "<" }));
+        }
+        parts.join(" and ")
+    }
 }
 
 impl IndexChoice<'_> {
@@ -196,16 +310,35 @@ impl IndexChoice<'_> {
         self.field
     }
 
-    /// The operator of the clause the index answers.
+    /// The operator of the clause the index answers (for a range, of the first
+    /// range clause on the field; [`IndexChoice::describe`] names them all).
     #[must_use]
     pub fn op(&self) -> Operator {
         self.op
     }
 
-    /// The operand of the clause the index answers.
+    /// The operand of the clause the index answers (for a range, of the first
+    /// range clause on the field).
     #[must_use]
     pub fn operand(&self) -> &Document {
         self.operand
+    }
+
+    /// The clause or clauses the index answers, for a plan: `age >= 30 and age < 32`,
+    /// `city eq "Paris"`.
+    #[must_use]
+    pub fn describe(&self) -> String {
+        match &self.range {
+            Some(range) => range.describe(self.field),
+            None => format!("{} {} {}", self.field, self.op.as_str(), self.operand),
+        }
+    }
+
+    /// About how many candidates the index yields (exact for equality, `in` and
+    /// ranges up to the point where the planner stopped counting).
+    #[must_use]
+    pub fn estimate(&self) -> usize {
+        self.estimate
     }
 
     /// The keys that may match the clause: a superset of the matching entries'
@@ -214,7 +347,10 @@ impl IndexChoice<'_> {
     /// Counts a hit (some candidate) or a miss (none) in the index's stats.
     #[must_use]
     pub fn candidates(&self) -> BTreeSet<String> {
-        self.index.candidates(self.op, self.operand)
+        match &self.range {
+            Some(range) => self.index.range_candidates(range),
+            None => self.index.candidates(self.op, self.operand),
+        }
     }
 }
 
@@ -282,6 +418,9 @@ impl Index {
             return;
         }
         self.entries += 1;
+        if terms.len() > 1 && matches!(self.postings, Postings::Btree(_)) {
+            self.multi.insert(key.to_owned());
+        }
         for term in terms {
             let set = match (&mut self.postings, term) {
                 (Postings::Btree(m), Term::Value(v)) => m.entry(SortKey(v)).or_default(),
@@ -299,6 +438,9 @@ impl Index {
             return;
         }
         self.entries = self.entries.saturating_sub(1);
+        if terms.len() > 1 {
+            self.multi.remove(key);
+        }
         for term in terms {
             match (&mut self.postings, term) {
                 (Postings::Btree(m), Term::Value(v)) => {
@@ -334,6 +476,7 @@ impl Index {
 
     fn clear(&mut self) {
         self.entries = 0;
+        self.multi.clear();
         match &mut self.postings {
             Postings::Btree(m) => m.clear(),
             Postings::Hash(m) | Postings::Fulltext(m) => m.clear(),
@@ -385,38 +528,8 @@ impl Index {
                 }
             }
             Operator::Gt | Operator::Gte | Operator::Lt | Operator::Lte => {
-                if let Postings::Btree(m) = &self.postings {
-                    let bracket = type_bracket(operand);
-                    let pivot = SortKey(operand.clone());
-                    let same =
-                        |(k, _): &(&SortKey, &BTreeSet<String>)| type_bracket(&k.0) == bracket;
-                    let sets: Vec<&BTreeSet<String>> = match op {
-                        Operator::Gt => m
-                            .range((Bound::Excluded(pivot), Bound::Unbounded))
-                            .take_while(same)
-                            .map(|(_, s)| s)
-                            .collect(),
-                        Operator::Gte => m
-                            .range((Bound::Included(pivot), Bound::Unbounded))
-                            .take_while(same)
-                            .map(|(_, s)| s)
-                            .collect(),
-                        Operator::Lt => m
-                            .range((Bound::Unbounded, Bound::Excluded(pivot)))
-                            .rev()
-                            .take_while(same)
-                            .map(|(_, s)| s)
-                            .collect(),
-                        _ => m
-                            .range((Bound::Unbounded, Bound::Included(pivot)))
-                            .rev()
-                            .take_while(same)
-                            .map(|(_, s)| s)
-                            .collect(),
-                    };
-                    for set in sets {
-                        out.extend(set.iter().cloned());
-                    }
+                if let Some(range) = RangeProbe::of(&[(op, operand)]) {
+                    return self.range_candidates(&range);
                 }
             }
             Operator::Text => {
@@ -438,13 +551,69 @@ impl Index {
             }
             _ => {}
         }
-        let counter = if out.is_empty() {
+        self.count_lookup(out.is_empty());
+        out
+    }
+
+    /// The candidate keys for a range: the keys filed under a value inside it, and
+    /// every key filed under several values (whose range clauses another value may
+    /// meet). Records a hit or a miss.
+    fn range_candidates(&self, range: &RangeProbe<'_>) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        if let Postings::Btree(m) = &self.postings {
+            for keys in range.sets(m) {
+                out.extend(keys.iter().cloned());
+            }
+            out.extend(self.multi.iter().cloned());
+        }
+        self.count_lookup(out.is_empty());
+        out
+    }
+
+    fn count_lookup(&self, miss: bool) {
+        let counter = if miss {
             &self.counters.misses
         } else {
             &self.counters.hits
         };
         counter.fetch_add(1, AtomicOrdering::Relaxed);
-        out
+    }
+
+    /// How many candidates `op operand` yields (for `text`, at most).
+    fn estimate_clause(&self, op: Operator, operand: &Document) -> usize {
+        match op {
+            Operator::Eq => self.exact(operand).map_or(0, BTreeSet::len),
+            Operator::In => operand
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|v| self.exact(v).map_or(0, BTreeSet::len))
+                .sum(),
+            Operator::Text => match (&self.postings, operand.as_str()) {
+                (Postings::Fulltext(m), Some(text)) => words(text)
+                    .iter()
+                    .map(|w| m.get(w).map_or(0, BTreeSet::len))
+                    .min()
+                    .unwrap_or(0),
+                _ => usize::MAX,
+            },
+            _ => usize::MAX,
+        }
+    }
+
+    /// How many candidates a range yields, counted until it exceeds `cap`.
+    fn count_range(&self, range: &RangeProbe<'_>, cap: usize) -> usize {
+        let Postings::Btree(m) = &self.postings else {
+            return usize::MAX;
+        };
+        let mut count = self.multi.len();
+        for keys in range.sets(m) {
+            if count > cap {
+                break;
+            }
+            count += keys.len();
+        }
+        count
     }
 
     fn info(&self) -> IndexInfo {
@@ -639,36 +808,93 @@ impl IndexSet {
         Ok(())
     }
 
-    /// The first index answering a clause of the filter's top level (the filter
-    /// itself, or a child of a top-level `and`); `None` means a full scan.
+    /// The most selective index for the filter's top level (the filter itself, or
+    /// the children of a top-level `and`); `None` means a full scan.
     ///
-    /// Only clauses an index answers exactly as a superset are chosen: `eq`
-    /// and `in` without `null` (which also matches missing fields), ranges on
-    /// a btree index (never crossing type brackets), `text` on a fulltext index.
+    /// Only clauses an index answers exactly as a superset are considered: `eq`
+    /// and `in` without `null` (which also matches missing fields), `text` on a
+    /// fulltext index, and ranges on a btree index, where every range clause on
+    /// the field is answered at once as one range (`gte a and lt b` walks the
+    /// values from `a` to `b` only, never crossing type brackets). Each
+    /// candidate plan is costed by the keys it would yield (posting sizes for
+    /// equality, counted lazily for ranges, stopping once a plan costs more than
+    /// the best so far), and the cheapest wins; ties go to the earlier clause.
+    /// The evaluator still checks every clause on the candidates.
     #[must_use]
     pub fn choose<'a>(&'a self, filter: Option<&'a Filter>) -> Option<IndexChoice<'a>> {
-        let clauses: Vec<&Filter> = match filter? {
-            Filter::And(children) => children.iter().collect(),
+        if self.indexes.is_empty() {
+            return None;
+        }
+        let clauses: Vec<(&str, Operator, &Document)> = match filter? {
+            Filter::And(children) => children.iter().collect::<Vec<_>>(),
             other => vec![other],
+        }
+        .into_iter()
+        .filter_map(|clause| match clause {
+            Filter::Condition { field, op, value } => Some((field.as_str(), *op, value)),
+            _ => None,
+        })
+        .collect();
+        let is_range = |op: Operator| {
+            matches!(
+                op,
+                Operator::Gt | Operator::Gte | Operator::Lt | Operator::Lte
+            )
         };
-        for clause in clauses {
-            let Filter::Condition { field, op, value } = clause else {
-                continue;
-            };
-            if let Some(index) = self
-                .indexes
-                .iter()
-                .find(|i| i.path.as_str() == field && i.answers(*op, value))
-            {
-                return Some(IndexChoice {
+        let mut best: Option<IndexChoice<'a>> = None;
+        let mut ranged: Vec<&str> = Vec::new();
+        for &(field, op, operand) in &clauses {
+            let cap = best.map_or(usize::MAX, |b| b.estimate);
+            let choice = if is_range(op) {
+                if ranged.contains(&field) {
+                    continue;
+                }
+                ranged.push(field);
+                let Some(index) = self
+                    .indexes
+                    .iter()
+                    .find(|i| i.path.as_str() == field && i.answers(op, operand))
+                else {
+                    continue;
+                };
+                let on_field: Vec<(Operator, &Document)> = clauses
+                    .iter()
+                    .filter(|(f, o, v)| *f == field && is_range(*o) && index.answers(*o, v))
+                    .map(|(_, o, v)| (*o, *v))
+                    .collect();
+                let Some(range) = RangeProbe::of(&on_field) else {
+                    continue;
+                };
+                IndexChoice {
                     index,
                     field,
-                    op: *op,
-                    operand: value,
-                });
+                    op,
+                    operand,
+                    estimate: index.count_range(&range, cap),
+                    range: Some(range),
+                }
+            } else {
+                let Some(index) = self
+                    .indexes
+                    .iter()
+                    .find(|i| i.path.as_str() == field && i.answers(op, operand))
+                else {
+                    continue;
+                };
+                IndexChoice {
+                    index,
+                    field,
+                    op,
+                    operand,
+                    estimate: index.estimate_clause(op, operand),
+                    range: None,
+                }
+            };
+            if best.is_none_or(|b| choice.estimate < b.estimate) {
+                best = Some(choice);
             }
         }
-        None
+        best
     }
 
     /// The entries a query with `filter` must hand to the evaluator: those of
@@ -753,6 +979,7 @@ fn empty(definition: IndexDefinition) -> Result<Index> {
         path,
         postings,
         entries: 0,
+        multi: BTreeSet::new(),
         counters: Arc::new(Counters::default()),
     })
 }
@@ -802,6 +1029,89 @@ mod tests {
         )?;
         assert_eq!(candidates(&set, &field("n").gt(3))?, ["b", "d"]);
         assert_eq!(candidates(&set, &field("n").lte(2))?, ["a", "d"]);
+        Ok(())
+    }
+
+    #[test]
+    fn range_clauses_on_one_field_are_answered_as_one_range() -> Result<()> {
+        let mut data: Vec<(String, Document)> = (0..10)
+            .map(|i| (format!("k{i}"), json!({"n": i})))
+            .collect();
+        // An array field may meet `gte 5` and `lt 3` with different elements.
+        data.push(("multi".to_owned(), json!({"n": [1, 10]})));
+        data.push(("text".to_owned(), json!({"n": "4"})));
+        let mut set = IndexSet::new();
+        set.create(
+            IndexDefinition::new("n", "n", IndexKind::Btree),
+            data.iter().map(|(k, v)| (k.as_str(), v)),
+        )?;
+        let both = |a: Filter, b: Filter| crate::query::and(vec![a, b]);
+        let window = both(field("n").gte(3), field("n").lt(6));
+        let choice = set.choose(Some(&window)).ok_or_else(|| StorageError::unsupported("no index chosen"))?;
+        assert_eq!(choice.describe(), "n >= 3 and n < 6");
+        assert_eq!(choice.estimate(), 4);
+        assert_eq!(candidates(&set, &window)?, ["k3", "k4", "k5", "multi"]);
+        // The tighter bound of each side wins; an exclusive bound beats an equal inclusive one.
+        let tight = crate::query::and(vec![
+            field("n").gt(1),
+            field("n").gte(4),
+            field("n").lte(8),
+            field("n").lt(8),
+        ]);
+        assert_eq!(
+            set.choose(Some(&tight)).ok_or_else(|| StorageError::unsupported("no index chosen"))?.describe(),
+            "n >= 4 and n < 8"
+        );
+        assert_eq!(candidates(&set, &tight)?, ["k4", "k5", "k6", "k7", "multi"]);
+        // An empty or inverted range, or bounds in two type brackets: only multi-valued keys.
+        assert_eq!(
+            candidates(&set, &both(field("n").gte(5), field("n").lt(3)))?,
+            ["multi"]
+        );
+        assert_eq!(
+            candidates(&set, &both(field("n").gte(5), field("n").lt("9")))?,
+            ["multi"]
+        );
+        // Every candidate set is a superset of what the evaluator matches.
+        for filter in [window, tight, both(field("n").gte(5), field("n").lt(3))] {
+            let q = crate::query::CompiledQuery::compile(&crate::Query::filter(filter.clone()))?;
+            let matched: Vec<String> = q
+                .run(data.iter().map(|(k, v)| (k.as_str(), v)))
+                .into_iter()
+                .map(|m| m.key)
+                .collect();
+            let got = candidates(&set, &filter)?;
+            assert!(matched.iter().all(|k| got.contains(k)), "{matched:?} ⊄ {got:?}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn the_most_selective_index_is_chosen() -> Result<()> {
+        let data: Vec<(String, Document)> = (0..100)
+            .map(|i| (format!("k{i:03}"), json!({"kind": i % 2, "id": i})))
+            .collect();
+        let mut set = IndexSet::new();
+        for (name, path) in [("by_kind", "kind"), ("by_id", "id")] {
+            set.create(
+                IndexDefinition::new(name, path, IndexKind::Btree),
+                data.iter().map(|(k, v)| (k.as_str(), v)),
+            )?;
+        }
+        let pick = |filter: &Filter| -> Result<String> {
+            Ok(set.choose(Some(filter)).ok_or_else(|| StorageError::unsupported("no index chosen"))?.index_name().to_owned())
+        };
+        let q = crate::query::and(vec![field("kind").eq(1), field("id").gte(90)]);
+        assert_eq!(pick(&q)?, "by_id");
+        let q = crate::query::and(vec![field("kind").eq(1), field("id").gte(10)]);
+        assert_eq!(pick(&q)?, "by_kind");
+        let q = crate::query::and(vec![
+            field("id").gte(10),
+            field("kind").eq(0),
+            field("id").lt(12),
+        ]);
+        assert_eq!(pick(&q)?, "by_id");
+        assert_eq!(candidates(&set, &q)?, ["k010", "k011"]);
         Ok(())
     }
 

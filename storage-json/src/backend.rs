@@ -1710,10 +1710,9 @@ impl<T: StorageValue> IndexedStorage<T> for JsonStorage<T> {
     async fn explain(&self, query: &Query) -> Result<ExecutionPlan> {
         CompiledQuery::compile(query).map_err(|e| e.with_operation("explain"))?;
         let choice = self.inner.with_state(|st| {
-            st.indexes.choose(query.filter.as_ref()).map(|c| {
-                let clause = format!("{} {} {}", c.field(), c.op(), c.operand());
-                (c.index_name().to_owned(), clause)
-            })
+            st.indexes
+                .choose(query.filter.as_ref())
+                .map(|c| (c.index_name().to_owned(), c.describe()))
         })?;
         let mut plan = ExecutionPlan::default();
         if let Some((index, clause)) = choice {
