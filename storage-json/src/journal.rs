@@ -22,7 +22,7 @@ use std::thread::JoinHandle;
 use futures::channel::oneshot;
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
-use storage_core::Document;
+use storage_core::{Document, IndexDefinition};
 
 use crate::error::JsonError;
 
@@ -65,12 +65,34 @@ impl Paths {
     }
 }
 
-/// A write set ready to be made durable: an optional clear, then the final
-/// value (or deletion) of every key the commit touched.
+/// A write set ready to be made durable: index definitions created or dropped
+/// (a record of their own), an optional clear, then the final value (or
+/// deletion) of every key the commit touched.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Commit {
+    pub(crate) index_ops: Vec<IndexOp>,
     pub(crate) cleared: bool,
     pub(crate) writes: BTreeMap<String, Option<Arc<Document>>>,
+}
+
+/// A change to the set of index definitions, journaled like a write.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum IndexOp {
+    Create(IndexDefinition),
+    Drop(String),
+}
+
+/// Applies index operations to a list of definitions, in order.
+pub(crate) fn apply_index_ops(definitions: &mut Vec<IndexDefinition>, ops: Vec<IndexOp>) {
+    for op in ops {
+        match op {
+            IndexOp::Create(definition) => {
+                definitions.retain(|d| d.name != definition.name);
+                definitions.push(definition);
+            }
+            IndexOp::Drop(name) => definitions.retain(|d| d.name != name),
+        }
+    }
 }
 
 /// One replayed journal record.
@@ -92,7 +114,27 @@ pub(crate) fn encode_record(seq: u64, commit: &Commit) -> Result<Vec<u8>, serde_
     buf.extend_from_slice(seq.to_string().as_bytes());
     buf.extend_from_slice(b",\"ops\":[");
     let mut first = true;
+    for op in &commit.index_ops {
+        if !first {
+            buf.push(b',');
+        }
+        first = false;
+        match op {
+            IndexOp::Create(definition) => {
+                buf.extend_from_slice(b"{\"op\":\"create_index\",\"index\":");
+                serde_json::to_writer(&mut buf, definition)?;
+            }
+            IndexOp::Drop(name) => {
+                buf.extend_from_slice(b"{\"op\":\"drop_index\",\"name\":");
+                serde_json::to_writer(&mut buf, name)?;
+            }
+        }
+        buf.push(b'}');
+    }
     if commit.cleared {
+        if !first {
+            buf.push(b',');
+        }
         buf.extend_from_slice(b"{\"op\":\"clear\"}");
         first = false;
     }
@@ -133,6 +175,8 @@ enum RawOp {
     Set { key: String, value: Document },
     Delete { key: String },
     Clear,
+    CreateIndex { index: IndexDefinition },
+    DropIndex { name: String },
 }
 
 /// Why a journal line is not a record.
@@ -182,6 +226,8 @@ fn decode_line(line: &[u8]) -> Result<Record, LineError> {
                 commit.cleared = true;
                 commit.writes.clear();
             }
+            RawOp::CreateIndex { index } => commit.index_ops.push(IndexOp::Create(index)),
+            RawOp::DropIndex { name } => commit.index_ops.push(IndexOp::Drop(name)),
         }
     }
     Ok(Record {
@@ -321,6 +367,7 @@ pub(crate) fn read_journal(path: &Path) -> Result<Replay, JsonError> {
 /// The main file as loaded.
 #[derive(Debug, Default)]
 pub(crate) struct MainFile {
+    pub(crate) indexes: Vec<IndexDefinition>,
     pub(crate) entries: BTreeMap<String, Arc<Document>>,
     pub(crate) seq: u64,
     pub(crate) len: u64,
@@ -332,6 +379,8 @@ struct RawMain {
     format: String,
     #[serde(default)]
     seq: u64,
+    #[serde(default)]
+    indexes: Vec<IndexDefinition>,
     entries: BTreeMap<String, Document>,
 }
 
@@ -397,6 +446,7 @@ pub(crate) fn read_main(path: &Path) -> Result<Option<MainFile>, JsonError> {
         entries.insert(key, Arc::new(value));
     }
     Ok(Some(MainFile {
+        indexes: raw.indexes,
         entries,
         seq: raw.seq,
         len: to_u64(data.len()),
@@ -449,9 +499,11 @@ impl Serialize for EntriesRef<'_> {
 }
 
 #[derive(Serialize)]
-struct MainRef<E> {
+struct MainRef<'a, E> {
     format: &'static str,
     seq: u64,
+    #[serde(skip_serializing_if = "<[IndexDefinition]>::is_empty")]
+    indexes: &'a [IndexDefinition],
     entries: E,
 }
 
@@ -463,10 +515,11 @@ struct MainRef<E> {
 pub(crate) fn write_main(
     paths: &Paths,
     entries: &BTreeMap<String, Arc<Document>>,
+    indexes: &[IndexDefinition],
     seq: u64,
     pretty: bool,
 ) -> Result<u64, JsonError> {
-    write_main_from(paths, EntriesRef(entries), seq, pretty)
+    write_main_from(paths, EntriesRef(entries), indexes, seq, pretty)
 }
 
 /// [`write_main`] with the entries produced by any serializable map, such as one
@@ -474,6 +527,7 @@ pub(crate) fn write_main(
 pub(crate) fn write_main_from(
     paths: &Paths,
     entries: impl Serialize,
+    indexes: &[IndexDefinition],
     seq: u64,
     pretty: bool,
 ) -> Result<u64, JsonError> {
@@ -482,6 +536,7 @@ pub(crate) fn write_main_from(
     let doc = MainRef {
         format: FORMAT,
         seq,
+        indexes,
         entries,
     };
     let written = if pretty {
@@ -901,6 +956,7 @@ mod tests {
 
     fn commit(pairs: &[(&str, Option<Document>)]) -> Commit {
         Commit {
+            index_ops: Vec::new(),
             cleared: false,
             writes: pairs
                 .iter()

@@ -632,6 +632,98 @@ async fn indexed_queries_match_the_reference_evaluator() -> TestResult {
     Ok(())
 }
 
+/// Index definitions are persisted: journaled when created or dropped (so a crash
+/// keeps them), listed in the main file after compaction, and rebuilt on open.
+#[tokio::test]
+async fn index_definitions_survive_reopening_and_crashes() -> TestResult {
+    let (_dir, path) = temp()?;
+    let email = IndexDefinition::new("email", "email", IndexKind::Hash).unique();
+    let age = IndexDefinition::new("age", "age", IndexKind::Btree);
+    let store = open(&path).await?;
+    store
+        .set("a", &json!({"email": "a@x", "age": 31}))
+        .await?;
+    store.create_index(email.clone()).await?;
+    store.create_index(age.clone()).await?;
+    store.create_index(IndexDefinition::new("tmp", "x", IndexKind::Hash)).await?;
+    assert!(store.drop_index("tmp").await?);
+    store
+        .set("b", &json!({"email": "b@x", "age": 27}))
+        .await?;
+
+    // Killed now: the journal alone carries the definitions.
+    let crashed_dir = tempfile::tempdir()?;
+    let crashed = copy_as_crashed(&path, crashed_dir.path())?;
+    let names = |infos: Vec<storage_core::IndexInfo>| -> Vec<_> {
+        infos.into_iter().map(|i| i.definition).collect()
+    };
+    {
+        let reopened = open(&crashed).await?;
+        assert_eq!(names(reopened.list_indexes().await?), [email.clone(), age.clone()]);
+        let stats = reopened.list_indexes().await?;
+        assert_eq!(stats[0].stats.entries, 2, "rebuilt over every entry");
+        let err = reopened
+            .set("c", &json!({"email": "a@x"}))
+            .await
+            .expect_err("unique after reopening");
+        assert_eq!(err.code(), ErrorCode::DuplicateKey);
+        let plan = reopened
+            .explain(&Query::filter(storage_core::query::and(vec![
+                field("age").gte(30),
+                field("age").lt(40),
+            ])))
+            .await?;
+        assert_eq!(plan.index.as_deref(), Some("age"));
+    }
+
+    // Closed: the main file lists them, readable by a person.
+    store.close().await?;
+    let text = std::fs::read_to_string(&path)?;
+    let doc: Value = serde_json::from_str(&text)?;
+    assert_eq!(
+        doc["indexes"],
+        json!([
+            {"name": "email", "fields": [{"path": "email", "kind": "hash", "direction": "asc"}], "unique": true, "sparse": false},
+            {"name": "age", "fields": [{"path": "age", "kind": "btree", "direction": "asc"}], "unique": false, "sparse": false}
+        ])
+    );
+    let reopened = open(&path).await?;
+    assert_eq!(names(reopened.list_indexes().await?), [email, age]);
+    assert!(reopened.drop_index("age").await?);
+    reopened.close().await?;
+    let reopened = open(&path).await?;
+    assert_eq!(reopened.list_indexes().await?.len(), 1);
+    reopened.close().await?;
+    // A store without indexes writes no `indexes` member.
+    let (_dir, plain) = temp()?;
+    let store = open(&plain).await?;
+    store.set("a", &json!(1)).await?;
+    store.close().await?;
+    assert!(!std::fs::read_to_string(&plain)?.contains("indexes"));
+    Ok(())
+}
+
+/// A main file edited by hand so that it breaks one of its unique indexes does not
+/// open (`DuplicateKey` naming the index and the file), and is left untouched.
+#[tokio::test]
+async fn a_hand_edit_breaking_a_persisted_unique_index_fails_the_open() -> TestResult {
+    let (_dir, path) = temp()?;
+    let store = open(&path).await?;
+    store
+        .create_index(IndexDefinition::new("email", "email", IndexKind::Hash).unique())
+        .await?;
+    store.set("a", &json!({"email": "a@x"})).await?;
+    store.set("b", &json!({"email": "b@x"})).await?;
+    store.close().await?;
+    let edited = std::fs::read_to_string(&path)?.replace("b@x", "a@x");
+    std::fs::write(&path, &edited)?;
+    let err = open(&path).await.expect_err("duplicate");
+    assert_eq!(err.code(), ErrorCode::DuplicateKey);
+    assert_eq!(err.context_value("index"), Some("email"));
+    assert_eq!(std::fs::read_to_string(&path)?, edited);
+    Ok(())
+}
+
 /// A unique index rejects a conflicting write or batch and leaves nothing changed.
 #[tokio::test]
 async fn unique_index_rejects_conflicts() -> TestResult {
