@@ -242,56 +242,62 @@ impl<'a> RangeProbe<'a> {
         if self.disjoint {
             return Box::new(std::iter::empty());
         }
-        let upper = self.upper.map(|(v, inclusive)| (SortKey(v.clone()), inclusive));
-        match self.lower {
-            Some((lower, inclusive)) => {
-                let bracket = type_bracket(lower);
-                let start = SortKey(lower.clone());
-                let start = if inclusive {
-                    Bound::Included(start)
-                } else {
-                    Bound::Excluded(start)
-                };
-                Box::new(
-                    m.range((start, Bound::Unbounded))
-                        .take_while(move |(k, _)| {
-                            type_bracket(&k.0) == bracket
-                                && upper.as_ref().is_none_or(|(u, inclusive)| match (*k).cmp(u) {
-                                    Ordering::Less => true,
-                                    Ordering::Equal => *inclusive,
-                                    Ordering::Greater => false,
-                                })
-                        })
-                        .map(|(_, keys)| keys),
-                )
-            }
-            None => {
-                let Some((end, inclusive)) = upper else {
-                    return Box::new(std::iter::empty());
-                };
-                let bracket = type_bracket(&end.0);
-                let end = if inclusive {
-                    Bound::Included(end)
-                } else {
-                    Bound::Excluded(end)
-                };
-                Box::new(
-                    m.range((Bound::Unbounded, end))
-                        .rev()
-                        .take_while(move |(k, _)| type_bracket(&k.0) == bracket)
-                        .map(|(_, keys)| keys),
-                )
-            }
-        }
+        let upper = self
+            .upper
+            .map(|(v, inclusive)| (SortKey(v.clone()), inclusive));
+        let Some((lower, inclusive)) = self.lower else {
+            let Some((end, inclusive)) = upper else {
+                return Box::new(std::iter::empty());
+            };
+            let bracket = type_bracket(&end.0);
+            let end = if inclusive {
+                Bound::Included(end)
+            } else {
+                Bound::Excluded(end)
+            };
+            return Box::new(
+                m.range((Bound::Unbounded, end))
+                    .rev()
+                    .take_while(move |(k, _)| type_bracket(&k.0) == bracket)
+                    .map(|(_, keys)| keys),
+            );
+        };
+        let bracket = type_bracket(lower);
+        let start = SortKey(lower.clone());
+        let start = if inclusive {
+            Bound::Included(start)
+        } else {
+            Bound::Excluded(start)
+        };
+        Box::new(
+            m.range((start, Bound::Unbounded))
+                .take_while(move |(k, _)| {
+                    type_bracket(&k.0) == bracket
+                        && upper
+                            .as_ref()
+                            .is_none_or(|(u, inclusive)| match (*k).cmp(u) {
+                                Ordering::Less => true,
+                                Ordering::Equal => *inclusive,
+                                Ordering::Greater => false,
+                            })
+                })
+                .map(|(_, keys)| keys),
+        )
     }
 
     fn describe(&self, field: &str) -> String {
         let mut parts = Vec::new();
         if let Some((v, inclusive)) = self.lower {
-            parts.push(format!("{field} {} {v}", if inclusive { ">=" } else { ">" }));
+            parts.push(format!(
+                "{field} {} {v}",
+                if inclusive { ">=" } else { ">" }
+            ));
         }
         if let Some((v, inclusive)) = self.upper {
-            parts.push(format!("{field} {} {v}", if inclusive { "<=" } else { "<" }));
+            parts.push(format!(
+                "{field} {} {v}",
+                if inclusive { "<=" } else { "<" }
+            ));
         }
         parts.join(" and ")
     }
@@ -1047,7 +1053,9 @@ mod tests {
         )?;
         let both = |a: Filter, b: Filter| crate::query::and(vec![a, b]);
         let window = both(field("n").gte(3), field("n").lt(6));
-        let choice = set.choose(Some(&window)).ok_or_else(|| StorageError::unsupported("no index chosen"))?;
+        let choice = set
+            .choose(Some(&window))
+            .ok_or_else(|| StorageError::unsupported("no index chosen"))?;
         assert_eq!(choice.describe(), "n >= 3 and n < 6");
         assert_eq!(choice.estimate(), 4);
         assert_eq!(candidates(&set, &window)?, ["k3", "k4", "k5", "multi"]);
@@ -1059,7 +1067,9 @@ mod tests {
             field("n").lt(8),
         ]);
         assert_eq!(
-            set.choose(Some(&tight)).ok_or_else(|| StorageError::unsupported("no index chosen"))?.describe(),
+            set.choose(Some(&tight))
+                .ok_or_else(|| StorageError::unsupported("no index chosen"))?
+                .describe(),
             "n >= 4 and n < 8"
         );
         assert_eq!(candidates(&set, &tight)?, ["k4", "k5", "k6", "k7", "multi"]);
@@ -1081,7 +1091,10 @@ mod tests {
                 .map(|m| m.key)
                 .collect();
             let got = candidates(&set, &filter)?;
-            assert!(matched.iter().all(|k| got.contains(k)), "{matched:?} ⊄ {got:?}");
+            assert!(
+                matched.iter().all(|k| got.contains(k)),
+                "{matched:?} ⊄ {got:?}"
+            );
         }
         Ok(())
     }
@@ -1099,7 +1112,11 @@ mod tests {
             )?;
         }
         let pick = |filter: &Filter| -> Result<String> {
-            Ok(set.choose(Some(filter)).ok_or_else(|| StorageError::unsupported("no index chosen"))?.index_name().to_owned())
+            Ok(set
+                .choose(Some(filter))
+                .ok_or_else(|| StorageError::unsupported("no index chosen"))?
+                .index_name()
+                .to_owned())
         };
         let q = crate::query::and(vec![field("kind").eq(1), field("id").gte(90)]);
         assert_eq!(pick(&q)?, "by_id");

@@ -479,10 +479,7 @@ fn build_indexes(
     let mut set = IndexSet::new();
     for definition in definitions {
         set.create(definition.clone(), entries.iter().map(pair))
-            .map_err(|e| {
-                e.with_backend(BACKEND)
-                    .with_context("file", file.display())
-            })?;
+            .map_err(|e| e.with_backend(BACKEND).with_context("file", file.display()))?;
     }
     Ok(set)
 }
@@ -561,20 +558,15 @@ impl Drop for CompactionGuard<'_> {
 }
 
 fn compact_in_background(
-    job: Snapshot,
+    job: &Snapshot,
     state: &RwLock<State>,
     paths: &Paths,
     pretty: bool,
     group: Option<&GroupSync>,
 ) {
     let mut guard = CompactionGuard { state, armed: true };
-    let written = journal::write_main_from(
-        paths,
-        LiveEntries { state },
-        &job.indexes,
-        job.seq,
-        pretty,
-    );
+    let written =
+        journal::write_main_from(paths, LiveEntries { state }, &job.indexes, job.seq, pretty);
     // Copy (and fsync) the journal's newer records that exist by now without the lock;
     // under it only what was appended in the meantime is left to copy.
     let prepared = written.and_then(|len| {
@@ -638,8 +630,11 @@ impl TailCopy {
     /// records end there; zero-filled space follows).
     fn copy_more(&mut self, end: u64) -> Result<(), JsonError> {
         let want = end.saturating_sub(self.offset + self.copied);
-        let copied = io::copy(&mut io::Read::take(&mut self.source, want), &mut self.target)
-            .map_err(|e| JsonError::io("copy the journal into", &self.path, e))?;
+        let copied = io::copy(
+            &mut io::Read::take(&mut self.source, want),
+            &mut self.target,
+        )
+        .map_err(|e| JsonError::io("copy the journal into", &self.path, e))?;
         self.copied += copied;
         self.pending_sync |= copied > 0;
         Ok(())
@@ -1143,7 +1138,7 @@ impl<T> Inner<T> {
         let group = self.group.clone();
         let spawned = std::thread::Builder::new()
             .name("storage-json-compact".to_owned())
-            .spawn(move || compact_in_background(job, &state, &paths, pretty, group.as_deref()));
+            .spawn(move || compact_in_background(&job, &state, &paths, pretty, group.as_deref()));
         match spawned {
             Ok(handle) => {
                 st.compacting = true;
@@ -1804,7 +1799,8 @@ impl<T: StorageValue> IndexedStorage<T> for JsonStorage<T> {
             }
             Ok(())
         };
-        run.await.map_err(|e: StorageError| e.with_operation("create_index"))
+        run.await
+            .map_err(|e: StorageError| e.with_operation("create_index"))
     }
 
     async fn drop_index(&self, name: &str) -> Result<bool> {
@@ -1833,7 +1829,8 @@ impl<T: StorageValue> IndexedStorage<T> for JsonStorage<T> {
             }
             Ok(true)
         };
-        run.await.map_err(|e: StorageError| e.with_operation("drop_index"))
+        run.await
+            .map_err(|e: StorageError| e.with_operation("drop_index"))
     }
 
     async fn list_indexes(&self) -> Result<Vec<IndexInfo>> {

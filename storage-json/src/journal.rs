@@ -303,7 +303,7 @@ pub(crate) fn read_journal(path: &Path) -> Result<Replay, JsonError> {
         };
         if let Some(z) = line.iter().position(|b| *b == 0) {
             let run_end = zero_run_end(&data, pos + z);
-            if run_end == data.len() || run_end % SECTOR == 0 {
+            if run_end == data.len() || run_end.is_multiple_of(SECTOR) {
                 let clean = z == 0 && run_end == data.len() && first_bad.is_none();
                 if !clean && run_end < data.len() {
                     tracing::warn!(

@@ -196,7 +196,10 @@ async fn torn_last_journal_line_is_dropped() -> TestResult {
         let journal = journal_of(&crashed);
         let mut bytes = std::fs::read(&journal)?;
         let end = records_end(&bytes);
-        assert!(bytes[end..].iter().all(|b| *b == 0), "zeros follow the records");
+        assert!(
+            bytes[end..].iter().all(|b| *b == 0),
+            "zeros follow the records"
+        );
         if zero_filled {
             bytes[end - 10..end].fill(0);
         } else {
@@ -237,7 +240,11 @@ async fn zero_filled_journal_space_is_its_end_not_damage() -> TestResult {
     assert_eq!(std::fs::read(&journal)?, before, "open changed the journal");
     store.set("b", &json!(2)).await?;
     let after = std::fs::read(&journal)?;
-    assert_eq!(after.len(), before.len(), "the append used the preallocated space");
+    assert_eq!(
+        after.len(),
+        before.len(),
+        "the append used the preallocated space"
+    );
     assert_eq!(&after[..end], &before[..end]);
     let copy_dir = tempfile::tempdir()?;
     let copy = copy_as_crashed(&crashed, copy_dir.path())?;
@@ -640,16 +647,14 @@ async fn index_definitions_survive_reopening_and_crashes() -> TestResult {
     let email = IndexDefinition::new("email", "email", IndexKind::Hash).unique();
     let age = IndexDefinition::new("age", "age", IndexKind::Btree);
     let store = open(&path).await?;
-    store
-        .set("a", &json!({"email": "a@x", "age": 31}))
-        .await?;
+    store.set("a", &json!({"email": "a@x", "age": 31})).await?;
     store.create_index(email.clone()).await?;
     store.create_index(age.clone()).await?;
-    store.create_index(IndexDefinition::new("tmp", "x", IndexKind::Hash)).await?;
-    assert!(store.drop_index("tmp").await?);
     store
-        .set("b", &json!({"email": "b@x", "age": 27}))
+        .create_index(IndexDefinition::new("tmp", "x", IndexKind::Hash))
         .await?;
+    assert!(store.drop_index("tmp").await?);
+    store.set("b", &json!({"email": "b@x", "age": 27})).await?;
 
     // Killed now: the journal alone carries the definitions.
     let crashed_dir = tempfile::tempdir()?;
@@ -659,7 +664,10 @@ async fn index_definitions_survive_reopening_and_crashes() -> TestResult {
     };
     {
         let reopened = open(&crashed).await?;
-        assert_eq!(names(reopened.list_indexes().await?), [email.clone(), age.clone()]);
+        assert_eq!(
+            names(reopened.list_indexes().await?),
+            [email.clone(), age.clone()]
+        );
         let stats = reopened.list_indexes().await?;
         assert_eq!(stats[0].stats.entries, 2, "rebuilt over every entry");
         let err = reopened
