@@ -866,7 +866,17 @@ impl<T: StorageValue> JsonStorage<T> {
             config.atomic,
         )?;
         let group = match (config.atomic, config.durability) {
-            (true, Durability::Group { .. }) => Some(GroupSync::start(journal.clone_file()?)?),
+            (
+                true,
+                Durability::Group {
+                    max_writes,
+                    max_delay_ms,
+                },
+            ) => Some(GroupSync::start(
+                journal.clone_file()?,
+                usize::try_from(max_writes).unwrap_or(usize::MAX),
+                Duration::from_millis(max_delay_ms),
+            )?),
             _ => None,
         };
         let state = State {

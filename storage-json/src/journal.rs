@@ -18,6 +18,7 @@ use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use futures::channel::oneshot;
 use serde::ser::SerializeMap;
@@ -781,38 +782,59 @@ struct SyncState {
     /// The highest record number an fsync covered.
     synced: u64,
     waiters: Vec<(u64, oneshot::Sender<SyncOutcome>)>,
+    /// When the oldest waiting writer registered.
+    oldest: Option<Instant>,
+    /// When the last writer registered.
+    last_arrival: Instant,
+    /// How long recent fsyncs took (a moving average).
+    fsync_time: Duration,
     shutdown: bool,
 }
 
 struct SyncShared {
     state: Mutex<SyncState>,
     wake: Condvar,
+    max_writes: usize,
+    max_delay: Duration,
 }
 
+/// The shortest quiet spell that closes a group: below it, a burst of writers
+/// released together would be cut in two.
+const MIN_QUIET: Duration = Duration::from_micros(20);
+
 /// Group commit: a thread that fsyncs the journal and then releases every writer
-/// whose record the fsync covered.
+/// whose record the fsync covered (every record appended before it started).
 ///
-/// It is pipelined: an fsync starts as soon as a writer waits and the previous
-/// fsync has returned, and covers every record appended before it started. Writers
-/// keep appending while an fsync runs and are released together by the next one,
-/// so a lone writer waits one fsync (not a timer) and many concurrent writers
-/// share each fsync, however many there are.
+/// A group closes, and its fsync starts, when `max_writes` writers wait, when the
+/// oldest has waited `max_delay`, or when no writer has arrived for a quarter of
+/// the recent fsync time (at least [`MIN_QUIET`]): concurrent writers released by
+/// one fsync come back within that spell and share the next, while a lone writer
+/// is not held for `max_delay`. Writers keep appending while an fsync runs.
 pub(crate) struct GroupSync {
     shared: Arc<SyncShared>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl GroupSync {
-    pub(crate) fn start(file: File) -> Result<Self, JsonError> {
+    pub(crate) fn start(
+        file: File,
+        max_writes: usize,
+        max_delay: Duration,
+    ) -> Result<Self, JsonError> {
         let shared = Arc::new(SyncShared {
             state: Mutex::new(SyncState {
                 file: Arc::new(file),
                 written: 0,
                 synced: 0,
                 waiters: Vec::new(),
+                oldest: None,
+                last_arrival: Instant::now(),
+                fsync_time: Duration::ZERO,
                 shutdown: false,
             }),
             wake: Condvar::new(),
+            max_writes: max_writes.max(1),
+            max_delay,
         });
         let worker = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
@@ -835,11 +857,17 @@ impl GroupSync {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         st.written = st.written.max(seq);
-        let idle = st.waiters.is_empty();
+        let now = Instant::now();
+        st.last_arrival = now;
+        let first = st.waiters.is_empty();
+        if first {
+            st.oldest = Some(now);
+        }
         st.waiters.push((seq, tx));
+        let full = st.waiters.len() == self.shared.max_writes;
         drop(st);
-        if idle {
-            // Otherwise the thread is syncing and looks for waiters when it is done.
+        if first || full {
+            // Otherwise the thread is syncing, or waiting for a deadline it rechecks.
             self.shared.wake.notify_one();
         }
         rx
@@ -903,6 +931,7 @@ fn release(st: &mut SyncState, outcome: &SyncOutcome) {
             // A writer that stopped waiting (its future was dropped) is fine.
             let _ = tx.send(Ok(()));
         }
+        st.oldest = None;
         return;
     }
     let mut kept = Vec::with_capacity(st.waiters.len());
@@ -914,6 +943,7 @@ fn release(st: &mut SyncState, outcome: &SyncOutcome) {
         }
     }
     st.waiters = kept;
+    st.oldest = (!st.waiters.is_empty()).then(Instant::now);
 }
 
 fn run_group_sync(shared: &SyncShared) {
@@ -925,13 +955,30 @@ fn run_group_sync(shared: &SyncShared) {
         if st.waiters.is_empty() {
             return;
         }
+        while !st.shutdown && st.waiters.len() < shared.max_writes {
+            let quiet = (st.fsync_time / 4).clamp(MIN_QUIET, shared.max_delay.max(MIN_QUIET));
+            let oldest = st.oldest.unwrap_or(st.last_arrival);
+            let close_at = (st.last_arrival + quiet).min(oldest + shared.max_delay);
+            let now = Instant::now();
+            if now >= close_at {
+                break;
+            }
+            st = shared
+                .wake
+                .wait_timeout(st, close_at - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
         // Every record up to `written` is in the file already (writers register
         // after appending), so this fsync covers them all.
         let target = st.written;
         let file = Arc::clone(&st.file);
         drop(st);
+        let started = Instant::now();
         let outcome = file.sync_data().map_err(|e| e.to_string());
+        let took = started.elapsed();
         st = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
+        st.fsync_time = (st.fsync_time * 3 + took) / 4;
         if outcome.is_ok() {
             st.synced = st.synced.max(target);
         }
