@@ -478,7 +478,10 @@ fn main() -> BenchResult {
                 let config = if mode == "loose" {
                     JsonConfig::new(&path).atomic(false)
                 } else {
-                    JsonConfig::new(&path).durability(Durability::Group { max_writes: 64, max_delay_ms: 1 })
+                    JsonConfig::new(&path).durability(Durability::Group {
+                        max_writes: 64,
+                        max_delay_ms: 1,
+                    })
                 };
                 let t = concurrent_sets(config, n, 40_000, 64).await?;
                 let mut floor = Floor::new(&root.path().join("f.log"), 1 << 20)?;
@@ -487,7 +490,10 @@ fn main() -> BenchResult {
                     floor.append(&raw_line(i)?)?;
                 }
                 let f = micros(start.elapsed(), 200);
-                println!("{mode}: {t:.2} µs/set; floor {f:.1} µs, /64 = {:.2}", f / 64.0);
+                println!(
+                    "{mode}: {t:.2} µs/set; floor {f:.1} µs, /64 = {:.2}",
+                    f / 64.0
+                );
                 return Ok(());
             }
             let n = write_costs(root.path(), quick).await?;

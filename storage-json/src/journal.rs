@@ -788,6 +788,8 @@ struct SyncState {
     last_arrival: Instant,
     /// How long recent fsyncs took (a moving average).
     fsync_time: Duration,
+    /// Fsyncs taken so far.
+    fsyncs: u64,
     shutdown: bool,
 }
 
@@ -830,6 +832,7 @@ impl GroupSync {
                 oldest: None,
                 last_arrival: Instant::now(),
                 fsync_time: Duration::ZERO,
+                fsyncs: 0,
                 shutdown: false,
             }),
             wake: Condvar::new(),
@@ -871,6 +874,16 @@ impl GroupSync {
             self.shared.wake.notify_one();
         }
         rx
+    }
+
+    /// How many fsyncs the thread has taken.
+    #[cfg(test)]
+    fn fsyncs(&self) -> u64 {
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .fsyncs
     }
 
     /// Releases every writer up to `seq`: something else (a compaction) made them durable.
@@ -979,6 +992,7 @@ fn run_group_sync(shared: &SyncShared) {
         let took = started.elapsed();
         st = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
         st.fsync_time = (st.fsync_time * 3 + took) / 4;
+        st.fsyncs += 1;
         if outcome.is_ok() {
             st.synced = st.synced.max(target);
         }
@@ -1074,6 +1088,47 @@ mod tests {
             String::from_utf8(line)?,
             "{\"seq\":3,\"ops\":[{\"op\":\"set\",\"key\":\"user:3\",\"value\":{\"age\":40,\"name\":\"Carol\"}}],\"crc\":\"869f919c\"}\n"
         );
+        Ok(())
+    }
+
+    #[test]
+    fn one_fsync_releases_a_full_group_and_a_lone_writer_is_not_held()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let file = File::create(dir.path().join("j"))?;
+        let group = GroupSync::start(file, 8, Duration::from_secs(30))?;
+        let waits: Vec<_> = (1..=8).map(|seq| group.register(seq)).collect();
+        for rx in waits {
+            futures::executor::block_on(rx)??;
+        }
+        assert_eq!(group.fsyncs(), 1, "eight writers, one fsync");
+        // Alone, a writer waits one fsync and a short quiet spell, not `max_delay`.
+        let started = Instant::now();
+        futures::executor::block_on(group.register(9))??;
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert_eq!(group.fsyncs(), 2);
+        group.shutdown();
+        Ok(())
+    }
+
+    #[test]
+    fn index_operations_round_trip_through_a_record() -> Result<(), Box<dyn std::error::Error>> {
+        use storage_core::IndexKind;
+        let definition = IndexDefinition::new("by_age", "age", IndexKind::Btree).unique();
+        let c = Commit {
+            index_ops: vec![
+                IndexOp::Create(definition.clone()),
+                IndexOp::Drop("old".to_owned()),
+            ],
+            ..Commit::default()
+        };
+        let line = encode_record(4, &c)?;
+        parse_plain(&line[..line.len() - 1])?;
+        let r = decode_line(&line[..line.len() - 1]).map_err(|e| format!("{e:?}"))?;
+        assert_eq!(r.commit.index_ops, c.index_ops);
+        let mut defs = vec![IndexDefinition::new("old", "x", IndexKind::Hash)];
+        apply_index_ops(&mut defs, r.commit.index_ops);
+        assert_eq!(defs, [definition]);
         Ok(())
     }
 
