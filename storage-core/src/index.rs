@@ -374,19 +374,50 @@ impl Index {
     }
 
     /// The terms `doc` is filed under (deduplicated); empty when not indexed.
-    fn terms(&self, doc: &Document) -> Vec<Term> {
+    fn terms<'d>(&self, doc: &'d Document) -> Vec<Term<'d>> {
+        /// Up to this many values, duplicates are found by comparing pairs (no hashing,
+        /// no allocation); a single value, the common case, needs no check at all.
+        const LINEAR: usize = 16;
         let values = index_values(&self.path, doc, self.definition.sparse);
-        let mut seen = HashSet::new();
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(values.len());
         match self.postings {
-            Postings::Btree(_) | Postings::Hash(_) => {
+            Postings::Btree(_) if values.len() <= LINEAR => {
                 for v in values {
-                    if seen.insert(canonical(v)) {
-                        out.push(Term::Value(v.clone()));
+                    let fresh = !out.iter().any(|t| {
+                        matches!(t, Term::Ordered(u) if compare_total(Some(u), Some(v)) == Ordering::Equal)
+                    });
+                    if fresh {
+                        out.push(Term::Ordered(v));
+                    }
+                }
+            }
+            Postings::Hash(_) if values.len() <= LINEAR => {
+                for v in values {
+                    let canon = canonical(v);
+                    if !out
+                        .iter()
+                        .any(|t| matches!(t, Term::Hashed(_, c) if *c == canon))
+                    {
+                        out.push(Term::Hashed(v, canon));
+                    }
+                }
+            }
+            Postings::Btree(_) | Postings::Hash(_) => {
+                let hashed = matches!(self.postings, Postings::Hash(_));
+                let mut seen = HashSet::new();
+                for v in values {
+                    let canon = canonical(v);
+                    if seen.insert(canon.clone()) {
+                        out.push(if hashed {
+                            Term::Hashed(v, canon)
+                        } else {
+                            Term::Ordered(v)
+                        });
                     }
                 }
             }
             Postings::Fulltext(_) => {
+                let mut seen = HashSet::new();
                 for v in values {
                     if let Document::String(s) = v {
                         for word in words(s) {
@@ -401,16 +432,25 @@ impl Index {
         out
     }
 
+    /// Keys filed under a term's value.
+    fn exact_term(&self, term: &Term<'_>) -> Option<&BTreeSet<String>> {
+        match (&self.postings, term) {
+            (Postings::Btree(m), Term::Ordered(v)) => m.get(&SortKey((*v).clone())),
+            (Postings::Hash(m), Term::Hashed(_, canon)) => m.get(canon),
+            _ => None,
+        }
+    }
+
     /// Files `doc` under `key`, refusing a value a unique index already holds.
     fn insert_checked(&mut self, key: &str, doc: &Document) -> Result<()> {
         if self.definition.unique {
             for term in self.terms(doc) {
-                if let Term::Value(value) = term
-                    && let Some(holder) = self
-                        .exact(&value)
-                        .and_then(|keys| keys.iter().find(|k| *k != key))
+                if let Some(holder) = self
+                    .exact_term(&term)
+                    .and_then(|keys| keys.iter().find(|k| *k != key))
+                    && let Some(value) = term.value()
                 {
-                    return Err(conflict(self, &value, holder, key));
+                    return Err(conflict(self, value, holder, key));
                 }
             }
         }
@@ -429,8 +469,8 @@ impl Index {
         }
         for term in terms {
             let set = match (&mut self.postings, term) {
-                (Postings::Btree(m), Term::Value(v)) => m.entry(SortKey(v)).or_default(),
-                (Postings::Hash(m), Term::Value(v)) => m.entry(canonical(&v)).or_default(),
+                (Postings::Btree(m), Term::Ordered(v)) => m.entry(SortKey(v.clone())).or_default(),
+                (Postings::Hash(m), Term::Hashed(_, canon)) => m.entry(canon).or_default(),
                 (Postings::Fulltext(m), Term::Word(w)) => m.entry(w).or_default(),
                 _ => continue,
             };
@@ -449,8 +489,8 @@ impl Index {
         }
         for term in terms {
             match (&mut self.postings, term) {
-                (Postings::Btree(m), Term::Value(v)) => {
-                    let k = SortKey(v);
+                (Postings::Btree(m), Term::Ordered(v)) => {
+                    let k = SortKey(v.clone());
                     if let Some(set) = m.get_mut(&k) {
                         set.remove(key);
                         if set.is_empty() {
@@ -458,20 +498,11 @@ impl Index {
                         }
                     }
                 }
-                (Postings::Hash(m), Term::Value(v)) => {
-                    let k = canonical(&v);
+                (Postings::Hash(m) | Postings::Fulltext(m), Term::Hashed(_, k) | Term::Word(k)) => {
                     if let Some(set) = m.get_mut(&k) {
                         set.remove(key);
                         if set.is_empty() {
                             m.remove(&k);
-                        }
-                    }
-                }
-                (Postings::Fulltext(m), Term::Word(w)) => {
-                    if let Some(set) = m.get_mut(&w) {
-                        set.remove(key);
-                        if set.is_empty() {
-                            m.remove(&w);
                         }
                     }
                 }
@@ -636,9 +667,24 @@ impl Index {
     }
 }
 
-enum Term {
-    Value(Document),
+/// One value (or word) a document is filed under, borrowed from the document.
+enum Term<'d> {
+    /// A btree index's value.
+    Ordered(&'d Document),
+    /// A hash index's value, with its canonical form (the map's key).
+    Hashed(&'d Document, String),
+    /// A fulltext index's word.
     Word(String),
+}
+
+impl Term<'_> {
+    /// The value, for a btree or hash index.
+    fn value(&self) -> Option<&Document> {
+        match self {
+            Self::Ordered(v) | Self::Hashed(v, _) => Some(v),
+            Self::Word(_) => None,
+        }
+    }
 }
 
 /// Every secondary index of one store, kept in step with the store's entries.
@@ -793,20 +839,24 @@ impl IndexSet {
             for (key, doc) in changes {
                 let Some(doc) = doc else { continue };
                 for term in index.terms(doc.borrow()) {
-                    let Term::Value(value) = term else { continue };
-                    if let Some(other) = claimed.insert(canonical(&value), key) {
-                        return Err(conflict(index, &value, other, key));
+                    let Some(value) = term.value() else { continue };
+                    let canon = match &term {
+                        Term::Hashed(_, canon) => canon.clone(),
+                        _ => canonical(value),
+                    };
+                    if let Some(other) = claimed.insert(canon, key) {
+                        return Err(conflict(index, value, other, key));
                     }
                     if cleared {
                         continue;
                     }
                     // The set mirrors the committed entries, so a filed key is live
                     // unless this change touches it.
-                    let holder = index.exact(&value).and_then(|keys| {
+                    let holder = index.exact_term(&term).and_then(|keys| {
                         keys.iter().find(|k| *k != key && !changes.contains_key(*k))
                     });
                     if let Some(holder) = holder {
-                        return Err(conflict(index, &value, holder, key));
+                        return Err(conflict(index, value, holder, key));
                     }
                 }
             }

@@ -471,31 +471,6 @@ fn main() -> BenchResult {
         .enable_all()
         .build()?
         .block_on(async {
-            if let Ok(mode) = std::env::var("PROFILE_ONLY") {
-                let n = 100_000;
-                let path = root.path().join("p.json");
-                prefill(&path, n).await?;
-                let config = if mode == "loose" {
-                    JsonConfig::new(&path).atomic(false)
-                } else {
-                    JsonConfig::new(&path).durability(Durability::Group {
-                        max_writes: 64,
-                        max_delay_ms: 1,
-                    })
-                };
-                let t = concurrent_sets(config, n, 40_000, 64).await?;
-                let mut floor = Floor::new(&root.path().join("f.log"), 1 << 20)?;
-                let start = Instant::now();
-                for i in 0..200 {
-                    floor.append(&raw_line(i)?)?;
-                }
-                let f = micros(start.elapsed(), 200);
-                println!(
-                    "{mode}: {t:.2} µs/set; floor {f:.1} µs, /64 = {:.2}",
-                    f / 64.0
-                );
-                return Ok(());
-            }
             let n = write_costs(root.path(), quick).await?;
             read_costs(root.path(), n).await
         })
