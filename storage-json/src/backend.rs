@@ -1275,14 +1275,22 @@ impl<T: StorageValue> Inner<T> {
         Ok((staged.result, waiter))
     }
 
-    /// Journals an index definition change as a record of its own; returns the
-    /// group-commit wait. The caller changes the in-memory set.
+    /// Journals an index definition change as a record of its own and drops the
+    /// index from memory for a drop (a created index is built by the caller first);
+    /// returns the group-commit wait.
+    ///
+    /// The in-memory set must match `seq` before a compaction may start: it lists
+    /// the definitions in the main file it writes as of that record.
     fn commit_index_op(
         &self,
         st: &mut State,
         op: IndexOp,
     ) -> Result<Option<oneshot::Receiver<SyncOutcome>>> {
         let seq = st.seq + 1;
+        let dropped = match &op {
+            IndexOp::Drop(name) => Some(name.clone()),
+            IndexOp::Create(_) => None,
+        };
         let commit = Commit {
             index_ops: vec![op],
             ..Commit::default()
@@ -1294,6 +1302,9 @@ impl<T: StorageValue> Inner<T> {
         })?;
         self.journal_line(st, &line)?;
         st.seq = seq;
+        if let Some(name) = dropped {
+            st.indexes.drop_index(&name);
+        }
         let waiter = self.group.as_ref().map(|g| g.register(seq));
         self.maybe_compact(st);
         Ok(waiter)
@@ -1825,14 +1836,13 @@ impl<T: StorageValue> IndexedStorage<T> for JsonStorage<T> {
                 if st.indexes.definition(name).is_none() {
                     return Ok(false);
                 }
-                let waiter = if st.read_only {
+                if st.read_only {
+                    st.indexes.drop_index(name);
                     None
                 } else {
                     self.inner
                         .commit_index_op(&mut st, IndexOp::Drop(name.to_owned()))?
-                };
-                st.indexes.drop_index(name);
-                waiter
+                }
             };
             if let Some(rx) = waiter {
                 self.inner.wait_synced(rx).await?;
