@@ -1149,6 +1149,84 @@ mod tests {
         Ok(())
     }
 
+    use proptest::strategy::Strategy as _;
+
+    fn scalar() -> impl proptest::strategy::Strategy<Value = Document> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (-5i64..15).prop_map(|n| json!(n)),
+            (-5i64..15).prop_map(|n| json!(f64::from(i32::try_from(n).unwrap_or(0)) + 0.5)),
+            "[a-d]{0,2}".prop_map(|s| json!(s)),
+            Just(json!(null)),
+            any::<bool>().prop_map(|b| json!(b)),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever the documents (scalars, arrays, mixed types, missing fields) and the
+        /// range clauses, the chosen index's candidates hold every entry the evaluator
+        /// matches.
+        #[test]
+        fn range_candidates_are_a_superset_of_the_matches(
+            values in proptest::collection::vec(
+                proptest::option::of(proptest::prop_oneof![
+                    scalar(),
+                    proptest::collection::vec(scalar(), 0..4).prop_map(Document::Array),
+                ]),
+                0..30,
+            ),
+            clauses in proptest::collection::vec((0usize..4, scalar()), 1..4),
+            eq_other in proptest::option::of(0i64..3),
+        ) {
+            use proptest::prelude::*;
+            let data: Vec<(String, Document)> = values
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    let mut doc = json!({"m": i64::try_from(i % 3).unwrap_or(0)});
+                    if let Some(v) = v {
+                        doc["n"] = v;
+                    }
+                    (format!("k{i:02}"), doc)
+                })
+                .collect();
+            let mut set = IndexSet::new();
+            for (name, path) in [("n", "n"), ("m", "m")] {
+                set.create(
+                    IndexDefinition::new(name, path, IndexKind::Btree),
+                    data.iter().map(|(k, v)| (k.as_str(), v)),
+                )?;
+            }
+            let mut filters: Vec<Filter> = clauses
+                .into_iter()
+                .map(|(op, v)| match op {
+                    0 => field("n").gt(v),
+                    1 => field("n").gte(v),
+                    2 => field("n").lt(v),
+                    _ => field("n").lte(v),
+                })
+                .collect();
+            if let Some(m) = eq_other {
+                filters.push(field("m").eq(m));
+            }
+            let filter = crate::query::and(filters);
+            let q = crate::query::CompiledQuery::compile(&crate::Query::filter(filter.clone()))?;
+            let matched: Vec<String> = q
+                .run(data.iter().map(|(k, v)| (k.as_str(), v)))
+                .into_iter()
+                .map(|m| m.key)
+                .collect();
+            let data_map: BTreeMap<String, Document> = data.into_iter().collect();
+            let scanned: BTreeSet<String> = set
+                .scan(Some(&filter), &data_map)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for key in &matched {
+                prop_assert!(scanned.contains(key), "{key} matched but was not a candidate");
+            }
+        }
+    }
+
     #[test]
     fn the_most_selective_index_is_chosen() -> Result<()> {
         let data: Vec<(String, Document)> = (0..100)
