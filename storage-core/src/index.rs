@@ -460,6 +460,10 @@ impl Index {
 
     fn insert(&mut self, key: &str, doc: &Document) {
         let terms = self.terms(doc);
+        self.insert_terms(key, terms);
+    }
+
+    fn insert_terms(&mut self, key: &str, terms: Vec<Term<'_>>) {
         if terms.is_empty() {
             return;
         }
@@ -480,6 +484,22 @@ impl Index {
 
     fn remove(&mut self, key: &str, doc: &Document) {
         let terms = self.terms(doc);
+        self.remove_terms(key, terms);
+    }
+
+    /// Files a change of `key` from `old` to `new`; nothing to do when both are
+    /// filed under the same terms (an overwrite that leaves the field alone).
+    fn replace(&mut self, key: &str, old: &Document, new: &Document) {
+        let before = self.terms(old);
+        let after = self.terms(new);
+        if before.len() == after.len() && before.iter().all(|t| after.iter().any(|u| t.same(u))) {
+            return;
+        }
+        self.remove_terms(key, before);
+        self.insert_terms(key, after);
+    }
+
+    fn remove_terms(&mut self, key: &str, terms: Vec<Term<'_>>) {
         if terms.is_empty() {
             return;
         }
@@ -678,6 +698,17 @@ enum Term<'d> {
 }
 
 impl Term<'_> {
+    /// Whether two terms of one index file a document in the same place.
+    fn same(&self, other: &Term<'_>) -> bool {
+        match (self, other) {
+            (Self::Ordered(a), Term::Ordered(b)) => {
+                compare_total(Some(a), Some(b)) == Ordering::Equal
+            }
+            (Self::Hashed(_, a), Term::Hashed(_, b)) | (Self::Word(a), Term::Word(b)) => a == b,
+            _ => false,
+        }
+    }
+
     /// The value, for a btree or hash index.
     fn value(&self) -> Option<&Document> {
         match self {
@@ -804,11 +835,11 @@ impl IndexSet {
     /// (`None`: absent), `new` its document now (`None`: deleted).
     pub fn update(&mut self, key: &str, old: Option<&Document>, new: Option<&Document>) {
         for index in &mut self.indexes {
-            if let Some(old) = old {
-                index.remove(key, old);
-            }
-            if let Some(new) = new {
-                index.insert(key, new);
+            match (old, new) {
+                (Some(old), Some(new)) => index.replace(key, old, new),
+                (Some(old), None) => index.remove(key, old),
+                (None, Some(new)) => index.insert(key, new),
+                (None, None) => {}
             }
         }
     }
@@ -1225,6 +1256,29 @@ mod tests {
                 prop_assert!(scanned.contains(key), "{key} matched but was not a candidate");
             }
         }
+    }
+
+    #[test]
+    fn an_overwrite_refiles_only_when_the_indexed_values_change() -> Result<()> {
+        let old = json!({"tags": ["a", "b"], "other": 1});
+        let mut set = set_with(
+            IndexDefinition::new("t", "tags", IndexKind::Btree),
+            &[("k", old.clone())],
+        )?;
+        // Same tags in another order, another unindexed field: filed as before.
+        let same = json!({"tags": ["b", "a"], "other": 2});
+        set.update("k", Some(&old), Some(&same));
+        assert_eq!(candidates(&set, &field("tags").eq("a"))?, ["k"]);
+        assert_eq!(set.list()[0].stats.entries, 1);
+        let moved = json!({"tags": ["c"]});
+        set.update("k", Some(&same), Some(&moved));
+        assert_eq!(candidates(&set, &field("tags").eq("c"))?, ["k"]);
+        assert!(
+            set.choose(Some(&field("tags").eq("a")))
+                .is_some_and(|c| c.candidates().is_empty())
+        );
+        assert_eq!(set.list()[0].stats.entries, 1);
+        Ok(())
     }
 
     #[test]
