@@ -795,6 +795,9 @@ struct SyncState {
     last_arrival: Instant,
     /// How long recent fsyncs took (a moving average).
     fsync_time: Duration,
+    /// How many writers the last fsync released: the size of group to wait for,
+    /// since writers that wait for their acknowledgement come back together.
+    expected: usize,
     /// Fsyncs taken so far.
     fsyncs: u64,
     shutdown: bool,
@@ -807,18 +810,18 @@ struct SyncShared {
     max_delay: Duration,
 }
 
-/// The shortest quiet spell that closes a group: below it, a burst of writers
-/// released together would be cut in two.
+/// The shortest quiet spell that closes a group short of its expected size.
 const MIN_QUIET: Duration = Duration::from_micros(20);
 
 /// Group commit: a thread that fsyncs the journal and then releases every writer
 /// whose record the fsync covered (every record appended before it started).
 ///
-/// A group closes, and its fsync starts, when `max_writes` writers wait, when the
-/// oldest has waited `max_delay`, or when no writer has arrived for a quarter of
-/// the recent fsync time (at least [`MIN_QUIET`]): concurrent writers released by
-/// one fsync come back within that spell and share the next, while a lone writer
-/// is not held for `max_delay`. Writers keep appending while an fsync runs.
+/// A group closes, and its fsync starts, when as many writers wait as the last
+/// fsync released (writers waiting for their acknowledgement come back together;
+/// at most `max_writes`), when no writer has arrived for half the recent fsync time
+/// (at least [`MIN_QUIET`]: fewer came back), or when the oldest has waited
+/// `max_delay`. So a lone writer's group closes at once, and concurrent writers
+/// share one fsync however many they are. Writers keep appending while an fsync runs.
 pub(crate) struct GroupSync {
     shared: Arc<SyncShared>,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -839,6 +842,7 @@ impl GroupSync {
                 oldest: None,
                 last_arrival: Instant::now(),
                 fsync_time: Duration::ZERO,
+                expected: 1,
                 fsyncs: 0,
                 shutdown: false,
             }),
@@ -874,7 +878,7 @@ impl GroupSync {
             st.oldest = Some(now);
         }
         st.waiters.push((seq, tx));
-        let full = st.waiters.len() == self.shared.max_writes;
+        let full = st.waiters.len() == st.expected.clamp(1, self.shared.max_writes);
         drop(st);
         if first || full {
             // Otherwise the thread is syncing, or waiting for a deadline it rechecks.
@@ -947,6 +951,9 @@ impl Drop for GroupSync {
 fn release(st: &mut SyncState, outcome: &SyncOutcome) {
     let synced = st.synced;
     if outcome.is_ok() && st.waiters.iter().all(|(seq, _)| *seq <= synced) {
+        if !st.waiters.is_empty() {
+            st.expected = st.waiters.len();
+        }
         for (_, tx) in st.waiters.drain(..) {
             // A writer that stopped waiting (its future was dropped) is fine.
             let _ = tx.send(Ok(()));
@@ -954,13 +961,18 @@ fn release(st: &mut SyncState, outcome: &SyncOutcome) {
         st.oldest = None;
         return;
     }
-    let mut kept = Vec::with_capacity(st.waiters.len());
+    let waiting = st.waiters.len();
+    let mut kept = Vec::with_capacity(waiting);
     for (seq, tx) in st.waiters.drain(..) {
         if seq <= synced || outcome.is_err() {
             let _ = tx.send(outcome.clone());
         } else {
             kept.push((seq, tx));
         }
+    }
+    let released = waiting - kept.len();
+    if released > 0 {
+        st.expected = released;
     }
     st.waiters = kept;
     st.oldest = (!st.waiters.is_empty()).then(Instant::now);
@@ -975,8 +987,8 @@ fn run_group_sync(shared: &SyncShared) {
         if st.waiters.is_empty() {
             return;
         }
-        while !st.shutdown && st.waiters.len() < shared.max_writes {
-            let quiet = (st.fsync_time / 4).clamp(MIN_QUIET, shared.max_delay.max(MIN_QUIET));
+        while !st.shutdown && st.waiters.len() < st.expected.clamp(1, shared.max_writes) {
+            let quiet = (st.fsync_time / 2).clamp(MIN_QUIET, shared.max_delay.max(MIN_QUIET));
             let oldest = st.oldest.unwrap_or(st.last_arrival);
             let close_at = (st.last_arrival + quiet).min(oldest + shared.max_delay);
             let now = Instant::now();
@@ -1099,21 +1111,43 @@ mod tests {
     }
 
     #[test]
-    fn one_fsync_releases_a_full_group_and_a_lone_writer_is_not_held()
+    fn a_group_waits_for_as_many_writers_as_the_last_one_released()
     -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let file = File::create(dir.path().join("j"))?;
-        let group = GroupSync::start(file, 8, Duration::from_secs(30))?;
+        let group = GroupSync::start(file, 64, Duration::from_secs(30))?;
+        let set = |expected: usize, fsync_time: Duration| {
+            let mut st = group
+                .shared
+                .state
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            st.expected = expected;
+            st.fsync_time = fsync_time;
+        };
+        // The last fsync released eight writers, and fsyncs are slow (a long quiet
+        // spell): the group waits for all eight, and one fsync covers them.
+        set(8, Duration::from_secs(10));
         let waits: Vec<_> = (1..=8).map(|seq| group.register(seq)).collect();
         for rx in waits {
             futures::executor::block_on(rx)??;
         }
         assert_eq!(group.fsyncs(), 1, "eight writers, one fsync");
-        // Alone, a writer waits one fsync and a short quiet spell, not `max_delay`.
-        let started = Instant::now();
+        // One writer comes back: its group closes after the quiet spell, and...
+        set(8, Duration::from_millis(2));
         futures::executor::block_on(group.register(9))??;
-        assert!(started.elapsed() < Duration::from_secs(10));
         assert_eq!(group.fsyncs(), 2);
+        // ...from then on a lone writer's group closes at once, never waiting the
+        // quiet spell (here 2 s) or `max_delay`.
+        set(1, Duration::from_secs(4));
+        let started = Instant::now();
+        futures::executor::block_on(group.register(10))??;
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(group.fsyncs(), 3);
         group.shutdown();
         Ok(())
     }
