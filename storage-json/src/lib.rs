@@ -166,14 +166,14 @@
 //! In every mode a write that had not returned when the crash came is either there
 //! after reopening or not, never half of it: a batch or a transaction is one record.
 //!
-//! Group commit closes a group, and starts its `fdatasync`, when `max_writes`
-//! writers wait, when the oldest has waited `max_delay_ms`, or when no writer has
-//! arrived for a quarter of the recent fsync time (at least 20 µs): writers released
-//! together by one fsync come back within that spell and share the next one, and a
-//! lone writer waits one fsync plus that short spell, not `max_delay_ms`. Writers go
-//! on appending while an fsync runs. With *w* concurrent writers the store then
-//! acknowledges about *w* sets (up to `max_writes`) per fsync, plus their CPU cost;
-//! a single writer gains nothing from it.
+//! Group commit closes a group, and starts its `fdatasync`, when as many writers wait
+//! as the last fsync released (writers waiting for their acknowledgement come back
+//! together; at most `max_writes`), when no writer has arrived for half the recent
+//! fsync time (at least 20 µs: fewer came back), or when the oldest has waited
+//! `max_delay_ms`. So a lone writer's group closes at once (it waits one fsync, not
+//! `max_delay_ms`), and *w* concurrent writers share each fsync. Writers go on
+//! appending while an fsync runs. The store then acknowledges about *w* sets per
+//! fsync, plus their CPU cost; a single writer gains nothing from it.
 //!
 //! ## Costs
 //! A `set` appends one line and fsyncs (or joins a group): its cost does not grow
