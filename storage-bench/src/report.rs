@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use storage_core::codec::{Compression, Format};
 
-use crate::codec::CodecSample;
+use crate::codec::{CodecSample, SLICE as CODEC_SLICE};
 use crate::machine::Machine;
 use crate::measure::{Op, Sample, human, ratio};
 
@@ -22,6 +22,17 @@ pub struct BackendResult {
     pub adapter: Sample,
     /// Other adapter configurations, by name.
     pub variants: Vec<(&'static str, Sample)>,
+}
+
+/// The peer libraries and the adapters they are compared with, in one run.
+#[derive(Debug, Clone, Default)]
+pub struct PeerResult {
+    /// Median of each peer's runs, by name.
+    pub peers: Vec<(&'static str, Sample)>,
+    /// Median of each adapter's runs (default configuration), by name.
+    pub adapters: Vec<(&'static str, Sample)>,
+    /// What the table measures, and what was not measured and why (printed under it).
+    pub notes: Vec<String>,
 }
 
 /// Everything a report says.
@@ -51,10 +62,16 @@ pub struct Report {
     pub doc_bytes: usize,
     /// Per backend.
     pub backends: Vec<BackendResult>,
+    /// The peer libraries, when that section ran.
+    pub peers: Option<PeerResult>,
     /// Values per codec run.
     pub codec_values: usize,
     /// Per codec configuration.
     pub codec: Vec<(Format, Compression, CodecSample)>,
+}
+
+fn times(r: Option<f64>) -> String {
+    r.map_or_else(|| "–".to_owned(), |r| format!("{r:.2}×"))
 }
 
 fn ratio_cell(adapter: Duration, raw: Duration) -> String {
@@ -112,6 +129,9 @@ impl Report {
         for b in &self.backends {
             backend_table(&mut out, b);
         }
+        if let Some(p) = &self.peers {
+            peer_table(&mut out, p);
+        }
         self.codec_table(&mut out);
         out
     }
@@ -138,15 +158,18 @@ impl Report {
                 compression_name(*c),
                 human(s.raw_encode),
                 human(s.encode),
-                ratio_cell(s.encode, s.raw_encode),
+                times(s.encode_ratio),
                 human(s.raw_decode),
                 human(s.decode),
-                ratio_cell(s.decode, s.raw_decode),
+                times(s.decode_ratio),
                 s.raw_size,
                 s.size
             );
         }
-        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "\nTimes are medians over every slice of {CODEC_SLICE} values of every run; each ratio is the median, over the slices, of the codec's time for a slice over the raw calls' time for the same slice, timed back to back (alternating which goes first), so load that varies from slice to slice lands on both sides of it. The raw side decodes the codec's own encodings from just past the header, and every raw encoding is checked to equal the codec's payload.\n"
+        );
     }
 
     /// The bars of the chart: group, label, ratio.
@@ -163,10 +186,10 @@ impl Report {
         }
         for (f, c, s) in &self.codec {
             let name = format!("{}/{}", format_name(*f), compression_name(*c));
-            if let Some(r) = ratio(s.encode, s.raw_encode) {
+            if let Some(r) = s.encode_ratio {
                 bars.push(("Serializer layer".to_owned(), format!("{name} encode"), r));
             }
-            if let Some(r) = ratio(s.decode, s.raw_decode) {
+            if let Some(r) = s.decode_ratio {
                 bars.push(("Serializer layer".to_owned(), format!("{name} decode"), r));
             }
         }
@@ -319,6 +342,86 @@ pub fn backend_table(out: &mut String, b: &BackendResult) {
     let _ = writeln!(out);
 }
 
+/// Appends the peer table: each peer's time, then each adapter's time and its ratio to
+/// every peer (above 1× the adapter is slower). Operations no peer has are left out.
+pub fn peer_table(out: &mut String, p: &PeerResult) {
+    let _ = writeln!(out, "### Peer libraries\n");
+    if p.peers.is_empty() {
+        for note in &p.notes {
+            let _ = writeln!(out, "{note}\n");
+        }
+        return;
+    }
+    let mut head = "| operation |".to_owned();
+    let mut rule = "|---|".to_owned();
+    for (name, _) in &p.peers {
+        let _ = write!(head, " {name} |");
+        rule.push_str("---:|");
+    }
+    for (name, _) in &p.adapters {
+        let _ = write!(head, " {name} |");
+        rule.push_str("---:|");
+        for (peer, _) in &p.peers {
+            let _ = write!(head, " / {peer} |");
+            rule.push_str("---:|");
+        }
+    }
+    let _ = writeln!(out, "{head}\n{rule}");
+    for op in Op::ALL {
+        let times: Vec<Option<Duration>> = p.peers.iter().map(|(_, s)| cell(s, op)).collect();
+        if times.iter().all(Option::is_none) {
+            continue;
+        }
+        let mut line = format!("| {} |", op.label());
+        for t in &times {
+            let _ = write!(line, " {} |", t.map_or_else(|| "–".to_owned(), human));
+        }
+        for (_, a) in &p.adapters {
+            let Some(at) = cell(a, op) else {
+                line.push_str(" – |");
+                line.push_str(&" – |".repeat(times.len()));
+                continue;
+            };
+            let _ = write!(line, " {} |", human(at));
+            for t in &times {
+                let r = t.map_or_else(|| "–".to_owned(), |t| ratio_cell(at, t));
+                let _ = write!(line, " **{r}** |");
+            }
+        }
+        let _ = writeln!(out, "{line}");
+    }
+    let mismatches: Vec<String> = p
+        .peers
+        .iter()
+        .flat_map(|(peer, ps)| {
+            p.adapters.iter().flat_map(move |(adapter, s)| {
+                Op::ALL.iter().filter_map(move |op| {
+                    let theirs = ps.results.get(op)?;
+                    let ours = s.results.get(op)?;
+                    (theirs != ours)
+                        .then(|| format!("{} ({peer} {theirs}, {adapter} {ours})", op.short()))
+                })
+            })
+        })
+        .collect();
+    if mismatches.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nEvery peer and adapter returned the same number of results for every operation."
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "\n**Result counts differ**: {}.",
+            mismatches.join("; ")
+        );
+    }
+    for note in &p.notes {
+        let _ = writeln!(out, "\n{note}");
+    }
+    let _ = writeln!(out);
+}
+
 fn trim(r: f64) -> String {
     let s = format!("{r:.2}");
     s.trim_end_matches('0').trim_end_matches('.').to_owned()
@@ -357,6 +460,45 @@ mod tests {
         );
         let fresh = splice("intro\n", "x\n");
         assert!(fresh.contains("<!-- generated:begin -->\nx\n<!-- generated:end -->"));
+    }
+
+    #[test]
+    fn the_peer_table_shows_only_what_a_peer_measured() {
+        let sample = |ops: &[(Op, u64)]| {
+            let mut s = Sample::default();
+            for &(op, ms) in ops {
+                s.record(op, Duration::from_millis(ms), 1, 7);
+            }
+            s
+        };
+        let p = PeerResult {
+            peers: vec![("redb", sample(&[(Op::Get, 2), (Op::Iterate, 10)]))],
+            adapters: vec![(
+                "SQLite adapter",
+                sample(&[(Op::Get, 3), (Op::Iterate, 5), (Op::AuthorIndexed, 1)]),
+            )],
+            notes: vec!["Peers: redb.".to_owned()],
+        };
+        let mut out = String::new();
+        peer_table(&mut out, &p);
+        assert!(out.contains("| operation | redb | SQLite adapter | / redb |"));
+        assert!(out.contains("| random get (per get) | 2.0 ms | 3.0 ms | **1.50×** |"));
+        assert!(out.contains("**0.50×**"));
+        assert!(!out.contains("indexed"), "{out}");
+        assert!(out.contains("same number of results"));
+        assert!(out.contains("\nPeers: redb.\n"));
+
+        let mut out = String::new();
+        peer_table(
+            &mut out,
+            &PeerResult {
+                notes: vec![
+                    "Not measured in this run: built without the `peers` feature.".to_owned(),
+                ],
+                ..PeerResult::default()
+            },
+        );
+        assert!(out.contains("Not measured in this run: built without"));
     }
 
     #[test]

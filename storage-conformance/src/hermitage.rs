@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use storage_core::{
@@ -51,9 +51,11 @@ enum Answer {
 }
 
 type Reply = Result<Answer, String>;
+/// A reply and the moment the transaction's task produced it (the store had answered by then).
+type Timed = (Reply, Instant);
 
 struct Session {
-    commands: mpsc::UnboundedSender<(Step, oneshot::Sender<Reply>)>,
+    commands: mpsc::UnboundedSender<(Step, oneshot::Sender<Timed>)>,
     isolation: Arc<std::sync::Mutex<Option<IsolationLevel>>>,
 }
 
@@ -100,7 +102,7 @@ impl Session {
         store: Arc<S>,
         level: IsolationLevel,
     ) -> Self {
-        let (commands, mut rx) = mpsc::unbounded_channel::<(Step, oneshot::Sender<Reply>)>();
+        let (commands, mut rx) = mpsc::unbounded_channel::<(Step, oneshot::Sender<Timed>)>();
         let isolation = Arc::new(std::sync::Mutex::new(None));
         let reported = Arc::clone(&isolation);
         tokio::spawn(async move {
@@ -109,9 +111,10 @@ impl Session {
             let mut last_read = BTreeMap::new();
             while let Some((step, reply)) = rx.recv().await {
                 if let Some(why) = &failed {
-                    let _ = reply.send(Err(format!(
-                        "skipped: the transaction already failed ({why})"
-                    )));
+                    let _ = reply.send((
+                        Err(format!("skipped: the transaction already failed ({why})")),
+                        Instant::now(),
+                    ));
                     continue;
                 }
                 if tx.is_none() {
@@ -128,7 +131,7 @@ impl Session {
                         Err(e) => {
                             let why = format!("begin failed: {e}");
                             failed = Some(why.clone());
-                            let _ = reply.send(Err(why));
+                            let _ = reply.send((Err(why), Instant::now()));
                             continue;
                         }
                     }
@@ -140,7 +143,7 @@ impl Session {
                     // Dropping rolls back whatever the failed transaction holds.
                     tx = None;
                 }
-                let _ = reply.send(result.map_err(|e| e.to_string()));
+                let _ = reply.send((result.map_err(|e| e.to_string()), Instant::now()));
             }
         });
         Self {
@@ -156,8 +159,10 @@ impl Session {
 
 /// One interleaved run: what each labelled step answered (after blocked steps drained).
 struct Script {
-    pending: Vec<(String, oneshot::Receiver<Reply>)>,
+    pending: Vec<(String, oneshot::Receiver<Timed>)>,
     answers: BTreeMap<String, Reply>,
+    /// When each answered step's reply was produced, to order a read against another's commit.
+    answered_at: BTreeMap<String, Instant>,
     trace: String,
 }
 
@@ -166,6 +171,7 @@ impl Script {
         Self {
             pending: Vec::new(),
             answers: BTreeMap::new(),
+            answered_at: BTreeMap::new(),
             trace: String::new(),
         }
     }
@@ -180,9 +186,10 @@ impl Script {
             return;
         }
         if let Ok(reply) = tokio::time::timeout(BLOCKED_AFTER, &mut rx).await {
-            let reply = reply.unwrap_or_else(|_| Err("session gone".into()));
+            let (reply, at) =
+                reply.unwrap_or_else(|_| (Err("session gone".into()), Instant::now()));
             let _ = write!(self.trace, "{reply:?}");
-            self.answers.insert(label.to_owned(), reply);
+            self.record(label.to_owned(), reply, at);
         } else {
             self.trace.push_str("blocked");
             self.pending.push((label.to_owned(), rx));
@@ -198,11 +205,32 @@ impl Script {
                     self.trace
                 ))
             })?;
-            let reply = reply.unwrap_or_else(|_| Err("session gone".into()));
+            let (reply, at) =
+                reply.unwrap_or_else(|_| (Err("session gone".into()), Instant::now()));
             let _ = write!(self.trace, "\n  {label} (was blocked): {reply:?}");
-            self.answers.insert(label, reply);
+            self.record(label, reply, at);
         }
         Ok(())
+    }
+
+    fn record(&mut self, label: String, reply: Reply, at: Instant) {
+        self.answered_at.insert(label.clone(), at);
+        self.answers.insert(label, reply);
+    }
+
+    /// Whether `read` saw `value` written by a transaction that had not yet committed: its
+    /// `commit` step failed, or succeeded only after the read was answered. A read that waited
+    /// on a lock and then returned the writer's *committed* value is legitimate.
+    fn read_uncommitted(&self, read: &str, value: i64, commit: &str) -> bool {
+        if self.read(read) != Some(value) {
+            return false;
+        }
+        let committed_before_read = self.ok(commit)
+            && matches!(
+                (self.answered_at.get(commit), self.answered_at.get(read)),
+                (Some(c), Some(r)) if c < r
+            );
+        !committed_before_read
     }
 
     fn read(&self, label: &str) -> Option<i64> {
@@ -396,7 +424,9 @@ fn judge(anomaly: Anomaly, s: &Script, final1: Option<i64>, final2: Option<i64>)
             .find(|l| s.read(l) == Some(101))
             .map(|l| format!("{l} read 101, an intermediate value T1 overwrote before committing")),
         Anomaly::G1c => {
-            if s.read("T1 get 2") == Some(22) || s.read("T2 get 1") == Some(11) {
+            if s.read_uncommitted("T1 get 2", 22, "T2 commit")
+                || s.read_uncommitted("T2 get 1", 11, "T1 commit")
+            {
                 Some(
                     "a transaction read the other's uncommitted write (circular information flow)"
                         .into(),
@@ -543,12 +573,41 @@ mod tests {
     use super::*;
     use storage_core::ErrorCode;
 
+    /// A script whose steps were answered in the order given.
     fn script(answers: &[(&str, Reply)]) -> Script {
         let mut s = Script::new();
-        for (l, r) in answers {
-            s.answers.insert((*l).to_owned(), r.clone());
+        let start = Instant::now();
+        for (i, (l, r)) in (0u64..).zip(answers) {
+            s.record((*l).to_owned(), r.clone(), start + Duration::from_millis(i));
         }
         s
+    }
+
+    #[test]
+    fn g1c_flags_a_dirty_read_but_not_a_read_that_waited_for_the_commit() {
+        let dirty = script(&[
+            ("T1 get 2", Ok(Answer::Read(Some(22)))),
+            ("T2 get 1", Ok(Answer::Read(Some(10)))),
+            ("T1 commit", Ok(Answer::Done)),
+            ("T2 commit", Ok(Answer::Done)),
+        ]);
+        assert!(judge(Anomaly::G1c, &dirty, Some(11), Some(22)).is_some());
+        // A lock-based store: T1's read blocked on T2's write lock, then saw T2's committed value.
+        let waited = script(&[
+            ("T2 get 1", Ok(Answer::Read(Some(10)))),
+            ("T2 commit", Ok(Answer::Done)),
+            ("T1 get 2", Ok(Answer::Read(Some(22)))),
+            ("T1 commit", Ok(Answer::Done)),
+        ]);
+        assert!(judge(Anomaly::G1c, &waited, Some(11), Some(22)).is_none());
+        // The writer never committed: whatever T1 read of it was uncommitted.
+        let aborted = script(&[
+            ("T2 get 1", Ok(Answer::Read(Some(10)))),
+            ("T2 commit", Err(ErrorCode::VersionConflict.to_string())),
+            ("T1 get 2", Ok(Answer::Read(Some(22)))),
+            ("T1 commit", Ok(Answer::Done)),
+        ]);
+        assert!(judge(Anomaly::G1c, &aborted, Some(11), Some(20)).is_some());
     }
 
     #[test]

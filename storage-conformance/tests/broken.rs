@@ -193,39 +193,7 @@ impl<T> LeakyTx<T> {
     }
 }
 
-#[async_trait]
-impl<T: StorageValue> Storage<T> for LeakyTx<T> {
-    fn capabilities(&self) -> Capabilities {
-        self.store.capabilities()
-    }
-    async fn get(&self, key: &str) -> Result<Option<T>> {
-        self.store.get(key).await
-    }
-    async fn set(&self, key: &str, value: &T) -> Result<()> {
-        self.store.set(key, value).await
-    }
-    async fn delete(&self, key: &str) -> Result<bool> {
-        self.store.delete(key).await
-    }
-    async fn has(&self, key: &str) -> Result<bool> {
-        self.store.has(key).await
-    }
-    async fn clear(&self) -> Result<()> {
-        self.store.clear().await
-    }
-    async fn size(&self) -> Result<u64> {
-        self.store.size().await
-    }
-    fn keys(&self) -> ResultStream<'_, String> {
-        self.store.keys()
-    }
-    fn values(&self) -> ResultStream<'_, T> {
-        self.store.values()
-    }
-    fn entries(&self) -> ResultStream<'_, (String, T)> {
-        self.store.entries()
-    }
-}
+storage_core::storage_via!(LeakyTx, |this| this.store);
 
 #[async_trait]
 impl<T: StorageValue> Transaction<T> for LeakyTx<T> {

@@ -202,6 +202,79 @@ macro_rules! tier_accessors {
     };
 }
 
+/// Implements [`Storage`] for a wrapper `Name<T>` by forwarding every method to an
+/// inner store, for wrappers that change one tier (a transaction whose commit does
+/// more, a store that adds a check) and leave the basic operations alone.
+///
+/// The closure-like last argument says where the inner store is, given the wrapper;
+/// anything whose methods are [`Storage`]'s (a store, an `Arc` or `Box` of one, a
+/// `Box<dyn Transaction<T>>`) will do.
+///
+/// ```
+/// use std::sync::Arc;
+/// use storage_core::{MemoryStorage, Storage};
+///
+/// struct Audited<T> {
+///     inner: Arc<MemoryStorage<T>>,
+/// }
+/// storage_core::storage_via!(Audited, |this| this.inner);
+///
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let store = Audited { inner: Arc::new(MemoryStorage::<i64>::new()) };
+/// store.set("a", &1).await?;
+/// assert_eq!(store.get("a").await?, Some(1));
+/// # Ok::<(), storage_core::StorageError>(())
+/// # }).unwrap();
+/// ```
+#[macro_export]
+macro_rules! storage_via {
+    ($wrapper:ident, |$this:ident| $inner:expr) => {
+        #[$crate::async_trait]
+        impl<T: $crate::StorageValue> $crate::Storage<T> for $wrapper<T> {
+            fn capabilities(&self) -> $crate::Capabilities {
+                let $this = self;
+                $inner.capabilities()
+            }
+            async fn get(&self, key: &str) -> $crate::Result<::std::option::Option<T>> {
+                let $this = self;
+                $inner.get(key).await
+            }
+            async fn set(&self, key: &str, value: &T) -> $crate::Result<()> {
+                let $this = self;
+                $inner.set(key, value).await
+            }
+            async fn delete(&self, key: &str) -> $crate::Result<bool> {
+                let $this = self;
+                $inner.delete(key).await
+            }
+            async fn has(&self, key: &str) -> $crate::Result<bool> {
+                let $this = self;
+                $inner.has(key).await
+            }
+            async fn clear(&self) -> $crate::Result<()> {
+                let $this = self;
+                $inner.clear().await
+            }
+            async fn size(&self) -> $crate::Result<u64> {
+                let $this = self;
+                $inner.size().await
+            }
+            fn keys(&self) -> $crate::ResultStream<'_, ::std::string::String> {
+                let $this = self;
+                $inner.keys()
+            }
+            fn values(&self) -> $crate::ResultStream<'_, T> {
+                let $this = self;
+                $inner.values()
+            }
+            fn entries(&self) -> $crate::ResultStream<'_, (::std::string::String, T)> {
+                let $this = self;
+                $inner.entries()
+            }
+        }
+    };
+}
+
 /// Level 1b: many keys at once. Every method is all-or-nothing.
 #[async_trait]
 pub trait BatchStorage<T: StorageValue>: Storage<T> {

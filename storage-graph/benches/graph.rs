@@ -90,8 +90,10 @@ async fn main() -> Result<()> {
     // doing slows both sides alike and the ratio stays meaningful.
     let (mut raw_create, mut create) = (Duration::ZERO, Duration::ZERO);
     for i in 0..n {
-        let json = serde_json::to_string(&user(i)).map_err(backend)?;
+        let value = user(i);
         let started = Instant::now();
+        // Both sides start from the typed value: the raw client serializes it too.
+        let json = serde_json::to_string(&value).map_err(backend)?;
         let q = format!(
             "CYPHER k={} v={} CREATE (:User {{key: $k, v: $v}})",
             to_cypher_param(&format!("user:{i}")).map_err(backend)?,
@@ -100,33 +102,35 @@ async fn main() -> Result<()> {
         raw_query(&mut conn, "GRAPH.QUERY", "raw", &q).await?;
         raw_create += started.elapsed();
         let started = Instant::now();
-        store.set(&format!("user:{i}"), &user(i)).await?;
+        store.set(&format!("user:{i}"), &value).await?;
         create += started.elapsed();
     }
 
     let rounds = 3;
     let (mut raw_batch, mut batched) = (Duration::ZERO, Duration::ZERO);
     for round in 0..rounds {
-        let rows: Vec<std::collections::HashMap<String, String>> = (0..batch)
-            .map(|i| {
-                let v = serde_json::to_string(&user(i)).unwrap_or_default();
-                [
-                    ("key".to_owned(), format!("row:{round}:{i}")),
-                    ("v".to_owned(), v),
-                ]
-                .into()
-            })
+        let entries: Vec<(String, User)> = (0..batch)
+            .map(|i| (format!("row:{round}:{i}"), user(i)))
             .collect();
         let started = Instant::now();
+        // Both sides start from the typed values: the raw client serializes them too.
+        let rows = entries
+            .iter()
+            .map(|(k, v)| {
+                Ok(std::collections::HashMap::from([
+                    ("key", k.clone()),
+                    ("v", serde_json::to_string(v).map_err(backend)?),
+                ]))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let q = format!(
             "CYPHER rows={} UNWIND $rows AS r CREATE (:User {{key: r.key, v: r.v}})",
             to_cypher_param(&rows).map_err(backend)?
         );
+        drop(rows);
         raw_query(&mut conn, "GRAPH.QUERY", "raw", &q).await?;
+        drop(q);
         raw_batch += started.elapsed();
-        let entries: Vec<(String, User)> = (0..batch)
-            .map(|i| (format!("row:{round}:{i}"), user(i)))
-            .collect();
         let started = Instant::now();
         store.set_many(entries).await?;
         batched += started.elapsed();

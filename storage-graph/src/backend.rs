@@ -27,7 +27,8 @@ use storage_core::{
 
 use crate::config::{GraphConfig, STREAM_MAX_LEN, redact_url};
 use crate::cypher::{
-    Cypher, KEY_INDEX_PROP, KEY_PROP, OPAQUE_PROP, Promoted, VALUE_PROP, key_hex, literal, promote,
+    Cypher, KEY_INDEX_PROP, KEY_PROP, Leaf, OBJECT_PROP, OPAQUE_PROP, VALUE_PROP, key_hex,
+    path_tag, push_key_hex, visit_leaves, write_str_literal,
 };
 use crate::embedded::EmbeddedServer;
 use crate::error::{BACKEND, corrupt, is_missing_graph, redis_err, reply_err};
@@ -37,6 +38,8 @@ use crate::unique::{EPOCH_PROP, Stamp, op_terms};
 const WRITE_RETRIES: usize = 16;
 /// Entries fetched per round trip when iterating.
 const PAGE: usize = 5000;
+/// How long `create_index` waits, by default, for FalkorDB to build a new index.
+const DEFAULT_INDEX_BUILD_TIMEOUT_MS: u64 = 10_000;
 
 /// A FalkorDB-backed store of `T` values under one label of one graph.
 ///
@@ -87,16 +90,24 @@ pub(crate) struct Inner {
     /// Counter bumped whenever the label's unique indexes change (see `crate::unique`).
     pub(crate) epoch_key: String,
     pub(crate) indexes: crate::query::IndexRegistry,
+    /// How long `create_index` waits for FalkorDB to build an index, in milliseconds.
+    pub(crate) index_build_timeout_ms: std::sync::atomic::AtomicU64,
     // Declared last: dropped after the connections above.
     server: Option<EmbeddedServer>,
 }
 
-/// A value encoded for the graph: the exact stored form plus the properties promoted for pushdown.
+/// A value encoded for the graph: the exact stored form, and the document its promoted
+/// properties (see `cypher::visit_leaves`) and unique index terms come from.
 #[derive(Debug, Clone)]
 pub(crate) struct Encoded {
     pub(crate) stored: String,
-    pub(crate) promoted: Arc<Promoted>,
     pub(crate) doc: Arc<Document>,
+}
+
+/// What a watched commit read about the keys it deletes or clears.
+enum Existed {
+    Keys(BTreeSet<String>),
+    Values(BTreeMap<String, String>),
 }
 
 /// A write with its value already encoded.
@@ -124,6 +135,21 @@ pub(crate) struct StreamChange {
     pub(crate) key: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) v: Option<String>,
+    /// The stored value a delete removed, when the commit read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) o: Option<String>,
+}
+
+/// A change as serialized into the stream, borrowed from the ops (the same JSON shape
+/// as [`StreamChange`]: a batch of 10,000 sets should not copy every value again).
+#[derive(Serialize)]
+struct StreamChangeRef<'a> {
+    k: &'static str,
+    key: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    v: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    o: Option<&'a str>,
 }
 
 /// An after-hook event of a commit, kept until the commit succeeded.
@@ -138,7 +164,7 @@ pub(crate) enum AfterItem {
 #[derive(Debug, Default)]
 pub(crate) struct Applied {
     pub(crate) result: BatchResult,
-    pub(crate) changes: Vec<StreamChange>,
+    /// The after-hook events, collected only when the caller asked for them.
     pub(crate) after: Vec<AfterItem>,
     /// The change stream id of the commit (none when nothing changed).
     pub(crate) stream_id: Option<String>,
@@ -163,7 +189,6 @@ pub(crate) fn encode<T: StorageValue>(codec: &Codec<T>, value: &T) -> Result<Enc
     };
     Ok(Encoded {
         stored,
-        promoted: Arc::new(promote(&doc)),
         doc: Arc::new(doc),
     })
 }
@@ -352,6 +377,9 @@ impl Inner {
             index_key: format!("{}::{}::indexes", config.database, config.label),
             epoch_key: format!("{}::{}::indexes::epoch", config.database, config.label),
             indexes: crate::query::IndexRegistry::default(),
+            index_build_timeout_ms: std::sync::atomic::AtomicU64::new(
+                DEFAULT_INDEX_BUILD_TIMEOUT_MS,
+            ),
             server,
         };
         inner.ensure_schema().await?;
@@ -364,22 +392,27 @@ impl Inner {
     /// one at a time. No FalkorDB unique constraint is added: FalkorDB 4.16.3 crashes
     /// (the whole server) when a node whose constrained property is empty or only
     /// whitespace is created under a unique constraint, and `"   "` is a valid key.
+    ///
+    /// Queries also find the nodes holding opaque values or objects on their paths
+    /// through indexes on `_o` and `_x` (FalkorDB indexes each element of a list), so
+    /// that an indexed query never scans the label; nodes without such values hold
+    /// neither property and cost those indexes nothing.
     async fn ensure_schema(&self) -> Result<()> {
         let mut conn = self.shared();
-        let index = format!(
-            "CREATE INDEX FOR (n:{}) ON (n.{KEY_INDEX_PROP})",
-            self.label
-        );
-        if let Err(e) = redis::cmd("GRAPH.QUERY")
-            .arg(&self.graph)
-            .arg(&index)
-            .query_async::<Value>(&mut conn)
-            .await
-            && !e.to_string().contains("already indexed")
-            // A replica (read by `DistributedGraphStorage`) has the index from its primary.
-            && !e.to_string().to_lowercase().contains("readonly")
-        {
-            return Err(redis_err("open")(e));
+        for prop in [KEY_INDEX_PROP, OPAQUE_PROP, OBJECT_PROP] {
+            let index = format!("CREATE INDEX FOR (n:{}) ON (n.{prop})", self.label);
+            if let Err(e) = redis::cmd("GRAPH.QUERY")
+                .arg(&self.graph)
+                .arg(&index)
+                .query_async::<Value>(&mut conn)
+                .await
+                && !e.to_string().contains("already indexed")
+                // A replica (read by `DistributedGraphStorage`) has the indexes from its
+                // primary.
+                && !e.to_string().to_lowercase().contains("readonly")
+            {
+                return Err(redis_err("open")(e));
+            }
         }
         Ok(())
     }
@@ -521,6 +554,26 @@ impl Inner {
             .collect())
     }
 
+    /// Which of `keys` exist, with their stored values.
+    pub(crate) async fn existing_values(
+        &self,
+        conn: &mut MultiplexedConnection,
+        keys: &[&str],
+    ) -> Result<BTreeMap<String, String>> {
+        if keys.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let mut q = Cypher::new();
+        let hex: Vec<String> = keys.iter().map(|k| key_hex(k)).collect();
+        let ks = q.param(&hex)?;
+        q.push(&format!(
+            "UNWIND {ks} AS k MATCH (n:{} {{{KEY_INDEX_PROP}: k}}) RETURN n.{KEY_PROP}, n.{VALUE_PROP}",
+            self.label
+        ));
+        let rows = self.read(conn, &q, "read").await?;
+        Ok(key_value_rows(rows, "read")?.into_iter().collect())
+    }
+
     /// Every key of the label.
     pub(crate) async fn all_keys(
         &self,
@@ -593,61 +646,91 @@ impl Inner {
 
     /// Applies `ops` as one commit. `existed` must hold, for every key a delete or clear
     /// touches, whether it existed before (read under the caller's `WATCH`), or be
-    /// `None` when `ops` holds only sets. Returns `None` when `EXEC` was aborted by a
-    /// concurrent write.
+    /// `None` when `ops` holds only sets. `old` holds the stored values read with it
+    /// (those of the keys deletes remove), which the change record carries.
+    /// `after_hooks`: whether to collect the after-hook events. Returns `None` when
+    /// `EXEC` was aborted by a concurrent write.
     #[allow(clippy::too_many_lines)] // one commit's bookkeeping reads best in one place
     pub(crate) async fn commit(
         &self,
         conn: &mut MultiplexedConnection,
         ops: &[Op],
         existed: Option<&BTreeSet<String>>,
+        old: &BTreeMap<String, String>,
         stamp: &Stamp,
+        after_hooks: bool,
     ) -> Result<Option<Applied>> {
         let mut applied = Applied::default();
+        let has_clear = ops.iter().any(|op| matches!(op, Op::Clear));
         let mut state: HashMap<&str, bool> = HashMap::new();
-        let mut all_known: BTreeSet<&str> = existed
-            .map(|e| e.iter().map(String::as_str).collect())
-            .unwrap_or_default();
+        // Only a clear needs every key that may exist at its point in the commit.
+        let mut all_known: BTreeSet<&str> = match existed {
+            Some(e) if has_clear => e.iter().map(String::as_str).collect(),
+            _ => BTreeSet::new(),
+        };
         let exists = |key: &str, state: &HashMap<&str, bool>| {
             state
                 .get(key)
                 .copied()
                 .unwrap_or_else(|| existed.is_some_and(|e| e.contains(key)))
         };
+        let mut changes: Vec<StreamChangeRef<'_>> = Vec::with_capacity(ops.len());
         let mut clear = false;
         let mut sets: BTreeMap<&str, &Encoded> = BTreeMap::new();
         let mut deletes: BTreeSet<&str> = BTreeSet::new();
+        // What a delete removes: the value set earlier in this commit, or the stored
+        // one read under the watch (none for a key this commit deleted or cleared).
+        let mut current: HashMap<&str, Option<&str>> = HashMap::new();
         for op in ops {
             applied.result.operations += 1;
             match op {
                 Op::Set { key, value } => {
                     sets.insert(key, value);
-                    deletes.remove(key.as_str());
+                    if !deletes.is_empty() {
+                        deletes.remove(key.as_str());
+                    }
                     state.insert(key, true);
-                    all_known.insert(key);
-                    applied.after.push(AfterItem::Set {
-                        key: key.clone(),
-                        stored: value.stored.clone(),
-                    });
-                    applied.changes.push(StreamChange {
-                        k: "s".into(),
-                        key: key.clone(),
-                        v: Some(value.stored.clone()),
-                    });
-                }
-                Op::Delete { key } => {
-                    applied.after.push(AfterItem::Delete {
-                        key: key.clone(),
-                        existed: exists(key, &state),
-                    });
-                    if exists(key, &state) {
-                        applied.result.deleted += 1;
-                        applied.changes.push(StreamChange {
-                            k: "d".into(),
+                    if has_clear {
+                        all_known.insert(key);
+                    }
+                    if after_hooks {
+                        applied.after.push(AfterItem::Set {
                             key: key.clone(),
-                            v: None,
+                            stored: value.stored.clone(),
                         });
                     }
+                    changes.push(StreamChangeRef {
+                        k: "s",
+                        key,
+                        v: Some(&value.stored),
+                        o: None,
+                    });
+                    if !deletes.is_empty() || !old.is_empty() {
+                        current.insert(key, Some(&value.stored));
+                    }
+                }
+                Op::Delete { key } => {
+                    let existed = exists(key, &state);
+                    if after_hooks {
+                        applied.after.push(AfterItem::Delete {
+                            key: key.clone(),
+                            existed,
+                        });
+                    }
+                    if existed {
+                        applied.result.deleted += 1;
+                        let removed = match current.get(key.as_str()) {
+                            Some(value) => *value,
+                            None => old.get(key).map(String::as_str),
+                        };
+                        changes.push(StreamChangeRef {
+                            k: "d",
+                            key,
+                            v: None,
+                            o: removed,
+                        });
+                    }
+                    current.insert(key, None);
                     sets.remove(key.as_str());
                     deletes.insert(key);
                     state.insert(key, false);
@@ -661,36 +744,41 @@ impl Inner {
                     let removed = present.len();
                     for key in present {
                         applied.result.cleared += 1;
-                        applied.changes.push(StreamChange {
-                            k: "d".into(),
-                            key: key.to_owned(),
+                        changes.push(StreamChangeRef {
+                            k: "d",
+                            key,
                             v: None,
+                            o: None,
                         });
                         state.insert(key, false);
+                        current.insert(key, None);
                     }
-                    applied.after.push(AfterItem::Clear {
-                        removed: u64::try_from(removed).unwrap_or(u64::MAX),
-                    });
+                    if after_hooks {
+                        applied.after.push(AfterItem::Clear {
+                            removed: u64::try_from(removed).unwrap_or(u64::MAX),
+                        });
+                    }
                     clear = true;
                     sets.clear();
                     deletes.clear();
                 }
             }
         }
-        if applied.changes.is_empty() {
+        if changes.is_empty() {
             // Nothing to write (deletes of missing keys): the after-hooks still see them.
             return Ok(Some(applied));
         }
         let q = self.write_plan(clear, &sets, &deletes, stamp)?;
-        let payload = serde_json::to_string(&applied.changes).map_err(|e| {
+        let payload = serde_json::to_string(&changes).map_err(|e| {
             StorageError::new(ErrorCode::SerializationFailed, e.to_string()).with_backend(BACKEND)
         })?;
+        drop(changes);
         let mut pipe = redis::pipe();
         pipe.atomic()
             .ignore_errors()
             .cmd("GRAPH.QUERY")
             .arg(&self.graph)
-            .arg(q.text())
+            .arg(q.into_text())
             .cmd("XADD")
             .arg(&self.stream)
             .arg("MAXLEN")
@@ -701,6 +789,7 @@ impl Inner {
             .arg(&payload)
             .cmd("INCR")
             .arg(&self.version_key);
+        drop(payload);
         let reply: Value = match pipe.query_async(conn).await {
             Ok(reply) => reply,
             Err(e) => {
@@ -731,12 +820,22 @@ impl Inner {
         Ok(Some(applied))
     }
 
-    /// One query for a whole commit: deletes (or the clear), then an `UNWIND` of the sets.
+    /// One query for a whole commit: deletes (or the clear), then the sets.
     ///
     /// Sets are an upsert written as `OPTIONAL MATCH` + `CREATE` or `SET` rather than
     /// `MERGE`, which FalkorDB runs several times slower. It is exact because each key
     /// appears once in `sets` (an `OPTIONAL MATCH` does not see nodes created earlier
     /// in the same query) and FalkorDB runs write queries one at a time.
+    ///
+    /// A batch of sets alone first asks the key index, in one lookup for the whole
+    /// batch (`kh IN $list`, which FalkorDB answers from the index several times
+    /// faster than one lookup per row), whether any of its keys exists. When none does
+    /// (loading new entries, the common case for a large batch), every row is a plain
+    /// `CREATE`, which costs FalkorDB about half the per-row upsert; otherwise nothing
+    /// was created (`created = 0`, a batch is never empty) and the same query upserts
+    /// row by row. Both branches are in the one query, so the check and the writes are
+    /// atomic together. (A `CASE` choosing between the rows and `[]` costs FalkorDB a
+    /// copy of the rows; it only runs on the upsert branch.)
     fn write_plan(
         &self,
         clear: bool,
@@ -765,34 +864,72 @@ impl Inner {
         if let (true, Some((key, value))) = (body.is_empty() && sets.len() == 1, sets.iter().next())
         {
             // A lone set skips UNWIND, which costs FalkorDB about three times more
-            // than the same upsert on plain parameters.
+            // than the same upsert on plain parameters, and names its properties in the
+            // body, one parameter each: a third faster to create than `SET m = $map`.
             let k = q.param(&key_hex(key))?;
-            let mut row = String::new();
-            write_node_literal(&mut row, key, value, stamp)?;
-            let p = q.param_literal(&row);
+            let props = lone_props(&mut q, &k, key, value, stamp)?;
             let _ = write!(
                 body,
                 "OPTIONAL MATCH (n:{label} {{{KEY_INDEX_PROP}: {k}}}) \
-                 FOREACH (_ IN CASE WHEN n IS NULL THEN [1] ELSE [] END | CREATE (m:{label}) SET m = {p}) \
-                 FOREACH (_ IN CASE WHEN n IS NULL THEN [] ELSE [1] END | SET n = {p})"
+                 FOREACH (_ IN CASE WHEN n IS NULL THEN [1] ELSE [] END | CREATE (:{label} {props})) \
+                 FOREACH (_ IN CASE WHEN n IS NULL THEN [] ELSE [1] END | SET n = {props})"
             );
         } else if !sets.is_empty() {
-            let mut list = String::with_capacity(sets.len() * 160);
-            list.push('[');
-            for (i, (key, value)) in sets.iter().enumerate() {
-                if i > 0 {
-                    list.push_str(", ");
+            let only_sets = body.is_empty();
+            let (rows, props) = if let Some(columns) = Columns::of(sets) {
+                let rows = q.param_literal(&columns.rows(sets, stamp)?);
+                (rows, columns.map_of("r", stamp))
+            } else {
+                let mut list = String::with_capacity(sets.len() * 160);
+                list.push('[');
+                for (i, (key, value)) in sets.iter().enumerate() {
+                    if i > 0 {
+                        list.push_str(", ");
+                    }
+                    write_node_literal(&mut list, key, value, stamp)?;
                 }
-                write_node_literal(&mut list, key, value, stamp)?;
-            }
-            list.push(']');
-            let rows = q.param_literal(&list);
-            let _ = write!(
-                body,
-                "UNWIND {rows} AS r OPTIONAL MATCH (n:{label} {{{KEY_INDEX_PROP}: r.{KEY_INDEX_PROP}}}) \
-                 FOREACH (_ IN CASE WHEN n IS NULL THEN [1] ELSE [] END | CREATE (m:{label}) SET m = r) \
-                 FOREACH (_ IN CASE WHEN n IS NULL THEN [] ELSE [1] END | SET n = r)"
+                list.push(']');
+                (q.param_literal(&list), "r".to_owned())
+            };
+            // In column form a row is a list, its key index property the second cell, and
+            // a node is created with its properties inline (cheaper than `SET m = map`).
+            let (kh, create) = if props == "r" {
+                (
+                    format!("r.{KEY_INDEX_PROP}"),
+                    format!("CREATE (m:{label}) SET m = r"),
+                )
+            } else {
+                ("r[1]".to_owned(), format!("CREATE (:{label} {props})"))
+            };
+            let upsert = format!(
+                "OPTIONAL MATCH (n:{label} {{{KEY_INDEX_PROP}: {kh}}}) \
+                 FOREACH (_ IN CASE WHEN n IS NULL THEN [1] ELSE [] END | {create}) \
+                 FOREACH (_ IN CASE WHEN n IS NULL THEN [] ELSE [1] END | SET n = {props})"
             );
+            if only_sets {
+                let mut khs = String::with_capacity(sets.len() * 24);
+                khs.push('[');
+                for (i, key) in sets.keys().enumerate() {
+                    if i > 0 {
+                        khs.push_str(", ");
+                    }
+                    // Hex digits need no escaping.
+                    khs.push('\'');
+                    khs.push_str(&key_hex(key));
+                    khs.push('\'');
+                }
+                khs.push(']');
+                let khs = q.param_literal(&khs);
+                let _ = write!(
+                    body,
+                    "OPTIONAL MATCH (e:{label}) WHERE e.{KEY_INDEX_PROP} IN {khs} \
+                     WITH count(e) AS c WHERE c = 0 UNWIND {rows} AS r {create} \
+                     WITH count(*) AS created \
+                     UNWIND CASE WHEN created = 0 THEN {rows} ELSE [] END AS r {upsert}"
+                );
+            } else {
+                let _ = write!(body, "UNWIND {rows} AS r {upsert}");
+            }
         } else if body.is_empty() {
             body.push_str("RETURN 0");
         } else {
@@ -803,32 +940,232 @@ impl Inner {
     }
 }
 
-/// Every property of an entry's node, as a Cypher map literal appended to `out`.
-///
-/// Written directly rather than through a `FalkorValue::Map`, which would copy every
-/// property once more per row: each value still goes through the `falkordb` encoder,
-/// and every name is fixed or a promoted path (no backtick, no NUL: see
-/// `cypher::promote`) in backticks.
-fn write_node_literal(out: &mut String, key: &str, value: &Encoded, stamp: &Stamp) -> Result<()> {
-    let hex = key_hex(key);
-    let _ = write!(
-        out,
-        "{{{KEY_PROP}: {}, {KEY_INDEX_PROP}: '{hex}', {VALUE_PROP}: {}",
-        literal(key)?,
-        literal(value.stored.as_str())?
-    );
-    for (name, v) in &value.promoted.props {
-        let _ = write!(out, ", `{name}`: {}", literal(v)?);
+/// The columns of a batch written column-wise: each row a list `[key, kh, v, ix, _o, _x,
+/// promoted…, unique terms…]` instead of a map, so that property names are written
+/// once in the query body rather than once per row (a map row costs FalkorDB more to
+/// parse and to apply through `SET m = r`). A property a row lacks is `null`, which
+/// `CREATE` and `SET n = {…}` both leave unset.
+struct Columns {
+    /// Promoted property names, in column order.
+    names: Vec<String>,
+    /// Column of each promoted name (after the fixed ones).
+    position: HashMap<String, usize>,
+}
+
+/// Fixed leading cells of a column-wise row: key, kh, v, ix, _o, _x.
+const FIXED_COLUMNS: usize = 6;
+
+impl Columns {
+    /// The columns of `sets`, or `None` when the rows differ so much in their promoted
+    /// names that columns would be mostly nulls (map rows are then cheaper).
+    fn of(sets: &BTreeMap<&str, &Encoded>) -> Option<Self> {
+        let mut position: HashMap<String, usize> = HashMap::new();
+        let mut names: Vec<String> = Vec::new();
+        let mut filled = 0usize;
+        for value in sets.values() {
+            visit_leaves(&value.doc, &mut |name, leaf| {
+                if matches!(leaf, Leaf::Opaque | Leaf::Object) {
+                    return;
+                }
+                filled += 1;
+                if !position.contains_key(name) {
+                    position.insert(name.to_owned(), names.len());
+                    names.push(name.to_owned());
+                }
+            });
+            if names.len() > 256 {
+                return None;
+            }
+        }
+        let cells = names.len().saturating_mul(sets.len());
+        (cells <= filled.saturating_mul(2) + sets.len() * 4).then_some(Self { names, position })
     }
-    if !value.promoted.opaque.is_empty() {
-        let _ = write!(out, ", {OPAQUE_PROP}: [");
-        for (i, path) in value.promoted.opaque.iter().enumerate() {
+
+    /// The rows as one list literal.
+    fn rows(&self, sets: &BTreeMap<&str, &Encoded>, stamp: &Stamp) -> Result<String> {
+        let mut out = String::with_capacity(
+            sets.values()
+                .map(|v| v.stored.len() + 64 + 16 * self.names.len())
+                .sum(),
+        );
+        let mut cells: Vec<Option<Leaf<'_>>> = vec![None; self.names.len()];
+        let mut opaque = String::new();
+        let mut objects = String::new();
+        out.push('[');
+        for (i, (key, value)) in sets.iter().enumerate() {
             if i > 0 {
                 out.push_str(", ");
             }
-            out.push_str(&literal(path.as_str())?);
+            out.push('[');
+            write_str_literal(&mut out, key)?;
+            // Hex digits need no escaping.
+            out.push_str(", '");
+            push_key_hex(&mut out, key);
+            out.push_str("', ");
+            write_str_literal(&mut out, &value.stored)?;
+            let _ = write!(out, ", {}", stamp.epoch);
+            cells.fill(None);
+            opaque.clear();
+            objects.clear();
+            let mut failed = None;
+            visit_leaves(&value.doc, &mut |name, leaf| {
+                let list = match leaf {
+                    Leaf::Opaque => &mut opaque,
+                    Leaf::Object => &mut objects,
+                    _ => {
+                        if let Some(&at) = self.position.get(name) {
+                            cells[at] = Some(leaf);
+                        }
+                        return;
+                    }
+                };
+                list.push_str(if list.is_empty() { "[" } else { ", " });
+                if let Err(e) = write_str_literal(list, &path_tag(&name[1..])) {
+                    failed = Some(e);
+                }
+            });
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            for list in [&opaque, &objects] {
+                out.push_str(", ");
+                if list.is_empty() {
+                    out.push_str("null");
+                } else {
+                    out.push_str(list);
+                    out.push(']');
+                }
+            }
+            for cell in &cells {
+                out.push_str(", ");
+                match cell {
+                    Some(leaf) => leaf.write(&mut out)?,
+                    None => out.push_str("null"),
+                }
+            }
+            stamp.write_term_columns(&value.doc, &mut out)?;
+            out.push(']');
         }
         out.push(']');
+        Ok(out)
+    }
+
+    /// The property map of a row named `row`, for `CREATE (:L {…})` and `SET n = {…}`.
+    fn map_of(&self, row: &str, stamp: &Stamp) -> String {
+        let mut out = format!(
+            "{{{KEY_PROP}: {row}[0], {KEY_INDEX_PROP}: {row}[1], {VALUE_PROP}: {row}[2], {EPOCH_PROP}: {row}[3], {OPAQUE_PROP}: {row}[4], {OBJECT_PROP}: {row}[5]"
+        );
+        for (i, name) in self.names.iter().enumerate() {
+            // Promoted names hold no backtick or NUL (see `cypher::visit_leaves`).
+            let _ = write!(out, ", `{name}`: {row}[{}]", FIXED_COLUMNS + i);
+        }
+        for (i, (prop, _, _)) in stamp.uniques.iter().enumerate() {
+            // Term property names are `u:` and hex digits.
+            let _ = write!(
+                out,
+                ", `{prop}`: {row}[{}]",
+                FIXED_COLUMNS + self.names.len() + i
+            );
+        }
+        out.push('}');
+        out
+    }
+}
+
+/// The property map of a lone set's node, each value a parameter of `q` (`kh` is the
+/// placeholder `kh` already holds): `{key: $p1, kh: $p0, v: $p2, …}`. A missing list
+/// or unique term is `null`, which `CREATE` skips and `SET n = {…}` removes.
+fn lone_props(
+    q: &mut Cypher,
+    kh: &str,
+    key: &str,
+    value: &Encoded,
+    stamp: &Stamp,
+) -> Result<String> {
+    let mut cell = String::new();
+    write_str_literal(&mut cell, key)?;
+    let mut out = format!(
+        "{{{KEY_PROP}: {}, {KEY_INDEX_PROP}: {kh}",
+        q.param_literal(&cell)
+    );
+    cell.clear();
+    write_str_literal(&mut cell, &value.stored)?;
+    let _ = write!(out, ", {VALUE_PROP}: {}", q.param_literal(&cell));
+    let (mut opaque, mut objects) = (String::new(), String::new());
+    let mut leaves = Vec::new();
+    let mut result = Ok(());
+    visit_leaves(&value.doc, &mut |name, leaf| {
+        let list = match leaf {
+            Leaf::Opaque => &mut opaque,
+            Leaf::Object => &mut objects,
+            _ => {
+                leaves.push((name.to_owned(), leaf));
+                return;
+            }
+        };
+        list.push_str(if list.is_empty() { "[" } else { ", " });
+        if result.is_ok() {
+            result = write_str_literal(list, &path_tag(&name[1..]));
+        }
+    });
+    result?;
+    for (prop, list) in [(OPAQUE_PROP, &mut opaque), (OBJECT_PROP, &mut objects)] {
+        if !list.is_empty() {
+            list.push(']');
+            let _ = write!(out, ", {prop}: {}", q.param_literal(list));
+        }
+    }
+    for (name, leaf) in leaves {
+        cell.clear();
+        leaf.write(&mut cell)?;
+        // Promoted names hold no backtick or NUL (see `cypher::visit_leaves`).
+        let _ = write!(out, ", `{name}`: {}", q.param_literal(&cell));
+    }
+    let _ = write!(out, ", {EPOCH_PROP}: {}", stamp.epoch);
+    for (prop, terms) in stamp.term_literals(&value.doc)? {
+        // Term property names are `u:` and hex digits.
+        let _ = write!(out, ", `{prop}`: {}", q.param_literal(&terms));
+    }
+    out.push('}');
+    Ok(out)
+}
+
+/// Every property of an entry's node, as a Cypher map literal appended to `out` (the
+/// row of a batch whose promoted names differ too much for columns).
+///
+/// Every name is fixed or a promoted path (no backtick, no NUL: see
+/// `cypher::visit_leaves`) in backticks; every value goes through the `falkordb` encoder.
+fn write_node_literal(out: &mut String, key: &str, value: &Encoded, stamp: &Stamp) -> Result<()> {
+    let _ = write!(out, "{{{KEY_PROP}: ");
+    write_str_literal(out, key)?;
+    let _ = write!(out, ", {KEY_INDEX_PROP}: '");
+    push_key_hex(out, key);
+    let _ = write!(out, "', {VALUE_PROP}: ");
+    write_str_literal(out, &value.stored)?;
+    let (mut opaque, mut objects) = (String::new(), String::new());
+    let mut result = Ok(());
+    visit_leaves(&value.doc, &mut |name, leaf| {
+        if result.is_err() {
+            return;
+        }
+        let list = match leaf {
+            Leaf::Opaque => &mut opaque,
+            Leaf::Object => &mut objects,
+            _ => {
+                let _ = write!(out, ", `{name}`: ");
+                result = leaf.write(out);
+                return;
+            }
+        };
+        list.push_str(if list.is_empty() { "[" } else { ", " });
+        result = write_str_literal(list, &path_tag(&name[1..]));
+    });
+    result?;
+    if !opaque.is_empty() {
+        let _ = write!(out, ", {OPAQUE_PROP}: {opaque}]");
+    }
+    if !objects.is_empty() {
+        let _ = write!(out, ", {OBJECT_PROP}: {objects}]");
     }
     stamp.write_props(&value.doc, out)?;
     out.push('}');
@@ -958,6 +1295,29 @@ impl<T: StorageValue> GraphStorage<T> {
         redact_url(&self.inner.url)
     }
 
+    /// Sets how long `create_index` waits for FalkorDB to build a new index over the
+    /// existing nodes (10 s by default), for this store and every clone of it.
+    ///
+    /// FalkorDB builds an index in the background and plans queries without it until it
+    /// is ready. When the time runs out, `create_index` fails with a retryable `Timeout`:
+    /// the FalkorDB index exists and keeps building, but the definition is not
+    /// registered yet; calling `create_index` again waits again and registers it.
+    pub fn set_index_build_timeout(&self, timeout: std::time::Duration) {
+        let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        self.inner
+            .index_build_timeout_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How long `create_index` waits for FalkorDB to build a new index.
+    pub fn index_build_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(
+            self.inner
+                .index_build_timeout_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
     /// Every entry as a document (for unique checks), read on `conn`.
     pub(crate) async fn all_documents(
         &self,
@@ -1002,7 +1362,9 @@ impl<T: StorageValue> GraphStorage<T> {
             crate::unique::check_ops(&stamp.definitions(), &base, ops)?;
         }
         let existed = if ops.iter().any(|op| matches!(op, Op::Clear)) {
-            self.inner.all_keys(conn).await?
+            // A clear's change record lists every key it removes, without the values
+            // (which would copy the whole label into the stream).
+            Existed::Keys(self.inner.all_keys(conn).await?)
         } else {
             let keys: BTreeSet<&str> = ops
                 .iter()
@@ -1010,9 +1372,22 @@ impl<T: StorageValue> GraphStorage<T> {
                 .filter_map(Op::key)
                 .collect();
             let keys: Vec<&str> = keys.into_iter().collect();
-            self.inner.existing(conn, &keys).await?
+            Existed::Values(self.inner.existing_values(conn, &keys).await?)
         };
-        self.inner.commit(conn, ops, Some(&existed), &stamp).await
+        let (existed, old): (BTreeSet<String>, BTreeMap<String, String>) = match existed {
+            Existed::Keys(keys) => (keys, BTreeMap::new()),
+            Existed::Values(values) => (values.keys().cloned().collect(), values),
+        };
+        self.inner
+            .commit(
+                conn,
+                ops,
+                Some(&existed),
+                &old,
+                &stamp,
+                self.hub.has_after_hooks(),
+            )
+            .await
     }
 
     /// The documents that could hold a term `ops` claims in a unique index: nodes that
@@ -1066,7 +1441,14 @@ impl<T: StorageValue> GraphStorage<T> {
                 uniques: Vec::new(),
             };
             self.inner
-                .commit(&mut conn, ops, None, &stamp)
+                .commit(
+                    &mut conn,
+                    ops,
+                    None,
+                    &BTreeMap::new(),
+                    &stamp,
+                    self.hub.has_after_hooks(),
+                )
                 .await?
                 .ok_or_else(|| reply_err("commit", "exec aborted without watch"))?
         };

@@ -22,7 +22,6 @@
 //! flips: the inner clause must then keep *only* matching nodes, so opaque nodes are
 //! excluded instead.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use falkordb::{FalkorValue, IntoFalkorParam, to_cypher_param};
@@ -42,8 +41,25 @@ pub(crate) const KEY_PROP: &str = "key";
 pub(crate) const KEY_INDEX_PROP: &str = "kh";
 /// Node property holding the encoded value.
 pub(crate) const VALUE_PROP: &str = "v";
-/// Node property listing the paths of values that are present but not promoted.
+/// Node property listing the paths of values that are present but not promoted, each
+/// as a [`path_tag`].
 pub(crate) const OPAQUE_PROP: &str = "_o";
+/// Node property listing the paths (below the root) that hold an object. Filters see an
+/// object like a missing value, but `order_by` does not (objects sort after strings),
+/// so an ordered query treats a node with an object on an order path in process. Each
+/// path is a [`path_tag`].
+pub(crate) const OBJECT_PROP: &str = "_x";
+
+/// A path as listed in `_o` and `_x`: `h` and the path's bytes in hex. Those lists are
+/// indexed, and FalkorDB's index does not match strings exactly (it trims whitespace,
+/// and cannot find `""`, the root's path); hex digits after a letter it matches as
+/// they are.
+pub(crate) fn path_tag(path: &str) -> String {
+    let mut out = String::with_capacity(1 + path.len() * 2);
+    out.push('h');
+    push_key_hex(&mut out, path);
+    out
+}
 /// Integers beyond this magnitude are not promoted: FalkorDB compares them with
 /// floats through a double, which would be inexact.
 const EXACT_INT: i64 = 1 << 53;
@@ -100,6 +116,12 @@ impl Cypher {
         self
     }
 
+    /// The full query text, without copying the header (which holds the data).
+    pub(crate) fn into_text(mut self) -> String {
+        self.header.push_str(&self.body);
+        self.header
+    }
+
     /// The full query text: header then body.
     pub(crate) fn text(&self) -> String {
         let mut out = String::with_capacity(self.header.len() + self.body.len());
@@ -116,24 +138,74 @@ impl Cypher {
 
 /// The key as lowercase hex of its UTF-8 bytes (see [`KEY_INDEX_PROP`]).
 pub(crate) fn key_hex(key: &str) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(key.len() * 2);
+    push_key_hex(&mut out, key);
+    out
+}
+
+/// Appends [`key_hex`] of `key` to `out`.
+pub(crate) fn push_key_hex(out: &mut String, key: &str) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(key.len() * 2);
     for b in key.bytes() {
         out.push(char::from(DIGITS[usize::from(b >> 4)]));
         out.push(char::from(DIGITS[usize::from(b & 15)]));
     }
-    out
 }
 
-/// One value as a Cypher literal, by the `falkordb` crate's encoder.
-pub(crate) fn literal<V: IntoFalkorParam + ?Sized>(value: &V) -> Result<String> {
-    to_cypher_param(value).map_err(|e| {
+/// Appends one value as a Cypher literal to `out`, by the `falkordb` crate's encoder
+/// (without a string per value: a batch writes tens of thousands of them).
+pub(crate) fn write_literal<V: IntoFalkorParam + ?Sized>(
+    out: &mut String,
+    value: &V,
+) -> Result<()> {
+    let start = out.len();
+    value.encode_param(out).map_err(|e| {
+        out.truncate(start);
         StorageError::new(
             ErrorCode::InvalidValue,
             format!("value cannot be sent to falkordb: {e}"),
         )
         .with_backend(BACKEND)
     })
+}
+
+/// Appends a string as a Cypher literal to `out`: the same text as the `falkordb`
+/// crate's encoder (a test compares them on arbitrary strings), written a run of
+/// plain bytes at a time instead of a char at a time, which matters for the encoded
+/// values of a large batch (megabytes of text).
+pub(crate) fn write_str_literal(out: &mut String, s: &str) -> Result<()> {
+    let start = out.len();
+    out.reserve(s.len() + 2);
+    out.push('\'');
+    let mut plain = 0;
+    for (i, b) in s.bytes().enumerate() {
+        // All of these are ASCII, so `i` is always on a char boundary.
+        let escape = match b {
+            b'\\' => "\\\\",
+            b'\'' => "\\'",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0C => "\\f",
+            0 => {
+                out.truncate(start);
+                return Err(StorageError::new(
+                    ErrorCode::InvalidValue,
+                    "value cannot be sent to falkordb: string contains a NUL byte",
+                )
+                .with_backend(BACKEND));
+            }
+            _ => continue,
+        };
+        out.push_str(&s[plain..i]);
+        out.push_str(escape);
+        plain = i + 1;
+    }
+    out.push_str(&s[plain..]);
+    out.push('\'');
+    Ok(())
 }
 
 /// Quotes a label, relationship type or property name in backticks.
@@ -153,30 +225,61 @@ pub(crate) fn promoted_name(path: &str) -> String {
     format!(".{path}")
 }
 
-/// The promoted properties and opaque paths of a document.
-#[derive(Debug, Default)]
-pub(crate) struct Promoted {
-    pub(crate) props: HashMap<String, FalkorValue>,
-    pub(crate) opaque: Vec<String>,
+/// A leaf of a document as the graph stores it for pushdown: a scalar FalkorDB
+/// represents faithfully, promoted to a property, or an opaque value listed by path.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Leaf<'a> {
+    Str(&'a str),
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    /// Present but not promoted (arrays, nulls, larger integers, strings with NUL).
+    Opaque,
+    /// An object (below the root), visited before its fields: listed in `_x`.
+    Object,
 }
 
-/// Splits a document into promoted scalars and opaque paths (see the module docs).
-pub(crate) fn promote(doc: &Document) -> Promoted {
-    let mut out = Promoted::default();
+impl Leaf<'_> {
+    /// Appends the promoted value as a Cypher literal (`Opaque` has none).
+    pub(crate) fn write(self, out: &mut String) -> Result<()> {
+        match self {
+            Leaf::Str(s) => write_str_literal(out, s),
+            Leaf::Bool(b) => write_literal(out, &b),
+            Leaf::Int(i) => write_literal(out, &i),
+            Leaf::Float(f) => write_literal(out, &f),
+            Leaf::Opaque | Leaf::Object => Err(StorageError::new(
+                ErrorCode::InvalidValue,
+                "an opaque value or object has no promoted literal",
+            )
+            .with_backend(BACKEND)),
+        }
+    }
+}
+
+/// Calls `f(name, leaf)` for every leaf of a document (see the module docs), where
+/// `name` is the promoted property name `.path` (the path is `&name[1..]`), in the
+/// order of the document's fields. Each name comes once: object keys are unique, and
+/// a path through a key that holds a dot is never visited.
+///
+/// One path buffer serves the whole walk, so a document costs no allocation here (a
+/// batch walks tens of thousands of them).
+pub(crate) fn visit_leaves<'d>(doc: &'d Document, f: &mut impl FnMut(&str, Leaf<'d>)) {
+    let mut name = String::from(".");
     match doc {
         Value::Object(map) => {
             for (k, v) in map {
                 if nameable(k) {
-                    walk(k, v, &mut out);
+                    name.push_str(k);
+                    walk(&mut name, v, f);
+                    name.truncate(1);
                 }
             }
         }
         // Paths address the fields of objects; an array at the root is indexed by
         // numeric segments the pre-filter does not model, so it is opaque as a whole.
-        Value::Array(_) => out.opaque.push(String::new()),
+        Value::Array(_) => f(".", Leaf::Opaque),
         _ => {}
     }
-    out
 }
 
 /// Whether an object key can be part of a promoted property name. A key with a dot or
@@ -187,36 +290,39 @@ fn nameable(k: &str) -> bool {
     !(k.is_empty() || k.contains(['.', '\0', '`']))
 }
 
-fn walk(path: &str, value: &Value, out: &mut Promoted) {
+fn walk<'d>(name: &mut String, value: &'d Value, f: &mut impl FnMut(&str, Leaf<'d>)) {
     match value {
         Value::Object(map) => {
+            f(name, Leaf::Object);
+            let len = name.len();
             for (k, v) in map {
                 if nameable(k) {
-                    walk(&format!("{path}.{k}"), v, out);
+                    name.push('.');
+                    name.push_str(k);
+                    walk(name, v, f);
+                    name.truncate(len);
                 }
             }
         }
-        Value::String(s) if !s.contains('\0') => {
-            out.props
-                .insert(promoted_name(path), FalkorValue::String(s.clone()));
-        }
-        Value::Bool(b) => {
-            out.props.insert(promoted_name(path), FalkorValue::Bool(*b));
-        }
+        Value::String(s) if !s.contains('\0') => f(name, Leaf::Str(s)),
+        Value::Bool(b) => f(name, Leaf::Bool(*b)),
         Value::Number(n) => {
             if let Some(i) = n.as_i64().filter(|i| (-EXACT_INT..=EXACT_INT).contains(i)) {
-                out.props.insert(promoted_name(path), FalkorValue::I64(i));
-            } else if let (false, Some(f)) = (n.is_i64() || n.is_u64(), n.as_f64()) {
-                if f.is_finite() {
-                    out.props.insert(promoted_name(path), FalkorValue::F64(f));
-                } else {
-                    out.opaque.push(path.to_owned());
-                }
+                f(name, Leaf::Int(i));
+            } else if let (false, Some(x)) = (n.is_i64() || n.is_u64(), n.as_f64()) {
+                f(
+                    name,
+                    if x.is_finite() {
+                        Leaf::Float(x)
+                    } else {
+                        Leaf::Opaque
+                    },
+                );
             } else {
-                out.opaque.push(path.to_owned());
+                f(name, Leaf::Opaque);
             }
         }
-        _ => out.opaque.push(path.to_owned()),
+        _ => f(name, Leaf::Opaque),
     }
 }
 
@@ -246,6 +352,9 @@ fn exact_scalar(value: &Value) -> Option<FalkorValue> {
 pub(crate) struct PreFilter {
     /// The boolean expression (`true` when nothing could be pushed).
     pub(crate) expr: String,
+    /// The same without the opaque-value checks: exact, when `complete`, on nodes
+    /// without opaque values on the filter's paths (and cheaper to evaluate).
+    pub(crate) exact: String,
     /// Descriptions of the clauses that run in Cypher.
     pub(crate) pushed: Vec<String>,
     /// Descriptions of the clauses that only run in process.
@@ -258,71 +367,61 @@ pub(crate) struct PreFilter {
 pub(crate) fn pre_filter(filter: &Filter, q: &mut Cypher) -> Result<PreFilter> {
     let mut out = PreFilter {
         expr: String::new(),
+        exact: String::new(),
         pushed: Vec::new(),
         in_process: Vec::new(),
         complete: true,
     };
-    out.expr = translate(filter, true, q, &mut out)?;
+    (out.expr, out.exact) = translate(filter, true, q, &mut out)?;
     Ok(out)
 }
 
-/// Every prefix (the root `""` included) of every field path a filter's conditions
-/// name: an opaque value at any of them may decide the filter in a way the promoted
-/// properties do not show.
-pub(crate) fn relevant_prefixes(filter: &Filter) -> Vec<String> {
-    fn walk(filter: &Filter, out: &mut std::collections::BTreeSet<String>) {
-        match filter {
-            Filter::And(parts) | Filter::Or(parts) => parts.iter().for_each(|p| walk(p, out)),
-            Filter::Not(inner) => walk(inner, out),
-            Filter::Condition { field, .. } | Filter::Nested { field, .. } => {
-                let segments: Vec<&str> = field.split('.').collect();
-                for i in 1..=segments.len() {
-                    out.insert(segments[..i].join("."));
-                }
-            }
-        }
-    }
-    let mut out = std::collections::BTreeSet::from([String::new()]);
-    walk(filter, &mut out);
-    out.into_iter().collect()
-}
-
 /// `positive`: the result must keep every match (a superset); otherwise it must keep
-/// only matches (a subset), which is what an enclosing `not` needs.
+/// only matches (a subset), which is what an enclosing `not` needs. Returns the
+/// pre-filter and its exact form (see [`PreFilter::exact`]).
 fn translate(
     filter: &Filter,
     positive: bool,
     q: &mut Cypher,
     out: &mut PreFilter,
-) -> Result<String> {
+) -> Result<(String, String)> {
     let fallback = if positive { "true" } else { "false" };
     match filter {
         Filter::And(parts) | Filter::Or(parts) => {
             let is_and = matches!(filter, Filter::And(_));
             if parts.is_empty() {
-                return Ok(if is_and { "true" } else { "false" }.to_owned());
+                let empty = if is_and { "true" } else { "false" };
+                return Ok((empty.to_owned(), empty.to_owned()));
             }
-            let mut exprs = Vec::with_capacity(parts.len());
+            let (mut exprs, mut exacts) = (Vec::new(), Vec::new());
             for part in parts {
-                exprs.push(translate(part, positive, q, out)?);
+                let (expr, exact) = translate(part, positive, q, out)?;
+                exprs.push(expr);
+                exacts.push(exact);
             }
             let joiner = if is_and { " AND " } else { " OR " };
-            Ok(format!("({})", exprs.join(joiner)))
+            Ok((
+                format!("({})", exprs.join(joiner)),
+                format!("({})", exacts.join(joiner)),
+            ))
         }
-        Filter::Not(inner) => Ok(format!("(NOT {})", translate(inner, !positive, q, out)?)),
+        Filter::Not(inner) => {
+            let (expr, exact) = translate(inner, !positive, q, out)?;
+            Ok((format!("(NOT {expr})"), format!("(NOT {exact})")))
+        }
         Filter::Nested { field, .. } => {
             out.complete = false;
             out.in_process.push(format!("nested condition on {field}"));
-            Ok(fallback.to_owned())
+            Ok((fallback.to_owned(), fallback.to_owned()))
         }
         Filter::Condition { field, op, value } => {
-            if let Some(expr) = condition(field, *op, value, positive, q)? {
+            if let Some(pair) = condition(field, *op, value, positive, q)? {
                 out.pushed.push(format!("{field} {op:?}"));
-                Ok(expr)
+                Ok(pair)
             } else {
                 out.complete = false;
                 out.in_process.push(format!("{field} {op:?}"));
-                Ok(fallback.to_owned())
+                Ok((fallback.to_owned(), fallback.to_owned()))
             }
         }
     }
@@ -334,7 +433,7 @@ fn condition(
     value: &Value,
     positive: bool,
     q: &mut Cypher,
-) -> Result<Option<String>> {
+) -> Result<Option<(String, String)>> {
     // An invalid path is the evaluator's to reject (InvalidQuery), not ours to guess.
     let Ok(path) = FieldPath::parse(field) else {
         return Ok(None);
@@ -397,14 +496,18 @@ fn condition(
     for i in 1..=segments.len() {
         prefixes.push(segments[..i].join("."));
     }
-    let list: Vec<FalkorValue> = prefixes.into_iter().map(FalkorValue::String).collect();
+    let list: Vec<FalkorValue> = prefixes
+        .iter()
+        .map(|p| FalkorValue::String(path_tag(p)))
+        .collect();
     let pfx = q.param(&FalkorValue::Array(list))?;
     let opaque = format!("any(x IN coalesce(n.{OPAQUE_PROP}, []) WHERE x IN {pfx})");
-    Ok(Some(if positive {
+    let expr = if positive {
         format!("({exact} OR {opaque})")
     } else {
         format!("({exact} AND NOT {opaque})")
-    }))
+    };
+    Ok(Some((expr, exact)))
 }
 
 #[cfg(test)]
@@ -423,6 +526,29 @@ mod tests {
         Ok(())
     }
 
+    proptest::proptest! {
+        #[test]
+        fn fast_string_literals_equal_the_falkordb_encoder(s in "(?s).{0,40}|[\\\\'\"\n\r\t\u{8}\u{c}a-z\u{e9}\u{1F600}]{0,40}") {
+            let mut fast = String::new();
+            let ours = write_str_literal(&mut fast, &s).map(|()| fast);
+            match to_cypher_param(s.as_str()) {
+                Ok(theirs) => proptest::prop_assert_eq!(ours.ok(), Some(theirs)),
+                Err(_) => proptest::prop_assert!(ours.is_err()),
+            }
+        }
+    }
+
+    #[test]
+    fn fast_string_literals_reject_nul() {
+        let mut out = String::from("x");
+        assert!(write_str_literal(&mut out, "a\0b").is_err());
+        assert!(write_str_literal(&mut out, "it's \\ \u{8}").is_ok());
+        assert_eq!(
+            out,
+            format!("x{}", to_cypher_param("it's \\ \u{8}").unwrap_or_default())
+        );
+    }
+
     #[test]
     fn names_with_backticks_cannot_be_quoted() {
         assert_eq!(quote_name("a b").as_deref(), Some("`a b`"));
@@ -437,13 +563,28 @@ mod tests {
             "big": u64::MAX, "min": i64::MIN, "arr": [1], "null": null,
             "o": {"c": "d"}, "dot.ted": 1
         });
-        let p = promote(&doc);
+        let (mut props, mut opaque) = (Vec::new(), Vec::new());
+        let mut objects = Vec::new();
+        visit_leaves(&doc, &mut |name, leaf| match leaf {
+            Leaf::Opaque => opaque.push(name[1..].to_owned()),
+            Leaf::Object => objects.push(name[1..].to_owned()),
+            _ => props.push((name.to_owned(), leaf)),
+        });
+        assert_eq!(objects, ["o"]);
+        let names: Vec<&str> = props.iter().map(|(n, _)| n.as_str()).collect();
         for name in [".s", ".n", ".f", ".b", ".o.c"] {
-            assert!(p.props.contains_key(name), "{name}");
+            assert!(names.contains(&name), "{name}");
         }
-        let mut opaque = p.opaque.clone();
+        assert!(props.contains(&(".o.c".to_owned(), Leaf::Str("d"))));
+        assert!(props.contains(&(".f".to_owned(), Leaf::Float(1.5))));
         opaque.sort();
         assert_eq!(opaque, ["arr", "big", "min", "nul", "null"]);
-        assert!(!p.props.keys().any(|k| k.contains("dot")));
+        assert!(!names.iter().any(|k| k.contains("dot")));
+        let mut root = Vec::new();
+        let array = json!([1, 2]);
+        visit_leaves(&array, &mut |name, leaf| {
+            root.push((name[1..].to_owned(), leaf));
+        });
+        assert_eq!(root, [(String::new(), Leaf::Opaque)]);
     }
 }

