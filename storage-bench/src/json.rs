@@ -3,14 +3,17 @@
 //! The raw side is what a hand-written JSON-file store needs at the least: a typed
 //! `BTreeMap<String, Doc>` in memory and an append-only journal of one JSON line per
 //! write (`["key", {...}]`), `fdatasync`ed before the write returns — the adapter's
-//! default durability. The batch is one buffer of lines, one write, one `fdatasync`.
+//! default durability. Like the adapter's journal, the one-by-one journal is
+//! preallocated (zero-filled and fsync'd before the clock starts), so each append
+//! overwrites existing space and its `fdatasync` is the disk's floor for a durable
+//! append. The batch is one buffer of lines, one write, one `fdatasync`.
 //! Queries scan the map (filter, sort, limit); the "indexes" are a map from author to
 //! keys and an ordered set of `(created_at, key)`. Results are cloned out, as the
 //! adapter's are handed out by value.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
 
 use storage_core::config::JsonConfig;
@@ -39,8 +42,18 @@ struct RawJournal {
 }
 
 impl RawJournal {
-    fn open(path: &Path) -> Result<Self> {
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
+    /// Opens a journal with `preallocate` bytes of zero-filled, fsync'd space.
+    fn open(path: &Path, preallocate: usize) -> Result<Self> {
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(path)?;
+        if preallocate > 0 {
+            file.write_all(&vec![0u8; preallocate])?;
+            file.sync_all()?;
+            file.seek(SeekFrom::Start(0))?;
+        }
         Ok(Self {
             file,
             map: BTreeMap::new(),
@@ -133,8 +146,8 @@ impl RawJournal {
 /// One run of the raw journal.
 pub fn raw_run(dir: &Path, w: &Workload) -> Result<Sample> {
     let mut s = Sample::default();
-    let mut single = RawJournal::open(&dir.join("raw-single.journal"))?;
-    let mut bulk = RawJournal::open(&dir.join("raw-bulk.journal"))?;
+    let mut single = RawJournal::open(&dir.join("raw-single.journal"), w.single_inserts * 1024)?;
+    let mut bulk = RawJournal::open(&dir.join("raw-bulk.journal"), 0)?;
 
     let t = start();
     for (k, d) in w.single() {

@@ -167,11 +167,15 @@ struct Index {
     postings: Postings,
     /// Documents contributing at least one value.
     entries: u64,
+    /// Keys filed under more than one value (a btree index's array fields): the only
+    /// documents whose range clauses on one field may be met by different values.
+    multi: BTreeSet<String>,
     /// Shared by every copy-on-write clone, so snapshots count into the same stats.
     counters: Arc<Counters>,
 }
 
-/// What [`IndexSet::choose`] picked: an index and the top-level clause it answers.
+/// What [`IndexSet::choose`] picked: an index and the top-level clause (or, for a
+/// btree index, the range clauses on its field) it answers.
 ///
 /// Borrowing the set and the filter, it is meant to be used at once, under
 /// whatever lock guards the adapter's entries.
@@ -181,6 +185,122 @@ pub struct IndexChoice<'a> {
     field: &'a str,
     op: Operator,
     operand: &'a Document,
+    /// For a range: every range clause on the field, intersected.
+    range: Option<RangeProbe<'a>>,
+    estimate: usize,
+}
+
+/// One end of a range: the operand and whether it is included.
+type RangeEnd<'a> = Option<(&'a Document, bool)>;
+
+/// The intersection of the range clauses on one field.
+#[derive(Debug, Clone, Copy)]
+struct RangeProbe<'a> {
+    lower: RangeEnd<'a>,
+    upper: RangeEnd<'a>,
+    /// The operands lie in different type brackets: no single value meets them all.
+    disjoint: bool,
+}
+
+impl<'a> RangeProbe<'a> {
+    /// Intersects range clauses (`gt`, `gte`, `lt`, `lte` with their operands).
+    fn of(clauses: &[(Operator, &'a Document)]) -> Option<Self> {
+        let first = clauses.first()?.1;
+        let mut probe = Self {
+            lower: None,
+            upper: None,
+            disjoint: clauses
+                .iter()
+                .any(|(_, v)| type_bracket(v) != type_bracket(first)),
+        };
+        for &(op, value) in clauses {
+            let inclusive = matches!(op, Operator::Gte | Operator::Lte);
+            let (end, tighter) = match op {
+                Operator::Gt | Operator::Gte => (&mut probe.lower, Ordering::Greater),
+                Operator::Lt | Operator::Lte => (&mut probe.upper, Ordering::Less),
+                _ => continue,
+            };
+            *end = match *end {
+                Some((current, current_inclusive)) => {
+                    match compare_total(Some(value), Some(current)) {
+                        o if o == tighter => Some((value, inclusive)),
+                        Ordering::Equal => Some((value, inclusive && current_inclusive)),
+                        _ => Some((current, current_inclusive)),
+                    }
+                }
+                None => Some((value, inclusive)),
+            };
+        }
+        Some(probe)
+    }
+
+    /// The posting sets of the values inside the range, walked lazily from one end.
+    fn sets<'m>(
+        &self,
+        m: &'m BTreeMap<SortKey, BTreeSet<String>>,
+    ) -> Box<dyn Iterator<Item = &'m BTreeSet<String>> + 'm> {
+        if self.disjoint {
+            return Box::new(std::iter::empty());
+        }
+        let upper = self
+            .upper
+            .map(|(v, inclusive)| (SortKey(v.clone()), inclusive));
+        let Some((lower, inclusive)) = self.lower else {
+            let Some((end, inclusive)) = upper else {
+                return Box::new(std::iter::empty());
+            };
+            let bracket = type_bracket(&end.0);
+            let end = if inclusive {
+                Bound::Included(end)
+            } else {
+                Bound::Excluded(end)
+            };
+            return Box::new(
+                m.range((Bound::Unbounded, end))
+                    .rev()
+                    .take_while(move |(k, _)| type_bracket(&k.0) == bracket)
+                    .map(|(_, keys)| keys),
+            );
+        };
+        let bracket = type_bracket(lower);
+        let start = SortKey(lower.clone());
+        let start = if inclusive {
+            Bound::Included(start)
+        } else {
+            Bound::Excluded(start)
+        };
+        Box::new(
+            m.range((start, Bound::Unbounded))
+                .take_while(move |(k, _)| {
+                    type_bracket(&k.0) == bracket
+                        && upper
+                            .as_ref()
+                            .is_none_or(|(u, inclusive)| match (*k).cmp(u) {
+                                Ordering::Less => true,
+                                Ordering::Equal => *inclusive,
+                                Ordering::Greater => false,
+                            })
+                })
+                .map(|(_, keys)| keys),
+        )
+    }
+
+    fn describe(&self, field: &str) -> String {
+        let mut parts = Vec::new();
+        if let Some((v, inclusive)) = self.lower {
+            parts.push(format!(
+                "{field} {} {v}",
+                if inclusive { ">=" } else { ">" }
+            ));
+        }
+        if let Some((v, inclusive)) = self.upper {
+            parts.push(format!(
+                "{field} {} {v}",
+                if inclusive { "<=" } else { "<" }
+            ));
+        }
+        parts.join(" and ")
+    }
 }
 
 impl IndexChoice<'_> {
@@ -196,16 +316,35 @@ impl IndexChoice<'_> {
         self.field
     }
 
-    /// The operator of the clause the index answers.
+    /// The operator of the clause the index answers (for a range, of the first
+    /// range clause on the field; [`IndexChoice::describe`] names them all).
     #[must_use]
     pub fn op(&self) -> Operator {
         self.op
     }
 
-    /// The operand of the clause the index answers.
+    /// The operand of the clause the index answers (for a range, of the first
+    /// range clause on the field).
     #[must_use]
     pub fn operand(&self) -> &Document {
         self.operand
+    }
+
+    /// The clause or clauses the index answers, for a plan: `age >= 30 and age < 32`,
+    /// `city eq "Paris"`.
+    #[must_use]
+    pub fn describe(&self) -> String {
+        match &self.range {
+            Some(range) => range.describe(self.field),
+            None => format!("{} {} {}", self.field, self.op.as_str(), self.operand),
+        }
+    }
+
+    /// About how many candidates the index yields (exact for equality, `in` and
+    /// ranges up to the point where the planner stopped counting).
+    #[must_use]
+    pub fn estimate(&self) -> usize {
+        self.estimate
     }
 
     /// The keys that may match the clause: a superset of the matching entries'
@@ -214,7 +353,10 @@ impl IndexChoice<'_> {
     /// Counts a hit (some candidate) or a miss (none) in the index's stats.
     #[must_use]
     pub fn candidates(&self) -> BTreeSet<String> {
-        self.index.candidates(self.op, self.operand)
+        match &self.range {
+            Some(range) => self.index.range_candidates(range),
+            None => self.index.candidates(self.op, self.operand),
+        }
     }
 }
 
@@ -232,19 +374,50 @@ impl Index {
     }
 
     /// The terms `doc` is filed under (deduplicated); empty when not indexed.
-    fn terms(&self, doc: &Document) -> Vec<Term> {
+    fn terms<'d>(&self, doc: &'d Document) -> Vec<Term<'d>> {
+        /// Up to this many values, duplicates are found by comparing pairs (no hashing,
+        /// no allocation); a single value, the common case, needs no check at all.
+        const LINEAR: usize = 16;
         let values = index_values(&self.path, doc, self.definition.sparse);
-        let mut seen = HashSet::new();
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(values.len());
         match self.postings {
-            Postings::Btree(_) | Postings::Hash(_) => {
+            Postings::Btree(_) if values.len() <= LINEAR => {
                 for v in values {
-                    if seen.insert(canonical(v)) {
-                        out.push(Term::Value(v.clone()));
+                    let fresh = !out.iter().any(|t| {
+                        matches!(t, Term::Ordered(u) if compare_total(Some(u), Some(v)) == Ordering::Equal)
+                    });
+                    if fresh {
+                        out.push(Term::Ordered(v));
+                    }
+                }
+            }
+            Postings::Hash(_) if values.len() <= LINEAR => {
+                for v in values {
+                    let canon = canonical(v);
+                    if !out
+                        .iter()
+                        .any(|t| matches!(t, Term::Hashed(_, c) if *c == canon))
+                    {
+                        out.push(Term::Hashed(v, canon));
+                    }
+                }
+            }
+            Postings::Btree(_) | Postings::Hash(_) => {
+                let hashed = matches!(self.postings, Postings::Hash(_));
+                let mut seen = HashSet::new();
+                for v in values {
+                    let canon = canonical(v);
+                    if seen.insert(canon.clone()) {
+                        out.push(if hashed {
+                            Term::Hashed(v, canon)
+                        } else {
+                            Term::Ordered(v)
+                        });
                     }
                 }
             }
             Postings::Fulltext(_) => {
+                let mut seen = HashSet::new();
                 for v in values {
                     if let Document::String(s) = v {
                         for word in words(s) {
@@ -259,16 +432,25 @@ impl Index {
         out
     }
 
+    /// Keys filed under a term's value.
+    fn exact_term(&self, term: &Term<'_>) -> Option<&BTreeSet<String>> {
+        match (&self.postings, term) {
+            (Postings::Btree(m), Term::Ordered(v)) => m.get(&SortKey((*v).clone())),
+            (Postings::Hash(m), Term::Hashed(_, canon)) => m.get(canon),
+            _ => None,
+        }
+    }
+
     /// Files `doc` under `key`, refusing a value a unique index already holds.
     fn insert_checked(&mut self, key: &str, doc: &Document) -> Result<()> {
         if self.definition.unique {
             for term in self.terms(doc) {
-                if let Term::Value(value) = term
-                    && let Some(holder) = self
-                        .exact(&value)
-                        .and_then(|keys| keys.iter().find(|k| *k != key))
+                if let Some(holder) = self
+                    .exact_term(&term)
+                    .and_then(|keys| keys.iter().find(|k| *k != key))
+                    && let Some(value) = term.value()
                 {
-                    return Err(conflict(self, &value, holder, key));
+                    return Err(conflict(self, value, holder, key));
                 }
             }
         }
@@ -278,14 +460,21 @@ impl Index {
 
     fn insert(&mut self, key: &str, doc: &Document) {
         let terms = self.terms(doc);
+        self.insert_terms(key, terms);
+    }
+
+    fn insert_terms(&mut self, key: &str, terms: Vec<Term<'_>>) {
         if terms.is_empty() {
             return;
         }
         self.entries += 1;
+        if terms.len() > 1 && matches!(self.postings, Postings::Btree(_)) {
+            self.multi.insert(key.to_owned());
+        }
         for term in terms {
             let set = match (&mut self.postings, term) {
-                (Postings::Btree(m), Term::Value(v)) => m.entry(SortKey(v)).or_default(),
-                (Postings::Hash(m), Term::Value(v)) => m.entry(canonical(&v)).or_default(),
+                (Postings::Btree(m), Term::Ordered(v)) => m.entry(SortKey(v.clone())).or_default(),
+                (Postings::Hash(m), Term::Hashed(_, canon)) => m.entry(canon).or_default(),
                 (Postings::Fulltext(m), Term::Word(w)) => m.entry(w).or_default(),
                 _ => continue,
             };
@@ -295,14 +484,33 @@ impl Index {
 
     fn remove(&mut self, key: &str, doc: &Document) {
         let terms = self.terms(doc);
+        self.remove_terms(key, terms);
+    }
+
+    /// Files a change of `key` from `old` to `new`; nothing to do when both are
+    /// filed under the same terms (an overwrite that leaves the field alone).
+    fn replace(&mut self, key: &str, old: &Document, new: &Document) {
+        let before = self.terms(old);
+        let after = self.terms(new);
+        if before.len() == after.len() && before.iter().all(|t| after.iter().any(|u| t.same(u))) {
+            return;
+        }
+        self.remove_terms(key, before);
+        self.insert_terms(key, after);
+    }
+
+    fn remove_terms(&mut self, key: &str, terms: Vec<Term<'_>>) {
         if terms.is_empty() {
             return;
         }
         self.entries = self.entries.saturating_sub(1);
+        if terms.len() > 1 {
+            self.multi.remove(key);
+        }
         for term in terms {
             match (&mut self.postings, term) {
-                (Postings::Btree(m), Term::Value(v)) => {
-                    let k = SortKey(v);
+                (Postings::Btree(m), Term::Ordered(v)) => {
+                    let k = SortKey(v.clone());
                     if let Some(set) = m.get_mut(&k) {
                         set.remove(key);
                         if set.is_empty() {
@@ -310,20 +518,11 @@ impl Index {
                         }
                     }
                 }
-                (Postings::Hash(m), Term::Value(v)) => {
-                    let k = canonical(&v);
+                (Postings::Hash(m) | Postings::Fulltext(m), Term::Hashed(_, k) | Term::Word(k)) => {
                     if let Some(set) = m.get_mut(&k) {
                         set.remove(key);
                         if set.is_empty() {
                             m.remove(&k);
-                        }
-                    }
-                }
-                (Postings::Fulltext(m), Term::Word(w)) => {
-                    if let Some(set) = m.get_mut(&w) {
-                        set.remove(key);
-                        if set.is_empty() {
-                            m.remove(&w);
                         }
                     }
                 }
@@ -334,6 +533,7 @@ impl Index {
 
     fn clear(&mut self) {
         self.entries = 0;
+        self.multi.clear();
         match &mut self.postings {
             Postings::Btree(m) => m.clear(),
             Postings::Hash(m) | Postings::Fulltext(m) => m.clear(),
@@ -385,38 +585,8 @@ impl Index {
                 }
             }
             Operator::Gt | Operator::Gte | Operator::Lt | Operator::Lte => {
-                if let Postings::Btree(m) = &self.postings {
-                    let bracket = type_bracket(operand);
-                    let pivot = SortKey(operand.clone());
-                    let same =
-                        |(k, _): &(&SortKey, &BTreeSet<String>)| type_bracket(&k.0) == bracket;
-                    let sets: Vec<&BTreeSet<String>> = match op {
-                        Operator::Gt => m
-                            .range((Bound::Excluded(pivot), Bound::Unbounded))
-                            .take_while(same)
-                            .map(|(_, s)| s)
-                            .collect(),
-                        Operator::Gte => m
-                            .range((Bound::Included(pivot), Bound::Unbounded))
-                            .take_while(same)
-                            .map(|(_, s)| s)
-                            .collect(),
-                        Operator::Lt => m
-                            .range((Bound::Unbounded, Bound::Excluded(pivot)))
-                            .rev()
-                            .take_while(same)
-                            .map(|(_, s)| s)
-                            .collect(),
-                        _ => m
-                            .range((Bound::Unbounded, Bound::Included(pivot)))
-                            .rev()
-                            .take_while(same)
-                            .map(|(_, s)| s)
-                            .collect(),
-                    };
-                    for set in sets {
-                        out.extend(set.iter().cloned());
-                    }
+                if let Some(range) = RangeProbe::of(&[(op, operand)]) {
+                    return self.range_candidates(&range);
                 }
             }
             Operator::Text => {
@@ -438,13 +608,69 @@ impl Index {
             }
             _ => {}
         }
-        let counter = if out.is_empty() {
+        self.count_lookup(out.is_empty());
+        out
+    }
+
+    /// The candidate keys for a range: the keys filed under a value inside it, and
+    /// every key filed under several values (whose range clauses another value may
+    /// meet). Records a hit or a miss.
+    fn range_candidates(&self, range: &RangeProbe<'_>) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        if let Postings::Btree(m) = &self.postings {
+            for keys in range.sets(m) {
+                out.extend(keys.iter().cloned());
+            }
+            out.extend(self.multi.iter().cloned());
+        }
+        self.count_lookup(out.is_empty());
+        out
+    }
+
+    fn count_lookup(&self, miss: bool) {
+        let counter = if miss {
             &self.counters.misses
         } else {
             &self.counters.hits
         };
         counter.fetch_add(1, AtomicOrdering::Relaxed);
-        out
+    }
+
+    /// How many candidates `op operand` yields (for `text`, at most).
+    fn estimate_clause(&self, op: Operator, operand: &Document) -> usize {
+        match op {
+            Operator::Eq => self.exact(operand).map_or(0, BTreeSet::len),
+            Operator::In => operand
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|v| self.exact(v).map_or(0, BTreeSet::len))
+                .sum(),
+            Operator::Text => match (&self.postings, operand.as_str()) {
+                (Postings::Fulltext(m), Some(text)) => words(text)
+                    .iter()
+                    .map(|w| m.get(w).map_or(0, BTreeSet::len))
+                    .min()
+                    .unwrap_or(0),
+                _ => usize::MAX,
+            },
+            _ => usize::MAX,
+        }
+    }
+
+    /// How many candidates a range yields, counted until it exceeds `cap`.
+    fn count_range(&self, range: &RangeProbe<'_>, cap: usize) -> usize {
+        let Postings::Btree(m) = &self.postings else {
+            return usize::MAX;
+        };
+        let mut count = self.multi.len();
+        for keys in range.sets(m) {
+            if count > cap {
+                break;
+            }
+            count += keys.len();
+        }
+        count
     }
 
     fn info(&self) -> IndexInfo {
@@ -461,9 +687,35 @@ impl Index {
     }
 }
 
-enum Term {
-    Value(Document),
+/// One value (or word) a document is filed under, borrowed from the document.
+enum Term<'d> {
+    /// A btree index's value.
+    Ordered(&'d Document),
+    /// A hash index's value, with its canonical form (the map's key).
+    Hashed(&'d Document, String),
+    /// A fulltext index's word.
     Word(String),
+}
+
+impl Term<'_> {
+    /// Whether two terms of one index file a document in the same place.
+    fn same(&self, other: &Term<'_>) -> bool {
+        match (self, other) {
+            (Self::Ordered(a), Term::Ordered(b)) => {
+                compare_total(Some(a), Some(b)) == Ordering::Equal
+            }
+            (Self::Hashed(_, a), Term::Hashed(_, b)) | (Self::Word(a), Term::Word(b)) => a == b,
+            _ => false,
+        }
+    }
+
+    /// The value, for a btree or hash index.
+    fn value(&self) -> Option<&Document> {
+        match self {
+            Self::Ordered(v) | Self::Hashed(v, _) => Some(v),
+            Self::Word(_) => None,
+        }
+    }
 }
 
 /// Every secondary index of one store, kept in step with the store's entries.
@@ -583,11 +835,11 @@ impl IndexSet {
     /// (`None`: absent), `new` its document now (`None`: deleted).
     pub fn update(&mut self, key: &str, old: Option<&Document>, new: Option<&Document>) {
         for index in &mut self.indexes {
-            if let Some(old) = old {
-                index.remove(key, old);
-            }
-            if let Some(new) = new {
-                index.insert(key, new);
+            match (old, new) {
+                (Some(old), Some(new)) => index.replace(key, old, new),
+                (Some(old), None) => index.remove(key, old),
+                (None, Some(new)) => index.insert(key, new),
+                (None, None) => {}
             }
         }
     }
@@ -618,20 +870,24 @@ impl IndexSet {
             for (key, doc) in changes {
                 let Some(doc) = doc else { continue };
                 for term in index.terms(doc.borrow()) {
-                    let Term::Value(value) = term else { continue };
-                    if let Some(other) = claimed.insert(canonical(&value), key) {
-                        return Err(conflict(index, &value, other, key));
+                    let Some(value) = term.value() else { continue };
+                    let canon = match &term {
+                        Term::Hashed(_, canon) => canon.clone(),
+                        _ => canonical(value),
+                    };
+                    if let Some(other) = claimed.insert(canon, key) {
+                        return Err(conflict(index, value, other, key));
                     }
                     if cleared {
                         continue;
                     }
                     // The set mirrors the committed entries, so a filed key is live
                     // unless this change touches it.
-                    let holder = index.exact(&value).and_then(|keys| {
+                    let holder = index.exact_term(&term).and_then(|keys| {
                         keys.iter().find(|k| *k != key && !changes.contains_key(*k))
                     });
                     if let Some(holder) = holder {
-                        return Err(conflict(index, &value, holder, key));
+                        return Err(conflict(index, value, holder, key));
                     }
                 }
             }
@@ -639,36 +895,93 @@ impl IndexSet {
         Ok(())
     }
 
-    /// The first index answering a clause of the filter's top level (the filter
-    /// itself, or a child of a top-level `and`); `None` means a full scan.
+    /// The most selective index for the filter's top level (the filter itself, or
+    /// the children of a top-level `and`); `None` means a full scan.
     ///
-    /// Only clauses an index answers exactly as a superset are chosen: `eq`
-    /// and `in` without `null` (which also matches missing fields), ranges on
-    /// a btree index (never crossing type brackets), `text` on a fulltext index.
+    /// Only clauses an index answers exactly as a superset are considered: `eq`
+    /// and `in` without `null` (which also matches missing fields), `text` on a
+    /// fulltext index, and ranges on a btree index, where every range clause on
+    /// the field is answered at once as one range (`gte a and lt b` walks the
+    /// values from `a` to `b` only, never crossing type brackets). Each
+    /// candidate plan is costed by the keys it would yield (posting sizes for
+    /// equality, counted lazily for ranges, stopping once a plan costs more than
+    /// the best so far), and the cheapest wins; ties go to the earlier clause.
+    /// The evaluator still checks every clause on the candidates.
     #[must_use]
     pub fn choose<'a>(&'a self, filter: Option<&'a Filter>) -> Option<IndexChoice<'a>> {
-        let clauses: Vec<&Filter> = match filter? {
-            Filter::And(children) => children.iter().collect(),
+        if self.indexes.is_empty() {
+            return None;
+        }
+        let clauses: Vec<(&str, Operator, &Document)> = match filter? {
+            Filter::And(children) => children.iter().collect::<Vec<_>>(),
             other => vec![other],
+        }
+        .into_iter()
+        .filter_map(|clause| match clause {
+            Filter::Condition { field, op, value } => Some((field.as_str(), *op, value)),
+            _ => None,
+        })
+        .collect();
+        let is_range = |op: Operator| {
+            matches!(
+                op,
+                Operator::Gt | Operator::Gte | Operator::Lt | Operator::Lte
+            )
         };
-        for clause in clauses {
-            let Filter::Condition { field, op, value } = clause else {
-                continue;
-            };
-            if let Some(index) = self
-                .indexes
-                .iter()
-                .find(|i| i.path.as_str() == field && i.answers(*op, value))
-            {
-                return Some(IndexChoice {
+        let mut best: Option<IndexChoice<'a>> = None;
+        let mut ranged: Vec<&str> = Vec::new();
+        for &(field, op, operand) in &clauses {
+            let cap = best.map_or(usize::MAX, |b| b.estimate);
+            let choice = if is_range(op) {
+                if ranged.contains(&field) {
+                    continue;
+                }
+                ranged.push(field);
+                let Some(index) = self
+                    .indexes
+                    .iter()
+                    .find(|i| i.path.as_str() == field && i.answers(op, operand))
+                else {
+                    continue;
+                };
+                let on_field: Vec<(Operator, &Document)> = clauses
+                    .iter()
+                    .filter(|(f, o, v)| *f == field && is_range(*o) && index.answers(*o, v))
+                    .map(|(_, o, v)| (*o, *v))
+                    .collect();
+                let Some(range) = RangeProbe::of(&on_field) else {
+                    continue;
+                };
+                IndexChoice {
                     index,
                     field,
-                    op: *op,
-                    operand: value,
-                });
+                    op,
+                    operand,
+                    estimate: index.count_range(&range, cap),
+                    range: Some(range),
+                }
+            } else {
+                let Some(index) = self
+                    .indexes
+                    .iter()
+                    .find(|i| i.path.as_str() == field && i.answers(op, operand))
+                else {
+                    continue;
+                };
+                IndexChoice {
+                    index,
+                    field,
+                    op,
+                    operand,
+                    estimate: index.estimate_clause(op, operand),
+                    range: None,
+                }
+            };
+            if best.is_none_or(|b| choice.estimate < b.estimate) {
+                best = Some(choice);
             }
         }
-        None
+        best
     }
 
     /// The entries a query with `filter` must hand to the evaluator: those of
@@ -753,6 +1066,7 @@ fn empty(definition: IndexDefinition) -> Result<Index> {
         path,
         postings,
         entries: 0,
+        multi: BTreeSet::new(),
         counters: Arc::new(Counters::default()),
     })
 }
@@ -802,6 +1116,201 @@ mod tests {
         )?;
         assert_eq!(candidates(&set, &field("n").gt(3))?, ["b", "d"]);
         assert_eq!(candidates(&set, &field("n").lte(2))?, ["a", "d"]);
+        Ok(())
+    }
+
+    #[test]
+    fn range_clauses_on_one_field_are_answered_as_one_range() -> Result<()> {
+        let mut data: Vec<(String, Document)> = (0..10)
+            .map(|i| (format!("k{i}"), json!({"n": i})))
+            .collect();
+        // An array field may meet `gte 5` and `lt 3` with different elements.
+        data.push(("multi".to_owned(), json!({"n": [1, 10]})));
+        data.push(("text".to_owned(), json!({"n": "4"})));
+        let mut set = IndexSet::new();
+        set.create(
+            IndexDefinition::new("n", "n", IndexKind::Btree),
+            data.iter().map(|(k, v)| (k.as_str(), v)),
+        )?;
+        let both = |a: Filter, b: Filter| crate::query::and(vec![a, b]);
+        let window = both(field("n").gte(3), field("n").lt(6));
+        let choice = set
+            .choose(Some(&window))
+            .ok_or_else(|| StorageError::unsupported("no index chosen"))?;
+        assert_eq!(choice.describe(), "n >= 3 and n < 6");
+        assert_eq!(choice.estimate(), 4);
+        assert_eq!(candidates(&set, &window)?, ["k3", "k4", "k5", "multi"]);
+        // The tighter bound of each side wins; an exclusive bound beats an equal inclusive one.
+        let tight = crate::query::and(vec![
+            field("n").gt(1),
+            field("n").gte(4),
+            field("n").lte(8),
+            field("n").lt(8),
+        ]);
+        assert_eq!(
+            set.choose(Some(&tight))
+                .ok_or_else(|| StorageError::unsupported("no index chosen"))?
+                .describe(),
+            "n >= 4 and n < 8"
+        );
+        assert_eq!(candidates(&set, &tight)?, ["k4", "k5", "k6", "k7", "multi"]);
+        // An empty or inverted range, or bounds in two type brackets: only multi-valued keys.
+        assert_eq!(
+            candidates(&set, &both(field("n").gte(5), field("n").lt(3)))?,
+            ["multi"]
+        );
+        assert_eq!(
+            candidates(&set, &both(field("n").gte(5), field("n").lt("9")))?,
+            ["multi"]
+        );
+        // Every candidate set is a superset of what the evaluator matches.
+        for filter in [window, tight, both(field("n").gte(5), field("n").lt(3))] {
+            let q = crate::query::CompiledQuery::compile(&crate::Query::filter(filter.clone()))?;
+            let matched: Vec<String> = q
+                .run(data.iter().map(|(k, v)| (k.as_str(), v)))
+                .into_iter()
+                .map(|m| m.key)
+                .collect();
+            let got = candidates(&set, &filter)?;
+            assert!(
+                matched.iter().all(|k| got.contains(k)),
+                "{matched:?} ⊄ {got:?}"
+            );
+        }
+        Ok(())
+    }
+
+    use proptest::strategy::Strategy as _;
+
+    fn scalar() -> impl proptest::strategy::Strategy<Value = Document> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (-5i64..15).prop_map(|n| json!(n)),
+            (-5i64..15).prop_map(|n| json!(f64::from(i32::try_from(n).unwrap_or(0)) + 0.5)),
+            "[a-d]{0,2}".prop_map(|s| json!(s)),
+            Just(json!(null)),
+            any::<bool>().prop_map(|b| json!(b)),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever the documents (scalars, arrays, mixed types, missing fields) and the
+        /// range clauses, the chosen index's candidates hold every entry the evaluator
+        /// matches.
+        #[test]
+        fn range_candidates_are_a_superset_of_the_matches(
+            values in proptest::collection::vec(
+                proptest::option::of(proptest::prop_oneof![
+                    scalar(),
+                    proptest::collection::vec(scalar(), 0..4).prop_map(Document::Array),
+                ]),
+                0..30,
+            ),
+            clauses in proptest::collection::vec((0usize..4, scalar()), 1..4),
+            eq_other in proptest::option::of(0i64..3),
+        ) {
+            use proptest::prelude::*;
+            let data: Vec<(String, Document)> = values
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    let mut doc = json!({"m": i64::try_from(i % 3).unwrap_or(0)});
+                    if let Some(v) = v {
+                        doc["n"] = v;
+                    }
+                    (format!("k{i:02}"), doc)
+                })
+                .collect();
+            let mut set = IndexSet::new();
+            for (name, path) in [("n", "n"), ("m", "m")] {
+                set.create(
+                    IndexDefinition::new(name, path, IndexKind::Btree),
+                    data.iter().map(|(k, v)| (k.as_str(), v)),
+                )?;
+            }
+            let mut filters: Vec<Filter> = clauses
+                .into_iter()
+                .map(|(op, v)| match op {
+                    0 => field("n").gt(v),
+                    1 => field("n").gte(v),
+                    2 => field("n").lt(v),
+                    _ => field("n").lte(v),
+                })
+                .collect();
+            if let Some(m) = eq_other {
+                filters.push(field("m").eq(m));
+            }
+            let filter = crate::query::and(filters);
+            let q = crate::query::CompiledQuery::compile(&crate::Query::filter(filter.clone()))?;
+            let matched: Vec<String> = q
+                .run(data.iter().map(|(k, v)| (k.as_str(), v)))
+                .into_iter()
+                .map(|m| m.key)
+                .collect();
+            let data_map: BTreeMap<String, Document> = data.into_iter().collect();
+            let scanned: BTreeSet<String> = set
+                .scan(Some(&filter), &data_map)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for key in &matched {
+                prop_assert!(scanned.contains(key), "{key} matched but was not a candidate");
+            }
+        }
+    }
+
+    #[test]
+    fn an_overwrite_refiles_only_when_the_indexed_values_change() -> Result<()> {
+        let old = json!({"tags": ["a", "b"], "other": 1});
+        let mut set = set_with(
+            IndexDefinition::new("t", "tags", IndexKind::Btree),
+            &[("k", old.clone())],
+        )?;
+        // Same tags in another order, another unindexed field: filed as before.
+        let same = json!({"tags": ["b", "a"], "other": 2});
+        set.update("k", Some(&old), Some(&same));
+        assert_eq!(candidates(&set, &field("tags").eq("a"))?, ["k"]);
+        assert_eq!(set.list()[0].stats.entries, 1);
+        let moved = json!({"tags": ["c"]});
+        set.update("k", Some(&same), Some(&moved));
+        assert_eq!(candidates(&set, &field("tags").eq("c"))?, ["k"]);
+        assert!(
+            set.choose(Some(&field("tags").eq("a")))
+                .is_some_and(|c| c.candidates().is_empty())
+        );
+        assert_eq!(set.list()[0].stats.entries, 1);
+        Ok(())
+    }
+
+    #[test]
+    fn the_most_selective_index_is_chosen() -> Result<()> {
+        let data: Vec<(String, Document)> = (0..100)
+            .map(|i| (format!("k{i:03}"), json!({"kind": i % 2, "id": i})))
+            .collect();
+        let mut set = IndexSet::new();
+        for (name, path) in [("by_kind", "kind"), ("by_id", "id")] {
+            set.create(
+                IndexDefinition::new(name, path, IndexKind::Btree),
+                data.iter().map(|(k, v)| (k.as_str(), v)),
+            )?;
+        }
+        let pick = |filter: &Filter| -> Result<String> {
+            Ok(set
+                .choose(Some(filter))
+                .ok_or_else(|| StorageError::unsupported("no index chosen"))?
+                .index_name()
+                .to_owned())
+        };
+        let q = crate::query::and(vec![field("kind").eq(1), field("id").gte(90)]);
+        assert_eq!(pick(&q)?, "by_id");
+        let q = crate::query::and(vec![field("kind").eq(1), field("id").gte(10)]);
+        assert_eq!(pick(&q)?, "by_kind");
+        let q = crate::query::and(vec![
+            field("id").gte(10),
+            field("kind").eq(0),
+            field("id").lt(12),
+        ]);
+        assert_eq!(pick(&q)?, "by_id");
+        assert_eq!(candidates(&set, &q)?, ["k010", "k011"]);
         Ok(())
     }
 

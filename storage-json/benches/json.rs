@@ -8,7 +8,7 @@
 //! `STORAGE_JSON_BENCH_SIZES=100000` picks the store sizes.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -80,8 +80,13 @@ async fn prefill(path: &Path, n: u64) -> BenchResult {
 }
 
 /// Sequential overwrites of random existing keys, one `set` awaited at a time.
-async fn sequential_sets(config: JsonConfig, n: u64, ops: u64) -> BenchResult<f64> {
+async fn sequential_sets(config: JsonConfig, n: u64, ops: u64, indexed: bool) -> BenchResult<f64> {
     let store = JsonStorage::<User>::open(config).await?;
+    if indexed {
+        for definition in bench_indexes() {
+            store.create_index(definition).await?;
+        }
+    }
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let start = Instant::now();
     for _ in 0..ops {
@@ -89,21 +94,86 @@ async fn sequential_sets(config: JsonConfig, n: u64, ops: u64) -> BenchResult<f6
         store.set(&key(id), &user(id)).await?;
     }
     let took = start.elapsed();
+    if indexed {
+        // Index definitions persist; the later measurements start without them.
+        for definition in bench_indexes() {
+            store.drop_index(&definition.name).await?;
+        }
+    }
     store.close().await?;
     Ok(micros(took, ops))
 }
 
-/// Sequential fsync'd sets and raw fsync'd appends, alternated in rounds so both
+/// The four indexes the query measurements create.
+fn bench_indexes() -> [IndexDefinition; 4] {
+    [
+        IndexDefinition::new("email", "email", IndexKind::Hash).unique(),
+        IndexDefinition::new("tags", "tags", IndexKind::Hash),
+        IndexDefinition::new("age", "age", IndexKind::Btree),
+        IndexDefinition::new("id", "id", IndexKind::Btree),
+    ]
+}
+
+/// The floor of a durable append on this disk: one line written into space that was
+/// zero-filled and fsync'd beforehand, then `fdatasync` (no size change, no block
+/// allocation, so the file system has only the data to flush). The adapter's journal
+/// appends the same way.
+struct Floor {
+    file: File,
+    at: u64,
+}
+
+impl Floor {
+    fn new(path: &Path, bytes: u64) -> BenchResult<Self> {
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(path)?;
+        file.write_all(&vec![0u8; usize::try_from(bytes)?])?;
+        file.sync_all()?;
+        file.seek(SeekFrom::Start(0))?;
+        Ok(Self { file, at: 0 })
+    }
+
+    fn append(&mut self, line: &[u8]) -> BenchResult {
+        self.file.write_all(line)?;
+        self.file.sync_data()?;
+        self.at += u64::try_from(line.len())?;
+        Ok(())
+    }
+}
+
+fn raw_line(id: u64) -> BenchResult<Vec<u8>> {
+    let mut line = serde_json::to_vec(&(key(id), user(id)))?;
+    line.push(b'\n');
+    Ok(line)
+}
+
+/// Per-set times of the store's fsync'd sets, of the floor (append + `fdatasync`
+/// into a preallocated file) and of a plain append + `fdatasync` growing the file.
+struct Sequential {
+    store: f64,
+    floor: f64,
+    growing: f64,
+}
+
+/// Sequential fsync'd sets and the two raw appends, alternated in rounds so all three
 /// see the same disk (its fsync latency drifts with other load on the machine).
-async fn fsync_vs_raw(dir: &Path, path: &Path, n: u64, ops: u64) -> BenchResult<(f64, f64)> {
+async fn fsync_vs_raw(dir: &Path, path: &Path, n: u64, ops: u64) -> BenchResult<Sequential> {
     let store = JsonStorage::<User>::open(JsonConfig::new(path)).await?;
-    let mut raw = OpenOptions::new()
+    let mut floor = Floor::new(&dir.join("floor.log"), ops * 1024)?;
+    let growing_path = dir.join("raw.log");
+    let _ = std::fs::remove_file(&growing_path);
+    let mut growing = OpenOptions::new()
         .create(true)
         .append(true)
-        .open(dir.join("raw.log"))?;
+        .open(&growing_path)?;
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let rounds = 10;
-    let (mut in_store, mut in_raw) = (Duration::ZERO, Duration::ZERO);
+    let (mut in_store, mut in_floor, mut in_growing) =
+        (Duration::ZERO, Duration::ZERO, Duration::ZERO);
     for _ in 0..rounds {
         let start = Instant::now();
         for _ in 0..ops / rounds {
@@ -114,15 +184,23 @@ async fn fsync_vs_raw(dir: &Path, path: &Path, n: u64, ops: u64) -> BenchResult<
         let start = Instant::now();
         for _ in 0..ops / rounds {
             let id = rng.below(n);
-            let mut line = serde_json::to_vec(&(key(id), user(id)))?;
-            line.push(b'\n');
-            raw.write_all(&line)?;
-            raw.sync_data()?;
+            floor.append(&raw_line(id)?)?;
         }
-        in_raw += start.elapsed();
+        in_floor += start.elapsed();
+        let start = Instant::now();
+        for _ in 0..ops / rounds {
+            let id = rng.below(n);
+            growing.write_all(&raw_line(id)?)?;
+            growing.sync_data()?;
+        }
+        in_growing += start.elapsed();
     }
     store.close().await?;
-    Ok((micros(in_store, ops), micros(in_raw, ops)))
+    Ok(Sequential {
+        store: micros(in_store, ops),
+        floor: micros(in_floor, ops),
+        growing: micros(in_growing, ops),
+    })
 }
 
 /// Overwrites from `writers` concurrent tasks; group commit shares fsyncs between them.
@@ -172,6 +250,9 @@ fn raw_rewrite(dir: &Path, n: u64, ops: u64) -> BenchResult<f64> {
     Ok(micros(start.elapsed(), ops))
 }
 
+/// Concurrent writer tasks for the group-commit column.
+const WRITERS: u64 = 64;
+
 /// Write costs at every size; returns the largest size.
 async fn write_costs(root: &Path, quick: bool) -> BenchResult<u64> {
     let sizes: Vec<u64> = match std::env::var("STORAGE_JSON_BENCH_SIZES") {
@@ -190,21 +271,34 @@ async fn write_costs(root: &Path, quick: bool) -> BenchResult<u64> {
     };
 
     println!(
-        "| entries | set, fsync per write | raw append + fdatasync (same rounds) | ratio | set, group commit (64 writers) | set, atomic: false | raw: rewrite the file per write |"
+        "| entries | set, fsync per write | floor: append + fdatasync, preallocated file | adapter / floor | append + fdatasync, growing file | set, group commit ({WRITERS} writers), wall time / sets | set, group commit (4 writers) | set, atomic: false | set, atomic: false, 4 indexes | raw: rewrite the file per write |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &n in &sizes {
         let path = root.join(format!("users-{n}.json"));
         prefill(&path, n).await?;
-        let (fsync, raw) = fsync_vs_raw(root, &path, n, seq_ops).await?;
-        let grouped =
-            concurrent_sets(JsonConfig::new(&path).durability(group), n, group_ops, 64).await?;
-        let loose = sequential_sets(JsonConfig::new(&path).atomic(false), n, seq_ops).await?;
+        let seq = fsync_vs_raw(root, &path, n, seq_ops).await?;
+        // Fewer writers than `max_writes`: a group must close without filling up.
+        let few = concurrent_sets(JsonConfig::new(&path).durability(group), n, seq_ops, 4).await?;
+        let grouped = concurrent_sets(
+            JsonConfig::new(&path).durability(group),
+            n,
+            group_ops,
+            WRITERS,
+        )
+        .await?;
+        let loose =
+            sequential_sets(JsonConfig::new(&path).atomic(false), n, seq_ops, false).await?;
+        let loose_indexed =
+            sequential_sets(JsonConfig::new(&path).atomic(false), n, seq_ops, true).await?;
         let rewrite_ops = if n >= 100_000 { 5 } else { 50 };
         let rewrite = raw_rewrite(root, n, rewrite_ops)?;
         println!(
-            "| {n} | {fsync:.1} µs | {raw:.1} µs | {:.2} | {grouped:.1} µs | {loose:.1} µs | {rewrite:.0} µs |",
-            fsync / raw
+            "| {n} | {:.1} µs | {:.1} µs | {:.2} | {:.1} µs | {grouped:.1} µs | {few:.1} µs | {loose:.1} µs | {loose_indexed:.1} µs | {rewrite:.0} µs |",
+            seq.store,
+            seq.floor,
+            seq.store / seq.floor,
+            seq.growing,
         );
     }
     Ok(*sizes.last().unwrap_or(&1_000))
@@ -234,65 +328,7 @@ async fn read_costs(root: &Path, n: u64) -> BenchResult {
     }
     println!("| get | {:.2} µs |", micros(start.elapsed(), gets));
 
-    let queries = [
-        (
-            "eq on city, no index (full scan)",
-            Query::filter(field("city").eq("Oslo")),
-        ),
-        (
-            "range age 30..32 + order_by email, limit 10, no index",
-            Query::filter(storage_core::query::and(vec![
-                field("age").gte(30),
-                field("age").lt(32),
-            ]))
-            .order_asc("email")
-            .limit(10),
-        ),
-        (
-            "eq on email (unique hash index)",
-            Query::filter(field("email").eq("user77@example.com")),
-        ),
-        (
-            "eq on tags (hash index, array field)",
-            Query::filter(field("tags").eq("group7")),
-        ),
-    ];
-    let time_query = |q: &Query| {
-        let store = store.clone();
-        let q = q.clone();
-        async move {
-            let reps = 20u64;
-            let start = Instant::now();
-            let mut found = 0usize;
-            for _ in 0..reps {
-                found = store.find_many(&q).await?.len();
-            }
-            Ok::<_, storage_core::StorageError>((
-                start.elapsed() / u32::try_from(reps).unwrap_or(1),
-                found,
-            ))
-        }
-    };
-    for (name, q) in &queries[..2] {
-        let (t, found) = time_query(q).await?;
-        println!(
-            "| query: {name} → {found} results | {:.2} ms |",
-            t.as_secs_f64() * 1e3
-        );
-    }
-    store
-        .create_index(IndexDefinition::new("email", "email", IndexKind::Hash).unique())
-        .await?;
-    store
-        .create_index(IndexDefinition::new("tags", "tags", IndexKind::Hash))
-        .await?;
-    for (name, q) in &queries[2..] {
-        let (t, found) = time_query(q).await?;
-        println!(
-            "| query: {name} → {found} results | {:.1} µs |",
-            t.as_secs_f64() * 1e6
-        );
-    }
+    query_costs(&store, n).await?;
     let start = Instant::now();
     let counted = store
         .count(&Query::filter(field("active").eq(true)))
@@ -308,7 +344,101 @@ async fn read_costs(root: &Path, n: u64) -> BenchResult {
         "| compaction in the foreground (`compact()`; rewrite the whole file) | {compact_ms:.0} ms |"
     );
     store.close().await?;
+    let start = Instant::now();
+    let store = JsonStorage::<User>::open(JsonConfig::new(&path)).await?;
+    println!(
+        "| open, with the 4 index definitions persisted and the indexes rebuilt | {:.0} ms |",
+        start.elapsed().as_secs_f64() * 1e3
+    );
+    // The compaction below runs without indexes, as before they were persisted.
+    for definition in bench_indexes() {
+        store.drop_index(&definition.name).await?;
+    }
+    store.close().await?;
     background_compaction(&path, n).await
+}
+
+/// Queries with and without indexes (creating four).
+async fn query_costs(store: &JsonStorage<User>, n: u64) -> BenchResult {
+    let age_range = || {
+        Query::filter(storage_core::query::and(vec![
+            field("age").gte(30),
+            field("age").lt(32),
+        ]))
+        .order_asc("email")
+        .limit(10)
+    };
+    // A 1 % window of `id`, as the workspace benchmark's `created_at` window.
+    let from = n / 2;
+    let id_window = || {
+        Query::filter(storage_core::query::and(vec![
+            field("id").gte(from),
+            field("id").lt(from + n / 100),
+        ]))
+        .order_asc("id")
+        .limit(100)
+    };
+    let time_query = |q: Query| {
+        let store = store.clone();
+        async move {
+            let reps = 20u64;
+            let start = Instant::now();
+            let mut found = 0usize;
+            for _ in 0..reps {
+                found = store.find_many(&q).await?.len();
+            }
+            Ok::<_, storage_core::StorageError>((
+                start.elapsed() / u32::try_from(reps).unwrap_or(1),
+                found,
+            ))
+        }
+    };
+    let show = |name: &str, (t, found): (Duration, usize)| {
+        let us = t.as_secs_f64() * 1e6;
+        let shown = if us >= 1000.0 {
+            format!("{:.2} ms", us / 1e3)
+        } else {
+            format!("{us:.1} µs")
+        };
+        println!("| query: {name} → {found} results | {shown} |");
+    };
+    show(
+        "eq on city, no index (full scan)",
+        time_query(Query::filter(field("city").eq("Oslo"))).await?,
+    );
+    show(
+        "range age 30..32 + order_by email, limit 10, no index",
+        time_query(age_range()).await?,
+    );
+    show(
+        "1 % window of id + order_by id, limit 100, no index",
+        time_query(id_window()).await?,
+    );
+    let start = Instant::now();
+    for definition in bench_indexes() {
+        store.create_index(definition).await?;
+    }
+    println!(
+        "| create 4 indexes (unique hash on email, hash on tags, btree on age and id) | {:.0} ms |",
+        start.elapsed().as_secs_f64() * 1e3
+    );
+    show(
+        "eq on email (unique hash index)",
+        time_query(Query::filter(field("email").eq("user77@example.com"))).await?,
+    );
+    show(
+        "eq on tags (hash index, array field)",
+        time_query(Query::filter(field("tags").eq("group7"))).await?,
+    );
+    show(
+        "range age 30..32 + order_by email, limit 10, btree index on age",
+        time_query(age_range()).await?,
+    );
+    show(
+        "1 % window of id + order_by id, limit 100, btree index on id",
+        time_query(id_window()).await?,
+    );
+    Ok(())
 }
 
 /// Automatic compaction runs in the background: the longest set while one starts

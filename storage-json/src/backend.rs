@@ -28,8 +28,8 @@ use tracing::Instrument;
 use crate::config::{Durability, JsonConfig, LockMode, check};
 use crate::error::JsonError;
 use crate::journal::{
-    self, Commit, GroupSync, JournalWriter, Paths, SyncOutcome, encode_record, read_journal,
-    read_main, truncate_file, write_main,
+    self, Commit, GroupSync, IndexOp, JournalWriter, Paths, SyncOutcome, apply_index_ops,
+    encode_record, read_journal, read_main, truncate_file, write_main,
 };
 use crate::transaction::JsonTransaction;
 
@@ -380,10 +380,14 @@ fn encode<T: StorageValue>(value: &T, key: &str) -> Result<Arc<Document>> {
 /// What loading the files from disk produced.
 struct Loaded {
     entries: BTreeMap<String, Arc<Document>>,
+    /// The index definitions of the main file with the journal's changes applied.
+    indexes: Vec<IndexDefinition>,
     seq: u64,
     main_len: u64,
     /// Journal records newer than the main file.
     records: u64,
+    /// Where the journal's records end (zero-filled space or a torn tail may follow).
+    journal_len: u64,
     /// Where the journal's valid part ends, when a torn tail follows it.
     torn_at: Option<u64>,
 }
@@ -425,6 +429,7 @@ fn load(paths: &Paths) -> Result<Loaded, JsonError> {
         ));
     }
     let mut entries = main.entries;
+    let mut indexes = main.indexes;
     let mut seq = main.seq;
     let mut records = 0u64;
     for record in replay.records {
@@ -444,26 +449,54 @@ fn load(paths: &Paths) -> Result<Loaded, JsonError> {
                 ),
             ));
         }
-        apply_to(&mut entries, record.commit);
+        let mut commit = record.commit;
+        apply_index_ops(&mut indexes, std::mem::take(&mut commit.index_ops));
+        apply_to(&mut entries, commit);
         seq = record.seq;
         records += 1;
     }
     Ok(Loaded {
         entries,
+        indexes,
         seq,
         main_len: main.len,
         records,
-        torn_at: (replay.valid_len < replay.file_len).then_some(replay.valid_len),
+        journal_len: replay.valid_len,
+        torn_at: replay.torn.then_some(replay.valid_len),
     })
+}
+
+/// Builds the indexes `definitions` name over `entries` (on open and reload).
+///
+/// # Errors
+/// What [`IndexSet::create`] gives for a definition it refuses, say a unique index the
+/// entries (edited by hand) break, with the main file named.
+fn build_indexes(
+    definitions: &[IndexDefinition],
+    entries: &BTreeMap<String, Arc<Document>>,
+    file: &Path,
+) -> Result<IndexSet> {
+    let mut set = IndexSet::new();
+    for definition in definitions {
+        set.create(definition.clone(), entries.iter().map(pair))
+            .map_err(|e| e.with_backend(BACKEND).with_context("file", file.display()))?;
+    }
+    Ok(set)
+}
+
+/// The index definitions of a set, in creation order, as the main file lists them.
+fn definitions_of(indexes: &IndexSet) -> Vec<IndexDefinition> {
+    indexes.list().into_iter().map(|i| i.definition).collect()
 }
 
 /// Where the store stood when a background compaction started: the last record
 /// number and the journal's length and record count.
-#[derive(Clone, Copy)]
 struct Snapshot {
     seq: u64,
     offset: u64,
     records: u64,
+    /// The index definitions as of `seq`.
+    indexes: Vec<IndexDefinition>,
 }
 
 /// The live entries, serialized a chunk at a time, each chunk read under a short
@@ -525,19 +558,26 @@ impl Drop for CompactionGuard<'_> {
 }
 
 fn compact_in_background(
-    job: Snapshot,
+    job: &Snapshot,
     state: &RwLock<State>,
     paths: &Paths,
     pretty: bool,
     group: Option<&GroupSync>,
 ) {
     let mut guard = CompactionGuard { state, armed: true };
-    let written = journal::write_main_from(paths, LiveEntries { state }, job.seq, pretty);
+    let written =
+        journal::write_main_from(paths, LiveEntries { state }, &job.indexes, job.seq, pretty);
     // Copy (and fsync) the journal's newer records that exist by now without the lock;
     // under it only what was appended in the meantime is left to copy.
     let prepared = written.and_then(|len| {
         let mut tail = TailCopy::start(paths, job.offset)?;
-        tail.copy_more()?;
+        let end = state
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .journal
+            .as_ref()
+            .map_or(job.offset, JournalWriter::len);
+        tail.copy_more(end)?;
         tail.sync()?;
         Ok((len, tail))
     });
@@ -586,10 +626,15 @@ impl TailCopy {
         })
     }
 
-    /// Copies what the journal holds beyond what was copied so far.
-    fn copy_more(&mut self) -> Result<(), JsonError> {
-        let copied = io::copy(&mut self.source, &mut self.target)
-            .map_err(|e| JsonError::io("copy the journal into", &self.path, e))?;
+    /// Copies the journal's bytes beyond what was copied so far, up to `end` (its
+    /// records end there; zero-filled space follows).
+    fn copy_more(&mut self, end: u64) -> Result<(), JsonError> {
+        let want = end.saturating_sub(self.offset + self.copied);
+        let copied = io::copy(
+            &mut io::Read::take(&mut self.source, want),
+            &mut self.target,
+        )
+        .map_err(|e| JsonError::io("copy the journal into", &self.path, e))?;
         self.copied += copied;
         self.pending_sync |= copied > 0;
         Ok(())
@@ -642,7 +687,7 @@ fn carry_over_journal(
     let Some(journal) = st.journal.as_mut() else {
         return Ok(());
     };
-    tail.copy_more()?;
+    tail.copy_more(journal.len())?;
     let expected = journal.len().saturating_sub(tail.offset);
     if tail.copied != expected {
         tail.recopy(expected)?;
@@ -653,7 +698,7 @@ fn carry_over_journal(
         .map_err(|e| JsonError::io("rename", &paths.journal, e))?;
     journal::sync_dir(&paths.dir)?;
     let records = journal.records().saturating_sub(records_then);
-    match JournalWriter::open(&paths.journal, records) {
+    match JournalWriter::open_exact(&paths.journal, records, journal.preallocates()) {
         Ok(fresh) => {
             *journal = fresh;
             if let Some(group) = group {
@@ -802,6 +847,7 @@ impl<T: StorageValue> JsonStorage<T> {
         }
         let lock_file = acquire_lock(&paths, config.lock).await?;
         let loaded = load(&paths)?;
+        let indexes = build_indexes(&loaded.indexes, &loaded.entries, &paths.main)?;
         // Everything is verified; only now repair what a crash left behind.
         if let Some(valid) = loaded.torn_at {
             tracing::warn!(
@@ -813,7 +859,12 @@ impl<T: StorageValue> JsonStorage<T> {
         }
         remove_if_exists(&paths.temp)?;
         remove_if_exists(&paths.journal_temp)?;
-        let journal = JournalWriter::open(&paths.journal, loaded.records)?;
+        let journal = JournalWriter::open(
+            &paths.journal,
+            loaded.records,
+            loaded.journal_len,
+            config.atomic,
+        )?;
         let group = match (config.atomic, config.durability) {
             (
                 true,
@@ -830,7 +881,7 @@ impl<T: StorageValue> JsonStorage<T> {
         };
         let state = State {
             entries: loaded.entries,
-            indexes: IndexSet::new(),
+            indexes,
             journal: Some(journal),
             open: true,
             read_only: false,
@@ -894,9 +945,10 @@ impl<T: StorageValue> JsonStorage<T> {
                     io::Error::other("loader thread stopped"),
                 )
             })??;
+            let indexes = build_indexes(&loaded.indexes, &loaded.entries, &paths.main)?;
             let state = State {
                 entries: loaded.entries,
-                indexes: IndexSet::new(),
+                indexes,
                 journal: None,
                 open: true,
                 read_only: true,
@@ -1004,7 +1056,14 @@ impl<T> Inner<T> {
     }
 
     fn compact(&self, st: &mut State) -> Result<(), JsonError> {
-        let len = write_main(&self.paths, &st.entries, st.seq, self.config.pretty)?;
+        let indexes = definitions_of(&st.indexes);
+        let len = write_main(
+            &self.paths,
+            &st.entries,
+            &indexes,
+            st.seq,
+            self.config.pretty,
+        )?;
         st.main_len = len;
         if let Some(journal) = st.journal.as_mut() {
             journal.reset()?;
@@ -1012,6 +1071,32 @@ impl<T> Inner<T> {
         if let Some(group) = &self.group {
             // The main file is fsync'd and holds every applied record.
             group.mark_synced(st.seq);
+        }
+        Ok(())
+    }
+
+    /// Appends one record's line to the journal and, with `fsync_each`, fsyncs it.
+    fn journal_line(&self, st: &mut State, line: &[u8]) -> Result<(), JsonError> {
+        let sync_each = self.config.atomic && self.config.durability == Durability::FsyncEach;
+        let State {
+            journal, poisoned, ..
+        } = st;
+        let Some(journal) = journal.as_mut() else {
+            return Err(JsonError::Closed);
+        };
+        let before = journal.len();
+        if let Err((err, restored)) = journal.append(line) {
+            if !restored {
+                *poisoned = Some(err.to_string());
+            }
+            return Err(err);
+        }
+        if sync_each && let Err(err) = journal.sync() {
+            // After a failed fsync the kernel's view of the file is unknown; refuse
+            // further writes rather than risk acknowledging lost ones.
+            journal.cut_back(before);
+            *poisoned = Some(err.to_string());
+            return Err(err);
         }
         Ok(())
     }
@@ -1055,6 +1140,7 @@ impl<T> Inner<T> {
             seq: st.seq,
             offset: journal.len(),
             records: journal.records(),
+            indexes: definitions_of(&st.indexes),
         };
         let state = Arc::clone(&self.state);
         let paths = self.paths.clone();
@@ -1062,7 +1148,7 @@ impl<T> Inner<T> {
         let group = self.group.clone();
         let spawned = std::thread::Builder::new()
             .name("storage-json-compact".to_owned())
-            .spawn(move || compact_in_background(job, &state, &paths, pretty, group.as_deref()));
+            .spawn(move || compact_in_background(&job, &state, &paths, pretty, group.as_deref()));
         match spawned {
             Ok(handle) => {
                 st.compacting = true;
@@ -1178,29 +1264,7 @@ impl<T: StorageValue> Inner<T> {
                 .with_backend(BACKEND)
                 .with_source(e)
         })?;
-        let sync_each = self.config.atomic && self.config.durability == Durability::FsyncEach;
-        {
-            let State {
-                journal, poisoned, ..
-            } = &mut *st;
-            let Some(journal) = journal.as_mut() else {
-                return Err(JsonError::Closed.into());
-            };
-            let before = journal.len();
-            if let Err((err, restored)) = journal.append(&line) {
-                if !restored {
-                    *poisoned = Some(err.to_string());
-                }
-                return Err(err.into());
-            }
-            if sync_each && let Err(err) = journal.sync() {
-                // After a failed fsync the kernel's view of the file is unknown; refuse
-                // further writes rather than risk acknowledging lost ones.
-                journal.cut_back(before);
-                *poisoned = Some(err.to_string());
-                return Err(err.into());
-            }
-        }
+        self.journal_line(&mut st, &line)?;
         st.seq = seq;
         st.apply(seq, staged.commit);
         let waiter = self.group.as_ref().map(|g| g.register(seq));
@@ -1209,6 +1273,41 @@ impl<T: StorageValue> Inner<T> {
         }
         self.maybe_compact(&mut st);
         Ok((staged.result, waiter))
+    }
+
+    /// Journals an index definition change as a record of its own and drops the
+    /// index from memory for a drop (a created index is built by the caller first);
+    /// returns the group-commit wait.
+    ///
+    /// The in-memory set must match `seq` before a compaction may start: it lists
+    /// the definitions in the main file it writes as of that record.
+    fn commit_index_op(
+        &self,
+        st: &mut State,
+        op: IndexOp,
+    ) -> Result<Option<oneshot::Receiver<SyncOutcome>>> {
+        let seq = st.seq + 1;
+        let dropped = match &op {
+            IndexOp::Drop(name) => Some(name.clone()),
+            IndexOp::Create(_) => None,
+        };
+        let commit = Commit {
+            index_ops: vec![op],
+            ..Commit::default()
+        };
+        let line = encode_record(seq, &commit).map_err(|e| {
+            StorageError::new(ErrorCode::SerializationFailed, e.to_string())
+                .with_backend(BACKEND)
+                .with_source(e)
+        })?;
+        self.journal_line(st, &line)?;
+        st.seq = seq;
+        if let Some(name) = dropped {
+            st.indexes.drop_index(&name);
+        }
+        let waiter = self.group.as_ref().map(|g| g.register(seq));
+        self.maybe_compact(st);
+        Ok(waiter)
     }
 
     /// Turns a commit's event list into a publication, in commit order (the
@@ -1355,7 +1454,12 @@ impl<T: StorageValue> Inner<T> {
             if let Some(valid) = loaded.torn_at {
                 truncate_file(&self.paths.journal, valid)?;
             }
-            let journal = JournalWriter::open(&self.paths.journal, loaded.records)?;
+            let journal = JournalWriter::open(
+                &self.paths.journal,
+                loaded.records,
+                loaded.journal_len,
+                self.config.atomic,
+            )?;
             if let Some(group) = &self.group {
                 group.set_file(journal.clone_file()?);
             }
@@ -1363,10 +1467,16 @@ impl<T: StorageValue> Inner<T> {
             st.main_len = loaded.main_len;
             loaded
         };
-        let indexes = st
-            .indexes
-            .rebuild(loaded.entries.iter().map(pair))
-            .map_err(|e| e.with_backend(BACKEND))?;
+        let mut definitions = loaded.indexes.clone();
+        if st.read_only {
+            // A reader's own indexes live in its memory only; keep them beside the file's.
+            for local in definitions_of(&st.indexes) {
+                if !definitions.iter().any(|d| d.name == local.name) {
+                    definitions.push(local);
+                }
+            }
+        }
+        let indexes = build_indexes(&definitions, &loaded.entries, &self.paths.main)?;
         let mut changed = Vec::new();
         {
             let old = &st.entries;
@@ -1675,21 +1785,72 @@ impl<T: StorageValue> QueryableStorage<T> for JsonStorage<T> {
 #[async_trait]
 impl<T: StorageValue> IndexedStorage<T> for JsonStorage<T> {
     async fn create_index(&self, definition: IndexDefinition) -> Result<()> {
-        let mut st = self.inner.write();
-        st.ensure_open()?;
-        let State {
-            indexes, entries, ..
-        } = &mut *st;
-        indexes
-            .create(definition, entries.iter().map(pair))
-            .map(|_| ())
-            .map_err(|e| e.with_operation("create_index").with_backend(BACKEND))
+        let run = async {
+            let waiter = {
+                let mut st = self.inner.write();
+                if st.read_only {
+                    st.ensure_open()?;
+                } else {
+                    st.ensure_writable()?;
+                }
+                let name = definition.name.clone();
+                let State {
+                    indexes, entries, ..
+                } = &mut *st;
+                let created = indexes
+                    .create(definition.clone(), entries.iter().map(pair))
+                    .map_err(|e| e.with_backend(BACKEND))?;
+                if !created || st.read_only {
+                    // A read-only handle's index lives in its memory only.
+                    return Ok(());
+                }
+                match self
+                    .inner
+                    .commit_index_op(&mut st, IndexOp::Create(definition))
+                {
+                    Ok(waiter) => waiter,
+                    Err(e) => {
+                        st.indexes.drop_index(&name);
+                        return Err(e);
+                    }
+                }
+            };
+            if let Some(rx) = waiter {
+                self.inner.wait_synced(rx).await?;
+            }
+            Ok(())
+        };
+        run.await
+            .map_err(|e: StorageError| e.with_operation("create_index"))
     }
 
     async fn drop_index(&self, name: &str) -> Result<bool> {
-        let mut st = self.inner.write();
-        st.ensure_open()?;
-        Ok(st.indexes.drop_index(name))
+        let run = async {
+            let waiter = {
+                let mut st = self.inner.write();
+                if st.read_only {
+                    st.ensure_open()?;
+                } else {
+                    st.ensure_writable()?;
+                }
+                if st.indexes.definition(name).is_none() {
+                    return Ok(false);
+                }
+                if st.read_only {
+                    st.indexes.drop_index(name);
+                    None
+                } else {
+                    self.inner
+                        .commit_index_op(&mut st, IndexOp::Drop(name.to_owned()))?
+                }
+            };
+            if let Some(rx) = waiter {
+                self.inner.wait_synced(rx).await?;
+            }
+            Ok(true)
+        };
+        run.await
+            .map_err(|e: StorageError| e.with_operation("drop_index"))
     }
 
     async fn list_indexes(&self) -> Result<Vec<IndexInfo>> {
@@ -1699,10 +1860,9 @@ impl<T: StorageValue> IndexedStorage<T> for JsonStorage<T> {
     async fn explain(&self, query: &Query) -> Result<ExecutionPlan> {
         CompiledQuery::compile(query).map_err(|e| e.with_operation("explain"))?;
         let choice = self.inner.with_state(|st| {
-            st.indexes.choose(query.filter.as_ref()).map(|c| {
-                let clause = format!("{} {} {}", c.field(), c.op(), c.operand());
-                (c.index_name().to_owned(), clause)
-            })
+            st.indexes
+                .choose(query.filter.as_ref())
+                .map(|c| (c.index_name().to_owned(), c.describe()))
         })?;
         let mut plan = ExecutionPlan::default();
         if let Some((index, clause)) = choice {

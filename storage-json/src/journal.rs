@@ -11,6 +11,11 @@
 //! - the main file names the last journal sequence number it contains, and
 //!   replay skips records at or below it, which makes a crash between the
 //!   rename and the truncation harmless.
+//!
+//! The journal is preallocated: it grows by zero-filled chunks that are fsync'd
+//! (size and blocks) before records land in them, so an append changes no
+//! metadata and `fdatasync` is enough to make it durable. Replay takes the
+//! zeros after the last record as the journal's end.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -23,7 +28,7 @@ use std::time::{Duration, Instant};
 use futures::channel::oneshot;
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
-use storage_core::Document;
+use storage_core::{Document, IndexDefinition};
 
 use crate::error::JsonError;
 
@@ -66,12 +71,34 @@ impl Paths {
     }
 }
 
-/// A write set ready to be made durable: an optional clear, then the final
-/// value (or deletion) of every key the commit touched.
+/// A write set ready to be made durable: index definitions created or dropped
+/// (a record of their own), an optional clear, then the final value (or
+/// deletion) of every key the commit touched.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Commit {
+    pub(crate) index_ops: Vec<IndexOp>,
     pub(crate) cleared: bool,
     pub(crate) writes: BTreeMap<String, Option<Arc<Document>>>,
+}
+
+/// A change to the set of index definitions, journaled like a write.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum IndexOp {
+    Create(IndexDefinition),
+    Drop(String),
+}
+
+/// Applies index operations to a list of definitions, in order.
+pub(crate) fn apply_index_ops(definitions: &mut Vec<IndexDefinition>, ops: Vec<IndexOp>) {
+    for op in ops {
+        match op {
+            IndexOp::Create(definition) => {
+                definitions.retain(|d| d.name != definition.name);
+                definitions.push(definition);
+            }
+            IndexOp::Drop(name) => definitions.retain(|d| d.name != name),
+        }
+    }
 }
 
 /// One replayed journal record.
@@ -93,7 +120,27 @@ pub(crate) fn encode_record(seq: u64, commit: &Commit) -> Result<Vec<u8>, serde_
     buf.extend_from_slice(seq.to_string().as_bytes());
     buf.extend_from_slice(b",\"ops\":[");
     let mut first = true;
+    for op in &commit.index_ops {
+        if !first {
+            buf.push(b',');
+        }
+        first = false;
+        match op {
+            IndexOp::Create(definition) => {
+                buf.extend_from_slice(b"{\"op\":\"create_index\",\"index\":");
+                serde_json::to_writer(&mut buf, definition)?;
+            }
+            IndexOp::Drop(name) => {
+                buf.extend_from_slice(b"{\"op\":\"drop_index\",\"name\":");
+                serde_json::to_writer(&mut buf, name)?;
+            }
+        }
+        buf.push(b'}');
+    }
     if commit.cleared {
+        if !first {
+            buf.push(b',');
+        }
         buf.extend_from_slice(b"{\"op\":\"clear\"}");
         first = false;
     }
@@ -134,6 +181,8 @@ enum RawOp {
     Set { key: String, value: Document },
     Delete { key: String },
     Clear,
+    CreateIndex { index: IndexDefinition },
+    DropIndex { name: String },
 }
 
 /// Why a journal line is not a record.
@@ -183,6 +232,8 @@ fn decode_line(line: &[u8]) -> Result<Record, LineError> {
                 commit.cleared = true;
                 commit.writes.clear();
             }
+            RawOp::CreateIndex { index } => commit.index_ops.push(IndexOp::Create(index)),
+            RawOp::DropIndex { name } => commit.index_ops.push(IndexOp::Drop(name)),
         }
     }
     Ok(Record {
@@ -200,19 +251,43 @@ fn check_key(key: &str) -> Result<(), String> {
 #[derive(Debug, Default)]
 pub(crate) struct Replay {
     pub(crate) records: Vec<Record>,
-    /// Length of the valid prefix; bytes after it are a torn tail.
+    /// Length of the valid prefix: where the next record goes.
     pub(crate) valid_len: u64,
     /// Length of the file as read.
     pub(crate) file_len: u64,
+    /// Bytes after `valid_len` are a torn tail to cut off (rather than nothing, or
+    /// the zeros of the preallocated space, which is where records continue).
+    pub(crate) torn: bool,
+}
+
+/// The sector size below which a run of zeros is not taken for space the disk never
+/// wrote: a missing write shows as zeros up to a sector (in practice, page) boundary.
+const SECTOR: usize = 512;
+
+/// Where a run of NUL bytes starting at `from` ends (the first non-zero byte, or the end).
+fn zero_run_end(data: &[u8], from: usize) -> usize {
+    data[from..]
+        .iter()
+        .position(|b| *b != 0)
+        .map_or(data.len(), |i| from + i)
 }
 
 /// Reads and verifies the journal. A missing journal is an empty one.
 ///
 /// # Behavior
-/// - a bad line followed only by bad lines (or nothing) is a torn tail: it is
-///   dropped (reported through `valid_len`), never misread;
-/// - a bad line followed by a good one is corruption in the middle: `Corrupt`
-///   with the byte offset of the bad line;
+/// - the journal ends at its first NUL byte where a record would start, when only
+///   NUL bytes follow: that is the zero-filled space preallocated for appends, not
+///   damage, and records continue there;
+/// - a bad line followed only by bad lines (or nothing, or that zero-filled space)
+///   is a torn tail: it is dropped (reported through `torn` and `valid_len`), never
+///   misread;
+/// - a line running into zeros that reach a sector boundary, with data after them,
+///   is a write that never reached the disk although later pages did (an operating
+///   system crash between an append and its fsync): fsyncs are taken in append
+///   order, so nothing from that line on was acknowledged, and it is dropped as a
+///   torn tail too;
+/// - any other bad line followed by a good one is corruption in the middle:
+///   `Corrupt` with the byte offset of the bad line;
 /// - sequence numbers must increase strictly.
 pub(crate) fn read_journal(path: &Path) -> Result<Replay, JsonError> {
     let data = match fs::read(path) {
@@ -232,6 +307,21 @@ pub(crate) fn read_journal(path: &Path) -> Result<Replay, JsonError> {
             Some(i) => (&data[pos..pos + i], pos + i + 1, true),
             None => (&data[pos..], data.len(), false),
         };
+        if let Some(z) = line.iter().position(|b| *b == 0) {
+            let run_end = zero_run_end(&data, pos + z);
+            if run_end == data.len() || run_end.is_multiple_of(SECTOR) {
+                let clean = z == 0 && run_end == data.len() && first_bad.is_none();
+                if !clean && run_end < data.len() {
+                    tracing::warn!(
+                        file = %path.display(),
+                        position = pos,
+                        "the journal holds a write that never reached the disk; dropping it and every later (unacknowledged) byte"
+                    );
+                }
+                replay.torn = !clean;
+                return Ok(replay);
+            }
+        }
         let decoded = if terminated {
             decode_line(line)
         } else {
@@ -276,12 +366,14 @@ pub(crate) fn read_journal(path: &Path) -> Result<Replay, JsonError> {
         }
         pos = next;
     }
+    replay.torn = replay.valid_len < replay.file_len;
     Ok(replay)
 }
 
 /// The main file as loaded.
 #[derive(Debug, Default)]
 pub(crate) struct MainFile {
+    pub(crate) indexes: Vec<IndexDefinition>,
     pub(crate) entries: BTreeMap<String, Arc<Document>>,
     pub(crate) seq: u64,
     pub(crate) len: u64,
@@ -293,6 +385,8 @@ struct RawMain {
     format: String,
     #[serde(default)]
     seq: u64,
+    #[serde(default)]
+    indexes: Vec<IndexDefinition>,
     entries: BTreeMap<String, Document>,
 }
 
@@ -358,6 +452,7 @@ pub(crate) fn read_main(path: &Path) -> Result<Option<MainFile>, JsonError> {
         entries.insert(key, Arc::new(value));
     }
     Ok(Some(MainFile {
+        indexes: raw.indexes,
         entries,
         seq: raw.seq,
         len: to_u64(data.len()),
@@ -410,9 +505,11 @@ impl Serialize for EntriesRef<'_> {
 }
 
 #[derive(Serialize)]
-struct MainRef<E> {
+struct MainRef<'a, E> {
     format: &'static str,
     seq: u64,
+    #[serde(skip_serializing_if = "<[IndexDefinition]>::is_empty")]
+    indexes: &'a [IndexDefinition],
     entries: E,
 }
 
@@ -424,10 +521,11 @@ struct MainRef<E> {
 pub(crate) fn write_main(
     paths: &Paths,
     entries: &BTreeMap<String, Arc<Document>>,
+    indexes: &[IndexDefinition],
     seq: u64,
     pretty: bool,
 ) -> Result<u64, JsonError> {
-    write_main_from(paths, EntriesRef(entries), seq, pretty)
+    write_main_from(paths, EntriesRef(entries), indexes, seq, pretty)
 }
 
 /// [`write_main`] with the entries produced by any serializable map, such as one
@@ -435,6 +533,7 @@ pub(crate) fn write_main(
 pub(crate) fn write_main_from(
     paths: &Paths,
     entries: impl Serialize,
+    indexes: &[IndexDefinition],
     seq: u64,
     pretty: bool,
 ) -> Result<u64, JsonError> {
@@ -443,6 +542,7 @@ pub(crate) fn write_main_from(
     let doc = MainRef {
         format: FORMAT,
         seq,
+        indexes,
         entries,
     };
     let written = if pretty {
@@ -492,34 +592,70 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), JsonError> {
     }
 }
 
+/// How much zero-filled space the journal grows by when an append reaches its end.
+///
+/// Appending into space that was written (with zeros) and fsync'd before changes
+/// no file metadata, so `fdatasync` has only the data to flush; appending past
+/// the end of the file also changes its size and allocates blocks, which costs a
+/// journal commit of the file system on every fsync. One growth (write the zeros,
+/// `fsync`) serves about a megabyte of records.
+pub(crate) const GROW_CHUNK: u64 = 1 << 20;
+
 /// The append handle of the journal.
+///
+/// With `preallocate`, the file is kept longer than its records: `len..allocated`
+/// holds zeros, fsync'd, which readers take as the journal's end.
 #[derive(Debug)]
 pub(crate) struct JournalWriter {
     path: PathBuf,
     file: File,
+    /// Bytes of records: where the next one goes.
     len: u64,
+    /// Length of the file (`>= len`; the bytes after `len` are zeros).
+    allocated: u64,
     records: u64,
+    preallocate: bool,
 }
 
 impl JournalWriter {
-    /// Opens (creating) the journal for appending; `len` bytes of it are valid
-    /// and hold `records` records.
-    pub(crate) fn open(path: &Path, records: u64) -> Result<Self, JsonError> {
+    /// Opens (creating) the journal for appending; its first `len` bytes are valid
+    /// and hold `records` records, and anything after them is zeros.
+    pub(crate) fn open(
+        path: &Path,
+        records: u64,
+        len: u64,
+        preallocate: bool,
+    ) -> Result<Self, JsonError> {
         let file = OpenOptions::new()
             .create(true)
-            .append(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
             .open(path)
             .map_err(|e| JsonError::io("open", path, e))?;
-        let len = file
+        let allocated = file
             .metadata()
             .map_err(|e| JsonError::io("stat", path, e))?
             .len();
-        Ok(Self {
+        let mut writer = Self {
             path: path.to_path_buf(),
             file,
-            len,
+            len: len.min(allocated),
+            allocated,
             records,
-        })
+            preallocate,
+        };
+        writer.seek_to_end()?;
+        Ok(writer)
+    }
+
+    /// Opens a journal that holds exactly `records` records and nothing after them.
+    pub(crate) fn open_exact(
+        path: &Path,
+        records: u64,
+        preallocate: bool,
+    ) -> Result<Self, JsonError> {
+        Self::open(path, records, u64::MAX, preallocate)
     }
 
     pub(crate) fn len(&self) -> u64 {
@@ -530,6 +666,11 @@ impl JournalWriter {
         self.records
     }
 
+    /// Whether appends go into preallocated, zero-filled space.
+    pub(crate) fn preallocates(&self) -> bool {
+        self.preallocate
+    }
+
     /// A second handle on the same file, for the group-commit thread.
     pub(crate) fn clone_file(&self) -> Result<File, JsonError> {
         self.file
@@ -537,34 +678,79 @@ impl JournalWriter {
             .map_err(|e| JsonError::io("duplicate handle", &self.path, e))
     }
 
+    fn seek_to_end(&mut self) -> Result<(), JsonError> {
+        io::Seek::seek(&mut self.file, io::SeekFrom::Start(self.len))
+            .map(|_| ())
+            .map_err(|e| JsonError::io("seek", &self.path, e))
+    }
+
+    /// Extends the zero-filled space so that `end` bytes fit, and fsyncs the file
+    /// (its size, its new blocks) so later appends need only `fdatasync`.
+    fn grow(&mut self, end: u64) -> Result<(), JsonError> {
+        let target = end.max(self.allocated.saturating_add(GROW_CHUNK));
+        let zeros = vec![0u8; usize::try_from(target - self.allocated).unwrap_or(0)];
+        let grown = (|| {
+            io::Seek::seek(&mut self.file, io::SeekFrom::Start(self.allocated))?;
+            self.file.write_all(&zeros)?;
+            self.file.sync_all()
+        })();
+        // Wherever the write stopped, appends continue at `len`.
+        let positioned = self.seek_to_end();
+        grown.map_err(|e| JsonError::io("preallocate", &self.path, e))?;
+        positioned?;
+        self.allocated = target;
+        Ok(())
+    }
+
     /// Appends one line. On failure the journal is cut back to where it was;
     /// if even that fails the error says so and the caller must stop writing.
     pub(crate) fn append(&mut self, line: &[u8]) -> Result<(), (JsonError, bool)> {
+        let end = self.len + to_u64(line.len());
+        // A record as large as a chunk (a big batch) is appended past the end: zeroing
+        // its space first would write it twice, for one fsync saved.
+        if self.preallocate && end > self.allocated && to_u64(line.len()) < GROW_CHUNK {
+            // Preallocation is an optimisation: if it fails the append may still work.
+            if let Err(e) = self.grow(end) {
+                tracing::debug!(error = %e, "could not preallocate journal space");
+            }
+        }
         match self.file.write_all(line) {
             Ok(()) => {
-                self.len += to_u64(line.len());
+                self.len = end;
+                self.allocated = self.allocated.max(end);
                 self.records += 1;
                 Ok(())
             }
             Err(e) => {
-                let restored = self.file.set_len(self.len).is_ok();
+                let restored = self.cut_to(self.len).is_ok();
                 Err((JsonError::io("append", &self.path, e), restored))
             }
         }
     }
 
+    /// Shortens the file to `len` (dropping its zero-filled space too) and appends
+    /// from there.
+    fn cut_to(&mut self, len: u64) -> Result<(), JsonError> {
+        self.file
+            .set_len(len)
+            .map_err(|e| JsonError::io("truncate", &self.path, e))?;
+        self.len = len;
+        self.allocated = len;
+        self.seek_to_end()
+    }
+
     /// Best effort to take back the last append after its fsync failed, so a write
     /// reported as failed is not replayed on the next open.
     pub(crate) fn cut_back(&mut self, len: u64) {
-        if self.file.set_len(len).is_ok() {
+        if self.cut_to(len).is_ok() {
             self.records = self.records.saturating_sub(1);
-            self.len = len;
             // The fsync that failed may fail again; the handle is unusable either way.
             let _ = self.file.sync_all();
         }
     }
 
-    /// Fsyncs the appended data.
+    /// Fsyncs the appended data. Appends land in space allocated and fsync'd
+    /// before, so `fdatasync` covers them (a growth already synced the size).
     pub(crate) fn sync(&self) -> Result<(), JsonError> {
         self.file
             .sync_data()
@@ -573,13 +759,10 @@ impl JournalWriter {
 
     /// Empties the journal after a compaction made its records redundant.
     pub(crate) fn reset(&mut self) -> Result<(), JsonError> {
-        self.file
-            .set_len(0)
-            .map_err(|e| JsonError::io("truncate", &self.path, e))?;
+        self.cut_to(0)?;
         self.file
             .sync_all()
             .map_err(|e| JsonError::io("fsync", &self.path, e))?;
-        self.len = 0;
         self.records = 0;
         Ok(())
     }
@@ -601,10 +784,22 @@ pub(crate) type SyncOutcome = Result<(), String>;
 
 struct SyncState {
     file: Arc<File>,
+    /// The highest record number appended and registered.
     written: u64,
+    /// The highest record number an fsync covered.
     synced: u64,
-    oldest_pending: Option<Instant>,
     waiters: Vec<(u64, oneshot::Sender<SyncOutcome>)>,
+    /// When the oldest waiting writer registered.
+    oldest: Option<Instant>,
+    /// When the last writer registered.
+    last_arrival: Instant,
+    /// How long recent fsyncs took (a moving average).
+    fsync_time: Duration,
+    /// How many writers the last fsync released: the size of group to wait for,
+    /// since writers that wait for their acknowledgement come back together.
+    expected: usize,
+    /// Fsyncs taken so far.
+    fsyncs: u64,
     shutdown: bool,
 }
 
@@ -615,8 +810,18 @@ struct SyncShared {
     max_delay: Duration,
 }
 
-/// Group commit: a thread that fsyncs the journal once per group of writes
-/// and then releases every writer of the group.
+/// The shortest quiet spell that closes a group short of its expected size.
+const MIN_QUIET: Duration = Duration::from_micros(20);
+
+/// Group commit: a thread that fsyncs the journal and then releases every writer
+/// whose record the fsync covered (every record appended before it started).
+///
+/// A group closes, and its fsync starts, when as many writers wait as the last
+/// fsync released (writers waiting for their acknowledgement come back together;
+/// at most `max_writes`), when no writer has arrived for half the recent fsync time
+/// (at least [`MIN_QUIET`]: fewer came back), or when the oldest has waited
+/// `max_delay`. So a lone writer's group closes at once, and concurrent writers
+/// share one fsync however many they are. Writers keep appending while an fsync runs.
 pub(crate) struct GroupSync {
     shared: Arc<SyncShared>,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -633,8 +838,12 @@ impl GroupSync {
                 file: Arc::new(file),
                 written: 0,
                 synced: 0,
-                oldest_pending: None,
                 waiters: Vec::new(),
+                oldest: None,
+                last_arrival: Instant::now(),
+                fsync_time: Duration::ZERO,
+                expected: 1,
+                fsyncs: 0,
                 shutdown: false,
             }),
             wake: Condvar::new(),
@@ -662,13 +871,30 @@ impl GroupSync {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         st.written = st.written.max(seq);
-        if st.waiters.is_empty() {
-            st.oldest_pending = Some(Instant::now());
+        let now = Instant::now();
+        st.last_arrival = now;
+        let first = st.waiters.is_empty();
+        if first {
+            st.oldest = Some(now);
         }
         st.waiters.push((seq, tx));
+        let full = st.waiters.len() == st.expected.clamp(1, self.shared.max_writes);
         drop(st);
-        self.shared.wake.notify_one();
+        if first || full {
+            // Otherwise the thread is syncing, or waiting for a deadline it rechecks.
+            self.shared.wake.notify_one();
+        }
         rx
+    }
+
+    /// How many fsyncs the thread has taken.
+    #[cfg(test)]
+    fn fsyncs(&self) -> u64 {
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .fsyncs
     }
 
     /// Releases every writer up to `seq`: something else (a compaction) made them durable.
@@ -724,21 +950,32 @@ impl Drop for GroupSync {
 
 fn release(st: &mut SyncState, outcome: &SyncOutcome) {
     let synced = st.synced;
-    let mut kept = Vec::with_capacity(st.waiters.len());
+    if outcome.is_ok() && st.waiters.iter().all(|(seq, _)| *seq <= synced) {
+        if !st.waiters.is_empty() {
+            st.expected = st.waiters.len();
+        }
+        for (_, tx) in st.waiters.drain(..) {
+            // A writer that stopped waiting (its future was dropped) is fine.
+            let _ = tx.send(Ok(()));
+        }
+        st.oldest = None;
+        return;
+    }
+    let waiting = st.waiters.len();
+    let mut kept = Vec::with_capacity(waiting);
     for (seq, tx) in st.waiters.drain(..) {
         if seq <= synced || outcome.is_err() {
-            // A writer that stopped waiting (its future was dropped) is fine.
             let _ = tx.send(outcome.clone());
         } else {
             kept.push((seq, tx));
         }
     }
+    let released = waiting - kept.len();
+    if released > 0 {
+        st.expected = released;
+    }
     st.waiters = kept;
-    st.oldest_pending = if st.waiters.is_empty() {
-        None
-    } else {
-        Some(Instant::now())
-    };
+    st.oldest = (!st.waiters.is_empty()).then(Instant::now);
 }
 
 fn run_group_sync(shared: &SyncShared) {
@@ -750,23 +987,31 @@ fn run_group_sync(shared: &SyncShared) {
         if st.waiters.is_empty() {
             return;
         }
-        let deadline = st.oldest_pending.unwrap_or_else(Instant::now) + shared.max_delay;
-        while !st.shutdown && st.waiters.len() < shared.max_writes {
+        while !st.shutdown && st.waiters.len() < st.expected.clamp(1, shared.max_writes) {
+            let quiet = (st.fsync_time / 2).clamp(MIN_QUIET, shared.max_delay.max(MIN_QUIET));
+            let oldest = st.oldest.unwrap_or(st.last_arrival);
+            let close_at = (st.last_arrival + quiet).min(oldest + shared.max_delay);
             let now = Instant::now();
-            if now >= deadline {
+            if now >= close_at {
                 break;
             }
             st = shared
                 .wake
-                .wait_timeout(st, deadline - now)
+                .wait_timeout(st, close_at - now)
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
+        // Every record up to `written` is in the file already (writers register
+        // after appending), so this fsync covers them all.
         let target = st.written;
         let file = Arc::clone(&st.file);
         drop(st);
+        let started = Instant::now();
         let outcome = file.sync_data().map_err(|e| e.to_string());
+        let took = started.elapsed();
         st = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
+        st.fsync_time = (st.fsync_time * 3 + took) / 4;
+        st.fsyncs += 1;
         if outcome.is_ok() {
             st.synced = st.synced.max(target);
         }
@@ -791,6 +1036,7 @@ mod tests {
 
     fn commit(pairs: &[(&str, Option<Document>)]) -> Commit {
         Commit {
+            index_ops: Vec::new(),
             cleared: false,
             writes: pairs
                 .iter()
@@ -861,6 +1107,69 @@ mod tests {
             String::from_utf8(line)?,
             "{\"seq\":3,\"ops\":[{\"op\":\"set\",\"key\":\"user:3\",\"value\":{\"age\":40,\"name\":\"Carol\"}}],\"crc\":\"869f919c\"}\n"
         );
+        Ok(())
+    }
+
+    #[test]
+    fn a_group_waits_for_as_many_writers_as_the_last_one_released()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let file = File::create(dir.path().join("j"))?;
+        let group = GroupSync::start(file, 64, Duration::from_secs(30))?;
+        let set = |expected: usize, fsync_time: Duration| {
+            let mut st = group
+                .shared
+                .state
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            st.expected = expected;
+            st.fsync_time = fsync_time;
+        };
+        // The last fsync released eight writers, and fsyncs are slow (a long quiet
+        // spell): the group waits for all eight, and one fsync covers them.
+        set(8, Duration::from_secs(10));
+        let waits: Vec<_> = (1..=8).map(|seq| group.register(seq)).collect();
+        for rx in waits {
+            futures::executor::block_on(rx)??;
+        }
+        assert_eq!(group.fsyncs(), 1, "eight writers, one fsync");
+        // One writer comes back: its group closes after the quiet spell, and...
+        set(8, Duration::from_millis(2));
+        futures::executor::block_on(group.register(9))??;
+        assert_eq!(group.fsyncs(), 2);
+        // ...from then on a lone writer's group closes at once, never waiting the
+        // quiet spell (here 2 s) or `max_delay`.
+        set(1, Duration::from_secs(4));
+        let started = Instant::now();
+        futures::executor::block_on(group.register(10))??;
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(group.fsyncs(), 3);
+        group.shutdown();
+        Ok(())
+    }
+
+    #[test]
+    fn index_operations_round_trip_through_a_record() -> Result<(), Box<dyn std::error::Error>> {
+        use storage_core::IndexKind;
+        let definition = IndexDefinition::new("by_age", "age", IndexKind::Btree).unique();
+        let c = Commit {
+            index_ops: vec![
+                IndexOp::Create(definition.clone()),
+                IndexOp::Drop("old".to_owned()),
+            ],
+            ..Commit::default()
+        };
+        let line = encode_record(4, &c)?;
+        parse_plain(&line[..line.len() - 1])?;
+        let r = decode_line(&line[..line.len() - 1]).map_err(|e| format!("{e:?}"))?;
+        assert_eq!(r.commit.index_ops, c.index_ops);
+        let mut defs = vec![IndexDefinition::new("old", "x", IndexKind::Hash)];
+        apply_index_ops(&mut defs, r.commit.index_ops);
+        assert_eq!(defs, [definition]);
         Ok(())
     }
 

@@ -50,7 +50,13 @@
 //!   (equality), unique, fulltext (word match with a `score`). Spatial is
 //!   `Unsupported` (`within_box` still runs in process). An index narrows the
 //!   candidates and the evaluator judges them, so an index never changes results.
-//!   Index definitions are not stored in the file: create them after each open.
+//!   The planner costs every usable clause and takes the cheapest; range clauses on
+//!   one btree field (`gte a` and `lt b`) are answered as one range.
+//!   Index definitions are persisted: `create_index` and `drop_index` are journaled
+//!   like writes (durable when they return, as the durability mode says) and the
+//!   main file lists them; open rebuilds the indexes (a main file edited by hand so
+//!   that it breaks a unique index then fails to open with `DuplicateKey`). A
+//!   read-only handle's own indexes live in its memory only.
 //! - **Transactions** are optimistic and serializable: reads come from a snapshot
 //!   taken at `begin`, writes are buffered, and the commit fails with
 //!   `VersionConflict` (retryable) if another commit since `begin` wrote anything
@@ -70,7 +76,15 @@
 //! ```json
 //! {
 //!   "format": "storage-json/1",
-//!   "seq": 2,
+//!   "seq": 3,
+//!   "indexes": [
+//!     {
+//!       "name": "by_age",
+//!       "fields": [{ "path": "age", "kind": "btree", "direction": "asc" }],
+//!       "unique": false,
+//!       "sparse": false
+//!     }
+//!   ],
 //!   "entries": {
 //!     "user:1": {
 //!       "age": 31,
@@ -83,7 +97,8 @@
 //!   }
 //! }
 //! ```
-//! Keys are in ascending byte order (object fields inside values too); values are their JSON documents
+//! `indexes` (left out when there is none) lists the index definitions, in creation
+//! order. Keys are in ascending byte order (object fields inside values too); values are their JSON documents
 //! ([`storage_core::codec::to_document`], so a value JSON cannot hold, like NaN, is
 //! refused with `InvalidValue` and nothing is stored). `seq` is the last journal
 //! record the file is known to contain (after a background compaction it may hold some
@@ -94,9 +109,16 @@
 //! the main file's `seq` (a gap is `Corrupted`: records were lost), each plain JSON
 //! whose last member is a CRC-32 of the bytes before it:
 //! ```text
-//! {"seq":3,"ops":[{"op":"set","key":"user:3","value":{"age":40,"name":"Carol"}}],"crc":"869f919c"}
-//! {"seq":4,"ops":[{"op":"clear"},{"op":"set","key":"a","value":1}],"crc":"415ddc93"}
+//! {"seq":4,"ops":[{"op":"set","key":"user:3","value":{"age":40,"name":"Carol"}}],"crc":"…"}
+//! {"seq":5,"ops":[{"op":"clear"},{"op":"set","key":"a","value":1}],"crc":"…"}
+//! {"seq":6,"ops":[{"op":"create_index","index":{"name":"by_name","fields":[{"path":"name","kind":"hash","direction":"asc"}],"unique":true,"sparse":false}}],"crc":"…"}
+//! {"seq":7,"ops":[{"op":"drop_index","name":"by_name"}],"crc":"…"}
 //! ```
+//! With `atomic: true` the journal is kept longer than its records: it grows by
+//! zero-filled, fsync'd chunks of 1 MiB, and its records end at the first NUL byte
+//! (a text editor shows the zeros after the last line). Appends then overwrite space
+//! that already exists, so `fdatasync` has no file size or block allocation to
+//! commit. Closing the store (and every foreground compaction) empties it.
 //! `users.json.lock` carries the advisory lock (it stays after close; deleting it
 //! while a process holds it defeats the lock). `users.json.tmp` exists only during
 //! compaction (as does `users.json.journal.tmp`) and is removed on open if a crash left it.
@@ -106,11 +128,21 @@
 //!   `atomic: true`) fsync'd — per write, or per group with group commit, where
 //!   writers wait for the fsync covering them. With group commit a change is visible
 //!   to readers, hooks and watchers of this handle from the moment it is appended,
-//!   which may be up to `max_delay_ms` before its writer's call returns; if that
-//!   fsync fails, the writer gets `Io` and the store refuses further writes.
-//! - A line torn by a crash fails its checksum and, being last, is dropped and cut
-//!   off on open; a damaged line followed by good ones is `Corrupted` with the
-//!   journal's path and the line's byte offset.
+//!   which may be up to one group (at most `max_delay_ms`) before its writer's call
+//!   returns; if that fsync fails, the writer gets `Io` and the store refuses further
+//!   writes.
+//! - Appends go into preallocated, zero-filled space and are made durable with
+//!   `fdatasync`; growing that space writes the zeros and takes a full `fsync` (size
+//!   and blocks) before any record lands there. Compaction takes full `fsync`s of the
+//!   new file and of the directory after the rename.
+//! - A line torn by a crash fails its checksum (or runs into the zeros) and, being
+//!   last, is dropped and cut off on open. The zeros after the last record are the
+//!   journal's end, not damage, and are kept. A damaged line followed by good ones is
+//!   `Corrupted` with the journal's path and the line's byte offset — except one that
+//!   runs into zeros up to a sector boundary: that is an append whose page never
+//!   reached the disk while a later page did (an operating-system crash before the
+//!   fsync), and since fsyncs come in append order nothing from there on was
+//!   acknowledged; it is dropped with a warning.
 //! - Compaction writes `<file>.tmp`, fsyncs it, renames it over the file, fsyncs the
 //!   directory, and only then replaces the journal by the records the new file lacks
 //!   (copied to `<file>.journal.tmp`, fsync'd, renamed; or simply emptied when nothing
@@ -120,16 +152,34 @@
 //!   byte-order mark, wrong `format`) gives `Corrupted` naming the file and byte
 //!   position, and changes no file.
 //!
-//! **`atomic: false`** skips the journal fsync. A crash of the process loses
-//! nothing (every acknowledged line is in the kernel's page cache); a crash of the
-//! operating system or a power loss may lose the writes acknowledged since the
-//! kernel last wrote the journal back (typically the last 30 seconds), and the
-//! journal's tail may then be torn (dropped on open). Compaction stays fsync'd and
-//! atomic, so the main file is never lost.
+//! ## Durability modes
+//! What each mode loses when the process is killed, and when the machine crashes or
+//! loses power (the main file is replaced by an fsync'd, atomic rename in every mode,
+//! so it is never lost or half-written):
+//!
+//! | mode | a write returns after | process killed | machine crash or power loss |
+//! |---|---|---|---|
+//! | `fsync_each` (default) | its line is appended and `fdatasync`'d | nothing acknowledged | nothing acknowledged |
+//! | `group` | its line is appended and an `fdatasync` started after that returned | nothing acknowledged | nothing acknowledged |
+//! | `atomic: false` | its line is appended (no fsync) | nothing acknowledged (the lines are in the kernel's page cache) | the writes since the kernel last wrote the journal back (typically up to 30 s); a torn tail is dropped on open |
+//!
+//! In every mode a write that had not returned when the crash came is either there
+//! after reopening or not, never half of it: a batch or a transaction is one record.
+//!
+//! Group commit closes a group, and starts its `fdatasync`, when as many writers wait
+//! as the last fsync released (writers waiting for their acknowledgement come back
+//! together; at most `max_writes`), when no writer has arrived for half the recent
+//! fsync time (at least 20 µs: fewer came back), or when the oldest has waited
+//! `max_delay_ms`. So a lone writer's group closes at once (it waits one fsync, not
+//! `max_delay_ms`), and *w* concurrent writers share each fsync. Writers go on
+//! appending while an fsync runs. The store then acknowledges about *w* sets per
+//! fsync, plus their CPU cost; a single writer gains nothing from it.
 //!
 //! ## Costs
 //! A `set` appends one line and fsyncs (or joins a group): its cost does not grow
-//! with the number of entries. Compaction rewrites the whole file; it starts once the
+//! with the number of entries (a map insert, the index updates, the encoding of its
+//! own line), and its fsync is the disk's floor for a durable append: `fdatasync` of
+//! a write into preallocated space. Compaction rewrites the whole file; it starts once the
 //! journal holds `compact_after` records *and* is at least half the main file's
 //! size, so its cost per write stays bounded as the store grows. It runs on a
 //! background thread that reads the entries a chunk at a time under short read

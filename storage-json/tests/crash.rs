@@ -14,7 +14,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Value, json};
-use storage_core::{ErrorCode, Storage, TransactionOptions, TransactionalStorage};
+use storage_core::{
+    ErrorCode, IndexDefinition, IndexKind, IndexedStorage, Storage, TransactionOptions,
+    TransactionalStorage,
+};
 use storage_json::{Durability, JsonConfig, JsonConfigExt, JsonStorage, LockMode};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -44,7 +47,9 @@ fn config(path: &Path, mode: &str) -> JsonConfig {
 
 /// Child: writes until killed, printing `ack <i>` once write `i` is acknowledged.
 /// Every 7th write is a transaction over two keys, every 5th a batch of three,
-/// and every 25th write is followed by an explicit compaction.
+/// every 25th write is followed by an explicit compaction, and every 11th by
+/// creating or dropping (in turn) the index `by_i`, announced by `index-start` and
+/// acknowledged by `index present` or `index absent`.
 fn child_writer(path: &Path, trial: &str, mode: &str) -> TestResult {
     let rt = runtime()?;
     rt.block_on(async {
@@ -73,6 +78,20 @@ fn child_writer(path: &Path, trial: &str, mode: &str) -> TestResult {
             }
             writeln!(out, "ack {i}")?;
             out.flush()?;
+            if i % 11 == 5 {
+                let create = i % 22 == 5;
+                writeln!(out, "index-start")?;
+                out.flush()?;
+                if create {
+                    store
+                        .create_index(IndexDefinition::new("by_i", "i", IndexKind::Btree))
+                        .await?;
+                } else {
+                    store.drop_index("by_i").await?;
+                }
+                writeln!(out, "index {}", if create { "present" } else { "absent" })?;
+                out.flush()?;
+            }
             if i % 25 == 24 {
                 writeln!(out, "compacting")?;
                 out.flush()?;
@@ -151,6 +170,8 @@ struct TrialStats {
     with_main_file: u64,
     /// Trials whose child was killed after it announced a compaction and before it finished one.
     during_compaction: u64,
+    /// Trials after which the presence of the index `by_i` was known and checked.
+    index_checks: u64,
 }
 
 fn crash_trials(
@@ -164,12 +185,16 @@ fn crash_trials(
     let rt = runtime()?;
     let mut acked: BTreeMap<String, Value> = BTreeMap::new();
     let fresh_file_each_trial = mode == "background";
+    // Whether the index `by_i` exists as of the last acknowledged index operation;
+    // `None` while one was in flight when the child was killed.
+    let mut index_state = Some(false);
     for trial in 0..trials {
         if fresh_file_each_trial {
             let trial_dir = dir.path().join(format!("trial{trial}"));
             std::fs::create_dir(&trial_dir)?;
             path = trial_dir.join("store.json");
             acked.clear();
+            index_state = Some(false);
         }
         let mut child = spawn_child(&format!("write\t{}\t{trial}\t{mode}", path.display()))?;
         let stdout = child.stdout.take().ok_or("no stdout")?;
@@ -179,6 +204,12 @@ fn crash_trials(
         let mut last = String::new();
         let mut record = |line: &str, acked: &mut BTreeMap<String, Value>| {
             line.clone_into(&mut last);
+            match line {
+                "index-start" => index_state = None,
+                "index present" => index_state = Some(true),
+                "index absent" => index_state = Some(false),
+                _ => {}
+            }
             if let Some(i) = line
                 .strip_prefix("ack ")
                 .and_then(|n| n.parse::<u64>().ok())
@@ -222,23 +253,54 @@ fn crash_trials(
         // Check a copy, so the next child recovers from the crashed files themselves.
         let check_dir = tempfile::tempdir()?;
         let copy = copy_files(&path, check_dir.path())?;
-        rt.block_on(async {
-            let store = JsonStorage::<Value>::open(JsonConfig::new(&copy))
-                .await
-                .map_err(|e| format!("{mode} trial {trial}: reopen failed: {e}"))?;
-            for (key, value) in &acked {
-                let got = store.get(key).await?;
-                if got.as_ref() != Some(value) {
-                    return Err(format!(
-                        "{mode} trial {trial}: acknowledged {key} lost (got {got:?})"
-                    )
-                    .into());
-                }
-            }
-            Ok::<_, Box<dyn std::error::Error>>(())
-        })?;
+        if index_state.is_some() {
+            stats.index_checks += 1;
+        }
+        // The next child starts from these files: what they hold is now known.
+        index_state = Some(rt.block_on(check_reopened(
+            &copy,
+            &format!("{mode} trial {trial}"),
+            &acked,
+            index_state,
+        ))?);
     }
     Ok(stats)
+}
+
+/// Reopens crashed files and checks every acknowledged write and, when known, the
+/// presence of the index `by_i`; returns whether the index is there.
+async fn check_reopened(
+    copy: &Path,
+    trial: &str,
+    acked: &BTreeMap<String, Value>,
+    index_state: Option<bool>,
+) -> Result<bool, Box<dyn std::error::Error>> {
+    let store = JsonStorage::<Value>::open(JsonConfig::new(copy))
+        .await
+        .map_err(|e| format!("{trial}: reopen failed: {e}"))?;
+    for (key, value) in acked {
+        let got = store.get(key).await?;
+        if got.as_ref() != Some(value) {
+            return Err(format!("{trial}: acknowledged {key} lost (got {got:?})").into());
+        }
+    }
+    let has_index = store
+        .list_indexes()
+        .await?
+        .iter()
+        .any(|i| i.definition.name == "by_i");
+    if index_state.is_some_and(|expected| expected != has_index) {
+        let [expected, found] = if has_index {
+            ["absent", "present"]
+        } else {
+            ["present", "absent"]
+        };
+        return Err(format!(
+            "{trial}: the acknowledged index operation left by_i {expected} but it is {found}"
+        )
+        .into());
+    }
+    Ok(has_index)
 }
 
 fn copy_files(path: &Path, to: &Path) -> std::io::Result<PathBuf> {
@@ -372,10 +434,11 @@ fn main() -> TestResult {
         let started = Instant::now();
         let stats = crash_trials(mode, trials, &mut rng)?;
         println!(
-            "test crash_trials_{mode} ... ok ({trials} kills, {} during an explicit compaction, {} after some compaction, {} acknowledged-key checks passed, {:.1}s)",
+            "test crash_trials_{mode} ... ok ({trials} kills, {} during an explicit compaction, {} after some compaction, {} acknowledged-key checks and {} index-definition checks passed, {:.1}s)",
             stats.during_compaction,
             stats.with_main_file,
             stats.key_checks,
+            stats.index_checks,
             started.elapsed().as_secs_f64()
         );
     }

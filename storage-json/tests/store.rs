@@ -173,30 +173,140 @@ async fn other_encodings_are_invalid_config() -> TestResult {
     Ok(())
 }
 
-/// A journal line torn by a crash is dropped on open, and later writes append cleanly.
+/// Where the journal's records end: the journal is preallocated, so zeros follow.
+fn records_end(bytes: &[u8]) -> usize {
+    bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1)
+}
+
+/// A journal line torn by a crash is dropped on open, and later writes append
+/// cleanly: torn into the zero-filled space (what a crash leaves in a preallocated
+/// journal) or cut short (a journal that was not preallocated).
 #[tokio::test]
 async fn torn_last_journal_line_is_dropped() -> TestResult {
+    for zero_filled in [true, false] {
+        let (dir, path) = temp()?;
+        let store = open(&path).await?;
+        store.set("a", &json!(1)).await?;
+        store.set("b", &json!(2)).await?;
+        let crashed_dir = tempfile::tempdir()?;
+        let crashed = copy_as_crashed(&path, crashed_dir.path())?;
+        drop(store);
+        drop(dir);
+        // Tear the last record in half.
+        let journal = journal_of(&crashed);
+        let mut bytes = std::fs::read(&journal)?;
+        let end = records_end(&bytes);
+        assert!(
+            bytes[end..].iter().all(|b| *b == 0),
+            "zeros follow the records"
+        );
+        if zero_filled {
+            bytes[end - 10..end].fill(0);
+        } else {
+            bytes.truncate(end - 10);
+        }
+        std::fs::write(&journal, &bytes)?;
+
+        let store = open(&crashed).await?;
+        assert_eq!(store.get("a").await?, Some(json!(1)));
+        assert_eq!(store.get("b").await?, None);
+        store.set("c", &json!(3)).await?;
+        drop(store);
+        let store = open(&crashed).await?;
+        assert_eq!(store.keys().try_collect::<Vec<_>>().await?, ["a", "c"]);
+    }
+    Ok(())
+}
+
+/// The journal is preallocated in zero-filled chunks: its records end where the
+/// zeros start, reopening keeps that space (nothing to cut off), and appends
+/// continue in it.
+#[tokio::test]
+async fn zero_filled_journal_space_is_its_end_not_damage() -> TestResult {
     let (dir, path) = temp()?;
     let store = open(&path).await?;
     store.set("a", &json!(1)).await?;
-    store.set("b", &json!(2)).await?;
     let crashed_dir = tempfile::tempdir()?;
     let crashed = copy_as_crashed(&path, crashed_dir.path())?;
     drop(store);
     drop(dir);
-    // Tear the last record in half.
     let journal = journal_of(&crashed);
-    let bytes = std::fs::read(&journal)?;
-    let cut = bytes.len() - 10;
-    std::fs::write(&journal, &bytes[..cut])?;
+    let before = std::fs::read(&journal)?;
+    let end = records_end(&before);
+    assert!(before.len() >= 1 << 20, "a megabyte is preallocated");
+    assert!(before[end..].iter().all(|b| *b == 0));
 
     let store = open(&crashed).await?;
-    assert_eq!(store.get("a").await?, Some(json!(1)));
-    assert_eq!(store.get("b").await?, None);
-    store.set("c", &json!(3)).await?;
+    assert_eq!(std::fs::read(&journal)?, before, "open changed the journal");
+    store.set("b", &json!(2)).await?;
+    let after = std::fs::read(&journal)?;
+    assert_eq!(
+        after.len(),
+        before.len(),
+        "the append used the preallocated space"
+    );
+    assert_eq!(&after[..end], &before[..end]);
+    let copy_dir = tempfile::tempdir()?;
+    let copy = copy_as_crashed(&crashed, copy_dir.path())?;
+    drop(store);
+    let store = open(&copy).await?;
+    assert_eq!(store.keys().try_collect::<Vec<_>>().await?, ["a", "b"]);
+    Ok(())
+}
+
+/// An operating-system crash between an append and its fsync can leave a later
+/// page of the journal on disk but not an earlier one: a record running into
+/// zeros up to a page boundary, then more records. Nothing from the torn record on
+/// was acknowledged (fsyncs come in append order), so it is dropped, not `Corrupted`.
+#[tokio::test]
+async fn records_after_a_page_that_never_reached_the_disk_are_dropped() -> TestResult {
+    let (dir, path) = temp()?;
+    let store = open(&path).await?;
+    store.set("a", &json!(1)).await?;
+    let long = "x".repeat(5000);
+    for key in ["b", "c", "d"] {
+        store.set(key, &json!(long)).await?;
+    }
+    let crashed_dir = tempfile::tempdir()?;
+    let crashed = copy_as_crashed(&path, crashed_dir.path())?;
+    drop(store);
+    drop(dir);
+    let journal = journal_of(&crashed);
+    let mut bytes = std::fs::read(&journal)?;
+    // "b"'s record spans the first page boundary: lose that page (4096..8192).
+    let first_end = bytes.iter().position(|b| *b == b'\n').ok_or("no line")? + 1;
+    assert!(first_end < 4096 && records_end(&bytes) > 8192);
+    bytes[4096..8192].fill(0);
+    std::fs::write(&journal, &bytes)?;
+
+    let store = open(&crashed).await?;
+    assert_eq!(store.keys().try_collect::<Vec<_>>().await?, ["a"]);
+    store.set("e", &json!(5)).await?;
     drop(store);
     let store = open(&crashed).await?;
-    assert_eq!(store.keys().try_collect::<Vec<_>>().await?, ["a", "c"]);
+    assert_eq!(store.keys().try_collect::<Vec<_>>().await?, ["a", "e"]);
+
+    // A single NUL byte in a middle record is not a missing page: still `Corrupted`.
+    let (dir, path) = temp()?;
+    let store = open(&path).await?;
+    for key in ["a", "b", "c"] {
+        store.set(key, &json!("value")).await?;
+    }
+    let crashed_dir = tempfile::tempdir()?;
+    let crashed = copy_as_crashed(&path, crashed_dir.path())?;
+    drop(store);
+    drop(dir);
+    let journal = journal_of(&crashed);
+    let mut bytes = std::fs::read(&journal)?;
+    let second_line = bytes.iter().position(|b| *b == b'\n').ok_or("no line")? + 1;
+    bytes[second_line + 3] = 0;
+    std::fs::write(&journal, &bytes)?;
+    let err = open(&crashed).await.expect_err("corrupt");
+    assert_eq!(err.code(), ErrorCode::Corrupted);
+    assert_eq!(
+        err.context_value("position"),
+        Some(second_line.to_string().as_str())
+    );
     Ok(())
 }
 
@@ -342,10 +452,15 @@ async fn journal_is_compacted_past_the_threshold() -> TestResult {
         }
     }
     // Compaction runs in the background; it has carried the journal over once the
-    // journal holds fewer records than were written.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    // journal holds fewer records than were written. A compaction that started early
+    // may finish after the last write with most records still to carry over, and only
+    // a write starts the next one: keep writing while waiting.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut extra = 0;
     while store.journal_records() >= 40 {
         assert!(std::time::Instant::now() < deadline, "never compacted");
+        store.set("k00", &json!(extra)).await?;
+        extra += 1;
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert!(std::fs::metadata(&path)?.len() > 0);
@@ -526,6 +641,99 @@ async fn indexed_queries_match_the_reference_evaluator() -> TestResult {
     assert!(stats.iter().all(|i| i.stats.hits + i.stats.misses > 0));
     assert!(store.drop_index("bio").await?);
     assert!(!store.drop_index("bio").await?);
+    Ok(())
+}
+
+/// Index definitions are persisted: journaled when created or dropped (so a crash
+/// keeps them), listed in the main file after compaction, and rebuilt on open.
+#[tokio::test]
+async fn index_definitions_survive_reopening_and_crashes() -> TestResult {
+    let (_dir, path) = temp()?;
+    let email = IndexDefinition::new("email", "email", IndexKind::Hash).unique();
+    let age = IndexDefinition::new("age", "age", IndexKind::Btree);
+    let store = open(&path).await?;
+    store.set("a", &json!({"email": "a@x", "age": 31})).await?;
+    store.create_index(email.clone()).await?;
+    store.create_index(age.clone()).await?;
+    store
+        .create_index(IndexDefinition::new("tmp", "x", IndexKind::Hash))
+        .await?;
+    assert!(store.drop_index("tmp").await?);
+    store.set("b", &json!({"email": "b@x", "age": 27})).await?;
+
+    // Killed now: the journal alone carries the definitions.
+    let crashed_dir = tempfile::tempdir()?;
+    let crashed = copy_as_crashed(&path, crashed_dir.path())?;
+    let names = |infos: Vec<storage_core::IndexInfo>| -> Vec<_> {
+        infos.into_iter().map(|i| i.definition).collect()
+    };
+    {
+        let reopened = open(&crashed).await?;
+        assert_eq!(
+            names(reopened.list_indexes().await?),
+            [email.clone(), age.clone()]
+        );
+        let stats = reopened.list_indexes().await?;
+        assert_eq!(stats[0].stats.entries, 2, "rebuilt over every entry");
+        let err = reopened
+            .set("c", &json!({"email": "a@x"}))
+            .await
+            .expect_err("unique after reopening");
+        assert_eq!(err.code(), ErrorCode::DuplicateKey);
+        let plan = reopened
+            .explain(&Query::filter(storage_core::query::and(vec![
+                field("age").gte(30),
+                field("age").lt(40),
+            ])))
+            .await?;
+        assert_eq!(plan.index.as_deref(), Some("age"));
+    }
+
+    // Closed: the main file lists them, readable by a person.
+    store.close().await?;
+    let text = std::fs::read_to_string(&path)?;
+    let doc: Value = serde_json::from_str(&text)?;
+    assert_eq!(
+        doc["indexes"],
+        json!([
+            {"name": "email", "fields": [{"path": "email", "kind": "hash", "direction": "asc"}], "unique": true, "sparse": false},
+            {"name": "age", "fields": [{"path": "age", "kind": "btree", "direction": "asc"}], "unique": false, "sparse": false}
+        ])
+    );
+    let reopened = open(&path).await?;
+    assert_eq!(names(reopened.list_indexes().await?), [email, age]);
+    assert!(reopened.drop_index("age").await?);
+    reopened.close().await?;
+    let reopened = open(&path).await?;
+    assert_eq!(reopened.list_indexes().await?.len(), 1);
+    reopened.close().await?;
+    // A store without indexes writes no `indexes` member.
+    let (_dir, plain) = temp()?;
+    let store = open(&plain).await?;
+    store.set("a", &json!(1)).await?;
+    store.close().await?;
+    assert!(!std::fs::read_to_string(&plain)?.contains("indexes"));
+    Ok(())
+}
+
+/// A main file edited by hand so that it breaks one of its unique indexes does not
+/// open (`DuplicateKey` naming the index and the file), and is left untouched.
+#[tokio::test]
+async fn a_hand_edit_breaking_a_persisted_unique_index_fails_the_open() -> TestResult {
+    let (_dir, path) = temp()?;
+    let store = open(&path).await?;
+    store
+        .create_index(IndexDefinition::new("email", "email", IndexKind::Hash).unique())
+        .await?;
+    store.set("a", &json!({"email": "a@x"})).await?;
+    store.set("b", &json!({"email": "b@x"})).await?;
+    store.close().await?;
+    let edited = std::fs::read_to_string(&path)?.replace("b@x", "a@x");
+    std::fs::write(&path, &edited)?;
+    let err = open(&path).await.expect_err("duplicate");
+    assert_eq!(err.code(), ErrorCode::DuplicateKey);
+    assert_eq!(err.context_value("index"), Some("email"));
+    assert_eq!(std::fs::read_to_string(&path)?, edited);
     Ok(())
 }
 
