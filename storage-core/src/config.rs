@@ -268,9 +268,11 @@ pub enum Durability {
     #[default]
     #[serde(alias = "fsync-each")]
     FsyncEach,
-    /// Group commit: concurrent writes share one fsync, taken after `max_writes`
-    /// writes or `max_delay_ms` milliseconds, whichever comes first. A write is still
-    /// acknowledged only after its fsync.
+    /// Group commit: concurrent writes share one fsync. `max_writes` and
+    /// `max_delay_ms` are upper bounds on a group; an adapter may close a group sooner
+    /// (storage-json closes it as soon as the writers it expects have arrived, so a lone
+    /// writer waits one fsync, not `max_delay_ms`). A write is still acknowledged only
+    /// after the fsync that covers it.
     Group {
         /// The most writes sharing one fsync. Default: 64.
         #[serde(default = "default_group_max_writes")]
