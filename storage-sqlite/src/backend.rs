@@ -19,7 +19,7 @@ use crate::config::{SqliteConfig, validate_config};
 use crate::error::sql_err;
 use crate::index::IndexCatalog;
 use crate::sql::{SHARED_SCHEMA, TableSql};
-use crate::worker::{Workers, open_connection};
+use crate::worker::{InlineReaders, Workers, is_busy, open_connection};
 
 /// Rows fetched per round trip while iterating.
 const PAGE: i64 = 512;
@@ -33,6 +33,8 @@ pub(crate) struct Database {
     pub(crate) path: PathBuf,
     pub(crate) writer: Workers,
     pub(crate) readers: Workers,
+    /// Connections for bounded point reads on the calling thread (none without WAL).
+    pub(crate) inline: Arc<InlineReaders>,
     /// Connections of finished transactions, kept for the next ones.
     pub(crate) idle_tx: Mutex<Vec<Connection>>,
     /// Commit counter for change batches when there is no change log.
@@ -75,6 +77,12 @@ impl Database {
         Ok(Self {
             writer: Workers::spawn("sqlite-writer", vec![writer], config.common.debug)?,
             readers: Workers::spawn("sqlite-reader", readers, config.common.debug)?,
+            // Without WAL a reader waits for the writer: every read then goes to a thread.
+            inline: Arc::new(InlineReaders::new(if config.wal {
+                config.read_pool_size
+            } else {
+                0
+            })),
             idle_tx: Mutex::new(Vec::new()),
             local_seq: AtomicU64::new(0),
             config,
@@ -400,6 +408,90 @@ pub(crate) fn committed_changes<T: StorageValue>(
     changes
 }
 
+/// The most keys a `get_many` reads on the calling thread (see [`InlineReaders`]).
+const INLINE_GET_MANY: usize = 32;
+
+/// Reads and decodes the value under `key`: `Ok(None)` when absent; the inner result
+/// is the decoding's.
+fn read_one<T: StorageValue>(
+    conn: &Connection,
+    sql: &TableSql,
+    key: &str,
+) -> rusqlite::Result<Option<Result<T>>> {
+    let mut stmt = conn.prepare_cached(&sql.get)?;
+    let mut rows = stmt.query(params![key])?;
+    match rows.next()? {
+        Some(row) => {
+            let json = row.get_ref(0)?.as_str()?;
+            Ok(Some(decode::<T>(json)))
+        }
+        None => Ok(None),
+    }
+}
+
+/// Reads and decodes the values under `keys` from one snapshot; the inner result is the
+/// decoding's.
+fn read_many<T: StorageValue>(
+    conn: &Connection,
+    sql: &TableSql,
+    keys: &[String],
+) -> rusqlite::Result<Result<BTreeMap<String, T>>> {
+    // One read transaction: every key is read from the same snapshot.
+    let tx = conn.unchecked_transaction()?;
+    let mut out = BTreeMap::new();
+    {
+        let mut stmt = tx.prepare_cached(&sql.get)?;
+        for key in keys {
+            let mut rows = stmt.query(params![key])?;
+            if let Some(row) = rows.next()? {
+                let json = row.get_ref(0)?.as_str()?;
+                match decode::<T>(json) {
+                    Ok(value) => {
+                        out.insert(key.clone(), value);
+                    }
+                    Err(e) => return Ok(Err(e.with_context("key", key.escape_debug()))),
+                }
+            }
+        }
+    }
+    tx.finish()?;
+    Ok(Ok(out))
+}
+
+impl<T: StorageValue> SqliteStorage<T> {
+    /// Runs the bounded point read `f` on the calling thread with an idle inline
+    /// connection; `None` when the read must go to a reader thread (none idle, or a
+    /// lock was not free). When none was idle the pool is asked to grow, on a reader
+    /// thread.
+    fn read_inline<R>(
+        &self,
+        operation: &'static str,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<R>,
+    ) -> Option<Result<R>> {
+        let inline = &self.db.inline;
+        let Some(conn) = inline.take() else {
+            if inline.wants_more() {
+                let inline = Arc::clone(inline);
+                let (path, config) = (self.db.path.clone(), self.db.config.clone());
+                // Queued behind the read that falls back; a failure to queue only means
+                // the pool stays smaller.
+                let _ = self
+                    .db
+                    .readers
+                    .submit(Box::new(move |_| inline.grow(&path, &config)));
+            }
+            return None;
+        };
+        let span = storage_core::trace::op_span(self.db.config.common.debug, "sqlite", operation);
+        let out = span.in_scope(|| f(&conn));
+        inline.give(conn);
+        match out {
+            Err(e) if is_busy(&e) => None,
+            out => Some(out.map_err(sql_err(operation))),
+        }
+    }
+}
+
 impl<T: StorageValue> SqliteStorage<T> {
     /// Opens (creating if needed) the database and the table named in `config`.
     ///
@@ -695,29 +787,23 @@ impl<T: StorageValue> Storage<T> for SqliteStorage<T> {
     async fn get(&self, key: &str) -> Result<Option<T>> {
         validate_key(key)?;
         self.before(&BeforeEvent::Get { key })?;
-        let table = Arc::clone(&self.table);
-        let owned = key.to_owned();
-        let value = self
-            .db
-            .readers
-            .run("get", move |conn| {
-                let mut stmt = conn
-                    .prepare_cached(&table.sql.get)
-                    .map_err(sql_err("get"))?;
-                let mut rows = stmt.query(params![owned]).map_err(sql_err("get"))?;
-                match rows.next().map_err(sql_err("get"))? {
-                    Some(row) => {
-                        let json = row
-                            .get_ref(0)
-                            .and_then(|v| Ok(v.as_str()?))
-                            .map_err(sql_err("get"))?;
-                        decode::<T>(json).map(Some)
-                    }
-                    None => Ok(None),
-                }
-            })
-            .await
-            .map_err(|e| e.with_context("key", key.escape_debug()))?;
+        let value = match self.read_inline("get", |conn| read_one::<T>(conn, &self.table.sql, key))
+        {
+            Some(read) => read.and_then(|found| found.transpose()),
+            None => {
+                let table = Arc::clone(&self.table);
+                let owned = key.to_owned();
+                self.db
+                    .readers
+                    .run("get", move |conn| {
+                        read_one::<T>(conn, &table.sql, &owned)
+                            .map_err(sql_err("get"))?
+                            .transpose()
+                    })
+                    .await
+            }
+        }
+        .map_err(|e| e.with_context("key", key.escape_debug()))?;
         if self.hub.has_after_hooks() {
             self.hub.after(&AfterEvent::Get {
                 key,
@@ -747,14 +833,19 @@ impl<T: StorageValue> Storage<T> for SqliteStorage<T> {
 
     async fn has(&self, key: &str) -> Result<bool> {
         validate_key(key)?;
+        let exists = |conn: &Connection, sql: &TableSql, key: &str| {
+            conn.prepare_cached(&sql.has)
+                .and_then(|mut s| s.exists(params![key]))
+        };
+        if let Some(read) = self.read_inline("has", |conn| exists(conn, &self.table.sql, key)) {
+            return read;
+        }
         let table = Arc::clone(&self.table);
         let owned = key.to_owned();
         self.db
             .readers
             .run("has", move |conn| {
-                conn.prepare_cached(&table.sql.has)
-                    .and_then(|mut s| s.exists(params![owned]))
-                    .map_err(sql_err("has"))
+                exists(conn, &table.sql, &owned).map_err(sql_err("has"))
             })
             .await
     }
@@ -826,32 +917,19 @@ impl<T: StorageValue> Storage<T> for SqliteStorage<T> {
 impl<T: StorageValue> BatchStorage<T> for SqliteStorage<T> {
     async fn get_many(&self, keys: &[String]) -> Result<BTreeMap<String, T>> {
         storage_core::validate_keys(keys.iter().map(String::as_str))?;
+        if keys.len() <= INLINE_GET_MANY
+            && let Some(read) = self.read_inline("get_many", |conn| {
+                read_many::<T>(conn, &self.table.sql, keys)
+            })
+        {
+            return read?;
+        }
         let table = Arc::clone(&self.table);
         let keys = keys.to_vec();
         self.db
             .readers
             .run("get_many", move |conn| {
-                // One read transaction: every key is read from the same snapshot.
-                let tx = conn.unchecked_transaction().map_err(sql_err("get_many"))?;
-                let mut out = BTreeMap::new();
-                {
-                    let mut stmt = tx
-                        .prepare_cached(&table.sql.get)
-                        .map_err(sql_err("get_many"))?;
-                    for key in keys {
-                        let json: Option<String> = stmt
-                            .query_row(params![key], |r| r.get(0))
-                            .optional()
-                            .map_err(sql_err("get_many"))?;
-                        if let Some(json) = json {
-                            let value = decode::<T>(&json)
-                                .map_err(|e| e.with_context("key", key.escape_debug()))?;
-                            out.insert(key, value);
-                        }
-                    }
-                }
-                tx.finish().map_err(sql_err("get_many"))?;
-                Ok(out)
+                read_many::<T>(conn, &table.sql, &keys).map_err(sql_err("get_many"))?
             })
             .await
     }

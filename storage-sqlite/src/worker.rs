@@ -1,9 +1,12 @@
-//! Connection threads: every SQLite call runs on a thread that owns its connection,
-//! never on the async executor. Callers send a job and await a oneshot reply.
+//! Connection threads: every SQLite call that can take long runs on a thread that owns
+//! its connection, never on the async executor. Callers send a job and await a oneshot
+//! reply. The one exception, bounded point reads under WAL, borrows a connection from
+//! [`InlineReaders`] on the calling thread (see there for why).
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, TryLockError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -48,6 +51,96 @@ fn configure(conn: &Connection, config: &SqliteConfig, read_only: bool) -> Resul
         conn.pragma_update(None, "query_only", true).map_err(&err)?;
     }
     Ok(())
+}
+
+/// Read-only connections lent to the calling task for bounded point reads: a get, a
+/// `has`, or a `get_many` of a few keys by primary key.
+///
+/// Handing such a read to a reader thread and waking the task when it answers costs
+/// several times the read itself (a B-tree lookup of a few microseconds, about what
+/// decoding the value costs), so these reads run where they are asked. They cannot
+/// wait on other connections: under WAL a reader never waits for the writer, and these
+/// connections have no busy timeout, so a lock SQLite cannot take at once (a WAL
+/// recovery in progress, a rollback-journal database) fails at once and the caller
+/// falls back to a reader thread. A page not in SQLite's cache is read from the file
+/// (the operating system's page cache, usually), as decoding a value touches memory.
+/// Scans, queries and writes, whose length depends on the data, stay on threads.
+///
+/// Connections are opened lazily by reader threads (never on the executor), up to a
+/// bound; a read that finds none idle goes to a reader thread.
+pub(crate) struct InlineReaders {
+    idle: Mutex<Vec<Connection>>,
+    /// Connections opened so far (idle or lent).
+    opened: AtomicUsize,
+    max: usize,
+}
+
+impl InlineReaders {
+    /// A pool of at most `max` connections; `max == 0` turns inline reads off.
+    pub(crate) fn new(max: usize) -> Self {
+        Self {
+            idle: Mutex::new(Vec::with_capacity(max)),
+            opened: AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    /// An idle connection, if one is free right now (never waits for the pool's lock).
+    pub(crate) fn take(&self) -> Option<Connection> {
+        match self.idle.try_lock() {
+            Ok(mut idle) => idle.pop(),
+            Err(TryLockError::Poisoned(p)) => p.into_inner().pop(),
+            Err(TryLockError::WouldBlock) => None,
+        }
+    }
+
+    /// Returns a connection taken with [`InlineReaders::take`].
+    pub(crate) fn give(&self, conn: Connection) {
+        self.idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(conn);
+    }
+
+    /// Whether the pool would take another connection.
+    pub(crate) fn wants_more(&self) -> bool {
+        self.opened.load(Ordering::Relaxed) < self.max
+    }
+
+    /// Opens one more connection when the pool is not full. Blocking: call it on a
+    /// connection thread. A failure only means reads keep going to threads.
+    pub(crate) fn grow(&self, path: &Path, config: &SqliteConfig) {
+        if self
+            .opened
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .is_err()
+        {
+            return;
+        }
+        let opened = open_connection(path, config, true).and_then(|conn| {
+            // No waiting on the executor: a busy lock fails at once and the read moves
+            // to a thread, which waits as configured.
+            conn.busy_timeout(Duration::ZERO).map_err(sql_err("open"))?;
+            Ok(conn)
+        });
+        match opened {
+            Ok(conn) => self.give(conn),
+            Err(e) => {
+                self.opened.fetch_sub(1, Ordering::SeqCst);
+                tracing::debug!("sqlite inline read connection not opened: {e}");
+            }
+        }
+    }
+}
+
+/// Whether `err` says a lock was not free (the read should move to a thread).
+pub(crate) fn is_busy(err: &rusqlite::Error) -> bool {
+    matches!(
+        err.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
 }
 
 /// Threads sharing one job queue, each owning a connection.
