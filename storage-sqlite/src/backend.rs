@@ -1,6 +1,6 @@
 //! `SqliteStorage<T>`: the store, its connection threads, and its tier impls.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -18,6 +18,7 @@ use storage_core::{
 use crate::config::{SqliteConfig, validate_config};
 use crate::error::sql_err;
 use crate::index::IndexCatalog;
+use crate::rows::{RowText, decode_stored};
 use crate::sql::{SHARED_SCHEMA, TableSql};
 use crate::worker::{InlineReaders, Workers, is_busy, open_connection};
 
@@ -37,6 +38,8 @@ pub(crate) struct Database {
     pub(crate) inline: Arc<InlineReaders>,
     /// Connections of finished transactions, kept for the next ones.
     pub(crate) idle_tx: Mutex<Vec<Connection>>,
+    /// Whether the file's change log is the older `AUTOINCREMENT` table.
+    pub(crate) legacy_log: bool,
     /// Commit counter for change batches when there is no change log.
     pub(crate) local_seq: AtomicU64,
     /// Keeps the private file of a `:memory:` database; dropped after the threads.
@@ -70,6 +73,13 @@ impl Database {
             integrity_check(&writer).map_err(|e| e.with_context("database", path.display()))?;
         }
         writer.execute_batch(SHARED_SCHEMA).map_err(err)?;
+        let legacy_log = writer
+            .prepare(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_storage_changes' \
+                 AND sql LIKE '%AUTOINCREMENT%'",
+            )
+            .and_then(|mut s| s.exists([]))
+            .map_err(err)?;
         let mut readers = Vec::with_capacity(config.read_pool_size);
         for _ in 0..config.read_pool_size {
             readers.push(open_connection(&path, &config, true)?);
@@ -84,6 +94,7 @@ impl Database {
                 0
             })),
             idle_tx: Mutex::new(Vec::new()),
+            legacy_log,
             local_seq: AtomicU64::new(0),
             config,
             path,
@@ -292,33 +303,65 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Appends `effects` to the change log in the caller's transaction; returns the commit's
-/// sequence number (the log position of its first change), or `None` when nothing changed.
-pub(crate) fn write_log(conn: &Connection, table: &str, effects: &[Effect]) -> Result<Option<u64>> {
+/// Where a commit landed in the change log.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Logged {
+    /// The commit's sequence number: the `seq` of its first change.
+    pub(crate) commit: u64,
+    /// The `seq` of its last change.
+    pub(crate) last: u64,
+}
+
+/// Appends `effects` to the change log in the caller's transaction (which holds the
+/// write lock); `None` when nothing changed.
+/// With `legacy`, the file's log is the older `AUTOINCREMENT` one.
+pub(crate) fn write_log(
+    conn: &Connection,
+    table: &str,
+    effects: &[Effect],
+    legacy: bool,
+) -> Result<Option<Logged>> {
     let err = sql_err("change_log");
-    let mut commit_seq: Option<i64> = None;
+    let mut commit: Option<i64> = None;
     let at = now_ms();
+    let mut last: Option<i64> = None;
     let mut insert = |kind: i64, key: &str, value: Option<&str>| -> Result<()> {
-        let cs = if let Some(cs) = commit_seq {
-            cs
+        let seq = if let Some(last) = last {
+            last + 1
         } else {
-            // The write lock is held, so the next AUTOINCREMENT rowid is known and stays so
-            // (trimmed rows never make it go back).
-            let cs: i64 = conn
+            // The write lock is held, so the next number is known and stays so. Trims
+            // leave the largest number they removed under the name '' in the horizon
+            // table; files with the older `AUTOINCREMENT` log keep one in
+            // `sqlite_sequence`.
+            let next: i64 = conn
                 .prepare_cached(
-                    "SELECT IFNULL((SELECT seq FROM sqlite_sequence \
-                     WHERE name = '_storage_changes'), 0) + 1",
+                    "SELECT max(IFNULL((SELECT MAX(seq) FROM _storage_changes), 0), \
+                     IFNULL((SELECT trimmed_through FROM _storage_log_horizon WHERE tbl = ''), 0)) + 1",
                 )
                 .and_then(|mut s| s.query_row([], |r| r.get(0)))
                 .map_err(&err)?;
-            commit_seq = Some(cs);
-            cs
+            let seq = if legacy {
+                let mark: i64 = conn
+                    .prepare_cached(
+                        "SELECT IFNULL((SELECT seq FROM sqlite_sequence \
+                         WHERE name = '_storage_changes'), 0) + 1",
+                    )
+                    .and_then(|mut s| s.query_row([], |r| r.get(0)))
+                    .map_err(&err)?;
+                next.max(mark)
+            } else {
+                next
+            };
+            commit = Some(seq);
+            seq
         };
+        last = Some(seq);
+        let cs = commit.unwrap_or(seq);
         conn.prepare_cached(
-            "INSERT INTO _storage_changes (commit_seq, tbl, kind, key, value, at_ms) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO _storage_changes (seq, commit_seq, tbl, kind, key, value, at_ms) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )
-        .and_then(|mut s| s.execute(params![cs, table, kind, key, value, at]))
+        .and_then(|mut s| s.execute(params![seq, cs, table, kind, key, value, at]))
         .map_err(&err)?;
         Ok(())
     };
@@ -337,7 +380,14 @@ pub(crate) fn write_log(conn: &Connection, table: &str, effects: &[Effect]) -> R
             }
         }
     }
-    Ok(commit_seq.and_then(|cs| u64::try_from(cs).ok()))
+    let (Some(cs), Some(last)) = (commit, last) else {
+        return Ok(None);
+    };
+    let to_u64 = |v: i64| u64::try_from(v).unwrap_or(0);
+    Ok(Some(Logged {
+        commit: to_u64(cs),
+        last: to_u64(last),
+    }))
 }
 
 /// Runs the after-hooks of committed `effects` and turns them into a change batch.
@@ -557,12 +607,8 @@ impl<T: StorageValue> SqliteStorage<T> {
         ));
         if change_log {
             // Start watching from the current end of the log: only changes from now on.
-            let tbl = table.name.clone();
-            let last = db
-                .readers
-                .run("open", move |conn| crate::observe::last_seq(conn, &tbl))
-                .await?;
-            observer.start_at(last);
+            let start = db.readers.run("open", crate::observe::log_end_of).await?;
+            observer.start_at(start);
         }
         let codec = Arc::new(
             Codec::new(&db.config.common.serialization)
@@ -664,7 +710,7 @@ impl<T: StorageValue> SqliteStorage<T> {
                         .map_err(sql_err(operation))?;
                     let (result, effects) = apply_ops(&tx, &table.sql, ops, track)?;
                     let seq = if table.change_log {
-                        write_log(&tx, &table.name, &effects)?
+                        write_log(&tx, &table.name, &effects, db.legacy_log)?
                     } else {
                         None
                     };
@@ -692,57 +738,92 @@ impl<T: StorageValue> SqliteStorage<T> {
             .await
     }
 
-    fn page_stream<I, F>(&self, operation: &'static str, fetch: F) -> ResultStream<'_, I>
+    /// Pages through the table in key order: `columns` is the page statement (its
+    /// parameters: the last key seen, the page size); `item` makes an item of each row
+    /// on the caller's side, as it is taken.
+    fn page_stream<I, F>(
+        &self,
+        operation: &'static str,
+        columns: fn(&TableSql) -> &str,
+        item: F,
+    ) -> ResultStream<'_, I>
     where
         I: Send + 'static,
-        F: Fn(&Connection, &TableSql, &str) -> Result<Vec<(String, I)>> + Send + Sync + 'static,
+        F: Fn(&str, &str) -> Result<I> + Send + Sync + 'static,
     {
-        struct State<I> {
+        struct State {
             cursor: Option<String>,
-            buffer: VecDeque<I>,
+            page: RowText,
+            next: usize,
         }
-        let fetch = Arc::new(fetch);
         let db = Arc::clone(&self.db);
         let table = Arc::clone(&self.table);
+        let item = Arc::new(item);
         futures::stream::unfold(
             State {
                 cursor: Some(String::new()),
-                buffer: VecDeque::new(),
+                page: RowText::default(),
+                next: 0,
             },
             move |mut state| {
-                let fetch = Arc::clone(&fetch);
                 let db = Arc::clone(&db);
                 let table = Arc::clone(&table);
+                let item = Arc::clone(&item);
                 async move {
-                    if state.buffer.is_empty() {
+                    if state.next >= state.page.len() {
                         let cursor = state.cursor.take()?;
                         let page = db
                             .readers
-                            .run(operation, move |conn| fetch(conn, &table.sql, &cursor))
+                            .run(operation, move |conn| {
+                                read_page(conn, columns(&table.sql), &cursor, operation)
+                            })
                             .await;
                         match page {
-                            Ok(rows) => {
+                            Ok(page) => {
                                 let full =
-                                    rows.len() == usize::try_from(PAGE).unwrap_or(usize::MAX);
-                                let mut last = None;
-                                for (key, item) in rows {
-                                    state.buffer.push_back(item);
-                                    last = Some(key);
-                                }
+                                    page.len() == usize::try_from(PAGE).unwrap_or(usize::MAX);
                                 if full {
-                                    state.cursor = last;
+                                    state.cursor = page.last_key().map(str::to_owned);
                                 }
+                                state.page = page;
+                                state.next = 0;
                             }
                             Err(e) => return Some((Err(e), state)),
                         }
                     }
-                    let item = state.buffer.pop_front()?;
-                    Some((Ok(item), state))
+                    let (key, json) = state.page.get(state.next)?;
+                    let out = item(key, json);
+                    state.next += 1;
+                    Some((out, state))
                 }
             },
         )
         .boxed()
     }
+}
+
+/// One page of rows after `cursor`, by `sql` (`key` first, then optionally `value`).
+fn read_page(
+    conn: &Connection,
+    sql: &str,
+    cursor: &str,
+    operation: &'static str,
+) -> Result<RowText> {
+    let err = sql_err(operation);
+    let mut stmt = conn.prepare_cached(sql).map_err(&err)?;
+    let with_value = stmt.column_count() > 1;
+    let mut rows = stmt.query(params![cursor, PAGE]).map_err(&err)?;
+    let mut page = RowText::with_capacity(usize::try_from(PAGE).unwrap_or(0));
+    while let Some(row) = rows.next().map_err(&err)? {
+        let key = row.get_ref(0).and_then(|v| Ok(v.as_str()?)).map_err(&err)?;
+        let json = if with_value {
+            row.get_ref(1).and_then(|v| Ok(v.as_str()?)).map_err(&err)?
+        } else {
+            ""
+        };
+        page.push(key, json);
+    }
+    Ok(page)
 }
 
 /// The largest encoded value a store over `config` accepts: the codec's
@@ -870,19 +951,7 @@ impl<T: StorageValue> Storage<T> for SqliteStorage<T> {
     }
 
     fn keys(&self) -> ResultStream<'_, String> {
-        self.page_stream("keys", |conn, sql, cursor| {
-            let mut stmt = conn
-                .prepare_cached(&sql.page_keys)
-                .map_err(sql_err("keys"))?;
-            let rows = stmt
-                .query_map(params![cursor, PAGE], |r| {
-                    let k: String = r.get(0)?;
-                    Ok((k.clone(), k))
-                })
-                .and_then(Iterator::collect::<rusqlite::Result<Vec<_>>>)
-                .map_err(sql_err("keys"))?;
-            Ok(rows)
-        })
+        self.page_stream("keys", |sql| &sql.page_keys, |key, _| Ok(key.to_owned()))
     }
 
     fn values(&self) -> ResultStream<'_, T> {
@@ -890,26 +959,11 @@ impl<T: StorageValue> Storage<T> for SqliteStorage<T> {
     }
 
     fn entries(&self) -> ResultStream<'_, (String, T)> {
-        self.page_stream("entries", |conn, sql, cursor| {
-            let mut stmt = conn
-                .prepare_cached(&sql.page_entries)
-                .map_err(sql_err("entries"))?;
-            let mut rows = stmt
-                .query(params![cursor, PAGE])
-                .map_err(sql_err("entries"))?;
-            let mut out = Vec::new();
-            while let Some(row) = rows.next().map_err(sql_err("entries"))? {
-                let key: String = row.get(0).map_err(sql_err("entries"))?;
-                let json = row
-                    .get_ref(1)
-                    .and_then(|v| Ok(v.as_str()?))
-                    .map_err(sql_err("entries"))?;
-                let value =
-                    decode::<T>(json).map_err(|e| e.with_context("key", key.escape_debug()))?;
-                out.push((key.clone(), (key, value)));
-            }
-            Ok(out)
-        })
+        self.page_stream(
+            "entries",
+            |sql| &sql.page_entries,
+            |key, json| Ok((key.to_owned(), decode_stored::<T>(json, key, "entries")?)),
+        )
     }
 }
 

@@ -116,6 +116,7 @@ mod error;
 mod index;
 mod observe;
 mod query;
+mod rows;
 mod sql;
 mod tx;
 mod worker;

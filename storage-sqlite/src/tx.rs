@@ -314,7 +314,7 @@ impl<T: StorageValue> Transaction<T> for SqliteTransaction<T> {
             .run("commit", move |conn| {
                 let committed = (|| {
                     let seq = if table.change_log && !effects.is_empty() {
-                        write_log(conn, &table.name, &effects)?
+                        write_log(conn, &table.name, &effects, db.legacy_log)?
                     } else {
                         None
                     };

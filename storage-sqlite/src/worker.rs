@@ -143,40 +143,74 @@ pub(crate) fn is_busy(err: &rusqlite::Error) -> bool {
     )
 }
 
-/// Threads sharing one job queue, each owning a connection.
+/// Threads serving one job queue, each owning a connection.
+///
+/// A job goes straight to an idle thread's own channel, waking that thread only; when
+/// every thread is busy it waits in the shared queue, which a thread empties before it
+/// goes idle. (Threads taking turns at one shared receiver would wake a second thread
+/// for every job, which on a small machine costs as much as the job.)
 pub(crate) struct Workers {
     /// Whether jobs run inside a `tracing` span (the `debug` setting).
     debug: bool,
-    sender: Option<Sender<Job>>,
+    shared: Arc<Shared>,
+    /// One channel per thread; `None` once closing.
+    senders: Option<Vec<Sender<Job>>>,
     threads: Vec<JoinHandle<()>>,
+}
+
+/// What the threads of a [`Workers`] share.
+struct Shared {
+    state: Mutex<Queue>,
+}
+
+/// Jobs no thread was free for, and the threads free for jobs.
+struct Queue {
+    waiting: std::collections::VecDeque<Job>,
+    idle: Vec<usize>,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 impl Workers {
     /// Starts `connections.len()` threads, one per connection.
     pub(crate) fn spawn(name: &str, connections: Vec<Connection>, debug: bool) -> Result<Self> {
-        let (sender, receiver) = channel::<Job>();
-        let receiver = Arc::new(Mutex::new(receiver));
         let spin = if connections.len() == 1 {
             WRITER_SPIN
         } else {
             Duration::ZERO
         };
+        let shared = Arc::new(Shared {
+            state: Mutex::new(Queue {
+                waiting: std::collections::VecDeque::new(),
+                idle: Vec::with_capacity(connections.len()),
+            }),
+        });
         let mut threads = Vec::with_capacity(connections.len());
+        let mut senders = Vec::with_capacity(connections.len());
         for (i, conn) in connections.into_iter().enumerate() {
-            let receiver = Arc::clone(&receiver);
+            let (sender, receiver) = channel::<Job>();
+            let thread_shared = Arc::clone(&shared);
             let handle = std::thread::Builder::new()
                 .name(format!("{name}-{i}"))
-                .spawn(move || serve(conn, &receiver, spin))
+                .spawn(move || serve(conn, i, &receiver, &thread_shared, spin))
                 .map_err(|e| {
                     StorageError::from(e)
                         .with_operation("open")
                         .with_backend("sqlite")
                 })?;
+            senders.push(sender);
             threads.push(handle);
         }
         Ok(Self {
             debug,
-            sender: Some(sender),
+            shared,
+            senders: Some(senders),
             threads,
         })
     }
@@ -201,8 +235,19 @@ impl Workers {
 
     /// Queues a job without waiting for it.
     pub(crate) fn submit(&self, job: Job) -> std::result::Result<(), SqliteError> {
-        self.sender
-            .as_ref()
+        let senders = self.senders.as_ref().ok_or(SqliteError::WorkerGone)?;
+        let idle = {
+            let mut queue = self.shared.lock();
+            match queue.idle.pop() {
+                Some(i) => i,
+                None => {
+                    queue.waiting.push_back(job);
+                    return Ok(());
+                }
+            }
+        };
+        senders
+            .get(idle)
             .ok_or(SqliteError::WorkerGone)?
             .send(job)
             .map_err(|_| SqliteError::WorkerGone)
@@ -214,40 +259,61 @@ impl Workers {
 /// (several spinning readers would take the CPU from the tasks that feed them).
 const WRITER_SPIN: Duration = Duration::from_micros(50);
 
-fn serve(mut conn: Connection, receiver: &Mutex<Receiver<Job>>, spin: Duration) {
+fn serve(
+    mut conn: Connection,
+    me: usize,
+    receiver: &Receiver<Job>,
+    shared: &Shared,
+    spin: Duration,
+) {
     loop {
         let job = {
-            // One thread at a time holds the queue; the others wait for the lock.
-            let Ok(guard) = receiver.lock() else { return };
-            let spin_start = Instant::now();
-            let mut next = None;
-            while spin_start.elapsed() < spin {
-                match guard.try_recv() {
-                    Ok(job) => {
-                        next = Some(job);
-                        break;
-                    }
-                    Err(TryRecvError::Empty) => std::hint::spin_loop(),
-                    Err(TryRecvError::Disconnected) => return,
+            let mut queue = shared.lock();
+            match queue.waiting.pop_front() {
+                Some(job) => Some(job),
+                None => {
+                    queue.idle.push(me);
+                    None
                 }
             }
-            match next {
+        };
+        let job = match job {
+            Some(job) => job,
+            None => match next_job(receiver, spin) {
                 Some(job) => job,
-                None => match guard.recv() {
-                    Ok(job) => job,
-                    Err(_) => return,
-                },
-            }
+                None => break,
+            },
         };
         job(&mut conn);
     }
+    // Closing: finish what is still queued, then close the connection.
+    loop {
+        let job = shared.lock().waiting.pop_front();
+        match job {
+            Some(job) => job(&mut conn),
+            None => return,
+        }
+    }
+}
+
+/// The next job sent to this thread (polling for `spin` first); `None` once closing.
+fn next_job(receiver: &Receiver<Job>, spin: Duration) -> Option<Job> {
+    let spin_start = Instant::now();
+    while spin_start.elapsed() < spin {
+        match receiver.try_recv() {
+            Ok(job) => return Some(job),
+            Err(TryRecvError::Empty) => std::hint::spin_loop(),
+            Err(TryRecvError::Disconnected) => return None,
+        }
+    }
+    receiver.recv().ok()
 }
 
 impl Drop for Workers {
     fn drop(&mut self) {
-        // Closing the queue lets each thread finish its queued jobs and close its
+        // Closing the channels lets each thread finish the queued jobs and close its
         // connection; joining makes "the handle is dropped" mean "the file is closed".
-        self.sender = None;
+        self.senders = None;
         let me = std::thread::current().id();
         for handle in self.threads.drain(..) {
             if handle.thread().id() != me {
