@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -10,14 +9,15 @@ use futures::StreamExt;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use storage_core::codec::{Codec, Header};
 use storage_core::{
-    AfterEvent, BatchResult, BatchStorage, BeforeEvent, Capabilities, Change, ChangeBatch,
-    ChangeKind, ErrorCode, EventHub, IndexKind, IsolationLevel, Operation, Result, ResultStream,
-    Storage, StorageError, StorageValue, Tier, validate_key,
+    AfterEvent, BatchResult, BatchStorage, BeforeEvent, Capabilities, Change, ChangeKind,
+    ErrorCode, EventHub, IndexKind, IsolationLevel, Operation, Result, ResultStream, Storage,
+    StorageError, StorageValue, Tier, validate_key,
 };
 
 use crate::config::{SqliteConfig, validate_config};
 use crate::error::sql_err;
 use crate::index::IndexCatalog;
+use crate::observe::TableBus;
 use crate::rows::{RowText, decode_stored};
 use crate::sql::{SHARED_SCHEMA, TableSql};
 use crate::worker::{InlineReaders, Workers, is_busy, open_connection};
@@ -40,8 +40,9 @@ pub(crate) struct Database {
     pub(crate) idle_tx: Mutex<Vec<Connection>>,
     /// Whether the file's change log is the older `AUTOINCREMENT` table.
     pub(crate) legacy_log: bool,
-    /// Commit counter for change batches when there is no change log.
-    pub(crate) local_seq: AtomicU64,
+    /// The file's canonical path: handles on one file and table in this process share
+    /// a [`TableBus`] under it.
+    pub(crate) canonical: PathBuf,
     /// Keeps the private file of a `:memory:` database; dropped after the threads.
     _temp: Option<tempfile::TempDir>,
 }
@@ -95,7 +96,7 @@ impl Database {
             })),
             idle_tx: Mutex::new(Vec::new()),
             legacy_log,
-            local_seq: AtomicU64::new(0),
+            canonical: std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone()),
             config,
             path,
             _temp: temp,
@@ -148,6 +149,8 @@ pub(crate) struct Table {
     pub(crate) sql: TableSql,
     pub(crate) change_log: bool,
     pub(crate) indexes: IndexCatalog,
+    /// Publishes commits to the handles in this process that watch without the log.
+    pub(crate) bus: Arc<TableBus>,
 }
 
 /// A store on one table of a SQLite database.
@@ -390,42 +393,45 @@ pub(crate) fn write_log(
     }))
 }
 
-/// Runs the after-hooks of committed `effects` and turns them into a change batch.
-pub(crate) fn committed_changes<T: StorageValue>(
-    hub: &EventHub<T>,
-    effects: &[Effect],
-    collect: bool,
-) -> Vec<Change<T>> {
-    let timestamp = SystemTime::now();
-    let run_hooks = hub.has_after_hooks();
-    let subscribers = collect && hub.has_subscribers();
-    let mut changes = Vec::new();
-    let value_of = |json: &str| decode::<T>(json).ok().map(Arc::new);
+/// Runs the after-hooks of committed `effects`.
+pub(crate) fn run_after_hooks<T: StorageValue>(hub: &EventHub<T>, effects: &[Effect]) {
+    if !hub.has_after_hooks() {
+        return;
+    }
     for effect in effects {
         match effect {
             Effect::Set { key, json } => {
-                let value = value_of(json);
-                if run_hooks && let Some(v) = &value {
-                    hub.after(&AfterEvent::Set { key, value: v });
-                }
-                if subscribers {
-                    changes.push(Change {
-                        kind: ChangeKind::Set,
-                        key: key.clone(),
-                        old_value: None,
-                        new_value: value,
-                        timestamp,
-                    });
+                if let Ok(value) = decode::<T>(json) {
+                    hub.after(&AfterEvent::Set { key, value: &value });
                 }
             }
+            Effect::Delete { key, old } => hub.after(&AfterEvent::Delete {
+                key,
+                existed: old.is_some(),
+            }),
+            Effect::Clear { removed } => hub.after(&AfterEvent::Clear {
+                removed: u64::try_from(removed.len()).unwrap_or(u64::MAX),
+            }),
+        }
+    }
+}
+
+/// The changes of committed `effects`, values decoded as `T`.
+pub(crate) fn change_list<T: StorageValue>(effects: &[Effect]) -> Vec<Change<T>> {
+    let timestamp = SystemTime::now();
+    let value_of = |json: &str| decode::<T>(json).ok().map(Arc::new);
+    let mut changes = Vec::new();
+    for effect in effects {
+        match effect {
+            Effect::Set { key, json } => changes.push(Change {
+                kind: ChangeKind::Set,
+                key: key.clone(),
+                old_value: None,
+                new_value: value_of(json),
+                timestamp,
+            }),
             Effect::Delete { key, old } => {
-                if run_hooks {
-                    hub.after(&AfterEvent::Delete {
-                        key,
-                        existed: old.is_some(),
-                    });
-                }
-                if subscribers && let Some(old) = old {
+                if let Some(old) = old {
                     changes.push(Change {
                         kind: ChangeKind::Delete,
                         key: key.clone(),
@@ -436,21 +442,14 @@ pub(crate) fn committed_changes<T: StorageValue>(
                 }
             }
             Effect::Clear { removed } => {
-                if run_hooks {
-                    hub.after(&AfterEvent::Clear {
-                        removed: u64::try_from(removed.len()).unwrap_or(u64::MAX),
+                for (key, old) in removed {
+                    changes.push(Change {
+                        kind: ChangeKind::Delete,
+                        key: key.clone(),
+                        old_value: value_of(old),
+                        new_value: None,
+                        timestamp,
                     });
-                }
-                if subscribers {
-                    for (key, old) in removed {
-                        changes.push(Change {
-                            kind: ChangeKind::Delete,
-                            key: key.clone(),
-                            old_value: value_of(old),
-                            new_value: None,
-                            timestamp,
-                        });
-                    }
                 }
             }
         }
@@ -593,13 +592,18 @@ impl<T: StorageValue> SqliteStorage<T> {
                     .map_err(|e| sql_err("open")(e).with_context("table", name))
             })
             .await?;
+        let bus = TableBus::of(&db.canonical, &table_name);
         let table = Arc::new(Table {
             name: table_name,
             sql,
             change_log,
             indexes: IndexCatalog::new(),
+            bus,
         });
         let hub = Arc::new(EventHub::new());
+        if !change_log {
+            table.bus.join(&hub);
+        }
         let observer = Arc::new(crate::observe::Observer::new(
             Arc::clone(&db),
             Arc::clone(&table),
@@ -698,40 +702,29 @@ impl<T: StorageValue> SqliteStorage<T> {
         self.db
             .writer
             .run(operation, move |conn| {
-                let listening = hub.has_listeners();
-                let track = listening || table.change_log;
-                let (result, effects, seq) = if single && !track {
+                let publish = table.bus.listening();
+                let track = publish || table.change_log || hub.has_after_hooks();
+                if single && !track {
                     // One statement is its own transaction: no BEGIN/COMMIT round trip.
-                    let (result, effects) = apply_ops(conn, &table.sql, ops, false)?;
-                    (result, effects, None)
+                    return apply_ops(conn, &table.sql, ops, false).map(|(result, _)| result);
+                }
+                let tx = conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(sql_err(operation))?;
+                let (result, effects) = apply_ops(&tx, &table.sql, ops, track)?;
+                let logged = if table.change_log {
+                    write_log(&tx, &table.name, &effects, db.legacy_log)?
                 } else {
-                    let tx = conn
-                        .transaction_with_behavior(TransactionBehavior::Immediate)
-                        .map_err(sql_err(operation))?;
-                    let (result, effects) = apply_ops(&tx, &table.sql, ops, track)?;
-                    let seq = if table.change_log {
-                        write_log(&tx, &table.name, &effects, db.legacy_log)?
-                    } else {
-                        None
-                    };
-                    tx.commit().map_err(sql_err(operation))?;
-                    (result, effects, seq)
+                    None
                 };
+                let mut order = publish.then(|| table.bus.order());
+                tx.commit().map_err(sql_err(operation))?;
                 if table.change_log {
-                    observer.after_commit(conn, seq);
-                    if hub.has_after_hooks() {
-                        committed_changes(&hub, &effects, false);
-                    }
-                } else if listening {
-                    let changes = committed_changes(&hub, &effects, true);
-                    if !changes.is_empty() {
-                        let sequence = db.local_seq.fetch_add(1, Ordering::SeqCst) + 1;
-                        hub.publish(&ChangeBatch {
-                            sequence,
-                            resume_token: None,
-                            changes,
-                        });
-                    }
+                    observer.after_commit(conn, logged);
+                }
+                run_after_hooks(&hub, &effects);
+                if let Some(order) = order.as_mut() {
+                    table.bus.publish(order, &effects);
                 }
                 Ok(result)
             })

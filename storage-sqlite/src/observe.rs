@@ -10,8 +10,10 @@
 //! rowid range after it, so a poll costs what was logged since the last one, however
 //! large the last commit was.
 
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::SystemTime;
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -20,7 +22,9 @@ use storage_core::{
     Result, StorageValue, Subscription, WatchPattern,
 };
 
-use crate::backend::{Database, Logged, POLL_INTERVAL, SqliteStorage, Table, decode};
+use crate::backend::{
+    Database, Effect, Logged, POLL_INTERVAL, SqliteStorage, Table, change_list, decode,
+};
 use crate::error::sql_err;
 use crate::worker::open_connection;
 
@@ -401,5 +405,134 @@ impl<T: StorageValue> ObservableStorage<T> for SqliteStorage<T> {
         self.hub
             .watch(pattern, capacity)
             .map_err(|e| e.with_operation("watch").with_backend("sqlite"))
+    }
+}
+
+/// Handles of one process on one file and table, whose watches see every commit made
+/// through any of them: the way changes travel between handles without the change log.
+///
+/// A commit is published while the committing thread holds `order`, taken after the
+/// commit's writes (so with SQLite's write lock held, and never while waiting for it)
+/// and released after publishing: batches therefore reach subscribers in commit order,
+/// whichever handle and thread committed.
+pub(crate) struct TableBus {
+    /// The last sequence number handed out.
+    order: Mutex<u64>,
+    /// Handles watching through the bus (those without the change log).
+    members: Mutex<Vec<Arc<dyn Member>>>,
+}
+
+/// A handle's part in a [`TableBus`].
+pub(crate) trait Member: Send + Sync {
+    /// Whether the handle is gone (its member can be dropped).
+    fn gone(&self) -> bool;
+    /// Whether anything would be published to it.
+    fn listening(&self) -> bool;
+    /// Publishes a committed batch.
+    fn deliver(&self, sequence: u64, effects: &[Effect]);
+}
+
+/// A [`Member`] publishing to one handle's event hub.
+struct HubMember<T> {
+    hub: Weak<EventHub<T>>,
+}
+
+impl<T: StorageValue> Member for HubMember<T> {
+    fn gone(&self) -> bool {
+        self.hub.strong_count() == 0
+    }
+
+    fn listening(&self) -> bool {
+        self.hub.upgrade().is_some_and(|h| h.has_subscribers())
+    }
+
+    fn deliver(&self, sequence: u64, effects: &[Effect]) {
+        let Some(hub) = self.hub.upgrade() else {
+            return;
+        };
+        if !hub.has_subscribers() {
+            return;
+        }
+        let changes = change_list::<T>(effects);
+        if !changes.is_empty() {
+            hub.publish(&ChangeBatch {
+                sequence,
+                resume_token: None,
+                changes,
+            });
+        }
+    }
+}
+
+/// The buses of this process, by canonical database path and table.
+type Buses = HashMap<(PathBuf, String), Weak<TableBus>>;
+
+fn buses() -> &'static Mutex<Buses> {
+    static BUSES: OnceLock<Mutex<Buses>> = OnceLock::new();
+    BUSES.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+impl TableBus {
+    /// The bus of `table` in the file at `canonical` (shared by every handle on them in
+    /// this process).
+    pub(crate) fn of(canonical: &Path, table: &str) -> Arc<Self> {
+        let mut all = buses().lock().unwrap_or_else(PoisonError::into_inner);
+        let id = (canonical.to_path_buf(), table.to_owned());
+        if let Some(bus) = all.get(&id).and_then(Weak::upgrade) {
+            return bus;
+        }
+        all.retain(|_, bus| bus.strong_count() > 0);
+        let bus = Arc::new(Self {
+            order: Mutex::new(0),
+            members: Mutex::new(Vec::new()),
+        });
+        all.insert(id, Arc::downgrade(&bus));
+        bus
+    }
+
+    /// Adds a handle's hub as a member.
+    pub(crate) fn join<T: StorageValue>(&self, hub: &Arc<EventHub<T>>) {
+        let mut members = self.members.lock().unwrap_or_else(PoisonError::into_inner);
+        members.retain(|m| !m.gone());
+        members.push(Arc::new(HubMember {
+            hub: Arc::downgrade(hub),
+        }));
+    }
+
+    /// Whether some member has a subscriber (a commit then has something to publish).
+    pub(crate) fn listening(&self) -> bool {
+        self.members
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .any(|m| m.listening())
+    }
+
+    /// Takes the publishing order: hold it from just before the commit until
+    /// [`TableBus::publish`].
+    pub(crate) fn order(&self) -> MutexGuard<'_, u64> {
+        self.order.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Publishes a commit's effects to every member, numbering the batch.
+    pub(crate) fn publish(&self, order: &mut MutexGuard<'_, u64>, effects: &[Effect]) {
+        if effects.is_empty() {
+            return;
+        }
+        let members: Vec<Arc<dyn Member>> = self
+            .members
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|m| m.listening())
+            .cloned()
+            .collect();
+        if members.is_empty() {
+            return;
+        }
+        **order += 1;
+        for member in members {
+            member.deliver(**order, effects);
+        }
     }
 }
