@@ -203,20 +203,29 @@ pub(crate) enum Effect {
 /// codec's strict JSON writer (no intermediate document; NaN, infinities and 128-bit
 /// integers out of range are refused with `InvalidValue`).
 pub(crate) fn encode<T: StorageValue>(codec: &Codec<T>, value: &T) -> Result<String> {
-    let mut buf = Vec::with_capacity(128);
-    codec.encode_into(value, &mut buf)?;
-    let header_len = buf.len() - Header::parse(&buf)?.1.len();
-    buf.drain(..header_len);
-    if buf.len() > MAX_VALUE_LEN {
+    encode_with(codec, value, &mut Vec::with_capacity(512))
+}
+
+/// [`encode`] through a scratch buffer the caller reuses from value to value, so each
+/// value costs one allocation of its exact size.
+pub(crate) fn encode_with<T: StorageValue>(
+    codec: &Codec<T>,
+    value: &T,
+    scratch: &mut Vec<u8>,
+) -> Result<String> {
+    scratch.clear();
+    codec.encode_into(value, scratch)?;
+    let body = Header::parse(scratch)?.1;
+    if body.len() > MAX_VALUE_LEN {
         return Err(StorageError::new(
             ErrorCode::QuotaExceeded,
             format!(
                 "encoded value is {} bytes, the limit is {MAX_VALUE_LEN}",
-                buf.len()
+                body.len()
             ),
         ));
     }
-    String::from_utf8(buf).map_err(|e| {
+    std::str::from_utf8(body).map(str::to_owned).map_err(|e| {
         StorageError::new(ErrorCode::SerializationFailed, "json encoding is not utf-8")
             .with_source(e)
     })
@@ -247,11 +256,18 @@ pub(crate) fn apply_ops(
 ) -> Result<(BatchResult, Vec<Effect>)> {
     let mut result = BatchResult::default();
     let mut effects = Vec::with_capacity(if track { ops.len() } else { 0 });
+    // Taken from the cache once per batch rather than once per entry.
+    let mut upsert: Option<rusqlite::CachedStatement<'_>> = None;
     for op in ops {
         match op {
             WriteOp::Set { key, json } => {
-                conn.prepare_cached(&sql.upsert)
-                    .and_then(|mut s| s.execute(params![key, json]))
+                let stmt = match &mut upsert {
+                    Some(stmt) => stmt,
+                    None => {
+                        upsert.insert(conn.prepare_cached(&sql.upsert).map_err(sql_err("set"))?)
+                    }
+                };
+                stmt.execute(params![key, json])
                     .map_err(|e| sql_err("set")(e).with_context("key", key.escape_debug()))?;
                 if track {
                     effects.push(Effect::Set { key, json });
@@ -524,10 +540,10 @@ impl<T: StorageValue> SqliteStorage<T> {
                 let (path, config) = (self.db.path.clone(), self.db.config.clone());
                 // Queued behind the read that falls back; a failure to queue only means
                 // the pool stays smaller.
-                let _ = self
-                    .db
-                    .readers
-                    .submit(Box::new(move |_| inline.grow(&path, &config)));
+                let _ = self.db.readers.submit(Box::new(move |_| {
+                    inline.grow(&path, &config);
+                    Box::new(|| {})
+                }));
             }
             return None;
         };
@@ -984,17 +1000,18 @@ impl<T: StorageValue> BatchStorage<T> for SqliteStorage<T> {
     async fn set_many(&self, entries: Vec<(String, T)>) -> Result<()> {
         storage_core::validate_keys(entries.iter().map(|(k, _)| k.as_str()))?;
         let mut ops = Vec::with_capacity(entries.len());
-        for (i, (key, value)) in entries.iter().enumerate() {
-            self.before(&BeforeEvent::Set { key, value })?;
-            let json = encode(&self.codec, value).map_err(|e| {
+        let mut scratch = Vec::with_capacity(512);
+        for (i, (key, value)) in entries.into_iter().enumerate() {
+            self.before(&BeforeEvent::Set {
+                key: &key,
+                value: &value,
+            })?;
+            let json = encode_with(&self.codec, &value, &mut scratch).map_err(|e| {
                 e.with_operation("set_many")
                     .with_context("index", i)
                     .with_context("key", key.escape_debug())
             })?;
-            ops.push(WriteOp::Set {
-                key: key.clone(),
-                json,
-            });
+            ops.push(WriteOp::Set { key, json });
         }
         self.write("set_many", ops).await.map(|_| ())
     }

@@ -260,16 +260,10 @@ fn explain(conn: &Connection, table: &Table, query: &Query) -> Result<ExecutionP
     if let Some(plan) = eq_plan(query, &catalog) {
         let sql = eq_sql(table, &plan);
         let params = plan.values.iter().cloned().map(Into::into).collect();
-        let mut lines = plan_lines(conn, &sql, params)?;
+        let lines = plan_lines(conn, &sql, params)?;
         let uses_index = lines
             .iter()
             .any(|l| l.contains("USING INDEX") || l.contains("USING COVERING INDEX"));
-        let irregular = format!(
-            "SELECT key, value FROM {} WHERE {}",
-            table.sql.table,
-            arrays_on(&plan.segments)
-        );
-        lines.extend(plan_lines(conn, &irregular, Vec::new())?);
         return Ok(ExecutionPlan {
             index: uses_index.then(|| plan.index.clone()),
             full_scan: scans_table(&lines, plain),
@@ -531,14 +525,17 @@ fn eq_plan(query: &Query, catalog: &[index::IndexMeta]) -> Option<EqPlan> {
     })
 }
 
-/// The SQL of an [`EqPlan`]: the entries the index finds, in key order.
+/// The SQL of an [`EqPlan`], one statement (so one snapshot): the entries the index
+/// finds (third column 1) and those with an array on the path (0), in key order.
 fn eq_sql(table: &Table, plan: &EqPlan) -> String {
+    let t = &table.sql.table;
     let p = crate::sql::quote_literal(&plan.json_path);
     let marks: Vec<String> = (1..=plan.values.len()).map(|i| format!("?{i}")).collect();
     format!(
-        "SELECT key, value FROM {} WHERE json_extract(value, {p}) IN ({}) ORDER BY key",
-        table.sql.table,
-        marks.join(", ")
+        "SELECT key, value, 1 FROM {t} WHERE json_extract(value, {p}) IN ({}) \
+         UNION ALL SELECT key, value, 0 FROM {t} WHERE {} ORDER BY 1",
+        marks.join(", "),
+        arrays_on(&plan.segments)
     )
 }
 
@@ -552,51 +549,30 @@ fn run_eq(
 ) -> Result<Found> {
     let err = sql_err("query");
     let mut rows = RowText::with_capacity(64);
-    // One read transaction: both parts see the same snapshot.
-    let tx = conn.unchecked_transaction().map_err(&err)?;
     {
-        let mut stmt = tx.prepare_cached(&eq_sql(table, plan)).map_err(&err)?;
+        let mut stmt = conn.prepare_cached(&eq_sql(table, plan)).map_err(&err)?;
         let mut found = stmt
             .query(params_from_iter(plan.values.iter()))
             .map_err(&err)?;
         while let Some(row) = found.next().map_err(&err)? {
             let key = row.get_ref(0).and_then(|v| Ok(v.as_str()?)).map_err(&err)?;
+            if rows.last_key() == Some(key) {
+                // Both parts found it (they cannot, but one answer per entry regardless).
+                continue;
+            }
             let json = row.get_ref(1).and_then(|v| Ok(v.as_str()?)).map_err(&err)?;
-            rows.push(key, json);
-        }
-    }
-    let certain = rows.len();
-    {
-        let irregular = format!(
-            "SELECT key, value FROM {} WHERE {}",
-            table.sql.table,
-            arrays_on(&plan.segments)
-        );
-        let mut stmt = tx.prepare_cached(&irregular).map_err(&err)?;
-        let mut found = stmt.query([]).map_err(&err)?;
-        while let Some(row) = found.next().map_err(&err)? {
-            let key = row.get_ref(0).and_then(|v| Ok(v.as_str()?)).map_err(&err)?;
-            let json = row.get_ref(1).and_then(|v| Ok(v.as_str()?)).map_err(&err)?;
-            if compiled.matches(&parse_fields(json, &Fields::All, key, "query")?) {
+            let certain: i64 = row.get(2).map_err(&err)?;
+            if certain == 1 || compiled.matches(&parse_fields(json, &Fields::All, key, "query")?) {
                 rows.push(key, json);
             }
         }
     }
-    tx.finish().map_err(&err)?;
     table.indexes.record(&plan.index, rows.len() > 0);
-    let mut order: Vec<usize> = (0..rows.len()).collect();
-    if rows.len() > certain {
-        // Rare: entries with arrays matched too. Key order, each entry once.
-        let key = |i: usize| rows.get(i).map(|(k, _)| k.as_bytes());
-        order.sort_by(|&a, &b| key(a).cmp(&key(b)));
-        order.dedup_by(|a, b| key(*a) == key(*b));
-    }
     let offset = usize::try_from(query.offset.unwrap_or(0)).unwrap_or(usize::MAX);
     let limit = query
         .limit
         .map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX));
-    let results = order
-        .into_iter()
+    let results = (0..rows.len())
         .skip(offset)
         .take(limit)
         .map(|i| (i, None, None))

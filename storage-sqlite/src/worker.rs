@@ -16,8 +16,14 @@ use storage_core::{ErrorCode, Result, StorageError};
 use crate::config::SqliteConfig;
 use crate::error::{SqliteError, sql_err};
 
-/// Work for a connection thread.
-pub(crate) type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+/// Work for a connection thread. It returns its reply (sending the answer), which the
+/// pool's threads call only once they are ready for the next job: a caller that
+/// answers with another job at once then finds the same thread, and its connection's
+/// page cache, free.
+pub(crate) type Job = Box<dyn FnOnce(&mut Connection) -> Reply + Send>;
+
+/// The second half of a [`Job`]: delivers its answer.
+pub(crate) type Reply = Box<dyn FnOnce() + Send>;
 
 /// How many prepared statements each connection keeps compiled.
 const STATEMENT_CACHE: usize = 64;
@@ -225,8 +231,12 @@ impl Workers {
         let debug = self.debug;
         self.submit(Box::new(move |conn| {
             let span = storage_core::trace::op_span(debug, "sqlite", operation);
-            // The caller may have stopped waiting (its future was dropped); nothing to do then.
-            let _ = tx.send(span.in_scope(|| f(conn)));
+            let answer = span.in_scope(|| f(conn));
+            Box::new(move || {
+                // The caller may have stopped waiting (its future was dropped); nothing
+                // to do then.
+                let _ = tx.send(answer);
+            })
         }))
         .map_err(|e| e.into_storage(operation))?;
         rx.await
@@ -266,6 +276,7 @@ fn serve(
     shared: &Shared,
     spin: Duration,
 ) {
+    let mut reply: Option<Reply> = None;
     loop {
         let job = {
             let mut queue = shared.lock();
@@ -277,6 +288,10 @@ fn serve(
                 }
             }
         };
+        // Idle (or holding the next job) before answering: see `Job`.
+        if let Some(reply) = reply.take() {
+            reply();
+        }
         let job = match job {
             Some(job) => job,
             None => match next_job(receiver, spin) {
@@ -284,13 +299,13 @@ fn serve(
                 None => break,
             },
         };
-        job(&mut conn);
+        reply = Some(job(&mut conn));
     }
     // Closing: finish what is still queued, then close the connection.
     loop {
         let job = shared.lock().waiting.pop_front();
         match job {
-            Some(job) => job(&mut conn),
+            Some(job) => job(&mut conn)(),
             None => return,
         }
     }
@@ -362,7 +377,7 @@ impl Dedicated {
                         None => receiver.recv().ok(),
                     };
                     match job {
-                        Some(job) => job(&mut conn),
+                        Some(job) => job(&mut conn)(),
                         None => break,
                     }
                 }
@@ -391,7 +406,10 @@ impl Dedicated {
         self.sender
             .send(Box::new(move |conn| {
                 let span = storage_core::trace::op_span(debug, "sqlite", operation);
-                let _ = tx.send(span.in_scope(|| f(conn)));
+                let answer = span.in_scope(|| f(conn));
+                Box::new(move || {
+                    let _ = tx.send(answer);
+                })
             }))
             .map_err(|_| SqliteError::WorkerGone.into_storage(operation))?;
         rx.await
