@@ -877,21 +877,21 @@ impl<T: StorageValue> Storage<T> for SqliteStorage<T> {
     async fn get(&self, key: &str) -> Result<Option<T>> {
         validate_key(key)?;
         self.before(&BeforeEvent::Get { key })?;
-        let value = match self.read_inline("get", |conn| read_one::<T>(conn, &self.table.sql, key))
+        let value = if let Some(read) =
+            self.read_inline("get", |conn| read_one::<T>(conn, &self.table.sql, key))
         {
-            Some(read) => read.and_then(|found| found.transpose()),
-            None => {
-                let table = Arc::clone(&self.table);
-                let owned = key.to_owned();
-                self.db
-                    .readers
-                    .run("get", move |conn| {
-                        read_one::<T>(conn, &table.sql, &owned)
-                            .map_err(sql_err("get"))?
-                            .transpose()
-                    })
-                    .await
-            }
+            read.and_then(Option::transpose)
+        } else {
+            let table = Arc::clone(&self.table);
+            let owned = key.to_owned();
+            self.db
+                .readers
+                .run("get", move |conn| {
+                    read_one::<T>(conn, &table.sql, &owned)
+                        .map_err(sql_err("get"))?
+                        .transpose()
+                })
+                .await
         }
         .map_err(|e| e.with_context("key", key.escape_debug()))?;
         if self.hub.has_after_hooks() {

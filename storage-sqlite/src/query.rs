@@ -258,25 +258,7 @@ fn explain(conn: &Connection, table: &Table, query: &Query) -> Result<ExecutionP
     let catalog = table.indexes.current(conn, &table.name)?;
     let plain = table.name.as_str();
     if let Some(plan) = eq_plan(query, &catalog) {
-        let sql = eq_sql(table, &plan);
-        let params = plan.values.iter().cloned().map(Into::into).collect();
-        let lines = plan_lines(conn, &sql, params)?;
-        let uses_index = lines
-            .iter()
-            .any(|l| l.contains("USING INDEX") || l.contains("USING COVERING INDEX"));
-        return Ok(ExecutionPlan {
-            index: uses_index.then(|| plan.index.clone()),
-            full_scan: scans_table(&lines, plain),
-            pushed_down: vec![
-                "exact string equality through the index, and key order and offset/limit"
-                    .to_owned(),
-            ],
-            in_process: vec![
-                "filter: the reference evaluator checks the entries with an array on the path"
-                    .to_owned(),
-            ],
-            backend_plan: lines,
-        });
+        return explain_eq(conn, table, &plan);
     }
     if let Some(plan) = range_plan(query, &catalog)
         .filter(|plan| run_range_guard(conn, table, plan).unwrap_or(false))
@@ -365,6 +347,28 @@ fn explain(conn: &Connection, table: &Table, query: &Query) -> Result<ExecutionP
         full_scan: scans_table(&lines, plain),
         pushed_down,
         in_process,
+        backend_plan: lines,
+    })
+}
+
+/// How an [`EqPlan`] runs.
+fn explain_eq(conn: &Connection, table: &Table, plan: &EqPlan) -> Result<ExecutionPlan> {
+    let sql = eq_sql(table, plan);
+    let params = plan.values.iter().cloned().map(Into::into).collect();
+    let lines = plan_lines(conn, &sql, params)?;
+    let uses_index = lines
+        .iter()
+        .any(|l| l.contains("USING INDEX") || l.contains("USING COVERING INDEX"));
+    Ok(ExecutionPlan {
+        index: uses_index.then(|| plan.index.clone()),
+        full_scan: scans_table(&lines, &table.name),
+        pushed_down: vec![
+            "exact string equality through the index, and key order and offset/limit".to_owned(),
+        ],
+        in_process: vec![
+            "filter: the reference evaluator checks the entries with an array on the path"
+                .to_owned(),
+        ],
         backend_plan: lines,
     })
 }
@@ -680,11 +684,14 @@ fn run_range(
     Ok(Some(text))
 }
 
+/// One result before decoding: its row, score and projection.
+type Pending = (usize, Option<f64>, Option<BTreeMap<String, Document>>);
+
 /// A query's answer as a connection thread hands it over: the rows' text, and per
 /// result (in order) its row, score and projection. The caller decodes the values.
 pub(crate) struct Found {
     rows: RowText,
-    results: Vec<(usize, Option<f64>, Option<BTreeMap<String, Document>>)>,
+    results: Vec<Pending>,
 }
 
 impl Found {

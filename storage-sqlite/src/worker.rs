@@ -248,13 +248,11 @@ impl Workers {
         let senders = self.senders.as_ref().ok_or(SqliteError::WorkerGone)?;
         let idle = {
             let mut queue = self.shared.lock();
-            match queue.idle.pop() {
-                Some(i) => i,
-                None => {
-                    queue.waiting.push_back(job);
-                    return Ok(());
-                }
-            }
+            let Some(i) = queue.idle.pop() else {
+                queue.waiting.push_back(job);
+                return Ok(());
+            };
+            i
         };
         senders
             .get(idle)
@@ -280,13 +278,11 @@ fn serve(
     loop {
         let job = {
             let mut queue = shared.lock();
-            match queue.waiting.pop_front() {
-                Some(job) => Some(job),
-                None => {
-                    queue.idle.push(me);
-                    None
-                }
+            let job = queue.waiting.pop_front();
+            if job.is_none() {
+                queue.idle.push(me);
             }
+            job
         };
         // Idle (or holding the next job) before answering: see `Job`.
         if let Some(reply) = reply.take() {
