@@ -419,3 +419,59 @@ pub(crate) fn closed(operation: &'static str) -> StorageError {
         .with_operation(operation)
         .with_backend("sqlite")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_inline_pool_grows_to_its_bound_and_lends_each_connection_once() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("db.sqlite");
+        let config = SqliteConfig::new(path.to_string_lossy());
+        let pool = InlineReaders::new(2);
+        assert!(pool.take().is_none(), "nothing is opened before asked");
+        for _ in 0..3 {
+            pool.grow(&path, &config);
+        }
+        assert!(!pool.wants_more());
+        let a = pool.take().ok_or_else(|| closed("test"))?;
+        let b = pool.take().ok_or_else(|| closed("test"))?;
+        assert!(pool.take().is_none(), "two connections, both lent");
+        // Inline connections never wait for a lock.
+        let timeout: i64 = a
+            .query_row("PRAGMA busy_timeout", [], |r| r.get(0))
+            .map_err(sql_err("test"))?;
+        assert_eq!(timeout, 0);
+        pool.give(a);
+        pool.give(b);
+        assert!(pool.take().is_some());
+        assert!(!InlineReaders::new(0).wants_more(), "a pool of 0 stays off");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn jobs_queued_behind_busy_threads_all_run() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("db.sqlite");
+        let config = SqliteConfig::new(path.to_string_lossy());
+        let conns = (0..2)
+            .map(|_| open_connection(&path, &config, true))
+            .collect::<Result<Vec<_>>>()?;
+        let workers = Arc::new(Workers::spawn("test", conns, false)?);
+        let runs = (0..50).map(|i| {
+            let workers = Arc::clone(&workers);
+            async move {
+                workers
+                    .run("test", move |conn| {
+                        conn.query_row("SELECT ?1 * 2", [i], |r| r.get::<_, i64>(0))
+                            .map_err(sql_err("test"))
+                    })
+                    .await
+            }
+        });
+        let answers = futures::future::try_join_all(runs).await?;
+        assert_eq!(answers, (0..50).map(|i| i * 2).collect::<Vec<i64>>());
+        Ok(())
+    }
+}

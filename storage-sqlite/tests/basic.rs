@@ -324,6 +324,18 @@ async fn queries_match_the_reference_evaluator() -> Result<()> {
     }
     let plan = s.explain(&Query::filter(field("name").eq("Alice"))).await?;
     assert_eq!(plan.index.as_deref(), Some("name"), "{plan:?}");
+    assert!(
+        plan.pushed_down[0].starts_with("exact string equality"),
+        "{plan:?}"
+    );
+    // An operand that could be an object's JSON text goes through the evaluator.
+    let plan = s
+        .explain(&Query::filter(field("name").eq("{\"a\":1}")))
+        .await?;
+    assert!(
+        plan.pushed_down[0].starts_with("candidate filter"),
+        "{plan:?}"
+    );
     Ok(())
 }
 
