@@ -494,9 +494,10 @@ pub struct SqliteConfig {
     /// Default: `false`.
     pub integrity_check_on_open: bool,
     /// Record every committed change in a change-log table, in the same transaction
-    /// as the change, so other handles and processes can watch it (alias
-    /// `changeLog`). Without it, watches see only changes made through this handle.
-    /// Default: `true`.
+    /// as the change, so other processes can watch it and a watch can resume from a
+    /// sequence number (alias `changeLog`); it costs a second row per change. Without
+    /// it, watches see the changes made through every handle on the same file and
+    /// table in this process. Default: `false`.
     pub change_log: bool,
 }
 
@@ -516,7 +517,7 @@ config_repr!(SqliteConfigRepr => SqliteConfig ("sqlite") {
     read_pool_size: usize,
     #[serde(default, alias = "integrityCheckOnOpen")]
     integrity_check_on_open: bool,
-    #[serde(default = "default_true", alias = "changeLog")]
+    #[serde(default, alias = "changeLog")]
     change_log: bool,
 });
 
@@ -533,7 +534,7 @@ impl SqliteConfig {
             busy_timeout_ms: default_busy_timeout_ms(),
             read_pool_size: default_read_pool_size(),
             integrity_check_on_open: false,
-            change_log: true,
+            change_log: false,
         }
     }
 

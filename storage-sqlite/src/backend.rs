@@ -1,8 +1,7 @@
 //! `SqliteStorage<T>`: the store, its connection threads, and its tier impls.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -10,16 +9,18 @@ use futures::StreamExt;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use storage_core::codec::{Codec, Header};
 use storage_core::{
-    AfterEvent, BatchResult, BatchStorage, BeforeEvent, Capabilities, Change, ChangeBatch,
-    ChangeKind, ErrorCode, EventHub, IndexKind, IsolationLevel, Operation, Result, ResultStream,
-    Storage, StorageError, StorageValue, Tier, validate_key,
+    AfterEvent, BatchResult, BatchStorage, BeforeEvent, Capabilities, Change, ChangeKind,
+    ErrorCode, EventHub, IndexKind, IsolationLevel, Operation, Result, ResultStream, Storage,
+    StorageError, StorageValue, Tier, validate_key,
 };
 
 use crate::config::{SqliteConfig, validate_config};
 use crate::error::sql_err;
 use crate::index::IndexCatalog;
+use crate::observe::TableBus;
+use crate::rows::{RowText, decode_stored};
 use crate::sql::{SHARED_SCHEMA, TableSql};
-use crate::worker::{Workers, open_connection};
+use crate::worker::{InlineReaders, Workers, is_busy, open_connection};
 
 /// Rows fetched per round trip while iterating.
 const PAGE: i64 = 512;
@@ -33,10 +34,15 @@ pub(crate) struct Database {
     pub(crate) path: PathBuf,
     pub(crate) writer: Workers,
     pub(crate) readers: Workers,
+    /// Connections for bounded point reads on the calling thread (none without WAL).
+    pub(crate) inline: Arc<InlineReaders>,
     /// Connections of finished transactions, kept for the next ones.
     pub(crate) idle_tx: Mutex<Vec<Connection>>,
-    /// Commit counter for change batches when there is no change log.
-    pub(crate) local_seq: AtomicU64,
+    /// Whether the file's change log is the older `AUTOINCREMENT` table.
+    pub(crate) legacy_log: bool,
+    /// The file's canonical path: handles on one file and table in this process share
+    /// a [`TableBus`] under it.
+    pub(crate) canonical: PathBuf,
     /// Keeps the private file of a `:memory:` database; dropped after the threads.
     _temp: Option<tempfile::TempDir>,
 }
@@ -68,6 +74,13 @@ impl Database {
             integrity_check(&writer).map_err(|e| e.with_context("database", path.display()))?;
         }
         writer.execute_batch(SHARED_SCHEMA).map_err(err)?;
+        let legacy_log = writer
+            .prepare(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_storage_changes' \
+                 AND sql LIKE '%AUTOINCREMENT%'",
+            )
+            .and_then(|mut s| s.exists([]))
+            .map_err(err)?;
         let mut readers = Vec::with_capacity(config.read_pool_size);
         for _ in 0..config.read_pool_size {
             readers.push(open_connection(&path, &config, true)?);
@@ -75,8 +88,15 @@ impl Database {
         Ok(Self {
             writer: Workers::spawn("sqlite-writer", vec![writer], config.common.debug)?,
             readers: Workers::spawn("sqlite-reader", readers, config.common.debug)?,
+            // Without WAL a reader waits for the writer: every read then goes to a thread.
+            inline: Arc::new(InlineReaders::new(if config.wal {
+                config.read_pool_size
+            } else {
+                0
+            })),
             idle_tx: Mutex::new(Vec::new()),
-            local_seq: AtomicU64::new(0),
+            legacy_log,
+            canonical: std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone()),
             config,
             path,
             _temp: temp,
@@ -129,6 +149,8 @@ pub(crate) struct Table {
     pub(crate) sql: TableSql,
     pub(crate) change_log: bool,
     pub(crate) indexes: IndexCatalog,
+    /// Publishes commits to the handles in this process that watch without the log.
+    pub(crate) bus: Arc<TableBus>,
 }
 
 /// A store on one table of a SQLite database.
@@ -181,20 +203,29 @@ pub(crate) enum Effect {
 /// codec's strict JSON writer (no intermediate document; NaN, infinities and 128-bit
 /// integers out of range are refused with `InvalidValue`).
 pub(crate) fn encode<T: StorageValue>(codec: &Codec<T>, value: &T) -> Result<String> {
-    let mut buf = Vec::with_capacity(128);
-    codec.encode_into(value, &mut buf)?;
-    let header_len = buf.len() - Header::parse(&buf)?.1.len();
-    buf.drain(..header_len);
-    if buf.len() > MAX_VALUE_LEN {
+    encode_with(codec, value, &mut Vec::with_capacity(512))
+}
+
+/// [`encode`] through a scratch buffer the caller reuses from value to value, so each
+/// value costs one allocation of its exact size.
+pub(crate) fn encode_with<T: StorageValue>(
+    codec: &Codec<T>,
+    value: &T,
+    scratch: &mut Vec<u8>,
+) -> Result<String> {
+    scratch.clear();
+    codec.encode_into(value, scratch)?;
+    let body = Header::parse(scratch)?.1;
+    if body.len() > MAX_VALUE_LEN {
         return Err(StorageError::new(
             ErrorCode::QuotaExceeded,
             format!(
                 "encoded value is {} bytes, the limit is {MAX_VALUE_LEN}",
-                buf.len()
+                body.len()
             ),
         ));
     }
-    String::from_utf8(buf).map_err(|e| {
+    std::str::from_utf8(body).map(str::to_owned).map_err(|e| {
         StorageError::new(ErrorCode::SerializationFailed, "json encoding is not utf-8")
             .with_source(e)
     })
@@ -225,11 +256,18 @@ pub(crate) fn apply_ops(
 ) -> Result<(BatchResult, Vec<Effect>)> {
     let mut result = BatchResult::default();
     let mut effects = Vec::with_capacity(if track { ops.len() } else { 0 });
+    // Taken from the cache once per batch rather than once per entry.
+    let mut upsert: Option<rusqlite::CachedStatement<'_>> = None;
     for op in ops {
         match op {
             WriteOp::Set { key, json } => {
-                conn.prepare_cached(&sql.upsert)
-                    .and_then(|mut s| s.execute(params![key, json]))
+                let stmt = match &mut upsert {
+                    Some(stmt) => stmt,
+                    None => {
+                        upsert.insert(conn.prepare_cached(&sql.upsert).map_err(sql_err("set"))?)
+                    }
+                };
+                stmt.execute(params![key, json])
                     .map_err(|e| sql_err("set")(e).with_context("key", key.escape_debug()))?;
                 if track {
                     effects.push(Effect::Set { key, json });
@@ -284,33 +322,65 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Appends `effects` to the change log in the caller's transaction; returns the commit's
-/// sequence number (the log position of its first change), or `None` when nothing changed.
-pub(crate) fn write_log(conn: &Connection, table: &str, effects: &[Effect]) -> Result<Option<u64>> {
+/// Where a commit landed in the change log.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Logged {
+    /// The commit's sequence number: the `seq` of its first change.
+    pub(crate) commit: u64,
+    /// The `seq` of its last change.
+    pub(crate) last: u64,
+}
+
+/// Appends `effects` to the change log in the caller's transaction (which holds the
+/// write lock); `None` when nothing changed.
+/// With `legacy`, the file's log is the older `AUTOINCREMENT` one.
+pub(crate) fn write_log(
+    conn: &Connection,
+    table: &str,
+    effects: &[Effect],
+    legacy: bool,
+) -> Result<Option<Logged>> {
     let err = sql_err("change_log");
-    let mut commit_seq: Option<i64> = None;
+    let mut commit: Option<i64> = None;
     let at = now_ms();
+    let mut last: Option<i64> = None;
     let mut insert = |kind: i64, key: &str, value: Option<&str>| -> Result<()> {
-        let cs = if let Some(cs) = commit_seq {
-            cs
+        let seq = if let Some(last) = last {
+            last + 1
         } else {
-            // The write lock is held, so the next AUTOINCREMENT rowid is known and stays so
-            // (trimmed rows never make it go back).
-            let cs: i64 = conn
+            // The write lock is held, so the next number is known and stays so. Trims
+            // leave the largest number they removed under the name '' in the horizon
+            // table; files with the older `AUTOINCREMENT` log keep one in
+            // `sqlite_sequence`.
+            let next: i64 = conn
                 .prepare_cached(
-                    "SELECT IFNULL((SELECT seq FROM sqlite_sequence \
-                     WHERE name = '_storage_changes'), 0) + 1",
+                    "SELECT max(IFNULL((SELECT MAX(seq) FROM _storage_changes), 0), \
+                     IFNULL((SELECT trimmed_through FROM _storage_log_horizon WHERE tbl = ''), 0)) + 1",
                 )
                 .and_then(|mut s| s.query_row([], |r| r.get(0)))
                 .map_err(&err)?;
-            commit_seq = Some(cs);
-            cs
+            let seq = if legacy {
+                let mark: i64 = conn
+                    .prepare_cached(
+                        "SELECT IFNULL((SELECT seq FROM sqlite_sequence \
+                         WHERE name = '_storage_changes'), 0) + 1",
+                    )
+                    .and_then(|mut s| s.query_row([], |r| r.get(0)))
+                    .map_err(&err)?;
+                next.max(mark)
+            } else {
+                next
+            };
+            commit = Some(seq);
+            seq
         };
+        last = Some(seq);
+        let cs = commit.unwrap_or(seq);
         conn.prepare_cached(
-            "INSERT INTO _storage_changes (commit_seq, tbl, kind, key, value, at_ms) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO _storage_changes (seq, commit_seq, tbl, kind, key, value, at_ms) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )
-        .and_then(|mut s| s.execute(params![cs, table, kind, key, value, at]))
+        .and_then(|mut s| s.execute(params![seq, cs, table, kind, key, value, at]))
         .map_err(&err)?;
         Ok(())
     };
@@ -329,45 +399,55 @@ pub(crate) fn write_log(conn: &Connection, table: &str, effects: &[Effect]) -> R
             }
         }
     }
-    Ok(commit_seq.and_then(|cs| u64::try_from(cs).ok()))
+    let (Some(cs), Some(last)) = (commit, last) else {
+        return Ok(None);
+    };
+    let to_u64 = |v: i64| u64::try_from(v).unwrap_or(0);
+    Ok(Some(Logged {
+        commit: to_u64(cs),
+        last: to_u64(last),
+    }))
 }
 
-/// Runs the after-hooks of committed `effects` and turns them into a change batch.
-pub(crate) fn committed_changes<T: StorageValue>(
-    hub: &EventHub<T>,
-    effects: &[Effect],
-    collect: bool,
-) -> Vec<Change<T>> {
-    let timestamp = SystemTime::now();
-    let run_hooks = hub.has_after_hooks();
-    let subscribers = collect && hub.has_subscribers();
-    let mut changes = Vec::new();
-    let value_of = |json: &str| decode::<T>(json).ok().map(Arc::new);
+/// Runs the after-hooks of committed `effects`.
+pub(crate) fn run_after_hooks<T: StorageValue>(hub: &EventHub<T>, effects: &[Effect]) {
+    if !hub.has_after_hooks() {
+        return;
+    }
     for effect in effects {
         match effect {
             Effect::Set { key, json } => {
-                let value = value_of(json);
-                if run_hooks && let Some(v) = &value {
-                    hub.after(&AfterEvent::Set { key, value: v });
-                }
-                if subscribers {
-                    changes.push(Change {
-                        kind: ChangeKind::Set,
-                        key: key.clone(),
-                        old_value: None,
-                        new_value: value,
-                        timestamp,
-                    });
+                if let Ok(value) = decode::<T>(json) {
+                    hub.after(&AfterEvent::Set { key, value: &value });
                 }
             }
+            Effect::Delete { key, old } => hub.after(&AfterEvent::Delete {
+                key,
+                existed: old.is_some(),
+            }),
+            Effect::Clear { removed } => hub.after(&AfterEvent::Clear {
+                removed: u64::try_from(removed.len()).unwrap_or(u64::MAX),
+            }),
+        }
+    }
+}
+
+/// The changes of committed `effects`, values decoded as `T`.
+pub(crate) fn change_list<T: StorageValue>(effects: &[Effect]) -> Vec<Change<T>> {
+    let timestamp = SystemTime::now();
+    let value_of = |json: &str| decode::<T>(json).ok().map(Arc::new);
+    let mut changes = Vec::new();
+    for effect in effects {
+        match effect {
+            Effect::Set { key, json } => changes.push(Change {
+                kind: ChangeKind::Set,
+                key: key.clone(),
+                old_value: None,
+                new_value: value_of(json),
+                timestamp,
+            }),
             Effect::Delete { key, old } => {
-                if run_hooks {
-                    hub.after(&AfterEvent::Delete {
-                        key,
-                        existed: old.is_some(),
-                    });
-                }
-                if subscribers && let Some(old) = old {
+                if let Some(old) = old {
                     changes.push(Change {
                         kind: ChangeKind::Delete,
                         key: key.clone(),
@@ -378,26 +458,103 @@ pub(crate) fn committed_changes<T: StorageValue>(
                 }
             }
             Effect::Clear { removed } => {
-                if run_hooks {
-                    hub.after(&AfterEvent::Clear {
-                        removed: u64::try_from(removed.len()).unwrap_or(u64::MAX),
+                for (key, old) in removed {
+                    changes.push(Change {
+                        kind: ChangeKind::Delete,
+                        key: key.clone(),
+                        old_value: value_of(old),
+                        new_value: None,
+                        timestamp,
                     });
-                }
-                if subscribers {
-                    for (key, old) in removed {
-                        changes.push(Change {
-                            kind: ChangeKind::Delete,
-                            key: key.clone(),
-                            old_value: value_of(old),
-                            new_value: None,
-                            timestamp,
-                        });
-                    }
                 }
             }
         }
     }
     changes
+}
+
+/// The most keys a `get_many` reads on the calling thread (see [`InlineReaders`]).
+const INLINE_GET_MANY: usize = 32;
+
+/// Reads and decodes the value under `key`: `Ok(None)` when absent; the inner result
+/// is the decoding's.
+fn read_one<T: StorageValue>(
+    conn: &Connection,
+    sql: &TableSql,
+    key: &str,
+) -> rusqlite::Result<Option<Result<T>>> {
+    let mut stmt = conn.prepare_cached(&sql.get)?;
+    let mut rows = stmt.query(params![key])?;
+    match rows.next()? {
+        Some(row) => {
+            let json = row.get_ref(0)?.as_str()?;
+            Ok(Some(decode::<T>(json)))
+        }
+        None => Ok(None),
+    }
+}
+
+/// Reads and decodes the values under `keys` from one snapshot; the inner result is the
+/// decoding's.
+fn read_many<T: StorageValue>(
+    conn: &Connection,
+    sql: &TableSql,
+    keys: &[String],
+) -> rusqlite::Result<Result<BTreeMap<String, T>>> {
+    // One read transaction: every key is read from the same snapshot.
+    let tx = conn.unchecked_transaction()?;
+    let mut out = BTreeMap::new();
+    {
+        let mut stmt = tx.prepare_cached(&sql.get)?;
+        for key in keys {
+            let mut rows = stmt.query(params![key])?;
+            if let Some(row) = rows.next()? {
+                let json = row.get_ref(0)?.as_str()?;
+                match decode::<T>(json) {
+                    Ok(value) => {
+                        out.insert(key.clone(), value);
+                    }
+                    Err(e) => return Ok(Err(e.with_context("key", key.escape_debug()))),
+                }
+            }
+        }
+    }
+    tx.finish()?;
+    Ok(Ok(out))
+}
+
+impl<T: StorageValue> SqliteStorage<T> {
+    /// Runs the bounded point read `f` on the calling thread with an idle inline
+    /// connection; `None` when the read must go to a reader thread (none idle, or a
+    /// lock was not free). When none was idle the pool is asked to grow, on a reader
+    /// thread.
+    fn read_inline<R>(
+        &self,
+        operation: &'static str,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<R>,
+    ) -> Option<Result<R>> {
+        let inline = &self.db.inline;
+        let Some(conn) = inline.take() else {
+            if inline.wants_more() {
+                let inline = Arc::clone(inline);
+                let (path, config) = (self.db.path.clone(), self.db.config.clone());
+                // Queued behind the read that falls back; a failure to queue only means
+                // the pool stays smaller.
+                let _ = self.db.readers.submit(Box::new(move |_| {
+                    inline.grow(&path, &config);
+                    Box::new(|| {})
+                }));
+            }
+            return None;
+        };
+        let span = storage_core::trace::op_span(self.db.config.common.debug, "sqlite", operation);
+        let out = span.in_scope(|| f(&conn));
+        inline.give(conn);
+        match out {
+            Err(e) if is_busy(&e) => None,
+            out => Some(out.map_err(sql_err(operation))),
+        }
+    }
 }
 
 impl<T: StorageValue> SqliteStorage<T> {
@@ -451,13 +608,18 @@ impl<T: StorageValue> SqliteStorage<T> {
                     .map_err(|e| sql_err("open")(e).with_context("table", name))
             })
             .await?;
+        let bus = TableBus::of(&db.canonical, &table_name);
         let table = Arc::new(Table {
             name: table_name,
             sql,
             change_log,
             indexes: IndexCatalog::new(),
+            bus,
         });
         let hub = Arc::new(EventHub::new());
+        if !change_log {
+            table.bus.join(&hub);
+        }
         let observer = Arc::new(crate::observe::Observer::new(
             Arc::clone(&db),
             Arc::clone(&table),
@@ -465,12 +627,8 @@ impl<T: StorageValue> SqliteStorage<T> {
         ));
         if change_log {
             // Start watching from the current end of the log: only changes from now on.
-            let tbl = table.name.clone();
-            let last = db
-                .readers
-                .run("open", move |conn| crate::observe::last_seq(conn, &tbl))
-                .await?;
-            observer.start_at(last);
+            let start = db.readers.run("open", crate::observe::log_end_of).await?;
+            observer.start_at(start);
         }
         let codec = Arc::new(
             Codec::new(&db.config.common.serialization)
@@ -560,97 +718,121 @@ impl<T: StorageValue> SqliteStorage<T> {
         self.db
             .writer
             .run(operation, move |conn| {
-                let listening = hub.has_listeners();
-                let track = listening || table.change_log;
-                let (result, effects, seq) = if single && !track {
+                let publish = table.bus.listening();
+                let track = publish || table.change_log || hub.has_after_hooks();
+                if single && !track {
                     // One statement is its own transaction: no BEGIN/COMMIT round trip.
-                    let (result, effects) = apply_ops(conn, &table.sql, ops, false)?;
-                    (result, effects, None)
+                    return apply_ops(conn, &table.sql, ops, false).map(|(result, _)| result);
+                }
+                let tx = conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(sql_err(operation))?;
+                let (result, effects) = apply_ops(&tx, &table.sql, ops, track)?;
+                let logged = if table.change_log {
+                    write_log(&tx, &table.name, &effects, db.legacy_log)?
                 } else {
-                    let tx = conn
-                        .transaction_with_behavior(TransactionBehavior::Immediate)
-                        .map_err(sql_err(operation))?;
-                    let (result, effects) = apply_ops(&tx, &table.sql, ops, track)?;
-                    let seq = if table.change_log {
-                        write_log(&tx, &table.name, &effects)?
-                    } else {
-                        None
-                    };
-                    tx.commit().map_err(sql_err(operation))?;
-                    (result, effects, seq)
+                    None
                 };
+                let mut order = publish.then(|| table.bus.order());
+                tx.commit().map_err(sql_err(operation))?;
                 if table.change_log {
-                    observer.after_commit(conn, seq);
-                    if hub.has_after_hooks() {
-                        committed_changes(&hub, &effects, false);
-                    }
-                } else if listening {
-                    let changes = committed_changes(&hub, &effects, true);
-                    if !changes.is_empty() {
-                        let sequence = db.local_seq.fetch_add(1, Ordering::SeqCst) + 1;
-                        hub.publish(&ChangeBatch {
-                            sequence,
-                            resume_token: None,
-                            changes,
-                        });
-                    }
+                    observer.after_commit(conn, logged);
+                }
+                run_after_hooks(&hub, &effects);
+                if let Some(order) = order.as_mut() {
+                    table.bus.publish(order, &effects);
                 }
                 Ok(result)
             })
             .await
     }
 
-    fn page_stream<I, F>(&self, operation: &'static str, fetch: F) -> ResultStream<'_, I>
+    /// Pages through the table in key order: `columns` is the page statement (its
+    /// parameters: the last key seen, the page size); `item` makes an item of each row
+    /// on the caller's side, as it is taken.
+    fn page_stream<I, F>(
+        &self,
+        operation: &'static str,
+        columns: fn(&TableSql) -> &str,
+        item: F,
+    ) -> ResultStream<'_, I>
     where
         I: Send + 'static,
-        F: Fn(&Connection, &TableSql, &str) -> Result<Vec<(String, I)>> + Send + Sync + 'static,
+        F: Fn(&str, &str) -> Result<I> + Send + Sync + 'static,
     {
-        struct State<I> {
+        struct State {
             cursor: Option<String>,
-            buffer: VecDeque<I>,
+            page: RowText,
+            next: usize,
         }
-        let fetch = Arc::new(fetch);
         let db = Arc::clone(&self.db);
         let table = Arc::clone(&self.table);
+        let item = Arc::new(item);
         futures::stream::unfold(
             State {
                 cursor: Some(String::new()),
-                buffer: VecDeque::new(),
+                page: RowText::default(),
+                next: 0,
             },
             move |mut state| {
-                let fetch = Arc::clone(&fetch);
                 let db = Arc::clone(&db);
                 let table = Arc::clone(&table);
+                let item = Arc::clone(&item);
                 async move {
-                    if state.buffer.is_empty() {
+                    if state.next >= state.page.len() {
                         let cursor = state.cursor.take()?;
                         let page = db
                             .readers
-                            .run(operation, move |conn| fetch(conn, &table.sql, &cursor))
+                            .run(operation, move |conn| {
+                                read_page(conn, columns(&table.sql), &cursor, operation)
+                            })
                             .await;
                         match page {
-                            Ok(rows) => {
+                            Ok(page) => {
                                 let full =
-                                    rows.len() == usize::try_from(PAGE).unwrap_or(usize::MAX);
-                                let mut last = None;
-                                for (key, item) in rows {
-                                    state.buffer.push_back(item);
-                                    last = Some(key);
-                                }
+                                    page.len() == usize::try_from(PAGE).unwrap_or(usize::MAX);
                                 if full {
-                                    state.cursor = last;
+                                    state.cursor = page.last_key().map(str::to_owned);
                                 }
+                                state.page = page;
+                                state.next = 0;
                             }
                             Err(e) => return Some((Err(e), state)),
                         }
                     }
-                    let item = state.buffer.pop_front()?;
-                    Some((Ok(item), state))
+                    let (key, json) = state.page.get(state.next)?;
+                    let out = item(key, json);
+                    state.next += 1;
+                    Some((out, state))
                 }
             },
         )
         .boxed()
     }
+}
+
+/// One page of rows after `cursor`, by `sql` (`key` first, then optionally `value`).
+fn read_page(
+    conn: &Connection,
+    sql: &str,
+    cursor: &str,
+    operation: &'static str,
+) -> Result<RowText> {
+    let err = sql_err(operation);
+    let mut stmt = conn.prepare_cached(sql).map_err(&err)?;
+    let with_value = stmt.column_count() > 1;
+    let mut rows = stmt.query(params![cursor, PAGE]).map_err(&err)?;
+    let mut page = RowText::with_capacity(usize::try_from(PAGE).unwrap_or(0));
+    while let Some(row) = rows.next().map_err(&err)? {
+        let key = row.get_ref(0).and_then(|v| Ok(v.as_str()?)).map_err(&err)?;
+        let json = if with_value {
+            row.get_ref(1).and_then(|v| Ok(v.as_str()?)).map_err(&err)?
+        } else {
+            ""
+        };
+        page.push(key, json);
+    }
+    Ok(page)
 }
 
 /// The largest encoded value a store over `config` accepts: the codec's
@@ -695,29 +877,23 @@ impl<T: StorageValue> Storage<T> for SqliteStorage<T> {
     async fn get(&self, key: &str) -> Result<Option<T>> {
         validate_key(key)?;
         self.before(&BeforeEvent::Get { key })?;
-        let table = Arc::clone(&self.table);
-        let owned = key.to_owned();
-        let value = self
-            .db
-            .readers
-            .run("get", move |conn| {
-                let mut stmt = conn
-                    .prepare_cached(&table.sql.get)
-                    .map_err(sql_err("get"))?;
-                let mut rows = stmt.query(params![owned]).map_err(sql_err("get"))?;
-                match rows.next().map_err(sql_err("get"))? {
-                    Some(row) => {
-                        let json = row
-                            .get_ref(0)
-                            .and_then(|v| Ok(v.as_str()?))
-                            .map_err(sql_err("get"))?;
-                        decode::<T>(json).map(Some)
-                    }
-                    None => Ok(None),
-                }
-            })
-            .await
-            .map_err(|e| e.with_context("key", key.escape_debug()))?;
+        let value = if let Some(read) =
+            self.read_inline("get", |conn| read_one::<T>(conn, &self.table.sql, key))
+        {
+            read.and_then(Option::transpose)
+        } else {
+            let table = Arc::clone(&self.table);
+            let owned = key.to_owned();
+            self.db
+                .readers
+                .run("get", move |conn| {
+                    read_one::<T>(conn, &table.sql, &owned)
+                        .map_err(sql_err("get"))?
+                        .transpose()
+                })
+                .await
+        }
+        .map_err(|e| e.with_context("key", key.escape_debug()))?;
         if self.hub.has_after_hooks() {
             self.hub.after(&AfterEvent::Get {
                 key,
@@ -747,14 +923,19 @@ impl<T: StorageValue> Storage<T> for SqliteStorage<T> {
 
     async fn has(&self, key: &str) -> Result<bool> {
         validate_key(key)?;
+        let exists = |conn: &Connection, sql: &TableSql, key: &str| {
+            conn.prepare_cached(&sql.has)
+                .and_then(|mut s| s.exists(params![key]))
+        };
+        if let Some(read) = self.read_inline("has", |conn| exists(conn, &self.table.sql, key)) {
+            return read;
+        }
         let table = Arc::clone(&self.table);
         let owned = key.to_owned();
         self.db
             .readers
             .run("has", move |conn| {
-                conn.prepare_cached(&table.sql.has)
-                    .and_then(|mut s| s.exists(params![owned]))
-                    .map_err(sql_err("has"))
+                exists(conn, &table.sql, &owned).map_err(sql_err("has"))
             })
             .await
     }
@@ -779,19 +960,7 @@ impl<T: StorageValue> Storage<T> for SqliteStorage<T> {
     }
 
     fn keys(&self) -> ResultStream<'_, String> {
-        self.page_stream("keys", |conn, sql, cursor| {
-            let mut stmt = conn
-                .prepare_cached(&sql.page_keys)
-                .map_err(sql_err("keys"))?;
-            let rows = stmt
-                .query_map(params![cursor, PAGE], |r| {
-                    let k: String = r.get(0)?;
-                    Ok((k.clone(), k))
-                })
-                .and_then(Iterator::collect::<rusqlite::Result<Vec<_>>>)
-                .map_err(sql_err("keys"))?;
-            Ok(rows)
-        })
+        self.page_stream("keys", |sql| &sql.page_keys, |key, _| Ok(key.to_owned()))
     }
 
     fn values(&self) -> ResultStream<'_, T> {
@@ -799,26 +968,11 @@ impl<T: StorageValue> Storage<T> for SqliteStorage<T> {
     }
 
     fn entries(&self) -> ResultStream<'_, (String, T)> {
-        self.page_stream("entries", |conn, sql, cursor| {
-            let mut stmt = conn
-                .prepare_cached(&sql.page_entries)
-                .map_err(sql_err("entries"))?;
-            let mut rows = stmt
-                .query(params![cursor, PAGE])
-                .map_err(sql_err("entries"))?;
-            let mut out = Vec::new();
-            while let Some(row) = rows.next().map_err(sql_err("entries"))? {
-                let key: String = row.get(0).map_err(sql_err("entries"))?;
-                let json = row
-                    .get_ref(1)
-                    .and_then(|v| Ok(v.as_str()?))
-                    .map_err(sql_err("entries"))?;
-                let value =
-                    decode::<T>(json).map_err(|e| e.with_context("key", key.escape_debug()))?;
-                out.push((key.clone(), (key, value)));
-            }
-            Ok(out)
-        })
+        self.page_stream(
+            "entries",
+            |sql| &sql.page_entries,
+            |key, json| Ok((key.to_owned(), decode_stored::<T>(json, key, "entries")?)),
+        )
     }
 }
 
@@ -826,32 +980,19 @@ impl<T: StorageValue> Storage<T> for SqliteStorage<T> {
 impl<T: StorageValue> BatchStorage<T> for SqliteStorage<T> {
     async fn get_many(&self, keys: &[String]) -> Result<BTreeMap<String, T>> {
         storage_core::validate_keys(keys.iter().map(String::as_str))?;
+        if keys.len() <= INLINE_GET_MANY
+            && let Some(read) = self.read_inline("get_many", |conn| {
+                read_many::<T>(conn, &self.table.sql, keys)
+            })
+        {
+            return read?;
+        }
         let table = Arc::clone(&self.table);
         let keys = keys.to_vec();
         self.db
             .readers
             .run("get_many", move |conn| {
-                // One read transaction: every key is read from the same snapshot.
-                let tx = conn.unchecked_transaction().map_err(sql_err("get_many"))?;
-                let mut out = BTreeMap::new();
-                {
-                    let mut stmt = tx
-                        .prepare_cached(&table.sql.get)
-                        .map_err(sql_err("get_many"))?;
-                    for key in keys {
-                        let json: Option<String> = stmt
-                            .query_row(params![key], |r| r.get(0))
-                            .optional()
-                            .map_err(sql_err("get_many"))?;
-                        if let Some(json) = json {
-                            let value = decode::<T>(&json)
-                                .map_err(|e| e.with_context("key", key.escape_debug()))?;
-                            out.insert(key, value);
-                        }
-                    }
-                }
-                tx.finish().map_err(sql_err("get_many"))?;
-                Ok(out)
+                read_many::<T>(conn, &table.sql, &keys).map_err(sql_err("get_many"))?
             })
             .await
     }
@@ -859,17 +1000,18 @@ impl<T: StorageValue> BatchStorage<T> for SqliteStorage<T> {
     async fn set_many(&self, entries: Vec<(String, T)>) -> Result<()> {
         storage_core::validate_keys(entries.iter().map(|(k, _)| k.as_str()))?;
         let mut ops = Vec::with_capacity(entries.len());
-        for (i, (key, value)) in entries.iter().enumerate() {
-            self.before(&BeforeEvent::Set { key, value })?;
-            let json = encode(&self.codec, value).map_err(|e| {
+        let mut scratch = Vec::with_capacity(512);
+        for (i, (key, value)) in entries.into_iter().enumerate() {
+            self.before(&BeforeEvent::Set {
+                key: &key,
+                value: &value,
+            })?;
+            let json = encode_with(&self.codec, &value, &mut scratch).map_err(|e| {
                 e.with_operation("set_many")
                     .with_context("index", i)
                     .with_context("key", key.escape_debug())
             })?;
-            ops.push(WriteOp::Set {
-                key: key.clone(),
-                json,
-            });
+            ops.push(WriteOp::Set { key, json });
         }
         self.write("set_many", ops).await.map(|_| ())
     }

@@ -6,11 +6,12 @@
 //! database that lives as long as its handles, backed by a temporary file so readers
 //! and transactions behave as on disk), `table_name` (`storage`), `wal` (`true`),
 //! `foreign_keys` (`false`), `synchronous` (`normal`), `busy_timeout_ms` (5000),
-//! `read_pool_size` (4), `integrity_check_on_open` (`false`), `change_log` (`true`:
-//! every commit is also recorded in the `_storage_changes` table, in the same
-//! transaction, so other handles and processes can watch it and a watch can resume
-//! from a sequence number; `false` saves a statement per write, and watches then see
-//! only the handle's own changes), and the common settings
+//! `read_pool_size` (4: reader threads, and at most as many connections for point reads
+//! on the calling thread under WAL), `integrity_check_on_open` (`false`), `change_log`
+//! (`false`: watches see the commits of every handle on the file and table in this
+//! process; `true`: every commit is also recorded in the `_storage_changes` table, in
+//! the same transaction, so other processes can watch it and a watch can resume from a
+//! sequence number, at the cost of a second row per change), and the common settings
 //! (`id`, `debug` spans, `serialization`, which must stay JSON without compression:
 //! values are stored as JSON text so that SQL can filter and index them).
 
@@ -92,7 +93,7 @@ mod tests {
         assert_eq!(c.synchronous, SynchronousLevel::Normal);
         assert_eq!(c.busy_timeout_ms, 5000);
         assert_eq!(c.read_pool_size, 4);
-        assert!(c.change_log);
+        assert!(!c.change_log);
         assert!(validate_config(&c).is_ok());
     }
 

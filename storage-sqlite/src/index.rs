@@ -6,7 +6,7 @@
 //! written as a quoted literal (SQLite takes no parameters in DDL).
 
 use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use rusqlite::{Connection, OptionalExtension, params};
 use storage_core::query::FieldPath;
@@ -47,15 +47,37 @@ impl IndexMeta {
     }
 }
 
-/// Per-handle counters of index use.
+/// Per-handle counters of index use, and the catalog as last read.
 #[derive(Debug, Default)]
 pub(crate) struct IndexCatalog {
     counters: Mutex<HashMap<String, (u64, u64)>>,
+    /// The catalog entries and the `schema_version` they were read at: every change to
+    /// the catalog creates or drops SQLite objects in the same transaction, which moves
+    /// the schema version, so an equal version means an unchanged catalog (also when
+    /// another handle or process made the change).
+    loaded: Mutex<Option<(i64, Arc<Vec<IndexMeta>>)>>,
 }
 
 impl IndexCatalog {
     pub(crate) fn new() -> Self {
         Self::default()
+    }
+
+    /// The catalog entries of `table`, read again only when the schema changed.
+    pub(crate) fn current(&self, conn: &Connection, table: &str) -> Result<Arc<Vec<IndexMeta>>> {
+        let version: i64 = conn
+            .prepare_cached("PRAGMA schema_version")
+            .and_then(|mut s| s.query_row([], |r| r.get(0)))
+            .map_err(sql_err("list_indexes"))?;
+        if let Some((v, entries)) = &*self.loaded.lock().unwrap_or_else(PoisonError::into_inner)
+            && *v == version
+        {
+            return Ok(Arc::clone(entries));
+        }
+        let entries = Arc::new(load_catalog(conn, table)?);
+        *self.loaded.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some((version, Arc::clone(&entries)));
+        Ok(entries)
     }
 
     /// Counts one lookup through `name`.

@@ -1,9 +1,20 @@
 //! # storage-sqlite
 //!
 //! A SQLite adapter for the storage tiers of [`storage_core`], over `rusqlite` with
-//! the bundled SQLite: one table per handle, values stored as JSON text, every SQLite
-//! call on a dedicated thread (one writer connection, a pool of reader connections
-//! under WAL, one connection per open transaction), so the async executor never blocks.
+//! the bundled SQLite: one table per handle, values stored as JSON text, SQLite calls on
+//! dedicated threads (one writer connection, a pool of reader connections under WAL, one
+//! connection per open transaction), so the async executor never waits on a lock, a
+//! write or a scan.
+//!
+//! The one exception is a bounded point read under WAL — `get`, `has`, or a `get_many`
+//! of at most 32 keys — which runs on the calling thread with an idle connection from a
+//! second small pool: it is a B-tree lookup by key of a few microseconds, about what
+//! decoding the value costs, while handing it to a thread and waking the task again cost
+//! three times that. Those connections never wait for a lock (under WAL a reader never
+//! waits for the writer, and a lock that is not free at once sends the read to a reader
+//! thread); a page SQLite has not cached is read from the file. Without WAL, or when no
+//! such connection is idle, the read goes to a reader thread. Values returned by scans
+//! and queries are decoded by the caller as it takes them, not on the connection thread.
 //!
 //! ## Quick start
 //! ```
@@ -52,7 +63,10 @@
 //! order (`ORDER BY key LIMIT … OFFSET …`), and a numeric range (a lower and an upper
 //! bound within ±2^53) on a btree-indexed path, ordered by that path or by key, while no
 //! entry holds an array on the path (checked per query through the index's partial
-//! indexes), which SQL filters, orders and pages exactly; aggregate stages (a leading `match` narrows the rows read; a
+//! indexes), which SQL filters, orders and pages exactly; and `eq`/`in` of strings (not
+//! starting with `{` or `[`) as the whole filter on a btree/hash-indexed path, with no
+//! order or projection, which the index answers exactly, in key order with offset/limit,
+//! except for entries holding an array on the path, which the evaluator checks; aggregate stages (a leading `match` narrows the rows read; a
 //! leading `group` by a path with only `count` accumulators runs as `GROUP BY` when no
 //! entry holds an array, object, boolean or number beyond ±2^53 there). [`IndexedStorage::explain`](storage_core::IndexedStorage::explain)
 //! lists both sides and SQLite's `EXPLAIN QUERY PLAN` lines.
@@ -83,12 +97,23 @@
 //! ## Observing changes
 //! Before-hooks run on the caller's task; after-hooks and change batches are produced on
 //! the thread that committed, in commit order, so a hook must not block on the store.
-//! With `change_log` (the default) every commit is also written to `_storage_changes` in
-//! the same SQLite transaction: watchers of other handles and processes on the file see
-//! it within [`POLL_INTERVAL_MS`] milliseconds, batches carry the log's sequence number as
-//! their `sequence` and resume token, [`SqliteStorage::watch_from`] resumes after one, and
-//! [`SqliteStorage::trim_change_log`] bounds the log (a resumed watch older than the trim
-//! starts with `Resync`).
+//! What a watch sees depends on `change_log`:
+//! - `change_log = false` (the default): every handle in this process on the same file
+//!   (by canonical path) and table — clones, [`SqliteStorage::table`] handles and
+//!   handles opened separately — sees every commit made through any of them, in commit
+//!   order, with sequence numbers counted per file and table in this process. Commits
+//!   of other processes are not seen, [`SqliteStorage::watch_from`] is `Unsupported`,
+//!   and the capabilities say `cross_process_watch: false`. A write costs what raw
+//!   SQLite's costs.
+//! - `change_log = true`: every commit is also written to `_storage_changes` in the same
+//!   SQLite transaction (one more row per change, the value included): watchers of other
+//!   handles and processes on the file see it within [`POLL_INTERVAL_MS`] milliseconds,
+//!   batches carry the log's sequence number as their `sequence` and resume token,
+//!   [`SqliteStorage::watch_from`] resumes after one, and
+//!   [`SqliteStorage::trim_change_log`] bounds the log (a resumed watch older than the
+//!   trim starts with `Resync`). Handles of this process without the log still see
+//!   these commits as above. Every handle on a table should agree on the setting: a
+//!   handle with the log does not see the commits of one without it.
 //!
 //! ## Durability
 //! With WAL and `synchronous = normal` (the defaults) an acknowledged write survives the
@@ -106,7 +131,8 @@
 //! - [`SqliteStorage`] (`backend`): the store, Storage and Batch;
 //! - `query`, `sql`, `index`: queries, their translation, indexes;
 //! - `tx`: transactions; `observe`: hooks, watches and the change log;
-//! - `error`, `worker`: error mapping and connection threads.
+//! - `rows`: rows handed from connection threads to callers, and partial parses;
+//! - `error`, `worker`: error mapping, connection threads and inline read connections.
 
 #![forbid(unsafe_code)]
 
@@ -116,6 +142,7 @@ mod error;
 mod index;
 mod observe;
 mod query;
+mod rows;
 mod sql;
 mod tx;
 mod worker;

@@ -1,6 +1,6 @@
 //! Queryable and Indexed: candidate filters run in SQL, the reference evaluator decides.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use futures::StreamExt;
@@ -14,17 +14,20 @@ use storage_core::{
 
 use crate::backend::{SqliteStorage, Table};
 use crate::error::sql_err;
-use crate::index::{self, load_catalog};
+use crate::index;
+use crate::rows::{Fields, RowText, decode_stored, parse_fields};
 use crate::sql::{candidates, quote_ident};
 
-/// The candidate rows of a filter, parsed, with the candidate filter used.
+/// The candidate rows of a filter: their text, and each parsed for the evaluator
+/// (keeping `fields`).
 fn fetch(
     conn: &Connection,
     table: &Table,
     filter: Option<&storage_core::Filter>,
+    fields: &Fields,
     operation: &'static str,
-) -> Result<Vec<(String, Document)>> {
-    let catalog = load_catalog(conn, &table.name)?;
+) -> Result<(RowText, Vec<Document>)> {
+    let catalog = table.indexes.current(conn, &table.name)?;
     let cand = candidates(filter, &catalog);
     let t = &table.sql.table;
     let (sql, params) = match &cand {
@@ -38,28 +41,26 @@ fn fetch(
     let mut rows = stmt
         .query(params_from_iter(params))
         .map_err(sql_err(operation))?;
-    let mut out = Vec::new();
+    let mut text = RowText::with_capacity(64);
+    let mut docs = Vec::new();
     while let Some(row) = rows.next().map_err(sql_err(operation))? {
-        let key: String = row.get(0).map_err(sql_err(operation))?;
+        let key = row
+            .get_ref(0)
+            .and_then(|v| Ok(v.as_str()?))
+            .map_err(sql_err(operation))?;
         let json = row
             .get_ref(1)
             .and_then(|v| Ok(v.as_str()?))
             .map_err(sql_err(operation))?;
-        let doc: Document = serde_json::from_str(json).map_err(|e| {
-            StorageError::new(ErrorCode::Corrupted, "stored value is not json")
-                .with_operation(operation)
-                .with_backend("sqlite")
-                .with_context("key", key.escape_debug())
-                .with_source(e)
-        })?;
-        out.push((key, doc));
+        docs.push(parse_fields(json, fields, key, operation)?);
+        text.push(key, json);
     }
     if let Some(c) = &cand {
         for name in &c.indexes {
-            table.indexes.record(name, !out.is_empty());
+            table.indexes.record(name, !docs.is_empty());
         }
     }
-    Ok(out)
+    Ok((text, docs))
 }
 
 /// A pipeline that starts by counting groups of the whole table (`group` by a path with
@@ -168,8 +169,13 @@ fn pages_in_sql(query: &Query) -> bool {
         && (query.limit.is_some() || query.offset.is_some())
 }
 
-/// One page of entries in key order, parsed.
-fn fetch_page(conn: &Connection, table: &Table, query: &Query) -> Result<Vec<(String, Document)>> {
+/// One page of entries in key order, parsed for the evaluator (keeping `fields`).
+fn fetch_page(
+    conn: &Connection,
+    table: &Table,
+    query: &Query,
+    fields: &Fields,
+) -> Result<(RowText, Vec<Document>)> {
     // SQLite reads a negative limit as "no limit".
     let limit = query
         .limit
@@ -185,35 +191,21 @@ fn fetch_page(conn: &Connection, table: &Table, query: &Query) -> Result<Vec<(St
     let mut rows = stmt
         .query(rusqlite::params![limit, offset])
         .map_err(sql_err("query"))?;
-    let mut out = Vec::new();
+    let mut text = RowText::with_capacity(64);
+    let mut docs = Vec::new();
     while let Some(row) = rows.next().map_err(sql_err("query"))? {
-        let key: String = row.get(0).map_err(sql_err("query"))?;
+        let key = row
+            .get_ref(0)
+            .and_then(|v| Ok(v.as_str()?))
+            .map_err(sql_err("query"))?;
         let json = row
             .get_ref(1)
             .and_then(|v| Ok(v.as_str()?))
             .map_err(sql_err("query"))?;
-        let doc: Document = serde_json::from_str(json).map_err(|e| {
-            StorageError::new(ErrorCode::Corrupted, "stored value is not json")
-                .with_operation("query")
-                .with_backend("sqlite")
-                .with_context("key", key.escape_debug())
-                .with_source(e)
-        })?;
-        out.push((key, doc));
+        docs.push(parse_fields(json, fields, key, "query")?);
+        text.push(key, json);
     }
-    Ok(out)
-}
-
-fn value_of<T: StorageValue>(doc: &Document, key: &str) -> Result<T> {
-    <T as serde::Deserialize>::deserialize(doc).map_err(|e| {
-        StorageError::new(
-            ErrorCode::SerializationFailed,
-            format!("stored value does not fit the value type: {e}"),
-        )
-        .with_backend("sqlite")
-        .with_context("key", key.escape_debug())
-        .with_source(e)
-    })
+    Ok((text, docs))
 }
 
 /// `EXPLAIN QUERY PLAN` of `sql`, one line per step.
@@ -263,8 +255,11 @@ fn scans_table(lines: &[String], table: &str) -> bool {
 /// How `query` runs: the exact range plan when it applies, else candidates in SQL and
 /// the evaluator in process.
 fn explain(conn: &Connection, table: &Table, query: &Query) -> Result<ExecutionPlan> {
-    let catalog = load_catalog(conn, &table.name)?;
+    let catalog = table.indexes.current(conn, &table.name)?;
     let plain = table.name.as_str();
+    if let Some(plan) = eq_plan(query, &catalog) {
+        return explain_eq(conn, table, &plan);
+    }
     if let Some(plan) = range_plan(query, &catalog)
         .filter(|plan| run_range_guard(conn, table, plan).unwrap_or(false))
     {
@@ -356,6 +351,28 @@ fn explain(conn: &Connection, table: &Table, query: &Query) -> Result<ExecutionP
     })
 }
 
+/// How an [`EqPlan`] runs.
+fn explain_eq(conn: &Connection, table: &Table, plan: &EqPlan) -> Result<ExecutionPlan> {
+    let sql = eq_sql(table, plan);
+    let params = plan.values.iter().cloned().map(Into::into).collect();
+    let lines = plan_lines(conn, &sql, params)?;
+    let uses_index = lines
+        .iter()
+        .any(|l| l.contains("USING INDEX") || l.contains("USING COVERING INDEX"));
+    Ok(ExecutionPlan {
+        index: uses_index.then(|| plan.index.clone()),
+        full_scan: scans_table(&lines, &table.name),
+        pushed_down: vec![
+            "exact string equality through the index, and key order and offset/limit".to_owned(),
+        ],
+        in_process: vec![
+            "filter: the reference evaluator checks the entries with an array on the path"
+                .to_owned(),
+        ],
+        backend_plan: lines,
+    })
+}
+
 /// A numeric range on one btree-indexed path, ordered by that path or by key: with no
 /// array on the path in any entry (checked through the index's partial indexes), every
 /// entry has at most one value there, and SQL filters, orders and pages exactly.
@@ -437,16 +454,134 @@ fn range_plan(query: &Query, catalog: &[index::IndexMeta]) -> Option<RangePlan> 
 /// SQL finding an entry with an array on the plan's path (answered from the index's
 /// partial indexes).
 fn guard_sql(table: &Table, plan: &RangePlan) -> String {
-    use crate::sql::{json_path_of, quote_literal};
-    let arrays: Vec<String> = (0..=plan.segments.len())
-        .filter_map(|n| json_path_of(&plan.segments[..n]))
-        .map(|p| format!("json_type(value, {}) = 'array'", quote_literal(&p)))
-        .collect();
     format!(
         "SELECT 1 FROM {} WHERE {} LIMIT 1",
         table.sql.table,
-        arrays.join(" OR ")
+        arrays_on(&plan.segments)
     )
+}
+
+/// SQL true for entries with an array at, or on the way to, the path of `segments` (the
+/// index's partial indexes answer it).
+fn arrays_on(segments: &[String]) -> String {
+    use crate::sql::{json_path_of, quote_literal};
+    let arrays: Vec<String> = (0..=segments.len())
+        .filter_map(|n| json_path_of(&segments[..n]))
+        .map(|p| format!("json_type(value, {}) = 'array'", quote_literal(&p)))
+        .collect();
+    arrays.join(" OR ")
+}
+
+/// `eq` or `in` of strings on a btree- or hash-indexed path, the whole filter of a query
+/// without order or projection: SQL answers it exactly, with the entries holding an
+/// array on the path as the only exception.
+///
+/// `json_extract` equals a string operand exactly when the path holds that string:
+/// numbers, booleans and null never equal text; an object or array comes out as its
+/// JSON text, which starts with `{` or `[` (operands that do are not planned); a path
+/// through an array gives NULL. So entries found through the index match, and those
+/// with an array on the path (found through the partial indexes) are the only ones the
+/// evaluator must look at.
+struct EqPlan {
+    index: String,
+    json_path: String,
+    segments: Vec<String>,
+    values: Vec<String>,
+}
+
+fn eq_plan(query: &Query, catalog: &[index::IndexMeta]) -> Option<EqPlan> {
+    use storage_core::{Filter, Operator};
+    if !query.order_by.is_empty() || query.select.is_some() {
+        return None;
+    }
+    let Filter::Condition { field, op, value } = query.filter.as_ref()? else {
+        return None;
+    };
+    let values: Vec<String> = match (op, value) {
+        (Operator::Eq, Document::String(s)) => vec![s.clone()],
+        (Operator::In, Document::Array(items)) if !items.is_empty() && items.len() <= 64 => items
+            .iter()
+            .map(|v| v.as_str().map(str::to_owned))
+            .collect::<Option<_>>()?,
+        _ => return None,
+    };
+    if values
+        .iter()
+        .any(|v| v.starts_with('{') || v.starts_with('['))
+    {
+        return None;
+    }
+    let index = catalog.iter().find(|m| {
+        m.definition.fields.first().is_some_and(|f| {
+            f.path == *field
+                && matches!(
+                    f.kind,
+                    storage_core::IndexKind::Btree | storage_core::IndexKind::Hash
+                )
+        }) && !m.definition.sparse
+    })?;
+    let path = storage_core::query::FieldPath::parse(field).ok()?;
+    Some(EqPlan {
+        index: index.name.clone(),
+        json_path: crate::sql::json_path(&path)?,
+        segments: path.segments().to_vec(),
+        values,
+    })
+}
+
+/// The SQL of an [`EqPlan`], one statement (so one snapshot): the entries the index
+/// finds (third column 1) and those with an array on the path (0), in key order.
+fn eq_sql(table: &Table, plan: &EqPlan) -> String {
+    let t = &table.sql.table;
+    let p = crate::sql::quote_literal(&plan.json_path);
+    let marks: Vec<String> = (1..=plan.values.len()).map(|i| format!("?{i}")).collect();
+    format!(
+        "SELECT key, value, 1 FROM {t} WHERE json_extract(value, {p}) IN ({}) \
+         UNION ALL SELECT key, value, 0 FROM {t} WHERE {} ORDER BY 1",
+        marks.join(", "),
+        arrays_on(&plan.segments)
+    )
+}
+
+/// Runs an [`EqPlan`].
+fn run_eq(
+    conn: &Connection,
+    table: &Table,
+    plan: &EqPlan,
+    query: &Query,
+    compiled: &CompiledQuery,
+) -> Result<Found> {
+    let err = sql_err("query");
+    let mut rows = RowText::with_capacity(64);
+    {
+        let mut stmt = conn.prepare_cached(&eq_sql(table, plan)).map_err(&err)?;
+        let mut found = stmt
+            .query(params_from_iter(plan.values.iter()))
+            .map_err(&err)?;
+        while let Some(row) = found.next().map_err(&err)? {
+            let key = row.get_ref(0).and_then(|v| Ok(v.as_str()?)).map_err(&err)?;
+            if rows.last_key() == Some(key) {
+                // Both parts found it (they cannot, but one answer per entry regardless).
+                continue;
+            }
+            let json = row.get_ref(1).and_then(|v| Ok(v.as_str()?)).map_err(&err)?;
+            let certain: i64 = row.get(2).map_err(&err)?;
+            if certain == 1 || compiled.matches(&parse_fields(json, &Fields::All, key, "query")?) {
+                rows.push(key, json);
+            }
+        }
+    }
+    table.indexes.record(&plan.index, rows.len() > 0);
+    let offset = usize::try_from(query.offset.unwrap_or(0)).unwrap_or(usize::MAX);
+    let limit = query
+        .limit
+        .map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX));
+    let results = (0..rows.len())
+        .skip(offset)
+        .take(limit)
+        .map(|i| (i, None, None))
+        .collect();
+    Ok(Found { rows, results })
 }
 
 /// Whether a [`RangePlan`] runs exactly now (no entry has an array on the path).
@@ -467,22 +602,53 @@ fn range_sql(table: &Table, plan: &RangePlan) -> String {
         Some(false) => format!("json_extract(value, {p}), key"),
         Some(true) => format!("json_extract(value, {p}) DESC, key"),
     };
+    // `json_extract` reads `true` and `false` as 1 and 0, which the evaluator never
+    // compares with numbers; strings, arrays and objects come out as text, which sorts
+    // above every number and so fails the upper bound. Only a range holding 0 or 1 needs
+    // the type test, which parses each row's JSON instead of reading the index alone.
+    let numbers_only = if plan.admits_boolean() {
+        format!("json_type(value, {p}) IN ('integer', 'real') AND ")
+    } else {
+        String::new()
+    };
     format!(
-        "SELECT key, value FROM {t} WHERE json_type(value, {p}) IN ('integer', 'real') \
-         AND json_extract(value, {p}) {} ?1 AND json_extract(value, {p}) {} ?2 \
+        "SELECT key, value FROM {t} WHERE {numbers_only}\
+         json_extract(value, {p}) {} ?1 AND json_extract(value, {p}) {} ?2 \
          ORDER BY {order} LIMIT ?3 OFFSET ?4",
         if plan.lower.1 { ">=" } else { ">" },
         if plan.upper.1 { "<=" } else { "<" },
     )
 }
 
-/// Runs a [`RangePlan`]; `None` when some entry has an array on the path.
+impl RangePlan {
+    /// Whether 0 or 1 (a boolean, as `json_extract` reads it) lies within the bounds.
+    fn admits_boolean(&self) -> bool {
+        use rusqlite::types::Value;
+        let as_f64 = |v: &Value| match v {
+            // Bounds are within ±2^53, so the conversion is exact.
+            #[allow(clippy::cast_precision_loss)]
+            Value::Integer(i) => Some(*i as f64),
+            Value::Real(x) => Some(*x),
+            _ => None,
+        };
+        let (Some(lo), Some(hi)) = (as_f64(&self.lower.0), as_f64(&self.upper.0)) else {
+            return true;
+        };
+        [0.0, 1.0].iter().any(|&x| {
+            (if self.lower.1 { x >= lo } else { x > lo })
+                && (if self.upper.1 { x <= hi } else { x < hi })
+        })
+    }
+}
+
+/// Runs a [`RangePlan`]: the rows' keys and stored JSON; `None` when some entry has an
+/// array on the path.
 fn run_range(
     conn: &Connection,
     table: &Table,
     plan: &RangePlan,
     query: &Query,
-) -> Result<Option<Vec<(String, Document)>>> {
+) -> Result<Option<RowText>> {
     let err = sql_err("query");
     let guard = guard_sql(table, plan);
     let sql = range_sql(table, plan);
@@ -501,37 +667,57 @@ fn run_range(
     let offset = query
         .offset
         .map_or(0, |o| i64::try_from(o).unwrap_or(i64::MAX));
-    let mut out = Vec::new();
+    let mut text = RowText::with_capacity(usize::try_from(limit).unwrap_or(64).min(1024));
     {
         let mut stmt = tx.prepare_cached(&sql).map_err(&err)?;
         let mut rows = stmt
             .query(rusqlite::params![plan.lower.0, plan.upper.0, limit, offset])
             .map_err(&err)?;
         while let Some(row) = rows.next().map_err(&err)? {
-            let key: String = row.get(0).map_err(&err)?;
+            let key = row.get_ref(0).and_then(|v| Ok(v.as_str()?)).map_err(&err)?;
             let json = row.get_ref(1).and_then(|v| Ok(v.as_str()?)).map_err(&err)?;
-            let doc: Document = serde_json::from_str(json).map_err(|e| {
-                StorageError::new(ErrorCode::Corrupted, "stored value is not json")
-                    .with_operation("query")
-                    .with_backend("sqlite")
-                    .with_context("key", key.escape_debug())
-                    .with_source(e)
-            })?;
-            out.push((key, doc));
+            text.push(key, json);
         }
     }
     tx.finish().map_err(&err)?;
-    table.indexes.record(&plan.index, !out.is_empty());
-    Ok(Some(out))
+    table.indexes.record(&plan.index, text.len() > 0);
+    Ok(Some(text))
 }
 
-fn run_query<T: StorageValue>(
+/// One result before decoding: its row, score and projection.
+type Pending = (usize, Option<f64>, Option<BTreeMap<String, Document>>);
+
+/// A query's answer as a connection thread hands it over: the rows' text, and per
+/// result (in order) its row, score and projection. The caller decodes the values.
+pub(crate) struct Found {
+    rows: RowText,
+    results: Vec<Pending>,
+}
+
+impl Found {
+    /// Decodes result `i` into the value type.
+    fn result<T: StorageValue>(&mut self, i: usize) -> Option<Result<QueryResult<T>>> {
+        let (row, score, projection) = self.results.get_mut(i)?;
+        let (key, json) = self.rows.get(*row)?;
+        Some(decode_stored(json, key, "query").map(|value| QueryResult {
+            key: key.to_owned(),
+            value,
+            score: *score,
+            projection: projection.take(),
+        }))
+    }
+}
+
+fn run_query(
     conn: &Connection,
     table: &Table,
     query: &Query,
     compiled: &CompiledQuery,
-) -> Result<Vec<QueryResult<T>>> {
-    let catalog = load_catalog(conn, &table.name)?;
+) -> Result<Found> {
+    let catalog = table.indexes.current(conn, &table.name)?;
+    if let Some(plan) = eq_plan(query, &catalog) {
+        return run_eq(conn, table, &plan, query, compiled);
+    }
     if let Some(plan) = range_plan(query, &catalog)
         && let Some(rows) = run_range(conn, table, &plan, query)?
     {
@@ -545,54 +731,59 @@ fn run_query<T: StorageValue>(
                     .collect()
             })
             .transpose()?;
-        return rows
-            .into_iter()
-            .map(|(key, doc)| {
-                let projection = select.as_ref().map(|paths| {
-                    paths
-                        .iter()
-                        .filter_map(|p| p.get(&doc).map(|v| (p.as_str().to_owned(), v.clone())))
-                        .collect()
-                });
-                Ok(QueryResult {
-                    value: value_of(&doc, &key)?,
-                    key,
-                    score: None,
-                    projection,
-                })
-            })
-            .collect();
+        let fields = Fields::of_query(query);
+        let mut results = Vec::with_capacity(rows.len());
+        for i in 0..rows.len() {
+            let projection = match (&select, rows.get(i)) {
+                (Some(paths), Some((key, json))) => {
+                    let doc = parse_fields(json, &fields, key, "query")?;
+                    Some(
+                        paths
+                            .iter()
+                            .filter_map(|p| p.get(&doc).map(|v| (p.as_str().to_owned(), v.clone())))
+                            .collect(),
+                    )
+                }
+                _ => None,
+            };
+            results.push((i, None, projection));
+        }
+        return Ok(Found { rows, results });
     }
-    let (rows, matches) = if pages_in_sql(query) {
+    let fields = Fields::of_query(query);
+    let ((rows, docs), matches) = if pages_in_sql(query) {
         // Without filter and order the result is the key order itself: SQL pages it.
-        let rows = fetch_page(conn, table, query)?;
+        let fetched = fetch_page(conn, table, query, &fields)?;
         let unpaged = CompiledQuery::compile(&Query {
             limit: None,
             offset: None,
             ..query.clone()
         })?;
-        let matches = unpaged.run(rows.iter().map(|(k, d)| (k.as_str(), d)));
-        (rows, matches)
+        let matches = unpaged.run(
+            (0..fetched.0.len()).filter_map(|i| Some((fetched.0.get(i)?.0, fetched.1.get(i)?))),
+        );
+        (fetched, matches)
     } else {
-        let rows = fetch(conn, table, query.filter.as_ref(), "query")?;
-        let matches = compiled.run(rows.iter().map(|(k, d)| (k.as_str(), d)));
-        (rows, matches)
+        let fetched = fetch(conn, table, query.filter.as_ref(), &fields, "query")?;
+        let matches = compiled.run(
+            (0..fetched.0.len()).filter_map(|i| Some((fetched.0.get(i)?.0, fetched.1.get(i)?))),
+        );
+        (fetched, matches)
     };
-    let by_key: HashMap<&str, &Document> = rows.iter().map(|(k, d)| (k.as_str(), d)).collect();
-    matches
+    drop(docs);
+    let by_key: HashMap<&str, usize> = (0..rows.len())
+        .filter_map(|i| Some((rows.get(i)?.0, i)))
+        .collect();
+    let results = matches
         .into_iter()
         .map(|m| {
-            let doc = by_key.get(m.key.as_str()).copied().ok_or_else(|| {
+            let row = by_key.get(m.key.as_str()).copied().ok_or_else(|| {
                 StorageError::new(ErrorCode::Backend, "evaluator returned an unknown key")
             })?;
-            Ok(QueryResult {
-                value: value_of(doc, &m.key)?,
-                key: m.key,
-                score: m.score,
-                projection: m.projection,
-            })
+            Ok((row, m.score, m.projection))
         })
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Found { rows, results })
 }
 
 impl<T: StorageValue> SqliteStorage<T> {
@@ -614,12 +805,16 @@ impl<T: StorageValue> QueryableStorage<T> for SqliteStorage<T> {
         futures::stream::once(async move {
             db.readers
                 .run("query", move |conn| {
-                    run_query::<T>(conn, &table, &query, &compiled)
+                    run_query(conn, &table, &query, &compiled)
                 })
                 .await
         })
         .flat_map(|result| match result {
-            Ok(rows) => futures::stream::iter(rows.into_iter().map(Ok)).boxed(),
+            // Each value is decoded as the caller takes it.
+            Ok(mut found) => futures::stream::iter(
+                (0..found.results.len()).map_while(move |i| found.result::<T>(i)),
+            )
+            .boxed(),
             Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
         })
         .boxed()
@@ -639,8 +834,15 @@ impl<T: StorageValue> QueryableStorage<T> for SqliteStorage<T> {
                         .map_err(sql_err("count"))?;
                     return Ok(u64::try_from(n).unwrap_or(0));
                 }
-                let rows = fetch(conn, &table, filter.as_ref(), "count")?;
-                Ok(compiled.count(rows.iter().map(|(k, d)| (k.as_str(), d))))
+                let (rows, docs) = fetch(
+                    conn,
+                    &table,
+                    filter.as_ref(),
+                    &Fields::of_filter(filter.as_ref()),
+                    "count",
+                )?;
+                Ok(compiled
+                    .count((0..rows.len()).filter_map(|i| Some((rows.get(i)?.0, docs.get(i)?)))))
             })
             .await
     }
@@ -662,9 +864,13 @@ impl<T: StorageValue> QueryableStorage<T> for SqliteStorage<T> {
                     Some(AggregateStage::Match(f)) => Some(f.clone()),
                     _ => None,
                 };
-                let mut rows = fetch(conn, &table, first.as_ref(), "aggregate")?;
-                rows.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-                aggregate(&pipeline, rows.iter().map(|(_, d)| d))
+                let (rows, docs) = fetch(conn, &table, first.as_ref(), &Fields::All, "aggregate")?;
+                let mut order: Vec<usize> = (0..docs.len()).collect();
+                order.sort_unstable_by(|&a, &b| {
+                    let key = |i| rows.get(i).map(|(k, _)| k.as_bytes());
+                    key(a).cmp(&key(b))
+                });
+                aggregate(&pipeline, order.iter().filter_map(|&i| docs.get(i)))
                     .map_err(|e| e.with_operation("aggregate").with_backend("sqlite"))
             })
             .await

@@ -16,6 +16,13 @@ pub(crate) fn quote_literal(text: &str) -> String {
 }
 
 /// Schema shared by every table of a database.
+///
+/// The change log appends in `seq` order, which is its rowid: a watcher reads the rows
+/// after its cursor as a rowid range, so the log needs no index of its own, and a commit
+/// writes one more B-tree page than the data alone. `seq` never goes back: a trim records the
+/// largest number it removed in `_storage_log_horizon` under the name `''`. Files made before this layout
+/// keep theirs (`AUTOINCREMENT`, an index on `(tbl, seq)`), which every statement here
+/// also reads and writes correctly.
 pub(crate) const SHARED_SCHEMA: &str = "\
 CREATE TABLE IF NOT EXISTS _storage_indexes (
     tbl TEXT NOT NULL,
@@ -25,7 +32,7 @@ CREATE TABLE IF NOT EXISTS _storage_indexes (
     PRIMARY KEY (tbl, name)
 );
 CREATE TABLE IF NOT EXISTS _storage_changes (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq INTEGER PRIMARY KEY,
     commit_seq INTEGER NOT NULL,
     tbl TEXT NOT NULL,
     kind INTEGER NOT NULL,
@@ -33,7 +40,6 @@ CREATE TABLE IF NOT EXISTS _storage_changes (
     value TEXT,
     at_ms INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS _storage_changes_by_table ON _storage_changes (tbl, seq);
 CREATE TABLE IF NOT EXISTS _storage_log_horizon (
     tbl TEXT PRIMARY KEY,
     trimmed_through INTEGER NOT NULL

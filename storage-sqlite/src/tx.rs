@@ -15,13 +15,13 @@ use std::time::Instant;
 use futures::StreamExt;
 use rusqlite::{Connection, OptionalExtension, params};
 use storage_core::{
-    BeforeEvent, Capabilities, ChangeBatch, ErrorCode, IsolationLevel, Result, ResultStream,
-    Storage, StorageError, StorageValue, Transaction, TransactionOptions, TransactionState,
+    BeforeEvent, Capabilities, ErrorCode, IsolationLevel, Result, ResultStream, Storage,
+    StorageError, StorageValue, Transaction, TransactionOptions, TransactionState,
     TransactionalStorage, validate_key,
 };
 
 use crate::backend::{
-    Effect, SqliteStorage, WriteOp, apply_ops, capabilities, committed_changes, decode, write_log,
+    Effect, SqliteStorage, WriteOp, apply_ops, capabilities, decode, run_after_hooks, write_log,
 };
 use crate::error::sql_err;
 use crate::worker::Dedicated;
@@ -312,18 +312,23 @@ impl<T: StorageValue> Transaction<T> for SqliteTransaction<T> {
         let outcome = self
             .worker
             .run("commit", move |conn| {
+                let mut order = None;
                 let committed = (|| {
-                    let seq = if table.change_log && !effects.is_empty() {
-                        write_log(conn, &table.name, &effects)?
+                    let logged = if table.change_log && !effects.is_empty() {
+                        write_log(conn, &table.name, &effects, db.legacy_log)?
                     } else {
                         None
                     };
+                    if !effects.is_empty() && table.bus.listening() {
+                        order = Some(table.bus.order());
+                    }
                     conn.execute_batch("COMMIT").map_err(sql_err("commit"))?;
-                    Ok(seq)
+                    Ok(logged)
                 })();
-                let seq = match committed {
-                    Ok(seq) => seq,
+                let logged = match committed {
+                    Ok(logged) => logged,
                     Err(e) => {
+                        drop(order);
                         if !conn.is_autocommit() {
                             let _ = conn.execute_batch("ROLLBACK");
                         }
@@ -331,19 +336,11 @@ impl<T: StorageValue> Transaction<T> for SqliteTransaction<T> {
                     }
                 };
                 if table.change_log {
-                    observer.after_commit(conn, seq);
-                    if hub.has_after_hooks() {
-                        committed_changes(&hub, &effects, false);
-                    }
-                } else if hub.has_listeners() {
-                    let changes = committed_changes(&hub, &effects, true);
-                    if !changes.is_empty() {
-                        hub.publish(&ChangeBatch {
-                            sequence: db.local_seq.fetch_add(1, Ordering::SeqCst) + 1,
-                            resume_token: None,
-                            changes,
-                        });
-                    }
+                    observer.after_commit(conn, logged);
+                }
+                run_after_hooks(&hub, &effects);
+                if let Some(order) = order.as_mut() {
+                    table.bus.publish(order, &effects);
                 }
                 Ok(())
             })

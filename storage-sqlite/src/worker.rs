@@ -1,9 +1,12 @@
-//! Connection threads: every SQLite call runs on a thread that owns its connection,
-//! never on the async executor. Callers send a job and await a oneshot reply.
+//! Connection threads: every SQLite call that can take long runs on a thread that owns
+//! its connection, never on the async executor. Callers send a job and await a oneshot
+//! reply. The one exception, bounded point reads under WAL, borrows a connection from
+//! [`InlineReaders`] on the calling thread (see there for why).
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, TryLockError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -13,8 +16,14 @@ use storage_core::{ErrorCode, Result, StorageError};
 use crate::config::SqliteConfig;
 use crate::error::{SqliteError, sql_err};
 
-/// Work for a connection thread.
-pub(crate) type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+/// Work for a connection thread. It returns its reply (sending the answer), which the
+/// pool's threads call only once they are ready for the next job: a caller that
+/// answers with another job at once then finds the same thread, and its connection's
+/// page cache, free.
+pub(crate) type Job = Box<dyn FnOnce(&mut Connection) -> Reply + Send>;
+
+/// The second half of a [`Job`]: delivers its answer.
+pub(crate) type Reply = Box<dyn FnOnce() + Send>;
 
 /// How many prepared statements each connection keeps compiled.
 const STATEMENT_CACHE: usize = 64;
@@ -50,40 +59,164 @@ fn configure(conn: &Connection, config: &SqliteConfig, read_only: bool) -> Resul
     Ok(())
 }
 
-/// Threads sharing one job queue, each owning a connection.
+/// Read-only connections lent to the calling task for bounded point reads: a get, a
+/// `has`, or a `get_many` of a few keys by primary key.
+///
+/// Handing such a read to a reader thread and waking the task when it answers costs
+/// several times the read itself (a B-tree lookup of a few microseconds, about what
+/// decoding the value costs), so these reads run where they are asked. They cannot
+/// wait on other connections: under WAL a reader never waits for the writer, and these
+/// connections have no busy timeout, so a lock SQLite cannot take at once (a WAL
+/// recovery in progress, a rollback-journal database) fails at once and the caller
+/// falls back to a reader thread. A page not in SQLite's cache is read from the file
+/// (the operating system's page cache, usually), as decoding a value touches memory.
+/// Scans, queries and writes, whose length depends on the data, stay on threads.
+///
+/// Connections are opened lazily by reader threads (never on the executor), up to a
+/// bound; a read that finds none idle goes to a reader thread.
+pub(crate) struct InlineReaders {
+    idle: Mutex<Vec<Connection>>,
+    /// Connections opened so far (idle or lent).
+    opened: AtomicUsize,
+    max: usize,
+}
+
+impl InlineReaders {
+    /// A pool of at most `max` connections; `max == 0` turns inline reads off.
+    pub(crate) fn new(max: usize) -> Self {
+        Self {
+            idle: Mutex::new(Vec::with_capacity(max)),
+            opened: AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    /// An idle connection, if one is free right now (never waits for the pool's lock).
+    pub(crate) fn take(&self) -> Option<Connection> {
+        match self.idle.try_lock() {
+            Ok(mut idle) => idle.pop(),
+            Err(TryLockError::Poisoned(p)) => p.into_inner().pop(),
+            Err(TryLockError::WouldBlock) => None,
+        }
+    }
+
+    /// Returns a connection taken with [`InlineReaders::take`].
+    pub(crate) fn give(&self, conn: Connection) {
+        self.idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(conn);
+    }
+
+    /// Whether the pool would take another connection.
+    pub(crate) fn wants_more(&self) -> bool {
+        self.opened.load(Ordering::Relaxed) < self.max
+    }
+
+    /// Opens one more connection when the pool is not full. Blocking: call it on a
+    /// connection thread. A failure only means reads keep going to threads.
+    pub(crate) fn grow(&self, path: &Path, config: &SqliteConfig) {
+        if self
+            .opened
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .is_err()
+        {
+            return;
+        }
+        let opened = open_connection(path, config, true).and_then(|conn| {
+            // No waiting on the executor: a busy lock fails at once and the read moves
+            // to a thread, which waits as configured.
+            conn.busy_timeout(Duration::ZERO).map_err(sql_err("open"))?;
+            Ok(conn)
+        });
+        match opened {
+            Ok(conn) => self.give(conn),
+            Err(e) => {
+                self.opened.fetch_sub(1, Ordering::SeqCst);
+                tracing::debug!("sqlite inline read connection not opened: {e}");
+            }
+        }
+    }
+}
+
+/// Whether `err` says a lock was not free (the read should move to a thread).
+pub(crate) fn is_busy(err: &rusqlite::Error) -> bool {
+    matches!(
+        err.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
+/// Threads serving one job queue, each owning a connection.
+///
+/// A job goes straight to an idle thread's own channel, waking that thread only; when
+/// every thread is busy it waits in the shared queue, which a thread empties before it
+/// goes idle. (Threads taking turns at one shared receiver would wake a second thread
+/// for every job, which on a small machine costs as much as the job.)
 pub(crate) struct Workers {
     /// Whether jobs run inside a `tracing` span (the `debug` setting).
     debug: bool,
-    sender: Option<Sender<Job>>,
+    shared: Arc<Shared>,
+    /// One channel per thread; `None` once closing.
+    senders: Option<Vec<Sender<Job>>>,
     threads: Vec<JoinHandle<()>>,
+}
+
+/// What the threads of a [`Workers`] share.
+struct Shared {
+    state: Mutex<Queue>,
+}
+
+/// Jobs no thread was free for, and the threads free for jobs.
+struct Queue {
+    waiting: std::collections::VecDeque<Job>,
+    idle: Vec<usize>,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 impl Workers {
     /// Starts `connections.len()` threads, one per connection.
     pub(crate) fn spawn(name: &str, connections: Vec<Connection>, debug: bool) -> Result<Self> {
-        let (sender, receiver) = channel::<Job>();
-        let receiver = Arc::new(Mutex::new(receiver));
         let spin = if connections.len() == 1 {
             WRITER_SPIN
         } else {
             Duration::ZERO
         };
+        let shared = Arc::new(Shared {
+            state: Mutex::new(Queue {
+                waiting: std::collections::VecDeque::new(),
+                idle: Vec::with_capacity(connections.len()),
+            }),
+        });
         let mut threads = Vec::with_capacity(connections.len());
+        let mut senders = Vec::with_capacity(connections.len());
         for (i, conn) in connections.into_iter().enumerate() {
-            let receiver = Arc::clone(&receiver);
+            let (sender, receiver) = channel::<Job>();
+            let thread_shared = Arc::clone(&shared);
             let handle = std::thread::Builder::new()
                 .name(format!("{name}-{i}"))
-                .spawn(move || serve(conn, &receiver, spin))
+                .spawn(move || serve(conn, i, &receiver, &thread_shared, spin))
                 .map_err(|e| {
                     StorageError::from(e)
                         .with_operation("open")
                         .with_backend("sqlite")
                 })?;
+            senders.push(sender);
             threads.push(handle);
         }
         Ok(Self {
             debug,
-            sender: Some(sender),
+            shared,
+            senders: Some(senders),
             threads,
         })
     }
@@ -98,8 +231,12 @@ impl Workers {
         let debug = self.debug;
         self.submit(Box::new(move |conn| {
             let span = storage_core::trace::op_span(debug, "sqlite", operation);
-            // The caller may have stopped waiting (its future was dropped); nothing to do then.
-            let _ = tx.send(span.in_scope(|| f(conn)));
+            let answer = span.in_scope(|| f(conn));
+            Box::new(move || {
+                // The caller may have stopped waiting (its future was dropped); nothing
+                // to do then.
+                let _ = tx.send(answer);
+            })
         }))
         .map_err(|e| e.into_storage(operation))?;
         rx.await
@@ -108,8 +245,17 @@ impl Workers {
 
     /// Queues a job without waiting for it.
     pub(crate) fn submit(&self, job: Job) -> std::result::Result<(), SqliteError> {
-        self.sender
-            .as_ref()
+        let senders = self.senders.as_ref().ok_or(SqliteError::WorkerGone)?;
+        let idle = {
+            let mut queue = self.shared.lock();
+            let Some(i) = queue.idle.pop() else {
+                queue.waiting.push_back(job);
+                return Ok(());
+            };
+            i
+        };
+        senders
+            .get(idle)
             .ok_or(SqliteError::WorkerGone)?
             .send(job)
             .map_err(|_| SqliteError::WorkerGone)
@@ -121,40 +267,64 @@ impl Workers {
 /// (several spinning readers would take the CPU from the tasks that feed them).
 const WRITER_SPIN: Duration = Duration::from_micros(50);
 
-fn serve(mut conn: Connection, receiver: &Mutex<Receiver<Job>>, spin: Duration) {
+fn serve(
+    mut conn: Connection,
+    me: usize,
+    receiver: &Receiver<Job>,
+    shared: &Shared,
+    spin: Duration,
+) {
+    let mut reply: Option<Reply> = None;
     loop {
         let job = {
-            // One thread at a time holds the queue; the others wait for the lock.
-            let Ok(guard) = receiver.lock() else { return };
-            let spin_start = Instant::now();
-            let mut next = None;
-            while spin_start.elapsed() < spin {
-                match guard.try_recv() {
-                    Ok(job) => {
-                        next = Some(job);
-                        break;
-                    }
-                    Err(TryRecvError::Empty) => std::hint::spin_loop(),
-                    Err(TryRecvError::Disconnected) => return,
-                }
+            let mut queue = shared.lock();
+            let job = queue.waiting.pop_front();
+            if job.is_none() {
+                queue.idle.push(me);
             }
-            match next {
-                Some(job) => job,
-                None => match guard.recv() {
-                    Ok(job) => job,
-                    Err(_) => return,
-                },
-            }
+            job
         };
-        job(&mut conn);
+        // Idle (or holding the next job) before answering: see `Job`.
+        if let Some(reply) = reply.take() {
+            reply();
+        }
+        let job = match job {
+            Some(job) => job,
+            None => match next_job(receiver, spin) {
+                Some(job) => job,
+                None => break,
+            },
+        };
+        reply = Some(job(&mut conn));
     }
+    // Closing: finish what is still queued, then close the connection.
+    loop {
+        let job = shared.lock().waiting.pop_front();
+        match job {
+            Some(job) => job(&mut conn)(),
+            None => return,
+        }
+    }
+}
+
+/// The next job sent to this thread (polling for `spin` first); `None` once closing.
+fn next_job(receiver: &Receiver<Job>, spin: Duration) -> Option<Job> {
+    let spin_start = Instant::now();
+    while spin_start.elapsed() < spin {
+        match receiver.try_recv() {
+            Ok(job) => return Some(job),
+            Err(TryRecvError::Empty) => std::hint::spin_loop(),
+            Err(TryRecvError::Disconnected) => return None,
+        }
+    }
+    receiver.recv().ok()
 }
 
 impl Drop for Workers {
     fn drop(&mut self) {
-        // Closing the queue lets each thread finish its queued jobs and close its
+        // Closing the channels lets each thread finish the queued jobs and close its
         // connection; joining makes "the handle is dropped" mean "the file is closed".
-        self.sender = None;
+        self.senders = None;
         let me = std::thread::current().id();
         for handle in self.threads.drain(..) {
             if handle.thread().id() != me {
@@ -203,7 +373,7 @@ impl Dedicated {
                         None => receiver.recv().ok(),
                     };
                     match job {
-                        Some(job) => job(&mut conn),
+                        Some(job) => job(&mut conn)(),
                         None => break,
                     }
                 }
@@ -232,7 +402,10 @@ impl Dedicated {
         self.sender
             .send(Box::new(move |conn| {
                 let span = storage_core::trace::op_span(debug, "sqlite", operation);
-                let _ = tx.send(span.in_scope(|| f(conn)));
+                let answer = span.in_scope(|| f(conn));
+                Box::new(move || {
+                    let _ = tx.send(answer);
+                })
             }))
             .map_err(|_| SqliteError::WorkerGone.into_storage(operation))?;
         rx.await
@@ -245,4 +418,60 @@ pub(crate) fn closed(operation: &'static str) -> StorageError {
     StorageError::new(ErrorCode::ConnectionLost, "the store is closed")
         .with_operation(operation)
         .with_backend("sqlite")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_inline_pool_grows_to_its_bound_and_lends_each_connection_once() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("db.sqlite");
+        let config = SqliteConfig::new(path.to_string_lossy());
+        let pool = InlineReaders::new(2);
+        assert!(pool.take().is_none(), "nothing is opened before asked");
+        for _ in 0..3 {
+            pool.grow(&path, &config);
+        }
+        assert!(!pool.wants_more());
+        let a = pool.take().ok_or_else(|| closed("test"))?;
+        let b = pool.take().ok_or_else(|| closed("test"))?;
+        assert!(pool.take().is_none(), "two connections, both lent");
+        // Inline connections never wait for a lock.
+        let timeout: i64 = a
+            .query_row("PRAGMA busy_timeout", [], |r| r.get(0))
+            .map_err(sql_err("test"))?;
+        assert_eq!(timeout, 0);
+        pool.give(a);
+        pool.give(b);
+        assert!(pool.take().is_some());
+        assert!(!InlineReaders::new(0).wants_more(), "a pool of 0 stays off");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn jobs_queued_behind_busy_threads_all_run() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("db.sqlite");
+        let config = SqliteConfig::new(path.to_string_lossy());
+        let conns = (0..2)
+            .map(|_| open_connection(&path, &config, true))
+            .collect::<Result<Vec<_>>>()?;
+        let workers = Arc::new(Workers::spawn("test", conns, false)?);
+        let runs = (0..50).map(|i| {
+            let workers = Arc::clone(&workers);
+            async move {
+                workers
+                    .run("test", move |conn| {
+                        conn.query_row("SELECT ?1 * 2", [i], |r| r.get::<_, i64>(0))
+                            .map_err(sql_err("test"))
+                    })
+                    .await
+            }
+        });
+        let answers = futures::future::try_join_all(runs).await?;
+        assert_eq!(answers, (0..50).map(|i| i * 2).collect::<Vec<i64>>());
+        Ok(())
+    }
 }

@@ -324,6 +324,18 @@ async fn queries_match_the_reference_evaluator() -> Result<()> {
     }
     let plan = s.explain(&Query::filter(field("name").eq("Alice"))).await?;
     assert_eq!(plan.index.as_deref(), Some("name"), "{plan:?}");
+    assert!(
+        plan.pushed_down[0].starts_with("exact string equality"),
+        "{plan:?}"
+    );
+    // An operand that could be an object's JSON text goes through the evaluator.
+    let plan = s
+        .explain(&Query::filter(field("name").eq("{\"a\":1}")))
+        .await?;
+    assert!(
+        plan.pushed_down[0].starts_with("candidate filter"),
+        "{plan:?}"
+    );
     Ok(())
 }
 
@@ -464,6 +476,70 @@ async fn watchers_see_committed_batches() -> Result<()> {
         ["b", "c"]
     );
     assert!(b2.sequence > b1.sequence);
+    Ok(())
+}
+
+/// Without the change log (the default), handles opened separately on one file and table
+/// in this process see each other's commits, in commit order; other tables' do not mix in.
+#[tokio::test]
+async fn without_the_change_log_handles_in_one_process_see_each_other() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("db.sqlite").to_string_lossy().into_owned();
+    let a = SqliteStorage::<i64>::open(SqliteConfig::new(&path)).await?;
+    // The same file through another spelling of its path.
+    let other_spelling = dir
+        .path()
+        .join(".")
+        .join("db.sqlite")
+        .to_string_lossy()
+        .into_owned();
+    let b = SqliteStorage::<i64>::open(SqliteConfig::new(&other_spelling)).await?;
+    let elsewhere = b.table::<i64>("elsewhere").await?;
+    assert!(!a.capabilities().cross_process_watch);
+    let mut sub = a.watch(WatchPattern::All, 16)?;
+    b.set("k1", &1).await?;
+    elsewhere.set("not-here", &0).await?;
+    let tx = b.begin(TransactionOptions::new()).await?;
+    tx.set("k2", &2).await?;
+    tx.delete("k1").await?;
+    tx.commit().await?;
+    a.set("k3", &3).await?;
+    let mut seen = Vec::new();
+    let mut last = 0;
+    for _ in 0..3 {
+        let Ok(Some(WatchEvent::Changes(batch))) =
+            tokio::time::timeout(Duration::from_secs(2), sub.next()).await
+        else {
+            panic!("a batch is missing after {seen:?}")
+        };
+        assert!(batch.sequence > last, "sequences increase");
+        last = batch.sequence;
+        seen.push(
+            batch
+                .changes
+                .iter()
+                .map(|c| format!("{:?} {}", c.kind, c.key))
+                .collect::<Vec<_>>(),
+        );
+    }
+    assert_eq!(
+        seen,
+        [vec!["Set k1"], vec!["Set k2", "Delete k1"], vec!["Set k3"]]
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), sub.next())
+            .await
+            .is_err(),
+        "nothing else arrives"
+    );
+    // Resuming needs the log.
+    assert_eq!(
+        a.watch_from(WatchPattern::All, 16, 0)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.code()),
+        Err(ErrorCode::Unsupported)
+    );
     Ok(())
 }
 

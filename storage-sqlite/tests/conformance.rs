@@ -15,6 +15,7 @@ use storage_sqlite::{SqliteConfig, SqliteStorage};
 /// Opens tables of one temporary database file.
 struct SqliteHarness {
     dir: tempfile::TempDir,
+    change_log: bool,
 }
 
 impl SqliteHarness {
@@ -24,6 +25,15 @@ impl SqliteHarness {
                 .prefix("sqlite-conformance-")
                 .tempdir()
                 .unwrap_or_else(|e| panic!("temp dir: {e}")),
+            change_log: false,
+        }
+    }
+
+    /// Handles that keep the change log (cross-process watches, resumable).
+    fn with_change_log() -> Self {
+        Self {
+            change_log: true,
+            ..Self::new()
         }
     }
 
@@ -35,6 +45,7 @@ impl SqliteHarness {
         SqliteConfig::new(self.path().to_string_lossy())
             .table_name(namespace)
             .busy_timeout_ms(2000)
+            .change_log(self.change_log)
     }
 }
 
@@ -64,6 +75,10 @@ queryable_suite!(SqliteHarness::new());
 indexed_suite!(SqliteHarness::new());
 transactional_suite!(SqliteHarness::new());
 observable_suite!(SqliteHarness::new());
+observable_suite!(
+    observable_conformance_with_change_log,
+    SqliteHarness::with_change_log()
+);
 persistence_suite!(SqliteHarness::new());
 crash_suite!(|location: String| async move {
     SqliteStorage::<serde_json::Value>::open(SqliteConfig::new(location)).await
