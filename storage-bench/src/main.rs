@@ -174,15 +174,15 @@ fn rotation<T: Copy>(run: usize, subjects: &[T]) -> Vec<T> {
 }
 
 async fn bench_sqlite(o: &Options, w: &Workload) -> Result<BackendResult> {
-    let (mut raw, mut adapter, mut quiet) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut raw, mut adapter, mut logged) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..o.runs {
         progress(&format!("sqlite: run {} of {}", run + 1, o.runs));
         for subject in rotation(run, &[Subject::Raw, Subject::Adapter, Subject::Variant]) {
             let dir = tempfile::tempdir()?;
             match subject {
                 Subject::Raw => raw.push(sqlite::raw_run(dir.path(), w)?),
-                Subject::Adapter => adapter.push(sqlite::adapter_run(dir.path(), w, true).await?),
-                Subject::Variant => quiet.push(sqlite::adapter_run(dir.path(), w, false).await?),
+                Subject::Adapter => adapter.push(sqlite::adapter_run(dir.path(), w, false).await?),
+                Subject::Variant => logged.push(sqlite::adapter_run(dir.path(), w, true).await?),
             }
         }
     }
@@ -191,7 +191,7 @@ async fn bench_sqlite(o: &Options, w: &Workload) -> Result<BackendResult> {
         raw_name: "raw rusqlite",
         raw: median(&raw),
         adapter: median(&adapter),
-        variants: vec![("adapter, `change_log = false`", median(&quiet))],
+        variants: vec![("adapter, `change_log = true`", median(&logged))],
     })
 }
 
@@ -251,7 +251,7 @@ async fn bench_peers(o: &Options, w: &Workload) -> Result<PeerResult> {
             let sample = match subject {
                 0 => peers::redb_run(dir.path(), w)?,
                 1 => peers::sled_run(dir.path(), w)?,
-                2 => sqlite::adapter_run(dir.path(), w, true).await?,
+                2 => sqlite::adapter_run(dir.path(), w, false).await?,
                 _ => json::adapter_run(dir.path(), w).await?,
             };
             samples[subject].push(sample);
