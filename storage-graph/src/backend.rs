@@ -537,17 +537,9 @@ impl Inner {
         conn: &mut MultiplexedConnection,
         keys: &[&str],
     ) -> Result<BTreeSet<String>> {
-        if keys.is_empty() {
-            return Ok(BTreeSet::new());
-        }
-        let mut q = Cypher::new();
-        let hex: Vec<String> = keys.iter().map(|k| key_hex(k)).collect();
-        let ks = q.param(&hex)?;
-        q.push(&format!(
-            "UNWIND {ks} AS k MATCH (n:{} {{{KEY_INDEX_PROP}: k}}) RETURN n.{KEY_PROP}",
-            self.label
-        ));
-        let rows = self.read(conn, &q, "read").await?;
+        let rows = self
+            .match_keys(conn, keys, &format!("n.{KEY_PROP}"))
+            .await?;
         Ok(rows
             .iter()
             .filter_map(|r| r.first().and_then(cell_str))
@@ -560,18 +552,30 @@ impl Inner {
         conn: &mut MultiplexedConnection,
         keys: &[&str],
     ) -> Result<BTreeMap<String, String>> {
+        let rows = self
+            .match_keys(conn, keys, &format!("n.{KEY_PROP}, n.{VALUE_PROP}"))
+            .await?;
+        Ok(key_value_rows(rows, "read")?.into_iter().collect())
+    }
+
+    /// The `returns` columns of the nodes of `keys` that exist, found through the key index.
+    async fn match_keys(
+        &self,
+        conn: &mut MultiplexedConnection,
+        keys: &[&str],
+        returns: &str,
+    ) -> Result<Vec<Vec<Value>>> {
         if keys.is_empty() {
-            return Ok(BTreeMap::new());
+            return Ok(Vec::new());
         }
         let mut q = Cypher::new();
         let hex: Vec<String> = keys.iter().map(|k| key_hex(k)).collect();
         let ks = q.param(&hex)?;
         q.push(&format!(
-            "UNWIND {ks} AS k MATCH (n:{} {{{KEY_INDEX_PROP}: k}}) RETURN n.{KEY_PROP}, n.{VALUE_PROP}",
+            "UNWIND {ks} AS k MATCH (n:{} {{{KEY_INDEX_PROP}: k}}) RETURN {returns}",
             self.label
         ));
-        let rows = self.read(conn, &q, "read").await?;
-        Ok(key_value_rows(rows, "read")?.into_iter().collect())
+        self.read(conn, &q, "read").await
     }
 
     /// Every key of the label.
