@@ -20,7 +20,7 @@ use crate::index::IndexCatalog;
 use crate::observe::TableBus;
 use crate::rows::{RowText, decode_stored};
 use crate::sql::{SHARED_SCHEMA, TableSql};
-use crate::worker::{InlineReaders, Workers, is_busy, open_connection};
+use crate::worker::{InlineReaders, Workers, Writer, is_busy, open_connection};
 
 /// Rows fetched per round trip while iterating.
 const PAGE: i64 = 512;
@@ -32,7 +32,7 @@ pub(crate) const MAX_VALUE_LEN: usize = 1_000_000_000;
 pub(crate) struct Database {
     pub(crate) config: SqliteConfig,
     pub(crate) path: PathBuf,
-    pub(crate) writer: Workers,
+    pub(crate) writer: Writer,
     pub(crate) readers: Workers,
     /// Connections for bounded point reads on the calling thread (none without WAL).
     pub(crate) inline: Arc<InlineReaders>,
@@ -86,7 +86,7 @@ impl Database {
             readers.push(open_connection(&path, &config, true)?);
         }
         Ok(Self {
-            writer: Workers::spawn("sqlite-writer", vec![writer], config.common.debug)?,
+            writer: Writer::spawn(writer, &config)?,
             readers: Workers::spawn("sqlite-reader", readers, config.common.debug)?,
             // Without WAL a reader waits for the writer: every read then goes to a thread.
             inline: Arc::new(InlineReaders::new(if config.wal {
@@ -186,6 +186,7 @@ impl<T> std::fmt::Debug for SqliteStorage<T> {
 }
 
 /// A write, encoded and validated, ready for a connection thread.
+#[derive(Clone)]
 pub(crate) enum WriteOp {
     Set { key: String, json: String },
     Delete { key: String },
@@ -473,6 +474,52 @@ pub(crate) fn change_list<T: StorageValue>(effects: &[Effect]) -> Vec<Change<T>>
     changes
 }
 
+/// The most operations a write runs on the calling thread (see [`Writer`]): a write's
+/// cost grows with its operations, and only bounded ones run there.
+const INLINE_WRITE_OPS: usize = 16;
+
+/// Applies `ops` atomically on the writer connection, then runs after-hooks and
+/// publishes the change batch (in commit order: the caller holds the connection).
+/// A single untracked operation is one autocommit statement; anything else runs in a
+/// `BEGIN IMMEDIATE` transaction, so a busy write lock fails before anything is
+/// written.
+fn apply_write<T: StorageValue>(
+    conn: &mut Connection,
+    table: &Table,
+    hub: &EventHub<T>,
+    observer: &crate::observe::Observer<T>,
+    legacy_log: bool,
+    operation: &'static str,
+    ops: Vec<WriteOp>,
+) -> Result<BatchResult> {
+    let single = ops.len() == 1 && !matches!(ops[0], WriteOp::Clear);
+    let publish = table.bus.listening();
+    let track = publish || table.change_log || hub.has_after_hooks();
+    if single && !track {
+        // One statement is its own transaction: no BEGIN/COMMIT round trip.
+        return apply_ops(conn, &table.sql, ops, false).map(|(result, _)| result);
+    }
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sql_err(operation))?;
+    let (result, effects) = apply_ops(&tx, &table.sql, ops, track)?;
+    let logged = if table.change_log {
+        write_log(&tx, &table.name, &effects, legacy_log)?
+    } else {
+        None
+    };
+    let mut order = publish.then(|| table.bus.order());
+    tx.commit().map_err(sql_err(operation))?;
+    if table.change_log {
+        observer.after_commit(conn, logged);
+    }
+    run_after_hooks(hub, &effects);
+    if let Some(order) = order.as_mut() {
+        table.bus.publish(order, &effects);
+    }
+    Ok(result)
+}
+
 /// The most keys a `get_many` reads on the calling thread (see [`InlineReaders`]).
 const INLINE_GET_MANY: usize = 32;
 
@@ -703,46 +750,43 @@ impl<T: StorageValue> SqliteStorage<T> {
         }
     }
 
-    /// Applies encoded writes atomically on the writer thread, then (still there, so in
-    /// commit order) runs after-hooks and publishes the change batch.
+    /// Applies encoded writes atomically with the writer connection (on the calling
+    /// thread when it is free and the write is bounded, see [`Writer`], else on the
+    /// writer thread), then, still holding it, so in commit order, runs after-hooks and
+    /// publishes the change batch.
     pub(crate) async fn write(
         &self,
         operation: &'static str,
         ops: Vec<WriteOp>,
     ) -> Result<BatchResult> {
+        let bounded =
+            ops.len() <= INLINE_WRITE_OPS && !ops.iter().any(|op| matches!(op, WriteOp::Clear));
+        if bounded {
+            let debug = self.db.config.common.debug;
+            // A copy: a write that finds SQLite's lock busy is queued to the thread.
+            let inline = self.db.writer.try_inline(debug, operation, |conn| {
+                apply_write(
+                    conn,
+                    &self.table,
+                    &self.hub,
+                    &self.observer,
+                    self.db.legacy_log,
+                    operation,
+                    ops.clone(),
+                )
+            });
+            if let Some(out) = inline {
+                return out;
+            }
+        }
         let table = Arc::clone(&self.table);
         let hub = Arc::clone(&self.hub);
         let observer = Arc::clone(&self.observer);
-        let db = Arc::clone(&self.db);
-        let single = ops.len() == 1 && !matches!(ops[0], WriteOp::Clear);
+        let legacy_log = self.db.legacy_log;
         self.db
             .writer
             .run(operation, move |conn| {
-                let publish = table.bus.listening();
-                let track = publish || table.change_log || hub.has_after_hooks();
-                if single && !track {
-                    // One statement is its own transaction: no BEGIN/COMMIT round trip.
-                    return apply_ops(conn, &table.sql, ops, false).map(|(result, _)| result);
-                }
-                let tx = conn
-                    .transaction_with_behavior(TransactionBehavior::Immediate)
-                    .map_err(sql_err(operation))?;
-                let (result, effects) = apply_ops(&tx, &table.sql, ops, track)?;
-                let logged = if table.change_log {
-                    write_log(&tx, &table.name, &effects, db.legacy_log)?
-                } else {
-                    None
-                };
-                let mut order = publish.then(|| table.bus.order());
-                tx.commit().map_err(sql_err(operation))?;
-                if table.change_log {
-                    observer.after_commit(conn, logged);
-                }
-                run_after_hooks(&hub, &effects);
-                if let Some(order) = order.as_mut() {
-                    table.bus.publish(order, &effects);
-                }
-                Ok(result)
+                apply_write(conn, &table, &hub, &observer, legacy_log, operation, ops)
             })
             .await
     }
