@@ -32,6 +32,9 @@
 //! writer connection, and once the log passes 1000 pages (SQLite's default threshold) a
 //! `PASSIVE` checkpoint is queued to the writer thread, so the log stays bounded.
 //! Without WAL, or when the connection is busy, writes go to the writer thread.
+//! A `set_many` of 4096 entries or more is encoded by the caller while the writer
+//! thread applies the chunks already encoded, in one transaction, so encoding and
+//! writing overlap rather than add up.
 //!
 //! ## Quick start
 //! ```

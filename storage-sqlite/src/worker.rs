@@ -227,6 +227,19 @@ impl<C: Send + 'static> Workers<C> {
         R: Send + 'static,
         F: FnOnce(&mut C) -> Result<R> + Send + 'static,
     {
+        answer(operation, self.send(operation, f)?).await
+    }
+
+    /// Queues `f` for one of the threads now; its answer arrives on the receiver.
+    pub(crate) fn send<R, F>(
+        &self,
+        operation: &'static str,
+        f: F,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<R>>>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut C) -> Result<R> + Send + 'static,
+    {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let debug = self.debug;
         self.submit(Box::new(move |conn| {
@@ -239,8 +252,7 @@ impl<C: Send + 'static> Workers<C> {
             })
         }))
         .map_err(|e| e.into_storage(operation))?;
-        rx.await
-            .map_err(|_| SqliteError::WorkerGone.into_storage(operation))?
+        Ok(rx)
     }
 
     /// Queues a job without waiting for it.
@@ -409,10 +421,33 @@ impl Writer {
         R: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<R> + Send + 'static,
     {
-        let out = self
-            .thread
-            .run(operation, move |shared| f(&mut lock_connection(shared)))
-            .await;
+        let out = answer(operation, self.send(operation, f)?).await;
+        self.checkpoint_if_due();
+        out
+    }
+
+    /// Queues `f` for the writer thread now; its answer arrives on the receiver (then
+    /// call [`Writer::finished`]).
+    pub(crate) fn send<R, F>(
+        &self,
+        operation: &'static str,
+        f: F,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<R>>>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<R> + Send + 'static,
+    {
+        self.thread
+            .send(operation, move |shared| f(&mut lock_connection(shared)))
+    }
+
+    /// Awaits the answer of a job queued with [`Writer::send`].
+    pub(crate) async fn finished<R>(
+        &self,
+        operation: &'static str,
+        rx: tokio::sync::oneshot::Receiver<Result<R>>,
+    ) -> Result<R> {
+        let out = answer(operation, rx).await;
         self.checkpoint_if_due();
         out
     }
@@ -479,6 +514,15 @@ impl Writer {
             self.checkpoint_queued.store(false, Ordering::Release);
         }
     }
+}
+
+/// Awaits a job's answer.
+async fn answer<R>(
+    operation: &'static str,
+    rx: tokio::sync::oneshot::Receiver<Result<R>>,
+) -> Result<R> {
+    rx.await
+        .map_err(|_| SqliteError::WorkerGone.into_storage(operation))?
 }
 
 /// The writer connection, also when a panic poisoned its lock (SQLite's state does not

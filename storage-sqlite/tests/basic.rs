@@ -848,3 +848,36 @@ async fn a_write_waits_for_another_connection_holding_the_write_lock() -> Result
     assert_eq!(s.get("during").await?, Some(2));
     Ok(())
 }
+
+/// A large `set_many` is encoded while the writer applies it: all of it lands, and a
+/// value that fails to encode late in the batch rolls back what was already written.
+#[tokio::test]
+async fn a_large_set_many_is_all_or_nothing() -> Result<()> {
+    let s = memory::<f64>().await?;
+    let good: Vec<(String, f64)> = (0..5000u32)
+        .map(|i| (format!("k{i:05}"), f64::from(i)))
+        .collect();
+    s.set_many(good).await?;
+    assert_eq!(s.size().await?, 5000);
+    assert_eq!(s.get("k04999").await?, Some(4999.0));
+
+    let mut bad: Vec<(String, f64)> = (0..5000u32)
+        .map(|i| (format!("n{i:05}"), f64::from(i)))
+        .collect();
+    bad[4500].1 = f64::NAN;
+    let err = s
+        .set_many(bad)
+        .await
+        .err()
+        .ok_or_else(|| StorageError::new(ErrorCode::Backend, "a NaN was stored"))?;
+    assert_eq!(err.context_value("index"), Some("4500"));
+    assert_eq!(
+        s.size().await?,
+        5000,
+        "nothing of the failed batch is applied"
+    );
+    assert!(!s.has("n00000").await?);
+    s.set("after", &1.0).await?;
+    assert_eq!(s.size().await?, 5001);
+    Ok(())
+}
