@@ -20,7 +20,7 @@ use crate::index::IndexCatalog;
 use crate::observe::TableBus;
 use crate::rows::{RowText, decode_stored};
 use crate::sql::{SHARED_SCHEMA, TableSql};
-use crate::worker::{InlineReaders, Workers, is_busy, open_connection};
+use crate::worker::{InlineReaders, Workers, Writer, is_busy, open_connection};
 
 /// Rows fetched per round trip while iterating.
 const PAGE: i64 = 512;
@@ -32,7 +32,7 @@ pub(crate) const MAX_VALUE_LEN: usize = 1_000_000_000;
 pub(crate) struct Database {
     pub(crate) config: SqliteConfig,
     pub(crate) path: PathBuf,
-    pub(crate) writer: Workers,
+    pub(crate) writer: Writer,
     pub(crate) readers: Workers,
     /// Connections for bounded point reads on the calling thread (none without WAL).
     pub(crate) inline: Arc<InlineReaders>,
@@ -86,7 +86,7 @@ impl Database {
             readers.push(open_connection(&path, &config, true)?);
         }
         Ok(Self {
-            writer: Workers::spawn("sqlite-writer", vec![writer], config.common.debug)?,
+            writer: Writer::spawn(writer, &config)?,
             readers: Workers::spawn("sqlite-reader", readers, config.common.debug)?,
             // Without WAL a reader waits for the writer: every read then goes to a thread.
             inline: Arc::new(InlineReaders::new(if config.wal {
@@ -186,6 +186,7 @@ impl<T> std::fmt::Debug for SqliteStorage<T> {
 }
 
 /// A write, encoded and validated, ready for a connection thread.
+#[derive(Clone)]
 pub(crate) enum WriteOp {
     Set { key: String, json: String },
     Delete { key: String },
@@ -473,6 +474,98 @@ pub(crate) fn change_list<T: StorageValue>(effects: &[Effect]) -> Vec<Change<T>>
     changes
 }
 
+/// The most operations a write runs on the calling thread (see [`Writer`]): a write's
+/// cost grows with its operations, and only bounded ones run there.
+const INLINE_WRITE_OPS: usize = 16;
+
+/// Applies `ops` atomically on the writer connection, then runs after-hooks and
+/// publishes the change batch (in commit order: the caller holds the connection).
+/// A single untracked operation is one autocommit statement; anything else runs in a
+/// `BEGIN IMMEDIATE` transaction, so a busy write lock fails before anything is
+/// written.
+fn apply_write<T: StorageValue>(
+    conn: &mut Connection,
+    table: &Table,
+    hub: &EventHub<T>,
+    observer: &crate::observe::Observer<T>,
+    legacy_log: bool,
+    operation: &'static str,
+    ops: Vec<WriteOp>,
+) -> Result<BatchResult> {
+    let single = ops.len() == 1 && !matches!(ops[0], WriteOp::Clear);
+    let publish = table.bus.listening();
+    let track = publish || table.change_log || hub.has_after_hooks();
+    if single && !track {
+        // One statement is its own transaction: no BEGIN/COMMIT round trip.
+        return apply_ops(conn, &table.sql, ops, false).map(|(result, _)| result);
+    }
+    apply_chunks(
+        conn,
+        table,
+        hub,
+        observer,
+        legacy_log,
+        operation,
+        std::iter::once(Ok(ops)),
+    )
+}
+
+/// Applies the operations of `chunks`, in order, in one `BEGIN IMMEDIATE`
+/// transaction, then runs after-hooks and publishes the change batch (see
+/// [`apply_write`]). A chunk that is an error rolls everything back.
+fn apply_chunks<T: StorageValue>(
+    conn: &mut Connection,
+    table: &Table,
+    hub: &EventHub<T>,
+    observer: &crate::observe::Observer<T>,
+    legacy_log: bool,
+    operation: &'static str,
+    chunks: impl Iterator<Item = Result<Vec<WriteOp>>>,
+) -> Result<BatchResult> {
+    let publish = table.bus.listening();
+    let track = publish || table.change_log || hub.has_after_hooks();
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sql_err(operation))?;
+    let mut result = BatchResult::default();
+    let mut effects = Vec::new();
+    for chunk in chunks {
+        let (done, mut applied) = apply_ops(&tx, &table.sql, chunk?, track)?;
+        result.operations += done.operations;
+        result.deleted += done.deleted;
+        result.cleared += done.cleared;
+        effects.append(&mut applied);
+    }
+    let logged = if table.change_log {
+        write_log(&tx, &table.name, &effects, legacy_log)?
+    } else {
+        None
+    };
+    let mut order = publish.then(|| table.bus.order());
+    tx.commit().map_err(sql_err(operation))?;
+    if table.change_log {
+        observer.after_commit(conn, logged);
+    }
+    run_after_hooks(hub, &effects);
+    if let Some(order) = order.as_mut() {
+        table.bus.publish(order, &effects);
+    }
+    Ok(result)
+}
+
+/// Batches of at least this many entries are encoded while the writer thread applies
+/// them (see `set_many`).
+const PIPELINE_ENTRIES: usize = 4096;
+
+/// Entries per chunk sent to the writer thread by a pipelined `set_many`.
+const PIPELINE_CHUNK: usize = 1024;
+
+/// A chunk of a pipelined write, or its end.
+enum Chunk {
+    Ops(Vec<WriteOp>),
+    Done,
+}
+
 /// The most keys a `get_many` reads on the calling thread (see [`InlineReaders`]).
 const INLINE_GET_MANY: usize = 32;
 
@@ -703,46 +796,115 @@ impl<T: StorageValue> SqliteStorage<T> {
         }
     }
 
-    /// Applies encoded writes atomically on the writer thread, then (still there, so in
-    /// commit order) runs after-hooks and publishes the change batch.
+    /// Runs before-hooks on and encodes entry `i` of a `set_many`.
+    fn encode_entry(
+        &self,
+        i: usize,
+        key: String,
+        value: &T,
+        scratch: &mut Vec<u8>,
+    ) -> Result<WriteOp> {
+        self.before(&BeforeEvent::Set { key: &key, value })?;
+        let json = encode_with(&self.codec, value, scratch).map_err(|e| {
+            e.with_operation("set_many")
+                .with_context("index", i)
+                .with_context("key", key.escape_debug())
+        })?;
+        Ok(WriteOp::Set { key, json })
+    }
+
+    /// A large `set_many`: the writer thread opens the transaction and applies chunks
+    /// as this task encodes them, so encoding and writing overlap instead of adding up.
+    /// The channel is unbounded, so the caller never waits for the writer (it holds no
+    /// more than the unpipelined path, which encodes everything first). A failure to
+    /// encode, or this future being dropped, ends the stream without its `Done`, and
+    /// the writer rolls the transaction back: nothing is applied.
+    async fn set_many_pipelined(&self, entries: Vec<(String, T)>) -> Result<()> {
+        let operation = "set_many";
+        let (sender, chunks) = std::sync::mpsc::channel::<Chunk>();
+        let table = Arc::clone(&self.table);
+        let hub = Arc::clone(&self.hub);
+        let observer = Arc::clone(&self.observer);
+        let legacy_log = self.db.legacy_log;
+        let answer = self.db.writer.send(operation, move |conn| {
+            let stream = std::iter::from_fn(|| match chunks.recv() {
+                Ok(Chunk::Ops(ops)) => Some(Ok(ops)),
+                Ok(Chunk::Done) => None,
+                Err(_) => Some(Err(StorageError::new(
+                    ErrorCode::Backend,
+                    "the batch was abandoned before all of it was encoded",
+                )
+                .with_operation(operation)
+                .with_backend("sqlite"))),
+            });
+            apply_chunks(conn, &table, &hub, &observer, legacy_log, operation, stream)
+        })?;
+        let mut scratch = Vec::with_capacity(512);
+        let mut chunk = Vec::with_capacity(PIPELINE_CHUNK);
+        let mut encoded = Ok(());
+        for (i, (key, value)) in entries.into_iter().enumerate() {
+            match self.encode_entry(i, key, &value, &mut scratch) {
+                Ok(op) => chunk.push(op),
+                Err(e) => {
+                    encoded = Err(e);
+                    break;
+                }
+            }
+            if chunk.len() == PIPELINE_CHUNK {
+                let full = std::mem::replace(&mut chunk, Vec::with_capacity(PIPELINE_CHUNK));
+                // A closed channel means the writer stopped early: its answer says why.
+                if sender.send(Chunk::Ops(full)).is_err() {
+                    break;
+                }
+            }
+        }
+        if encoded.is_ok() {
+            let _ = sender.send(Chunk::Ops(chunk));
+            let _ = sender.send(Chunk::Done);
+        }
+        drop(sender);
+        let written = self.db.writer.finished(operation, answer).await;
+        encoded?;
+        written.map(|_| ())
+    }
+
+    /// Applies encoded writes atomically with the writer connection (on the calling
+    /// thread when it is free and the write is bounded, see [`Writer`], else on the
+    /// writer thread), then, still holding it, so in commit order, runs after-hooks and
+    /// publishes the change batch.
     pub(crate) async fn write(
         &self,
         operation: &'static str,
         ops: Vec<WriteOp>,
     ) -> Result<BatchResult> {
+        let bounded =
+            ops.len() <= INLINE_WRITE_OPS && !ops.iter().any(|op| matches!(op, WriteOp::Clear));
+        if bounded {
+            let debug = self.db.config.common.debug;
+            // A copy: a write that finds SQLite's lock busy is queued to the thread.
+            let inline = self.db.writer.try_inline(debug, operation, |conn| {
+                apply_write(
+                    conn,
+                    &self.table,
+                    &self.hub,
+                    &self.observer,
+                    self.db.legacy_log,
+                    operation,
+                    ops.clone(),
+                )
+            });
+            if let Some(out) = inline {
+                return out;
+            }
+        }
         let table = Arc::clone(&self.table);
         let hub = Arc::clone(&self.hub);
         let observer = Arc::clone(&self.observer);
-        let db = Arc::clone(&self.db);
-        let single = ops.len() == 1 && !matches!(ops[0], WriteOp::Clear);
+        let legacy_log = self.db.legacy_log;
         self.db
             .writer
             .run(operation, move |conn| {
-                let publish = table.bus.listening();
-                let track = publish || table.change_log || hub.has_after_hooks();
-                if single && !track {
-                    // One statement is its own transaction: no BEGIN/COMMIT round trip.
-                    return apply_ops(conn, &table.sql, ops, false).map(|(result, _)| result);
-                }
-                let tx = conn
-                    .transaction_with_behavior(TransactionBehavior::Immediate)
-                    .map_err(sql_err(operation))?;
-                let (result, effects) = apply_ops(&tx, &table.sql, ops, track)?;
-                let logged = if table.change_log {
-                    write_log(&tx, &table.name, &effects, db.legacy_log)?
-                } else {
-                    None
-                };
-                let mut order = publish.then(|| table.bus.order());
-                tx.commit().map_err(sql_err(operation))?;
-                if table.change_log {
-                    observer.after_commit(conn, logged);
-                }
-                run_after_hooks(&hub, &effects);
-                if let Some(order) = order.as_mut() {
-                    table.bus.publish(order, &effects);
-                }
-                Ok(result)
+                apply_write(conn, &table, &hub, &observer, legacy_log, operation, ops)
             })
             .await
     }
@@ -999,19 +1161,13 @@ impl<T: StorageValue> BatchStorage<T> for SqliteStorage<T> {
 
     async fn set_many(&self, entries: Vec<(String, T)>) -> Result<()> {
         storage_core::validate_keys(entries.iter().map(|(k, _)| k.as_str()))?;
+        if entries.len() >= PIPELINE_ENTRIES {
+            return self.set_many_pipelined(entries).await;
+        }
         let mut ops = Vec::with_capacity(entries.len());
         let mut scratch = Vec::with_capacity(512);
         for (i, (key, value)) in entries.into_iter().enumerate() {
-            self.before(&BeforeEvent::Set {
-                key: &key,
-                value: &value,
-            })?;
-            let json = encode_with(&self.codec, &value, &mut scratch).map_err(|e| {
-                e.with_operation("set_many")
-                    .with_context("index", i)
-                    .with_context("key", key.escape_debug())
-            })?;
-            ops.push(WriteOp::Set { key, json });
+            ops.push(self.encode_entry(i, key, &value, &mut scratch)?);
         }
         self.write("set_many", ops).await.map(|_| ())
     }

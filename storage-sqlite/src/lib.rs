@@ -16,6 +16,26 @@
 //! such connection is idle, the read goes to a reader thread. Values returned by scans
 //! and queries are decoded by the caller as it takes them, not on the connection thread.
 //!
+//! Bounded writes under WAL — `set`, `delete`, and batches of at most 16 operations
+//! without a `clear` — run on the calling thread too, with the writer connection, when
+//! it is free at once (the writer thread takes the same connection's lock for every job
+//! it runs, so writes stay serial whichever thread runs them, and after-hooks, change
+//! events and the change log follow in commit order, under that lock). With
+//! `synchronous = normal` a WAL commit appends to the log without syncing: a few
+//! microseconds of work, about what the hand-off to the writer thread and back cost.
+//! Two things could make such a write wait, and neither does: a write lock held by
+//! another connection (a transaction, another process) makes it fail at once, before
+//! anything is written (no busy timeout on the calling thread; one autocommit statement,
+//! or a `BEGIN IMMEDIATE` transaction), and it is then queued to the writer thread,
+//! which waits as configured; and a WAL checkpoint, which syncs and can take
+//! milliseconds, never runs inside such a commit: automatic checkpointing is off on the
+//! writer connection, and once the log passes 1000 pages (SQLite's default threshold) a
+//! `PASSIVE` checkpoint is queued to the writer thread, so the log stays bounded.
+//! Without WAL, or when the connection is busy, writes go to the writer thread.
+//! A `set_many` of 4096 entries or more is encoded by the caller while the writer
+//! thread applies the chunks already encoded, in one transaction, so encoding and
+//! writing overlap rather than add up.
+//!
 //! ## Quick start
 //! ```
 //! use serde::{Deserialize, Serialize};

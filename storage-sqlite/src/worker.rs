@@ -4,7 +4,7 @@
 //! [`InlineReaders`] on the calling thread (see there for why).
 
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
 use std::sync::{Arc, Mutex, TryLockError};
 use std::thread::JoinHandle;
@@ -20,7 +20,7 @@ use crate::error::{SqliteError, sql_err};
 /// pool's threads call only once they are ready for the next job: a caller that
 /// answers with another job at once then finds the same thread, and its connection's
 /// page cache, free.
-pub(crate) type Job = Box<dyn FnOnce(&mut Connection) -> Reply + Send>;
+pub(crate) type Job<C = Connection> = Box<dyn FnOnce(&mut C) -> Reply + Send>;
 
 /// The second half of a [`Job`]: delivers its answer.
 pub(crate) type Reply = Box<dyn FnOnce() + Send>;
@@ -155,37 +155,37 @@ pub(crate) fn is_busy(err: &rusqlite::Error) -> bool {
 /// every thread is busy it waits in the shared queue, which a thread empties before it
 /// goes idle. (Threads taking turns at one shared receiver would wake a second thread
 /// for every job, which on a small machine costs as much as the job.)
-pub(crate) struct Workers {
+pub(crate) struct Workers<C: Send + 'static = Connection> {
     /// Whether jobs run inside a `tracing` span (the `debug` setting).
     debug: bool,
-    shared: Arc<Shared>,
+    shared: Arc<Shared<C>>,
     /// One channel per thread; `None` once closing.
-    senders: Option<Vec<Sender<Job>>>,
+    senders: Option<Vec<Sender<Job<C>>>>,
     threads: Vec<JoinHandle<()>>,
 }
 
 /// What the threads of a [`Workers`] share.
-struct Shared {
-    state: Mutex<Queue>,
+struct Shared<C> {
+    state: Mutex<Queue<C>>,
 }
 
 /// Jobs no thread was free for, and the threads free for jobs.
-struct Queue {
-    waiting: std::collections::VecDeque<Job>,
+struct Queue<C> {
+    waiting: std::collections::VecDeque<Job<C>>,
     idle: Vec<usize>,
 }
 
-impl Shared {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+impl<C> Shared<C> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue<C>> {
         self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
-impl Workers {
+impl<C: Send + 'static> Workers<C> {
     /// Starts `connections.len()` threads, one per connection.
-    pub(crate) fn spawn(name: &str, connections: Vec<Connection>, debug: bool) -> Result<Self> {
+    pub(crate) fn spawn(name: &str, connections: Vec<C>, debug: bool) -> Result<Self> {
         let spin = if connections.len() == 1 {
             WRITER_SPIN
         } else {
@@ -200,7 +200,7 @@ impl Workers {
         let mut threads = Vec::with_capacity(connections.len());
         let mut senders = Vec::with_capacity(connections.len());
         for (i, conn) in connections.into_iter().enumerate() {
-            let (sender, receiver) = channel::<Job>();
+            let (sender, receiver) = channel::<Job<C>>();
             let thread_shared = Arc::clone(&shared);
             let handle = std::thread::Builder::new()
                 .name(format!("{name}-{i}"))
@@ -225,7 +225,20 @@ impl Workers {
     pub(crate) async fn run<R, F>(&self, operation: &'static str, f: F) -> Result<R>
     where
         R: Send + 'static,
-        F: FnOnce(&mut Connection) -> Result<R> + Send + 'static,
+        F: FnOnce(&mut C) -> Result<R> + Send + 'static,
+    {
+        answer(operation, self.send(operation, f)?).await
+    }
+
+    /// Queues `f` for one of the threads now; its answer arrives on the receiver.
+    pub(crate) fn send<R, F>(
+        &self,
+        operation: &'static str,
+        f: F,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<R>>>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut C) -> Result<R> + Send + 'static,
     {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let debug = self.debug;
@@ -239,12 +252,11 @@ impl Workers {
             })
         }))
         .map_err(|e| e.into_storage(operation))?;
-        rx.await
-            .map_err(|_| SqliteError::WorkerGone.into_storage(operation))?
+        Ok(rx)
     }
 
     /// Queues a job without waiting for it.
-    pub(crate) fn submit(&self, job: Job) -> std::result::Result<(), SqliteError> {
+    pub(crate) fn submit(&self, job: Job<C>) -> std::result::Result<(), SqliteError> {
         let senders = self.senders.as_ref().ok_or(SqliteError::WorkerGone)?;
         let idle = {
             let mut queue = self.shared.lock();
@@ -267,11 +279,11 @@ impl Workers {
 /// (several spinning readers would take the CPU from the tasks that feed them).
 const WRITER_SPIN: Duration = Duration::from_micros(50);
 
-fn serve(
-    mut conn: Connection,
+fn serve<C>(
+    mut conn: C,
     me: usize,
-    receiver: &Receiver<Job>,
-    shared: &Shared,
+    receiver: &Receiver<Job<C>>,
+    shared: &Shared<C>,
     spin: Duration,
 ) {
     let mut reply: Option<Reply> = None;
@@ -308,7 +320,7 @@ fn serve(
 }
 
 /// The next job sent to this thread (polling for `spin` first); `None` once closing.
-fn next_job(receiver: &Receiver<Job>, spin: Duration) -> Option<Job> {
+fn next_job<C>(receiver: &Receiver<Job<C>>, spin: Duration) -> Option<Job<C>> {
     let spin_start = Instant::now();
     while spin_start.elapsed() < spin {
         match receiver.try_recv() {
@@ -320,7 +332,7 @@ fn next_job(receiver: &Receiver<Job>, spin: Duration) -> Option<Job> {
     receiver.recv().ok()
 }
 
-impl Drop for Workers {
+impl<C: Send + 'static> Drop for Workers<C> {
     fn drop(&mut self) {
         // Closing the channels lets each thread finish the queued jobs and close its
         // connection; joining makes "the handle is dropped" mean "the file is closed".
@@ -332,6 +344,199 @@ impl Drop for Workers {
             }
         }
     }
+}
+
+/// The writer connection, shared by its thread and the callers that find it free.
+pub(crate) type SharedConnection = Arc<Mutex<Connection>>;
+
+/// WAL pages past which a checkpoint is queued: SQLite's own auto-checkpoint default.
+const CHECKPOINT_PAGES: i32 = 1000;
+
+/// The one writer connection of a database, and the thread that serves the writes
+/// queued to it.
+///
+/// A bounded write (a set, a delete, a small batch: no `clear`) runs on the calling
+/// thread when the connection is free at once, as bounded reads do on
+/// [`InlineReaders`]: under WAL with `synchronous = NORMAL` a commit appends to the log
+/// and does not sync, so it costs microseconds, while handing it to the thread and
+/// waking the caller on the answer costs as much again. Everything else, and any write
+/// that finds the connection taken (the thread, or another caller, is writing), is
+/// queued to the thread, which takes the connection's lock for each job. Holding the
+/// lock from the first statement to the last event published keeps writes serial and
+/// their events in commit order, wherever they run.
+///
+/// Two things could make an inline write wait, and neither may: another connection
+/// (a transaction's, another process's) holding SQLite's write lock, and a WAL
+/// checkpoint, which syncs the file. Inline writes run with no busy timeout, so a lock
+/// that is not free fails at once, before anything is written, and the write is queued
+/// to the thread, which waits as configured. Automatic checkpointing is off on this
+/// connection (a WAL hook replaces it and only counts the log's pages); once the log
+/// passes [`CHECKPOINT_PAGES`] a `PASSIVE` checkpoint is queued to the thread, so the
+/// log stays bounded as SQLite's own auto-checkpoint would keep it.
+pub(crate) struct Writer {
+    conn: SharedConnection,
+    thread: Workers<SharedConnection>,
+    /// Pages in the WAL after the last commit on this connection (from the WAL hook).
+    wal_pages: Arc<AtomicI32>,
+    /// Whether a checkpoint is queued and not yet run.
+    checkpoint_queued: Arc<AtomicBool>,
+    /// Whether writes may run on the calling thread (WAL only).
+    inline: bool,
+    busy_timeout: Duration,
+}
+
+impl Writer {
+    /// Starts the writer thread on `conn`, taking over its checkpoints under WAL.
+    pub(crate) fn spawn(mut conn: Connection, config: &SqliteConfig) -> Result<Self> {
+        let wal_pages = Arc::new(AtomicI32::new(0));
+        if config.wal {
+            let pages = Arc::clone(&wal_pages);
+            // Replaces SQLite's auto-checkpoint (itself a WAL hook) on this connection.
+            conn.wal_hook(Some(
+                move |_: &mut rusqlite::hooks::Wal, n: std::os::raw::c_int| {
+                    pages.store(n, Ordering::Relaxed);
+                    Ok(())
+                },
+            ))
+            .map_err(sql_err("open"))?;
+        }
+        let conn = Arc::new(Mutex::new(conn));
+        Ok(Self {
+            thread: Workers::spawn(
+                "sqlite-writer",
+                vec![Arc::clone(&conn)],
+                config.common.debug,
+            )?,
+            conn,
+            wal_pages,
+            checkpoint_queued: Arc::new(AtomicBool::new(false)),
+            inline: config.wal,
+            busy_timeout: Duration::from_millis(config.busy_timeout_ms),
+        })
+    }
+
+    /// Runs `f` on the writer thread and awaits its answer.
+    pub(crate) async fn run<R, F>(&self, operation: &'static str, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<R> + Send + 'static,
+    {
+        let out = answer(operation, self.send(operation, f)?).await;
+        self.checkpoint_if_due();
+        out
+    }
+
+    /// Queues `f` for the writer thread now; its answer arrives on the receiver (then
+    /// call [`Writer::finished`]).
+    pub(crate) fn send<R, F>(
+        &self,
+        operation: &'static str,
+        f: F,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<R>>>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<R> + Send + 'static,
+    {
+        self.thread
+            .send(operation, move |shared| f(&mut lock_connection(shared)))
+    }
+
+    /// Awaits the answer of a job queued with [`Writer::send`].
+    pub(crate) async fn finished<R>(
+        &self,
+        operation: &'static str,
+        rx: tokio::sync::oneshot::Receiver<Result<R>>,
+    ) -> Result<R> {
+        let out = answer(operation, rx).await;
+        self.checkpoint_if_due();
+        out
+    }
+
+    /// Runs the bounded write `f` on the calling thread if the connection is free at
+    /// once and its write lock can be taken without waiting; `None` when the write must
+    /// be queued to the thread (nothing was written then). `f` must fail before writing
+    /// anything when the lock is busy: one autocommit statement, or statements inside a
+    /// `BEGIN IMMEDIATE` transaction.
+    pub(crate) fn try_inline<R>(
+        &self,
+        debug: bool,
+        operation: &'static str,
+        f: impl FnOnce(&mut Connection) -> Result<R>,
+    ) -> Option<Result<R>> {
+        if !self.inline {
+            return None;
+        }
+        let mut conn = match self.conn.try_lock() {
+            Ok(conn) => conn,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return None,
+        };
+        // No waiting on the caller's thread: a busy lock fails at once.
+        if conn.busy_timeout(Duration::ZERO).is_err() {
+            return None;
+        }
+        let span = storage_core::trace::op_span(debug, "sqlite", operation);
+        let out = span.in_scope(|| f(&mut conn));
+        let restored = conn.busy_timeout(self.busy_timeout);
+        drop(conn);
+        self.checkpoint_if_due();
+        if let Err(e) = restored {
+            return Some(Err(sql_err(operation)(e)));
+        }
+        match out {
+            Err(e) if is_busy_error(&e) => None,
+            out => Some(out),
+        }
+    }
+
+    /// Queues a `PASSIVE` checkpoint to the writer thread once the WAL has grown past
+    /// [`CHECKPOINT_PAGES`] (at most one queued at a time).
+    fn checkpoint_if_due(&self) {
+        if self.wal_pages.load(Ordering::Relaxed) < CHECKPOINT_PAGES
+            || self.checkpoint_queued.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let queued = Arc::clone(&self.checkpoint_queued);
+        let pages = Arc::clone(&self.wal_pages);
+        let submitted = self.thread.submit(Box::new(move |shared| {
+            let conn = lock_connection(shared);
+            // PASSIVE never waits for readers or writers; frames it could not copy are
+            // copied by a later one. A failure only delays the checkpoint.
+            match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                Ok(()) => pages.store(0, Ordering::Relaxed),
+                Err(e) => tracing::debug!("sqlite checkpoint failed: {e}"),
+            }
+            queued.store(false, Ordering::Release);
+            Box::new(|| {})
+        }));
+        if submitted.is_err() {
+            self.checkpoint_queued.store(false, Ordering::Release);
+        }
+    }
+}
+
+/// Awaits a job's answer.
+async fn answer<R>(
+    operation: &'static str,
+    rx: tokio::sync::oneshot::Receiver<Result<R>>,
+) -> Result<R> {
+    rx.await
+        .map_err(|_| SqliteError::WorkerGone.into_storage(operation))?
+}
+
+/// The writer connection, also when a panic poisoned its lock (SQLite's state does not
+/// depend on the panicking Rust frame: an open transaction is rolled back when its
+/// guard drops).
+fn lock_connection(shared: &SharedConnection) -> std::sync::MutexGuard<'_, Connection> {
+    shared
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Whether a write failed because SQLite's write lock was not free.
+fn is_busy_error(err: &StorageError) -> bool {
+    err.code() == ErrorCode::Backend && err.is_retryable()
 }
 
 /// A dedicated thread owning one connection for the life of a transaction.

@@ -795,3 +795,89 @@ async fn indexed_ranges_run_in_sql_while_exact() -> Result<()> {
     }
     Ok(())
 }
+
+/// Writes that may run on the calling thread keep the WAL bounded: automatic
+/// checkpoints are off on the writer connection, and the checkpoints queued to the
+/// writer thread in their place stop the log from growing with every commit.
+#[tokio::test]
+async fn one_by_one_writes_keep_the_wal_bounded() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("db.sqlite");
+    let s = SqliteStorage::<String>::open(SqliteConfig::new(path.to_string_lossy())).await?;
+    let value = "x".repeat(2000);
+    // Each commit appends at least one 4 KiB page: 4000 commits would leave a log of
+    // 16 MB or more without checkpoints.
+    for i in 0..4000u32 {
+        s.set(&format!("k{i:05}"), &value).await?;
+    }
+    let wal = std::fs::metadata(dir.path().join("db.sqlite-wal"))?.len();
+    assert!(
+        wal < 8 * 1024 * 1024,
+        "the WAL grew to {wal} bytes: checkpoints did not run"
+    );
+    assert_eq!(s.size().await?, 4000);
+    s.integrity_check().await?;
+    Ok(())
+}
+
+/// A write that finds SQLite's write lock held by another connection waits for it (on
+/// the writer thread, as configured) rather than failing on the calling thread.
+#[tokio::test]
+async fn a_write_waits_for_another_connection_holding_the_write_lock() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("db.sqlite");
+    let s = SqliteStorage::<u32>::open(SqliteConfig::new(path.to_string_lossy())).await?;
+    s.set("before", &1).await?;
+    let other = rusqlite::Connection::open(&path)
+        .map_err(|e| StorageError::new(ErrorCode::Backend, e.to_string()))?;
+    other
+        .execute_batch("BEGIN IMMEDIATE")
+        .map_err(|e| StorageError::new(ErrorCode::Backend, e.to_string()))?;
+    let writer = {
+        let s = s.clone();
+        tokio::spawn(async move { s.set("during", &2).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!writer.is_finished(), "the write waits for the lock");
+    other
+        .execute_batch("COMMIT")
+        .map_err(|e| StorageError::new(ErrorCode::Backend, e.to_string()))?;
+    writer
+        .await
+        .map_err(|e| StorageError::new(ErrorCode::Backend, e.to_string()))??;
+    assert_eq!(s.get("during").await?, Some(2));
+    Ok(())
+}
+
+/// A large `set_many` is encoded while the writer applies it: all of it lands, and a
+/// value that fails to encode late in the batch rolls back what was already written.
+#[tokio::test]
+async fn a_large_set_many_is_all_or_nothing() -> Result<()> {
+    let s = memory::<f64>().await?;
+    let good: Vec<(String, f64)> = (0..5000u32)
+        .map(|i| (format!("k{i:05}"), f64::from(i)))
+        .collect();
+    s.set_many(good).await?;
+    assert_eq!(s.size().await?, 5000);
+    assert_eq!(s.get("k04999").await?, Some(4999.0));
+
+    let mut bad: Vec<(String, f64)> = (0..5000u32)
+        .map(|i| (format!("n{i:05}"), f64::from(i)))
+        .collect();
+    bad[4500].1 = f64::NAN;
+    let err = s
+        .set_many(bad)
+        .await
+        .err()
+        .ok_or_else(|| StorageError::new(ErrorCode::Backend, "a NaN was stored"))?;
+    assert_eq!(err.context_value("index"), Some("4500"));
+    assert_eq!(
+        s.size().await?,
+        5000,
+        "nothing of the failed batch is applied"
+    );
+    assert!(!s.has("n00000").await?);
+    s.set("after", &1.0).await?;
+    assert_eq!(s.size().await?, 5001);
+    Ok(())
+}
