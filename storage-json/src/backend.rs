@@ -29,7 +29,8 @@ use crate::config::{Durability, JsonConfig, LockMode, check};
 use crate::error::JsonError;
 use crate::journal::{
     self, Commit, FlushHook, GroupSync, IndexOp, JournalWriter, Paths, SyncOutcome,
-    apply_index_ops, encode_record, read_journal, read_main, truncate_file, write_main,
+    apply_index_ops, encode_ops, encode_record, encode_record_from, read_journal, read_main,
+    truncate_file, write_main,
 };
 use crate::transaction::JsonTransaction;
 
@@ -1280,6 +1281,14 @@ impl<T: StorageValue> Inner<T> {
         ops: &[StagedOp],
         reads: Option<&ReadSet<'_>>,
     ) -> Result<(BatchResult, Option<oneshot::Receiver<SyncOutcome>>)> {
+        // The journal line's operations depend on `ops` only (not on the state), so
+        // they are encoded before the store lock is taken: concurrent writers
+        // serialize their values in parallel.
+        let encoded = encode_ops(&stage(&BTreeMap::new(), ops, false).commit).map_err(|e| {
+            StorageError::new(ErrorCode::SerializationFailed, e.to_string())
+                .with_backend(BACKEND)
+                .with_source(e)
+        })?;
         let mut st = self.write();
         st.ensure_writable()?;
         if let Some(reads) = reads {
@@ -1303,11 +1312,7 @@ impl<T: StorageValue> Inner<T> {
             .check_unique(&staged.commit.writes, staged.commit.cleared)
             .map_err(|e| e.with_backend(BACKEND))?;
         let seq = st.seq + 1;
-        let line = encode_record(seq, &staged.commit).map_err(|e| {
-            StorageError::new(ErrorCode::SerializationFailed, e.to_string())
-                .with_backend(BACKEND)
-                .with_source(e)
-        })?;
+        let line = encode_record_from(seq, &encoded);
         self.journal_line(&mut st, &line)?;
         st.seq = seq;
         st.apply(seq, staged.commit);

@@ -115,10 +115,27 @@ pub(crate) struct Record {
 /// The CRC covers every byte before `,"crc"`, so the line stays plain JSON
 /// that any parser reads, and the checksum is still verifiable byte for byte.
 pub(crate) fn encode_record(seq: u64, commit: &Commit) -> Result<Vec<u8>, serde_json::Error> {
-    let mut buf = Vec::with_capacity(64 + commit.writes.len() * 64);
+    Ok(encode_record_from(seq, &encode_ops(commit)?))
+}
+
+/// A journal line from the record number and the encoded operations
+/// ([`encode_ops`]): the part of [`encode_record`] that needs the record number,
+/// so writers can encode their operations before they take the store lock.
+pub(crate) fn encode_record_from(seq: u64, ops: &[u8]) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(48 + ops.len());
     buf.extend_from_slice(b"{\"seq\":");
     buf.extend_from_slice(seq.to_string().as_bytes());
     buf.extend_from_slice(b",\"ops\":[");
+    buf.extend_from_slice(ops);
+    buf.push(b']');
+    let crc = crc32fast::hash(&buf);
+    buf.extend_from_slice(format!(",\"crc\":\"{crc:08x}\"}}\n").as_bytes());
+    buf
+}
+
+/// The operations of a journal line, comma-separated, without the brackets.
+pub(crate) fn encode_ops(commit: &Commit) -> Result<Vec<u8>, serde_json::Error> {
+    let mut buf = Vec::with_capacity(commit.writes.len() * 64);
     let mut first = true;
     for op in &commit.index_ops {
         if !first {
@@ -160,9 +177,6 @@ pub(crate) fn encode_record(seq: u64, commit: &Commit) -> Result<Vec<u8>, serde_
         }
         buf.push(b'}');
     }
-    buf.push(b']');
-    let crc = crc32fast::hash(&buf);
-    buf.extend_from_slice(format!(",\"crc\":\"{crc:08x}\"}}\n").as_bytes());
     Ok(buf)
 }
 
