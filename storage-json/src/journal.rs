@@ -901,7 +901,9 @@ const MIN_QUIET: Duration = Duration::from_micros(20);
 /// at most `max_writes`), when no writer has arrived for half the recent fsync time
 /// (at least [`MIN_QUIET`]: fewer came back), or when the oldest has waited
 /// `max_delay`. So a lone writer's group closes at once, and concurrent writers
-/// share one fsync however many they are. Writers keep appending while an fsync runs.
+/// share one fsync however many they are. Writers keep appending (into the journal's
+/// buffer: see [`JournalWriter::flush`], which the thread calls through its
+/// [`FlushHook`] before each fsync) while an fsync runs.
 pub(crate) struct GroupSync {
     shared: Arc<SyncShared>,
     thread: Mutex<Option<JoinHandle<()>>>,
