@@ -28,8 +28,9 @@ use tracing::Instrument;
 use crate::config::{Durability, JsonConfig, LockMode, check};
 use crate::error::JsonError;
 use crate::journal::{
-    self, Commit, GroupSync, IndexOp, JournalWriter, Paths, SyncOutcome, apply_index_ops,
-    encode_record, read_journal, read_main, truncate_file, write_main,
+    self, Commit, FlushHook, GroupSync, IndexOp, JournalWriter, Paths, SyncOutcome,
+    apply_index_ops, encode_ops, encode_record, encode_record_from, read_journal, read_main,
+    truncate_file, write_main,
 };
 use crate::transaction::JsonTransaction;
 
@@ -576,7 +577,7 @@ fn compact_in_background(
             .unwrap_or_else(PoisonError::into_inner)
             .journal
             .as_ref()
-            .map_or(job.offset, JournalWriter::len);
+            .map_or(job.offset, JournalWriter::flushed_len);
         tail.copy_more(end)?;
         tail.sync()?;
         Ok((len, tail))
@@ -592,6 +593,34 @@ fn compact_in_background(
         // The old journal still holds every record (replay skips what the main file has).
         tracing::warn!(error = %e, "background compaction failed");
     }
+}
+
+/// Writes the journal's collected appends (group commit) to the file; a failure
+/// poisons the store, since those records were applied in memory.
+fn flush_journal(st: &mut State) -> Result<(), JsonError> {
+    let State {
+        journal, poisoned, ..
+    } = st;
+    let Some(journal) = journal.as_mut() else {
+        return Ok(());
+    };
+    journal
+        .flush()
+        .inspect_err(|e| *poisoned = Some(e.to_string()))
+}
+
+/// The group-commit thread's flush: one `write` for every line appended since the
+/// last, under the store lock (so nothing is appended meanwhile). A poisoned store
+/// fails the group: its records may not be in the file.
+fn flush_hook(state: &Arc<RwLock<State>>) -> FlushHook {
+    let state = Arc::clone(state);
+    Box::new(move || {
+        let mut st = state.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(why) = &st.poisoned {
+            return Err(why.clone());
+        }
+        flush_journal(&mut st).map_err(|e| e.to_string())
+    })
 }
 
 /// The journal's bytes from a snapshot's offset on, copied into `<journal>.tmp`.
@@ -684,6 +713,7 @@ fn carry_over_journal(
     records_then: u64,
     group: Option<&GroupSync>,
 ) -> Result<(), JsonError> {
+    flush_journal(st)?;
     let Some(journal) = st.journal.as_mut() else {
         return Ok(());
     };
@@ -700,7 +730,7 @@ fn carry_over_journal(
     let records = journal.records().saturating_sub(records_then);
     match JournalWriter::open_exact(&paths.journal, records, journal.preallocates()) {
         Ok(fresh) => {
-            *journal = fresh;
+            *journal = fresh.buffered(journal.is_buffered());
             if let Some(group) = group {
                 group.set_file(journal.clone_file()?);
                 // Every record is in the fsync'd main file or the fsync'd new journal.
@@ -859,27 +889,16 @@ impl<T: StorageValue> JsonStorage<T> {
         }
         remove_if_exists(&paths.temp)?;
         remove_if_exists(&paths.journal_temp)?;
+        let grouped = config.atomic && matches!(config.durability, Durability::Group { .. });
         let journal = JournalWriter::open(
             &paths.journal,
             loaded.records,
             loaded.journal_len,
             config.atomic,
-        )?;
-        let group = match (config.atomic, config.durability) {
-            (
-                true,
-                Durability::Group {
-                    max_writes,
-                    max_delay_ms,
-                },
-            ) => Some(GroupSync::start(
-                journal.clone_file()?,
-                usize::try_from(max_writes).unwrap_or(usize::MAX),
-                Duration::from_millis(max_delay_ms),
-            )?),
-            _ => None,
-        };
-        let state = State {
+        )?
+        .buffered(grouped);
+        let sync_file = journal.clone_file()?;
+        let state = Arc::new(RwLock::new(State {
             entries: loaded.entries,
             indexes,
             journal: Some(journal),
@@ -892,12 +911,27 @@ impl<T: StorageValue> JsonStorage<T> {
             active: BTreeMap::new(),
             history: VecDeque::new(),
             poisoned: None,
+        }));
+        let group = match (config.atomic, config.durability) {
+            (
+                true,
+                Durability::Group {
+                    max_writes,
+                    max_delay_ms,
+                },
+            ) => Some(GroupSync::start(
+                sync_file,
+                usize::try_from(max_writes).unwrap_or(usize::MAX),
+                Duration::from_millis(max_delay_ms),
+                flush_hook(&state),
+            )?),
+            _ => None,
         };
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
                 paths,
-                state: Arc::new(RwLock::new(state)),
+                state,
                 hub: EventHub::new(),
                 group: group.map(Arc::new),
                 background: Mutex::new(None),
@@ -1136,6 +1170,13 @@ impl<T> Inner<T> {
         {
             return;
         }
+        // The compaction copies the journal's tail from the file.
+        if flush_journal(st).is_err() {
+            return;
+        }
+        let Some(journal) = st.journal.as_ref() else {
+            return;
+        };
         let job = Snapshot {
             seq: st.seq,
             offset: journal.len(),
@@ -1176,11 +1217,15 @@ impl<T> Inner<T> {
         } else {
             Ok(())
         };
+        st.open = false;
         if let Some(group) = &self.group {
+            // Its thread takes the store lock to flush a group; every record is in
+            // the main file by now (or the store is poisoned and the group fails).
+            drop(st);
             group.shutdown();
+            st = self.write();
         }
         st.journal = None;
-        st.open = false;
         st.lock_file = None;
         outcome
     }
@@ -1236,6 +1281,14 @@ impl<T: StorageValue> Inner<T> {
         ops: &[StagedOp],
         reads: Option<&ReadSet<'_>>,
     ) -> Result<(BatchResult, Option<oneshot::Receiver<SyncOutcome>>)> {
+        // The journal line's operations depend on `ops` only (not on the state), so
+        // they are encoded before the store lock is taken: concurrent writers
+        // serialize their values in parallel.
+        let encoded = encode_ops(&stage(&BTreeMap::new(), ops, false).commit).map_err(|e| {
+            StorageError::new(ErrorCode::SerializationFailed, e.to_string())
+                .with_backend(BACKEND)
+                .with_source(e)
+        })?;
         let mut st = self.write();
         st.ensure_writable()?;
         if let Some(reads) = reads {
@@ -1259,11 +1312,7 @@ impl<T: StorageValue> Inner<T> {
             .check_unique(&staged.commit.writes, staged.commit.cleared)
             .map_err(|e| e.with_backend(BACKEND))?;
         let seq = st.seq + 1;
-        let line = encode_record(seq, &staged.commit).map_err(|e| {
-            StorageError::new(ErrorCode::SerializationFailed, e.to_string())
-                .with_backend(BACKEND)
-                .with_source(e)
-        })?;
+        let line = encode_record_from(seq, &encoded);
         self.journal_line(&mut st, &line)?;
         st.seq = seq;
         st.apply(seq, staged.commit);
@@ -1450,6 +1499,8 @@ impl<T: StorageValue> Inner<T> {
             load_settled(&self.paths)?
         } else {
             st.ensure_writable()?;
+            // Collected appends must be in the file that is about to be re-read.
+            flush_journal(&mut st)?;
             let loaded = load(&self.paths)?;
             if let Some(valid) = loaded.torn_at {
                 truncate_file(&self.paths.journal, valid)?;
@@ -1459,7 +1510,8 @@ impl<T: StorageValue> Inner<T> {
                 loaded.records,
                 loaded.journal_len,
                 self.config.atomic,
-            )?;
+            )?
+            .buffered(self.group.is_some());
             if let Some(group) = &self.group {
                 group.set_file(journal.clone_file()?);
             }

@@ -115,10 +115,27 @@ pub(crate) struct Record {
 /// The CRC covers every byte before `,"crc"`, so the line stays plain JSON
 /// that any parser reads, and the checksum is still verifiable byte for byte.
 pub(crate) fn encode_record(seq: u64, commit: &Commit) -> Result<Vec<u8>, serde_json::Error> {
-    let mut buf = Vec::with_capacity(64 + commit.writes.len() * 64);
+    Ok(encode_record_from(seq, &encode_ops(commit)?))
+}
+
+/// A journal line from the record number and the encoded operations
+/// ([`encode_ops`]): the part of [`encode_record`] that needs the record number,
+/// so writers can encode their operations before they take the store lock.
+pub(crate) fn encode_record_from(seq: u64, ops: &[u8]) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(48 + ops.len());
     buf.extend_from_slice(b"{\"seq\":");
     buf.extend_from_slice(seq.to_string().as_bytes());
     buf.extend_from_slice(b",\"ops\":[");
+    buf.extend_from_slice(ops);
+    buf.push(b']');
+    let crc = crc32fast::hash(&buf);
+    buf.extend_from_slice(format!(",\"crc\":\"{crc:08x}\"}}\n").as_bytes());
+    buf
+}
+
+/// The operations of a journal line, comma-separated, without the brackets.
+pub(crate) fn encode_ops(commit: &Commit) -> Result<Vec<u8>, serde_json::Error> {
+    let mut buf = Vec::with_capacity(commit.writes.len() * 64);
     let mut first = true;
     for op in &commit.index_ops {
         if !first {
@@ -160,9 +177,6 @@ pub(crate) fn encode_record(seq: u64, commit: &Commit) -> Result<Vec<u8>, serde_
         }
         buf.push(b'}');
     }
-    buf.push(b']');
-    let crc = crc32fast::hash(&buf);
-    buf.extend_from_slice(format!(",\"crc\":\"{crc:08x}\"}}\n").as_bytes());
     Ok(buf)
 }
 
@@ -615,6 +629,13 @@ pub(crate) struct JournalWriter {
     allocated: u64,
     records: u64,
     preallocate: bool,
+    /// With group commit, appends collect here and reach the file in one `write`
+    /// per group ([`JournalWriter::flush`]), instead of one per record under the
+    /// store lock. They are the last `pending.len()` bytes of `len`.
+    pending: Vec<u8>,
+    /// Records in `pending`.
+    pending_records: u64,
+    buffered: bool,
 }
 
 impl JournalWriter {
@@ -644,6 +665,9 @@ impl JournalWriter {
             allocated,
             records,
             preallocate,
+            pending: Vec::new(),
+            pending_records: 0,
+            buffered: false,
         };
         writer.seek_to_end()?;
         Ok(writer)
@@ -658,8 +682,47 @@ impl JournalWriter {
         Self::open(path, records, u64::MAX, preallocate)
     }
 
+    /// Bytes of records, including those not yet flushed to the file.
     pub(crate) fn len(&self) -> u64 {
         self.len
+    }
+
+    /// Bytes of records in the file: what a reader of the file sees.
+    pub(crate) fn flushed_len(&self) -> u64 {
+        self.len - to_u64(self.pending.len())
+    }
+
+    /// Makes appends collect in memory until [`JournalWriter::flush`] (group commit).
+    #[must_use]
+    pub(crate) fn buffered(mut self, on: bool) -> Self {
+        self.buffered = on;
+        self
+    }
+
+    /// Whether appends collect in memory until a flush.
+    pub(crate) fn is_buffered(&self) -> bool {
+        self.buffered
+    }
+
+    /// Writes the collected appends to the file in one `write`. On failure they are
+    /// dropped (the file is cut back to where they began) and the error returned:
+    /// the caller must refuse further writes, since those records were applied.
+    pub(crate) fn flush(&mut self) -> Result<(), JsonError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let start = self.flushed_len();
+        let written = self.file.write_all(&self.pending);
+        let count = self.pending_records;
+        self.pending.clear();
+        self.pending_records = 0;
+        if let Err(e) = written {
+            self.records = self.records.saturating_sub(count);
+            // Even if the cut fails the caller stops writing; the torn tail is dropped on replay.
+            let _ = self.cut_to(start);
+            return Err(JsonError::io("append", &self.path, e));
+        }
+        Ok(())
     }
 
     pub(crate) fn records(&self) -> u64 {
@@ -679,7 +742,8 @@ impl JournalWriter {
     }
 
     fn seek_to_end(&mut self) -> Result<(), JsonError> {
-        io::Seek::seek(&mut self.file, io::SeekFrom::Start(self.len))
+        let at = self.flushed_len();
+        io::Seek::seek(&mut self.file, io::SeekFrom::Start(at))
             .map(|_| ())
             .map_err(|e| JsonError::io("seek", &self.path, e))
     }
@@ -714,6 +778,14 @@ impl JournalWriter {
                 tracing::debug!(error = %e, "could not preallocate journal space");
             }
         }
+        if self.buffered {
+            self.pending.extend_from_slice(line);
+            self.pending_records += 1;
+            self.len = end;
+            self.allocated = self.allocated.max(end);
+            self.records += 1;
+            return Ok(());
+        }
         match self.file.write_all(line) {
             Ok(()) => {
                 self.len = end;
@@ -731,6 +803,8 @@ impl JournalWriter {
     /// Shortens the file to `len` (dropping its zero-filled space too) and appends
     /// from there.
     fn cut_to(&mut self, len: u64) -> Result<(), JsonError> {
+        self.pending.clear();
+        self.pending_records = 0;
         self.file
             .set_len(len)
             .map_err(|e| JsonError::io("truncate", &self.path, e))?;
@@ -751,7 +825,8 @@ impl JournalWriter {
 
     /// Fsyncs the appended data. Appends land in space allocated and fsync'd
     /// before, so `fdatasync` covers them (a growth already synced the size).
-    pub(crate) fn sync(&self) -> Result<(), JsonError> {
+    pub(crate) fn sync(&mut self) -> Result<(), JsonError> {
+        self.flush()?;
         self.file
             .sync_data()
             .map_err(|e| JsonError::io("fsync", &self.path, e))
@@ -803,9 +878,14 @@ struct SyncState {
     shutdown: bool,
 }
 
+/// Writes the journal's collected appends to the file (taking the store lock);
+/// `Err` fails the group, as a failed fsync does.
+pub(crate) type FlushHook = Box<dyn Fn() -> SyncOutcome + Send + Sync>;
+
 struct SyncShared {
     state: Mutex<SyncState>,
     wake: Condvar,
+    flush: FlushHook,
     max_writes: usize,
     max_delay: Duration,
 }
@@ -821,7 +901,9 @@ const MIN_QUIET: Duration = Duration::from_micros(20);
 /// at most `max_writes`), when no writer has arrived for half the recent fsync time
 /// (at least [`MIN_QUIET`]: fewer came back), or when the oldest has waited
 /// `max_delay`. So a lone writer's group closes at once, and concurrent writers
-/// share one fsync however many they are. Writers keep appending while an fsync runs.
+/// share one fsync however many they are. Writers keep appending (into the journal's
+/// buffer: see [`JournalWriter::flush`], which the thread calls through its
+/// [`FlushHook`] before each fsync) while an fsync runs.
 pub(crate) struct GroupSync {
     shared: Arc<SyncShared>,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -832,6 +914,7 @@ impl GroupSync {
         file: File,
         max_writes: usize,
         max_delay: Duration,
+        flush: FlushHook,
     ) -> Result<Self, JsonError> {
         let shared = Arc::new(SyncShared {
             state: Mutex::new(SyncState {
@@ -847,6 +930,7 @@ impl GroupSync {
                 shutdown: false,
             }),
             wake: Condvar::new(),
+            flush,
             max_writes: max_writes.max(1),
             max_delay,
         });
@@ -1001,13 +1085,22 @@ fn run_group_sync(shared: &SyncShared) {
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
-        // Every record up to `written` is in the file already (writers register
-        // after appending), so this fsync covers them all.
+        // Every record up to `written` was appended (writers register after
+        // appending, under the store lock), so once the flush below has written the
+        // group's collected lines in one `write`, this fsync covers them all. The
+        // flush takes the store lock: this lock must not be held meanwhile.
         let target = st.written;
-        let file = Arc::clone(&st.file);
         drop(st);
         let started = Instant::now();
-        let outcome = file.sync_data().map_err(|e| e.to_string());
+        let flushed = (shared.flush)();
+        let file = Arc::clone(
+            &shared
+                .state
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .file,
+        );
+        let outcome = flushed.and_then(|()| file.sync_data().map_err(|e| e.to_string()));
         let took = started.elapsed();
         st = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
         st.fsync_time = (st.fsync_time * 3 + took) / 4;
@@ -1115,7 +1208,7 @@ mod tests {
     -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let file = File::create(dir.path().join("j"))?;
-        let group = GroupSync::start(file, 64, Duration::from_secs(30))?;
+        let group = GroupSync::start(file, 64, Duration::from_secs(30), Box::new(|| Ok(())))?;
         let set = |expected: usize, fsync_time: Duration| {
             let mut st = group
                 .shared
@@ -1149,6 +1242,31 @@ mod tests {
         );
         assert_eq!(group.fsyncs(), 3);
         group.shutdown();
+        Ok(())
+    }
+
+    #[test]
+    fn buffered_appends_reach_the_file_in_one_flush() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("j");
+        let mut writer = JournalWriter::open(&path, 0, 0, true)?.buffered(true);
+        let one = encode_record(1, &commit(&[("a", Some(serde_json::json!(1)))]))?;
+        let two = encode_record(2, &commit(&[("b", None)]))?;
+        writer.append(&one).map_err(|(e, _)| e)?;
+        writer.append(&two).map_err(|(e, _)| e)?;
+        assert_eq!(writer.records(), 2);
+        assert_eq!(writer.len(), to_u64(one.len() + two.len()));
+        assert_eq!(writer.flushed_len(), 0);
+        // A reader of the file (replay, another process) sees none of them yet...
+        assert_eq!(read_journal(&path)?.records.len(), 0);
+        writer.flush()?;
+        assert_eq!(writer.flushed_len(), writer.len());
+        // ...and both, in order, after the flush; appends continue after them.
+        let three = encode_record(3, &commit(&[("c", None)]))?;
+        writer.append(&three).map_err(|(e, _)| e)?;
+        writer.sync()?;
+        let seqs: Vec<u64> = read_journal(&path)?.records.iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, vec![1, 2, 3]);
         Ok(())
     }
 

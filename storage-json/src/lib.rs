@@ -126,11 +126,14 @@
 //! ## Crash safety
 //! - A write is acknowledged only after its journal line was written and (with
 //!   `atomic: true`) fsync'd — per write, or per group with group commit, where
-//!   writers wait for the fsync covering them. With group commit a change is visible
-//!   to readers, hooks and watchers of this handle from the moment it is appended,
-//!   which may be up to one group (at most `max_delay_ms`) before its writer's call
-//!   returns; if that fsync fails, the writer gets `Io` and the store refuses further
-//!   writes.
+//!   writers wait for the fsync covering them. With group commit a writer hands its
+//!   line to the group (collected in memory in commit order, under the store lock);
+//!   the group-commit thread writes the whole group to the journal in one `write`
+//!   just before its `fdatasync`. A change is visible to readers, hooks and watchers
+//!   of this handle from the moment it is committed in memory, which may be up to one
+//!   group (at most `max_delay_ms`) before its writer's call returns, and another
+//!   process (or a `reload`) sees it once its group was written; if that write or
+//!   fsync fails, the group's writers get `Io` and the store refuses further writes.
 //! - Appends go into preallocated, zero-filled space and are made durable with
 //!   `fdatasync`; growing that space writes the zeros and takes a full `fsync` (size
 //!   and blocks) before any record lands there. Compaction takes full `fsync`s of the
@@ -160,7 +163,7 @@
 //! | mode | a write returns after | process killed | machine crash or power loss |
 //! |---|---|---|---|
 //! | `fsync_each` (default) | its line is appended and `fdatasync`'d | nothing acknowledged | nothing acknowledged |
-//! | `group` | its line is appended and an `fdatasync` started after that returned | nothing acknowledged | nothing acknowledged |
+//! | `group` | its group's lines are written (one `write`) and `fdatasync`'d | nothing acknowledged (a kill before the group's `write` loses only writes not yet acknowledged) | nothing acknowledged |
 //! | `atomic: false` | its line is appended (no fsync) | nothing acknowledged (the lines are in the kernel's page cache) | the writes since the kernel last wrote the journal back (typically up to 30 s); a torn tail is dropped on open |
 //!
 //! In every mode a write that had not returned when the crash came is either there
@@ -171,8 +174,8 @@
 //! together; at most `max_writes`), when no writer has arrived for half the recent
 //! fsync time (at least 20 µs: fewer came back), or when the oldest has waited
 //! `max_delay_ms`. So a lone writer's group closes at once (it waits one fsync, not
-//! `max_delay_ms`), and *w* concurrent writers share each fsync. Writers go on
-//! appending while an fsync runs. The store then acknowledges about *w* sets per
+//! `max_delay_ms`), and *w* concurrent writers share each fsync and one `write`.
+//! Writers go on committing (in memory) while an fsync runs. The store then acknowledges about *w* sets per
 //! fsync, plus their CPU cost; a single writer gains nothing from it.
 //!
 //! ## Costs
@@ -189,7 +192,8 @@
 //! `seq` over it gives exactly the current state, and the journal keeps those records.
 //! `compact`, `close` and dropping the last handle compact in the foreground, giving
 //! a main file that is exact on its own. Everything runs on
-//! the calling thread except the group-commit fsync thread and lock waiting; an fsync'd
+//! the calling thread except the group-commit thread (it writes and fsyncs each
+//! group) and lock waiting; an fsync'd
 //! write holds the store's lock while it syncs, so reads wait for it. Figures (sets at
 //! 1k to 100k entries against a raw fsync'd append, open, gets, queries) are in the
 //! crate's `BENCHMARKS.md`, produced by `cargo bench -p storage-json`.
