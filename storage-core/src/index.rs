@@ -174,6 +174,45 @@ struct Index {
     counters: Arc<Counters>,
 }
 
+/// Hit and miss counters per index name, for adapters whose indexes live in the
+/// backend and which report [`IndexStats::hits`] and [`IndexStats::misses`] themselves.
+/// A hit is a lookup through the index that found something, a miss one that found
+/// nothing.
+#[derive(Debug, Default)]
+pub struct IndexUsage {
+    counters: std::sync::Mutex<HashMap<String, (u64, u64)>>,
+}
+
+impl IndexUsage {
+    fn counters(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, u64)>> {
+        // The map holds plain counts, valid whatever a panicking holder was doing.
+        self.counters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Counts one lookup through the index `name`.
+    pub fn record(&self, name: &str, hit: bool) {
+        let mut counters = self.counters();
+        let entry = counters.entry(name.to_owned()).or_default();
+        if hit {
+            entry.0 += 1;
+        } else {
+            entry.1 += 1;
+        }
+    }
+
+    /// `(hits, misses)` of the index `name`; zeros for one never used.
+    pub fn get(&self, name: &str) -> (u64, u64) {
+        self.counters().get(name).copied().unwrap_or_default()
+    }
+
+    /// Forgets the counters of `name` (the index was dropped).
+    pub fn forget(&self, name: &str) {
+        self.counters().remove(name);
+    }
+}
+
 /// What [`IndexSet::choose`] picked: an index and the top-level clause (or, for a
 /// btree index, the range clauses on its field) it answers.
 ///
@@ -1089,6 +1128,18 @@ mod tests {
             .choose(Some(filter))
             .ok_or_else(|| StorageError::unsupported("no index chosen"))?;
         Ok(choice.candidates().into_iter().collect())
+    }
+
+    #[test]
+    fn index_usage_counts_hits_and_misses_per_name() {
+        let usage = IndexUsage::default();
+        usage.record("a", true);
+        usage.record("a", true);
+        usage.record("a", false);
+        assert_eq!(usage.get("a"), (2, 1));
+        assert_eq!(usage.get("b"), (0, 0));
+        usage.forget("a");
+        assert_eq!(usage.get("a"), (0, 0));
     }
 
     #[test]

@@ -31,7 +31,7 @@ use crate::unique::Stamp;
 #[derive(Debug, Default)]
 pub(crate) struct IndexRegistry {
     definitions: Mutex<Vec<IndexDefinition>>,
-    counters: Mutex<HashMap<String, (u64, u64)>>,
+    counters: storage_core::index::IndexUsage,
     loaded: Mutex<Option<std::time::Instant>>,
     /// The label's index epoch these definitions belong to (see `crate::unique`).
     epoch: Mutex<i64>,
@@ -75,22 +75,11 @@ impl IndexRegistry {
     }
 
     fn record(&self, name: &str, hit: bool) {
-        let mut counters = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
-        let entry = counters.entry(name.to_owned()).or_default();
-        if hit {
-            entry.0 += 1;
-        } else {
-            entry.1 += 1;
-        }
+        self.counters.record(name, hit);
     }
 
     fn counters(&self, name: &str) -> (u64, u64) {
-        self.counters
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(name)
-            .copied()
-            .unwrap_or_default()
+        self.counters.get(name)
     }
 }
 

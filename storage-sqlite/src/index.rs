@@ -5,7 +5,6 @@
 //! the index's user-given name, and every path inside DDL is a validated field path
 //! written as a quoted literal (SQLite takes no parameters in DDL).
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -50,7 +49,7 @@ impl IndexMeta {
 /// Per-handle counters of index use, and the catalog as last read.
 #[derive(Debug, Default)]
 pub(crate) struct IndexCatalog {
-    counters: Mutex<HashMap<String, (u64, u64)>>,
+    counters: storage_core::index::IndexUsage,
     /// The catalog entries and the `schema_version` they were read at: every change to
     /// the catalog creates or drops SQLite objects in the same transaction, which moves
     /// the schema version, so an equal version means an unchanged catalog (also when
@@ -82,29 +81,15 @@ impl IndexCatalog {
 
     /// Counts one lookup through `name`.
     pub(crate) fn record(&self, name: &str, hit: bool) {
-        let mut counters = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
-        let entry = counters.entry(name.to_owned()).or_default();
-        if hit {
-            entry.0 += 1;
-        } else {
-            entry.1 += 1;
-        }
+        self.counters.record(name, hit);
     }
 
     fn counts(&self, name: &str) -> (u64, u64) {
-        self.counters
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(name)
-            .copied()
-            .unwrap_or_default()
+        self.counters.get(name)
     }
 
     fn forget(&self, name: &str) {
-        self.counters
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(name);
+        self.counters.forget(name);
     }
 }
 
