@@ -204,6 +204,16 @@ impl State {
         Ok(())
     }
 
+    /// Index definitions change on a read-only handle too (its indexes are its own,
+    /// in memory); a writable one must also be writable.
+    fn ensure_can_change_indexes(&self) -> Result<(), JsonError> {
+        if self.read_only {
+            self.ensure_open()
+        } else {
+            self.ensure_writable()
+        }
+    }
+
     fn prune_history(&mut self) {
         let oldest = self.active.keys().next().copied();
         while self
@@ -1840,11 +1850,7 @@ impl<T: StorageValue> IndexedStorage<T> for JsonStorage<T> {
         let run = async {
             let waiter = {
                 let mut st = self.inner.write();
-                if st.read_only {
-                    st.ensure_open()?;
-                } else {
-                    st.ensure_writable()?;
-                }
+                st.ensure_can_change_indexes()?;
                 let name = definition.name.clone();
                 let State {
                     indexes, entries, ..
@@ -1880,11 +1886,7 @@ impl<T: StorageValue> IndexedStorage<T> for JsonStorage<T> {
         let run = async {
             let waiter = {
                 let mut st = self.inner.write();
-                if st.read_only {
-                    st.ensure_open()?;
-                } else {
-                    st.ensure_writable()?;
-                }
+                st.ensure_can_change_indexes()?;
                 if st.indexes.definition(name).is_none() {
                     return Ok(false);
                 }
