@@ -22,9 +22,7 @@ use storage_core::{
 };
 
 use self::config::{ReplicationConfig, host_port, node_id};
-use self::probe::{
-    ReplicationInfo, connect, replication_info, sentinel_primary, sentinel_replicas,
-};
+use self::probe::{connect, info_on, replication_info, sentinel_primary, sentinel_replicas};
 use crate::backend::GraphStorage;
 use crate::config::GraphConfig;
 use crate::error::{BACKEND, redis_err};
@@ -427,12 +425,7 @@ impl<T: StorageValue> Shared<T> {
         let target = primary_offset(&mut conn).await?;
         let wanted = self.replication.named_datacenters();
         loop {
-            let text: String = redis::cmd("INFO")
-                .arg("replication")
-                .query_async(&mut conn)
-                .await
-                .map_err(redis_err("wait"))?;
-            let info = ReplicationInfo::parse(&text);
+            let info = info_on(&mut conn, "wait").await?;
             let mut covered: BTreeSet<String> = self
                 .replication
                 .datacenter_of(&primary)
@@ -575,12 +568,7 @@ impl<T: StorageValue> Shared<T> {
         let target = primary_offset(&mut conn).await?;
         let replicas = self.replica_ids();
         loop {
-            let text: String = redis::cmd("INFO")
-                .arg("replication")
-                .query_async(&mut conn)
-                .await
-                .map_err(redis_err("sync"))?;
-            let info = ReplicationInfo::parse(&text);
+            let info = info_on(&mut conn, "sync").await?;
             self.remember(info.replicas.iter().map(|r| r.id.clone()));
             let synced = |id: &String| info.link(id).is_some_and(|l| l.offset >= target);
             let left = deadline.saturating_duration_since(Instant::now());
@@ -610,12 +598,7 @@ impl<T: StorageValue> Shared<T> {
 }
 
 async fn primary_offset(conn: &mut redis::aio::MultiplexedConnection) -> Result<u64> {
-    let text: String = redis::cmd("INFO")
-        .arg("replication")
-        .query_async(conn)
-        .await
-        .map_err(redis_err("wait"))?;
-    Ok(ReplicationInfo::parse(&text).offset)
+    Ok(info_on(conn, "wait").await?.offset)
 }
 
 fn millis(d: Duration) -> u64 {

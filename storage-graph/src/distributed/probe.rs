@@ -115,16 +115,24 @@ pub(crate) async fn connect(
         })
 }
 
+/// `INFO replication` on an open connection; errors are tagged with `operation`.
+pub(crate) async fn info_on(
+    conn: &mut MultiplexedConnection,
+    operation: &'static str,
+) -> Result<ReplicationInfo> {
+    let text: String = redis::cmd("INFO")
+        .arg("replication")
+        .query_async(conn)
+        .await
+        .map_err(redis_err(operation))?;
+    Ok(ReplicationInfo::parse(&text))
+}
+
 /// `INFO replication` of the server `id`, or an error when it does not answer in time.
 pub(crate) async fn replication_info(id: &str, config: &GraphConfig) -> Result<ReplicationInfo> {
     let work = async {
         let mut conn = connect(id, config, Some(PROBE_TIMEOUT)).await?;
-        let text: String = redis::cmd("INFO")
-            .arg("replication")
-            .query_async(&mut conn)
-            .await
-            .map_err(redis_err("info"))?;
-        Ok(ReplicationInfo::parse(&text))
+        info_on(&mut conn, "info").await
     };
     match tokio::time::timeout(PROBE_TIMEOUT * 2, work).await {
         Ok(result) => result,
