@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, IntoConnectionInfo, Value};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use storage_core::codec::{Codec, Header, to_document};
 use storage_core::events::BeforeEvent;
 use storage_core::{
@@ -27,8 +27,8 @@ use storage_core::{
 
 use crate::config::{GraphConfig, STREAM_MAX_LEN, redact_url};
 use crate::cypher::{
-    Cypher, KEY_INDEX_PROP, KEY_PROP, Leaf, OBJECT_PROP, OPAQUE_PROP, VALUE_PROP, key_hex,
-    path_tag, push_key_hex, visit_leaves, write_str_literal,
+    Cypher, KEY_INDEX_PROP, KEY_PROP, Leaf, OBJECT_PROP, OPAQUE_ONE_PROP, OPAQUE_PROP, VALUE_PROP,
+    key_hex, path_tag, push_key_hex, visit_leaves, write_str_literal,
 };
 use crate::embedded::EmbeddedServer;
 use crate::error::{BACKEND, corrupt, is_missing_graph, redis_err, reply_err};
@@ -127,29 +127,28 @@ impl Op {
     }
 }
 
-/// One change as written to the change stream.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One change as read from the change stream.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub(crate) struct StreamChange {
     /// `s` for a set, `d` for a delete.
     pub(crate) k: String,
     pub(crate) key: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub(crate) v: Option<String>,
     /// The stored value a delete removed, when the commit read it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub(crate) o: Option<String>,
 }
 
-/// A change as serialized into the stream, borrowed from the ops (the same JSON shape
-/// as [`StreamChange`]: a batch of 10,000 sets should not copy every value again).
-#[derive(Serialize)]
-struct StreamChangeRef<'a> {
-    k: &'static str,
-    key: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    v: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    o: Option<&'a str>,
+/// A change to write to the stream, borrowed from the ops (a batch of 10,000 sets
+/// should not copy every value again before it is framed).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StreamChangeRef<'a> {
+    /// `s` for a set, `d` for a delete.
+    pub(crate) k: &'static str,
+    pub(crate) key: &'a str,
+    pub(crate) v: Option<&'a str>,
+    pub(crate) o: Option<&'a str>,
 }
 
 /// An after-hook event of a commit, kept until the commit succeeded.
@@ -399,7 +398,7 @@ impl Inner {
     /// neither property and cost those indexes nothing.
     async fn ensure_schema(&self) -> Result<()> {
         let mut conn = self.shared();
-        for prop in [KEY_INDEX_PROP, OPAQUE_PROP, OBJECT_PROP] {
+        for prop in [KEY_INDEX_PROP, OPAQUE_ONE_PROP, OPAQUE_PROP, OBJECT_PROP] {
             let index = format!("CREATE INDEX FOR (n:{}) ON (n.{prop})", self.label);
             if let Err(e) = redis::cmd("GRAPH.QUERY")
                 .arg(&self.graph)
@@ -773,9 +772,7 @@ impl Inner {
             return Ok(Some(applied));
         }
         let q = self.write_plan(clear, &sets, &deletes, stamp)?;
-        let payload = serde_json::to_string(&changes).map_err(|e| {
-            StorageError::new(ErrorCode::SerializationFailed, e.to_string()).with_backend(BACKEND)
-        })?;
+        let payload = crate::observable::frame_changes(&changes);
         drop(changes);
         let mut pipe = redis::pipe();
         pipe.atomic()
@@ -789,7 +786,7 @@ impl Inner {
             .arg("~")
             .arg(self.stream_max_len)
             .arg("*")
-            .arg("c")
+            .arg(crate::observable::FRAMED_FIELD)
             .arg(&payload)
             .cmd("INCR")
             .arg(&self.version_key);
@@ -880,20 +877,32 @@ impl Inner {
             );
         } else if !sets.is_empty() {
             let only_sets = body.is_empty();
-            let (rows, props) = if let Some(columns) = Columns::of(sets) {
-                let rows = q.param_literal(&columns.rows(sets, stamp)?);
+            let hex_len: usize = sets.keys().map(|k| 2 * k.len() + 4).sum();
+            let (rows, props) = if let Some(columns) = Columns::of(sets, stamp) {
+                // One allocation for both parameters and the body: the rows are
+                // megabytes, and every reallocation copies them.
+                q.reserve(columns.estimate + hex_len + 4096);
+                let rows =
+                    q.param_with(columns.estimate, |out| columns.write_rows(out, sets, stamp))?;
                 (rows, columns.map_of("r", stamp))
             } else {
-                let mut list = String::with_capacity(sets.len() * 160);
-                list.push('[');
-                for (i, (key, value)) in sets.iter().enumerate() {
-                    if i > 0 {
-                        list.push_str(", ");
+                let estimate: usize = sets
+                    .iter()
+                    .map(|(k, v)| v.stored.len() * 2 + k.len() * 4 + 64)
+                    .sum();
+                q.reserve(estimate + hex_len + 4096);
+                let rows = q.param_with(estimate, |out| {
+                    out.push('[');
+                    for (i, (key, value)) in sets.iter().enumerate() {
+                        if i > 0 {
+                            out.push_str(", ");
+                        }
+                        write_node_literal(out, key, value, stamp)?;
                     }
-                    write_node_literal(&mut list, key, value, stamp)?;
-                }
-                list.push(']');
-                (q.param_literal(&list), "r".to_owned())
+                    out.push(']');
+                    Ok(())
+                })?;
+                (rows, "r".to_owned())
             };
             // In column form a row is a list, its key index property the second cell, and
             // a node is created with its properties inline (cheaper than `SET m = map`).
@@ -911,19 +920,20 @@ impl Inner {
                  FOREACH (_ IN CASE WHEN n IS NULL THEN [] ELSE [1] END | SET n = {props})"
             );
             if only_sets {
-                let mut khs = String::with_capacity(sets.len() * 24);
-                khs.push('[');
-                for (i, key) in sets.keys().enumerate() {
-                    if i > 0 {
-                        khs.push_str(", ");
+                let khs = q.param_with(hex_len, |out| {
+                    out.push('[');
+                    for (i, key) in sets.keys().enumerate() {
+                        if i > 0 {
+                            out.push_str(", ");
+                        }
+                        // Hex digits need no escaping.
+                        out.push('\'');
+                        push_key_hex(out, key);
+                        out.push('\'');
                     }
-                    // Hex digits need no escaping.
-                    khs.push('\'');
-                    khs.push_str(&key_hex(key));
-                    khs.push('\'');
-                }
-                khs.push(']');
-                let khs = q.param_literal(&khs);
+                    out.push(']');
+                    Ok(())
+                })?;
                 let _ = write!(
                     body,
                     "OPTIONAL MATCH (e:{label}) WHERE e.{KEY_INDEX_PROP} IN {khs} \
@@ -944,54 +954,118 @@ impl Inner {
     }
 }
 
-/// The columns of a batch written column-wise: each row a list `[key, kh, v, ix, _o, _x,
+/// The columns of a batch written column-wise: each row a list `[key, kh, v, _o, _x,
 /// promoted…, unique terms…]` instead of a map, so that property names are written
 /// once in the query body rather than once per row (a map row costs FalkorDB more to
-/// parse and to apply through `SET m = r`). A property a row lacks is `null`, which
-/// `CREATE` and `SET n = {…}` both leave unset.
+/// parse and to apply through `SET m = r`). `_o` and `_x` are columns only when some
+/// row lists a path in them, and the index epoch is a constant of the query body
+/// rather than a cell. A property a row lacks is `null`, which `CREATE` and
+/// `SET n = {…}` both leave unset.
 struct Columns {
     /// Promoted property names, in column order.
     names: Vec<String>,
     /// Column of each promoted name (after the fixed ones).
     position: HashMap<String, usize>,
+    /// Whether some row has exactly one opaque path (`_o1` is a column).
+    opaque_one: bool,
+    /// Whether some row has several opaque paths (`_o` is a column).
+    opaque: bool,
+    /// Whether some row lists object paths (`_x` is a column).
+    objects: bool,
+    /// About how many bytes the rows take as a literal.
+    estimate: usize,
 }
-
-/// Fixed leading cells of a column-wise row: key, kh, v, ix, _o, _x.
-const FIXED_COLUMNS: usize = 6;
 
 impl Columns {
     /// The columns of `sets`, or `None` when the rows differ so much in their promoted
     /// names that columns would be mostly nulls (map rows are then cheaper).
-    fn of(sets: &BTreeMap<&str, &Encoded>) -> Option<Self> {
-        let mut position: HashMap<String, usize> = HashMap::new();
-        let mut names: Vec<String> = Vec::new();
+    fn of(sets: &BTreeMap<&str, &Encoded>, stamp: &Stamp) -> Option<Self> {
+        let mut columns = Self {
+            names: Vec::new(),
+            position: HashMap::new(),
+            opaque_one: false,
+            opaque: false,
+            objects: false,
+            estimate: 2,
+        };
         let mut filled = 0usize;
-        for value in sets.values() {
+        let mut bytes = 0usize;
+        for (key, value) in sets {
+            // Quotes, separators, and room for a few escapes.
+            bytes += key.len() * 3 + value.stored.len() + value.stored.len() / 64 + 24;
+            let mut next = 0;
+            let mut opaque = 0;
             visit_leaves(&value.doc, &mut |name, leaf| {
-                if matches!(leaf, Leaf::Opaque | Leaf::Object) {
-                    return;
-                }
+                let literal = match leaf {
+                    Leaf::Opaque => {
+                        opaque += 1;
+                        bytes += name.len() * 2 + 6;
+                        return;
+                    }
+                    Leaf::Object => {
+                        columns.objects = true;
+                        bytes += name.len() * 2 + 6;
+                        return;
+                    }
+                    Leaf::Str(s) => s.len() + s.len() / 16 + 2,
+                    Leaf::Bool(_) => 5,
+                    Leaf::Int(_) | Leaf::Float(_) => 24,
+                };
+                bytes += literal + 2;
                 filled += 1;
-                if !position.contains_key(name) {
-                    position.insert(name.to_owned(), names.len());
-                    names.push(name.to_owned());
-                }
+                next = columns.column(name, next) + 1;
             });
-            if names.len() > 256 {
+            columns.opaque_one |= opaque == 1;
+            columns.opaque |= opaque > 1;
+            if columns.names.len() > 256 {
                 return None;
             }
         }
-        let cells = names.len().saturating_mul(sets.len());
-        (cells <= filled.saturating_mul(2) + sets.len() * 4).then_some(Self { names, position })
+        let rows = sets.len();
+        bytes += rows * (6 * (columns.first_promoted() - 1) + 8);
+        // Unique terms: room for a short list per index and row.
+        bytes += rows * stamp.uniques.len() * 48;
+        let cells = columns.names.len().saturating_mul(rows);
+        // Absent cells are written as `null`.
+        columns.estimate = bytes + cells.saturating_sub(filled) * 6;
+        (cells <= filled.saturating_mul(2) + rows * 4).then_some(columns)
     }
 
-    /// The rows as one list literal.
-    fn rows(&self, sets: &BTreeMap<&str, &Encoded>, stamp: &Stamp) -> Result<String> {
-        let mut out = String::with_capacity(
-            sets.values()
-                .map(|v| v.stored.len() + 64 + 16 * self.names.len())
-                .sum(),
-        );
+    /// The column of promoted `name`, added if new. Documents of one type list their
+    /// fields in the same order, so the column after the previous one (`guess`) is
+    /// tried before the map.
+    fn column(&mut self, name: &str, guess: usize) -> usize {
+        if self.names.get(guess).is_some_and(|n| n == name) {
+            return guess;
+        }
+        if let Some(&at) = self.position.get(name) {
+            return at;
+        }
+        self.position.insert(name.to_owned(), self.names.len());
+        self.names.push(name.to_owned());
+        self.names.len() - 1
+    }
+
+    /// The column of promoted `name` (every name was seen by [`Columns::of`]).
+    fn find(&self, name: &str, guess: usize) -> Option<usize> {
+        if self.names.get(guess).is_some_and(|n| n == name) {
+            return Some(guess);
+        }
+        self.position.get(name).copied()
+    }
+
+    /// Index of the first promoted column.
+    fn first_promoted(&self) -> usize {
+        3 + usize::from(self.opaque_one) + usize::from(self.opaque) + usize::from(self.objects)
+    }
+
+    /// Appends the rows to `out` as one list literal.
+    fn write_rows(
+        &self,
+        out: &mut String,
+        sets: &BTreeMap<&str, &Encoded>,
+        stamp: &Stamp,
+    ) -> Result<()> {
         let mut cells: Vec<Option<Leaf<'_>>> = vec![None; self.names.len()];
         let mut opaque = String::new();
         let mut objects = String::new();
@@ -1001,24 +1075,29 @@ impl Columns {
                 out.push_str(", ");
             }
             out.push('[');
-            write_str_literal(&mut out, key)?;
+            write_str_literal(out, key)?;
             // Hex digits need no escaping.
             out.push_str(", '");
-            push_key_hex(&mut out, key);
+            push_key_hex(out, key);
             out.push_str("', ");
-            write_str_literal(&mut out, &value.stored)?;
-            let _ = write!(out, ", {}", stamp.epoch);
+            write_str_literal(out, &value.stored)?;
             cells.fill(None);
             opaque.clear();
             objects.clear();
             let mut failed = None;
+            let mut next = 0;
+            let mut count = 0;
             visit_leaves(&value.doc, &mut |name, leaf| {
                 let list = match leaf {
-                    Leaf::Opaque => &mut opaque,
+                    Leaf::Opaque => {
+                        count += 1;
+                        &mut opaque
+                    }
                     Leaf::Object => &mut objects,
                     _ => {
-                        if let Some(&at) = self.position.get(name) {
+                        if let Some(at) = self.find(name, next) {
                             cells[at] = Some(leaf);
+                            next = at + 1;
                         }
                         return;
                     }
@@ -1031,7 +1110,16 @@ impl Columns {
             if let Some(e) = failed {
                 return Err(e);
             }
-            for list in [&opaque, &objects] {
+            if self.opaque_one {
+                out.push_str(", ");
+                // The one path alone, without the list's opening bracket.
+                out.push_str(if count == 1 { &opaque[1..] } else { "null" });
+            }
+            let many = if count > 1 { opaque.as_str() } else { "" };
+            for (used, list) in [(self.opaque, many), (self.objects, objects.as_str())] {
+                if !used {
+                    continue;
+                }
                 out.push_str(", ");
                 if list.is_empty() {
                     out.push_str("null");
@@ -1043,33 +1131,43 @@ impl Columns {
             for cell in &cells {
                 out.push_str(", ");
                 match cell {
-                    Some(leaf) => leaf.write(&mut out)?,
+                    Some(leaf) => leaf.write(out)?,
                     None => out.push_str("null"),
                 }
             }
-            stamp.write_term_columns(&value.doc, &mut out)?;
+            stamp.write_term_columns(&value.doc, out)?;
             out.push(']');
         }
         out.push(']');
-        Ok(out)
+        Ok(())
     }
 
     /// The property map of a row named `row`, for `CREATE (:L {…})` and `SET n = {…}`.
     fn map_of(&self, row: &str, stamp: &Stamp) -> String {
-        let mut out = format!(
-            "{{{KEY_PROP}: {row}[0], {KEY_INDEX_PROP}: {row}[1], {VALUE_PROP}: {row}[2], {EPOCH_PROP}: {row}[3], {OPAQUE_PROP}: {row}[4], {OBJECT_PROP}: {row}[5]"
-        );
-        for (i, name) in self.names.iter().enumerate() {
-            // Promoted names hold no backtick or NUL (see `cypher::visit_leaves`).
-            let _ = write!(out, ", `{name}`: {row}[{}]", FIXED_COLUMNS + i);
+        let mut out =
+            format!("{{{KEY_PROP}: {row}[0], {KEY_INDEX_PROP}: {row}[1], {VALUE_PROP}: {row}[2]");
+        stamp.write_epoch(&mut out);
+        let mut at = 3;
+        for (used, prop) in [
+            (self.opaque_one, OPAQUE_ONE_PROP),
+            (self.opaque, OPAQUE_PROP),
+            (self.objects, OBJECT_PROP),
+        ] {
+            if used {
+                let _ = write!(out, ", {prop}: {row}[{at}]");
+                at += 1;
+            }
         }
-        for (i, (prop, _, _)) in stamp.uniques.iter().enumerate() {
+        debug_assert_eq!(at, self.first_promoted());
+        for name in &self.names {
+            // Promoted names hold no backtick or NUL (see `cypher::visit_leaves`).
+            let _ = write!(out, ", `{name}`: {row}[{at}]");
+            at += 1;
+        }
+        for (prop, _, _) in &stamp.uniques {
             // Term property names are `u:` and hex digits.
-            let _ = write!(
-                out,
-                ", `{prop}`: {row}[{}]",
-                FIXED_COLUMNS + self.names.len() + i
-            );
+            let _ = write!(out, ", `{prop}`: {row}[{at}]");
+            at += 1;
         }
         out.push('}');
         out
@@ -1098,9 +1196,13 @@ fn lone_props(
     let (mut opaque, mut objects) = (String::new(), String::new());
     let mut leaves = Vec::new();
     let mut result = Ok(());
+    let mut count = 0;
     visit_leaves(&value.doc, &mut |name, leaf| {
         let list = match leaf {
-            Leaf::Opaque => &mut opaque,
+            Leaf::Opaque => {
+                count += 1;
+                &mut opaque
+            }
             Leaf::Object => &mut objects,
             _ => {
                 leaves.push((name.to_owned(), leaf));
@@ -1113,6 +1215,15 @@ fn lone_props(
         }
     });
     result?;
+    if count == 1 {
+        // The one path alone, without the list's opening bracket.
+        let _ = write!(
+            out,
+            ", {OPAQUE_ONE_PROP}: {}",
+            q.param_literal(&opaque[1..])
+        );
+        opaque.clear();
+    }
     for (prop, list) in [(OPAQUE_PROP, &mut opaque), (OBJECT_PROP, &mut objects)] {
         if !list.is_empty() {
             list.push(']');
@@ -1125,7 +1236,7 @@ fn lone_props(
         // Promoted names hold no backtick or NUL (see `cypher::visit_leaves`).
         let _ = write!(out, ", `{name}`: {}", q.param_literal(&cell));
     }
-    let _ = write!(out, ", {EPOCH_PROP}: {}", stamp.epoch);
+    stamp.write_epoch(&mut out);
     for (prop, terms) in stamp.term_literals(&value.doc)? {
         // Term property names are `u:` and hex digits.
         let _ = write!(out, ", `{prop}`: {}", q.param_literal(&terms));
@@ -1148,12 +1259,16 @@ fn write_node_literal(out: &mut String, key: &str, value: &Encoded, stamp: &Stam
     write_str_literal(out, &value.stored)?;
     let (mut opaque, mut objects) = (String::new(), String::new());
     let mut result = Ok(());
+    let mut count = 0;
     visit_leaves(&value.doc, &mut |name, leaf| {
         if result.is_err() {
             return;
         }
         let list = match leaf {
-            Leaf::Opaque => &mut opaque,
+            Leaf::Opaque => {
+                count += 1;
+                &mut opaque
+            }
             Leaf::Object => &mut objects,
             _ => {
                 let _ = write!(out, ", `{name}`: ");
@@ -1165,7 +1280,10 @@ fn write_node_literal(out: &mut String, key: &str, value: &Encoded, stamp: &Stam
         result = write_str_literal(list, &path_tag(&name[1..]));
     });
     result?;
-    if !opaque.is_empty() {
+    if count == 1 {
+        // The one path alone, without the list's opening bracket.
+        let _ = write!(out, ", {OPAQUE_ONE_PROP}: {}", &opaque[1..]);
+    } else if count > 1 {
         let _ = write!(out, ", {OPAQUE_PROP}: {opaque}]");
     }
     if !objects.is_empty() {
@@ -1405,7 +1523,8 @@ impl<T: StorageValue> GraphStorage<T> {
     ) -> Result<BTreeMap<String, Document>> {
         let mut q = Cypher::new();
         let e = q.param(&stamp.epoch)?;
-        let mut clauses = vec![format!("coalesce(n.{EPOCH_PROP}, -1) <> {e}")];
+        // A node without a stamp was written at epoch 0 (see `Stamp::write_epoch`).
+        let mut clauses = vec![format!("coalesce(n.{EPOCH_PROP}, 0) <> {e}")];
         for ((prop, _, _), terms) in stamp.uniques.iter().zip(op_terms(stamp, ops)) {
             if terms.is_empty() {
                 continue;

@@ -14,11 +14,12 @@
 //! type rules would say, while the graph still does the bulk of the filtering.
 //!
 //! The pre-filter is exact on *promoted* properties: scalars FalkorDB represents
-//! faithfully (strings without NUL, integers within ±2^53 so that comparisons with
-//! floats stay exact, finite floats, booleans), stored as `` n.`.path` ``. Every
-//! other present value (arrays, nulls, larger integers, strings with NUL) is listed
-//! by path in the node's `_o` ("opaque") property, and a node with an opaque value on
-//! a clause's path always passes that clause's pre-filter. Under `not` the polarity
+//! faithfully (strings without NUL of at most [`MAX_PROMOTED_STRING`] bytes, integers
+//! within ±2^53 so that comparisons with floats stay exact, finite floats, booleans),
+//! stored as `` n.`.path` ``. Every other present value (arrays, nulls, larger
+//! integers, strings with NUL, longer strings) is listed by path in the node's `_o`
+//! ("opaque") property, and a node with an opaque value on a clause's path always
+//! passes that clause's pre-filter. Under `not` the polarity
 //! flips: the inner clause must then keep *only* matching nodes, so opaque nodes are
 //! excluded instead.
 
@@ -42,8 +43,13 @@ pub(crate) const KEY_INDEX_PROP: &str = "kh";
 /// Node property holding the encoded value.
 pub(crate) const VALUE_PROP: &str = "v";
 /// Node property listing the paths of values that are present but not promoted, each
-/// as a [`path_tag`].
+/// as a [`path_tag`], when there are several (one is [`OPAQUE_ONE_PROP`]).
 pub(crate) const OPAQUE_PROP: &str = "_o";
+/// Node property holding the path of the one value that is present but not promoted,
+/// as a [`path_tag`] string. Most documents with such a value have one (an array
+/// field), and FalkorDB creates and indexes a string several times faster than a
+/// list of one. A node has `_o1` or `_o`, never both; an index covers each.
+pub(crate) const OPAQUE_ONE_PROP: &str = "_o1";
 /// Node property listing the paths (below the root) that hold an object. Filters see an
 /// object like a missing value, but `order_by` does not (objects sort after strings),
 /// so an ordered query treats a node with an object on an order path in process. Each
@@ -60,6 +66,13 @@ pub(crate) fn path_tag(path: &str) -> String {
     push_key_hex(&mut out, path);
     out
 }
+/// Strings longer than this (in bytes) are not promoted. A long string is a text, found
+/// by its words (which the evaluator does in process) far more often than compared
+/// whole, and a copy in a property doubles what every write of it costs: FalkorDB
+/// parses it twice (the value and the property) and stores it twice. Queries that
+/// compare such a string whole still return the right entries: its node lists the path
+/// as opaque, so the evaluator decides for it.
+pub(crate) const MAX_PROMOTED_STRING: usize = 128;
 /// Integers beyond this magnitude are not promoted: FalkorDB compares them with
 /// floats through a double, which would be inexact.
 const EXACT_INT: i64 = 1 << 53;
@@ -108,6 +121,40 @@ impl Cypher {
         }
         let _ = write!(self.header, "{name}={literal} ");
         format!("${name}")
+    }
+
+    /// Adds a parameter whose Cypher literal `write` appends to the header in place,
+    /// and returns its placeholder. `reserve` is the literal's expected size: a batch's
+    /// rows are megabytes, written once where they are sent from instead of being built
+    /// apart and copied in.
+    ///
+    /// `write` must append only a literal built from [`write_literal`] and
+    /// [`write_str_literal`] pieces and names that passed [`quote_name`]'s rules; on an
+    /// error the header is left as it was.
+    pub(crate) fn param_with(
+        &mut self,
+        reserve: usize,
+        write: impl FnOnce(&mut String) -> Result<()>,
+    ) -> Result<String> {
+        let start = self.header.len();
+        let name = format!("p{}", self.next);
+        self.header.reserve(reserve + name.len() + 16);
+        if self.header.is_empty() {
+            self.header.push_str("CYPHER ");
+        }
+        let _ = write!(self.header, "{name}=");
+        if let Err(e) = write(&mut self.header) {
+            self.header.truncate(start);
+            return Err(e);
+        }
+        self.header.push(' ');
+        self.next += 1;
+        Ok(format!("${name}"))
+    }
+
+    /// Reserves room for `additional` more bytes of parameters.
+    pub(crate) fn reserve(&mut self, additional: usize) {
+        self.header.reserve(additional);
     }
 
     /// Appends fixed text to the body.
@@ -304,7 +351,9 @@ fn walk<'d>(name: &mut String, value: &'d Value, f: &mut impl FnMut(&str, Leaf<'
                 }
             }
         }
-        Value::String(s) if !s.contains('\0') => f(name, Leaf::Str(s)),
+        Value::String(s) if s.len() <= MAX_PROMOTED_STRING && !s.contains('\0') => {
+            f(name, Leaf::Str(s));
+        }
         Value::Bool(b) => f(name, Leaf::Bool(*b)),
         Value::Number(n) => {
             if let Some(i) = n.as_i64().filter(|i| (-EXACT_INT..=EXACT_INT).contains(i)) {
@@ -501,7 +550,9 @@ fn condition(
         .map(|p| FalkorValue::String(path_tag(p)))
         .collect();
     let pfx = q.param(&FalkorValue::Array(list))?;
-    let opaque = format!("any(x IN coalesce(n.{OPAQUE_PROP}, []) WHERE x IN {pfx})");
+    let opaque = format!(
+        "(coalesce(n.{OPAQUE_ONE_PROP} IN {pfx}, false) OR any(x IN coalesce(n.{OPAQUE_PROP}, []) WHERE x IN {pfx}))"
+    );
     let expr = if positive {
         format!("({exact} OR {opaque})")
     } else {
@@ -561,6 +612,7 @@ mod tests {
         let doc = json!({
             "s": "x", "n": 5, "f": 1.5, "b": true, "nul": "a\u{0}b",
             "big": u64::MAX, "min": i64::MIN, "arr": [1], "null": null,
+            "long": "x".repeat(MAX_PROMOTED_STRING + 1), "edge": "y".repeat(MAX_PROMOTED_STRING),
             "o": {"c": "d"}, "dot.ted": 1
         });
         let (mut props, mut opaque) = (Vec::new(), Vec::new());
@@ -572,13 +624,13 @@ mod tests {
         });
         assert_eq!(objects, ["o"]);
         let names: Vec<&str> = props.iter().map(|(n, _)| n.as_str()).collect();
-        for name in [".s", ".n", ".f", ".b", ".o.c"] {
+        for name in [".s", ".n", ".f", ".b", ".o.c", ".edge"] {
             assert!(names.contains(&name), "{name}");
         }
         assert!(props.contains(&(".o.c".to_owned(), Leaf::Str("d"))));
         assert!(props.contains(&(".f".to_owned(), Leaf::Float(1.5))));
         opaque.sort();
-        assert_eq!(opaque, ["arr", "big", "min", "nul", "null"]);
+        assert_eq!(opaque, ["arr", "big", "long", "min", "nul", "null"]);
         assert!(!names.iter().any(|k| k.contains("dot")));
         let mut root = Vec::new();
         let array = json!([1, 2]);

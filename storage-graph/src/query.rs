@@ -21,8 +21,8 @@ use storage_core::{
 
 use crate::backend::{GraphStorage, cell_int, cell_str, decode, key_value_rows};
 use crate::cypher::{
-    Cypher, KEY_INDEX_PROP, KEY_PROP, OBJECT_PROP, OPAQUE_PROP, VALUE_PROP, key_hex, path_tag,
-    pre_filter, promoted_name, quote_name,
+    Cypher, KEY_INDEX_PROP, KEY_PROP, OBJECT_PROP, OPAQUE_ONE_PROP, OPAQUE_PROP, VALUE_PROP,
+    key_hex, path_tag, pre_filter, promoted_name, quote_name,
 };
 use crate::error::{BACKEND, redis_err};
 use crate::unique::Stamp;
@@ -185,12 +185,11 @@ fn dirty_nodes(paths: &[String], order: &[String], q: &mut Cypher) -> Result<Str
             prefixes.insert(segments[..i].join("."));
         }
     }
-    let mut parts = Vec::with_capacity(prefixes.len() + order.len());
-    for prefix in &prefixes {
-        parts.push(format!(
-            "{} IN n.{OPAQUE_PROP}",
-            q.param(&path_tag(prefix))?
-        ));
+    let mut parts = Vec::with_capacity(prefixes.len() + order.len() + 1);
+    let tags: Vec<String> = prefixes.iter().map(|p| path_tag(p)).collect();
+    parts.push(format!("n.{OPAQUE_ONE_PROP} IN {}", q.param(&tags)?));
+    for tag in &tags {
+        parts.push(format!("{} IN n.{OPAQUE_PROP}", q.param(tag.as_str())?));
     }
     for path in order {
         parts.push(format!("{} IN n.{OBJECT_PROP}", q.param(&path_tag(path))?));
@@ -423,7 +422,7 @@ impl<T: StorageValue> GraphStorage<T> {
                     let p = q.param(&operand)?;
                     body = format!(
                         "MATCH (n:{label}) WHERE n.{prop} = {p} AND {pre} {returns} UNION \
-                         MATCH (n:{label}) WHERE n.{OPAQUE_PROP} IS NOT NULL AND {pre} {returns}"
+                         MATCH (n:{label}) WHERE (n.{OPAQUE_ONE_PROP} IS NOT NULL OR n.{OPAQUE_PROP} IS NOT NULL) AND {pre} {returns}"
                     );
                     pushed.push(format!(
                         "index {} lookup {} eq (cypher)",

@@ -9,7 +9,7 @@
 //!
 //! To read only the entries that could conflict, every node carries, per unique index,
 //! its terms as canonical strings (`` `u:<hex name>` ``), and the label's index *epoch*
-//! (`ix`) they were computed at. The epoch is a counter bumped, in the same
+//! (`ix`, left out at epoch 0) they were computed at. The epoch is a counter bumped, in the same
 //! `MULTI`/`EXEC`, whenever a unique index is created (which also fills every node's
 //! terms) or dropped. A commit reads the epoch under its `WATCH`, and the candidates
 //! are the nodes holding one of its terms plus every node stamped with another epoch
@@ -64,15 +64,26 @@ impl Stamp {
         self.uniques.iter().map(|(_, d, _)| d.clone()).collect()
     }
 
-    /// Appends `, ix: <epoch>` and each unique index's terms (`null`, which removes the
-    /// property, when the document has none) to a node's map literal.
+    /// Appends `, ix: <epoch>` (nothing at epoch 0, which a missing `ix` means) and each
+    /// unique index's terms (`null`, which removes the property, when the document has
+    /// none) to a node's map literal.
     pub(crate) fn write_props(&self, doc: &Document, out: &mut String) -> Result<()> {
-        let _ = write!(out, ", {EPOCH_PROP}: {}", self.epoch);
+        self.write_epoch(out);
         for (prop, def, path) in &self.uniques {
             let _ = write!(out, ", `{prop}`: ");
             write_terms(out, &terms(def, path, doc))?;
         }
         Ok(())
+    }
+
+    /// Appends `, ix: <epoch>` to a node's map, or nothing at epoch 0: a node without
+    /// `ix` counts as stamped at epoch 0, which every label starts at and most never
+    /// leave (only creating or dropping a unique index moves it), so most nodes carry
+    /// no stamp at all.
+    pub(crate) fn write_epoch(&self, out: &mut String) {
+        if self.epoch != 0 {
+            let _ = write!(out, ", {EPOCH_PROP}: {}", self.epoch);
+        }
     }
 
     /// Each unique index's term property and its terms as a literal (`null` when the
