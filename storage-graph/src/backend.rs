@@ -27,8 +27,8 @@ use storage_core::{
 
 use crate::config::{GraphConfig, STREAM_MAX_LEN, redact_url};
 use crate::cypher::{
-    Cypher, KEY_INDEX_PROP, KEY_PROP, Leaf, OBJECT_PROP, OPAQUE_ONE_PROP, OPAQUE_PROP, VALUE_PROP,
-    key_hex, path_tag, push_key_hex, visit_leaves, write_str_literal,
+    Cypher, KEY_INDEX_PROP, KEY_PROP, Leaf, OBJECT_PROP, OPAQUE_PROP, OPAQUE_SLOTS, VALUE_PROP,
+    key_hex, path_tag, push_key_hex, split_opaque, visit_leaves, write_str_literal,
 };
 use crate::embedded::EmbeddedServer;
 use crate::error::{BACKEND, corrupt, is_missing_graph, redis_err, reply_err};
@@ -176,15 +176,32 @@ pub(crate) struct Applied {
 /// `|` + the payload when the payload is UTF-8 without NUL (uncompressed JSON, which
 /// stays readable in the graph), `b` + base64 of everything otherwise.
 pub(crate) fn encode<T: StorageValue>(codec: &Codec<T>, value: &T) -> Result<Encoded> {
-    let bytes = codec.encode(value)?;
+    encode_with(codec, value, &mut Vec::new())
+}
+
+/// [`encode`], with `scratch` as the codec's buffer (a batch reuses one for every
+/// value, and each stored form is then allocated once, at its exact size).
+pub(crate) fn encode_with<T: StorageValue>(
+    codec: &Codec<T>,
+    value: &T,
+    scratch: &mut Vec<u8>,
+) -> Result<Encoded> {
+    scratch.clear();
+    codec.encode_into(value, scratch)?;
+    let bytes = scratch.as_slice();
     let doc = to_document(value)?;
-    let (_, payload) = Header::parse(&bytes)?;
+    let (_, payload) = Header::parse(bytes)?;
     let header_len = bytes.len() - payload.len();
     let stored = match std::str::from_utf8(payload) {
         Ok(text) if !text.contains('\0') => {
-            format!("t{}|{text}", base64_encode(&bytes[..header_len]))
+            let mut stored = String::with_capacity(text.len() + 2 + header_len.div_ceil(3) * 4);
+            stored.push('t');
+            base64_push(&mut stored, &bytes[..header_len]);
+            stored.push('|');
+            stored.push_str(text);
+            stored
         }
-        _ => format!("b{}", base64_encode(&bytes)),
+        _ => format!("b{}", base64_encode(bytes)),
     };
     Ok(Encoded {
         stored,
@@ -222,6 +239,11 @@ const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012
 
 fn base64_encode(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    base64_push(&mut out, bytes);
+    out
+}
+
+fn base64_push(out: &mut String, bytes: &[u8]) {
     for chunk in bytes.chunks(3) {
         let b = [
             chunk[0],
@@ -237,7 +259,6 @@ fn base64_encode(bytes: &[u8]) -> String {
             }
         }
     }
-    out
 }
 
 fn base64_decode(text: &str) -> Option<Vec<u8>> {
@@ -398,7 +419,13 @@ impl Inner {
     /// neither property and cost those indexes nothing.
     async fn ensure_schema(&self) -> Result<()> {
         let mut conn = self.shared();
-        for prop in [KEY_INDEX_PROP, OPAQUE_ONE_PROP, OPAQUE_PROP, OBJECT_PROP] {
+        for prop in [
+            KEY_INDEX_PROP,
+            OPAQUE_SLOTS[0],
+            OPAQUE_SLOTS[1],
+            OPAQUE_PROP,
+            OBJECT_PROP,
+        ] {
             let index = format!("CREATE INDEX FOR (n:{}) ON (n.{prop})", self.label);
             if let Err(e) = redis::cmd("GRAPH.QUERY")
                 .arg(&self.graph)
@@ -966,9 +993,9 @@ struct Columns {
     names: Vec<String>,
     /// Column of each promoted name (after the fixed ones).
     position: HashMap<String, usize>,
-    /// Whether some row has exactly one opaque path (`_o1` is a column).
-    opaque_one: bool,
-    /// Whether some row has several opaque paths (`_o` is a column).
+    /// Whether some row fills each opaque slot (`_o1`, `_o2` are columns).
+    slots: [bool; 2],
+    /// Whether some row has more opaque paths than slots (`_o` is a column).
     opaque: bool,
     /// Whether some row lists object paths (`_x` is a column).
     objects: bool,
@@ -983,7 +1010,7 @@ impl Columns {
         let mut columns = Self {
             names: Vec::new(),
             position: HashMap::new(),
-            opaque_one: false,
+            slots: [false; 2],
             opaque: false,
             objects: false,
             estimate: 2,
@@ -1015,8 +1042,9 @@ impl Columns {
                 filled += 1;
                 next = columns.column(name, next) + 1;
             });
-            columns.opaque_one |= opaque == 1;
-            columns.opaque |= opaque > 1;
+            columns.slots[0] |= opaque > 0;
+            columns.slots[1] |= opaque > 1;
+            columns.opaque |= opaque > OPAQUE_SLOTS.len();
             if columns.names.len() > 256 {
                 return None;
             }
@@ -1056,7 +1084,9 @@ impl Columns {
 
     /// Index of the first promoted column.
     fn first_promoted(&self) -> usize {
-        3 + usize::from(self.opaque_one) + usize::from(self.opaque) + usize::from(self.objects)
+        3 + self.slots.iter().filter(|s| **s).count()
+            + usize::from(self.opaque)
+            + usize::from(self.objects)
     }
 
     /// Appends the rows to `out` as one list literal.
@@ -1067,7 +1097,7 @@ impl Columns {
         stamp: &Stamp,
     ) -> Result<()> {
         let mut cells: Vec<Option<Leaf<'_>>> = vec![None; self.names.len()];
-        let mut opaque = String::new();
+        let mut tags: Vec<String> = Vec::new();
         let mut objects = String::new();
         out.push('[');
         for (i, (key, value)) in sets.iter().enumerate() {
@@ -1082,49 +1112,48 @@ impl Columns {
             out.push_str("', ");
             write_str_literal(out, &value.stored)?;
             cells.fill(None);
-            opaque.clear();
+            tags.clear();
             objects.clear();
             let mut failed = None;
             let mut next = 0;
-            let mut count = 0;
-            visit_leaves(&value.doc, &mut |name, leaf| {
-                let list = match leaf {
-                    Leaf::Opaque => {
-                        count += 1;
-                        &mut opaque
+            visit_leaves(&value.doc, &mut |name, leaf| match leaf {
+                Leaf::Opaque => tags.push(path_tag(&name[1..])),
+                Leaf::Object => {
+                    objects.push_str(if objects.is_empty() { "[" } else { ", " });
+                    if let Err(e) = write_str_literal(&mut objects, &path_tag(&name[1..])) {
+                        failed = Some(e);
                     }
-                    Leaf::Object => &mut objects,
-                    _ => {
-                        if let Some(at) = self.find(name, next) {
-                            cells[at] = Some(leaf);
-                            next = at + 1;
-                        }
-                        return;
+                }
+                _ => {
+                    if let Some(at) = self.find(name, next) {
+                        cells[at] = Some(leaf);
+                        next = at + 1;
                     }
-                };
-                list.push_str(if list.is_empty() { "[" } else { ", " });
-                if let Err(e) = write_str_literal(list, &path_tag(&name[1..])) {
-                    failed = Some(e);
                 }
             });
             if let Some(e) = failed {
                 return Err(e);
             }
-            if self.opaque_one {
-                out.push_str(", ");
-                // The one path alone, without the list's opening bracket.
-                out.push_str(if count == 1 { &opaque[1..] } else { "null" });
-            }
-            let many = if count > 1 { opaque.as_str() } else { "" };
-            for (used, list) in [(self.opaque, many), (self.objects, objects.as_str())] {
-                if !used {
-                    continue;
+            let (slots, rest) = split_opaque(&tags);
+            for (used, tag) in self.slots.iter().zip(slots) {
+                if *used {
+                    out.push_str(", ");
+                    match tag {
+                        Some(tag) => write_str_literal(out, tag)?,
+                        None => out.push_str("null"),
+                    }
                 }
+            }
+            if self.opaque {
                 out.push_str(", ");
-                if list.is_empty() {
+                write_tag_list(out, rest)?;
+            }
+            if self.objects {
+                out.push_str(", ");
+                if objects.is_empty() {
                     out.push_str("null");
                 } else {
-                    out.push_str(list);
+                    out.push_str(&objects);
                     out.push(']');
                 }
             }
@@ -1149,7 +1178,8 @@ impl Columns {
         stamp.write_epoch(&mut out);
         let mut at = 3;
         for (used, prop) in [
-            (self.opaque_one, OPAQUE_ONE_PROP),
+            (self.slots[0], OPAQUE_SLOTS[0]),
+            (self.slots[1], OPAQUE_SLOTS[1]),
             (self.opaque, OPAQUE_PROP),
             (self.objects, OBJECT_PROP),
         ] {
@@ -1193,41 +1223,22 @@ fn lone_props(
     cell.clear();
     write_str_literal(&mut cell, &value.stored)?;
     let _ = write!(out, ", {VALUE_PROP}: {}", q.param_literal(&cell));
-    let (mut opaque, mut objects) = (String::new(), String::new());
+    let (mut tags, mut objects) = (Vec::new(), Vec::new());
     let mut leaves = Vec::new();
-    let mut result = Ok(());
-    let mut count = 0;
-    visit_leaves(&value.doc, &mut |name, leaf| {
-        let list = match leaf {
-            Leaf::Opaque => {
-                count += 1;
-                &mut opaque
-            }
-            Leaf::Object => &mut objects,
-            _ => {
-                leaves.push((name.to_owned(), leaf));
-                return;
-            }
-        };
-        list.push_str(if list.is_empty() { "[" } else { ", " });
-        if result.is_ok() {
-            result = write_str_literal(list, &path_tag(&name[1..]));
-        }
+    visit_leaves(&value.doc, &mut |name, leaf| match leaf {
+        Leaf::Opaque => tags.push(path_tag(&name[1..])),
+        Leaf::Object => objects.push(path_tag(&name[1..])),
+        _ => leaves.push((name.to_owned(), leaf)),
     });
-    result?;
-    if count == 1 {
-        // The one path alone, without the list's opening bracket.
-        let _ = write!(
-            out,
-            ", {OPAQUE_ONE_PROP}: {}",
-            q.param_literal(&opaque[1..])
-        );
-        opaque.clear();
+    let (slots, rest) = split_opaque(&tags);
+    for (prop, tag) in OPAQUE_SLOTS.iter().zip(slots) {
+        if let Some(tag) = tag {
+            let _ = write!(out, ", {prop}: {}", q.param(tag)?);
+        }
     }
-    for (prop, list) in [(OPAQUE_PROP, &mut opaque), (OBJECT_PROP, &mut objects)] {
+    for (prop, list) in [(OPAQUE_PROP, rest), (OBJECT_PROP, objects.as_slice())] {
         if !list.is_empty() {
-            list.push(']');
-            let _ = write!(out, ", {prop}: {}", q.param_literal(list));
+            let _ = write!(out, ", {prop}: {}", q.param(list)?);
         }
     }
     for (name, leaf) in leaves {
@@ -1257,40 +1268,55 @@ fn write_node_literal(out: &mut String, key: &str, value: &Encoded, stamp: &Stam
     push_key_hex(out, key);
     let _ = write!(out, "', {VALUE_PROP}: ");
     write_str_literal(out, &value.stored)?;
-    let (mut opaque, mut objects) = (String::new(), String::new());
+    let (mut tags, mut objects) = (Vec::new(), Vec::new());
     let mut result = Ok(());
-    let mut count = 0;
     visit_leaves(&value.doc, &mut |name, leaf| {
         if result.is_err() {
             return;
         }
-        let list = match leaf {
-            Leaf::Opaque => {
-                count += 1;
-                &mut opaque
-            }
-            Leaf::Object => &mut objects,
+        match leaf {
+            Leaf::Opaque => tags.push(path_tag(&name[1..])),
+            Leaf::Object => objects.push(path_tag(&name[1..])),
             _ => {
                 let _ = write!(out, ", `{name}`: ");
                 result = leaf.write(out);
-                return;
             }
-        };
-        list.push_str(if list.is_empty() { "[" } else { ", " });
-        result = write_str_literal(list, &path_tag(&name[1..]));
+        }
     });
     result?;
-    if count == 1 {
-        // The one path alone, without the list's opening bracket.
-        let _ = write!(out, ", {OPAQUE_ONE_PROP}: {}", &opaque[1..]);
-    } else if count > 1 {
-        let _ = write!(out, ", {OPAQUE_PROP}: {opaque}]");
+    let (slots, rest) = split_opaque(&tags);
+    for (prop, tag) in OPAQUE_SLOTS.iter().zip(slots) {
+        if let Some(tag) = tag {
+            let _ = write!(out, ", {prop}: ");
+            write_str_literal(out, tag)?;
+        }
     }
-    if !objects.is_empty() {
-        let _ = write!(out, ", {OBJECT_PROP}: {objects}]");
+    for (prop, list) in [(OPAQUE_PROP, rest), (OBJECT_PROP, objects.as_slice())] {
+        if !list.is_empty() {
+            let _ = write!(out, ", {prop}: ");
+            write_tag_list(out, list)?;
+        }
     }
     stamp.write_props(&value.doc, out)?;
     out.push('}');
+    Ok(())
+}
+
+/// Appends path tags as a list literal, or `null` (which `CREATE` skips and
+/// `SET n = {…}` removes) when there are none.
+fn write_tag_list(out: &mut String, tags: &[String]) -> Result<()> {
+    if tags.is_empty() {
+        out.push_str("null");
+        return Ok(());
+    }
+    out.push('[');
+    for (i, tag) in tags.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        write_str_literal(out, tag)?;
+    }
+    out.push(']');
     Ok(())
 }
 
@@ -1624,6 +1650,7 @@ impl<T: StorageValue> GraphStorage<T> {
     }
 
     pub(crate) fn encode_ops(codec: &Codec<T>, operations: &[Operation<T>]) -> Result<Vec<Op>> {
+        let mut scratch = Vec::new();
         operations
             .iter()
             .enumerate()
@@ -1633,7 +1660,8 @@ impl<T: StorageValue> GraphStorage<T> {
                         validate_key(key).map_err(|e| e.with_context("index", i))?;
                         Op::Set {
                             key: key.clone(),
-                            value: encode(codec, value).map_err(|e| e.with_context("index", i))?,
+                            value: encode_with(codec, value, &mut scratch)
+                                .map_err(|e| e.with_context("index", i))?,
                         }
                     }
                     Operation::Delete { key } => {

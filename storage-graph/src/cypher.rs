@@ -43,13 +43,37 @@ pub(crate) const KEY_INDEX_PROP: &str = "kh";
 /// Node property holding the encoded value.
 pub(crate) const VALUE_PROP: &str = "v";
 /// Node property listing the paths of values that are present but not promoted, each
-/// as a [`path_tag`], when there are several (one is [`OPAQUE_ONE_PROP`]).
+/// as a [`path_tag`], beyond the first ones (which go in [`OPAQUE_SLOTS`]).
 pub(crate) const OPAQUE_PROP: &str = "_o";
-/// Node property holding the path of the one value that is present but not promoted,
-/// as a [`path_tag`] string. Most documents with such a value have one (an array
-/// field), and FalkorDB creates and indexes a string several times faster than a
-/// list of one. A node has `_o1` or `_o`, never both; an index covers each.
-pub(crate) const OPAQUE_ONE_PROP: &str = "_o1";
+/// Node properties holding the paths of the first values that are present but not
+/// promoted, one each, as a [`path_tag`] string. Most documents with such values have
+/// one or two (an array field, a long text), and FalkorDB creates and indexes a string
+/// several times faster than a list. Each is indexed, like `_o`.
+pub(crate) const OPAQUE_SLOTS: [&str; 2] = ["_o1", "_o2"];
+
+/// Splits a node's opaque path tags into the [`OPAQUE_SLOTS`] and the rest, for `_o`.
+pub(crate) fn split_opaque<S: AsRef<str>>(tags: &[S]) -> ([Option<&str>; 2], &[S]) {
+    let slots = [
+        tags.first().map(AsRef::as_ref),
+        tags.get(1).map(AsRef::as_ref),
+    ];
+    (slots, tags.get(OPAQUE_SLOTS.len()..).unwrap_or_default())
+}
+
+/// A Cypher test that node `n` lists one of the tags of list `tags` (a placeholder) as
+/// opaque, for a filter (never an error, whatever the node holds).
+pub(crate) fn opaque_test(tags: &str) -> String {
+    let mut out = String::from("(");
+    for slot in OPAQUE_SLOTS {
+        let _ = write!(out, "coalesce(n.{slot} IN {tags}, false) OR ");
+    }
+    let _ = write!(
+        out,
+        "any(x IN coalesce(n.{OPAQUE_PROP}, []) WHERE x IN {tags}))"
+    );
+    out
+}
+
 /// Node property listing the paths (below the root) that hold an object. Filters see an
 /// object like a missing value, but `order_by` does not (objects sort after strings),
 /// so an ordered query treats a node with an object on an order path in process. Each
@@ -222,13 +246,27 @@ pub(crate) fn write_literal<V: IntoFalkorParam + ?Sized>(
 /// plain bytes at a time instead of a char at a time, which matters for the encoded
 /// values of a large batch (megabytes of text).
 pub(crate) fn write_str_literal(out: &mut String, s: &str) -> Result<()> {
+    /// The bytes the encoder escapes (or rejects, NUL), looked up instead of matched:
+    /// the scan over a batch's values is the hottest loop of a write.
+    const SPECIAL: [bool; 256] = {
+        let mut table = [false; 256];
+        let mut i = 0;
+        while i < 256 {
+            // Backslash, quote, \n, \r, \t, \b, \f and NUL.
+            table[i] = matches!(i, 0x5C | 0x27 | 0x0A | 0x0D | 0x09 | 0x08 | 0x0C | 0);
+            i += 1;
+        }
+        table
+    };
     let start = out.len();
     out.reserve(s.len() + 2);
     out.push('\'');
+    let bytes = s.as_bytes();
     let mut plain = 0;
-    for (i, b) in s.bytes().enumerate() {
+    while let Some(offset) = bytes[plain..].iter().position(|&b| SPECIAL[usize::from(b)]) {
+        let i = plain + offset;
         // All of these are ASCII, so `i` is always on a char boundary.
-        let escape = match b {
+        let escape = match bytes[i] {
             b'\\' => "\\\\",
             b'\'' => "\\'",
             b'\n' => "\\n",
@@ -236,7 +274,7 @@ pub(crate) fn write_str_literal(out: &mut String, s: &str) -> Result<()> {
             b'\t' => "\\t",
             0x08 => "\\b",
             0x0C => "\\f",
-            0 => {
+            _ => {
                 out.truncate(start);
                 return Err(StorageError::new(
                     ErrorCode::InvalidValue,
@@ -244,7 +282,6 @@ pub(crate) fn write_str_literal(out: &mut String, s: &str) -> Result<()> {
                 )
                 .with_backend(BACKEND));
             }
-            _ => continue,
         };
         out.push_str(&s[plain..i]);
         out.push_str(escape);
@@ -550,9 +587,7 @@ fn condition(
         .map(|p| FalkorValue::String(path_tag(p)))
         .collect();
     let pfx = q.param(&FalkorValue::Array(list))?;
-    let opaque = format!(
-        "(coalesce(n.{OPAQUE_ONE_PROP} IN {pfx}, false) OR any(x IN coalesce(n.{OPAQUE_PROP}, []) WHERE x IN {pfx}))"
-    );
+    let opaque = opaque_test(&pfx);
     let expr = if positive {
         format!("({exact} OR {opaque})")
     } else {
@@ -598,6 +633,25 @@ mod tests {
             out,
             format!("x{}", to_cypher_param("it's \\ \u{8}").unwrap_or_default())
         );
+    }
+
+    #[test]
+    fn opaque_paths_fill_the_slots_then_the_list() {
+        let tags = ["h61", "h62", "h63", "h64"];
+        assert_eq!(split_opaque(&tags[..0]), ([None, None], &tags[..0]));
+        assert_eq!(split_opaque(&tags[..1]), ([Some("h61"), None], &tags[..0]));
+        assert_eq!(
+            split_opaque(&tags[..2]),
+            ([Some("h61"), Some("h62")], &tags[..0])
+        );
+        assert_eq!(
+            split_opaque(&tags),
+            ([Some("h61"), Some("h62")], &tags[2..])
+        );
+        let test = opaque_test("$p");
+        for prop in OPAQUE_SLOTS.iter().chain([&OPAQUE_PROP]) {
+            assert!(test.contains(&format!("n.{prop}")), "{test}");
+        }
     }
 
     #[test]

@@ -21,8 +21,8 @@ use storage_core::{
 
 use crate::backend::{GraphStorage, cell_int, cell_str, decode, key_value_rows};
 use crate::cypher::{
-    Cypher, KEY_INDEX_PROP, KEY_PROP, OBJECT_PROP, OPAQUE_ONE_PROP, OPAQUE_PROP, VALUE_PROP,
-    key_hex, path_tag, pre_filter, promoted_name, quote_name,
+    Cypher, KEY_INDEX_PROP, KEY_PROP, OBJECT_PROP, OPAQUE_PROP, OPAQUE_SLOTS, VALUE_PROP, key_hex,
+    path_tag, pre_filter, promoted_name, quote_name,
 };
 use crate::error::{BACKEND, redis_err};
 use crate::unique::Stamp;
@@ -187,7 +187,10 @@ fn dirty_nodes(paths: &[String], order: &[String], q: &mut Cypher) -> Result<Str
     }
     let mut parts = Vec::with_capacity(prefixes.len() + order.len() + 1);
     let tags: Vec<String> = prefixes.iter().map(|p| path_tag(p)).collect();
-    parts.push(format!("n.{OPAQUE_ONE_PROP} IN {}", q.param(&tags)?));
+    let list = q.param(&tags)?;
+    for slot in OPAQUE_SLOTS {
+        parts.push(format!("n.{slot} IN {list}"));
+    }
     for tag in &tags {
         parts.push(format!("{} IN n.{OPAQUE_PROP}", q.param(tag.as_str())?));
     }
@@ -420,9 +423,16 @@ impl<T: StorageValue> GraphStorage<T> {
                     // the pre-filter alone. Together they are a superset of the matches,
                     // which the evaluator then re-checks.
                     let p = q.param(&operand)?;
+                    let any_opaque = OPAQUE_SLOTS
+                        .iter()
+                        .chain([&OPAQUE_PROP])
+                        .map(|prop| format!("n.{prop} IS NOT NULL"))
+                        .collect::<Vec<_>>()
+                        .join(" OR ");
+                    let any_opaque = format!("({any_opaque})");
                     body = format!(
                         "MATCH (n:{label}) WHERE n.{prop} = {p} AND {pre} {returns} UNION \
-                         MATCH (n:{label}) WHERE (n.{OPAQUE_ONE_PROP} IS NOT NULL OR n.{OPAQUE_PROP} IS NOT NULL) AND {pre} {returns}"
+                         MATCH (n:{label}) WHERE {any_opaque} AND {pre} {returns}"
                     );
                     pushed.push(format!(
                         "index {} lookup {} eq (cypher)",

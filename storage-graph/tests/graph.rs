@@ -989,3 +989,67 @@ async fn long_strings_are_queried_exactly() -> Result<()> {
     }
     Ok(())
 }
+
+/// Opaque values are listed in two slots and then a list (see the crate docs): nodes
+/// with none, one, two, three and four of them (in batches and lone sets, overwritten
+/// both ways) answer every query on those paths as the reference evaluator does.
+#[tokio::test]
+async fn opaque_values_are_found_in_every_slot() -> Result<()> {
+    use serde_json::json;
+    use storage_core::query::field;
+    use storage_core::{IndexDefinition, IndexKind, IndexedStorage, Query, QueryableStorage};
+    let store = open::<serde_json::Value>().await?;
+    let doc = |n: usize, x: i64| {
+        let mut d = json!({"a": 1, "b": 2, "c": 3, "d": 4, "x": x});
+        for field in ["a", "b", "c", "d"].iter().take(n) {
+            d[*field] = json!([1, 2]);
+        }
+        d
+    };
+    let mut rows: Vec<(String, serde_json::Value)> =
+        (0..5).map(|n| (format!("k{n}"), doc(n, 0))).collect();
+    store.set_many(rows.clone()).await?;
+    // Overwrite: fewer opaque values in a batch, more in a lone set.
+    rows[4] = ("k4".into(), doc(1, 1));
+    rows[1] = ("k1".into(), doc(4, 1));
+    store.set_many(vec![rows[4].clone()]).await?;
+    store.set(&rows[1].0, &rows[1].1).await?;
+    store
+        .set_many(vec![
+            ("k2".into(), doc(3, 2)),
+            ("k3".into(), doc(2, 2)),
+            ("k5".into(), doc(0, 2)),
+        ])
+        .await?;
+    rows[2] = ("k2".into(), doc(3, 2));
+    rows[3] = ("k3".into(), doc(2, 2));
+    rows.push(("k5".into(), doc(0, 2)));
+    let mut queries = Vec::new();
+    for f in ["a", "b", "c", "d"] {
+        queries.push(Query::filter(field(f).eq(2)));
+        queries.push(Query::filter(field(f).ne(2)));
+        queries.push(Query::filter(field(f).gte(1).and(field("x").lt(2))));
+    }
+    for round in 0..2 {
+        for q in &queries {
+            let expected: Vec<String> =
+                storage_core::query::evaluate(q, rows.iter().map(|(k, v)| (k.as_str(), v)))?
+                    .into_iter()
+                    .map(|m| m.key)
+                    .collect();
+            let got: Vec<String> = store
+                .find_many(q)
+                .await?
+                .into_iter()
+                .map(|r| r.key)
+                .collect();
+            assert_eq!(got, expected, "{q:?} (round {round})");
+        }
+        for f in ["a", "d", "x"] {
+            store
+                .create_index(IndexDefinition::new(format!("by_{f}"), f, IndexKind::Btree))
+                .await?;
+        }
+    }
+    Ok(())
+}
