@@ -27,7 +27,7 @@ use storage_core::{
 
 use crate::config::{GraphConfig, STREAM_MAX_LEN, redact_url};
 use crate::cypher::{
-    Cypher, KEY_INDEX_PROP, KEY_PROP, Leaf, OBJECT_PROP, OPAQUE_PROP, OPAQUE_SLOTS, VALUE_PROP,
+    Cypher, KEY_INDEX_PROP, Leaf, OBJECT_PROP, OPAQUE_PROP, OPAQUE_SLOTS, VALUE_PROP, key_from_hex,
     key_hex, path_tag, push_key_hex, split_opaque, visit_leaves, write_str_literal,
 };
 use crate::embedded::EmbeddedServer;
@@ -314,7 +314,16 @@ pub(crate) fn rows_of(reply: Value, operation: &'static str) -> Result<Vec<Vec<V
         .collect()
 }
 
-/// `(key, stored)` pairs from rows of `n.key, n.v`.
+/// A key cell of a result row: the node's hex key ([`KEY_INDEX_PROP`]), decoded.
+pub(crate) fn cell_key(value: &Value) -> Option<String> {
+    match value {
+        Value::BulkString(b) => std::str::from_utf8(b).ok().and_then(key_from_hex),
+        Value::SimpleString(s) | Value::VerbatimString { text: s, .. } => key_from_hex(s),
+        _ => None,
+    }
+}
+
+/// `(key, stored)` pairs from rows of `n.kh, n.v`.
 pub(crate) fn key_value_rows(
     rows: Vec<Vec<Value>>,
     operation: &'static str,
@@ -322,7 +331,7 @@ pub(crate) fn key_value_rows(
     rows.into_iter()
         .map(|row| {
             match (
-                row.first().and_then(cell_str),
+                row.first().and_then(cell_key),
                 row.get(1).and_then(cell_str),
             ) {
                 (Some(k), Some(v)) => Ok((k, v)),
@@ -564,11 +573,11 @@ impl Inner {
         keys: &[&str],
     ) -> Result<BTreeSet<String>> {
         let rows = self
-            .match_keys(conn, keys, &format!("n.{KEY_PROP}"))
+            .match_keys(conn, keys, &format!("n.{KEY_INDEX_PROP}"))
             .await?;
         Ok(rows
             .iter()
-            .filter_map(|r| r.first().and_then(cell_str))
+            .filter_map(|r| r.first().and_then(cell_key))
             .collect())
     }
 
@@ -579,7 +588,7 @@ impl Inner {
         keys: &[&str],
     ) -> Result<BTreeMap<String, String>> {
         let rows = self
-            .match_keys(conn, keys, &format!("n.{KEY_PROP}, n.{VALUE_PROP}"))
+            .match_keys(conn, keys, &format!("n.{KEY_INDEX_PROP}, n.{VALUE_PROP}"))
             .await?;
         Ok(key_value_rows(rows, "read")?.into_iter().collect())
     }
@@ -611,13 +620,16 @@ impl Inner {
     ) -> Result<BTreeSet<String>> {
         let q = {
             let mut q = Cypher::new();
-            q.push(&format!("MATCH (n:{}) RETURN n.{KEY_PROP}", self.label));
+            q.push(&format!(
+                "MATCH (n:{}) RETURN n.{KEY_INDEX_PROP}",
+                self.label
+            ));
             q
         };
         let rows = self.read(conn, &q, "read").await?;
         Ok(rows
             .iter()
-            .filter_map(|r| r.first().and_then(cell_str))
+            .filter_map(|r| r.first().and_then(cell_key))
             .collect())
     }
 
@@ -630,11 +642,14 @@ impl Inner {
     ) -> Result<Vec<(String, Option<String>)>> {
         let mut q = Cypher::new();
         let filter = match after {
-            // `key` has no index (see `KEY_INDEX_PROP`); `toString` would keep one out
-            // anyway: FalkorDB's range index answers string ranges in its own collation
-            // (verified: `n.key > 'n1'` through an index returned 'Z' and 'a'), while a
-            // plain comparison is strcmp, which is UTF-8 byte order.
-            Some(after) => format!("WHERE toString(n.{KEY_PROP}) > {} ", q.param(after)?),
+            // `toString` keeps the key index out: FalkorDB's range index answers string
+            // ranges in its own collation (verified: `n.key > 'n1'` through an index
+            // returned 'Z' and 'a'), while a plain comparison is strcmp, which on hex
+            // digits is the byte order of the keys.
+            Some(after) => format!(
+                "WHERE toString(n.{KEY_INDEX_PROP}) > {} ",
+                q.param(&key_hex(after))?
+            ),
             None => String::new(),
         };
         let value = if with_values {
@@ -644,7 +659,7 @@ impl Inner {
         };
         // FalkorDB compares strings with strcmp, which is UTF-8 byte order.
         q.push(&format!(
-            "MATCH (n:{}) {filter}RETURN n.{KEY_PROP}{value} ORDER BY n.{KEY_PROP} LIMIT {limit}",
+            "MATCH (n:{}) {filter}RETURN n.{KEY_INDEX_PROP}{value} ORDER BY n.{KEY_INDEX_PROP} LIMIT {limit}",
             self.label
         ));
         let rows = self.read(&mut self.shared(), &q, "iterate").await?;
@@ -652,7 +667,7 @@ impl Inner {
         for row in rows {
             let key = row
                 .first()
-                .and_then(cell_str)
+                .and_then(cell_key)
                 .ok_or_else(|| corrupt("iterate", "node without key"))?;
             let value = if with_values {
                 Some(
@@ -875,11 +890,11 @@ impl Inner {
         let label = &self.label;
         let mut body = String::new();
         if clear {
-            let keep: Vec<&str> = sets.keys().copied().collect();
+            let keep: Vec<String> = sets.keys().map(|k| key_hex(k)).collect();
             let keep = q.param(&keep)?;
             let _ = write!(
                 body,
-                "OPTIONAL MATCH (d:{label}) WHERE NOT d.{KEY_PROP} IN {keep} DETACH DELETE d WITH count(*) AS _c "
+                "OPTIONAL MATCH (d:{label}) WHERE NOT d.{KEY_INDEX_PROP} IN {keep} DETACH DELETE d WITH count(*) AS _c "
             );
         } else if !deletes.is_empty() {
             let del: Vec<String> = deletes.iter().map(|k| key_hex(k)).collect();
@@ -895,7 +910,7 @@ impl Inner {
             // than the same upsert on plain parameters, and names its properties in the
             // body, one parameter each: a third faster to create than `SET m = $map`.
             let k = q.param(&key_hex(key))?;
-            let props = lone_props(&mut q, &k, key, value, stamp)?;
+            let props = lone_props(&mut q, &k, value, stamp)?;
             let _ = write!(
                 body,
                 "OPTIONAL MATCH (n:{label} {{{KEY_INDEX_PROP}: {k}}}) \
@@ -939,7 +954,7 @@ impl Inner {
                     format!("CREATE (m:{label}) SET m = r"),
                 )
             } else {
-                ("r[1]".to_owned(), format!("CREATE (:{label} {props})"))
+                ("r[0]".to_owned(), format!("CREATE (:{label} {props})"))
             };
             let upsert = format!(
                 "OPTIONAL MATCH (n:{label} {{{KEY_INDEX_PROP}: {kh}}}) \
@@ -1019,7 +1034,7 @@ impl Columns {
         let mut bytes = 0usize;
         for (key, value) in sets {
             // Quotes, separators, and room for a few escapes.
-            bytes += key.len() * 3 + value.stored.len() + value.stored.len() / 64 + 24;
+            bytes += key.len() * 2 + value.stored.len() + value.stored.len() / 64 + 24;
             let mut next = 0;
             let mut opaque = 0;
             visit_leaves(&value.doc, &mut |name, leaf| {
@@ -1084,7 +1099,7 @@ impl Columns {
 
     /// Index of the first promoted column.
     fn first_promoted(&self) -> usize {
-        3 + self.slots.iter().filter(|s| **s).count()
+        2 + self.slots.iter().filter(|s| **s).count()
             + usize::from(self.opaque)
             + usize::from(self.objects)
     }
@@ -1104,10 +1119,8 @@ impl Columns {
             if i > 0 {
                 out.push_str(", ");
             }
-            out.push('[');
-            write_str_literal(out, key)?;
             // Hex digits need no escaping.
-            out.push_str(", '");
+            out.push_str("['");
             push_key_hex(out, key);
             out.push_str("', ");
             write_str_literal(out, &value.stored)?;
@@ -1173,10 +1186,9 @@ impl Columns {
 
     /// The property map of a row named `row`, for `CREATE (:L {…})` and `SET n = {…}`.
     fn map_of(&self, row: &str, stamp: &Stamp) -> String {
-        let mut out =
-            format!("{{{KEY_PROP}: {row}[0], {KEY_INDEX_PROP}: {row}[1], {VALUE_PROP}: {row}[2]");
+        let mut out = format!("{{{KEY_INDEX_PROP}: {row}[0], {VALUE_PROP}: {row}[1]");
         stamp.write_epoch(&mut out);
-        let mut at = 3;
+        let mut at = 2;
         for (used, prop) in [
             (self.slots[0], OPAQUE_SLOTS[0]),
             (self.slots[1], OPAQUE_SLOTS[1]),
@@ -1205,22 +1217,11 @@ impl Columns {
 }
 
 /// The property map of a lone set's node, each value a parameter of `q` (`kh` is the
-/// placeholder `kh` already holds): `{key: $p1, kh: $p0, v: $p2, …}`. A missing list
+/// placeholder `kh` already holds): `{kh: $p0, v: $p1, …}`. A missing list
 /// or unique term is `null`, which `CREATE` skips and `SET n = {…}` removes.
-fn lone_props(
-    q: &mut Cypher,
-    kh: &str,
-    key: &str,
-    value: &Encoded,
-    stamp: &Stamp,
-) -> Result<String> {
+fn lone_props(q: &mut Cypher, kh: &str, value: &Encoded, stamp: &Stamp) -> Result<String> {
+    let mut out = format!("{{{KEY_INDEX_PROP}: {kh}");
     let mut cell = String::new();
-    write_str_literal(&mut cell, key)?;
-    let mut out = format!(
-        "{{{KEY_PROP}: {}, {KEY_INDEX_PROP}: {kh}",
-        q.param_literal(&cell)
-    );
-    cell.clear();
     write_str_literal(&mut cell, &value.stored)?;
     let _ = write!(out, ", {VALUE_PROP}: {}", q.param_literal(&cell));
     let (mut tags, mut objects) = (Vec::new(), Vec::new());
@@ -1262,9 +1263,7 @@ fn lone_props(
 /// Every name is fixed or a promoted path (no backtick, no NUL: see
 /// `cypher::visit_leaves`) in backticks; every value goes through the `falkordb` encoder.
 fn write_node_literal(out: &mut String, key: &str, value: &Encoded, stamp: &Stamp) -> Result<()> {
-    let _ = write!(out, "{{{KEY_PROP}: ");
-    write_str_literal(out, key)?;
-    let _ = write!(out, ", {KEY_INDEX_PROP}: '");
+    let _ = write!(out, "{{{KEY_INDEX_PROP}: '");
     push_key_hex(out, key);
     let _ = write!(out, "', {VALUE_PROP}: ");
     write_str_literal(out, &value.stored)?;
@@ -1473,7 +1472,7 @@ impl<T: StorageValue> GraphStorage<T> {
     ) -> Result<BTreeMap<String, Document>> {
         let mut q = Cypher::new();
         q.push(&format!(
-            "MATCH (n:{}) RETURN n.{KEY_PROP}, n.{VALUE_PROP}",
+            "MATCH (n:{}) RETURN n.{KEY_INDEX_PROP}, n.{VALUE_PROP}",
             self.inner.label
         ));
         let rows = self.inner.read(conn, &q, "read").await?;
@@ -1559,7 +1558,7 @@ impl<T: StorageValue> GraphStorage<T> {
             clauses.push(format!("any(t IN coalesce(n.`{prop}`, []) WHERE t IN {t})"));
         }
         q.push(&format!(
-            "MATCH (n:{}) WHERE {} RETURN n.{KEY_PROP}, n.{VALUE_PROP}",
+            "MATCH (n:{}) WHERE {} RETURN n.{KEY_INDEX_PROP}, n.{VALUE_PROP}",
             self.inner.label,
             clauses.join(" OR ")
         ));
@@ -1808,7 +1807,7 @@ impl<T: StorageValue> BatchStorage<T> for GraphStorage<T> {
         let hex: Vec<String> = keys.iter().map(|k| key_hex(k)).collect();
         let ks = q.param(&hex)?;
         q.push(&format!(
-            "UNWIND {ks} AS k MATCH (n:{} {{{KEY_INDEX_PROP}: k}}) RETURN n.{KEY_PROP}, n.{VALUE_PROP}",
+            "UNWIND {ks} AS k MATCH (n:{} {{{KEY_INDEX_PROP}: k}}) RETURN n.{KEY_INDEX_PROP}, n.{VALUE_PROP}",
             self.inner.label
         ));
         let rows = self
@@ -1835,7 +1834,25 @@ impl<T: StorageValue> BatchStorage<T> for GraphStorage<T> {
                     .map_err(|e| e.with_context("index", i))?;
             }
         }
-        Ok(self.apply(&ops).await?.result)
+        free_later(operations);
+        let applied = self.apply(&ops).await;
+        free_later(ops);
+        Ok(applied?.result)
+    }
+}
+
+/// Batches at least this long are freed by [`free_later`].
+const FREE_LATER_MIN: usize = 1024;
+
+/// Drops a batch's values, or its encoded form, on tokio's blocking pool when it is
+/// large: freeing 10,000 documents (each a tree of allocations) takes the caller about
+/// as long as encoding them, and nothing waits for it, so it runs beside the commit
+/// (or after the call returned) instead of in front of it.
+fn free_later<V: Send + 'static>(items: Vec<V>) {
+    if items.len() >= FREE_LATER_MIN
+        && let Ok(runtime) = tokio::runtime::Handle::try_current()
+    {
+        drop(runtime.spawn_blocking(move || drop(items)));
     }
 }
 

@@ -32,13 +32,14 @@ use storage_core::{Document, ErrorCode, Filter, Operator, Result, StorageError};
 
 use crate::error::BACKEND;
 
-/// Node property holding the entry's key.
-pub(crate) const KEY_PROP: &str = "key";
-/// Node property holding the key in lowercase hex, the one the key index covers.
+/// Node property holding the entry's key in lowercase hex: the key index covers it,
+/// and reads decode it (lowercase hex orders as the key's bytes do, so `ORDER BY` on
+/// it is key order).
 ///
 /// FalkorDB's range index does not match strings exactly: it trims leading and
 /// trailing whitespace (a lookup of `"a"` also returns `" a"`, one of `" a"` returns
 /// nothing, and `"   "` cannot be found at all). Hex digits have nothing to trim.
+/// Nodes of earlier builds also hold the key itself in `key`, which nothing reads.
 pub(crate) const KEY_INDEX_PROP: &str = "kh";
 /// Node property holding the encoded value.
 pub(crate) const VALUE_PROP: &str = "v";
@@ -212,6 +213,26 @@ pub(crate) fn key_hex(key: &str) -> String {
     let mut out = String::with_capacity(key.len() * 2);
     push_key_hex(&mut out, key);
     out
+}
+
+/// The key whose [`key_hex`] is `hex`; `None` for anything else.
+pub(crate) fn key_from_hex(hex: &str) -> Option<String> {
+    fn digit(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        }
+    }
+    let bytes = hex.as_bytes();
+    if !bytes.len().is_multiple_of(2) {
+        return None;
+    }
+    let raw = bytes
+        .chunks_exact(2)
+        .map(|pair| Some((digit(pair[0])? << 4) | digit(pair[1])?))
+        .collect::<Option<Vec<u8>>>()?;
+    String::from_utf8(raw).ok()
 }
 
 /// Appends [`key_hex`] of `key` to `out`.
@@ -651,6 +672,22 @@ mod tests {
         let test = opaque_test("$p");
         for prop in OPAQUE_SLOTS.iter().chain([&OPAQUE_PROP]) {
             assert!(test.contains(&format!("n.{prop}")), "{test}");
+        }
+    }
+
+    #[test]
+    fn hex_keys_decode_and_keep_byte_order() {
+        let keys = ["", "a", " a ", "\u{e9}t\u{e9}", "\u{1F600}", "Z", "a\u{7f}"];
+        for key in keys {
+            assert_eq!(key_from_hex(&key_hex(key)).as_deref(), Some(key));
+        }
+        for a in keys {
+            for b in keys {
+                assert_eq!(a.as_bytes().cmp(b.as_bytes()), key_hex(a).cmp(&key_hex(b)));
+            }
+        }
+        for bad in ["6", "6G", "C3", "ff", "6 "] {
+            assert_eq!(key_from_hex(bad), None, "{bad}");
         }
     }
 

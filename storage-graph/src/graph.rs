@@ -16,9 +16,9 @@ use redis::Value;
 use serde_json::Value as Json;
 use storage_core::{Document, ErrorCode, Result, StorageError, StorageValue, validate_key};
 
-use crate::backend::{GraphStorage, cell_int, cell_str, rows_of};
+use crate::backend::{GraphStorage, cell_int, cell_key, cell_str, rows_of};
 use crate::config::is_identifier;
-use crate::cypher::{Cypher, KEY_INDEX_PROP, KEY_PROP, key_hex};
+use crate::cypher::{Cypher, KEY_INDEX_PROP, key_hex};
 use crate::error::{BACKEND, corrupt, redis_err, reply_err};
 
 /// The deepest traversal [`GraphExt::traverse`] accepts.
@@ -255,7 +255,7 @@ impl<T: StorageValue> GraphExt for GraphStorage<T> {
         let a = q.param(&key_hex(key))?;
         q.push(&format!(
             "MATCH (a:{label} {{{KEY_INDEX_PROP}: {a}}}){left}[r{rel}]{right}(b:{label}) \
-             RETURN b.{KEY_PROP}, type(r), r.p, startNode(r) = a"
+             RETURN b.{KEY_INDEX_PROP}, type(r), r.p, startNode(r) = a"
         ));
         let rows = self
             .inner
@@ -264,7 +264,7 @@ impl<T: StorageValue> GraphExt for GraphStorage<T> {
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             let (Some(key), Some(relation)) = (
-                row.first().and_then(cell_str),
+                row.first().and_then(cell_key),
                 row.get(1).and_then(cell_str),
             ) else {
                 return Err(reply_err(
@@ -321,7 +321,7 @@ impl<T: StorageValue> GraphExt for GraphStorage<T> {
         // The depth is a validated small integer, so it may sit in the body.
         q.push(&format!(
             "MATCH p = (a:{label} {{{KEY_INDEX_PROP}: {a}}}){left}[{rel}*1..{max_depth}]{right}(b:{label}) \
-             WHERE b <> a RETURN b.{KEY_PROP}, min(length(p))"
+             WHERE b <> a RETURN b.{KEY_INDEX_PROP}, min(length(p))"
         ));
         let rows = self
             .inner
@@ -331,7 +331,7 @@ impl<T: StorageValue> GraphExt for GraphStorage<T> {
         for row in rows {
             let key = row
                 .first()
-                .and_then(cell_str)
+                .and_then(cell_key)
                 .ok_or_else(|| reply_err("traverse", "row without key"))?;
             let hops = row
                 .get(1)

@@ -19,10 +19,10 @@ use storage_core::{
     QueryableStorage, Result, ResultStream, StorageError, StorageValue,
 };
 
-use crate::backend::{GraphStorage, cell_int, cell_str, decode, key_value_rows};
+use crate::backend::{GraphStorage, cell_int, cell_key, cell_str, decode, key_value_rows};
 use crate::cypher::{
-    Cypher, KEY_INDEX_PROP, KEY_PROP, OBJECT_PROP, OPAQUE_PROP, OPAQUE_SLOTS, VALUE_PROP, key_hex,
-    path_tag, pre_filter, promoted_name, quote_name,
+    Cypher, KEY_INDEX_PROP, OBJECT_PROP, OPAQUE_PROP, OPAQUE_SLOTS, VALUE_PROP, key_hex, path_tag,
+    pre_filter, promoted_name, quote_name,
 };
 use crate::error::{BACKEND, redis_err};
 use crate::unique::Stamp;
@@ -281,7 +281,8 @@ fn order_clause(order: &[OrderBy], first: u64) -> Option<String> {
         ));
         sorts.push(format!("b{i} {dir}, s{i} {dir}"));
     }
-    sorts.push(format!("n.{KEY_PROP} ASC"));
+    // Hex keys order as the keys' bytes do.
+    sorts.push(format!("n.{KEY_INDEX_PROP} ASC"));
     // A first position beyond i64 is no limit at all.
     let limit = i64::try_from(first)
         .map(|l| format!(" LIMIT {l}"))
@@ -349,7 +350,7 @@ impl<T: StorageValue> GraphStorage<T> {
         };
         let definitions = self.inner.indexes.list();
         let chosen = choose(&definitions, filter);
-        let returns = format!("RETURN n.{KEY_PROP} AS k, n.{VALUE_PROP} AS v");
+        let returns = format!("RETURN n.{KEY_INDEX_PROP} AS k, n.{VALUE_PROP} AS v");
         if pre_complete {
             let order =
                 top.and_then(|t| order_clause(t.order, t.first).map(|clause| (clause, t.order)));
@@ -538,7 +539,7 @@ impl<T: StorageValue> GraphStorage<T> {
         let label = &self.inner.label;
         q.push(&format!(
             "MATCH (n:{label}) WHERE {} RETURN count(n) AS c, null AS k, null AS v \
-             UNION ALL MATCH (n:{label}) WHERE {dirty} AND {expr} RETURN 0 AS c, n.{KEY_PROP} AS k, n.{VALUE_PROP} AS v",
+             UNION ALL MATCH (n:{label}) WHERE {dirty} AND {expr} RETURN 0 AS c, n.{KEY_INDEX_PROP} AS k, n.{VALUE_PROP} AS v",
             clean.join(" AND "),
             expr = pre.expr
         ));
@@ -550,7 +551,7 @@ impl<T: StorageValue> GraphStorage<T> {
         let mut docs = Vec::new();
         for row in rows {
             if let (Some(key), Some(stored)) =
-                (row.get(1).and_then(cell_str), row.get(2).and_then(cell_str))
+                (row.get(1).and_then(cell_key), row.get(2).and_then(cell_str))
             {
                 let value: T = decode(&self.codec, &stored, "count")?;
                 docs.push((key, to_document(&value)?));

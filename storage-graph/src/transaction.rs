@@ -33,8 +33,8 @@ use storage_core::{
     validate_key,
 };
 
-use crate::backend::{Applied, GraphStorage, Op, cell_str, decode, encode};
-use crate::cypher::{Cypher, KEY_PROP, VALUE_PROP};
+use crate::backend::{Applied, GraphStorage, Op, cell_key, cell_str, decode, encode};
+use crate::cypher::{Cypher, KEY_INDEX_PROP, VALUE_PROP};
 use crate::error::{BACKEND, corrupt, redis_err};
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -192,7 +192,7 @@ impl<T: StorageValue> GraphTransaction<T> {
     async fn view(&self, tx: &mut TxInner) -> Result<BTreeMap<String, String>> {
         let mut q = Cypher::new();
         q.push(&format!(
-            "MATCH (n:{}) RETURN n.{KEY_PROP}, n.{VALUE_PROP}",
+            "MATCH (n:{}) RETURN n.{KEY_INDEX_PROP}, n.{VALUE_PROP}",
             self.store.inner.label
         ));
         let conn = tx
@@ -204,7 +204,7 @@ impl<T: StorageValue> GraphTransaction<T> {
         let mut view = BTreeMap::new();
         for row in rows {
             match (
-                row.first().and_then(cell_str),
+                row.first().and_then(cell_key),
                 row.get(1).and_then(cell_str),
             ) {
                 (Some(k), Some(v)) => {

@@ -1053,3 +1053,65 @@ async fn opaque_values_are_found_in_every_slot() -> Result<()> {
     }
     Ok(())
 }
+
+/// Nodes as earlier builds wrote them (the key also in `key`, an `ix` stamp of 0,
+/// every opaque path in the list `_o`, long strings promoted) still read, iterate and
+/// answer queries.
+#[tokio::test]
+async fn nodes_written_by_earlier_builds_still_read() -> Result<()> {
+    use serde_json::json;
+    use storage_core::query::field;
+    use storage_core::{Query, QueryableStorage};
+    let config = fresh_config();
+    let store = GraphStorage::<serde_json::Value>::open(config.clone()).await?;
+    let long = "w".repeat(200);
+    let old = json!({"n": 1, "tags": ["x"], "body": long});
+    let new = json!({"n": 2, "tags": ["y"], "body": "short"});
+    store.set(" old ", &old).await?;
+    store.set("new", &new).await?;
+    // Rewrite the first node in the earlier form.
+    let client = redis::Client::open(server().url())
+        .map_err(|e| storage_core::StorageError::new(ErrorCode::ConnectionFailed, e.to_string()))?;
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|e| storage_core::StorageError::new(ErrorCode::ConnectionFailed, e.to_string()))?;
+    let rewrite = format!(
+        "MATCH (n:Entry {{kh: '206f6c6420'}}) SET n.key = ' old ', n.ix = 0, \
+         n._o = [n._o2], n._o1 = null, n._o2 = null, n.`.body` = '{long}'"
+    );
+    let reply: redis::Value = redis::cmd("GRAPH.QUERY")
+        .arg(&config.database)
+        .arg(&rewrite)
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| storage_core::StorageError::new(ErrorCode::Backend, e.to_string()))?;
+    assert!(format!("{reply:?}").contains("Properties set"), "{reply:?}");
+    assert_eq!(store.get(" old ").await?, Some(old.clone()));
+    let keys: Vec<String> = store.keys().try_collect().await?;
+    assert_eq!(keys, [" old ", "new"]);
+    for (q, expected) in [
+        (Query::filter(field("tags").eq("x")), vec![" old "]),
+        (
+            Query::filter(field("body").eq(long.as_str())),
+            vec![" old "],
+        ),
+        (Query::filter(field("n").lt(2)), vec![" old "]),
+        (Query::filter(field("tags").ne("x")), vec!["new"]),
+    ] {
+        let got: Vec<String> = store
+            .find_many(&q)
+            .await?
+            .into_iter()
+            .map(|r| r.key)
+            .collect();
+        assert_eq!(got, expected, "{q:?}");
+        assert_eq!(store.count(&q).await?, 1, "{q:?}");
+    }
+    // Overwriting it writes the current form.
+    store.set(" old ", &old).await?;
+    assert_eq!(store.get(" old ").await?, Some(old));
+    assert!(store.delete(" old ").await?);
+    assert_eq!(store.size().await?, 1);
+    Ok(())
+}
