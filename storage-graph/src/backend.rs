@@ -417,15 +417,15 @@ impl Inner {
 
     /// The exact-match index on the hex key (see [`KEY_INDEX_PROP`]).
     ///
-    /// Keys stay unique because every write `MERGE`s on `key` and FalkorDB runs writes
-    /// one at a time. No FalkorDB unique constraint is added: FalkorDB 4.16.3 crashes
+    /// Keys stay unique because every write looks its keys up in this index before it
+    /// creates a node, and FalkorDB runs writes one at a time. No FalkorDB unique constraint is added: FalkorDB 4.16.3 crashes
     /// (the whole server) when a node whose constrained property is empty or only
     /// whitespace is created under a unique constraint, and `"   "` is a valid key.
     ///
     /// Queries also find the nodes holding opaque values or objects on their paths
-    /// through indexes on `_o` and `_x` (FalkorDB indexes each element of a list), so
-    /// that an indexed query never scans the label; nodes without such values hold
-    /// neither property and cost those indexes nothing.
+    /// through indexes on `_o1`, `_o2`, `_o` and `_x` (FalkorDB indexes each element of
+    /// a list), so that an indexed query never scans the label; nodes without such
+    /// values hold none of them and cost those indexes nothing.
     async fn ensure_schema(&self) -> Result<()> {
         let mut conn = self.shared();
         for prop in [
@@ -996,10 +996,10 @@ impl Inner {
     }
 }
 
-/// The columns of a batch written column-wise: each row a list `[key, kh, v, _o, _x,
-/// promoted…, unique terms…]` instead of a map, so that property names are written
+/// The columns of a batch written column-wise: each row a list `[kh, v, _o1, _o2, _o,
+/// _x, promoted…, unique terms…]` instead of a map, so that property names are written
 /// once in the query body rather than once per row (a map row costs FalkorDB more to
-/// parse and to apply through `SET m = r`). `_o` and `_x` are columns only when some
+/// parse and to apply through `SET m = r`). `_o1`, `_o2`, `_o` and `_x` are columns only when some
 /// row lists a path in them, and the index epoch is a constant of the query body
 /// rather than a cell. A property a row lacks is `null`, which `CREATE` and
 /// `SET n = {…}` both leave unset.

@@ -17,9 +17,9 @@
 //! faithfully (strings without NUL of at most [`MAX_PROMOTED_STRING`] bytes, integers
 //! within ±2^53 so that comparisons with floats stay exact, finite floats, booleans),
 //! stored as `` n.`.path` ``. Every other present value (arrays, nulls, larger
-//! integers, strings with NUL, longer strings) is listed by path in the node's `_o`
-//! ("opaque") property, and a node with an opaque value on a clause's path always
-//! passes that clause's pre-filter. Under `not` the polarity
+//! integers, strings with NUL, longer strings) is listed by path in the node's `_o1`,
+//! `_o2` and `_o` ("opaque") properties, and a node with an opaque value on a clause's
+//! path always passes that clause's pre-filter. Under `not` the polarity
 //! flips: the inner clause must then keep *only* matching nodes, so opaque nodes are
 //! excluded instead.
 
@@ -81,8 +81,8 @@ pub(crate) fn opaque_test(tags: &str) -> String {
 /// path is a [`path_tag`].
 pub(crate) const OBJECT_PROP: &str = "_x";
 
-/// A path as listed in `_o` and `_x`: `h` and the path's bytes in hex. Those lists are
-/// indexed, and FalkorDB's index does not match strings exactly (it trims whitespace,
+/// A path as listed in `_o1`, `_o2`, `_o` and `_x`: `h` and the path's bytes in hex.
+/// Those properties are indexed, and FalkorDB's index does not match strings exactly (it trims whitespace,
 /// and cannot find `""`, the root's path); hex digits after a letter it matches as
 /// they are.
 pub(crate) fn path_tag(path: &str) -> String {

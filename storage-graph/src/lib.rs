@@ -48,23 +48,29 @@
 //! - not implemented: spatial indexes (`Unsupported`).
 //!
 //! ## Data model
-//! An entry is a node `(:Label {key, kh, v, …})`: `key` is the key, `kh` its hex form
-//! (the one the exact-match index covers: FalkorDB's index trims whitespace from
-//! strings, so it cannot look up `" a"` or `"   "` exactly), and `v` the value exactly
-//! as the configured codec encoded it (FalkorDB clamps integers above `i64::MAX` and
-//! cuts strings at NUL, so values are never stored as properties for reading back).
-//! Scalars FalkorDB represents faithfully are also copied into properties named
-//! `` `.path` `` to filter queries in Cypher; other present values are listed by path
-//! in `_o`, and paths holding objects in `_x` (each path as `h` + hex, which
-//! FalkorDB's index matches exactly). `kh`, `_o` and `_x` are indexed. One graph per
-//! `database`, one label per handle: `clear` only removes this label's nodes. Every key and value reaches Cypher as a parameter in the
+//! An entry is a node `(:Label {kh, v, …})`: `kh` is the key in lowercase hex (the
+//! exact-match index covers it: FalkorDB's index trims whitespace from strings, so it
+//! cannot look up `" a"` or `"   "` as they are; hex sorts as the key's bytes do, and
+//! reads decode it), and `v` the value exactly as the configured codec encoded it
+//! (FalkorDB clamps integers above `i64::MAX` and cuts strings at NUL, so values are
+//! never stored as properties for reading back). Scalars FalkorDB represents
+//! faithfully, strings of at most 128 bytes among them, are also copied into
+//! properties named `` `.path` `` to filter queries in Cypher; other present values
+//! (arrays, nulls, longer strings, …) are listed by path as *opaque*, the first two in
+//! the strings `_o1` and `_o2` and the rest in the list `_o`, and paths holding
+//! objects in `_x` (each path as `h` + hex, which FalkorDB's index matches exactly).
+//! `kh`, `_o1`, `_o2`, `_o` and `_x` are indexed; `ix` (see `unique`) is left out
+//! while the label has never had a unique index. Nodes written by earlier builds
+//! (which also held the key in `key`, and every opaque path in `_o`) read as before.
+//! One graph per `database`, one label per handle: `clear` only removes this label's
+//! nodes. Every key and value reaches Cypher as a parameter in the
 //! `CYPHER name=value` header (encoded by the `falkordb` crate's verified encoder);
 //! names in a query body are validated identifiers or backtick-quoted paths, and a
 //! path FalkorDB cannot name (one with a backtick) is evaluated in process.
 //!
 //! ## What runs where
 //! - in Cypher: key lookups (through the `kh` index), iteration in key order (pages of
-//!   `ORDER BY key`, strcmp being UTF-8 byte order), batches (one `UNWIND` query per
+//!   `ORDER BY kh`, strcmp on hex being the keys' byte order), batches (one `UNWIND` query per
 //!   batch, which FalkorDB applies atomically; plain `CREATE`s when the batch's keys are
 //!   all new), and the where clause (`eq`, `ne`, `gt`/`gte`/`lt`/`lte`, `in`, `nin`,
 //!   `and`, `or`, `not` on promoted properties);
@@ -74,12 +80,13 @@
 //!   index when one answers a top-level clause (equality on strings without
 //!   whitespace, numbers and booleans; ranges on numbers), orders them (type bracket,
 //!   value, then key) and keeps the first `offset + limit`, and `count` counts them.
-//!   The *dirty* others are found through the `_o`/`_x` indexes;
+//!   The *dirty* others are found through the `_o1`/`_o2`/`_o`/`_x` indexes;
 //! - in process, by the reference evaluator: the exact where clause, order and page
 //!   over those candidates (both sets, or the pre-filtered label when some clause does
 //!   not translate), `regex`, `exists`, `text` (a full-text index is created in
-//!   FalkorDB, but its stemming and stop words differ from the `text` operator's
-//!   words), `within_box`, nested conditions, `select`, scores and aggregates;
+//!   FalkorDB, on the promoted strings only, but its stemming and stop words differ
+//!   from the `text` operator's words), `within_box`, nested conditions, `select`,
+//!   scores and aggregates;
 //!   unique indexes, checked on the candidates read under the commit's `WATCH`.
 //!
 //! FalkorDB's range index returns booleans for numeric ranges (as 0 and 1), orders
@@ -99,12 +106,16 @@
 //! Each commit also appends its change batch to the Redis stream
 //! `{database}::{label}::changes` in the same `MULTI`/`EXEC` (trimmed to about
 //! [`STREAM_MAX_LEN`] batches); every watch reads it, in commit order, so it sees
-//! writes from every handle and process.
+//! writes from every handle and process. An entry holds the whole batch in one field,
+//! each change's key and stored value framed by their lengths (nothing escaped);
+//! entries written by earlier builds (a JSON array) are still read.
 //!
 //! ## Runtime
 //! Every call runs on tokio: the store needs a runtime with I/O and time enabled
 //! (`#[tokio::main]`, `Runtime::new()`, or a builder with `enable_all()`), and
-//! `watch` spawns one task per subscription on the current runtime.
+//! `watch` spawns one task per subscription on the current runtime. A batch of 1,024
+//! operations or more hands its values and their encoded form to the runtime's
+//! blocking pool to be freed, rather than freeing them in the caller's path.
 //!
 //! ## What you give up
 //! - change events carry the new value of a set, and a delete's the value it removed
@@ -113,6 +124,11 @@
 //!   change record is queued in that `MULTI` before the graph query runs, so it cannot
 //!   hold what the query found; reading first would cost every set a watched round
 //!   trip. A clear lists the keys it removed, without their values;
+//! - strings longer than 128 bytes are not copied into properties (FalkorDB would parse
+//!   and store each twice): a query comparing such a string whole (`eq`, ranges,
+//!   `order_by` on that path) leaves those entries to the evaluator, fetched through
+//!   the opaque-path indexes, and FalkorDB's full-text index does not see them (the
+//!   `text` operator runs in process either way);
 //! - a label with unique indexes pays for them on every write: the check runs in
 //!   process (FalkorDB's own unique constraint compares single property values, and
 //!   crashes the server on blank strings) on the entries that could conflict, read
@@ -130,7 +146,7 @@
 //! - a query with a clause that does not translate (regex, exists, text, nested
 //!   conditions, an operand FalkorDB cannot compare exactly) is ordered and paged in
 //!   process over every candidate; so are entries with opaque values or objects on the
-//!   query's paths (always few, fetched through the `_o`/`_x` indexes).
+//!   query's paths (fetched through the `_o1`/`_o2`/`_o`/`_x` indexes).
 //!
 //! ## Crate features
 //! - `tls`: TLS through rustls (`rediss://`, `falkors://`, or `tls` in the config).

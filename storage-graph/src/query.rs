@@ -175,7 +175,8 @@ struct Top<'a> {
 
 /// The nodes on which a filter's Cypher translation, and the order keys, are not exact:
 /// those holding an opaque value at a prefix of one of `paths` (FalkorDB finds them
-/// through the index on `_o`), or an object at one of `order` (through `_x`). Each
+/// through the indexes on `_o1`, `_o2` and `_o`), or an object at one of `order`
+/// (through `_x`). Each
 /// path is a parameter.
 fn dirty_nodes(paths: &[String], order: &[String], q: &mut Cypher) -> Result<String> {
     let mut prefixes = std::collections::BTreeSet::from([String::new()]);
@@ -320,7 +321,7 @@ impl<T: StorageValue> GraphStorage<T> {
     /// splits in two: *clean* nodes, with no opaque value on the filter's or the order's
     /// paths, on which the translation is exact, so Cypher filters them exactly (through
     /// a range index when one answers a top-level clause), orders them and keeps only
-    /// the first `offset + limit`; and the few *dirty* others, found through the `_o`
+    /// the first `offset + limit`; and the few *dirty* others, found through the `_o1`/`_o2`/`_o`
     /// and `_x` indexes, fetched with the pre-filter. The evaluator then runs the whole
     /// query on both sets, which holds every entry of the final page. Otherwise the
     /// pre-filter runs on the whole label and the evaluator does the rest.
