@@ -228,6 +228,175 @@ async fn concurrent_sets(config: JsonConfig, n: u64, ops: u64, writers: u64) -> 
     Ok(micros(took, ops))
 }
 
+/// What the raw group commit shares between its writer tasks and its sync thread.
+struct RawGroupState {
+    /// Lines appended since the last flush, in append order.
+    buf: Vec<u8>,
+    /// The typed entries, as a hand-written store keeps them.
+    map: std::collections::BTreeMap<String, User>,
+    /// The number of the last line appended.
+    appended: u64,
+    stop: bool,
+}
+
+/// The least a hand-written group commit needs, for the same workload and the same
+/// durability: each writer encodes its `["key", {...}]` line outside the lock,
+/// appends it to a shared buffer and inserts the value into a typed map under one
+/// mutex, then waits until a shared "synced up to line N" signal covers its line.
+/// A sync thread takes whatever was appended (no waiting for a group to fill: the
+/// writers that arrive during one `fdatasync` form the next group), writes it with
+/// one `write` into a preallocated, zero-filled file, `fdatasync`s, and publishes the
+/// new synced mark (one wake of every waiting task per group).
+struct RawGroup {
+    state: std::sync::Mutex<RawGroupState>,
+    wake: std::sync::Condvar,
+    synced: tokio::sync::watch::Sender<u64>,
+}
+
+impl RawGroup {
+    fn sync_loop(&self, mut file: File) -> BenchResult {
+        loop {
+            let (buf, target) = {
+                let mut st = self.state.lock().map_err(|_| "raw group: poisoned")?;
+                while st.buf.is_empty() && !st.stop {
+                    st = self.wake.wait(st).map_err(|_| "raw group: poisoned")?;
+                }
+                if st.buf.is_empty() {
+                    return Ok(());
+                }
+                (std::mem::take(&mut st.buf), st.appended)
+            };
+            file.write_all(&buf)?;
+            file.sync_data()?;
+            self.synced.send_replace(target);
+        }
+    }
+
+    async fn set(
+        &self,
+        synced: &mut tokio::sync::watch::Receiver<u64>,
+        k: String,
+        u: User,
+    ) -> BenchResult {
+        let mut line = serde_json::to_vec(&(&k, &u))?;
+        line.push(b'\n');
+        let (seq, first) = {
+            let mut st = self.state.lock().map_err(|_| "raw group: poisoned")?;
+            let first = st.buf.is_empty();
+            st.buf.extend_from_slice(&line);
+            st.map.insert(k, u);
+            st.appended += 1;
+            (st.appended, first)
+        };
+        if first {
+            self.wake.notify_one();
+        }
+        synced
+            .wait_for(|s| *s >= seq)
+            .await
+            .map_err(|_| "raw group: sync thread stopped")?;
+        Ok(())
+    }
+}
+
+/// The raw group commit ([`RawGroup`]) with `writers` concurrent tasks: per-set wall time.
+async fn raw_group_sets(dir: &Path, n: u64, ops: u64, writers: u64) -> BenchResult<f64> {
+    let path = dir.join("raw-group.log");
+    let file = Floor::new(&path, ops * 1024)?.file;
+    let (synced, _) = tokio::sync::watch::channel(0u64);
+    let raw = std::sync::Arc::new(RawGroup {
+        state: std::sync::Mutex::new(RawGroupState {
+            buf: Vec::new(),
+            map: (0..n).map(|i| (key(i), user(i))).collect(),
+            appended: 0,
+            stop: false,
+        }),
+        wake: std::sync::Condvar::new(),
+        synced,
+    });
+    let syncer = {
+        let raw = std::sync::Arc::clone(&raw);
+        std::thread::spawn(move || raw.sync_loop(file).map_err(|e| e.to_string()))
+    };
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..writers)
+        .map(|w| {
+            let raw = std::sync::Arc::clone(&raw);
+            let mut synced = raw.synced.subscribe();
+            tokio::spawn(async move {
+                let mut rng = Rng(0x2545_F491_4F6C_DD1D ^ (w + 1));
+                for _ in 0..ops / writers {
+                    let id = rng.below(n);
+                    raw.set(&mut synced, key(id), user(id))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                Ok::<_, String>(())
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await??;
+    }
+    let took = start.elapsed();
+    raw.state.lock().map_err(|_| "raw group: poisoned")?.stop = true;
+    raw.wake.notify_one();
+    syncer.join().map_err(|_| "raw group: sync thread panicked")??;
+    std::fs::remove_file(&path)?;
+    Ok(micros(took, ops))
+}
+
+/// `STORAGE_JSON_BENCH_GROUP=ROUNDS`: group commit only, the adapter and the raw group
+/// commit alternated for ROUNDS rounds at each size (64 writers), one line per round.
+async fn group_only(root: &Path, rounds: u32) -> BenchResult {
+    let sizes: Vec<u64> = match std::env::var("STORAGE_JSON_BENCH_SIZES") {
+        Ok(list) => list
+            .split(',')
+            .filter_map(|n| n.trim().parse().ok())
+            .collect(),
+        Err(_) => vec![1_000, 10_000, 100_000],
+    };
+    let ops = 20_000;
+    let group = Durability::Group {
+        max_writes: 64,
+        max_delay_ms: 1,
+    };
+    println!(
+        "| entries | round | set, group commit ({WRITERS} writers) | raw group commit ({WRITERS} writers) | adapter / raw |"
+    );
+    println!("|---:|---:|---:|---:|---:|");
+    for &n in &sizes {
+        let path = root.join(format!("users-{n}.json"));
+        prefill(&path, n).await?;
+        let (mut adapter, mut raw) = (Vec::new(), Vec::new());
+        for round in 0..rounds {
+            // `STORAGE_JSON_BENCH_SIDE=adapter` or `raw` runs one side only (for profiling).
+            let side = std::env::var("STORAGE_JSON_BENCH_SIDE").unwrap_or_default();
+            let a = if side == "raw" {
+                f64::NAN
+            } else {
+                concurrent_sets(JsonConfig::new(&path).durability(group), n, ops, WRITERS).await?
+            };
+            let r = if side == "adapter" {
+                f64::NAN
+            } else {
+                raw_group_sets(root, n, ops, WRITERS).await?
+            };
+            println!("| {n} | {round} | {a:.1} µs | {r:.1} µs | {:.2} |", a / r);
+            adapter.push(a);
+            raw.push(r);
+        }
+        let (a, r) = (median_of(&mut adapter), median_of(&mut raw));
+        println!("| {n} | median | {a:.1} µs | {r:.1} µs | {:.2} |", a / r);
+    }
+    Ok(())
+}
+
+fn median_of(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
 /// The naive design: rewrite the whole file (temp, fsync, rename) for every write.
 fn raw_rewrite(dir: &Path, n: u64, ops: u64) -> BenchResult<f64> {
     let mut map: std::collections::BTreeMap<String, User> =
@@ -488,6 +657,12 @@ fn main() -> BenchResult {
         .enable_all()
         .build()?
         .block_on(async {
+            if let Some(rounds) = std::env::var("STORAGE_JSON_BENCH_GROUP")
+                .ok()
+                .and_then(|r| r.parse().ok())
+            {
+                return group_only(root.path(), rounds).await;
+            }
             let n = write_costs(root.path(), quick).await?;
             read_costs(root.path(), n).await
         })

@@ -28,7 +28,7 @@ use tracing::Instrument;
 use crate::config::{Durability, JsonConfig, LockMode, check};
 use crate::error::JsonError;
 use crate::journal::{
-    self, Commit, FlushHook, GroupSync, IndexOp, JournalWriter, Paths, SyncOutcome,
+    self, Commit, FlushHook, GroupSync, IndexOp, JournalWriter, Paths, SyncWait,
     apply_index_ops, encode_ops, encode_record, encode_record_from, read_journal, read_main,
     truncate_file, write_main,
 };
@@ -1290,7 +1290,7 @@ impl<T: StorageValue> Inner<T> {
         &self,
         ops: &[StagedOp],
         reads: Option<&ReadSet<'_>>,
-    ) -> Result<(BatchResult, Option<oneshot::Receiver<SyncOutcome>>)> {
+    ) -> Result<(BatchResult, Option<SyncWait>)> {
         // The journal line's operations depend on `ops` only (not on the state), so
         // they are encoded before the store lock is taken: concurrent writers
         // serialize their values in parallel.
@@ -1326,7 +1326,7 @@ impl<T: StorageValue> Inner<T> {
         self.journal_line(&mut st, &line)?;
         st.seq = seq;
         st.apply(seq, staged.commit);
-        let waiter = self.group.as_ref().map(|g| g.register(seq));
+        let waiter = self.group.as_ref().map(|g| g.wait_for(seq));
         if events {
             self.queue(&st, seq, staged.events);
         }
@@ -1344,7 +1344,7 @@ impl<T: StorageValue> Inner<T> {
         &self,
         st: &mut State,
         op: IndexOp,
-    ) -> Result<Option<oneshot::Receiver<SyncOutcome>>> {
+    ) -> Result<Option<SyncWait>> {
         let seq = st.seq + 1;
         let dropped = match &op {
             IndexOp::Drop(name) => Some(name.clone()),
@@ -1364,7 +1364,7 @@ impl<T: StorageValue> Inner<T> {
         if let Some(name) = dropped {
             st.indexes.drop_index(&name);
         }
-        let waiter = self.group.as_ref().map(|g| g.register(seq));
+        let waiter = self.group.as_ref().map(|g| g.wait_for(seq));
         self.maybe_compact(st);
         Ok(waiter)
     }
@@ -1491,11 +1491,8 @@ impl<T: StorageValue> Inner<T> {
         Ok(result)
     }
 
-    async fn wait_synced(&self, rx: oneshot::Receiver<SyncOutcome>) -> Result<()> {
-        let outcome = rx
-            .await
-            .unwrap_or_else(|_| Err("group-commit thread stopped".to_owned()));
-        if let Err(why) = outcome {
+    async fn wait_synced(&self, wait: SyncWait) -> Result<()> {
+        if let Err(why) = wait.await {
             self.write().poisoned = Some(why.clone());
             return Err(JsonError::io("fsync", &self.paths.journal, io::Error::other(why)).into());
         }

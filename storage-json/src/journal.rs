@@ -21,11 +21,13 @@ use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use futures::channel::oneshot;
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
 use storage_core::{Document, IndexDefinition};
@@ -861,9 +863,18 @@ struct SyncState {
     file: Arc<File>,
     /// The highest record number appended and registered.
     written: u64,
-    /// The highest record number an fsync covered.
+    /// The highest record number an fsync covered (also in [`SyncShared::synced`],
+    /// which a waiter reads without this lock).
     synced: u64,
-    waiters: Vec<(u64, oneshot::Sender<SyncOutcome>)>,
+    /// The writers waiting in [`SyncWait`] (the next group), with their record
+    /// number and task, woken once an fsync covers it (or fails).
+    waiters: Vec<(u64, Waker)>,
+    /// Released writers still to be woken, by the first released writer whose wait
+    /// is polled (see [`wake_released`]).
+    relay: Vec<Waker>,
+    /// Why records that no fsync covered will never be: the first fsync (or flush)
+    /// failure, or the thread's end. Every later waiter not covered gets it.
+    failed: Option<String>,
     /// When the oldest waiting writer registered.
     oldest: Option<Instant>,
     /// When the last writer registered.
@@ -884,6 +895,11 @@ pub(crate) type FlushHook = Box<dyn Fn() -> SyncOutcome + Send + Sync>;
 
 struct SyncShared {
     state: Mutex<SyncState>,
+    /// [`SyncState::synced`], readable without the lock: a waiter polled after its
+    /// record was covered returns without touching the lock.
+    synced: AtomicU64,
+    /// Whether [`SyncState::relay`] holds wakers.
+    relay_pending: AtomicBool,
     wake: Condvar,
     flush: FlushHook,
     max_writes: usize,
@@ -904,9 +920,136 @@ const MIN_QUIET: Duration = Duration::from_micros(20);
 /// share one fsync however many they are. Writers keep appending (into the journal's
 /// buffer: see [`JournalWriter::flush`], which the thread calls through its
 /// [`FlushHook`] before each fsync) while an fsync runs.
+///
+/// Waiters share one "synced up to record N" mark instead of a channel each: a
+/// writer's [`SyncWait`] compares its record number with the mark, and the thread
+/// wakes, after each fsync, the tasks whose records it covered (outside its lock).
 pub(crate) struct GroupSync {
     shared: Arc<SyncShared>,
     thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// What a writer awaits after registering: completes once an fsync covered its
+/// record (`Ok`), or with the failure that means none will (`Err`).
+///
+/// Created right after the record is appended and polled at once (in the same poll
+/// of the writer's future), so every appended record is registered.
+pub(crate) struct SyncWait {
+    shared: Arc<SyncShared>,
+    seq: u64,
+    registered: bool,
+    done: bool,
+}
+
+impl Drop for SyncWait {
+    fn drop(&mut self) {
+        if !self.registered || self.done {
+            return;
+        }
+        // A writer that stops waiting must not be the one the thread wakes to relay
+        // the others' wake-ups (nothing would poll it), and if it already was, it
+        // relays them now.
+        let mut st = self
+            .shared
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        st.waiters.retain(|(seq, _)| *seq != self.seq);
+        drop(st);
+        relay_wakes(&self.shared);
+    }
+}
+
+/// Wakes the released writers the thread left to be relayed (see [`wake_released`]).
+fn relay_wakes(shared: &SyncShared) {
+    if !shared.relay_pending.load(Ordering::Acquire) {
+        return;
+    }
+    let relay = {
+        let mut st = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
+        shared.relay_pending.store(false, Ordering::Release);
+        std::mem::take(&mut st.relay)
+    };
+    relay.into_iter().for_each(Waker::wake);
+}
+
+/// Wakes the writers an fsync released. The thread wakes only one of them and
+/// leaves the rest to it: waking a task from outside its executor is expensive (a
+/// lock on the executor's shared queue and a thread to unpark, about 1 µs each
+/// here), while the first writer to resume wakes the others from an executor thread,
+/// where it is a push onto that thread's own queue. Whichever released (or
+/// dropped) wait runs first does the relay, so a writer that stopped waiting holds
+/// nobody up.
+fn wake_released(shared: &SyncShared, mut woken: Vec<Waker>) {
+    const DIRECT: usize = 2;
+    if woken.len() <= DIRECT {
+        woken.into_iter().for_each(Waker::wake);
+        return;
+    }
+    let first = woken.pop();
+    {
+        let mut st = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
+        st.relay.append(&mut woken);
+        shared.relay_pending.store(true, Ordering::Release);
+    }
+    if let Some(first) = first {
+        first.wake();
+    }
+}
+
+impl Future for SyncWait {
+    type Output = SyncOutcome;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<SyncOutcome> {
+        let this = self.get_mut();
+        let (shared, seq) = (&*this.shared, this.seq);
+        if shared.synced.load(Ordering::Acquire) >= seq {
+            this.done = true;
+            relay_wakes(shared);
+            return Poll::Ready(Ok(()));
+        }
+        let mut st = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
+        // Checked again under the lock: a release between the load above and here
+        // has already taken the wakers, so this one must not be left behind.
+        if st.synced >= seq {
+            drop(st);
+            this.done = true;
+            relay_wakes(shared);
+            return Poll::Ready(Ok(()));
+        }
+        if let Some(why) = &st.failed {
+            this.done = true;
+            return Poll::Ready(Err(why.clone()));
+        }
+        if this.registered {
+            if let Some((_, waker)) = st.waiters.iter_mut().find(|(s, _)| *s == seq) {
+                waker.clone_from(cx.waker());
+            }
+            return Poll::Pending;
+        }
+        this.registered = true;
+        let wake_thread = register(&mut st, seq, cx.waker().clone(), shared.max_writes);
+        drop(st);
+        if wake_thread {
+            // Otherwise the thread is syncing, or waiting for a deadline it rechecks.
+            shared.wake.notify_one();
+        }
+        Poll::Pending
+    }
+}
+
+/// Adds a waiting writer; returns whether the sync thread must be woken (the first
+/// writer of a group, or the one that fills it).
+fn register(st: &mut SyncState, seq: u64, waker: Waker, max_writes: usize) -> bool {
+    st.written = st.written.max(seq);
+    let now = Instant::now();
+    st.last_arrival = now;
+    let first = st.waiters.is_empty();
+    if first {
+        st.oldest = Some(now);
+    }
+    st.waiters.push((seq, waker));
+    first || st.waiters.len() == st.expected.clamp(1, max_writes)
 }
 
 impl GroupSync {
@@ -922,6 +1065,8 @@ impl GroupSync {
                 written: 0,
                 synced: 0,
                 waiters: Vec::new(),
+                relay: Vec::new(),
+                failed: None,
                 oldest: None,
                 last_arrival: Instant::now(),
                 fsync_time: Duration::ZERO,
@@ -929,6 +1074,8 @@ impl GroupSync {
                 fsyncs: 0,
                 shutdown: false,
             }),
+            synced: AtomicU64::new(0),
+            relay_pending: AtomicBool::new(false),
             wake: Condvar::new(),
             flush,
             max_writes: max_writes.max(1),
@@ -945,30 +1092,17 @@ impl GroupSync {
         })
     }
 
-    /// Registers the writer of record `seq` (already appended); the receiver
-    /// completes once an fsync covered it.
-    pub(crate) fn register(&self, seq: u64) -> oneshot::Receiver<SyncOutcome> {
-        let (tx, rx) = oneshot::channel();
-        let mut st = self
-            .shared
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        st.written = st.written.max(seq);
-        let now = Instant::now();
-        st.last_arrival = now;
-        let first = st.waiters.is_empty();
-        if first {
-            st.oldest = Some(now);
+    /// The wait of the writer of record `seq` (already appended): it registers on
+    /// its first poll and completes once an fsync covered the record. Records up to
+    /// the highest registered one are in the journal's buffer by then, so a group
+    /// covers them all even when their writers register out of order.
+    pub(crate) fn wait_for(&self, seq: u64) -> SyncWait {
+        SyncWait {
+            shared: Arc::clone(&self.shared),
+            seq,
+            registered: false,
+            done: false,
         }
-        st.waiters.push((seq, tx));
-        let full = st.waiters.len() == st.expected.clamp(1, self.shared.max_writes);
-        drop(st);
-        if first || full {
-            // Otherwise the thread is syncing, or waiting for a deadline it rechecks.
-            self.shared.wake.notify_one();
-        }
-        rx
     }
 
     /// How many fsyncs the thread has taken.
@@ -988,8 +1122,9 @@ impl GroupSync {
             .state
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        st.synced = st.synced.max(seq);
-        release(&mut st, &Ok(()));
+        let woken = release(&self.shared, &mut st, seq, None);
+        drop(st);
+        woken.into_iter().for_each(Waker::wake);
     }
 
     /// Replaces the file the thread fsyncs (after the journal was reopened).
@@ -1019,8 +1154,8 @@ impl GroupSync {
             .unwrap_or_else(PoisonError::into_inner)
             .take();
         if let Some(handle) = handle {
-            // A panic in the sync thread has already failed its waiters (their
-            // senders were dropped); nothing more to report here.
+            // A panic in the sync thread has already failed its waiters (its exit
+            // guard marks the group failed); nothing more to report here.
             let _ = handle.join();
         }
     }
@@ -1032,37 +1167,63 @@ impl Drop for GroupSync {
     }
 }
 
-fn release(st: &mut SyncState, outcome: &SyncOutcome) {
+/// Marks records up to `synced` durable, or with `failure` fails every record not
+/// yet covered, and returns the wakers of the writers that can go on (to be woken
+/// after the lock is released).
+fn release(
+    shared: &SyncShared,
+    st: &mut SyncState,
+    synced: u64,
+    failure: Option<String>,
+) -> Vec<Waker> {
+    if synced > st.synced {
+        st.synced = synced;
+        shared.synced.store(synced, Ordering::Release);
+    }
     let synced = st.synced;
-    if outcome.is_ok() && st.waiters.iter().all(|(seq, _)| *seq <= synced) {
-        if !st.waiters.is_empty() {
-            st.expected = st.waiters.len();
-        }
-        for (_, tx) in st.waiters.drain(..) {
-            // A writer that stopped waiting (its future was dropped) is fine.
-            let _ = tx.send(Ok(()));
-        }
-        st.oldest = None;
-        return;
+    if let Some(why) = failure {
+        st.failed.get_or_insert(why);
     }
+    let fail_all = st.failed.is_some();
     let waiting = st.waiters.len();
-    let mut kept = Vec::with_capacity(waiting);
-    for (seq, tx) in st.waiters.drain(..) {
-        if seq <= synced || outcome.is_err() {
-            let _ = tx.send(outcome.clone());
-        } else {
-            kept.push((seq, tx));
-        }
-    }
-    let released = waiting - kept.len();
-    if released > 0 {
-        st.expected = released;
-    }
+    let (woken, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut st.waiters)
+        .into_iter()
+        .partition(|(seq, _)| *seq <= synced || fail_all);
     st.waiters = kept;
+    let woken: Vec<Waker> = woken.into_iter().map(|(_, waker)| waker).collect();
+    if !woken.is_empty() {
+        // Those released come back together, and those that arrived during the fsync
+        // are already waiting: the next group waits for both (a group cut short at
+        // the released count would leave the late ones to trail into the next one
+        // every time).
+        st.expected = waiting;
+    }
     st.oldest = (!st.waiters.is_empty()).then(Instant::now);
+    woken
+}
+
+/// Fails the group when its thread ends (shutdown or a panic), so that no
+/// waiter whose record was not covered waits forever.
+struct ThreadEnd<'a>(&'a SyncShared);
+
+impl Drop for ThreadEnd<'_> {
+    fn drop(&mut self) {
+        let mut st = self.0.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let woken = release(
+            self.0,
+            &mut st,
+            0,
+            Some("group-commit thread stopped".to_owned()),
+        );
+        let relay = std::mem::take(&mut st.relay);
+        self.0.relay_pending.store(false, Ordering::Release);
+        drop(st);
+        woken.into_iter().chain(relay).for_each(Waker::wake);
+    }
 }
 
 fn run_group_sync(shared: &SyncShared) {
+    let _end = ThreadEnd(shared);
     let mut st = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
     loop {
         while st.waiters.is_empty() && !st.shutdown {
@@ -1085,30 +1246,26 @@ fn run_group_sync(shared: &SyncShared) {
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
-        // Every record up to `written` was appended (writers register after
-        // appending, under the store lock), so once the flush below has written the
+        // Every record up to `written` was appended (a writer registers after
+        // appending, and records are numbered in append order), so once the flush below has written the
         // group's collected lines in one `write`, this fsync covers them all. The
         // flush takes the store lock: this lock must not be held meanwhile.
         let target = st.written;
+        let file = Arc::clone(&st.file);
         drop(st);
         let started = Instant::now();
-        let flushed = (shared.flush)();
-        let file = Arc::clone(
-            &shared
-                .state
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .file,
-        );
-        let outcome = flushed.and_then(|()| file.sync_data().map_err(|e| e.to_string()));
+        let outcome = (shared.flush)().and_then(|()| file.sync_data().map_err(|e| e.to_string()));
         let took = started.elapsed();
         st = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
         st.fsync_time = (st.fsync_time * 3 + took) / 4;
         st.fsyncs += 1;
-        if outcome.is_ok() {
-            st.synced = st.synced.max(target);
-        }
-        release(&mut st, &outcome);
+        let woken = match outcome {
+            Ok(()) => release(shared, &mut st, target, None),
+            Err(why) => release(shared, &mut st, 0, Some(why)),
+        };
+        drop(st);
+        wake_released(shared, woken);
+        st = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
     }
 }
 
@@ -1221,20 +1378,20 @@ mod tests {
         // The last fsync released eight writers, and fsyncs are slow (a long quiet
         // spell): the group waits for all eight, and one fsync covers them.
         set(8, Duration::from_secs(10));
-        let waits: Vec<_> = (1..=8).map(|seq| group.register(seq)).collect();
-        for rx in waits {
-            futures::executor::block_on(rx)??;
+        let waits = (1..=8).map(|seq| group.wait_for(seq));
+        for outcome in futures::executor::block_on(futures::future::join_all(waits)) {
+            outcome?;
         }
         assert_eq!(group.fsyncs(), 1, "eight writers, one fsync");
         // One writer comes back: its group closes after the quiet spell, and...
         set(8, Duration::from_millis(2));
-        futures::executor::block_on(group.register(9))??;
+        futures::executor::block_on(group.wait_for(9))?;
         assert_eq!(group.fsyncs(), 2);
         // ...from then on a lone writer's group closes at once, never waiting the
         // quiet spell (here 2 s) or `max_delay`.
         set(1, Duration::from_secs(4));
         let started = Instant::now();
-        futures::executor::block_on(group.register(10))??;
+        futures::executor::block_on(group.wait_for(10))?;
         assert!(
             started.elapsed() < Duration::from_secs(1),
             "{:?}",
