@@ -205,7 +205,33 @@ async fn fsync_vs_raw(dir: &Path, path: &Path, n: u64, ops: u64) -> BenchResult<
 
 /// Overwrites from `writers` concurrent tasks; group commit shares fsyncs between them.
 async fn concurrent_sets(config: JsonConfig, n: u64, ops: u64, writers: u64) -> BenchResult<f64> {
+    Ok(concurrent_sets_timed(config, n, ops, writers).await?.wall)
+}
+
+/// Per-set wall time and CPU time (all threads) of one side.
+struct Timed {
+    wall: f64,
+    cpu: Option<f64>,
+}
+
+impl Timed {
+    fn new(took: Duration, cpu: Option<u64>, ops: u64) -> Self {
+        Self {
+            wall: micros(took, ops),
+            cpu: cpu.map(|ns| micros(Duration::from_nanos(ns), ops)),
+        }
+    }
+}
+
+/// [`concurrent_sets`], with the CPU time the sets took.
+async fn concurrent_sets_timed(
+    config: JsonConfig,
+    n: u64,
+    ops: u64,
+    writers: u64,
+) -> BenchResult<Timed> {
     let store = JsonStorage::<User>::open(config).await?;
+    let cpu = cpu_ns();
     let start = Instant::now();
     let tasks: Vec<_> = (0..writers)
         .map(|w| {
@@ -224,8 +250,9 @@ async fn concurrent_sets(config: JsonConfig, n: u64, ops: u64, writers: u64) -> 
         t.await??;
     }
     let took = start.elapsed();
+    let cpu = cpu.zip(cpu_ns()).map(|(a, b)| b.saturating_sub(a));
     store.close().await?;
-    Ok(micros(took, ops))
+    Ok(Timed::new(took, cpu, ops))
 }
 
 /// What the raw group commit shares between its writer tasks and its sync thread.
@@ -300,7 +327,7 @@ impl RawGroup {
 }
 
 /// The raw group commit ([`RawGroup`]) with `writers` concurrent tasks: per-set wall time.
-async fn raw_group_sets(dir: &Path, n: u64, ops: u64, writers: u64) -> BenchResult<f64> {
+async fn raw_group_sets(dir: &Path, n: u64, ops: u64, writers: u64) -> BenchResult<Timed> {
     let path = dir.join("raw-group.log");
     let file = Floor::new(&path, ops * 1024)?.file;
     let (synced, _) = tokio::sync::watch::channel(0u64);
@@ -318,6 +345,7 @@ async fn raw_group_sets(dir: &Path, n: u64, ops: u64, writers: u64) -> BenchResu
         let raw = std::sync::Arc::clone(&raw);
         std::thread::spawn(move || raw.sync_loop(file).map_err(|e| e.to_string()))
     };
+    let cpu = cpu_ns();
     let start = Instant::now();
     let tasks: Vec<_> = (0..writers)
         .map(|w| {
@@ -339,11 +367,12 @@ async fn raw_group_sets(dir: &Path, n: u64, ops: u64, writers: u64) -> BenchResu
         t.await??;
     }
     let took = start.elapsed();
+    let cpu = cpu.zip(cpu_ns()).map(|(a, b)| b.saturating_sub(a));
     raw.state.lock().map_err(|_| "raw group: poisoned")?.stop = true;
     raw.wake.notify_one();
     syncer.join().map_err(|_| "raw group: sync thread panicked")??;
     std::fs::remove_file(&path)?;
-    Ok(micros(took, ops))
+    Ok(Timed::new(took, cpu, ops))
 }
 
 /// `STORAGE_JSON_BENCH_GROUP=ROUNDS`: group commit only, the adapter and the raw group
@@ -362,32 +391,69 @@ async fn group_only(root: &Path, rounds: u32) -> BenchResult {
         max_delay_ms: 1,
     };
     println!(
-        "| entries | round | set, group commit ({WRITERS} writers) | raw group commit ({WRITERS} writers) | adapter / raw |"
+        "| entries | round | set, group commit ({WRITERS} writers) | raw group commit ({WRITERS} writers) | adapter / raw | adapter CPU / set | raw CPU / set |"
     );
-    println!("|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    let show = |v: Option<f64>| v.map_or_else(|| "–".to_owned(), |v| format!("{v:.1} µs"));
     for &n in &sizes {
         let path = root.join(format!("users-{n}.json"));
         prefill(&path, n).await?;
-        let (mut adapter, mut raw) = (Vec::new(), Vec::new());
+        let (mut adapter, mut raw, mut adapter_cpu, mut raw_cpu) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for round in 0..rounds {
             // `STORAGE_JSON_BENCH_SIDE=adapter` or `raw` runs one side only (for profiling).
             let side = std::env::var("STORAGE_JSON_BENCH_SIDE").unwrap_or_default();
-            let a = if side == "raw" {
-                f64::NAN
-            } else {
-                concurrent_sets(JsonConfig::new(&path).durability(group), n, ops, WRITERS).await?
+            let skipped = || Timed {
+                wall: f64::NAN,
+                cpu: None,
             };
-            let r = if side == "adapter" {
-                f64::NAN
+            // The side that goes first alternates, as the disk's pace drifts.
+            let (a, r) = if round % 2 == 0 {
+                let a = if side == "raw" {
+                    skipped()
+                } else {
+                    concurrent_sets_timed(JsonConfig::new(&path).durability(group), n, ops, WRITERS)
+                        .await?
+                };
+                let r = if side == "adapter" {
+                    skipped()
+                } else {
+                    raw_group_sets(root, n, ops, WRITERS).await?
+                };
+                (a, r)
             } else {
-                raw_group_sets(root, n, ops, WRITERS).await?
+                let r = if side == "adapter" {
+                    skipped()
+                } else {
+                    raw_group_sets(root, n, ops, WRITERS).await?
+                };
+                let a = if side == "raw" {
+                    skipped()
+                } else {
+                    concurrent_sets_timed(JsonConfig::new(&path).durability(group), n, ops, WRITERS)
+                        .await?
+                };
+                (a, r)
             };
-            println!("| {n} | {round} | {a:.1} µs | {r:.1} µs | {:.2} |", a / r);
-            adapter.push(a);
-            raw.push(r);
+            println!(
+                "| {n} | {round} | {:.1} µs | {:.1} µs | {:.2} | {} | {} |",
+                a.wall,
+                r.wall,
+                a.wall / r.wall,
+                show(a.cpu),
+                show(r.cpu)
+            );
+            adapter.push(a.wall);
+            raw.push(r.wall);
+            adapter_cpu.extend(a.cpu);
+            raw_cpu.extend(r.cpu);
         }
         let (a, r) = (median_of(&mut adapter), median_of(&mut raw));
-        println!("| {n} | median | {a:.1} µs | {r:.1} µs | {:.2} |", a / r);
+        let (ac, rc) = (median_of(&mut adapter_cpu), median_of(&mut raw_cpu));
+        println!(
+            "| {n} | median | {a:.1} µs | {r:.1} µs | {:.2} | {ac:.1} µs | {rc:.1} µs |",
+            a / r
+        );
     }
     Ok(())
 }
@@ -417,6 +483,18 @@ fn raw_rewrite(dir: &Path, n: u64, ops: u64) -> BenchResult<f64> {
         std::fs::rename(&tmp, &path)?;
     }
     Ok(micros(start.elapsed(), ops))
+}
+
+/// CPU time used so far by this process's live threads (`/proc/self/task/*/schedstat`,
+/// nanoseconds), or `None` where that is not available. Read before a side stops its
+/// threads, so their time is counted.
+fn cpu_ns() -> Option<u64> {
+    let mut total = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+        total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(total)
 }
 
 /// Concurrent writer tasks for the group-commit column.

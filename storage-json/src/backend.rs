@@ -5,7 +5,7 @@ use std::fs::TryLockError as FileLockError;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -29,7 +29,7 @@ use crate::config::{Durability, JsonConfig, LockMode, check};
 use crate::error::JsonError;
 use crate::journal::{
     self, Commit, FlushHook, GroupSync, IndexOp, JournalWriter, Paths, SyncWait,
-    apply_index_ops, encode_ops, encode_record, encode_record_from, read_journal, read_main,
+    apply_index_ops, encode_ops, read_journal, read_main,
     truncate_file, write_main,
 };
 use crate::transaction::JsonTransaction;
@@ -242,7 +242,11 @@ impl State {
         }
         for (key, value) in commit.writes {
             let prev = match &value {
-                Some(doc) => self.entries.insert(key.clone(), Arc::clone(doc)),
+                // An overwrite (the common case) keeps the map's key: no copy of it.
+                Some(doc) => match self.entries.get_mut(&key) {
+                    Some(slot) => Some(std::mem::replace(slot, Arc::clone(doc))),
+                    None => self.entries.insert(key.clone(), Arc::clone(doc)),
+                },
                 None => self.entries.remove(&key),
             };
             if !self.indexes.is_empty() {
@@ -341,6 +345,8 @@ pub(crate) struct Inner<T> {
     /// The compaction running in the background, if any.
     background: Mutex<Option<std::thread::JoinHandle<()>>>,
     outbox: Mutex<VecDeque<Publication<T>>>,
+    /// The outbox's length, kept under its lock, read without it.
+    queued: AtomicUsize,
     publishing: Mutex<()>,
     next_tx: AtomicU64,
 }
@@ -946,6 +952,7 @@ impl<T: StorageValue> JsonStorage<T> {
                 group: group.map(Arc::new),
                 background: Mutex::new(None),
                 outbox: Mutex::new(VecDeque::new()),
+                queued: AtomicUsize::new(0),
                 publishing: Mutex::new(()),
                 next_tx: AtomicU64::new(1),
             }),
@@ -1013,6 +1020,7 @@ impl<T: StorageValue> JsonStorage<T> {
                     group: None,
                     background: Mutex::new(None),
                     outbox: Mutex::new(VecDeque::new()),
+                queued: AtomicUsize::new(0),
                     publishing: Mutex::new(()),
                     next_tx: AtomicU64::new(1),
                 }),
@@ -1119,8 +1127,9 @@ impl<T> Inner<T> {
         Ok(())
     }
 
-    /// Appends one record's line to the journal and, with `fsync_each`, fsyncs it.
-    fn journal_line(&self, st: &mut State, line: &[u8]) -> Result<(), JsonError> {
+    /// Appends record `seq` (its encoded operations) to the journal and, with
+    /// `fsync_each`, fsyncs it.
+    fn journal_line(&self, st: &mut State, seq: u64, ops: &[u8]) -> Result<(), JsonError> {
         let sync_each = self.config.atomic && self.config.durability == Durability::FsyncEach;
         let State {
             journal, poisoned, ..
@@ -1129,7 +1138,7 @@ impl<T> Inner<T> {
             return Err(JsonError::Closed);
         };
         let before = journal.len();
-        if let Err((err, restored)) = journal.append(line) {
+        if let Err((err, restored)) = journal.append_record(seq, ops) {
             if !restored {
                 *poisoned = Some(err.to_string());
             }
@@ -1291,10 +1300,11 @@ impl<T: StorageValue> Inner<T> {
         ops: &[StagedOp],
         reads: Option<&ReadSet<'_>>,
     ) -> Result<(BatchResult, Option<SyncWait>)> {
-        // The journal line's operations depend on `ops` only (not on the state), so
-        // they are encoded before the store lock is taken: concurrent writers
-        // serialize their values in parallel.
-        let encoded = encode_ops(&stage(&BTreeMap::new(), ops, false).commit).map_err(|e| {
+        // The commit (the final value of each key written) and its journal line
+        // depend on `ops` only, not on the state, so they are built before the store
+        // lock is taken: concurrent writers serialize their values in parallel.
+        let commit = stage(&BTreeMap::new(), ops, false).commit;
+        let encoded = encode_ops(&commit).map_err(|e| {
             StorageError::new(ErrorCode::SerializationFailed, e.to_string())
                 .with_backend(BACKEND)
                 .with_source(e)
@@ -1305,33 +1315,43 @@ impl<T: StorageValue> Inner<T> {
             st.validate(reads)?;
         }
         let events = self.hub.has_listeners();
-        let staged = stage(&st.entries, ops, events);
-        let noop = !staged.commit.cleared
-            && staged
-                .commit
+        // What the state adds is the result's counts of deletions and the events;
+        // a commit of sets that nobody observes needs neither.
+        let (result, event_ops) =
+            if !events && ops.iter().all(|op| matches!(op, StagedOp::Set(..))) {
+                let result = BatchResult {
+                    operations: ops.len(),
+                    ..BatchResult::default()
+                };
+                (result, Vec::new())
+            } else {
+                let staged = stage(&st.entries, ops, events);
+                (staged.result, staged.events)
+            };
+        let noop = !commit.cleared
+            && commit
                 .writes
                 .iter()
                 .all(|(k, v)| v.is_none() && !st.entries.contains_key(k));
         if noop {
             if events {
-                self.queue(&st, 0, staged.events);
+                self.queue(&st, 0, event_ops);
             }
-            return Ok((staged.result, None));
+            return Ok((result, None));
         }
         st.indexes
-            .check_unique(&staged.commit.writes, staged.commit.cleared)
+            .check_unique(&commit.writes, commit.cleared)
             .map_err(|e| e.with_backend(BACKEND))?;
         let seq = st.seq + 1;
-        let line = encode_record_from(seq, &encoded);
-        self.journal_line(&mut st, &line)?;
+        self.journal_line(&mut st, seq, &encoded)?;
         st.seq = seq;
-        st.apply(seq, staged.commit);
+        st.apply(seq, commit);
         let waiter = self.group.as_ref().map(|g| g.wait_for(seq));
         if events {
-            self.queue(&st, seq, staged.events);
+            self.queue(&st, seq, event_ops);
         }
         self.maybe_compact(&mut st);
-        Ok((staged.result, waiter))
+        Ok((result, waiter))
     }
 
     /// Journals an index definition change as a record of its own and drops the
@@ -1354,12 +1374,12 @@ impl<T: StorageValue> Inner<T> {
             index_ops: vec![op],
             ..Commit::default()
         };
-        let line = encode_record(seq, &commit).map_err(|e| {
+        let ops = encode_ops(&commit).map_err(|e| {
             StorageError::new(ErrorCode::SerializationFailed, e.to_string())
                 .with_backend(BACKEND)
                 .with_source(e)
         })?;
-        self.journal_line(st, &line)?;
+        self.journal_line(st, seq, &ops)?;
         st.seq = seq;
         if let Some(name) = dropped {
             st.indexes.drop_index(&name);
@@ -1417,17 +1437,16 @@ impl<T: StorageValue> Inner<T> {
                 }
             }
         }
-        self.outbox
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push_back(Publication {
-                batch: ChangeBatch {
-                    sequence: seq,
-                    resume_token: None,
-                    changes,
-                },
-                after,
-            });
+        let mut outbox = self.outbox.lock().unwrap_or_else(PoisonError::into_inner);
+        outbox.push_back(Publication {
+            batch: ChangeBatch {
+                sequence: seq,
+                resume_token: None,
+                changes,
+            },
+            after,
+        });
+        self.queued.store(outbox.len(), Ordering::Release);
     }
 
     /// Hands queued publications to hooks and subscribers, outside the state lock.
@@ -1435,6 +1454,10 @@ impl<T: StorageValue> Inner<T> {
     /// Whoever holds `publishing` drains for everyone, so publications leave in
     /// commit order, and a hook that writes to the store only queues its own.
     pub(crate) fn drain_outbox(&self) {
+        // Nothing queued (no listeners, the common case): no lock to take.
+        if self.queued.load(Ordering::Acquire) == 0 {
+            return;
+        }
         loop {
             let guard = match self.publishing.try_lock() {
                 Ok(g) => g,
@@ -1442,11 +1465,12 @@ impl<T: StorageValue> Inner<T> {
                 Err(TryLockError::WouldBlock) => return,
             };
             loop {
-                let next = self
-                    .outbox
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .pop_front();
+                let next = {
+                    let mut outbox = self.outbox.lock().unwrap_or_else(PoisonError::into_inner);
+                    let next = outbox.pop_front();
+                    self.queued.store(outbox.len(), Ordering::Release);
+                    next
+                };
                 let Some(publication) = next else { break };
                 for op in &publication.after {
                     match op {

@@ -116,28 +116,33 @@ pub(crate) struct Record {
 ///
 /// The CRC covers every byte before `,"crc"`, so the line stays plain JSON
 /// that any parser reads, and the checksum is still verifiable byte for byte.
+/// (The store appends through [`JournalWriter::append_record`], which writes the
+/// same bytes without this function's buffer.)
+#[cfg(test)]
 pub(crate) fn encode_record(seq: u64, commit: &Commit) -> Result<Vec<u8>, serde_json::Error> {
-    Ok(encode_record_from(seq, &encode_ops(commit)?))
+    let ops = encode_ops(commit)?;
+    let mut buf = Vec::with_capacity(48 + ops.len());
+    write_record(&mut buf, seq, &ops);
+    Ok(buf)
 }
 
-/// A journal line from the record number and the encoded operations
-/// ([`encode_ops`]): the part of [`encode_record`] that needs the record number,
-/// so writers can encode their operations before they take the store lock.
-pub(crate) fn encode_record_from(seq: u64, ops: &[u8]) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(48 + ops.len());
-    buf.extend_from_slice(b"{\"seq\":");
-    buf.extend_from_slice(seq.to_string().as_bytes());
-    buf.extend_from_slice(b",\"ops\":[");
+/// Appends a journal line to `buf` from the record number and the encoded
+/// operations ([`encode_ops`]): the part of [`encode_record`] that needs the record
+/// number, so writers can encode their operations before they take the store lock.
+pub(crate) fn write_record(buf: &mut Vec<u8>, seq: u64, ops: &[u8]) {
+    let start = buf.len();
+    // Writing into a `Vec` cannot fail.
+    let _ = write!(buf, "{{\"seq\":{seq},\"ops\":[");
     buf.extend_from_slice(ops);
     buf.push(b']');
-    let crc = crc32fast::hash(&buf);
-    buf.extend_from_slice(format!(",\"crc\":\"{crc:08x}\"}}\n").as_bytes());
-    buf
+    let crc = crc32fast::hash(&buf[start..]);
+    let _ = writeln!(buf, ",\"crc\":\"{crc:08x}\"}}");
 }
 
 /// The operations of a journal line, comma-separated, without the brackets.
 pub(crate) fn encode_ops(commit: &Commit) -> Result<Vec<u8>, serde_json::Error> {
-    let mut buf = Vec::with_capacity(commit.writes.len() * 64);
+    // Room for a small document per write, so a typical record needs no reallocation.
+    let mut buf = Vec::with_capacity(commit.writes.len().saturating_mul(256) + 64);
     let mut first = true;
     for op in &commit.index_ops {
         if !first {
@@ -617,6 +622,9 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), JsonError> {
 /// `fsync`) serves about a megabyte of records.
 pub(crate) const GROW_CHUNK: u64 = 1 << 20;
 
+/// The largest line buffer a [`JournalWriter`] keeps for the next record.
+const SCRATCH_KEPT: usize = 64 << 10;
+
 /// The append handle of the journal.
 ///
 /// With `preallocate`, the file is kept longer than its records: `len..allocated`
@@ -638,6 +646,8 @@ pub(crate) struct JournalWriter {
     /// Records in `pending`.
     pending_records: u64,
     buffered: bool,
+    /// Where [`JournalWriter::append_record`] builds a line (kept to reuse its memory).
+    scratch: Vec<u8>,
 }
 
 impl JournalWriter {
@@ -670,6 +680,7 @@ impl JournalWriter {
             pending: Vec::new(),
             pending_records: 0,
             buffered: false,
+            scratch: Vec::new(),
         };
         writer.seek_to_end()?;
         Ok(writer)
@@ -766,6 +777,20 @@ impl JournalWriter {
         positioned?;
         self.allocated = target;
         Ok(())
+    }
+
+    /// Appends record `seq` made of the encoded operations `ops` ([`write_record`]),
+    /// as [`JournalWriter::append`] does.
+    pub(crate) fn append_record(&mut self, seq: u64, ops: &[u8]) -> Result<(), (JsonError, bool)> {
+        let mut line = std::mem::take(&mut self.scratch);
+        line.clear();
+        write_record(&mut line, seq, ops);
+        let appended = self.append(&line);
+        // A big batch's buffer is not worth keeping.
+        if line.capacity() <= SCRATCH_KEPT {
+            self.scratch = line;
+        }
+        appended
     }
 
     /// Appends one line. On failure the journal is cut back to where it was;
