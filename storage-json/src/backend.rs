@@ -150,6 +150,13 @@ fn stage(entries: &BTreeMap<String, Arc<Document>>, ops: &[StagedOp], events: bo
     staged
 }
 
+/// What a commit replaced in memory, to be freed once the store lock is released.
+#[derive(Default)]
+struct Retired {
+    values: Vec<Arc<Document>>,
+    entries: Option<BTreeMap<String, Arc<Document>>>,
+}
+
 /// Before-images of one commit, kept while a transaction that started before it is open.
 pub(crate) struct HistoryRecord {
     seq: u64,
@@ -226,8 +233,13 @@ impl State {
     }
 
     /// Applies a durable commit to memory, keeping before-images for open transactions.
-    fn apply(&mut self, seq: u64, commit: Commit) {
+    ///
+    /// The values it replaces (and the commit's own keys) are handed back instead of
+    /// freed here: freeing a document is a walk over cold memory, which the caller
+    /// does after it released the store lock.
+    fn apply(&mut self, seq: u64, commit: &mut Commit) -> Retired {
         let keep = !self.active.is_empty();
+        let mut retired = Retired::default();
         let mut record = HistoryRecord {
             seq,
             cleared_before: None,
@@ -238,27 +250,32 @@ impl State {
             self.indexes.clear();
             if keep {
                 record.cleared_before = Some(Arc::new(old));
+            } else {
+                retired.entries = Some(old);
             }
         }
-        for (key, value) in commit.writes {
+        for (key, value) in &mut commit.writes {
             let prev = match &value {
                 // An overwrite (the common case) keeps the map's key: no copy of it.
-                Some(doc) => match self.entries.get_mut(&key) {
+                Some(doc) => match self.entries.get_mut(key) {
                     Some(slot) => Some(std::mem::replace(slot, Arc::clone(doc))),
                     None => self.entries.insert(key.clone(), Arc::clone(doc)),
                 },
-                None => self.entries.remove(&key),
+                None => self.entries.remove(key),
             };
             if !self.indexes.is_empty() {
-                self.indexes.update(&key, prev.as_deref(), value.as_deref());
+                self.indexes.update(key, prev.as_deref(), value.as_deref());
             }
             if keep && !commit.cleared {
-                record.before.insert(key, prev);
+                record.before.insert(key.clone(), prev);
+            } else {
+                retired.values.extend(prev);
             }
         }
         if keep {
             self.history.push_back(record);
         }
+        retired
     }
 
     /// The value of `key` as of sequence `start`.
@@ -1303,7 +1320,7 @@ impl<T: StorageValue> Inner<T> {
         // The commit (the final value of each key written) and its journal line
         // depend on `ops` only, not on the state, so they are built before the store
         // lock is taken: concurrent writers serialize their values in parallel.
-        let commit = stage(&BTreeMap::new(), ops, false).commit;
+        let mut commit = stage(&BTreeMap::new(), ops, false).commit;
         let encoded = encode_ops(&commit).map_err(|e| {
             StorageError::new(ErrorCode::SerializationFailed, e.to_string())
                 .with_backend(BACKEND)
@@ -1345,12 +1362,15 @@ impl<T: StorageValue> Inner<T> {
         let seq = st.seq + 1;
         self.journal_line(&mut st, seq, &encoded)?;
         st.seq = seq;
-        st.apply(seq, commit);
+        let retired = st.apply(seq, &mut commit);
         let waiter = self.group.as_ref().map(|g| g.wait_for(seq));
         if events {
             self.queue(&st, seq, event_ops);
         }
         self.maybe_compact(&mut st);
+        drop(st);
+        // Freed without the lock: the replaced documents and the commit's keys.
+        drop((retired, commit));
         Ok((result, waiter))
     }
 
