@@ -1307,6 +1307,7 @@ fn parse_plain(line: &[u8]) -> Result<serde_json::Value, serde_json::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::FutureExt;
     use serde_json::json;
 
     fn commit(pairs: &[(&str, Option<Document>)]) -> Commit {
@@ -1424,6 +1425,125 @@ mod tests {
         );
         assert_eq!(group.fsyncs(), 3);
         group.shutdown();
+        Ok(())
+    }
+
+    /// A group-commit thread on a scratch file whose next group waits for `expected`
+    /// writers (fsyncs look slow, so no quiet spell closes it sooner).
+    fn group_of(
+        expected: usize,
+        flush: FlushHook,
+    ) -> Result<(tempfile::TempDir, GroupSync), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let file = File::create(dir.path().join("j"))?;
+        let group = GroupSync::start(file, 64, Duration::from_secs(30), flush)?;
+        {
+            let mut st = group
+                .shared
+                .state
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            st.expected = expected;
+            st.fsync_time = Duration::from_secs(10);
+        }
+        Ok((dir, group))
+    }
+
+    fn waiting(group: &GroupSync) -> usize {
+        group
+            .shared
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .waiters
+            .len()
+    }
+
+    #[test]
+    fn every_released_writer_resumes_on_a_multi_threaded_executor()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let (_dir, group) = group_of(64, Box::new(|| Ok(())))?;
+        let group = Arc::new(group);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()?;
+        let outcomes = rt.block_on(async {
+            let tasks: Vec<_> = (1..=64u64)
+                .map(|seq| tokio::spawn(group.wait_for(seq)))
+                .collect();
+            let mut outcomes = Vec::new();
+            for task in tasks {
+                outcomes.push(task.await);
+            }
+            outcomes
+        });
+        for outcome in outcomes {
+            outcome??;
+        }
+        // The sync thread woke one writer; the others were woken by it.
+        assert_eq!(group.fsyncs(), 1, "64 writers, one group");
+        Ok(())
+    }
+
+    #[test]
+    fn a_writer_that_stops_waiting_holds_up_nobody() -> Result<(), Box<dyn std::error::Error>> {
+        let (_dir, group) = group_of(8, Box::new(|| Ok(())))?;
+        let group = Arc::new(group);
+        // Seven writers wait on another thread...
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let waits: Vec<_> = (1..=7).map(|seq| group.wait_for(seq)).collect();
+        let waiter = std::thread::spawn(move || {
+            let outcomes = futures::executor::block_on(futures::future::join_all(waits));
+            let _ = done_tx.send(outcomes.into_iter().all(|o| o.is_ok()));
+        });
+        let started = Instant::now();
+        while waiting(&group) < 7 {
+            assert!(started.elapsed() < Duration::from_secs(10), "writers never waited");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // ...and the eighth registers last, completing the group, so the thread picks
+        // it to relay the others' wake-ups; but nothing polls it again: its task gave
+        // up (here: a no-op waker), and the wait is then dropped.
+        let mut last = group.wait_for(8);
+        assert!((&mut last).now_or_never().is_none());
+        let started = Instant::now();
+        while group.fsyncs() == 0 {
+            assert!(started.elapsed() < Duration::from_secs(10), "the group never synced");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        drop(last);
+        assert_eq!(done_rx.recv_timeout(Duration::from_secs(10)), Ok(true));
+        waiter.join().map_err(|_| "waiter thread panicked")?;
+        Ok(())
+    }
+
+    #[test]
+    fn a_failed_flush_fails_every_waiter_and_every_later_one()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let (_dir, group) = group_of(3, Box::new(|| Err("disk on fire".to_owned())))?;
+        let waits = (1..=3).map(|seq| group.wait_for(seq));
+        for outcome in futures::executor::block_on(futures::future::join_all(waits)) {
+            assert_eq!(outcome, Err("disk on fire".to_owned()));
+        }
+        assert_eq!(
+            futures::executor::block_on(group.wait_for(4)),
+            Err("disk on fire".to_owned())
+        );
+        // What a compaction made durable is still acknowledged.
+        group.mark_synced(5);
+        assert_eq!(futures::executor::block_on(group.wait_for(5)), Ok(()));
+        Ok(())
+    }
+
+    #[test]
+    fn a_stopped_thread_fails_waiters_instead_of_leaving_them_waiting()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let (_dir, group) = group_of(1, Box::new(|| Ok(())))?;
+        group.shutdown();
+        assert_eq!(
+            futures::executor::block_on(group.wait_for(1)),
+            Err("group-commit thread stopped".to_owned())
+        );
         Ok(())
     }
 
