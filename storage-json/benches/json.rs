@@ -263,6 +263,10 @@ struct RawGroupState {
     map: std::collections::BTreeMap<String, User>,
     /// The number of the last line appended.
     appended: u64,
+    /// Lines in `buf`.
+    lines: u64,
+    /// When the last line was appended.
+    last: Instant,
     stop: bool,
 }
 
@@ -270,15 +274,20 @@ struct RawGroupState {
 /// durability: each writer encodes its `["key", {...}]` line outside the lock,
 /// appends it to a shared buffer and inserts the value into a typed map under one
 /// mutex, then waits until a shared "synced up to line N" signal covers its line.
-/// A sync thread takes whatever was appended (no waiting for a group to fill: the
-/// writers that arrive during one `fdatasync` form the next group), writes it with
-/// one `write` into a preallocated, zero-filled file, `fdatasync`s, and publishes the
-/// new synced mark (one wake of every waiting task per group).
+/// A sync thread waits until every writer has appended (it is told how many there
+/// are, where the adapter has to estimate it) or none has for 50 µs (the last
+/// writers finishing), writes the lines with one `write` into a preallocated,
+/// zero-filled file, `fdatasync`s, and publishes the new synced mark (which wakes
+/// every waiting task: all of them are in that group).
 struct RawGroup {
     state: std::sync::Mutex<RawGroupState>,
     wake: std::sync::Condvar,
     synced: tokio::sync::watch::Sender<u64>,
+    writers: u64,
 }
+
+/// How long the raw group commit waits for a missing writer.
+const RAW_QUIET: Duration = Duration::from_micros(50);
 
 impl RawGroup {
     fn sync_loop(&self, mut file: File) -> BenchResult {
@@ -291,6 +300,19 @@ impl RawGroup {
                 if st.buf.is_empty() {
                     return Ok(());
                 }
+                while st.lines < self.writers && !st.stop {
+                    let close_at = st.last + RAW_QUIET;
+                    let now = Instant::now();
+                    if now >= close_at {
+                        break;
+                    }
+                    st = self
+                        .wake
+                        .wait_timeout(st, close_at - now)
+                        .map_err(|_| "raw group: poisoned")?
+                        .0;
+                }
+                st.lines = 0;
                 (std::mem::take(&mut st.buf), st.appended)
             };
             file.write_all(&buf)?;
@@ -307,15 +329,16 @@ impl RawGroup {
     ) -> BenchResult {
         let mut line = serde_json::to_vec(&(&k, &u))?;
         line.push(b'\n');
-        let (seq, first) = {
+        let (seq, notify) = {
             let mut st = self.state.lock().map_err(|_| "raw group: poisoned")?;
-            let first = st.buf.is_empty();
             st.buf.extend_from_slice(&line);
             st.map.insert(k, u);
             st.appended += 1;
-            (st.appended, first)
+            st.lines += 1;
+            st.last = Instant::now();
+            (st.appended, st.lines == 1 || st.lines == self.writers)
         };
-        if first {
+        if notify {
             self.wake.notify_one();
         }
         synced
@@ -336,10 +359,13 @@ async fn raw_group_sets(dir: &Path, n: u64, ops: u64, writers: u64) -> BenchResu
             buf: Vec::new(),
             map: (0..n).map(|i| (key(i), user(i))).collect(),
             appended: 0,
+            lines: 0,
+            last: Instant::now(),
             stop: false,
         }),
         wake: std::sync::Condvar::new(),
         synced,
+        writers,
     });
     let syncer = {
         let raw = std::sync::Arc::clone(&raw);

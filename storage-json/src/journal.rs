@@ -1210,18 +1210,13 @@ fn release(
         st.failed.get_or_insert(why);
     }
     let fail_all = st.failed.is_some();
-    let waiting = st.waiters.len();
     let (woken, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut st.waiters)
         .into_iter()
         .partition(|(seq, _)| *seq <= synced || fail_all);
     st.waiters = kept;
     let woken: Vec<Waker> = woken.into_iter().map(|(_, waker)| waker).collect();
     if !woken.is_empty() {
-        // Those released come back together, and those that arrived during the fsync
-        // are already waiting: the next group waits for both (a group cut short at
-        // the released count would leave the late ones to trail into the next one
-        // every time).
-        st.expected = waiting;
+        st.expected = woken.len();
     }
     st.oldest = (!st.waiters.is_empty()).then(Instant::now);
     woken
