@@ -3,9 +3,13 @@
 //! `cargo bench -p storage-json` prints one Markdown report: sets at 1k, 10k and
 //! 100k existing entries under fsync-per-write, group commit and `atomic: false`;
 //! open time; gets; queries with and without indexes; compaction; and the raw
-//! baselines (rewrite the whole file per write, append one fsync'd line).
+//! baselines (rewrite the whole file per write, append one fsync'd line, a raw group
+//! commit of 64 writers).
 //! `STORAGE_JSON_BENCH_QUICK=1` shrinks the run for a smoke test;
-//! `STORAGE_JSON_BENCH_SIZES=100000` picks the store sizes.
+//! `STORAGE_JSON_BENCH_SIZES=100000` picks the store sizes;
+//! `STORAGE_JSON_BENCH_GROUP=ROUNDS` measures only group commit, the adapter and the
+//! raw group commit alternated for ROUNDS rounds per size, with the CPU time per set
+//! of each (`STORAGE_JSON_BENCH_SIDE=adapter` or `raw` runs one side, for profiling).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
@@ -367,7 +371,7 @@ async fn raw_group_sets(dir: &Path, n: u64, ops: u64, writers: u64) -> BenchResu
         synced,
         writers,
     });
-    let syncer = {
+    let sync_thread = {
         let raw = std::sync::Arc::clone(&raw);
         std::thread::spawn(move || raw.sync_loop(file).map_err(|e| e.to_string()))
     };
@@ -396,7 +400,9 @@ async fn raw_group_sets(dir: &Path, n: u64, ops: u64, writers: u64) -> BenchResu
     let cpu = cpu.zip(cpu_ns()).map(|(a, b)| b.saturating_sub(a));
     raw.state.lock().map_err(|_| "raw group: poisoned")?.stop = true;
     raw.wake.notify_one();
-    syncer.join().map_err(|_| "raw group: sync thread panicked")??;
+    sync_thread
+        .join()
+        .map_err(|_| "raw group: sync thread panicked")??;
     std::fs::remove_file(&path)?;
     Ok(Timed::new(took, cpu, ops))
 }
@@ -544,9 +550,9 @@ async fn write_costs(root: &Path, quick: bool) -> BenchResult<u64> {
     };
 
     println!(
-        "| entries | set, fsync per write | floor: append + fdatasync, preallocated file | adapter / floor | append + fdatasync, growing file | set, group commit ({WRITERS} writers), wall time / sets | set, group commit (4 writers) | set, atomic: false | set, atomic: false, 4 indexes | raw: rewrite the file per write |"
+        "| entries | set, fsync per write | floor: append + fdatasync, preallocated file | adapter / floor | append + fdatasync, growing file | set, group commit ({WRITERS} writers), wall time / sets | raw group commit ({WRITERS} writers) | group commit / raw | set, group commit (4 writers) | set, atomic: false | set, atomic: false, 4 indexes | raw: rewrite the file per write |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &n in &sizes {
         let path = root.join(format!("users-{n}.json"));
         prefill(&path, n).await?;
@@ -560,6 +566,7 @@ async fn write_costs(root: &Path, quick: bool) -> BenchResult<u64> {
             WRITERS,
         )
         .await?;
+        let raw_grouped = raw_group_sets(root, n, group_ops, WRITERS).await?.wall;
         let loose =
             sequential_sets(JsonConfig::new(&path).atomic(false), n, seq_ops, false).await?;
         let loose_indexed =
@@ -567,11 +574,12 @@ async fn write_costs(root: &Path, quick: bool) -> BenchResult<u64> {
         let rewrite_ops = if n >= 100_000 { 5 } else { 50 };
         let rewrite = raw_rewrite(root, n, rewrite_ops)?;
         println!(
-            "| {n} | {:.1} µs | {:.1} µs | {:.2} | {:.1} µs | {grouped:.1} µs | {few:.1} µs | {loose:.1} µs | {loose_indexed:.1} µs | {rewrite:.0} µs |",
+            "| {n} | {:.1} µs | {:.1} µs | {:.2} | {:.1} µs | {grouped:.1} µs | {raw_grouped:.1} µs | {:.2} | {few:.1} µs | {loose:.1} µs | {loose_indexed:.1} µs | {rewrite:.0} µs |",
             seq.store,
             seq.floor,
             seq.store / seq.floor,
             seq.growing,
+            grouped / raw_grouped,
         );
     }
     Ok(*sizes.last().unwrap_or(&1_000))

@@ -28,9 +28,8 @@ use tracing::Instrument;
 use crate::config::{Durability, JsonConfig, LockMode, check};
 use crate::error::JsonError;
 use crate::journal::{
-    self, Commit, FlushHook, GroupSync, IndexOp, JournalWriter, Paths, SyncWait,
-    apply_index_ops, encode_ops, read_journal, read_main,
-    truncate_file, write_main,
+    self, Commit, FlushHook, GroupSync, IndexOp, JournalWriter, Paths, SyncWait, apply_index_ops,
+    encode_ops, read_journal, read_main, truncate_file, write_main,
 };
 use crate::transaction::JsonTransaction;
 
@@ -1037,7 +1036,7 @@ impl<T: StorageValue> JsonStorage<T> {
                     group: None,
                     background: Mutex::new(None),
                     outbox: Mutex::new(VecDeque::new()),
-                queued: AtomicUsize::new(0),
+                    queued: AtomicUsize::new(0),
                     publishing: Mutex::new(()),
                     next_tx: AtomicU64::new(1),
                 }),
@@ -1334,17 +1333,17 @@ impl<T: StorageValue> Inner<T> {
         let events = self.hub.has_listeners();
         // What the state adds is the result's counts of deletions and the events;
         // a commit of sets that nobody observes needs neither.
-        let (result, event_ops) =
-            if !events && ops.iter().all(|op| matches!(op, StagedOp::Set(..))) {
-                let result = BatchResult {
-                    operations: ops.len(),
-                    ..BatchResult::default()
-                };
-                (result, Vec::new())
-            } else {
-                let staged = stage(&st.entries, ops, events);
-                (staged.result, staged.events)
+        let (result, event_ops) = if !events && ops.iter().all(|op| matches!(op, StagedOp::Set(..)))
+        {
+            let result = BatchResult {
+                operations: ops.len(),
+                ..BatchResult::default()
             };
+            (result, Vec::new())
+        } else {
+            let staged = stage(&st.entries, ops, events);
+            (staged.result, staged.events)
+        };
         let noop = !commit.cleared
             && commit
                 .writes
@@ -1380,11 +1379,7 @@ impl<T: StorageValue> Inner<T> {
     ///
     /// The in-memory set must match `seq` before a compaction may start: it lists
     /// the definitions in the main file it writes as of that record.
-    fn commit_index_op(
-        &self,
-        st: &mut State,
-        op: IndexOp,
-    ) -> Result<Option<SyncWait>> {
+    fn commit_index_op(&self, st: &mut State, op: IndexOp) -> Result<Option<SyncWait>> {
         let seq = st.seq + 1;
         let dropped = match &op {
             IndexOp::Drop(name) => Some(name.clone()),

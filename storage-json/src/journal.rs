@@ -1493,7 +1493,10 @@ mod tests {
         });
         let started = Instant::now();
         while waiting(&group) < 7 {
-            assert!(started.elapsed() < Duration::from_secs(10), "writers never waited");
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "writers never waited"
+            );
             std::thread::sleep(Duration::from_millis(1));
         }
         // ...and the eighth registers last, completing the group, so the thread picks
@@ -1503,7 +1506,10 @@ mod tests {
         assert!((&mut last).now_or_never().is_none());
         let started = Instant::now();
         while group.fsyncs() == 0 {
-            assert!(started.elapsed() < Duration::from_secs(10), "the group never synced");
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the group never synced"
+            );
             std::thread::sleep(Duration::from_millis(1));
         }
         drop(last);
