@@ -70,6 +70,21 @@ fn journal_of(path: &Path) -> PathBuf {
     storage_json::files_of(path)[1].clone()
 }
 
+/// Sets `key` on `store`, drops it, reopens `path` and checks that the keys are
+/// `expected`: after what it recovered from, the store still appends cleanly.
+async fn append_survives_reopen(
+    store: JsonStorage<Value>,
+    path: &Path,
+    key: &str,
+    expected: &[&str],
+) -> TestResult {
+    store.set(key, &json!(key)).await?;
+    drop(store);
+    let store = open(path).await?;
+    assert_eq!(store.keys().try_collect::<Vec<_>>().await?, expected);
+    Ok(())
+}
+
 /// Acknowledged writes, deletes and batches survive closing and reopening.
 #[tokio::test]
 async fn writes_survive_reopening() -> TestResult {
@@ -226,10 +241,7 @@ async fn torn_last_journal_line_is_dropped() -> TestResult {
         let store = open(&crashed).await?;
         assert_eq!(store.get("a").await?, Some(json!(1)));
         assert_eq!(store.get("b").await?, None);
-        store.set("c", &json!(3)).await?;
-        drop(store);
-        let store = open(&crashed).await?;
-        assert_eq!(store.keys().try_collect::<Vec<_>>().await?, ["a", "c"]);
+        append_survives_reopen(store, &crashed, "c", &["a", "c"]).await?;
     }
     Ok(())
 }
@@ -285,10 +297,7 @@ async fn records_after_a_page_that_never_reached_the_disk_are_dropped() -> TestR
 
     let store = open(&crashed).await?;
     assert_eq!(store.keys().try_collect::<Vec<_>>().await?, ["a"]);
-    store.set("e", &json!(5)).await?;
-    drop(store);
-    let store = open(&crashed).await?;
-    assert_eq!(store.keys().try_collect::<Vec<_>>().await?, ["a", "e"]);
+    append_survives_reopen(store, &crashed, "e", &["a", "e"]).await?;
 
     // A single NUL byte in a middle record is not a missing page: still `Corrupted`.
     let (_crashed_dir, crashed, journal) = killed_after(&[
@@ -484,11 +493,7 @@ async fn stale_journal_after_compaction_is_skipped() -> TestResult {
     drop(store);
     let store = open(&crashed).await?;
     assert_eq!(store.keys().try_collect::<Vec<_>>().await?, ["b"]);
-    store.set("c", &json!(3)).await?;
-    drop(store);
-    let store = open(&crashed).await?;
-    assert_eq!(store.keys().try_collect::<Vec<_>>().await?, ["b", "c"]);
-    Ok(())
+    append_survives_reopen(store, &crashed, "c", &["b", "c"]).await
 }
 
 /// A leftover compaction temp file is removed on open.
@@ -953,14 +958,7 @@ async fn reload_announces_changes_made_on_disk() -> TestResult {
     let keys: Vec<&str> = batch.changes.iter().map(|c| c.key.as_str()).collect();
     assert_eq!(keys, ["b", "c"]);
     assert_eq!(store.reload().await?, 0);
-    store.set("d", &json!(4)).await?;
-    drop(store);
-    let store = open(&path).await?;
-    assert_eq!(
-        store.keys().try_collect::<Vec<_>>().await?,
-        ["a", "b", "c", "d"]
-    );
-    Ok(())
+    append_survives_reopen(store, &path, "d", &["a", "b", "c", "d"]).await
 }
 
 /// The store reports every tier but Distributed, and the accessors agree.
