@@ -131,12 +131,31 @@ pub(crate) fn encode_record(seq: u64, commit: &Commit) -> Result<Vec<u8>, serde_
 /// number, so writers can encode their operations before they take the store lock.
 pub(crate) fn write_record(buf: &mut Vec<u8>, seq: u64, ops: &[u8]) {
     let start = buf.len();
-    // Writing into a `Vec` cannot fail.
-    let _ = write!(buf, "{{\"seq\":{seq},\"ops\":[");
+    buf.extend_from_slice(b"{\"seq\":");
+    // Digits by hand rather than through `fmt`: this runs once per record, under
+    // the store lock.
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut rest = seq;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + u8::try_from(rest % 10).unwrap_or(0);
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    buf.extend_from_slice(&digits[at..]);
+    buf.extend_from_slice(b",\"ops\":[");
     buf.extend_from_slice(ops);
     buf.push(b']');
     let crc = crc32fast::hash(&buf[start..]);
-    let _ = writeln!(buf, ",\"crc\":\"{crc:08x}\"}}");
+    buf.extend_from_slice(b",\"crc\":\"");
+    for shift in (0..8).rev() {
+        let nibble = (crc >> (shift * 4)) & 0xf;
+        buf.push(b"0123456789abcdef"[usize::try_from(nibble).unwrap_or(0)]);
+    }
+    buf.extend_from_slice(b"\"}\n");
 }
 
 /// The operations of a journal line, comma-separated, without the brackets.
@@ -782,6 +801,18 @@ impl JournalWriter {
     /// Appends record `seq` made of the encoded operations `ops` ([`write_record`]),
     /// as [`JournalWriter::append`] does.
     pub(crate) fn append_record(&mut self, seq: u64, ops: &[u8]) -> Result<(), (JsonError, bool)> {
+        if self.buffered {
+            // Straight into the group's buffer.
+            let start = self.pending.len();
+            write_record(&mut self.pending, seq, ops);
+            let line_len = to_u64(self.pending.len() - start);
+            self.len += line_len;
+            self.pending_records += 1;
+            self.records += 1;
+            self.make_room(self.len, line_len);
+            self.allocated = self.allocated.max(self.len);
+            return Ok(());
+        }
         let mut line = std::mem::take(&mut self.scratch);
         line.clear();
         write_record(&mut line, seq, ops);
@@ -793,18 +824,24 @@ impl JournalWriter {
         appended
     }
 
-    /// Appends one line. On failure the journal is cut back to where it was;
-    /// if even that fails the error says so and the caller must stop writing.
-    pub(crate) fn append(&mut self, line: &[u8]) -> Result<(), (JsonError, bool)> {
-        let end = self.len + to_u64(line.len());
+    /// Grows the zero-filled space so that records up to `end` fit, when a
+    /// `line_len`-byte record reaches past it.
+    fn make_room(&mut self, end: u64, line_len: u64) {
         // A record as large as a chunk (a big batch) is appended past the end: zeroing
         // its space first would write it twice, for one fsync saved.
-        if self.preallocate && end > self.allocated && to_u64(line.len()) < GROW_CHUNK {
+        if self.preallocate && end > self.allocated && line_len < GROW_CHUNK {
             // Preallocation is an optimisation: if it fails the append may still work.
             if let Err(e) = self.grow(end) {
                 tracing::debug!(error = %e, "could not preallocate journal space");
             }
         }
+    }
+
+    /// Appends one line. On failure the journal is cut back to where it was;
+    /// if even that fails the error says so and the caller must stop writing.
+    pub(crate) fn append(&mut self, line: &[u8]) -> Result<(), (JsonError, bool)> {
+        let end = self.len + to_u64(line.len());
+        self.make_room(end, to_u64(line.len()));
         if self.buffered {
             self.pending.extend_from_slice(line);
             self.pending_records += 1;
@@ -1421,6 +1458,20 @@ mod tests {
         assert_eq!(group.fsyncs(), 3);
         group.shutdown();
         Ok(())
+    }
+
+    #[test]
+    fn a_record_line_spells_its_number_and_checksum_as_fmt_would() {
+        for seq in [0, 7, 10, 99, 12_345, u64::MAX] {
+            let mut line = Vec::new();
+            write_record(&mut line, seq, b"{\"op\":\"clear\"}");
+            let body = format!("{{\"seq\":{seq},\"ops\":[{{\"op\":\"clear\"}}]");
+            let crc = crc32fast::hash(body.as_bytes());
+            assert_eq!(
+                String::from_utf8_lossy(&line),
+                format!("{body},\"crc\":\"{crc:08x}\"}}\n")
+            );
+        }
     }
 
     /// A group-commit thread on a scratch file whose next group waits for `expected`
