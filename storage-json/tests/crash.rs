@@ -156,7 +156,7 @@ fn child_concurrent_writer(path: &Path, trial: &str) -> TestResult {
                             .map_err(|e| e.to_string())?;
                         say(&format!("ack {i}")).map_err(|e| e.to_string())?;
                         written += 1;
-                        if w == 0 && written % 4 == 0 {
+                        if w == 0 && written.is_multiple_of(4) {
                             say("compacting").map_err(|e| e.to_string())?;
                             store.compact().await.map_err(|e| e.to_string())?;
                             say("compacted").map_err(|e| e.to_string())?;
