@@ -20,7 +20,7 @@ use crate::index::IndexCatalog;
 use crate::observe::TableBus;
 use crate::rows::{RowText, decode_stored};
 use crate::sql::{SHARED_SCHEMA, TableSql};
-use crate::worker::{InlineReaders, Workers, Writer, is_busy, open_connection};
+use crate::worker::{InlineReaders, Workers, Writer, is_busy, is_busy_error, open_connection};
 
 /// Rows fetched per round trip while iterating.
 const PAGE: i64 = 512;
@@ -626,6 +626,35 @@ impl<T: StorageValue> SqliteStorage<T> {
         operation: &'static str,
         f: impl FnOnce(&Connection) -> rusqlite::Result<R>,
     ) -> Option<Result<R>> {
+        match self.with_inline_reader(operation, f)? {
+            Err(e) if is_busy(&e) => None,
+            out => Some(out.map_err(sql_err(operation))),
+        }
+    }
+
+    /// Runs the bounded read `f` on the calling thread, as [`Self::read_inline`] does;
+    /// `f` answers `Ok(None)` when the read turns out not to be bounded (nothing was
+    /// returned then), and the caller sends it to a reader thread, as it does when no
+    /// connection is idle or a lock was not free.
+    pub(crate) fn read_inline_bounded<R>(
+        &self,
+        operation: &'static str,
+        f: impl FnOnce(&Connection) -> Result<Option<R>>,
+    ) -> Option<Result<R>> {
+        match self.with_inline_reader(operation, f)? {
+            Ok(None) => None,
+            Err(e) if is_busy_error(&e) => None,
+            out => out.transpose(),
+        }
+    }
+
+    /// Runs `f` with an idle inline connection; `None` when none is idle (the pool is
+    /// then asked to grow, on a reader thread).
+    fn with_inline_reader<R>(
+        &self,
+        operation: &'static str,
+        f: impl FnOnce(&Connection) -> R,
+    ) -> Option<R> {
         let inline = &self.db.inline;
         let Some(conn) = inline.take() else {
             if inline.wants_more() {
@@ -643,10 +672,7 @@ impl<T: StorageValue> SqliteStorage<T> {
         let span = storage_core::trace::op_span(self.db.config.common.debug, "sqlite", operation);
         let out = span.in_scope(|| f(&conn));
         inline.give(conn);
-        match out {
-            Err(e) if is_busy(&e) => None,
-            out => Some(out.map_err(sql_err(operation))),
-        }
+        Some(out)
     }
 }
 
