@@ -46,6 +46,9 @@ CREATE TABLE IF NOT EXISTS _storage_log_horizon (
 );
 ";
 
+/// Rows fetched per round trip while iterating.
+pub(crate) const PAGE_ROWS: usize = 512;
+
 /// The statements of one table, formatted once when the handle opens.
 #[derive(Debug)]
 pub(crate) struct TableSql {
@@ -86,9 +89,12 @@ impl TableSql {
             clear: format!("DELETE FROM {t}"),
             clear_returning: format!("DELETE FROM {t} RETURNING key, value"),
             count: format!("SELECT count(*) FROM {t}"),
-            page_keys: format!("SELECT key FROM {t} WHERE key > ?1 ORDER BY key LIMIT ?2"),
+            // The page size is written into the statement: a bound `LIMIT` is one the
+            // planner looks at, and SQLite then compiles the statement again every time
+            // it is bound anew (every page).
+            page_keys: format!("SELECT key FROM {t} WHERE key > ?1 ORDER BY key LIMIT {PAGE_ROWS}"),
             page_entries: format!(
-                "SELECT key, value FROM {t} WHERE key > ?1 ORDER BY key LIMIT ?2"
+                "SELECT key, value FROM {t} WHERE key > ?1 ORDER BY key LIMIT {PAGE_ROWS}"
             ),
             all_entries: format!("SELECT key, value FROM {t} ORDER BY key"),
             table: t,

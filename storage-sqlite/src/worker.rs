@@ -517,7 +517,7 @@ impl Writer {
 }
 
 /// Awaits a job's answer.
-async fn answer<R>(
+pub(crate) async fn answer<R>(
     operation: &'static str,
     rx: tokio::sync::oneshot::Receiver<Result<R>>,
 ) -> Result<R> {

@@ -79,6 +79,28 @@ async fn keys_stream_in_byte_order_across_pages() -> Result<()> {
     Ok(())
 }
 
+/// Iteration reads one page ahead: a table of exactly two pages ends after its last
+/// entry, and a stream dropped while its next page is being read leaves the store
+/// working.
+#[tokio::test]
+async fn iteration_reading_ahead_ends_at_page_boundaries_and_survives_drops() -> Result<()> {
+    use futures::StreamExt;
+    let s = memory::<u32>().await?;
+    let entries: Vec<(String, u32)> = (0..1024u32).map(|i| (format!("k{i:04}"), i)).collect();
+    s.set_many(entries.clone()).await?;
+    let all: Vec<(String, u32)> = s.entries().try_collect().await?;
+    assert_eq!(all, entries);
+    for _ in 0..8 {
+        let mut stream = s.entries();
+        let first = stream.next().await.transpose()?;
+        assert_eq!(first, entries.first().cloned());
+        drop(stream);
+    }
+    s.set("k9999", &9999).await?;
+    assert_eq!(s.keys().try_collect::<Vec<_>>().await?.len(), 1025);
+    Ok(())
+}
+
 /// Bad keys and unrepresentable values are typed errors.
 #[tokio::test]
 async fn bad_inputs_are_typed_errors() -> Result<()> {
