@@ -31,10 +31,7 @@ fn fetch(
     let cand = candidates(filter, &catalog);
     let t = &table.sql.table;
     let (sql, params) = match &cand {
-        Some(c) => (
-            format!("SELECT key, value FROM {t} WHERE {}", c.sql),
-            c.params.clone(),
-        ),
+        Some(c) => (c.select(t), c.params.clone()),
         None => (format!("SELECT key, value FROM {t}"), Vec::new()),
     };
     let mut stmt = conn.prepare_cached(&sql).map_err(sql_err(operation))?;
@@ -294,10 +291,7 @@ fn explain(conn: &Connection, table: &Table, query: &Query) -> Result<ExecutionP
     let cand = candidates(query.filter.as_ref(), &catalog);
     let t = &table.sql.table;
     let (sql, params) = match &cand {
-        Some(c) => (
-            format!("SELECT key, value FROM {t} WHERE {}", c.sql),
-            c.params.clone(),
-        ),
+        Some(c) => (c.select(t), c.params.clone()),
         None if pages_in_sql(query) => (
             format!("SELECT key, value FROM {t} ORDER BY key LIMIT ?1 OFFSET ?2"),
             vec![
