@@ -20,7 +20,9 @@
 //! microseconds at most, about what a `get_many` of as many keys costs. Every other query,
 //! and a bounded one that finds an entry holding an array on the path, runs on a reader
 //! thread. Values returned by scans and queries are decoded by the caller as it takes
-//! them, not on the connection thread.
+//! them, not on the connection thread; `keys`, `values` and `entries` page through the
+//! table 512 entries at a time and ask for the next page as soon as one arrives, so a
+//! reader thread reads it while the caller decodes.
 //!
 //! Bounded writes under WAL — `set`, `delete`, and batches of at most 16 operations
 //! without a `clear` — run on the calling thread too, with the writer connection, when
