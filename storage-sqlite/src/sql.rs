@@ -265,25 +265,38 @@ impl Builder<'_> {
         } else {
             segments.len().saturating_sub(1)
         };
+        let columns = mode == PathMode::Bound && self.columns.is_some();
+        // The stored text is serde_json's compact JSON: a document that is an array
+        // starts with `[`, and `json_extract` gives an array as its JSON text, which
+        // starts with `[` too (so does a string starting with `[`, which the evaluator
+        // then rejects). With columns these text tests replace a JSON lookup per row.
+        let root_array = "(value >= '[' AND value < '\\')";
+        if columns
+            && leaf
+            && let Some(jp) = json_path_of(segments)
+        {
+            // A path through an array (the document itself included) reads as NULL, so
+            // only a row whose value is NULL needs the prefix tests.
+            let v = self.value_at(&jp, mode);
+            let mut through = vec![root_array.to_owned()];
+            for n in 1..segments.len() {
+                if let Some(prefix) = json_path_of(&segments[..n]) {
+                    let p = self.path_expr(&prefix, mode);
+                    through.push(format!("json_type(value, {p}) = 'array'"));
+                }
+            }
+            return vec![
+                format!("({v} >= '[' AND {v} < '\\')"),
+                format!("({v} IS NULL AND ({}))", through.join(" OR ")),
+            ];
+        }
         let mut terms = Vec::new();
         // n = 0 is the document itself: a document that is an array is searched element-wise.
         for n in 0..=upto {
             if let Some(prefix) = json_path_of(&segments[..n]) {
-                if mode == PathMode::Bound && self.columns.is_some() {
-                    // The stored text is serde_json's compact JSON: a document that is an
-                    // array starts with `[`, and `json_extract` gives an array as its JSON
-                    // text, which starts with `[` too (so does a string starting with `[`,
-                    // which the evaluator then rejects). Text tests instead of another
-                    // JSON lookup per row.
-                    if n == 0 {
-                        terms.push("(value >= '[' AND value < '\\')".to_owned());
-                        continue;
-                    }
-                    if n == segments.len() {
-                        let v = self.value_at(&prefix, mode);
-                        terms.push(format!("({v} >= '[' AND {v} < '\\')"));
-                        continue;
-                    }
+                if columns && n == 0 {
+                    terms.push(root_array.to_owned());
+                    continue;
                 }
                 let p = self.path_expr(&prefix, mode);
                 terms.push(format!("json_type(value, {p}) = 'array'"));
