@@ -195,16 +195,20 @@ async fn bench_sqlite(o: &Options, w: &Workload) -> Result<BackendResult> {
     let dir = tempfile::tempdir()?;
     let [raw_reads, adapter_reads, logged_reads] =
         sqlite::interleaved_reads(dir.path(), w, passes).await?;
+    progress(&format!("sqlite: insert rows, {passes} passes in turns"));
+    let [raw_writes, adapter_writes, logged_writes] = sqlite::interleaved_writes(w, passes).await?;
     let (mut raw, mut adapter, mut logged) = (median(&raw), median(&adapter), median(&logged));
-    for (sample, reads) in [
-        (&mut raw, &raw_reads),
-        (&mut adapter, &adapter_reads),
-        (&mut logged, &logged_reads),
+    for (sample, turns) in [
+        (&mut raw, [&raw_reads, &raw_writes]),
+        (&mut adapter, [&adapter_reads, &adapter_writes]),
+        (&mut logged, [&logged_reads, &logged_writes]),
     ] {
-        for op in sqlite::READ_OPS {
-            if let (Some(t), Some(r)) = (reads.times.get(&op), reads.results.get(&op)) {
-                sample.times.insert(op, *t);
-                sample.results.insert(op, *r);
+        for turn in turns {
+            for op in sqlite::READ_OPS.iter().chain(&sqlite::WRITE_OPS) {
+                if let (Some(t), Some(r)) = (turn.times.get(op), turn.results.get(op)) {
+                    sample.times.insert(*op, *t);
+                    sample.results.insert(*op, *r);
+                }
             }
         }
     }
@@ -215,10 +219,11 @@ async fn bench_sqlite(o: &Options, w: &Workload) -> Result<BackendResult> {
         adapter,
         variants: vec![("adapter, `change_log = true`", logged)],
         notes: vec![format!(
-            "Writes and index creation: the median of the {} runs. Gets, queries and \
-             iteration: the median of {passes} passes over one store per column, loaded \
-             side by side, the columns taking turns pass by pass (the first rotating), \
-             so that all three see the same load on the machine.",
+            "Index creation: the median of the {} runs. Inserts, gets, queries and \
+             iteration: the median of {passes} passes, the columns taking turns pass by \
+             pass (the first rotating), so that all three see the same load on the \
+             machine; inserts into fresh stores each pass, reads from one loaded store \
+             per column.",
             o.runs
         )],
     })

@@ -19,7 +19,9 @@
 //! take turns pass by pass (the order rotating each pass), and each row is the median of
 //! the passes. A run's reads take a few milliseconds, so a burst of other load on the
 //! machine during one side's run would otherwise decide the ratio; in turns, both sides
-//! see the same load. Each pass does exactly the work a run does for that row.
+//! see the same load. Each pass does exactly the work a run does for that row. The two
+//! insert rows are measured in turns the same way ([`interleaved_writes`]), each pass
+//! on fresh stores; index creation keeps the runs' median.
 
 use std::path::Path;
 
@@ -29,7 +31,7 @@ use storage_core::{ErrorCode, Result, StorageError};
 use storage_sqlite::SqliteStorage;
 
 use futures::StreamExt;
-use storage_core::{BatchStorage, IndexDefinition, IndexKind, IndexedStorage};
+use storage_core::{BatchStorage, IndexDefinition, IndexKind, IndexedStorage, Storage};
 
 use crate::adapter;
 use crate::measure::{Op, Sample, median, start};
@@ -113,13 +115,7 @@ pub fn raw_run(dir: &Path, w: &Workload) -> Result<Sample> {
     let mut bulk = open_raw(&dir.join("raw-bulk.db"))?;
 
     let t = start();
-    for (k, d) in w.single() {
-        let v = serde_json::to_string(d).map_err(json)?;
-        single
-            .prepare_cached(UPSERT)
-            .and_then(|mut st| st.execute(params![k, v]))
-            .map_err(sql)?;
-    }
+    raw_insert_one(&single, w)?;
     s.record(
         Op::InsertOne,
         t.elapsed(),
@@ -129,15 +125,7 @@ pub fn raw_run(dir: &Path, w: &Workload) -> Result<Sample> {
     checkpoint(&single)?;
 
     let t = start();
-    let tx = bulk.transaction().map_err(sql)?;
-    {
-        let mut st = tx.prepare_cached(UPSERT).map_err(sql)?;
-        for (k, d) in &w.docs {
-            let v = serde_json::to_string(d).map_err(json)?;
-            st.execute(params![k, v]).map_err(sql)?;
-        }
-    }
-    tx.commit().map_err(sql)?;
+    raw_insert_batch(&mut bulk, w)?;
     s.record(Op::InsertBatch, t.elapsed(), 1, w.docs.len());
     checkpoint(&bulk)?;
 
@@ -158,6 +146,99 @@ pub fn raw_run(dir: &Path, w: &Workload) -> Result<Sample> {
     let all = raw_iterate(&bulk)?;
     s.record(Op::Iterate, t.elapsed(), 1, all);
     Ok(s)
+}
+
+/// The first `single_inserts` documents, one autocommit upsert each.
+fn raw_insert_one(conn: &Connection, w: &Workload) -> Result<()> {
+    for (k, d) in w.single() {
+        let v = serde_json::to_string(d).map_err(json)?;
+        conn.prepare_cached(UPSERT)
+            .and_then(|mut st| st.execute(params![k, v]))
+            .map_err(sql)?;
+    }
+    Ok(())
+}
+
+/// Every document, in one transaction.
+fn raw_insert_batch(conn: &mut Connection, w: &Workload) -> Result<()> {
+    let tx = conn.transaction().map_err(sql)?;
+    {
+        let mut st = tx.prepare_cached(UPSERT).map_err(sql)?;
+        for (k, d) in &w.docs {
+            let v = serde_json::to_string(d).map_err(json)?;
+            st.execute(params![k, v]).map_err(sql)?;
+        }
+    }
+    tx.commit().map_err(sql)
+}
+
+/// The write rows measured by [`interleaved_writes`].
+pub const WRITE_OPS: [Op; 2] = [Op::InsertOne, Op::InsertBatch];
+
+/// The insert rows of raw rusqlite, the adapter and the adapter with its change log,
+/// measured in turns as [`interleaved_reads`] measures the read rows: `passes` times per
+/// row, each subject writes into a fresh, empty store of its own, the first subject
+/// rotating from pass to pass. What follows the timed writes is untimed, as in a run:
+/// raw's checkpoint, and closing the adapter, whose writer thread first finishes the
+/// checkpoint the writes queued (so it never runs during another subject's turn).
+pub async fn interleaved_writes(w: &Workload, passes: usize) -> Result<[Sample; 3]> {
+    let mut samples: [Vec<Sample>; 3] = Default::default();
+    for op in WRITE_OPS {
+        let units = if op == Op::InsertOne {
+            w.single_inserts
+        } else {
+            1
+        };
+        let results = if op == Op::InsertOne {
+            w.single_inserts
+        } else {
+            w.docs.len()
+        };
+        for pass in 0..passes {
+            for i in crate::rotation(pass, &[0usize, 1, 2]) {
+                let dir = tempfile::tempdir()?;
+                let path = dir.path().join("writes.db");
+                let elapsed = if i == 0 {
+                    let mut conn = open_raw(&path)?;
+                    let t = start();
+                    if op == Op::InsertOne {
+                        raw_insert_one(&conn, w)?;
+                    } else {
+                        raw_insert_batch(&mut conn, w)?;
+                    }
+                    let elapsed = t.elapsed();
+                    checkpoint(&conn)?;
+                    elapsed
+                } else {
+                    let store = SqliteStorage::<Doc>::open(
+                        SqliteConfig::new(path.to_string_lossy())
+                            .table_name("docs")
+                            .change_log(i == 2),
+                    )
+                    .await?;
+                    let entries = w.docs.clone();
+                    let t = start();
+                    if op == Op::InsertOne {
+                        for (k, d) in w.single() {
+                            store.set(k, d).await?;
+                        }
+                    } else {
+                        store.set_many(entries).await?;
+                    }
+                    let elapsed = t.elapsed();
+                    drop(store);
+                    elapsed
+                };
+                let mut sample = Sample::default();
+                sample.record(op, elapsed, units, results);
+                if let Some(s) = samples.get_mut(i) {
+                    s.push(sample);
+                }
+            }
+        }
+    }
+    let [r, a, l] = samples;
+    Ok([median(&r), median(&a), median(&l)])
 }
 
 /// Gets every key of the workload's gets and decodes each value found.
