@@ -3,9 +3,13 @@
 //! `cargo bench -p storage-json` prints one Markdown report: sets at 1k, 10k and
 //! 100k existing entries under fsync-per-write, group commit and `atomic: false`;
 //! open time; gets; queries with and without indexes; compaction; and the raw
-//! baselines (rewrite the whole file per write, append one fsync'd line).
+//! baselines (rewrite the whole file per write, append one fsync'd line, a raw group
+//! commit of 64 writers).
 //! `STORAGE_JSON_BENCH_QUICK=1` shrinks the run for a smoke test;
-//! `STORAGE_JSON_BENCH_SIZES=100000` picks the store sizes.
+//! `STORAGE_JSON_BENCH_SIZES=100000` picks the store sizes;
+//! `STORAGE_JSON_BENCH_GROUP=ROUNDS` measures only group commit, the adapter and the
+//! raw group commit alternated for ROUNDS rounds per size, with the CPU time per set
+//! of each (`STORAGE_JSON_BENCH_SIDE=adapter` or `raw` runs one side, for profiling).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
@@ -205,7 +209,33 @@ async fn fsync_vs_raw(dir: &Path, path: &Path, n: u64, ops: u64) -> BenchResult<
 
 /// Overwrites from `writers` concurrent tasks; group commit shares fsyncs between them.
 async fn concurrent_sets(config: JsonConfig, n: u64, ops: u64, writers: u64) -> BenchResult<f64> {
+    Ok(concurrent_sets_timed(config, n, ops, writers).await?.wall)
+}
+
+/// Per-set wall time and CPU time (all threads) of one side.
+struct Timed {
+    wall: f64,
+    cpu: Option<f64>,
+}
+
+impl Timed {
+    fn new(took: Duration, cpu: Option<u64>, ops: u64) -> Self {
+        Self {
+            wall: micros(took, ops),
+            cpu: cpu.map(|ns| micros(Duration::from_nanos(ns), ops)),
+        }
+    }
+}
+
+/// [`concurrent_sets`], with the CPU time the sets took.
+async fn concurrent_sets_timed(
+    config: JsonConfig,
+    n: u64,
+    ops: u64,
+    writers: u64,
+) -> BenchResult<Timed> {
     let store = JsonStorage::<User>::open(config).await?;
+    let cpu = cpu_ns();
     let start = Instant::now();
     let tasks: Vec<_> = (0..writers)
         .map(|w| {
@@ -224,8 +254,265 @@ async fn concurrent_sets(config: JsonConfig, n: u64, ops: u64, writers: u64) -> 
         t.await??;
     }
     let took = start.elapsed();
+    let cpu = cpu.zip(cpu_ns()).map(|(a, b)| b.saturating_sub(a));
     store.close().await?;
-    Ok(micros(took, ops))
+    Ok(Timed::new(took, cpu, ops))
+}
+
+/// What the raw group commit shares between its writer tasks and its sync thread.
+struct RawGroupState {
+    /// Lines appended since the last flush, in append order.
+    buf: Vec<u8>,
+    /// The typed entries, as a hand-written store keeps them.
+    map: std::collections::BTreeMap<String, User>,
+    /// The number of the last line appended.
+    appended: u64,
+    /// Lines in `buf`.
+    lines: u64,
+    /// When the last line was appended.
+    last: Instant,
+    stop: bool,
+}
+
+/// The least a hand-written group commit needs, for the same workload and the same
+/// durability: each writer encodes its `["key", {...}]` line outside the lock,
+/// appends it to a shared buffer and inserts the value into a typed map under one
+/// mutex, then waits until a shared "synced up to line N" signal covers its line.
+/// A sync thread waits until every writer has appended (it is told how many there
+/// are, where the adapter has to estimate it) or none has for 50 µs (the last
+/// writers finishing), writes the lines with one `write` into a preallocated,
+/// zero-filled file, `fdatasync`s, and publishes the new synced mark (which wakes
+/// every waiting task: all of them are in that group).
+struct RawGroup {
+    state: std::sync::Mutex<RawGroupState>,
+    wake: std::sync::Condvar,
+    synced: tokio::sync::watch::Sender<u64>,
+    writers: u64,
+}
+
+/// How long the raw group commit waits for a missing writer.
+const RAW_QUIET: Duration = Duration::from_micros(50);
+
+impl RawGroup {
+    fn sync_loop(&self, mut file: File) -> BenchResult {
+        loop {
+            let (buf, target) = {
+                let mut st = self.state.lock().map_err(|_| "raw group: poisoned")?;
+                while st.buf.is_empty() && !st.stop {
+                    st = self.wake.wait(st).map_err(|_| "raw group: poisoned")?;
+                }
+                if st.buf.is_empty() {
+                    return Ok(());
+                }
+                while st.lines < self.writers && !st.stop {
+                    let close_at = st.last + RAW_QUIET;
+                    let now = Instant::now();
+                    if now >= close_at {
+                        break;
+                    }
+                    st = self
+                        .wake
+                        .wait_timeout(st, close_at - now)
+                        .map_err(|_| "raw group: poisoned")?
+                        .0;
+                }
+                st.lines = 0;
+                (std::mem::take(&mut st.buf), st.appended)
+            };
+            file.write_all(&buf)?;
+            file.sync_data()?;
+            self.synced.send_replace(target);
+        }
+    }
+
+    async fn set(
+        &self,
+        synced: &mut tokio::sync::watch::Receiver<u64>,
+        k: String,
+        u: User,
+    ) -> BenchResult {
+        let mut line = serde_json::to_vec(&(&k, &u))?;
+        line.push(b'\n');
+        let (seq, notify) = {
+            let mut st = self.state.lock().map_err(|_| "raw group: poisoned")?;
+            st.buf.extend_from_slice(&line);
+            st.map.insert(k, u);
+            st.appended += 1;
+            st.lines += 1;
+            st.last = Instant::now();
+            (st.appended, st.lines == 1 || st.lines == self.writers)
+        };
+        if notify {
+            self.wake.notify_one();
+        }
+        synced
+            .wait_for(|s| *s >= seq)
+            .await
+            .map_err(|_| "raw group: sync thread stopped")?;
+        Ok(())
+    }
+}
+
+/// The raw group commit ([`RawGroup`]) with `writers` concurrent tasks: per-set wall time.
+async fn raw_group_sets(dir: &Path, n: u64, ops: u64, writers: u64) -> BenchResult<Timed> {
+    let path = dir.join("raw-group.log");
+    let file = Floor::new(&path, ops * 1024)?.file;
+    let (synced, _) = tokio::sync::watch::channel(0u64);
+    let raw = std::sync::Arc::new(RawGroup {
+        state: std::sync::Mutex::new(RawGroupState {
+            buf: Vec::new(),
+            map: (0..n).map(|i| (key(i), user(i))).collect(),
+            appended: 0,
+            lines: 0,
+            last: Instant::now(),
+            stop: false,
+        }),
+        wake: std::sync::Condvar::new(),
+        synced,
+        writers,
+    });
+    let sync_thread = {
+        let raw = std::sync::Arc::clone(&raw);
+        std::thread::spawn(move || raw.sync_loop(file).map_err(|e| e.to_string()))
+    };
+    let cpu = cpu_ns();
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..writers)
+        .map(|w| {
+            let raw = std::sync::Arc::clone(&raw);
+            let mut synced = raw.synced.subscribe();
+            tokio::spawn(async move {
+                let mut rng = Rng(0x2545_F491_4F6C_DD1D ^ (w + 1));
+                for _ in 0..ops / writers {
+                    let id = rng.below(n);
+                    raw.set(&mut synced, key(id), user(id))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                Ok::<_, String>(())
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await??;
+    }
+    let took = start.elapsed();
+    let cpu = cpu.zip(cpu_ns()).map(|(a, b)| b.saturating_sub(a));
+    raw.state.lock().map_err(|_| "raw group: poisoned")?.stop = true;
+    raw.wake.notify_one();
+    sync_thread
+        .join()
+        .map_err(|_| "raw group: sync thread panicked")??;
+    std::fs::remove_file(&path)?;
+    Ok(Timed::new(took, cpu, ops))
+}
+
+/// The adapter's group commit and the raw one, `WRITERS` writers each, alternated in
+/// four rounds (the first side alternating too) so both see the same disk; per-set
+/// wall times over all rounds.
+async fn group_vs_raw(config: JsonConfig, dir: &Path, n: u64, ops: u64) -> BenchResult<(f64, f64)> {
+    const ROUNDS: u64 = 4;
+    let (mut adapter, mut raw) = (0.0, 0.0);
+    for round in 0..ROUNDS {
+        let per_round = ops / ROUNDS;
+        if round % 2 == 0 {
+            adapter += concurrent_sets(config.clone(), n, per_round, WRITERS).await?;
+            raw += raw_group_sets(dir, n, per_round, WRITERS).await?.wall;
+        } else {
+            raw += raw_group_sets(dir, n, per_round, WRITERS).await?.wall;
+            adapter += concurrent_sets(config.clone(), n, per_round, WRITERS).await?;
+        }
+    }
+    let rounds = f64::from(u32::try_from(ROUNDS)?);
+    Ok((adapter / rounds, raw / rounds))
+}
+
+/// `STORAGE_JSON_BENCH_GROUP=ROUNDS`: group commit only, the adapter and the raw group
+/// commit alternated for ROUNDS rounds at each size (64 writers), one line per round.
+async fn group_only(root: &Path, rounds: u32) -> BenchResult {
+    let sizes: Vec<u64> = match std::env::var("STORAGE_JSON_BENCH_SIZES") {
+        Ok(list) => list
+            .split(',')
+            .filter_map(|n| n.trim().parse().ok())
+            .collect(),
+        Err(_) => vec![1_000, 10_000, 100_000],
+    };
+    let ops = 20_000;
+    let group = Durability::Group {
+        max_writes: 64,
+        max_delay_ms: 1,
+    };
+    println!(
+        "| entries | round | set, group commit ({WRITERS} writers) | raw group commit ({WRITERS} writers) | adapter / raw | adapter CPU / set | raw CPU / set |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    let show = |v: Option<f64>| v.map_or_else(|| "–".to_owned(), |v| format!("{v:.1} µs"));
+    for &n in &sizes {
+        let path = root.join(format!("users-{n}.json"));
+        prefill(&path, n).await?;
+        let (mut adapter, mut raw, mut adapter_cpu, mut raw_cpu) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for round in 0..rounds {
+            // `STORAGE_JSON_BENCH_SIDE=adapter` or `raw` runs one side only (for profiling).
+            let side = std::env::var("STORAGE_JSON_BENCH_SIDE").unwrap_or_default();
+            let skipped = || Timed {
+                wall: f64::NAN,
+                cpu: None,
+            };
+            // The side that goes first alternates, as the disk's pace drifts.
+            let (a, r) = if round % 2 == 0 {
+                let a = if side == "raw" {
+                    skipped()
+                } else {
+                    concurrent_sets_timed(JsonConfig::new(&path).durability(group), n, ops, WRITERS)
+                        .await?
+                };
+                let r = if side == "adapter" {
+                    skipped()
+                } else {
+                    raw_group_sets(root, n, ops, WRITERS).await?
+                };
+                (a, r)
+            } else {
+                let r = if side == "adapter" {
+                    skipped()
+                } else {
+                    raw_group_sets(root, n, ops, WRITERS).await?
+                };
+                let a = if side == "raw" {
+                    skipped()
+                } else {
+                    concurrent_sets_timed(JsonConfig::new(&path).durability(group), n, ops, WRITERS)
+                        .await?
+                };
+                (a, r)
+            };
+            println!(
+                "| {n} | {round} | {:.1} µs | {:.1} µs | {:.2} | {} | {} |",
+                a.wall,
+                r.wall,
+                a.wall / r.wall,
+                show(a.cpu),
+                show(r.cpu)
+            );
+            adapter.push(a.wall);
+            raw.push(r.wall);
+            adapter_cpu.extend(a.cpu);
+            raw_cpu.extend(r.cpu);
+        }
+        let (a, r) = (median_of(&mut adapter), median_of(&mut raw));
+        let (ac, rc) = (median_of(&mut adapter_cpu), median_of(&mut raw_cpu));
+        println!(
+            "| {n} | median | {a:.1} µs | {r:.1} µs | {:.2} | {ac:.1} µs | {rc:.1} µs |",
+            a / r
+        );
+    }
+    Ok(())
+}
+
+fn median_of(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// The naive design: rewrite the whole file (temp, fsync, rename) for every write.
@@ -250,6 +537,18 @@ fn raw_rewrite(dir: &Path, n: u64, ops: u64) -> BenchResult<f64> {
     Ok(micros(start.elapsed(), ops))
 }
 
+/// CPU time used so far by this process's live threads (`/proc/self/task/*/schedstat`,
+/// nanoseconds), or `None` where that is not available. Read before a side stops its
+/// threads, so their time is counted.
+fn cpu_ns() -> Option<u64> {
+    let mut total = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+        total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(total)
+}
+
 /// Concurrent writer tasks for the group-commit column.
 const WRITERS: u64 = 64;
 
@@ -271,22 +570,17 @@ async fn write_costs(root: &Path, quick: bool) -> BenchResult<u64> {
     };
 
     println!(
-        "| entries | set, fsync per write | floor: append + fdatasync, preallocated file | adapter / floor | append + fdatasync, growing file | set, group commit ({WRITERS} writers), wall time / sets | set, group commit (4 writers) | set, atomic: false | set, atomic: false, 4 indexes | raw: rewrite the file per write |"
+        "| entries | set, fsync per write | floor: append + fdatasync, preallocated file | adapter / floor | append + fdatasync, growing file | set, group commit ({WRITERS} writers), wall time / sets | raw group commit ({WRITERS} writers) | group commit / raw | set, group commit (4 writers) | set, atomic: false | set, atomic: false, 4 indexes | raw: rewrite the file per write |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &n in &sizes {
         let path = root.join(format!("users-{n}.json"));
         prefill(&path, n).await?;
         let seq = fsync_vs_raw(root, &path, n, seq_ops).await?;
         // Fewer writers than `max_writes`: a group must close without filling up.
         let few = concurrent_sets(JsonConfig::new(&path).durability(group), n, seq_ops, 4).await?;
-        let grouped = concurrent_sets(
-            JsonConfig::new(&path).durability(group),
-            n,
-            group_ops,
-            WRITERS,
-        )
-        .await?;
+        let (grouped, raw_grouped) =
+            group_vs_raw(JsonConfig::new(&path).durability(group), root, n, group_ops).await?;
         let loose =
             sequential_sets(JsonConfig::new(&path).atomic(false), n, seq_ops, false).await?;
         let loose_indexed =
@@ -294,11 +588,12 @@ async fn write_costs(root: &Path, quick: bool) -> BenchResult<u64> {
         let rewrite_ops = if n >= 100_000 { 5 } else { 50 };
         let rewrite = raw_rewrite(root, n, rewrite_ops)?;
         println!(
-            "| {n} | {:.1} µs | {:.1} µs | {:.2} | {:.1} µs | {grouped:.1} µs | {few:.1} µs | {loose:.1} µs | {loose_indexed:.1} µs | {rewrite:.0} µs |",
+            "| {n} | {:.1} µs | {:.1} µs | {:.2} | {:.1} µs | {grouped:.1} µs | {raw_grouped:.1} µs | {:.2} | {few:.1} µs | {loose:.1} µs | {loose_indexed:.1} µs | {rewrite:.0} µs |",
             seq.store,
             seq.floor,
             seq.store / seq.floor,
             seq.growing,
+            grouped / raw_grouped,
         );
     }
     Ok(*sizes.last().unwrap_or(&1_000))
@@ -488,6 +783,12 @@ fn main() -> BenchResult {
         .enable_all()
         .build()?
         .block_on(async {
+            if let Some(rounds) = std::env::var("STORAGE_JSON_BENCH_GROUP")
+                .ok()
+                .and_then(|r| r.parse().ok())
+            {
+                return group_only(root.path(), rounds).await;
+            }
             let n = write_costs(root.path(), quick).await?;
             read_costs(root.path(), n).await
         })

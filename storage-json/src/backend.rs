@@ -5,7 +5,7 @@ use std::fs::TryLockError as FileLockError;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -28,9 +28,8 @@ use tracing::Instrument;
 use crate::config::{Durability, JsonConfig, LockMode, check};
 use crate::error::JsonError;
 use crate::journal::{
-    self, Commit, FlushHook, GroupSync, IndexOp, JournalWriter, Paths, SyncOutcome,
-    apply_index_ops, encode_ops, encode_record, encode_record_from, read_journal, read_main,
-    truncate_file, write_main,
+    self, Commit, FlushHook, GroupSync, IndexOp, JournalWriter, Paths, SyncWait, apply_index_ops,
+    encode_ops, read_journal, read_main, truncate_file, write_main,
 };
 use crate::transaction::JsonTransaction;
 
@@ -150,6 +149,13 @@ fn stage(entries: &BTreeMap<String, Arc<Document>>, ops: &[StagedOp], events: bo
     staged
 }
 
+/// What a commit replaced in memory, to be freed once the store lock is released.
+#[derive(Default)]
+struct Retired {
+    values: Vec<Arc<Document>>,
+    entries: Option<BTreeMap<String, Arc<Document>>>,
+}
+
 /// Before-images of one commit, kept while a transaction that started before it is open.
 pub(crate) struct HistoryRecord {
     seq: u64,
@@ -226,8 +232,13 @@ impl State {
     }
 
     /// Applies a durable commit to memory, keeping before-images for open transactions.
-    fn apply(&mut self, seq: u64, commit: Commit) {
+    ///
+    /// The values it replaces (and the commit's own keys) are handed back instead of
+    /// freed here: freeing a document is a walk over cold memory, which the caller
+    /// does after it released the store lock.
+    fn apply(&mut self, seq: u64, commit: &mut Commit) -> Retired {
         let keep = !self.active.is_empty();
+        let mut retired = Retired::default();
         let mut record = HistoryRecord {
             seq,
             cleared_before: None,
@@ -238,23 +249,32 @@ impl State {
             self.indexes.clear();
             if keep {
                 record.cleared_before = Some(Arc::new(old));
+            } else {
+                retired.entries = Some(old);
             }
         }
-        for (key, value) in commit.writes {
+        for (key, value) in &mut commit.writes {
             let prev = match &value {
-                Some(doc) => self.entries.insert(key.clone(), Arc::clone(doc)),
-                None => self.entries.remove(&key),
+                // An overwrite (the common case) keeps the map's key: no copy of it.
+                Some(doc) => match self.entries.get_mut(key) {
+                    Some(slot) => Some(std::mem::replace(slot, Arc::clone(doc))),
+                    None => self.entries.insert(key.clone(), Arc::clone(doc)),
+                },
+                None => self.entries.remove(key),
             };
             if !self.indexes.is_empty() {
-                self.indexes.update(&key, prev.as_deref(), value.as_deref());
+                self.indexes.update(key, prev.as_deref(), value.as_deref());
             }
             if keep && !commit.cleared {
-                record.before.insert(key, prev);
+                record.before.insert(key.clone(), prev);
+            } else {
+                retired.values.extend(prev);
             }
         }
         if keep {
             self.history.push_back(record);
         }
+        retired
     }
 
     /// The value of `key` as of sequence `start`.
@@ -341,6 +361,8 @@ pub(crate) struct Inner<T> {
     /// The compaction running in the background, if any.
     background: Mutex<Option<std::thread::JoinHandle<()>>>,
     outbox: Mutex<VecDeque<Publication<T>>>,
+    /// The outbox's length, kept under its lock, read without it.
+    queued: AtomicUsize,
     publishing: Mutex<()>,
     next_tx: AtomicU64,
 }
@@ -946,6 +968,7 @@ impl<T: StorageValue> JsonStorage<T> {
                 group: group.map(Arc::new),
                 background: Mutex::new(None),
                 outbox: Mutex::new(VecDeque::new()),
+                queued: AtomicUsize::new(0),
                 publishing: Mutex::new(()),
                 next_tx: AtomicU64::new(1),
             }),
@@ -1013,6 +1036,7 @@ impl<T: StorageValue> JsonStorage<T> {
                     group: None,
                     background: Mutex::new(None),
                     outbox: Mutex::new(VecDeque::new()),
+                    queued: AtomicUsize::new(0),
                     publishing: Mutex::new(()),
                     next_tx: AtomicU64::new(1),
                 }),
@@ -1119,8 +1143,9 @@ impl<T> Inner<T> {
         Ok(())
     }
 
-    /// Appends one record's line to the journal and, with `fsync_each`, fsyncs it.
-    fn journal_line(&self, st: &mut State, line: &[u8]) -> Result<(), JsonError> {
+    /// Appends record `seq` (its encoded operations) to the journal and, with
+    /// `fsync_each`, fsyncs it.
+    fn journal_line(&self, st: &mut State, seq: u64, ops: &[u8]) -> Result<(), JsonError> {
         let sync_each = self.config.atomic && self.config.durability == Durability::FsyncEach;
         let State {
             journal, poisoned, ..
@@ -1129,7 +1154,7 @@ impl<T> Inner<T> {
             return Err(JsonError::Closed);
         };
         let before = journal.len();
-        if let Err((err, restored)) = journal.append(line) {
+        if let Err((err, restored)) = journal.append_record(seq, ops) {
             if !restored {
                 *poisoned = Some(err.to_string());
             }
@@ -1290,11 +1315,12 @@ impl<T: StorageValue> Inner<T> {
         &self,
         ops: &[StagedOp],
         reads: Option<&ReadSet<'_>>,
-    ) -> Result<(BatchResult, Option<oneshot::Receiver<SyncOutcome>>)> {
-        // The journal line's operations depend on `ops` only (not on the state), so
-        // they are encoded before the store lock is taken: concurrent writers
-        // serialize their values in parallel.
-        let encoded = encode_ops(&stage(&BTreeMap::new(), ops, false).commit).map_err(|e| {
+    ) -> Result<(BatchResult, Option<SyncWait>)> {
+        // The commit (the final value of each key written) and its journal line
+        // depend on `ops` only, not on the state, so they are built before the store
+        // lock is taken: concurrent writers serialize their values in parallel.
+        let mut commit = stage(&BTreeMap::new(), ops, false).commit;
+        let encoded = encode_ops(&commit).map_err(|e| {
             StorageError::new(ErrorCode::SerializationFailed, e.to_string())
                 .with_backend(BACKEND)
                 .with_source(e)
@@ -1305,33 +1331,46 @@ impl<T: StorageValue> Inner<T> {
             st.validate(reads)?;
         }
         let events = self.hub.has_listeners();
-        let staged = stage(&st.entries, ops, events);
-        let noop = !staged.commit.cleared
-            && staged
-                .commit
+        // What the state adds is the result's counts of deletions and the events;
+        // a commit of sets that nobody observes needs neither.
+        let (result, event_ops) = if !events && ops.iter().all(|op| matches!(op, StagedOp::Set(..)))
+        {
+            let result = BatchResult {
+                operations: ops.len(),
+                ..BatchResult::default()
+            };
+            (result, Vec::new())
+        } else {
+            let staged = stage(&st.entries, ops, events);
+            (staged.result, staged.events)
+        };
+        let noop = !commit.cleared
+            && commit
                 .writes
                 .iter()
                 .all(|(k, v)| v.is_none() && !st.entries.contains_key(k));
         if noop {
             if events {
-                self.queue(&st, 0, staged.events);
+                self.queue(&st, 0, event_ops);
             }
-            return Ok((staged.result, None));
+            return Ok((result, None));
         }
         st.indexes
-            .check_unique(&staged.commit.writes, staged.commit.cleared)
+            .check_unique(&commit.writes, commit.cleared)
             .map_err(|e| e.with_backend(BACKEND))?;
         let seq = st.seq + 1;
-        let line = encode_record_from(seq, &encoded);
-        self.journal_line(&mut st, &line)?;
+        self.journal_line(&mut st, seq, &encoded)?;
         st.seq = seq;
-        st.apply(seq, staged.commit);
-        let waiter = self.group.as_ref().map(|g| g.register(seq));
+        let retired = st.apply(seq, &mut commit);
+        let waiter = self.group.as_ref().map(|g| g.wait_for(seq));
         if events {
-            self.queue(&st, seq, staged.events);
+            self.queue(&st, seq, event_ops);
         }
         self.maybe_compact(&mut st);
-        Ok((staged.result, waiter))
+        drop(st);
+        // Freed without the lock: the replaced documents and the commit's keys.
+        drop((retired, commit));
+        Ok((result, waiter))
     }
 
     /// Journals an index definition change as a record of its own and drops the
@@ -1340,11 +1379,7 @@ impl<T: StorageValue> Inner<T> {
     ///
     /// The in-memory set must match `seq` before a compaction may start: it lists
     /// the definitions in the main file it writes as of that record.
-    fn commit_index_op(
-        &self,
-        st: &mut State,
-        op: IndexOp,
-    ) -> Result<Option<oneshot::Receiver<SyncOutcome>>> {
+    fn commit_index_op(&self, st: &mut State, op: IndexOp) -> Result<Option<SyncWait>> {
         let seq = st.seq + 1;
         let dropped = match &op {
             IndexOp::Drop(name) => Some(name.clone()),
@@ -1354,17 +1389,17 @@ impl<T: StorageValue> Inner<T> {
             index_ops: vec![op],
             ..Commit::default()
         };
-        let line = encode_record(seq, &commit).map_err(|e| {
+        let ops = encode_ops(&commit).map_err(|e| {
             StorageError::new(ErrorCode::SerializationFailed, e.to_string())
                 .with_backend(BACKEND)
                 .with_source(e)
         })?;
-        self.journal_line(st, &line)?;
+        self.journal_line(st, seq, &ops)?;
         st.seq = seq;
         if let Some(name) = dropped {
             st.indexes.drop_index(&name);
         }
-        let waiter = self.group.as_ref().map(|g| g.register(seq));
+        let waiter = self.group.as_ref().map(|g| g.wait_for(seq));
         self.maybe_compact(st);
         Ok(waiter)
     }
@@ -1417,17 +1452,16 @@ impl<T: StorageValue> Inner<T> {
                 }
             }
         }
-        self.outbox
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push_back(Publication {
-                batch: ChangeBatch {
-                    sequence: seq,
-                    resume_token: None,
-                    changes,
-                },
-                after,
-            });
+        let mut outbox = self.outbox.lock().unwrap_or_else(PoisonError::into_inner);
+        outbox.push_back(Publication {
+            batch: ChangeBatch {
+                sequence: seq,
+                resume_token: None,
+                changes,
+            },
+            after,
+        });
+        self.queued.store(outbox.len(), Ordering::Release);
     }
 
     /// Hands queued publications to hooks and subscribers, outside the state lock.
@@ -1435,6 +1469,10 @@ impl<T: StorageValue> Inner<T> {
     /// Whoever holds `publishing` drains for everyone, so publications leave in
     /// commit order, and a hook that writes to the store only queues its own.
     pub(crate) fn drain_outbox(&self) {
+        // Nothing queued (no listeners, the common case): no lock to take.
+        if self.queued.load(Ordering::Acquire) == 0 {
+            return;
+        }
         loop {
             let guard = match self.publishing.try_lock() {
                 Ok(g) => g,
@@ -1442,11 +1480,12 @@ impl<T: StorageValue> Inner<T> {
                 Err(TryLockError::WouldBlock) => return,
             };
             loop {
-                let next = self
-                    .outbox
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .pop_front();
+                let next = {
+                    let mut outbox = self.outbox.lock().unwrap_or_else(PoisonError::into_inner);
+                    let next = outbox.pop_front();
+                    self.queued.store(outbox.len(), Ordering::Release);
+                    next
+                };
                 let Some(publication) = next else { break };
                 for op in &publication.after {
                     match op {
@@ -1491,11 +1530,8 @@ impl<T: StorageValue> Inner<T> {
         Ok(result)
     }
 
-    async fn wait_synced(&self, rx: oneshot::Receiver<SyncOutcome>) -> Result<()> {
-        let outcome = rx
-            .await
-            .unwrap_or_else(|_| Err("group-commit thread stopped".to_owned()));
-        if let Err(why) = outcome {
+    async fn wait_synced(&self, wait: SyncWait) -> Result<()> {
+        if let Err(why) = wait.await {
             self.write().poisoned = Some(why.clone());
             return Err(JsonError::io("fsync", &self.paths.journal, io::Error::other(why)).into());
         }

@@ -21,11 +21,13 @@ use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use futures::channel::oneshot;
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
 use storage_core::{Document, IndexDefinition};
@@ -114,28 +116,52 @@ pub(crate) struct Record {
 ///
 /// The CRC covers every byte before `,"crc"`, so the line stays plain JSON
 /// that any parser reads, and the checksum is still verifiable byte for byte.
+/// (The store appends through [`JournalWriter::append_record`], which writes the
+/// same bytes without this function's buffer.)
+#[cfg(test)]
 pub(crate) fn encode_record(seq: u64, commit: &Commit) -> Result<Vec<u8>, serde_json::Error> {
-    Ok(encode_record_from(seq, &encode_ops(commit)?))
+    let ops = encode_ops(commit)?;
+    let mut buf = Vec::with_capacity(48 + ops.len());
+    write_record(&mut buf, seq, &ops);
+    Ok(buf)
 }
 
-/// A journal line from the record number and the encoded operations
-/// ([`encode_ops`]): the part of [`encode_record`] that needs the record number,
-/// so writers can encode their operations before they take the store lock.
-pub(crate) fn encode_record_from(seq: u64, ops: &[u8]) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(48 + ops.len());
+/// Appends a journal line to `buf` from the record number and the encoded
+/// operations ([`encode_ops`]): the part of [`encode_record`] that needs the record
+/// number, so writers can encode their operations before they take the store lock.
+pub(crate) fn write_record(buf: &mut Vec<u8>, seq: u64, ops: &[u8]) {
+    let start = buf.len();
     buf.extend_from_slice(b"{\"seq\":");
-    buf.extend_from_slice(seq.to_string().as_bytes());
+    // Digits by hand rather than through `fmt`: this runs once per record, under
+    // the store lock.
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut rest = seq;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + u8::try_from(rest % 10).unwrap_or(0);
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    buf.extend_from_slice(&digits[at..]);
     buf.extend_from_slice(b",\"ops\":[");
     buf.extend_from_slice(ops);
     buf.push(b']');
-    let crc = crc32fast::hash(&buf);
-    buf.extend_from_slice(format!(",\"crc\":\"{crc:08x}\"}}\n").as_bytes());
-    buf
+    let crc = crc32fast::hash(&buf[start..]);
+    buf.extend_from_slice(b",\"crc\":\"");
+    for shift in (0..8).rev() {
+        let nibble = (crc >> (shift * 4)) & 0xf;
+        buf.push(b"0123456789abcdef"[usize::try_from(nibble).unwrap_or(0)]);
+    }
+    buf.extend_from_slice(b"\"}\n");
 }
 
 /// The operations of a journal line, comma-separated, without the brackets.
 pub(crate) fn encode_ops(commit: &Commit) -> Result<Vec<u8>, serde_json::Error> {
-    let mut buf = Vec::with_capacity(commit.writes.len() * 64);
+    // Room for a small document per write, so a typical record needs no reallocation.
+    let mut buf = Vec::with_capacity(commit.writes.len().saturating_mul(256) + 64);
     let mut first = true;
     for op in &commit.index_ops {
         if !first {
@@ -615,6 +641,9 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), JsonError> {
 /// `fsync`) serves about a megabyte of records.
 pub(crate) const GROW_CHUNK: u64 = 1 << 20;
 
+/// The largest line buffer a [`JournalWriter`] keeps for the next record.
+const SCRATCH_KEPT: usize = 64 << 10;
+
 /// The append handle of the journal.
 ///
 /// With `preallocate`, the file is kept longer than its records: `len..allocated`
@@ -636,6 +665,8 @@ pub(crate) struct JournalWriter {
     /// Records in `pending`.
     pending_records: u64,
     buffered: bool,
+    /// Where [`JournalWriter::append_record`] builds a line (kept to reuse its memory).
+    scratch: Vec<u8>,
 }
 
 impl JournalWriter {
@@ -668,6 +699,7 @@ impl JournalWriter {
             pending: Vec::new(),
             pending_records: 0,
             buffered: false,
+            scratch: Vec::new(),
         };
         writer.seek_to_end()?;
         Ok(writer)
@@ -766,18 +798,50 @@ impl JournalWriter {
         Ok(())
     }
 
-    /// Appends one line. On failure the journal is cut back to where it was;
-    /// if even that fails the error says so and the caller must stop writing.
-    pub(crate) fn append(&mut self, line: &[u8]) -> Result<(), (JsonError, bool)> {
-        let end = self.len + to_u64(line.len());
+    /// Appends record `seq` made of the encoded operations `ops` ([`write_record`]),
+    /// as [`JournalWriter::append`] does.
+    pub(crate) fn append_record(&mut self, seq: u64, ops: &[u8]) -> Result<(), (JsonError, bool)> {
+        if self.buffered {
+            // Straight into the group's buffer.
+            let start = self.pending.len();
+            write_record(&mut self.pending, seq, ops);
+            let line_len = to_u64(self.pending.len() - start);
+            self.len += line_len;
+            self.pending_records += 1;
+            self.records += 1;
+            self.make_room(self.len, line_len);
+            self.allocated = self.allocated.max(self.len);
+            return Ok(());
+        }
+        let mut line = std::mem::take(&mut self.scratch);
+        line.clear();
+        write_record(&mut line, seq, ops);
+        let appended = self.append(&line);
+        // A big batch's buffer is not worth keeping.
+        if line.capacity() <= SCRATCH_KEPT {
+            self.scratch = line;
+        }
+        appended
+    }
+
+    /// Grows the zero-filled space so that records up to `end` fit, when a
+    /// `line_len`-byte record reaches past it.
+    fn make_room(&mut self, end: u64, line_len: u64) {
         // A record as large as a chunk (a big batch) is appended past the end: zeroing
         // its space first would write it twice, for one fsync saved.
-        if self.preallocate && end > self.allocated && to_u64(line.len()) < GROW_CHUNK {
+        if self.preallocate && end > self.allocated && line_len < GROW_CHUNK {
             // Preallocation is an optimisation: if it fails the append may still work.
             if let Err(e) = self.grow(end) {
                 tracing::debug!(error = %e, "could not preallocate journal space");
             }
         }
+    }
+
+    /// Appends one line. On failure the journal is cut back to where it was;
+    /// if even that fails the error says so and the caller must stop writing.
+    pub(crate) fn append(&mut self, line: &[u8]) -> Result<(), (JsonError, bool)> {
+        let end = self.len + to_u64(line.len());
+        self.make_room(end, to_u64(line.len()));
         if self.buffered {
             self.pending.extend_from_slice(line);
             self.pending_records += 1;
@@ -861,9 +925,18 @@ struct SyncState {
     file: Arc<File>,
     /// The highest record number appended and registered.
     written: u64,
-    /// The highest record number an fsync covered.
+    /// The highest record number an fsync covered (also in [`SyncShared::synced`],
+    /// which a waiter reads without this lock).
     synced: u64,
-    waiters: Vec<(u64, oneshot::Sender<SyncOutcome>)>,
+    /// The writers waiting in [`SyncWait`] (the next group), with their record
+    /// number and task, woken once an fsync covers it (or fails).
+    waiters: Vec<(u64, Waker)>,
+    /// Released writers still to be woken, by the first released writer whose wait
+    /// is polled (see [`wake_released`]).
+    relay: Vec<Waker>,
+    /// Why records that no fsync covered will never be: the first fsync (or flush)
+    /// failure, or the thread's end. Every later waiter not covered gets it.
+    failed: Option<String>,
     /// When the oldest waiting writer registered.
     oldest: Option<Instant>,
     /// When the last writer registered.
@@ -884,6 +957,11 @@ pub(crate) type FlushHook = Box<dyn Fn() -> SyncOutcome + Send + Sync>;
 
 struct SyncShared {
     state: Mutex<SyncState>,
+    /// [`SyncState::synced`], readable without the lock: a waiter polled after its
+    /// record was covered returns without touching the lock.
+    synced: AtomicU64,
+    /// Whether [`SyncState::relay`] holds wakers.
+    relay_pending: AtomicBool,
     wake: Condvar,
     flush: FlushHook,
     max_writes: usize,
@@ -904,9 +982,136 @@ const MIN_QUIET: Duration = Duration::from_micros(20);
 /// share one fsync however many they are. Writers keep appending (into the journal's
 /// buffer: see [`JournalWriter::flush`], which the thread calls through its
 /// [`FlushHook`] before each fsync) while an fsync runs.
+///
+/// Waiters share one "synced up to record N" mark instead of a channel each: a
+/// writer's [`SyncWait`] compares its record number with the mark, and the thread
+/// wakes, after each fsync, the tasks whose records it covered (outside its lock).
 pub(crate) struct GroupSync {
     shared: Arc<SyncShared>,
     thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// What a writer awaits after registering: completes once an fsync covered its
+/// record (`Ok`), or with the failure that means none will (`Err`).
+///
+/// Created right after the record is appended and polled at once (in the same poll
+/// of the writer's future), so every appended record is registered.
+pub(crate) struct SyncWait {
+    shared: Arc<SyncShared>,
+    seq: u64,
+    registered: bool,
+    done: bool,
+}
+
+impl Drop for SyncWait {
+    fn drop(&mut self) {
+        if !self.registered || self.done {
+            return;
+        }
+        // A writer that stops waiting must not be the one the thread wakes to relay
+        // the others' wake-ups (nothing would poll it), and if it already was, it
+        // relays them now.
+        let mut st = self
+            .shared
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        st.waiters.retain(|(seq, _)| *seq != self.seq);
+        drop(st);
+        relay_wakes(&self.shared);
+    }
+}
+
+/// Wakes the released writers the thread left to be relayed (see [`wake_released`]).
+fn relay_wakes(shared: &SyncShared) {
+    if !shared.relay_pending.load(Ordering::Acquire) {
+        return;
+    }
+    let relay = {
+        let mut st = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
+        shared.relay_pending.store(false, Ordering::Release);
+        std::mem::take(&mut st.relay)
+    };
+    relay.into_iter().for_each(Waker::wake);
+}
+
+/// Wakes the writers an fsync released. The thread wakes only one of them and
+/// leaves the rest to it: waking a task from outside its executor is expensive (a
+/// lock on the executor's shared queue and a thread to unpark, about 1 µs each
+/// here), while the first writer to resume wakes the others from an executor thread,
+/// where it is a push onto that thread's own queue. Whichever released (or
+/// dropped) wait runs first does the relay, so a writer that stopped waiting holds
+/// nobody up.
+fn wake_released(shared: &SyncShared, mut woken: Vec<Waker>) {
+    const DIRECT: usize = 2;
+    if woken.len() <= DIRECT {
+        woken.into_iter().for_each(Waker::wake);
+        return;
+    }
+    let first = woken.pop();
+    {
+        let mut st = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
+        st.relay.append(&mut woken);
+        shared.relay_pending.store(true, Ordering::Release);
+    }
+    if let Some(first) = first {
+        first.wake();
+    }
+}
+
+impl Future for SyncWait {
+    type Output = SyncOutcome;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<SyncOutcome> {
+        let this = self.get_mut();
+        let (shared, seq) = (&*this.shared, this.seq);
+        if shared.synced.load(Ordering::Acquire) >= seq {
+            this.done = true;
+            relay_wakes(shared);
+            return Poll::Ready(Ok(()));
+        }
+        let mut st = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
+        // Checked again under the lock: a release between the load above and here
+        // has already taken the wakers, so this one must not be left behind.
+        if st.synced >= seq {
+            drop(st);
+            this.done = true;
+            relay_wakes(shared);
+            return Poll::Ready(Ok(()));
+        }
+        if let Some(why) = &st.failed {
+            this.done = true;
+            return Poll::Ready(Err(why.clone()));
+        }
+        if this.registered {
+            if let Some((_, waker)) = st.waiters.iter_mut().find(|(s, _)| *s == seq) {
+                waker.clone_from(cx.waker());
+            }
+            return Poll::Pending;
+        }
+        this.registered = true;
+        let wake_thread = register(&mut st, seq, cx.waker().clone(), shared.max_writes);
+        drop(st);
+        if wake_thread {
+            // Otherwise the thread is syncing, or waiting for a deadline it rechecks.
+            shared.wake.notify_one();
+        }
+        Poll::Pending
+    }
+}
+
+/// Adds a waiting writer; returns whether the sync thread must be woken (the first
+/// writer of a group, or the one that fills it).
+fn register(st: &mut SyncState, seq: u64, waker: Waker, max_writes: usize) -> bool {
+    st.written = st.written.max(seq);
+    let now = Instant::now();
+    st.last_arrival = now;
+    let first = st.waiters.is_empty();
+    if first {
+        st.oldest = Some(now);
+    }
+    st.waiters.push((seq, waker));
+    first || st.waiters.len() == st.expected.clamp(1, max_writes)
 }
 
 impl GroupSync {
@@ -922,6 +1127,8 @@ impl GroupSync {
                 written: 0,
                 synced: 0,
                 waiters: Vec::new(),
+                relay: Vec::new(),
+                failed: None,
                 oldest: None,
                 last_arrival: Instant::now(),
                 fsync_time: Duration::ZERO,
@@ -929,6 +1136,8 @@ impl GroupSync {
                 fsyncs: 0,
                 shutdown: false,
             }),
+            synced: AtomicU64::new(0),
+            relay_pending: AtomicBool::new(false),
             wake: Condvar::new(),
             flush,
             max_writes: max_writes.max(1),
@@ -945,30 +1154,17 @@ impl GroupSync {
         })
     }
 
-    /// Registers the writer of record `seq` (already appended); the receiver
-    /// completes once an fsync covered it.
-    pub(crate) fn register(&self, seq: u64) -> oneshot::Receiver<SyncOutcome> {
-        let (tx, rx) = oneshot::channel();
-        let mut st = self
-            .shared
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        st.written = st.written.max(seq);
-        let now = Instant::now();
-        st.last_arrival = now;
-        let first = st.waiters.is_empty();
-        if first {
-            st.oldest = Some(now);
+    /// The wait of the writer of record `seq` (already appended): it registers on
+    /// its first poll and completes once an fsync covered the record. Records up to
+    /// the highest registered one are in the journal's buffer by then, so a group
+    /// covers them all even when their writers register out of order.
+    pub(crate) fn wait_for(&self, seq: u64) -> SyncWait {
+        SyncWait {
+            shared: Arc::clone(&self.shared),
+            seq,
+            registered: false,
+            done: false,
         }
-        st.waiters.push((seq, tx));
-        let full = st.waiters.len() == st.expected.clamp(1, self.shared.max_writes);
-        drop(st);
-        if first || full {
-            // Otherwise the thread is syncing, or waiting for a deadline it rechecks.
-            self.shared.wake.notify_one();
-        }
-        rx
     }
 
     /// How many fsyncs the thread has taken.
@@ -988,8 +1184,9 @@ impl GroupSync {
             .state
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        st.synced = st.synced.max(seq);
-        release(&mut st, &Ok(()));
+        let woken = release(&self.shared, &mut st, seq, None);
+        drop(st);
+        woken.into_iter().for_each(Waker::wake);
     }
 
     /// Replaces the file the thread fsyncs (after the journal was reopened).
@@ -1019,8 +1216,8 @@ impl GroupSync {
             .unwrap_or_else(PoisonError::into_inner)
             .take();
         if let Some(handle) = handle {
-            // A panic in the sync thread has already failed its waiters (their
-            // senders were dropped); nothing more to report here.
+            // A panic in the sync thread has already failed its waiters (its exit
+            // guard marks the group failed); nothing more to report here.
             let _ = handle.join();
         }
     }
@@ -1032,37 +1229,58 @@ impl Drop for GroupSync {
     }
 }
 
-fn release(st: &mut SyncState, outcome: &SyncOutcome) {
+/// Marks records up to `synced` durable, or with `failure` fails every record not
+/// yet covered, and returns the wakers of the writers that can go on (to be woken
+/// after the lock is released).
+fn release(
+    shared: &SyncShared,
+    st: &mut SyncState,
+    synced: u64,
+    failure: Option<String>,
+) -> Vec<Waker> {
+    if synced > st.synced {
+        st.synced = synced;
+        shared.synced.store(synced, Ordering::Release);
+    }
     let synced = st.synced;
-    if outcome.is_ok() && st.waiters.iter().all(|(seq, _)| *seq <= synced) {
-        if !st.waiters.is_empty() {
-            st.expected = st.waiters.len();
-        }
-        for (_, tx) in st.waiters.drain(..) {
-            // A writer that stopped waiting (its future was dropped) is fine.
-            let _ = tx.send(Ok(()));
-        }
-        st.oldest = None;
-        return;
+    if let Some(why) = failure {
+        st.failed.get_or_insert(why);
     }
-    let waiting = st.waiters.len();
-    let mut kept = Vec::with_capacity(waiting);
-    for (seq, tx) in st.waiters.drain(..) {
-        if seq <= synced || outcome.is_err() {
-            let _ = tx.send(outcome.clone());
-        } else {
-            kept.push((seq, tx));
-        }
-    }
-    let released = waiting - kept.len();
-    if released > 0 {
-        st.expected = released;
-    }
+    let fail_all = st.failed.is_some();
+    let (woken, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut st.waiters)
+        .into_iter()
+        .partition(|(seq, _)| *seq <= synced || fail_all);
     st.waiters = kept;
+    let woken: Vec<Waker> = woken.into_iter().map(|(_, waker)| waker).collect();
+    if !woken.is_empty() {
+        st.expected = woken.len();
+    }
     st.oldest = (!st.waiters.is_empty()).then(Instant::now);
+    woken
+}
+
+/// Fails the group when its thread ends (shutdown or a panic), so that no
+/// waiter whose record was not covered waits forever.
+struct ThreadEnd<'a>(&'a SyncShared);
+
+impl Drop for ThreadEnd<'_> {
+    fn drop(&mut self) {
+        let mut st = self.0.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let woken = release(
+            self.0,
+            &mut st,
+            0,
+            Some("group-commit thread stopped".to_owned()),
+        );
+        let relay = std::mem::take(&mut st.relay);
+        self.0.relay_pending.store(false, Ordering::Release);
+        drop(st);
+        woken.into_iter().chain(relay).for_each(Waker::wake);
+    }
 }
 
 fn run_group_sync(shared: &SyncShared) {
+    let _end = ThreadEnd(shared);
     let mut st = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
     loop {
         while st.waiters.is_empty() && !st.shutdown {
@@ -1085,30 +1303,26 @@ fn run_group_sync(shared: &SyncShared) {
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
-        // Every record up to `written` was appended (writers register after
-        // appending, under the store lock), so once the flush below has written the
+        // Every record up to `written` was appended (a writer registers after
+        // appending, and records are numbered in append order), so once the flush below has written the
         // group's collected lines in one `write`, this fsync covers them all. The
         // flush takes the store lock: this lock must not be held meanwhile.
         let target = st.written;
+        let file = Arc::clone(&st.file);
         drop(st);
         let started = Instant::now();
-        let flushed = (shared.flush)();
-        let file = Arc::clone(
-            &shared
-                .state
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .file,
-        );
-        let outcome = flushed.and_then(|()| file.sync_data().map_err(|e| e.to_string()));
+        let outcome = (shared.flush)().and_then(|()| file.sync_data().map_err(|e| e.to_string()));
         let took = started.elapsed();
         st = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
         st.fsync_time = (st.fsync_time * 3 + took) / 4;
         st.fsyncs += 1;
-        if outcome.is_ok() {
-            st.synced = st.synced.max(target);
-        }
-        release(&mut st, &outcome);
+        let woken = match outcome {
+            Ok(()) => release(shared, &mut st, target, None),
+            Err(why) => release(shared, &mut st, 0, Some(why)),
+        };
+        drop(st);
+        wake_released(shared, woken);
+        st = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
     }
 }
 
@@ -1125,6 +1339,7 @@ fn parse_plain(line: &[u8]) -> Result<serde_json::Value, serde_json::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::FutureExt;
     use serde_json::json;
 
     fn commit(pairs: &[(&str, Option<Document>)]) -> Commit {
@@ -1221,20 +1436,20 @@ mod tests {
         // The last fsync released eight writers, and fsyncs are slow (a long quiet
         // spell): the group waits for all eight, and one fsync covers them.
         set(8, Duration::from_secs(10));
-        let waits: Vec<_> = (1..=8).map(|seq| group.register(seq)).collect();
-        for rx in waits {
-            futures::executor::block_on(rx)??;
+        let waits = (1..=8).map(|seq| group.wait_for(seq));
+        for outcome in futures::executor::block_on(futures::future::join_all(waits)) {
+            outcome?;
         }
         assert_eq!(group.fsyncs(), 1, "eight writers, one fsync");
         // One writer comes back: its group closes after the quiet spell, and...
         set(8, Duration::from_millis(2));
-        futures::executor::block_on(group.register(9))??;
+        futures::executor::block_on(group.wait_for(9))?;
         assert_eq!(group.fsyncs(), 2);
         // ...from then on a lone writer's group closes at once, never waiting the
         // quiet spell (here 2 s) or `max_delay`.
         set(1, Duration::from_secs(4));
         let started = Instant::now();
-        futures::executor::block_on(group.register(10))??;
+        futures::executor::block_on(group.wait_for(10))?;
         assert!(
             started.elapsed() < Duration::from_secs(1),
             "{:?}",
@@ -1242,6 +1457,145 @@ mod tests {
         );
         assert_eq!(group.fsyncs(), 3);
         group.shutdown();
+        Ok(())
+    }
+
+    #[test]
+    fn a_record_line_spells_its_number_and_checksum_as_fmt_would() {
+        for seq in [0, 7, 10, 99, 12_345, u64::MAX] {
+            let mut line = Vec::new();
+            write_record(&mut line, seq, b"{\"op\":\"clear\"}");
+            let body = format!("{{\"seq\":{seq},\"ops\":[{{\"op\":\"clear\"}}]");
+            let crc = crc32fast::hash(body.as_bytes());
+            assert_eq!(
+                String::from_utf8_lossy(&line),
+                format!("{body},\"crc\":\"{crc:08x}\"}}\n")
+            );
+        }
+    }
+
+    /// A group-commit thread on a scratch file whose next group waits for `expected`
+    /// writers (fsyncs look slow, so no quiet spell closes it sooner).
+    fn group_of(
+        expected: usize,
+        flush: FlushHook,
+    ) -> Result<(tempfile::TempDir, GroupSync), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let file = File::create(dir.path().join("j"))?;
+        let group = GroupSync::start(file, 64, Duration::from_secs(30), flush)?;
+        {
+            let mut st = group
+                .shared
+                .state
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            st.expected = expected;
+            st.fsync_time = Duration::from_secs(10);
+        }
+        Ok((dir, group))
+    }
+
+    fn waiting(group: &GroupSync) -> usize {
+        group
+            .shared
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .waiters
+            .len()
+    }
+
+    #[test]
+    fn every_released_writer_resumes_on_a_multi_threaded_executor()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let (_dir, group) = group_of(64, Box::new(|| Ok(())))?;
+        let group = Arc::new(group);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()?;
+        let outcomes = rt.block_on(async {
+            let tasks: Vec<_> = (1..=64u64)
+                .map(|seq| tokio::spawn(group.wait_for(seq)))
+                .collect();
+            let mut outcomes = Vec::new();
+            for task in tasks {
+                outcomes.push(task.await);
+            }
+            outcomes
+        });
+        for outcome in outcomes {
+            outcome??;
+        }
+        // The sync thread woke one writer; the others were woken by it.
+        assert_eq!(group.fsyncs(), 1, "64 writers, one group");
+        Ok(())
+    }
+
+    #[test]
+    fn a_writer_that_stops_waiting_holds_up_nobody() -> Result<(), Box<dyn std::error::Error>> {
+        let (_dir, group) = group_of(8, Box::new(|| Ok(())))?;
+        let group = Arc::new(group);
+        // Seven writers wait on another thread...
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let waits: Vec<_> = (1..=7).map(|seq| group.wait_for(seq)).collect();
+        let waiter = std::thread::spawn(move || {
+            let outcomes = futures::executor::block_on(futures::future::join_all(waits));
+            let _ = done_tx.send(outcomes.into_iter().all(|o| o.is_ok()));
+        });
+        let started = Instant::now();
+        while waiting(&group) < 7 {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "writers never waited"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // ...and the eighth registers last, completing the group, so the thread picks
+        // it to relay the others' wake-ups; but nothing polls it again: its task gave
+        // up (here: a no-op waker), and the wait is then dropped.
+        let mut last = group.wait_for(8);
+        assert!((&mut last).now_or_never().is_none());
+        let started = Instant::now();
+        while group.fsyncs() == 0 {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the group never synced"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        drop(last);
+        assert_eq!(done_rx.recv_timeout(Duration::from_secs(10)), Ok(true));
+        waiter.join().map_err(|_| "waiter thread panicked")?;
+        Ok(())
+    }
+
+    #[test]
+    fn a_failed_flush_fails_every_waiter_and_every_later_one()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let (_dir, group) = group_of(3, Box::new(|| Err("disk on fire".to_owned())))?;
+        let waits = (1..=3).map(|seq| group.wait_for(seq));
+        for outcome in futures::executor::block_on(futures::future::join_all(waits)) {
+            assert_eq!(outcome, Err("disk on fire".to_owned()));
+        }
+        assert_eq!(
+            futures::executor::block_on(group.wait_for(4)),
+            Err("disk on fire".to_owned())
+        );
+        // What a compaction made durable is still acknowledged.
+        group.mark_synced(5);
+        assert_eq!(futures::executor::block_on(group.wait_for(5)), Ok(()));
+        Ok(())
+    }
+
+    #[test]
+    fn a_stopped_thread_fails_waiters_instead_of_leaving_them_waiting()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let (_dir, group) = group_of(1, Box::new(|| Ok(())))?;
+        group.shutdown();
+        assert_eq!(
+            futures::executor::block_on(group.wait_for(1)),
+            Err("group-commit thread stopped".to_owned())
+        );
         Ok(())
     }
 

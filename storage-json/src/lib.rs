@@ -176,7 +176,11 @@
 //! `max_delay_ms`. So a lone writer's group closes at once (it waits one fsync, not
 //! `max_delay_ms`), and *w* concurrent writers share each fsync and one `write`.
 //! Writers go on committing (in memory) while an fsync runs. The store then acknowledges about *w* sets per
-//! fsync, plus their CPU cost; a single writer gains nothing from it.
+//! fsync, plus their CPU cost; a single writer gains nothing from it. Waiting writers
+//! share one "synced up to record *N*" mark (no channel per write); after an fsync
+//! the group-commit thread wakes one of the writers it covered, and that writer wakes
+//! the others from its executor thread, which is far cheaper than waking each task
+//! from outside the executor (a writer that stops waiting holds nobody up).
 //!
 //! ## Costs
 //! A `set` appends one line and fsyncs (or joins a group): its cost does not grow

@@ -37,6 +37,10 @@ fn config(path: &Path, mode: &str) -> JsonConfig {
             max_writes: 4,
             max_delay_ms: 1,
         }),
+        "group-concurrent" => config.durability(Durability::Group {
+            max_writes: 64,
+            max_delay_ms: 1,
+        }),
         "nonatomic" => config.atomic(false),
         // Compacts in the background every few writes (each trial starts a fresh file,
         // so the journal soon outgrows half the main file).
@@ -51,31 +55,16 @@ fn config(path: &Path, mode: &str) -> JsonConfig {
 /// creating or dropping (in turn) the index `by_i`, announced by `index-start` and
 /// acknowledged by `index present` or `index absent`.
 fn child_writer(path: &Path, trial: &str, mode: &str) -> TestResult {
+    if mode == "group-concurrent" {
+        return child_concurrent_writer(path, trial);
+    }
     let rt = runtime()?;
     rt.block_on(async {
         let store = JsonStorage::<Value>::open(config(path, mode)).await?;
         let mut out = std::io::stdout().lock();
         let padding = "x".repeat(200);
         for i in 0..100_000u64 {
-            let key = format!("t{trial}-{i:05}");
-            if i % 7 == 3 {
-                let tx = store.begin(TransactionOptions::new()).await?;
-                tx.set(&key, &json!({"i": i, "pad": padding})).await?;
-                tx.set(&format!("{key}-tx"), &json!(i)).await?;
-                tx.commit().await?;
-            } else if i % 5 == 1 {
-                storage_core::BatchStorage::batch(
-                    &store,
-                    vec![
-                        storage_core::Operation::set(key.clone(), json!({"i": i, "pad": padding})),
-                        storage_core::Operation::set(format!("{key}-b1"), json!(i)),
-                        storage_core::Operation::set(format!("{key}-b2"), json!(i)),
-                    ],
-                )
-                .await?;
-            } else {
-                store.set(&key, &json!({"i": i, "pad": padding})).await?;
-            }
+            write_one(&store, trial, i, &padding).await?;
             writeln!(out, "ack {i}")?;
             out.flush()?;
             if i % 11 == 5 {
@@ -99,6 +88,87 @@ fn child_writer(path: &Path, trial: &str, mode: &str) -> TestResult {
                 writeln!(out, "compacted")?;
                 out.flush()?;
             }
+        }
+        Ok::<_, Box<dyn std::error::Error>>(())
+    })
+}
+
+/// Write `i` of `trial`: a transaction over two keys, a batch of three or one set
+/// (the keys [`expected_for`] lists).
+async fn write_one(
+    store: &JsonStorage<Value>,
+    trial: &str,
+    i: u64,
+    padding: &str,
+) -> storage_core::Result<()> {
+    let key = format!("t{trial}-{i:05}");
+    if i % 7 == 3 {
+        let tx = store.begin(TransactionOptions::new()).await?;
+        tx.set(&key, &json!({"i": i, "pad": padding})).await?;
+        tx.set(&format!("{key}-tx"), &json!(i)).await?;
+        tx.commit().await
+    } else if i % 5 == 1 {
+        storage_core::BatchStorage::batch(
+            store,
+            vec![
+                storage_core::Operation::set(key.clone(), json!({"i": i, "pad": padding})),
+                storage_core::Operation::set(format!("{key}-b1"), json!(i)),
+                storage_core::Operation::set(format!("{key}-b2"), json!(i)),
+            ],
+        )
+        .await
+        .map(|_| ())
+    } else {
+        store.set(&key, &json!({"i": i, "pad": padding})).await
+    }
+}
+
+/// Writer tasks of the concurrent child: they share group commits.
+const CONCURRENT_WRITERS: u64 = 16;
+
+/// Child: [`CONCURRENT_WRITERS`] tasks on a two-thread runtime write until killed
+/// (task `w` writes `w`, `w + 16`, …), each printing `ack <i>` once write `i` is
+/// acknowledged, so most acknowledgements come from a group's relayed wake-ups;
+/// task 0 also compacts after every 4th of its writes, announced as the
+/// sequential child does.
+fn child_concurrent_writer(path: &Path, trial: &str) -> TestResult {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let store = JsonStorage::<Value>::open(config(path, "group-concurrent")).await?;
+        let tasks: Vec<_> = (0..CONCURRENT_WRITERS)
+            .map(|w| {
+                let store = store.clone();
+                let trial = trial.to_owned();
+                tokio::spawn(async move {
+                    let say = |line: &str| {
+                        let mut out = std::io::stdout().lock();
+                        writeln!(out, "{line}").and_then(|()| out.flush())
+                    };
+                    let padding = "x".repeat(200);
+                    let mut i = w;
+                    let mut written = 0u64;
+                    while i < 100_000 {
+                        write_one(&store, &trial, i, &padding)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        say(&format!("ack {i}")).map_err(|e| e.to_string())?;
+                        written += 1;
+                        if w == 0 && written.is_multiple_of(4) {
+                            say("compacting").map_err(|e| e.to_string())?;
+                            store.compact().await.map_err(|e| e.to_string())?;
+                            say("compacted").map_err(|e| e.to_string())?;
+                        }
+                        i += CONCURRENT_WRITERS;
+                    }
+                    Ok::<_, String>(())
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await??;
         }
         Ok::<_, Box<dyn std::error::Error>>(())
     })
@@ -430,7 +500,13 @@ fn main() -> TestResult {
     reader_beside_a_writer()?;
     println!("test reader_beside_a_writer ... ok");
     let mut rng = Rng::seeded();
-    for mode in ["fsync", "group", "nonatomic", "background"] {
+    for mode in [
+        "fsync",
+        "group",
+        "group-concurrent",
+        "nonatomic",
+        "background",
+    ] {
         let started = Instant::now();
         let stats = crash_trials(mode, trials, &mut rng)?;
         println!(

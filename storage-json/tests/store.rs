@@ -27,24 +27,62 @@ async fn open(path: &Path) -> Result<JsonStorage<Value>, StorageError> {
     JsonStorage::open(JsonConfig::new(path)).await
 }
 
-/// Copies the store's files as they are now, which is what a killed process leaves.
-fn copy_as_crashed(path: &Path, to_dir: &Path) -> std::io::Result<PathBuf> {
-    let target = to_dir.join("store.json");
+/// Copies the store's files as they are now, which is what a killed process leaves,
+/// into a new directory that lives as long as the returned handle.
+fn copy_as_crashed(path: &Path) -> std::io::Result<(tempfile::TempDir, PathBuf)> {
+    let dir = tempfile::tempdir()?;
+    let target = dir.path().join("store.json");
+    copy_files(path, &target)?;
+    Ok((dir, target))
+}
+
+fn copy_files(path: &Path, target: &Path) -> std::io::Result<()> {
     // Journal first: a compaction replaces the main file before the journal, so a
     // journal copied earlier than the main file always pairs with a main file at
     // least as new, which is a state a crash can leave.
     let [main, journal, ..] = storage_json::files_of(path);
-    let [main_to, journal_to, ..] = storage_json::files_of(&target);
+    let [main_to, journal_to, ..] = storage_json::files_of(target);
     for (from, to) in [(journal, journal_to), (main, main_to)] {
         if from.exists() {
             std::fs::copy(&from, &to)?;
         }
     }
-    Ok(target)
+    Ok(())
+}
+
+/// The files a process leaves when it is killed right after `entries` were set, one
+/// acknowledged write each, in order; the original store is closed and gone. Returns the
+/// directory's handle, the copied store's path and its journal's path.
+async fn killed_after(
+    entries: &[(&str, Value)],
+) -> Result<(tempfile::TempDir, PathBuf, PathBuf), Box<dyn std::error::Error>> {
+    let (_dir, path) = temp()?;
+    let store = open(&path).await?;
+    for (key, value) in entries {
+        store.set(key, value).await?;
+    }
+    let (crashed_dir, crashed) = copy_as_crashed(&path)?;
+    let journal = journal_of(&crashed);
+    Ok((crashed_dir, crashed, journal))
 }
 
 fn journal_of(path: &Path) -> PathBuf {
     storage_json::files_of(path)[1].clone()
+}
+
+/// Sets `key` on `store`, drops it, reopens `path` and checks that the keys are
+/// `expected`: after what it recovered from, the store still appends cleanly.
+async fn append_survives_reopen(
+    store: JsonStorage<Value>,
+    path: &Path,
+    key: &str,
+    expected: &[&str],
+) -> TestResult {
+    store.set(key, &json!(key)).await?;
+    drop(store);
+    let store = open(path).await?;
+    assert_eq!(store.keys().try_collect::<Vec<_>>().await?, expected);
+    Ok(())
 }
 
 /// Acknowledged writes, deletes and batches survive closing and reopening.
@@ -184,16 +222,9 @@ fn records_end(bytes: &[u8]) -> usize {
 #[tokio::test]
 async fn torn_last_journal_line_is_dropped() -> TestResult {
     for zero_filled in [true, false] {
-        let (dir, path) = temp()?;
-        let store = open(&path).await?;
-        store.set("a", &json!(1)).await?;
-        store.set("b", &json!(2)).await?;
-        let crashed_dir = tempfile::tempdir()?;
-        let crashed = copy_as_crashed(&path, crashed_dir.path())?;
-        drop(store);
-        drop(dir);
+        let (_crashed_dir, crashed, journal) =
+            killed_after(&[("a", json!(1)), ("b", json!(2))]).await?;
         // Tear the last record in half.
-        let journal = journal_of(&crashed);
         let mut bytes = std::fs::read(&journal)?;
         let end = records_end(&bytes);
         assert!(
@@ -210,10 +241,7 @@ async fn torn_last_journal_line_is_dropped() -> TestResult {
         let store = open(&crashed).await?;
         assert_eq!(store.get("a").await?, Some(json!(1)));
         assert_eq!(store.get("b").await?, None);
-        store.set("c", &json!(3)).await?;
-        drop(store);
-        let store = open(&crashed).await?;
-        assert_eq!(store.keys().try_collect::<Vec<_>>().await?, ["a", "c"]);
+        append_survives_reopen(store, &crashed, "c", &["a", "c"]).await?;
     }
     Ok(())
 }
@@ -223,14 +251,7 @@ async fn torn_last_journal_line_is_dropped() -> TestResult {
 /// continue in it.
 #[tokio::test]
 async fn zero_filled_journal_space_is_its_end_not_damage() -> TestResult {
-    let (dir, path) = temp()?;
-    let store = open(&path).await?;
-    store.set("a", &json!(1)).await?;
-    let crashed_dir = tempfile::tempdir()?;
-    let crashed = copy_as_crashed(&path, crashed_dir.path())?;
-    drop(store);
-    drop(dir);
-    let journal = journal_of(&crashed);
+    let (_crashed_dir, crashed, journal) = killed_after(&[("a", json!(1))]).await?;
     let before = std::fs::read(&journal)?;
     let end = records_end(&before);
     assert!(before.len() >= 1 << 20, "a megabyte is preallocated");
@@ -246,8 +267,7 @@ async fn zero_filled_journal_space_is_its_end_not_damage() -> TestResult {
         "the append used the preallocated space"
     );
     assert_eq!(&after[..end], &before[..end]);
-    let copy_dir = tempfile::tempdir()?;
-    let copy = copy_as_crashed(&crashed, copy_dir.path())?;
+    let (_copy_dir, copy) = copy_as_crashed(&crashed)?;
     drop(store);
     let store = open(&copy).await?;
     assert_eq!(store.keys().try_collect::<Vec<_>>().await?, ["a", "b"]);
@@ -260,18 +280,14 @@ async fn zero_filled_journal_space_is_its_end_not_damage() -> TestResult {
 /// was acknowledged (fsyncs come in append order), so it is dropped, not `Corrupted`.
 #[tokio::test]
 async fn records_after_a_page_that_never_reached_the_disk_are_dropped() -> TestResult {
-    let (dir, path) = temp()?;
-    let store = open(&path).await?;
-    store.set("a", &json!(1)).await?;
-    let long = "x".repeat(5000);
-    for key in ["b", "c", "d"] {
-        store.set(key, &json!(long)).await?;
-    }
-    let crashed_dir = tempfile::tempdir()?;
-    let crashed = copy_as_crashed(&path, crashed_dir.path())?;
-    drop(store);
-    drop(dir);
-    let journal = journal_of(&crashed);
+    let long = json!("x".repeat(5000));
+    let (_crashed_dir, crashed, journal) = killed_after(&[
+        ("a", json!(1)),
+        ("b", long.clone()),
+        ("c", long.clone()),
+        ("d", long),
+    ])
+    .await?;
     let mut bytes = std::fs::read(&journal)?;
     // "b"'s record spans the first page boundary: lose that page (4096..8192).
     let first_end = bytes.iter().position(|b| *b == b'\n').ok_or("no line")? + 1;
@@ -281,22 +297,15 @@ async fn records_after_a_page_that_never_reached_the_disk_are_dropped() -> TestR
 
     let store = open(&crashed).await?;
     assert_eq!(store.keys().try_collect::<Vec<_>>().await?, ["a"]);
-    store.set("e", &json!(5)).await?;
-    drop(store);
-    let store = open(&crashed).await?;
-    assert_eq!(store.keys().try_collect::<Vec<_>>().await?, ["a", "e"]);
+    append_survives_reopen(store, &crashed, "e", &["a", "e"]).await?;
 
     // A single NUL byte in a middle record is not a missing page: still `Corrupted`.
-    let (dir, path) = temp()?;
-    let store = open(&path).await?;
-    for key in ["a", "b", "c"] {
-        store.set(key, &json!("value")).await?;
-    }
-    let crashed_dir = tempfile::tempdir()?;
-    let crashed = copy_as_crashed(&path, crashed_dir.path())?;
-    drop(store);
-    drop(dir);
-    let journal = journal_of(&crashed);
+    let (_crashed_dir, crashed, journal) = killed_after(&[
+        ("a", json!("value")),
+        ("b", json!("value")),
+        ("c", json!("value")),
+    ])
+    .await?;
     let mut bytes = std::fs::read(&journal)?;
     let second_line = bytes.iter().position(|b| *b == b'\n').ok_or("no line")? + 1;
     bytes[second_line + 3] = 0;
@@ -314,16 +323,12 @@ async fn records_after_a_page_that_never_reached_the_disk_are_dropped() -> TestR
 /// the line's offset, and the open changes nothing.
 #[tokio::test]
 async fn garbled_middle_journal_line_is_corrupted() -> TestResult {
-    let (dir, path) = temp()?;
-    let store = open(&path).await?;
-    store.set("a", &json!("first")).await?;
-    store.set("b", &json!("second")).await?;
-    store.set("c", &json!("third")).await?;
-    let crashed_dir = tempfile::tempdir()?;
-    let crashed = copy_as_crashed(&path, crashed_dir.path())?;
-    drop(store);
-    drop(dir);
-    let journal = journal_of(&crashed);
+    let (_crashed_dir, crashed, journal) = killed_after(&[
+        ("a", json!("first")),
+        ("b", json!("second")),
+        ("c", json!("third")),
+    ])
+    .await?;
     let mut bytes = std::fs::read(&journal)?;
     let second_line = bytes.iter().position(|b| *b == b'\n').ok_or("no line")? + 1;
     let at = second_line
@@ -466,8 +471,7 @@ async fn journal_is_compacted_past_the_threshold() -> TestResult {
     assert!(std::fs::metadata(&path)?.len() > 0);
     let expected: Vec<(String, Value)> = store.entries().try_collect().await?;
     // Reopen from the files as a crash would leave them.
-    let crashed_dir = tempfile::tempdir()?;
-    let crashed = copy_as_crashed(&path, crashed_dir.path())?;
+    let (_crashed_dir, crashed) = copy_as_crashed(&path)?;
     let reopened = open(&crashed).await?;
     assert_eq!(reopened.entries().try_collect::<Vec<_>>().await?, expected);
     Ok(())
@@ -485,16 +489,11 @@ async fn stale_journal_after_compaction_is_skipped() -> TestResult {
     let old_journal = std::fs::read(journal_of(&path))?;
     store.compact().await?;
     std::fs::write(journal_of(&path), &old_journal)?;
-    let crashed_dir = tempfile::tempdir()?;
-    let crashed = copy_as_crashed(&path, crashed_dir.path())?;
+    let (_crashed_dir, crashed) = copy_as_crashed(&path)?;
     drop(store);
     let store = open(&crashed).await?;
     assert_eq!(store.keys().try_collect::<Vec<_>>().await?, ["b"]);
-    store.set("c", &json!(3)).await?;
-    drop(store);
-    let store = open(&crashed).await?;
-    assert_eq!(store.keys().try_collect::<Vec<_>>().await?, ["b", "c"]);
-    Ok(())
+    append_survives_reopen(store, &crashed, "c", &["b", "c"]).await
 }
 
 /// A leftover compaction temp file is removed on open.
@@ -525,8 +524,7 @@ async fn group_commit_acknowledges_and_keeps_concurrent_writes() -> TestResult {
     futures::future::try_join_all(writes).await?;
     // A lone writer is acknowledged after at most the group delay.
     store.set("alone", &json!(true)).await?;
-    let crashed_dir = tempfile::tempdir()?;
-    let crashed = copy_as_crashed(&path, crashed_dir.path())?;
+    let (_crashed_dir, crashed) = copy_as_crashed(&path)?;
     let reopened = open(&crashed).await?;
     assert_eq!(reopened.size().await?, 201);
     assert_eq!(reopened.get("k123").await?, Some(json!(123)));
@@ -539,8 +537,7 @@ async fn non_atomic_mode_keeps_writes_across_reopen() -> TestResult {
     let (_dir, path) = temp()?;
     let store = JsonStorage::<Value>::open(JsonConfig::new(&path).atomic(false)).await?;
     store.set("a", &json!(1)).await?;
-    let crashed_dir = tempfile::tempdir()?;
-    let crashed = copy_as_crashed(&path, crashed_dir.path())?;
+    let (_crashed_dir, crashed) = copy_as_crashed(&path)?;
     assert_eq!(open(&crashed).await?.get("a").await?, Some(json!(1)));
     Ok(())
 }
@@ -662,8 +659,7 @@ async fn index_definitions_survive_reopening_and_crashes() -> TestResult {
     store.set("b", &json!({"email": "b@x", "age": 27})).await?;
 
     // Killed now: the journal alone carries the definitions.
-    let crashed_dir = tempfile::tempdir()?;
-    let crashed = copy_as_crashed(&path, crashed_dir.path())?;
+    let (_crashed_dir, crashed) = copy_as_crashed(&path)?;
     let names = |infos: Vec<storage_core::IndexInfo>| -> Vec<_> {
         infos.into_iter().map(|i| i.definition).collect()
     };
@@ -962,14 +958,7 @@ async fn reload_announces_changes_made_on_disk() -> TestResult {
     let keys: Vec<&str> = batch.changes.iter().map(|c| c.key.as_str()).collect();
     assert_eq!(keys, ["b", "c"]);
     assert_eq!(store.reload().await?, 0);
-    store.set("d", &json!(4)).await?;
-    drop(store);
-    let store = open(&path).await?;
-    assert_eq!(
-        store.keys().try_collect::<Vec<_>>().await?,
-        ["a", "b", "c", "d"]
-    );
-    Ok(())
+    append_survives_reopen(store, &path, "d", &["a", "b", "c", "d"]).await
 }
 
 /// The store reports every tier but Distributed, and the accessors agree.
@@ -1046,16 +1035,8 @@ async fn read_only_handle_reads_beside_a_writer() -> TestResult {
 /// A journal whose records skip a number lost records: `Corrupted`, file untouched.
 #[tokio::test]
 async fn a_gap_in_the_journal_is_corrupted() -> TestResult {
-    let (dir, path) = temp()?;
-    let store = open(&path).await?;
-    for k in ["a", "b", "c"] {
-        store.set(k, &json!(k)).await?;
-    }
-    let crashed_dir = tempfile::tempdir()?;
-    let crashed = copy_as_crashed(&path, crashed_dir.path())?;
-    drop(store);
-    drop(dir);
-    let journal = journal_of(&crashed);
+    let (_crashed_dir, crashed, journal) =
+        killed_after(&[("a", json!("a")), ("b", json!("b")), ("c", json!("c"))]).await?;
     let text = std::fs::read_to_string(&journal)?;
     let mut without_second = String::new();
     for (i, line) in text.lines().enumerate() {
@@ -1108,7 +1089,8 @@ async fn writes_during_background_compaction_are_kept() -> TestResult {
             let expected: Vec<(String, Value)> = store.entries().try_collect().await?;
             let dir = copies.path().join(format!("c{i}"));
             std::fs::create_dir(&dir)?;
-            let copy = copy_as_crashed(&path, &dir)?;
+            let copy = dir.join("store.json");
+            copy_files(&path, &copy)?;
             let reopened = open(&copy).await?;
             let got: Vec<(String, Value)> = reopened.entries().try_collect().await?;
             assert_eq!(got, expected, "copy at {i}");

@@ -277,6 +277,18 @@ async fn check_groups(docs: Vec<Value>, path: &str, then_limit: Option<u64>) -> 
     Ok(())
 }
 
+/// Runs one differential case on a fresh runtime, a failure failing the proptest case.
+fn run(
+    case: impl std::future::Future<Output = Result<()>>,
+) -> std::result::Result<(), TestCaseError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+    rt.block_on(case)
+        .map_err(|e| TestCaseError::fail(e.to_string()))
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(48)))]
 
@@ -287,8 +299,7 @@ proptest! {
         queries in prop::collection::vec(query(), 1..8),
         indexed in any::<bool>(),
     ) {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        rt.block_on(check(docs, queries, indexed)).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        run(check(docs, queries, indexed))?;
     }
 
     /// Indexed numeric ranges, run exactly in SQL when no entry has an array on the
@@ -305,8 +316,7 @@ proptest! {
         ),
         queries in prop::collection::vec(range_query(), 1..8),
     ) {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        rt.block_on(check(docs, queries, true)).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        run(check(docs, queries, true))?;
     }
 
     /// String equality on an indexed path, answered by the index with entries holding
@@ -324,8 +334,7 @@ proptest! {
         ),
         queries in prop::collection::vec(eq_query(), 1..8),
     ) {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        rt.block_on(check(docs, queries, true)).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        run(check(docs, queries, true))?;
     }
 
     /// Group counts equal the evaluator's, whether SQL or the evaluator computed them.
@@ -335,7 +344,6 @@ proptest! {
         path in prop::sample::select(vec!["a", "b.c", "a.0", "missing", "b"]),
         then_limit in prop::option::of(0u64..3),
     ) {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        rt.block_on(check_groups(docs, path, then_limit)).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        run(check_groups(docs, path, then_limit))?;
     }
 }

@@ -128,6 +128,47 @@ fn check<'g, 'v, T: ?Sized>(guard: &'g Guard, value: &'v T) -> Checked<'g, 'v, T
     Checked { value, guard }
 }
 
+/// Forwards the primitives JSON holds exactly (integers up to 64 bits, `char`,
+/// strings) to the inner serializer, and narrows 128-bit integers to 64 bits or
+/// refuses them; `Strict` and `KeyCheck` treat these the same way.
+macro_rules! forward_exact_primitives {
+    ($what:literal) => {
+        forward_exact_primitives!(@plain
+            serialize_i8: i8, serialize_i16: i16, serialize_i32: i32, serialize_i64: i64,
+            serialize_u8: u8, serialize_u16: u16, serialize_u32: u32, serialize_u64: u64,
+            serialize_char: char, serialize_str: &str);
+        #[inline]
+        fn serialize_i128(self, v: i128) -> Result<S::Ok, S::Error> {
+            if let Ok(small) = i64::try_from(v) {
+                self.inner.serialize_i64(small)
+            } else if let Ok(small) = u64::try_from(v) {
+                self.inner.serialize_u64(small)
+            } else {
+                Err(self.guard.reject(wide_integer_reason($what, v)))
+            }
+        }
+        #[inline]
+        fn serialize_u128(self, v: u128) -> Result<S::Ok, S::Error> {
+            match u64::try_from(v) {
+                Ok(small) => self.inner.serialize_u64(small),
+                Err(_) => Err(self.guard.reject(wide_integer_reason($what, v))),
+            }
+        }
+    };
+    (@plain $($method:ident: $ty:ty),*) => {
+        $(
+            #[inline]
+            fn $method(self, v: $ty) -> Result<S::Ok, S::Error> {
+                self.inner.$method(v)
+            }
+        )*
+    };
+}
+
+fn wide_integer_reason(what: &str, v: impl fmt::Display) -> String {
+    format!("{what} {v} is outside the 64-bit range json readers keep")
+}
+
 fn float_reason(kind: &str, v: impl fmt::Display) -> String {
     format!("non-finite {kind} {v} has no json representation")
 }
@@ -152,59 +193,7 @@ impl<'g, S: Serializer> Serializer for Strict<'g, S> {
     fn serialize_bool(self, v: bool) -> Result<S::Ok, S::Error> {
         self.inner.serialize_bool(v)
     }
-    #[inline]
-    fn serialize_i8(self, v: i8) -> Result<S::Ok, S::Error> {
-        self.inner.serialize_i8(v)
-    }
-    #[inline]
-    fn serialize_i16(self, v: i16) -> Result<S::Ok, S::Error> {
-        self.inner.serialize_i16(v)
-    }
-    #[inline]
-    fn serialize_i32(self, v: i32) -> Result<S::Ok, S::Error> {
-        self.inner.serialize_i32(v)
-    }
-    #[inline]
-    fn serialize_i64(self, v: i64) -> Result<S::Ok, S::Error> {
-        self.inner.serialize_i64(v)
-    }
-    #[inline]
-    fn serialize_i128(self, v: i128) -> Result<S::Ok, S::Error> {
-        if let Ok(small) = i64::try_from(v) {
-            self.inner.serialize_i64(small)
-        } else if let Ok(small) = u64::try_from(v) {
-            self.inner.serialize_u64(small)
-        } else {
-            Err(self.guard.reject(format!(
-                "integer {v} is outside the 64-bit range json readers keep"
-            )))
-        }
-    }
-    #[inline]
-    fn serialize_u8(self, v: u8) -> Result<S::Ok, S::Error> {
-        self.inner.serialize_u8(v)
-    }
-    #[inline]
-    fn serialize_u16(self, v: u16) -> Result<S::Ok, S::Error> {
-        self.inner.serialize_u16(v)
-    }
-    #[inline]
-    fn serialize_u32(self, v: u32) -> Result<S::Ok, S::Error> {
-        self.inner.serialize_u32(v)
-    }
-    #[inline]
-    fn serialize_u64(self, v: u64) -> Result<S::Ok, S::Error> {
-        self.inner.serialize_u64(v)
-    }
-    #[inline]
-    fn serialize_u128(self, v: u128) -> Result<S::Ok, S::Error> {
-        match u64::try_from(v) {
-            Ok(small) => self.inner.serialize_u64(small),
-            Err(_) => Err(self.guard.reject(format!(
-                "integer {v} is outside the 64-bit range json readers keep"
-            ))),
-        }
-    }
+    forward_exact_primitives!("integer");
     #[inline]
     fn serialize_f32(self, v: f32) -> Result<S::Ok, S::Error> {
         if v.is_finite() {
@@ -220,14 +209,6 @@ impl<'g, S: Serializer> Serializer for Strict<'g, S> {
         } else {
             Err(self.guard.reject(float_reason("f64", v)))
         }
-    }
-    #[inline]
-    fn serialize_char(self, v: char) -> Result<S::Ok, S::Error> {
-        self.inner.serialize_char(v)
-    }
-    #[inline]
-    fn serialize_str(self, v: &str) -> Result<S::Ok, S::Error> {
-        self.inner.serialize_str(v)
     }
     #[inline]
     fn serialize_bytes(self, v: &[u8]) -> Result<S::Ok, S::Error> {
@@ -369,65 +350,35 @@ impl<'g, C> Compound<'g, C> {
     }
 }
 
-impl<C: SerializeSeq> SerializeSeq for Compound<'_, C> {
-    type Ok = C::Ok;
-    type Error = C::Error;
-    #[inline]
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), C::Error> {
-        let i = self.next_index();
-        let result = self.inner.serialize_element(&check(self.guard, value));
-        self.guard.annotate(result, || i.to_string())
-    }
-    #[inline]
-    fn end(self) -> Result<C::Ok, C::Error> {
-        self.inner.end()
-    }
+/// The compounds whose elements have a position (sequences, tuples): each element
+/// goes through the proxy, and a refusal below it is annotated with its index.
+macro_rules! positional_compound {
+    ($($trait:ident :: $method:ident),*) => {
+        $(
+            impl<C: $trait> $trait for Compound<'_, C> {
+                type Ok = C::Ok;
+                type Error = C::Error;
+                #[inline]
+                fn $method<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), C::Error> {
+                    let i = self.next_index();
+                    let result = self.inner.$method(&check(self.guard, value));
+                    self.guard.annotate(result, || i.to_string())
+                }
+                #[inline]
+                fn end(self) -> Result<C::Ok, C::Error> {
+                    self.inner.end()
+                }
+            }
+        )*
+    };
 }
 
-impl<C: SerializeTuple> SerializeTuple for Compound<'_, C> {
-    type Ok = C::Ok;
-    type Error = C::Error;
-    #[inline]
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), C::Error> {
-        let i = self.next_index();
-        let result = self.inner.serialize_element(&check(self.guard, value));
-        self.guard.annotate(result, || i.to_string())
-    }
-    #[inline]
-    fn end(self) -> Result<C::Ok, C::Error> {
-        self.inner.end()
-    }
-}
-
-impl<C: SerializeTupleStruct> SerializeTupleStruct for Compound<'_, C> {
-    type Ok = C::Ok;
-    type Error = C::Error;
-    #[inline]
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), C::Error> {
-        let i = self.next_index();
-        let result = self.inner.serialize_field(&check(self.guard, value));
-        self.guard.annotate(result, || i.to_string())
-    }
-    #[inline]
-    fn end(self) -> Result<C::Ok, C::Error> {
-        self.inner.end()
-    }
-}
-
-impl<C: SerializeTupleVariant> SerializeTupleVariant for Compound<'_, C> {
-    type Ok = C::Ok;
-    type Error = C::Error;
-    #[inline]
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), C::Error> {
-        let i = self.next_index();
-        let result = self.inner.serialize_field(&check(self.guard, value));
-        self.guard.annotate(result, || i.to_string())
-    }
-    #[inline]
-    fn end(self) -> Result<C::Ok, C::Error> {
-        self.inner.end()
-    }
-}
+positional_compound!(
+    SerializeSeq::serialize_element,
+    SerializeTuple::serialize_element,
+    SerializeTupleStruct::serialize_field,
+    SerializeTupleVariant::serialize_field
+);
 
 impl<C: SerializeMap> SerializeMap for Compound<'_, C> {
     type Ok = C::Ok;
@@ -455,49 +406,37 @@ impl<C: SerializeMap> SerializeMap for Compound<'_, C> {
     }
 }
 
-impl<C: SerializeStruct> SerializeStruct for Compound<'_, C> {
-    type Ok = C::Ok;
-    type Error = C::Error;
-    #[inline]
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        key: &'static str,
-        value: &T,
-    ) -> Result<(), C::Error> {
-        let result = self.inner.serialize_field(key, &check(self.guard, value));
-        self.guard.annotate(result, || key.to_owned())
-    }
-    #[inline]
-    fn skip_field(&mut self, key: &'static str) -> Result<(), C::Error> {
-        self.inner.skip_field(key)
-    }
-    #[inline]
-    fn end(self) -> Result<C::Ok, C::Error> {
-        self.inner.end()
-    }
+/// The compounds whose fields have a name (structs, struct variants): each field goes
+/// through the proxy, and a refusal below it is annotated with the field's name.
+macro_rules! named_compound {
+    ($($trait:ident),*) => {
+        $(
+            impl<C: $trait> $trait for Compound<'_, C> {
+                type Ok = C::Ok;
+                type Error = C::Error;
+                #[inline]
+                fn serialize_field<T: Serialize + ?Sized>(
+                    &mut self,
+                    key: &'static str,
+                    value: &T,
+                ) -> Result<(), C::Error> {
+                    let result = self.inner.serialize_field(key, &check(self.guard, value));
+                    self.guard.annotate(result, || key.to_owned())
+                }
+                #[inline]
+                fn skip_field(&mut self, key: &'static str) -> Result<(), C::Error> {
+                    self.inner.skip_field(key)
+                }
+                #[inline]
+                fn end(self) -> Result<C::Ok, C::Error> {
+                    self.inner.end()
+                }
+            }
+        )*
+    };
 }
 
-impl<C: SerializeStructVariant> SerializeStructVariant for Compound<'_, C> {
-    type Ok = C::Ok;
-    type Error = C::Error;
-    #[inline]
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        key: &'static str,
-        value: &T,
-    ) -> Result<(), C::Error> {
-        let result = self.inner.serialize_field(key, &check(self.guard, value));
-        self.guard.annotate(result, || key.to_owned())
-    }
-    #[inline]
-    fn skip_field(&mut self, key: &'static str) -> Result<(), C::Error> {
-        self.inner.skip_field(key)
-    }
-    #[inline]
-    fn end(self) -> Result<C::Ok, C::Error> {
-        self.inner.end()
-    }
-}
+named_compound!(SerializeStruct, SerializeStructVariant);
 
 /// The map-key proxy: strings and integers (and what serializes as one, such as a
 /// `char` or a unit enum variant) pass; every other key is refused.
@@ -535,59 +474,7 @@ impl<S: Serializer> Serializer for KeyCheck<'_, S> {
     fn serialize_bool(self, _: bool) -> Result<S::Ok, S::Error> {
         Err(self.refuse("boolean"))
     }
-    #[inline]
-    fn serialize_i8(self, v: i8) -> Result<S::Ok, S::Error> {
-        self.inner.serialize_i8(v)
-    }
-    #[inline]
-    fn serialize_i16(self, v: i16) -> Result<S::Ok, S::Error> {
-        self.inner.serialize_i16(v)
-    }
-    #[inline]
-    fn serialize_i32(self, v: i32) -> Result<S::Ok, S::Error> {
-        self.inner.serialize_i32(v)
-    }
-    #[inline]
-    fn serialize_i64(self, v: i64) -> Result<S::Ok, S::Error> {
-        self.inner.serialize_i64(v)
-    }
-    #[inline]
-    fn serialize_i128(self, v: i128) -> Result<S::Ok, S::Error> {
-        if let Ok(small) = i64::try_from(v) {
-            self.inner.serialize_i64(small)
-        } else if let Ok(small) = u64::try_from(v) {
-            self.inner.serialize_u64(small)
-        } else {
-            Err(self.guard.reject(format!(
-                "integer map key {v} is outside the 64-bit range json readers keep"
-            )))
-        }
-    }
-    #[inline]
-    fn serialize_u8(self, v: u8) -> Result<S::Ok, S::Error> {
-        self.inner.serialize_u8(v)
-    }
-    #[inline]
-    fn serialize_u16(self, v: u16) -> Result<S::Ok, S::Error> {
-        self.inner.serialize_u16(v)
-    }
-    #[inline]
-    fn serialize_u32(self, v: u32) -> Result<S::Ok, S::Error> {
-        self.inner.serialize_u32(v)
-    }
-    #[inline]
-    fn serialize_u64(self, v: u64) -> Result<S::Ok, S::Error> {
-        self.inner.serialize_u64(v)
-    }
-    #[inline]
-    fn serialize_u128(self, v: u128) -> Result<S::Ok, S::Error> {
-        match u64::try_from(v) {
-            Ok(small) => self.inner.serialize_u64(small),
-            Err(_) => Err(self.guard.reject(format!(
-                "integer map key {v} is outside the 64-bit range json readers keep"
-            ))),
-        }
-    }
+    forward_exact_primitives!("integer map key");
     #[inline]
     fn serialize_f32(self, _: f32) -> Result<S::Ok, S::Error> {
         Err(self.refuse("floating-point"))
@@ -595,14 +482,6 @@ impl<S: Serializer> Serializer for KeyCheck<'_, S> {
     #[inline]
     fn serialize_f64(self, _: f64) -> Result<S::Ok, S::Error> {
         Err(self.refuse("floating-point"))
-    }
-    #[inline]
-    fn serialize_char(self, v: char) -> Result<S::Ok, S::Error> {
-        self.inner.serialize_char(v)
-    }
-    #[inline]
-    fn serialize_str(self, v: &str) -> Result<S::Ok, S::Error> {
-        self.inner.serialize_str(v)
     }
     #[inline]
     fn serialize_bytes(self, _: &[u8]) -> Result<S::Ok, S::Error> {
