@@ -22,6 +22,8 @@ pub struct BackendResult {
     pub adapter: Sample,
     /// Other adapter configurations, by name.
     pub variants: Vec<(&'static str, Sample)>,
+    /// How the figures were taken, where a backend differs from the plain runs.
+    pub notes: Vec<String>,
 }
 
 /// The peer libraries and the adapters they are compared with, in one run.
@@ -338,6 +340,9 @@ pub fn backend_table(out: &mut String, b: &BackendResult) {
             "\n**Result counts differ**: {}.",
             mismatches.join("; ")
         );
+    }
+    for note in &b.notes {
+        let _ = writeln!(out, "\n{note}");
     }
     let _ = writeln!(out);
 }

@@ -19,11 +19,10 @@ use crate::error::sql_err;
 use crate::index::IndexCatalog;
 use crate::observe::TableBus;
 use crate::rows::{RowText, decode_stored};
-use crate::sql::{SHARED_SCHEMA, TableSql};
-use crate::worker::{InlineReaders, Workers, Writer, is_busy, open_connection};
-
-/// Rows fetched per round trip while iterating.
-const PAGE: i64 = 512;
+use crate::sql::{PAGE_ROWS, SHARED_SCHEMA, TableSql};
+use crate::worker::{
+    InlineReaders, Workers, Writer, answer, is_busy, is_busy_error, open_connection,
+};
 
 /// The largest value SQLite stores by default (`SQLITE_MAX_LENGTH`).
 pub(crate) const MAX_VALUE_LEN: usize = 1_000_000_000;
@@ -626,6 +625,35 @@ impl<T: StorageValue> SqliteStorage<T> {
         operation: &'static str,
         f: impl FnOnce(&Connection) -> rusqlite::Result<R>,
     ) -> Option<Result<R>> {
+        match self.with_inline_reader(operation, f)? {
+            Err(e) if is_busy(&e) => None,
+            out => Some(out.map_err(sql_err(operation))),
+        }
+    }
+
+    /// Runs the bounded read `f` on the calling thread, as [`Self::read_inline`] does;
+    /// `f` answers `Ok(None)` when the read turns out not to be bounded (nothing was
+    /// returned then), and the caller sends it to a reader thread, as it does when no
+    /// connection is idle or a lock was not free.
+    pub(crate) fn read_inline_bounded<R>(
+        &self,
+        operation: &'static str,
+        f: impl FnOnce(&Connection) -> Result<Option<R>>,
+    ) -> Option<Result<R>> {
+        match self.with_inline_reader(operation, f)? {
+            Ok(None) => None,
+            Err(e) if is_busy_error(&e) => None,
+            out => out.transpose(),
+        }
+    }
+
+    /// Runs `f` with an idle inline connection; `None` when none is idle (the pool is
+    /// then asked to grow, on a reader thread).
+    fn with_inline_reader<R>(
+        &self,
+        operation: &'static str,
+        f: impl FnOnce(&Connection) -> R,
+    ) -> Option<R> {
         let inline = &self.db.inline;
         let Some(conn) = inline.take() else {
             if inline.wants_more() {
@@ -643,10 +671,7 @@ impl<T: StorageValue> SqliteStorage<T> {
         let span = storage_core::trace::op_span(self.db.config.common.debug, "sqlite", operation);
         let out = span.in_scope(|| f(&conn));
         inline.give(conn);
-        match out {
-            Err(e) if is_busy(&e) => None,
-            out => Some(out.map_err(sql_err(operation))),
-        }
+        Some(out)
     }
 }
 
@@ -910,8 +935,13 @@ impl<T: StorageValue> SqliteStorage<T> {
     }
 
     /// Pages through the table in key order: `columns` is the page statement (its
-    /// parameters: the last key seen, the page size); `item` makes an item of each row
-    /// on the caller's side, as it is taken.
+    /// parameter: the last key seen); `item` makes an item of each row on the caller's
+    /// side, as it is taken.
+    ///
+    /// As soon as a page arrives the next one is asked for, so a reader thread reads it
+    /// while the caller decodes this one: reading and decoding overlap instead of taking
+    /// turns. At most one page is read ahead, and a dropped stream leaves at most that
+    /// one read to finish.
     fn page_stream<I, F>(
         &self,
         operation: &'static str,
@@ -922,17 +952,28 @@ impl<T: StorageValue> SqliteStorage<T> {
         I: Send + 'static,
         F: Fn(&str, &str) -> Result<I> + Send + Sync + 'static,
     {
+        type Pending = tokio::sync::oneshot::Receiver<Result<RowText>>;
         struct State {
-            cursor: Option<String>,
+            /// The page being read ahead, if any.
+            ahead: Option<Pending>,
+            /// Whether a page after those asked for may exist.
+            more: bool,
             page: RowText,
             next: usize,
         }
+        let read_after = move |db: &Database, table: &Arc<Table>, cursor: String| {
+            let table = Arc::clone(table);
+            db.readers.send(operation, move |conn| {
+                read_page(conn, columns(&table.sql), &cursor, operation)
+            })
+        };
         let db = Arc::clone(&self.db);
         let table = Arc::clone(&self.table);
         let item = Arc::new(item);
         futures::stream::unfold(
             State {
-                cursor: Some(String::new()),
+                ahead: None,
+                more: true,
                 page: RowText::default(),
                 next: 0,
             },
@@ -942,25 +983,38 @@ impl<T: StorageValue> SqliteStorage<T> {
                 let item = Arc::clone(&item);
                 async move {
                     if state.next >= state.page.len() {
-                        let cursor = state.cursor.take()?;
-                        let page = db
-                            .readers
-                            .run(operation, move |conn| {
-                                read_page(conn, columns(&table.sql), &cursor, operation)
-                            })
-                            .await;
-                        match page {
-                            Ok(page) => {
-                                let full =
-                                    page.len() == usize::try_from(PAGE).unwrap_or(usize::MAX);
-                                if full {
-                                    state.cursor = page.last_key().map(str::to_owned);
+                        let pending = match state.ahead.take() {
+                            Some(pending) => pending,
+                            None if state.more => match read_after(&db, &table, String::new()) {
+                                Ok(pending) => pending,
+                                Err(e) => {
+                                    state.more = false;
+                                    return Some((Err(e), state));
                                 }
-                                state.page = page;
-                                state.next = 0;
+                            },
+                            None => return None,
+                        };
+                        let page = match answer(operation, pending).await {
+                            Ok(page) => page,
+                            Err(e) => {
+                                state.more = false;
+                                return Some((Err(e), state));
                             }
-                            Err(e) => return Some((Err(e), state)),
+                        };
+                        state.more = page.len() == PAGE_ROWS;
+                        if state.more
+                            && let Some(last) = page.last_key()
+                        {
+                            match read_after(&db, &table, last.to_owned()) {
+                                Ok(pending) => state.ahead = Some(pending),
+                                Err(e) => {
+                                    state.more = false;
+                                    return Some((Err(e), state));
+                                }
+                            }
                         }
+                        state.page = page;
+                        state.next = 0;
                     }
                     let (key, json) = state.page.get(state.next)?;
                     let out = item(key, json);
@@ -983,8 +1037,8 @@ fn read_page(
     let err = sql_err(operation);
     let mut stmt = conn.prepare_cached(sql).map_err(&err)?;
     let with_value = stmt.column_count() > 1;
-    let mut rows = stmt.query(params![cursor, PAGE]).map_err(&err)?;
-    let mut page = RowText::with_capacity(usize::try_from(PAGE).unwrap_or(0));
+    let mut rows = stmt.query(params![cursor]).map_err(&err)?;
+    let mut page = RowText::with_capacity(PAGE_ROWS);
     while let Some(row) = rows.next().map_err(&err)? {
         let key = row.get_ref(0).and_then(|v| Ok(v.as_str()?)).map_err(&err)?;
         let json = if with_value {

@@ -13,8 +13,16 @@
 //! three times that. Those connections never wait for a lock (under WAL a reader never
 //! waits for the writer, and a lock that is not free at once sends the read to a reader
 //! thread); a page SQLite has not cached is read from the file. Without WAL, or when no
-//! such connection is idle, the read goes to a reader thread. Values returned by scans
-//! and queries are decoded by the caller as it takes them, not on the connection thread.
+//! such connection is idle, the read goes to a reader thread. A bounded query runs the
+//! same way: a numeric range on a btree-indexed path, ordered by that path, whose offset
+//! plus limit is at most 256 entries — SQLite walks the index from the lower bound and
+//! stops after that many entries (plus those tied with the last), a few hundred
+//! microseconds at most, about what a `get_many` of as many keys costs. Every other query,
+//! and a bounded one that finds an entry holding an array on the path, runs on a reader
+//! thread. Values returned by scans and queries are decoded by the caller as it takes
+//! them, not on the connection thread; `keys`, `values` and `entries` page through the
+//! table 512 entries at a time and ask for the next page as soon as one arrives, so a
+//! reader thread reads it while the caller decodes.
 //!
 //! Bounded writes under WAL — `set`, `delete`, and batches of at most 16 operations
 //! without a `clear` — run on the calling thread too, with the writer connection, when

@@ -31,10 +31,7 @@ fn fetch(
     let cand = candidates(filter, &catalog);
     let t = &table.sql.table;
     let (sql, params) = match &cand {
-        Some(c) => (
-            format!("SELECT key, value FROM {t} WHERE {}", c.sql),
-            c.params.clone(),
-        ),
+        Some(c) => (c.select(t), c.params.clone()),
         None => (format!("SELECT key, value FROM {t}"), Vec::new()),
     };
     let mut stmt = conn.prepare_cached(&sql).map_err(sql_err(operation))?;
@@ -294,10 +291,7 @@ fn explain(conn: &Connection, table: &Table, query: &Query) -> Result<ExecutionP
     let cand = candidates(query.filter.as_ref(), &catalog);
     let t = &table.sql.table;
     let (sql, params) = match &cand {
-        Some(c) => (
-            format!("SELECT key, value FROM {t} WHERE {}", c.sql),
-            c.params.clone(),
-        ),
+        Some(c) => (c.select(t), c.params.clone()),
         None if pages_in_sql(query) => (
             format!("SELECT key, value FROM {t} ORDER BY key LIMIT ?1 OFFSET ?2"),
             vec![
@@ -708,6 +702,73 @@ impl Found {
     }
 }
 
+/// The answer of a [`RangePlan`]: every row is a result, in order, projected when the
+/// query selects.
+fn range_found(rows: RowText, query: &Query) -> Result<Found> {
+    let select: Option<Vec<storage_core::query::FieldPath>> = query
+        .select
+        .as_ref()
+        .map(|paths| {
+            paths
+                .iter()
+                .map(|p| storage_core::query::FieldPath::parse(p))
+                .collect()
+        })
+        .transpose()?;
+    let fields = Fields::of_query(query);
+    let mut results = Vec::with_capacity(rows.len());
+    for i in 0..rows.len() {
+        let projection = match (&select, rows.get(i)) {
+            (Some(paths), Some((key, json))) => {
+                let doc = parse_fields(json, &fields, key, "query")?;
+                Some(
+                    paths
+                        .iter()
+                        .filter_map(|p| p.get(&doc).map(|v| (p.as_str().to_owned(), v.clone())))
+                        .collect(),
+                )
+            }
+            _ => None,
+        };
+        results.push((i, None, projection));
+    }
+    Ok(Found { rows, results })
+}
+
+/// The most entries (offset plus limit) a query may page through and still run on the
+/// calling thread (see [`run_bounded`]).
+const INLINE_QUERY_ROWS: u64 = 256;
+
+/// Runs `query` if it is bounded: a [`RangePlan`] ordered by its path, whose offset
+/// plus limit is at most [`INLINE_QUERY_ROWS`]. SQLite then walks the index from the
+/// lower bound and stops after that many entries (plus the entries tied with the last
+/// one, which it orders by key), and the array check reads the partial indexes, which
+/// are empty unless entries hold arrays there; such a query costs about what a
+/// `get_many` of as many keys costs. `Ok(None)` when the query is not of that kind or
+/// cannot run exactly now (an entry holds an array on the path): nothing was read then.
+pub(crate) fn run_bounded(
+    conn: &Connection,
+    table: &Table,
+    query: &Query,
+) -> Result<Option<Found>> {
+    let Some(limit) = query.limit else {
+        return Ok(None);
+    };
+    if query.order_by.is_empty()
+        || limit.saturating_add(query.offset.unwrap_or(0)) > INLINE_QUERY_ROWS
+    {
+        return Ok(None);
+    }
+    let catalog = table.indexes.current(conn, &table.name)?;
+    let Some(plan) = range_plan(query, &catalog).filter(|p| p.by_path.is_some()) else {
+        return Ok(None);
+    };
+    match run_range(conn, table, &plan, query)? {
+        Some(rows) => range_found(rows, query).map(Some),
+        None => Ok(None),
+    }
+}
+
 fn run_query(
     conn: &Connection,
     table: &Table,
@@ -721,34 +782,7 @@ fn run_query(
     if let Some(plan) = range_plan(query, &catalog)
         && let Some(rows) = run_range(conn, table, &plan, query)?
     {
-        let select: Option<Vec<storage_core::query::FieldPath>> = query
-            .select
-            .as_ref()
-            .map(|paths| {
-                paths
-                    .iter()
-                    .map(|p| storage_core::query::FieldPath::parse(p))
-                    .collect()
-            })
-            .transpose()?;
-        let fields = Fields::of_query(query);
-        let mut results = Vec::with_capacity(rows.len());
-        for i in 0..rows.len() {
-            let projection = match (&select, rows.get(i)) {
-                (Some(paths), Some((key, json))) => {
-                    let doc = parse_fields(json, &fields, key, "query")?;
-                    Some(
-                        paths
-                            .iter()
-                            .filter_map(|p| p.get(&doc).map(|v| (p.as_str().to_owned(), v.clone())))
-                            .collect(),
-                    )
-                }
-                _ => None,
-            };
-            results.push((i, None, projection));
-        }
-        return Ok(Found { rows, results });
+        return range_found(rows, query);
     }
     let fields = Fields::of_query(query);
     let ((rows, docs), matches) = if pages_in_sql(query) {
@@ -799,11 +833,17 @@ impl<T: StorageValue> QueryableStorage<T> for SqliteStorage<T> {
             Ok(c) => c,
             Err(e) => return futures::stream::once(async move { Err(e) }).boxed(),
         };
-        let table = Arc::clone(&self.table);
-        let db = Arc::clone(&self.db);
         let query = query.clone();
         futures::stream::once(async move {
-            db.readers
+            // A bounded query runs where it is asked, as a point read does.
+            let inline =
+                self.read_inline_bounded("query", |conn| run_bounded(conn, &self.table, &query));
+            if let Some(found) = inline {
+                return found;
+            }
+            let table = Arc::clone(&self.table);
+            self.db
+                .readers
                 .run("query", move |conn| {
                     run_query(conn, &table, &query, &compiled)
                 })

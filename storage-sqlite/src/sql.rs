@@ -46,6 +46,9 @@ CREATE TABLE IF NOT EXISTS _storage_log_horizon (
 );
 ";
 
+/// Rows fetched per round trip while iterating.
+pub(crate) const PAGE_ROWS: usize = 512;
+
 /// The statements of one table, formatted once when the handle opens.
 #[derive(Debug)]
 pub(crate) struct TableSql {
@@ -86,9 +89,12 @@ impl TableSql {
             clear: format!("DELETE FROM {t}"),
             clear_returning: format!("DELETE FROM {t} RETURNING key, value"),
             count: format!("SELECT count(*) FROM {t}"),
-            page_keys: format!("SELECT key FROM {t} WHERE key > ?1 ORDER BY key LIMIT ?2"),
+            // The page size is written into the statement: a bound `LIMIT` is one the
+            // planner looks at, and SQLite then compiles the statement again every time
+            // it is bound anew (every page).
+            page_keys: format!("SELECT key FROM {t} WHERE key > ?1 ORDER BY key LIMIT {PAGE_ROWS}"),
             page_entries: format!(
-                "SELECT key, value FROM {t} WHERE key > ?1 ORDER BY key LIMIT ?2"
+                "SELECT key, value FROM {t} WHERE key > ?1 ORDER BY key LIMIT {PAGE_ROWS}"
             ),
             all_entries: format!("SELECT key, value FROM {t} ORDER BY key"),
             table: t,
@@ -145,6 +151,34 @@ pub(crate) struct Candidates {
     pub(crate) pushed: Vec<String>,
     /// Indexes the candidate filter can use (by name).
     pub(crate) indexes: Vec<String>,
+    /// JSON paths whose values `sql` reads as the columns `__v0`, `__v1`, … (see
+    /// [`Candidates::select`]); empty when it reads them with `json_extract`.
+    pub(crate) columns: Vec<String>,
+}
+
+impl Candidates {
+    /// The statement selecting `key, value` of the candidates from `table` (quoted).
+    ///
+    /// With columns, each path's value is extracted once per row, in a subquery that
+    /// SQLite runs as a co-routine (its `LIMIT` keeps it from being merged into the outer
+    /// query, which would extract the value again for each clause that reads it): a
+    /// range reads its path once instead of once per bound and again per array test.
+    pub(crate) fn select(&self, table: &str) -> String {
+        if self.columns.is_empty() {
+            return format!("SELECT key, value FROM {table} WHERE {}", self.sql);
+        }
+        let columns: Vec<String> = self
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("json_extract(value, {}) AS __v{i}", quote_literal(p)))
+            .collect();
+        format!(
+            "SELECT key, value FROM (SELECT id, key, value, {} FROM {table} LIMIT -1) WHERE {}",
+            columns.join(", "),
+            self.sql
+        )
+    }
 }
 
 /// Whether a path segment can appear inside a quoted SQLite JSON path label.
@@ -188,9 +222,30 @@ struct Builder<'a> {
     pushed: Vec<String>,
     indexes: Vec<String>,
     catalog: &'a [IndexMeta],
+    /// `Some` when values at unindexed paths are read as columns (the paths so far).
+    columns: Option<Vec<String>>,
 }
 
 impl Builder<'_> {
+    /// The value at `json_path`: a column when columns are on and the path has no
+    /// index, else `json_extract`.
+    fn value_at(&mut self, json_path: &str, mode: PathMode) -> String {
+        if mode == PathMode::Bound
+            && let Some(columns) = &mut self.columns
+        {
+            let i = columns
+                .iter()
+                .position(|c| c == json_path)
+                .unwrap_or_else(|| {
+                    columns.push(json_path.to_owned());
+                    columns.len() - 1
+                });
+            return format!("__v{i}");
+        }
+        let p = self.path_expr(json_path, mode);
+        format!("json_extract(value, {p})")
+    }
+
     fn path_expr(&mut self, json_path: &str, mode: PathMode) -> String {
         match mode {
             PathMode::Literal => quote_literal(json_path),
@@ -210,10 +265,39 @@ impl Builder<'_> {
         } else {
             segments.len().saturating_sub(1)
         };
+        let columns = mode == PathMode::Bound && self.columns.is_some();
+        // The stored text is serde_json's compact JSON: a document that is an array
+        // starts with `[`, and `json_extract` gives an array as its JSON text, which
+        // starts with `[` too (so does a string starting with `[`, which the evaluator
+        // then rejects). With columns these text tests replace a JSON lookup per row.
+        let root_array = "(value >= '[' AND value < '\\')";
+        if columns
+            && leaf
+            && let Some(jp) = json_path_of(segments)
+        {
+            // A path through an array (the document itself included) reads as NULL, so
+            // only a row whose value is NULL needs the prefix tests.
+            let v = self.value_at(&jp, mode);
+            let mut through = vec![root_array.to_owned()];
+            for n in 1..segments.len() {
+                if let Some(prefix) = json_path_of(&segments[..n]) {
+                    let p = self.path_expr(&prefix, mode);
+                    through.push(format!("json_type(value, {p}) = 'array'"));
+                }
+            }
+            return vec![
+                format!("({v} >= '[' AND {v} < '\\')"),
+                format!("({v} IS NULL AND ({}))", through.join(" OR ")),
+            ];
+        }
         let mut terms = Vec::new();
         // n = 0 is the document itself: a document that is an array is searched element-wise.
         for n in 0..=upto {
             if let Some(prefix) = json_path_of(&segments[..n]) {
+                if columns && n == 0 {
+                    terms.push(root_array.to_owned());
+                    continue;
+                }
                 let p = self.path_expr(&prefix, mode);
                 terms.push(format!("json_type(value, {p}) = 'array'"));
             }
@@ -233,6 +317,7 @@ impl Builder<'_> {
     /// Translates `filter`; on `None` nothing it pushed (parameters, notes) remains.
     fn translate(&mut self, filter: &Filter) -> Option<String> {
         let marks = (self.params.len(), self.pushed.len(), self.indexes.len());
+        let columns_mark = self.columns.as_ref().map_or(0, Vec::len);
         self.depth += 1;
         let sql = if self.depth > MAX_DEPTH {
             None
@@ -245,6 +330,9 @@ impl Builder<'_> {
             self.params.truncate(marks.0);
             self.pushed.truncate(marks.1);
             self.indexes.truncate(marks.2);
+            if let Some(columns) = &mut self.columns {
+                columns.truncate(columns_mark);
+            }
         }
         sql
     }
@@ -318,9 +406,9 @@ impl Builder<'_> {
                 };
                 let cmp = if lower { ">=" } else { "<=" };
                 let (mode, index) = self.mode_for(path.as_str(), &[IndexKind::Btree]);
-                let p = self.path_expr(jp, mode);
+                let v = self.value_at(jp, mode);
                 self.params.push(bound);
-                let mut terms = vec![format!("json_extract(value, {p}) {cmp} ?")];
+                let mut terms = vec![format!("{v} {cmp} ?")];
                 terms.extend(self.irregular(segs, true, mode));
                 self.note_index(index);
                 Some(format!("({})", terms.join(" OR ")))
@@ -426,10 +514,10 @@ impl Builder<'_> {
                 Document::Number(n) => {
                     let x = n.as_f64().filter(|x| x.abs() <= EXACT_FLOAT_LIMIT)?;
                     let margin = x.abs() * 1e-9 + 1e-300;
-                    let p = self.path_expr(jp, mode);
+                    let v = self.value_at(jp, mode);
                     self.params.push(SqlValue::Real(x - margin));
                     self.params.push(SqlValue::Real(x + margin));
-                    terms.push(format!("json_extract(value, {p}) BETWEEN ? AND ?"));
+                    terms.push(format!("{v} BETWEEN ? AND ?"));
                 }
                 Document::Bool(b) => {
                     let p = self.path_expr(jp, mode);
@@ -475,19 +563,37 @@ fn box_corners(value: &Document) -> Option<([f64; 2], [f64; 2])> {
 }
 
 /// Translates `filter` into a candidate filter, or `None` when every entry is a candidate.
+///
+/// A filter that uses no index reads the values it compares as columns (see
+/// [`Candidates::select`]); one that uses an index reads them with `json_extract`, the
+/// expression the index is on, so that SQLite's planner can match it.
 pub(crate) fn candidates(filter: Option<&Filter>, catalog: &[IndexMeta]) -> Option<Candidates> {
+    let filter = filter?;
+    let plain = build(filter, catalog, false)?;
+    if plain.indexes.is_empty()
+        && let Some(with_columns) = build(filter, catalog, true)
+        && !with_columns.columns.is_empty()
+    {
+        return Some(with_columns);
+    }
+    Some(plain)
+}
+
+fn build(filter: &Filter, catalog: &[IndexMeta], columns: bool) -> Option<Candidates> {
     let mut b = Builder {
         depth: 0,
         params: Vec::new(),
         pushed: Vec::new(),
         indexes: Vec::new(),
         catalog,
+        columns: columns.then(Vec::new),
     };
-    let sql = b.translate(filter?)?;
+    let sql = b.translate(filter)?;
     Some(Candidates {
         sql,
         params: b.params,
         pushed: b.pushed,
         indexes: b.indexes,
+        columns: b.columns.unwrap_or_default(),
     })
 }

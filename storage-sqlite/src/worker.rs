@@ -517,7 +517,7 @@ impl Writer {
 }
 
 /// Awaits a job's answer.
-async fn answer<R>(
+pub(crate) async fn answer<R>(
     operation: &'static str,
     rx: tokio::sync::oneshot::Receiver<Result<R>>,
 ) -> Result<R> {
@@ -534,8 +534,8 @@ fn lock_connection(shared: &SharedConnection) -> std::sync::MutexGuard<'_, Conne
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Whether a write failed because SQLite's write lock was not free.
-fn is_busy_error(err: &StorageError) -> bool {
+/// Whether a call failed because a SQLite lock was not free.
+pub(crate) fn is_busy_error(err: &StorageError) -> bool {
     err.code() == ErrorCode::Backend && err.is_retryable()
 }
 

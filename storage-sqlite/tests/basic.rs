@@ -79,6 +79,65 @@ async fn keys_stream_in_byte_order_across_pages() -> Result<()> {
     Ok(())
 }
 
+/// Iteration reads one page ahead: a table of exactly two pages ends after its last
+/// entry, and a stream dropped while its next page is being read leaves the store
+/// working.
+#[tokio::test]
+async fn iteration_reading_ahead_ends_at_page_boundaries_and_survives_drops() -> Result<()> {
+    use futures::StreamExt;
+    let s = memory::<u32>().await?;
+    let entries: Vec<(String, u32)> = (0..1024u32).map(|i| (format!("k{i:04}"), i)).collect();
+    s.set_many(entries.clone()).await?;
+    let all: Vec<(String, u32)> = s.entries().try_collect().await?;
+    assert_eq!(all, entries);
+    for _ in 0..8 {
+        let mut stream = s.entries();
+        let first = stream.next().await.transpose()?;
+        assert_eq!(first, entries.first().cloned());
+        drop(stream);
+    }
+    s.set("k9999", &9999).await?;
+    assert_eq!(s.keys().try_collect::<Vec<_>>().await?.len(), 1025);
+    Ok(())
+}
+
+/// Unindexed ranges and number equality read each path once per row and test for
+/// arrays on the stored text: documents that are arrays, arrays at or on the way to the
+/// path, and strings that look like arrays all get the evaluator's answer.
+#[tokio::test]
+async fn unindexed_ranges_find_arrays_anywhere_on_the_path() -> Result<()> {
+    let s = memory::<serde_json::Value>().await?;
+    let docs: Vec<(String, serde_json::Value)> = vec![
+        ("a".into(), json!({"n": 5, "o": {"m": 5}})),
+        ("b".into(), json!([{"n": 5}, {"n": 50}])),
+        ("c".into(), json!({"n": [1, 5], "o": [{"m": 5}, {"m": 60}]})),
+        ("d".into(), json!({"n": "[5]", "o": {"m": "[5]"}})),
+        ("e".into(), json!({"n": 50, "o": {"m": [50, 5.5]}})),
+        ("f".into(), json!([[{"n": 5}]])),
+        ("g".into(), json!({"n": null, "o": null})),
+        ("h".into(), json!({"n": true, "o": {"m": false}})),
+    ];
+    s.set_many(docs.clone()).await?;
+    let queries = [
+        Query::filter(field("n").gte(4).and(field("n").lt(6))),
+        Query::filter(field("o.m").gte(4).and(field("o.m").lte(6))),
+        Query::filter(field("n").eq(5)),
+        Query::filter(field("o.m").is_in(vec![json!(5), json!(5.5)])),
+        Query::filter(field("n").gt(0)).order_desc("n").limit(3),
+    ];
+    for q in queries {
+        let expected: Vec<String> =
+            storage_core::query::evaluate(&q, docs.iter().map(|(k, v)| (k.as_str(), v)))?
+                .into_iter()
+                .map(|m| m.key)
+                .collect();
+        assert!(!expected.is_empty(), "{q:?}");
+        let got: Vec<String> = s.find_many(&q).await?.into_iter().map(|r| r.key).collect();
+        assert_eq!(got, expected, "{q:?}");
+    }
+    Ok(())
+}
+
 /// Bad keys and unrepresentable values are typed errors.
 #[tokio::test]
 async fn bad_inputs_are_typed_errors() -> Result<()> {

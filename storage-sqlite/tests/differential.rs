@@ -39,7 +39,17 @@ fn point() -> impl Strategy<Value = Value> {
     })
 }
 
+/// A document: mostly an object, sometimes an array of objects (searched element-wise
+/// by the evaluator, which SQL must keep among the candidates).
 fn doc() -> impl Strategy<Value = Value> {
+    let object = object_doc();
+    prop_oneof![
+        6 => object.clone(),
+        1 => prop::collection::vec(object, 0..3).prop_map(Value::from),
+    ]
+}
+
+fn object_doc() -> impl Strategy<Value = Value> + Clone {
     (
         prop::option::of(prop_oneof![
             scalar(),
