@@ -794,4 +794,43 @@ mod tests {
         assert_eq!(answers, (0..50).map(|i| i * 2).collect::<Vec<i64>>());
         Ok(())
     }
+
+    /// A checkpoint copies the log while the writer connection is held: it runs on a
+    /// connection of its own, so writes need not queue behind its sync.
+    #[test]
+    fn checkpoints_run_while_the_writer_connection_is_held() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("db.sqlite");
+        let config = SqliteConfig::new(path.to_string_lossy());
+        let conn = open_connection(&path, &config, false)?;
+        let _: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(sql_err("test"))?;
+        conn.execute_batch("CREATE TABLE t (v BLOB)")
+            .map_err(sql_err("test"))?;
+        let writer = Writer::spawn(conn, &path, &config)?;
+        {
+            let held = lock_connection(&writer.conn);
+            // One commit of about 1200 pages: past the threshold, short of the limit
+            // past which the writer itself would checkpoint.
+            held.execute_batch(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1200) \
+                 INSERT INTO t SELECT zeroblob(4000) FROM n",
+            )
+            .map_err(sql_err("test"))?;
+            let pages = writer.wal_pages.load(Ordering::Relaxed);
+            assert!(
+                (CHECKPOINT_PAGES..WAL_LIMIT_PAGES).contains(&pages),
+                "{pages}"
+            );
+            writer.checkpoint_if_due();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while writer.checkpoint_queued.load(Ordering::Acquire) {
+                assert!(Instant::now() < deadline, "the checkpoint did not finish");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            assert_eq!(writer.copied.load(Ordering::Relaxed), pages);
+        }
+        Ok(())
+    }
 }
