@@ -9,7 +9,8 @@
 //!
 //! Checkpoints are outside the timed writes on both sides: the adapter turns SQLite's
 //! automatic checkpoint off on its writer connection and runs `PASSIVE` checkpoints on
-//! its writer thread, off the caller's path, so the raw connection turns it off too
+//! a thread and connection of their own, off the caller's path (past 4000 WAL pages one
+//! on its writer thread, timed here as any write), so the raw connection turns it off too
 //! (`wal_autocheckpoint = 0`) and checkpoints after each timed write phase, untimed.
 //! Timing the raw side's checkpoints (which sync the file) against the adapter's
 //! would credit the adapter with work it only moved to another thread.
@@ -179,8 +180,8 @@ pub const WRITE_OPS: [Op; 2] = [Op::InsertOne, Op::InsertBatch];
 /// measured in turns as [`interleaved_reads`] measures the read rows: `passes` times per
 /// row, each subject writes into a fresh, empty store of its own, the first subject
 /// rotating from pass to pass. What follows the timed writes is untimed, as in a run:
-/// raw's checkpoint, and closing the adapter, whose writer thread first finishes the
-/// checkpoint the writes queued (so it never runs during another subject's turn).
+/// raw's checkpoint, and closing the adapter, which first finishes the checkpoint the
+/// writes started (so it never runs during another subject's turn).
 pub async fn interleaved_writes(w: &Workload, passes: usize) -> Result<[Sample; 3]> {
     let mut samples: [Vec<Sample>; 3] = Default::default();
     for op in WRITE_OPS {

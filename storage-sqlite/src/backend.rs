@@ -85,7 +85,7 @@ impl Database {
             readers.push(open_connection(&path, &config, true)?);
         }
         Ok(Self {
-            writer: Writer::spawn(writer, &config)?,
+            writer: Writer::spawn(writer, &path, &config)?,
             readers: Workers::spawn("sqlite-reader", readers, config.common.debug)?,
             // Without WAL a reader waits for the writer: every read then goes to a thread.
             inline: Arc::new(InlineReaders::new(if config.wal {

@@ -37,8 +37,13 @@
 //! or a `BEGIN IMMEDIATE` transaction), and it is then queued to the writer thread,
 //! which waits as configured; and a WAL checkpoint, which syncs and can take
 //! milliseconds, never runs inside such a commit: automatic checkpointing is off on the
-//! writer connection, and once the log passes 1000 pages (SQLite's default threshold) a
-//! `PASSIVE` checkpoint is queued to the writer thread, so the log stays bounded.
+//! writer connection, and once more than 1000 pages of the log (SQLite's default
+//! threshold) are not yet copied, a `PASSIVE` checkpoint runs on a thread with a
+//! connection of its own, so writes go on while it syncs. Such a checkpoint cannot
+//! restart the log while writes keep landing, so once the log passes 4000 pages one
+//! checkpoint runs on the writer thread instead (writes wait for it), and the log
+//! restarts: it stays bounded, at about 16 MB with 4 KiB pages. Dropping the last
+//! handle finishes a checkpoint under way before the file is closed.
 //! Without WAL, or when the connection is busy, writes go to the writer thread.
 //! A `set_many` of 4096 entries or more is encoded by the caller while the writer
 //! thread applies the chunks already encoded, in one transaction, so encoding and

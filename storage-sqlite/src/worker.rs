@@ -349,8 +349,18 @@ impl<C: Send + 'static> Drop for Workers<C> {
 /// The writer connection, shared by its thread and the callers that find it free.
 pub(crate) type SharedConnection = Arc<Mutex<Connection>>;
 
-/// WAL pages past which a checkpoint is queued: SQLite's own auto-checkpoint default.
+/// WAL frames not yet copied into the database past which a checkpoint is started:
+/// SQLite's own auto-checkpoint default.
 const CHECKPOINT_PAGES: i32 = 1000;
+
+/// WAL length past which the checkpoint runs on the writer connection instead.
+///
+/// A checkpoint on its own connection copies the frames committed before it started;
+/// the log restarts from its beginning only when a write begins with every frame
+/// copied, which a steady stream of writes landing during each checkpoint can put off
+/// indefinitely. On the writer connection nothing of ours commits meanwhile, so the
+/// next write restarts the log: this bounds its length, at the cost of one wait.
+const WAL_LIMIT_PAGES: i32 = 4 * CHECKPOINT_PAGES;
 
 /// The one writer connection of a database, and the thread that serves the writes
 /// queued to it.
@@ -370,15 +380,23 @@ const CHECKPOINT_PAGES: i32 = 1000;
 /// checkpoint, which syncs the file. Inline writes run with no busy timeout, so a lock
 /// that is not free fails at once, before anything is written, and the write is queued
 /// to the thread, which waits as configured. Automatic checkpointing is off on this
-/// connection (a WAL hook replaces it and only counts the log's pages); once the log
-/// passes [`CHECKPOINT_PAGES`] a `PASSIVE` checkpoint is queued to the thread, so the
-/// log stays bounded as SQLite's own auto-checkpoint would keep it.
+/// connection (a WAL hook replaces it and only counts the log's pages); once more than
+/// [`CHECKPOINT_PAGES`] of the log are not yet copied, a `PASSIVE` checkpoint runs on a
+/// [`Checkpointer`], a thread with a connection of its own, so writes go on while it
+/// syncs (a checkpoint on the writer connection would hold it for milliseconds, and
+/// every write in the meantime would queue behind it). Past [`WAL_LIMIT_PAGES`] the
+/// checkpoint is queued to the writer thread instead, so the log stays bounded.
 pub(crate) struct Writer {
+    /// Declared first so it is dropped (its last checkpoint finished) before the
+    /// writer thread closes its connection, the last one, which then checkpoints.
+    checkpointer: Option<Checkpointer>,
     conn: SharedConnection,
     thread: Workers<SharedConnection>,
-    /// Pages in the WAL after the last commit on this connection (from the WAL hook).
+    /// Frames in the WAL after the last commit on this connection (from the WAL hook).
     wal_pages: Arc<AtomicI32>,
-    /// Whether a checkpoint is queued and not yet run.
+    /// Frames of the current WAL the last checkpoint copied (0 once the log restarts).
+    copied: Arc<AtomicI32>,
+    /// Whether a checkpoint is queued or running.
     checkpoint_queued: Arc<AtomicBool>,
     /// Whether writes may run on the calling thread (WAL only).
     inline: bool,
@@ -386,22 +404,37 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer thread on `conn`, taking over its checkpoints under WAL.
-    pub(crate) fn spawn(mut conn: Connection, config: &SqliteConfig) -> Result<Self> {
+    /// Starts the writer thread on `conn`, the connection of the database at `path`,
+    /// taking over its checkpoints under WAL.
+    pub(crate) fn spawn(mut conn: Connection, path: &Path, config: &SqliteConfig) -> Result<Self> {
         let wal_pages = Arc::new(AtomicI32::new(0));
+        let copied = Arc::new(AtomicI32::new(0));
+        let checkpoint_queued = Arc::new(AtomicBool::new(false));
+        let mut checkpointer = None;
         if config.wal {
             let pages = Arc::clone(&wal_pages);
+            let restarted = Arc::clone(&copied);
             // Replaces SQLite's auto-checkpoint (itself a WAL hook) on this connection.
             conn.wal_hook(Some(
                 move |_: &mut rusqlite::hooks::Wal, n: std::os::raw::c_int| {
-                    pages.store(n, Ordering::Relaxed);
+                    if n < pages.swap(n, Ordering::Relaxed) {
+                        restarted.store(0, Ordering::Relaxed);
+                    }
                     Ok(())
                 },
             ))
             .map_err(sql_err("open"))?;
+            checkpointer = Some(Checkpointer::spawn(
+                path.to_path_buf(),
+                config.clone(),
+                Arc::clone(&wal_pages),
+                Arc::clone(&copied),
+                Arc::clone(&checkpoint_queued),
+            )?);
         }
         let conn = Arc::new(Mutex::new(conn));
         Ok(Self {
+            checkpointer,
             thread: Workers::spawn(
                 "sqlite-writer",
                 vec![Arc::clone(&conn)],
@@ -409,7 +442,8 @@ impl Writer {
             )?,
             conn,
             wal_pages,
-            checkpoint_queued: Arc::new(AtomicBool::new(false)),
+            copied,
+            checkpoint_queued,
             inline: config.wal,
             busy_timeout: Duration::from_millis(config.busy_timeout_ms),
         })
@@ -489,29 +523,110 @@ impl Writer {
         }
     }
 
-    /// Queues a `PASSIVE` checkpoint to the writer thread once the WAL has grown past
-    /// [`CHECKPOINT_PAGES`] (at most one queued at a time).
+    /// Starts a `PASSIVE` checkpoint once more than [`CHECKPOINT_PAGES`] of the WAL are
+    /// not yet copied (at most one queued or running at a time): on the
+    /// [`Checkpointer`], or on the writer thread past [`WAL_LIMIT_PAGES`].
     fn checkpoint_if_due(&self) {
-        if self.wal_pages.load(Ordering::Relaxed) < CHECKPOINT_PAGES
-            || self.checkpoint_queued.swap(true, Ordering::AcqRel)
+        let pages = self.wal_pages.load(Ordering::Relaxed);
+        let pending = pages - self.copied.load(Ordering::Relaxed).min(pages);
+        if pending < CHECKPOINT_PAGES || self.checkpoint_queued.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if pages < WAL_LIMIT_PAGES
+            && let Some(checkpointer) = &self.checkpointer
+            && checkpointer.signal()
         {
             return;
         }
         let queued = Arc::clone(&self.checkpoint_queued);
         let pages = Arc::clone(&self.wal_pages);
+        let copied = Arc::clone(&self.copied);
         let submitted = self.thread.submit(Box::new(move |shared| {
-            let conn = lock_connection(shared);
-            // PASSIVE never waits for readers or writers; frames it could not copy are
-            // copied by a later one. A failure only delays the checkpoint.
-            match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                Ok(()) => pages.store(0, Ordering::Relaxed),
-                Err(e) => tracing::debug!("sqlite checkpoint failed: {e}"),
-            }
+            checkpoint(&lock_connection(shared), &pages, &copied);
             queued.store(false, Ordering::Release);
             Box::new(|| {})
         }));
         if submitted.is_err() {
             self.checkpoint_queued.store(false, Ordering::Release);
+        }
+    }
+}
+
+/// Runs a `PASSIVE` checkpoint on `conn` and records how much of the log it copied.
+/// PASSIVE never waits for readers or writers; frames it could not copy are copied by a
+/// later one. A failure only delays the checkpoint.
+fn checkpoint(conn: &Connection, pages: &AtomicI32, copied: &AtomicI32) {
+    let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i32>(2));
+    match done {
+        // The log may have grown since the hook last counted it.
+        Ok(n) => {
+            copied.store(n.max(0), Ordering::Relaxed);
+            pages.fetch_max(n, Ordering::Relaxed);
+        }
+        Err(e) => tracing::debug!("sqlite checkpoint failed: {e}"),
+    }
+}
+
+/// A thread with a connection of its own that runs the WAL checkpoints a [`Writer`]
+/// asks for, so that writes on the writer connection go on while the checkpoint copies
+/// and syncs (a `PASSIVE` checkpoint takes no lock a writer needs). The connection is
+/// opened on the thread, at the first checkpoint. Dropping it finishes a checkpoint
+/// under way, then closes the connection and joins the thread.
+struct Checkpointer {
+    sender: Option<Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    fn spawn(
+        path: std::path::PathBuf,
+        config: SqliteConfig,
+        pages: Arc<AtomicI32>,
+        copied: Arc<AtomicI32>,
+        queued: Arc<AtomicBool>,
+    ) -> Result<Self> {
+        let (sender, receiver) = channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || {
+                let mut conn: Option<Connection> = None;
+                while receiver.recv().is_ok() {
+                    if conn.is_none() {
+                        match open_connection(&path, &config, false) {
+                            Ok(c) => conn = Some(c),
+                            Err(e) => tracing::debug!("sqlite checkpoint connection: {e}"),
+                        }
+                    }
+                    if let Some(conn) = &conn {
+                        checkpoint(conn, &pages, &copied);
+                    }
+                    queued.store(false, Ordering::Release);
+                }
+            })
+            .map_err(|e| {
+                StorageError::from(e)
+                    .with_operation("open")
+                    .with_backend("sqlite")
+            })?;
+        Ok(Self {
+            sender: Some(sender),
+            thread: Some(thread),
+        })
+    }
+
+    /// Asks for a checkpoint; `false` when the thread is gone.
+    fn signal(&self) -> bool {
+        self.sender.as_ref().is_some_and(|s| s.send(()).is_ok())
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.sender = None;
+        if let Some(thread) = self.thread.take()
+            && thread.thread().id() != std::thread::current().id()
+        {
+            let _ = thread.join();
         }
     }
 }
@@ -677,6 +792,45 @@ mod tests {
         });
         let answers = futures::future::try_join_all(runs).await?;
         assert_eq!(answers, (0..50).map(|i| i * 2).collect::<Vec<i64>>());
+        Ok(())
+    }
+
+    /// A checkpoint copies the log while the writer connection is held: it runs on a
+    /// connection of its own, so writes need not queue behind its sync.
+    #[test]
+    fn checkpoints_run_while_the_writer_connection_is_held() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("db.sqlite");
+        let config = SqliteConfig::new(path.to_string_lossy());
+        let conn = open_connection(&path, &config, false)?;
+        let _: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(sql_err("test"))?;
+        conn.execute_batch("CREATE TABLE t (v BLOB)")
+            .map_err(sql_err("test"))?;
+        let writer = Writer::spawn(conn, &path, &config)?;
+        {
+            let held = lock_connection(&writer.conn);
+            // One commit of about 1200 pages: past the threshold, short of the limit
+            // past which the writer itself would checkpoint.
+            held.execute_batch(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1200) \
+                 INSERT INTO t SELECT zeroblob(4000) FROM n",
+            )
+            .map_err(sql_err("test"))?;
+            let pages = writer.wal_pages.load(Ordering::Relaxed);
+            assert!(
+                (CHECKPOINT_PAGES..WAL_LIMIT_PAGES).contains(&pages),
+                "{pages}"
+            );
+            writer.checkpoint_if_due();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while writer.checkpoint_queued.load(Ordering::Acquire) {
+                assert!(Instant::now() < deadline, "the checkpoint did not finish");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            assert_eq!(writer.copied.load(Ordering::Relaxed), pages);
+        }
         Ok(())
     }
 }
