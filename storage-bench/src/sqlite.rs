@@ -176,6 +176,35 @@ fn raw_insert_batch(conn: &mut Connection, w: &Workload) -> Result<()> {
 /// The write rows measured by [`interleaved_writes`].
 pub const WRITE_OPS: [Op; 2] = [Op::InsertOne, Op::InsertBatch];
 
+/// The samples of the three subjects measured in turns (raw, the adapter, the adapter
+/// with its change log), one per pass and operation.
+#[derive(Default)]
+struct Turns([Vec<Sample>; 3]);
+
+impl Turns {
+    /// Records one pass of `op` by subject `subject` (0 raw, 1 adapter, 2 change log).
+    fn record(
+        &mut self,
+        subject: usize,
+        op: Op,
+        elapsed: std::time::Duration,
+        units: usize,
+        results: usize,
+    ) {
+        let mut sample = Sample::default();
+        sample.record(op, elapsed, units, results);
+        if let Some(s) = self.0.get_mut(subject) {
+            s.push(sample);
+        }
+    }
+
+    /// Each subject's median over its passes.
+    fn medians(self) -> [Sample; 3] {
+        let [r, a, l] = self.0;
+        [median(&r), median(&a), median(&l)]
+    }
+}
+
 /// The insert rows of raw rusqlite, the adapter and the adapter with its change log,
 /// measured in turns as [`interleaved_reads`] measures the read rows: `passes` times per
 /// row, each subject writes into a fresh, empty store of its own, the first subject
@@ -183,7 +212,7 @@ pub const WRITE_OPS: [Op; 2] = [Op::InsertOne, Op::InsertBatch];
 /// raw's checkpoint, and closing the adapter, which first finishes the checkpoint the
 /// writes started (so it never runs during another subject's turn).
 pub async fn interleaved_writes(w: &Workload, passes: usize) -> Result<[Sample; 3]> {
-    let mut samples: [Vec<Sample>; 3] = Default::default();
+    let mut turns = Turns::default();
     for op in WRITE_OPS {
         let units = if op == Op::InsertOne {
             w.single_inserts
@@ -230,16 +259,11 @@ pub async fn interleaved_writes(w: &Workload, passes: usize) -> Result<[Sample; 
                     drop(store);
                     elapsed
                 };
-                let mut sample = Sample::default();
-                sample.record(op, elapsed, units, results);
-                if let Some(s) = samples.get_mut(i) {
-                    s.push(sample);
-                }
+                turns.record(i, op, elapsed, units, results);
             }
         }
     }
-    let [r, a, l] = samples;
-    Ok([median(&r), median(&a), median(&l)])
+    Ok(turns.medians())
 }
 
 /// Gets every key of the workload's gets and decodes each value found.
@@ -440,7 +464,7 @@ pub async fn interleaved_reads(dir: &Path, w: &Workload, passes: usize) -> Resul
     // clock starts.
     let raw = std::sync::Mutex::new(raw);
     let adapters: [&dyn IndexedStorage<Doc>; 2] = [&plain, &logged];
-    let mut samples: [Vec<Sample>; 3] = Default::default();
+    let mut turns = Turns::default();
     for op in READ_OPS {
         if op == Op::AuthorIndexed {
             {
@@ -469,14 +493,9 @@ pub async fn interleaved_reads(dir: &Path, w: &Workload, passes: usize) -> Resul
                         let out = raw_pass(&conn, op, w)?;
                         (out, t.elapsed())
                     };
-                let mut sample = Sample::default();
-                sample.record(op, elapsed, units, results);
-                if let Some(s) = samples.get_mut(i) {
-                    s.push(sample);
-                }
+                turns.record(i, op, elapsed, units, results);
             }
         }
     }
-    let [r, a, l] = samples;
-    Ok([median(&r), median(&a), median(&l)])
+    Ok(turns.medians())
 }
