@@ -23,7 +23,7 @@ use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -968,6 +968,14 @@ struct SyncShared {
     max_delay: Duration,
 }
 
+impl SyncShared {
+    /// The group state, locked, taking over a poisoned lock rather than failing the
+    /// caller.
+    fn state(&self) -> MutexGuard<'_, SyncState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 /// The shortest quiet spell that closes a group short of its expected size.
 const MIN_QUIET: Duration = Duration::from_micros(20);
 
@@ -1011,11 +1019,7 @@ impl Drop for SyncWait {
         // A writer that stops waiting must not be the one the thread wakes to relay
         // the others' wake-ups (nothing would poll it), and if it already was, it
         // relays them now.
-        let mut st = self
-            .shared
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut st = self.shared.state();
         st.waiters.retain(|(seq, _)| *seq != self.seq);
         drop(st);
         relay_wakes(&self.shared);
@@ -1028,7 +1032,7 @@ fn relay_wakes(shared: &SyncShared) {
         return;
     }
     let relay = {
-        let mut st = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut st = shared.state();
         shared.relay_pending.store(false, Ordering::Release);
         std::mem::take(&mut st.relay)
     };
@@ -1050,7 +1054,7 @@ fn wake_released(shared: &SyncShared, mut woken: Vec<Waker>) {
     }
     let first = woken.pop();
     {
-        let mut st = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut st = shared.state();
         st.relay.append(&mut woken);
         shared.relay_pending.store(true, Ordering::Release);
     }
@@ -1070,7 +1074,7 @@ impl Future for SyncWait {
             relay_wakes(shared);
             return Poll::Ready(Ok(()));
         }
-        let mut st = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut st = shared.state();
         // Checked again under the lock: a release between the load above and here
         // has already taken the wakers, so this one must not be left behind.
         if st.synced >= seq {
@@ -1170,20 +1174,12 @@ impl GroupSync {
     /// How many fsyncs the thread has taken.
     #[cfg(test)]
     fn fsyncs(&self) -> u64 {
-        self.shared
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .fsyncs
+        self.shared.state().fsyncs
     }
 
     /// Releases every writer up to `seq`: something else (a compaction) made them durable.
     pub(crate) fn mark_synced(&self, seq: u64) {
-        let mut st = self
-            .shared
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut st = self.shared.state();
         let woken = release(&self.shared, &mut st, seq, None);
         drop(st);
         woken.into_iter().for_each(Waker::wake);
@@ -1191,22 +1187,14 @@ impl GroupSync {
 
     /// Replaces the file the thread fsyncs (after the journal was reopened).
     pub(crate) fn set_file(&self, file: File) {
-        let mut st = self
-            .shared
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut st = self.shared.state();
         st.file = Arc::new(file);
     }
 
     /// Syncs what is pending and stops the thread.
     pub(crate) fn shutdown(&self) {
         {
-            let mut st = self
-                .shared
-                .state
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut st = self.shared.state();
             st.shutdown = true;
         }
         self.shared.wake.notify_all();
@@ -1265,7 +1253,7 @@ struct ThreadEnd<'a>(&'a SyncShared);
 
 impl Drop for ThreadEnd<'_> {
     fn drop(&mut self) {
-        let mut st = self.0.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut st = self.0.state();
         let woken = release(
             self.0,
             &mut st,
@@ -1281,7 +1269,7 @@ impl Drop for ThreadEnd<'_> {
 
 fn run_group_sync(shared: &SyncShared) {
     let _end = ThreadEnd(shared);
-    let mut st = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut st = shared.state();
     loop {
         while st.waiters.is_empty() && !st.shutdown {
             st = shared.wake.wait(st).unwrap_or_else(PoisonError::into_inner);
@@ -1313,7 +1301,7 @@ fn run_group_sync(shared: &SyncShared) {
         let started = Instant::now();
         let outcome = (shared.flush)().and_then(|()| file.sync_data().map_err(|e| e.to_string()));
         let took = started.elapsed();
-        st = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
+        st = shared.state();
         st.fsync_time = (st.fsync_time * 3 + took) / 4;
         st.fsyncs += 1;
         let woken = match outcome {
@@ -1322,7 +1310,7 @@ fn run_group_sync(shared: &SyncShared) {
         };
         drop(st);
         wake_released(shared, woken);
-        st = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
+        st = shared.state();
     }
 }
 
@@ -1425,11 +1413,7 @@ mod tests {
         let file = File::create(dir.path().join("j"))?;
         let group = GroupSync::start(file, 64, Duration::from_secs(30), Box::new(|| Ok(())))?;
         let set = |expected: usize, fsync_time: Duration| {
-            let mut st = group
-                .shared
-                .state
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut st = group.shared.state();
             st.expected = expected;
             st.fsync_time = fsync_time;
         };
@@ -1484,11 +1468,7 @@ mod tests {
         let file = File::create(dir.path().join("j"))?;
         let group = GroupSync::start(file, 64, Duration::from_secs(30), flush)?;
         {
-            let mut st = group
-                .shared
-                .state
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut st = group.shared.state();
             st.expected = expected;
             st.fsync_time = Duration::from_secs(10);
         }
@@ -1496,13 +1476,7 @@ mod tests {
     }
 
     fn waiting(group: &GroupSync) -> usize {
-        group
-            .shared
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .waiters
-            .len()
+        group.shared.state().waiters.len()
     }
 
     #[test]
