@@ -484,29 +484,29 @@ const INLINE_WRITE_OPS: usize = 16;
 /// written.
 fn apply_write<T: StorageValue>(
     conn: &mut Connection,
-    table: &Table,
-    hub: &EventHub<T>,
-    observer: &crate::observe::Observer<T>,
-    legacy_log: bool,
+    to: &WriteTarget<'_, T>,
     operation: &'static str,
     ops: Vec<WriteOp>,
 ) -> Result<BatchResult> {
     let single = ops.len() == 1 && !matches!(ops[0], WriteOp::Clear);
-    let publish = table.bus.listening();
-    let track = publish || table.change_log || hub.has_after_hooks();
+    let publish = to.table.bus.listening();
+    let track = publish || to.table.change_log || to.hub.has_after_hooks();
     if single && !track {
         // One statement is its own transaction: no BEGIN/COMMIT round trip.
-        return apply_ops(conn, &table.sql, ops, false).map(|(result, _)| result);
+        return apply_ops(conn, &to.table.sql, ops, false).map(|(result, _)| result);
     }
-    apply_chunks(
-        conn,
-        table,
-        hub,
-        observer,
-        legacy_log,
-        operation,
-        std::iter::once(Ok(ops)),
-    )
+    apply_chunks(conn, to, operation, std::iter::once(Ok(ops)))
+}
+
+/// Where a write goes besides the writer connection: the table, the hooks and
+/// subscriptions told of it, the observer of other handles' changes, and the change
+/// log's layout.
+struct WriteTarget<'a, T> {
+    table: &'a Table,
+    hub: &'a EventHub<T>,
+    observer: &'a crate::observe::Observer<T>,
+    /// Whether the file's change log is the older `AUTOINCREMENT` table.
+    legacy_log: bool,
 }
 
 /// Applies the operations of `chunks`, in order, in one `BEGIN IMMEDIATE`
@@ -514,13 +514,11 @@ fn apply_write<T: StorageValue>(
 /// [`apply_write`]). A chunk that is an error rolls everything back.
 fn apply_chunks<T: StorageValue>(
     conn: &mut Connection,
-    table: &Table,
-    hub: &EventHub<T>,
-    observer: &crate::observe::Observer<T>,
-    legacy_log: bool,
+    to: &WriteTarget<'_, T>,
     operation: &'static str,
     chunks: impl Iterator<Item = Result<Vec<WriteOp>>>,
 ) -> Result<BatchResult> {
+    let (table, hub, observer, legacy_log) = (to.table, to.hub, to.observer, to.legacy_log);
     let publish = table.bus.listening();
     let track = publish || table.change_log || hub.has_after_hooks();
     let tx = conn
@@ -862,7 +860,13 @@ impl<T: StorageValue> SqliteStorage<T> {
                 .with_operation(operation)
                 .with_backend("sqlite"))),
             });
-            apply_chunks(conn, &table, &hub, &observer, legacy_log, operation, stream)
+            let to = WriteTarget {
+                table: &table,
+                hub: &hub,
+                observer: &observer,
+                legacy_log,
+            };
+            apply_chunks(conn, &to, operation, stream)
         })?;
         let mut scratch = Vec::with_capacity(512);
         let mut chunk = Vec::with_capacity(PIPELINE_CHUNK);
@@ -893,6 +897,16 @@ impl<T: StorageValue> SqliteStorage<T> {
         written.map(|_| ())
     }
 
+    /// Where this handle's writes go (see [`apply_write`]).
+    fn write_target(&self) -> WriteTarget<'_, T> {
+        WriteTarget {
+            table: &self.table,
+            hub: &self.hub,
+            observer: &self.observer,
+            legacy_log: self.db.legacy_log,
+        }
+    }
+
     /// Applies encoded writes atomically with the writer connection (on the calling
     /// thread when it is free and the write is bounded, see [`Writer`], else on the
     /// writer thread), then, still holding it, so in commit order, runs after-hooks and
@@ -908,15 +922,7 @@ impl<T: StorageValue> SqliteStorage<T> {
             let debug = self.db.config.common.debug;
             // A copy: a write that finds SQLite's lock busy is queued to the thread.
             let inline = self.db.writer.try_inline(debug, operation, |conn| {
-                apply_write(
-                    conn,
-                    &self.table,
-                    &self.hub,
-                    &self.observer,
-                    self.db.legacy_log,
-                    operation,
-                    ops.clone(),
-                )
+                apply_write(conn, &self.write_target(), operation, ops.clone())
             });
             if let Some(out) = inline {
                 return out;
@@ -929,7 +935,13 @@ impl<T: StorageValue> SqliteStorage<T> {
         self.db
             .writer
             .run(operation, move |conn| {
-                apply_write(conn, &table, &hub, &observer, legacy_log, operation, ops)
+                let to = WriteTarget {
+                    table: &table,
+                    hub: &hub,
+                    observer: &observer,
+                    legacy_log,
+                };
+                apply_write(conn, &to, operation, ops)
             })
             .await
     }
