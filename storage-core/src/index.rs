@@ -971,18 +971,20 @@ impl IndexSet {
         let mut ranged: Vec<&str> = Vec::new();
         for &(field, op, operand) in &clauses {
             let cap = best.map_or(usize::MAX, |b| b.estimate);
-            let choice = if is_range(op) {
+            if is_range(op) {
                 if ranged.contains(&field) {
                     continue;
                 }
                 ranged.push(field);
-                let Some(index) = self
-                    .indexes
-                    .iter()
-                    .find(|i| i.path.as_str() == field && i.answers(op, operand))
-                else {
-                    continue;
-                };
+            }
+            let Some(index) = self
+                .indexes
+                .iter()
+                .find(|i| i.path.as_str() == field && i.answers(op, operand))
+            else {
+                continue;
+            };
+            let (estimate, range) = if is_range(op) {
                 let on_field: Vec<(Operator, &Document)> = clauses
                     .iter()
                     .filter(|(f, o, v)| *f == field && is_range(*o) && index.answers(*o, v))
@@ -991,30 +993,17 @@ impl IndexSet {
                 let Some(range) = RangeProbe::of(&on_field) else {
                     continue;
                 };
-                IndexChoice {
-                    index,
-                    field,
-                    op,
-                    operand,
-                    estimate: index.count_range(&range, cap),
-                    range: Some(range),
-                }
+                (index.count_range(&range, cap), Some(range))
             } else {
-                let Some(index) = self
-                    .indexes
-                    .iter()
-                    .find(|i| i.path.as_str() == field && i.answers(op, operand))
-                else {
-                    continue;
-                };
-                IndexChoice {
-                    index,
-                    field,
-                    op,
-                    operand,
-                    estimate: index.estimate_clause(op, operand),
-                    range: None,
-                }
+                (index.estimate_clause(op, operand), None)
+            };
+            let choice = IndexChoice {
+                index,
+                field,
+                op,
+                operand,
+                range,
+                estimate,
             };
             if best.is_none_or(|b| choice.estimate < b.estimate) {
                 best = Some(choice);
