@@ -12,7 +12,6 @@ use std::time::{Duration, Instant, SystemTime};
 use async_trait::async_trait;
 use futures::channel::oneshot;
 use serde::de::DeserializeOwned;
-use storage_core::codec::to_document;
 use storage_core::events::{AfterEvent, BeforeEvent};
 use storage_core::index::IndexSet;
 use storage_core::query::{CompiledQuery, aggregate};
@@ -32,13 +31,14 @@ use crate::journal::{
     encode_ops, read_journal, read_main, truncate_file, write_main,
 };
 use crate::transaction::JsonTransaction;
+use crate::value::Stored;
 
 const BACKEND: &str = "json";
 
 /// One operation of a commit, with its value already encoded.
 #[derive(Debug, Clone)]
 pub(crate) enum StagedOp {
-    Set(String, Arc<Document>),
+    Set(String, Arc<Stored>),
     Delete(String),
     Clear,
 }
@@ -47,15 +47,15 @@ pub(crate) enum StagedOp {
 enum EventOp {
     Set {
         key: String,
-        new: Arc<Document>,
-        old: Option<Arc<Document>>,
+        new: Arc<Stored>,
+        old: Option<Arc<Stored>>,
     },
     Delete {
         key: String,
-        old: Option<Arc<Document>>,
+        old: Option<Arc<Stored>>,
     },
     Clear {
-        removed: Vec<(String, Arc<Document>)>,
+        removed: Vec<(String, Arc<Stored>)>,
     },
 }
 
@@ -68,10 +68,10 @@ struct Staged {
 
 /// The value of `key` once `commit` (so far) is applied over `entries`.
 fn staged_value(
-    entries: &BTreeMap<String, Arc<Document>>,
+    entries: &BTreeMap<String, Arc<Stored>>,
     commit: &Commit,
     key: &str,
-) -> Option<Arc<Document>> {
+) -> Option<Arc<Stored>> {
     match commit.writes.get(key) {
         Some(v) => v.clone(),
         None if commit.cleared => None,
@@ -79,7 +79,7 @@ fn staged_value(
     }
 }
 
-fn stage(entries: &BTreeMap<String, Arc<Document>>, ops: &[StagedOp], events: bool) -> Staged {
+fn stage(entries: &BTreeMap<String, Arc<Stored>>, ops: &[StagedOp], events: bool) -> Staged {
     let mut staged = Staged {
         commit: Commit::default(),
         result: BatchResult::default(),
@@ -152,17 +152,17 @@ fn stage(entries: &BTreeMap<String, Arc<Document>>, ops: &[StagedOp], events: bo
 /// What a commit replaced in memory, to be freed once the store lock is released.
 #[derive(Default)]
 struct Retired {
-    values: Vec<Arc<Document>>,
-    entries: Option<BTreeMap<String, Arc<Document>>>,
+    values: Vec<Arc<Stored>>,
+    entries: Option<BTreeMap<String, Arc<Stored>>>,
 }
 
 /// Before-images of one commit, kept while a transaction that started before it is open.
 pub(crate) struct HistoryRecord {
     seq: u64,
     /// The whole state before a clear (or a reload), when the commit had one.
-    cleared_before: Option<Arc<BTreeMap<String, Arc<Document>>>>,
+    cleared_before: Option<Arc<BTreeMap<String, Arc<Stored>>>>,
     /// The previous value of every key the commit wrote.
-    before: HashMap<String, Option<Arc<Document>>>,
+    before: HashMap<String, Option<Arc<Stored>>>,
 }
 
 /// What a read-write transaction read, checked against later commits at its commit.
@@ -174,7 +174,7 @@ pub(crate) struct ReadSet<'a> {
 
 /// Everything behind the state lock.
 pub(crate) struct State {
-    entries: BTreeMap<String, Arc<Document>>,
+    entries: BTreeMap<String, Arc<Stored>>,
     indexes: IndexSet,
     /// `None` once closed, and always for a read-only handle.
     journal: Option<JournalWriter>,
@@ -263,7 +263,11 @@ impl State {
                 None => self.entries.remove(key),
             };
             if !self.indexes.is_empty() {
-                self.indexes.update(key, prev.as_deref(), value.as_deref());
+                self.indexes.update(
+                    key,
+                    prev.as_deref().map(Stored::doc),
+                    value.as_deref().map(Stored::doc),
+                );
             }
             if keep && !commit.cleared {
                 record.before.insert(key.clone(), prev);
@@ -278,7 +282,7 @@ impl State {
     }
 
     /// The value of `key` as of sequence `start`.
-    pub(crate) fn snapshot_get(&self, start: u64, key: &str) -> Option<Arc<Document>> {
+    pub(crate) fn snapshot_get(&self, start: u64, key: &str) -> Option<Arc<Stored>> {
         for record in self.history.iter().filter(|h| h.seq > start) {
             if let Some(old) = &record.cleared_before {
                 return old.get(key).cloned();
@@ -291,8 +295,8 @@ impl State {
     }
 
     /// Every entry as of sequence `start`.
-    pub(crate) fn snapshot_all(&self, start: u64) -> BTreeMap<String, Arc<Document>> {
-        let mut overlay: HashMap<&str, &Option<Arc<Document>>> = HashMap::new();
+    pub(crate) fn snapshot_all(&self, start: u64) -> BTreeMap<String, Arc<Stored>> {
+        let mut overlay: HashMap<&str, &Option<Arc<Stored>>> = HashMap::new();
         let mut base = &self.entries;
         for record in self.history.iter().filter(|h| h.seq > start) {
             if let Some(old) = &record.cleared_before {
@@ -303,7 +307,7 @@ impl State {
                 overlay.entry(k.as_str()).or_insert(v);
             }
         }
-        let mut view: BTreeMap<String, Arc<Document>> = base
+        let mut view: BTreeMap<String, Arc<Stored>> = base
             .iter()
             .filter(|(k, _)| !overlay.contains_key(k.as_str()))
             .map(|(k, v)| (k.clone(), Arc::clone(v)))
@@ -391,8 +395,8 @@ impl<T> std::fmt::Debug for JsonStorage<T> {
     }
 }
 
-fn decode<T: DeserializeOwned>(doc: &Document, key: &str) -> Result<T> {
-    T::deserialize(doc).map_err(|e| {
+pub(crate) fn decode<T: DeserializeOwned>(stored: &Stored, key: &str) -> Result<T> {
+    stored.decode().map_err(|e| {
         StorageError::new(
             ErrorCode::SerializationFailed,
             format!("stored value does not fit the handle's type: {e}"),
@@ -403,8 +407,8 @@ fn decode<T: DeserializeOwned>(doc: &Document, key: &str) -> Result<T> {
     })
 }
 
-fn encode<T: StorageValue>(value: &T, key: &str) -> Result<Arc<Document>> {
-    to_document(value).map(Arc::new).map_err(|e| {
+pub(crate) fn encode<T: StorageValue>(value: &T, key: &str) -> Result<Arc<Stored>> {
+    Stored::encode(value).map(Arc::new).map_err(|e| {
         e.with_backend(BACKEND)
             .with_context("key", key.escape_debug())
     })
@@ -412,7 +416,7 @@ fn encode<T: StorageValue>(value: &T, key: &str) -> Result<Arc<Document>> {
 
 /// What loading the files from disk produced.
 struct Loaded {
-    entries: BTreeMap<String, Arc<Document>>,
+    entries: BTreeMap<String, Arc<Stored>>,
     /// The index definitions of the main file with the journal's changes applied.
     indexes: Vec<IndexDefinition>,
     seq: u64,
@@ -425,7 +429,7 @@ struct Loaded {
     torn_at: Option<u64>,
 }
 
-fn apply_to(entries: &mut BTreeMap<String, Arc<Document>>, commit: Commit) {
+fn apply_to(entries: &mut BTreeMap<String, Arc<Stored>>, commit: Commit) {
     if commit.cleared {
         entries.clear();
     }
@@ -506,7 +510,7 @@ fn load(paths: &Paths) -> Result<Loaded, JsonError> {
 /// entries (edited by hand) break, with the main file named.
 fn build_indexes(
     definitions: &[IndexDefinition],
-    entries: &BTreeMap<String, Arc<Document>>,
+    entries: &BTreeMap<String, Arc<Stored>>,
     file: &Path,
 ) -> Result<IndexSet> {
     let mut set = IndexSet::new();
@@ -552,7 +556,7 @@ impl serde::Serialize for LiveEntries<'_> {
         let mut map = serializer.serialize_map(None)?;
         let mut after: Option<String> = None;
         loop {
-            let chunk: Vec<(String, Arc<Document>)> = {
+            let chunk: Vec<(String, Arc<Stored>)> = {
                 let st = self.state.read().unwrap_or_else(PoisonError::into_inner);
                 let lower = after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
                 st.entries
@@ -1355,9 +1359,16 @@ impl<T: StorageValue> Inner<T> {
             }
             return Ok((result, None));
         }
-        st.indexes
-            .check_unique(&commit.writes, commit.cleared)
-            .map_err(|e| e.with_backend(BACKEND))?;
+        if !st.indexes.is_empty() {
+            let docs: BTreeMap<String, Option<&Document>> = commit
+                .writes
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_deref().map(Stored::doc)))
+                .collect();
+            st.indexes
+                .check_unique(&docs, commit.cleared)
+                .map_err(|e| e.with_backend(BACKEND))?;
+        }
         let seq = st.seq + 1;
         self.journal_line(&mut st, seq, &encoded)?;
         st.seq = seq;
@@ -1408,7 +1419,7 @@ impl<T: StorageValue> Inner<T> {
     /// state lock is held, so the outbox order is the commit order).
     fn queue(&self, _st: &State, seq: u64, events: Vec<EventOp>) {
         let now = SystemTime::now();
-        let dec = |doc: &Arc<Document>, key: &str| decode::<T>(doc, key).ok().map(Arc::new);
+        let dec = |doc: &Arc<Stored>, key: &str| decode::<T>(doc, key).ok().map(Arc::new);
         let mut changes = Vec::new();
         let mut after = Vec::new();
         for event in events {
@@ -1652,7 +1663,7 @@ impl<T: StorageValue> JsonStorage<T> {
         Ok(())
     }
 
-    fn snapshot<R>(&self, f: impl FnOnce(&BTreeMap<String, Arc<Document>>) -> R) -> Result<R> {
+    fn snapshot<R>(&self, f: impl FnOnce(&BTreeMap<String, Arc<Stored>>) -> R) -> Result<R> {
         self.inner.with_state(|st| f(&st.entries))
     }
 
@@ -1875,7 +1886,7 @@ impl<T: StorageValue> QueryableStorage<T> for JsonStorage<T> {
 
     async fn aggregate(&self, pipeline: &[AggregateStage]) -> Result<Vec<Document>> {
         self.inner
-            .with_state(|st| aggregate(pipeline, st.entries.values().map(|d| &**d)))?
+            .with_state(|st| aggregate(pipeline, st.entries.values().map(|d| d.doc())))?
             .map_err(|e| e.with_operation("aggregate").with_backend(BACKEND))
     }
 }
@@ -1992,8 +2003,8 @@ impl<T: StorageValue> TransactionalStorage<T> for JsonStorage<T> {
 storage_core::observable_via_hub!(JsonStorage, BACKEND, |store| &store.inner.hub);
 
 /// An entry as the evaluator and the index set take it.
-fn pair<'a>((key, doc): (&'a String, &'a Arc<Document>)) -> (&'a str, &'a Document) {
-    (key.as_str(), doc.as_ref())
+fn pair<'a>((key, doc): (&'a String, &'a Arc<Stored>)) -> (&'a str, &'a Document) {
+    (key.as_str(), doc.doc())
 }
 
 /// The paths a store at `file` uses: main file, journal, lock file, temp file.

@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use storage_core::{Document, IndexDefinition};
 
 use crate::error::JsonError;
+use crate::value::Stored;
 
 /// The `format` tag of the main file.
 pub(crate) const FORMAT: &str = "storage-json/1";
@@ -80,7 +81,7 @@ impl Paths {
 pub(crate) struct Commit {
     pub(crate) index_ops: Vec<IndexOp>,
     pub(crate) cleared: bool,
-    pub(crate) writes: BTreeMap<String, Option<Arc<Document>>>,
+    pub(crate) writes: BTreeMap<String, Option<Arc<Stored>>>,
 }
 
 /// A change to the set of index definitions, journaled like a write.
@@ -196,7 +197,7 @@ pub(crate) fn encode_ops(commit: &Commit) -> Result<Vec<u8>, serde_json::Error> 
             buf.extend_from_slice(b"{\"op\":\"set\",\"key\":");
             serde_json::to_writer(&mut buf, key)?;
             buf.extend_from_slice(b",\"value\":");
-            serde_json::to_writer(&mut buf, &**doc)?;
+            doc.write_compact(&mut buf)?;
         } else {
             buf.extend_from_slice(b"{\"op\":\"delete\",\"key\":");
             serde_json::to_writer(&mut buf, key)?;
@@ -262,7 +263,9 @@ fn decode_line(line: &[u8]) -> Result<Record, LineError> {
         match op {
             RawOp::Set { key, value } => {
                 check_key(&key).map_err(Invalid)?;
-                commit.writes.insert(key, Some(Arc::new(value)));
+                commit
+                    .writes
+                    .insert(key, Some(Arc::new(Stored::from_doc(value))));
             }
             RawOp::Delete { key } => {
                 check_key(&key).map_err(Invalid)?;
@@ -414,7 +417,7 @@ pub(crate) fn read_journal(path: &Path) -> Result<Replay, JsonError> {
 #[derive(Debug, Default)]
 pub(crate) struct MainFile {
     pub(crate) indexes: Vec<IndexDefinition>,
-    pub(crate) entries: BTreeMap<String, Arc<Document>>,
+    pub(crate) entries: BTreeMap<String, Arc<Stored>>,
     pub(crate) seq: u64,
     pub(crate) len: u64,
 }
@@ -489,7 +492,7 @@ pub(crate) fn read_main(path: &Path) -> Result<Option<MainFile>, JsonError> {
                 why,
             ));
         }
-        entries.insert(key, Arc::new(value));
+        entries.insert(key, Arc::new(Stored::from_doc(value)));
     }
     Ok(Some(MainFile {
         indexes: raw.indexes,
@@ -532,7 +535,7 @@ pub(crate) fn to_u64(n: usize) -> u64 {
     u64::try_from(n).unwrap_or(u64::MAX)
 }
 
-struct EntriesRef<'a>(&'a BTreeMap<String, Arc<Document>>);
+struct EntriesRef<'a>(&'a BTreeMap<String, Arc<Stored>>);
 
 impl Serialize for EntriesRef<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -560,7 +563,7 @@ struct MainRef<'a, E> {
 /// returned, so a crash anywhere in between leaves a readable pair of files.
 pub(crate) fn write_main(
     paths: &Paths,
-    entries: &BTreeMap<String, Arc<Document>>,
+    entries: &BTreeMap<String, Arc<Stored>>,
     indexes: &[IndexDefinition],
     seq: u64,
     pretty: bool,
@@ -1336,7 +1339,12 @@ mod tests {
             cleared: false,
             writes: pairs
                 .iter()
-                .map(|(k, v)| ((*k).to_owned(), v.clone().map(Arc::new)))
+                .map(|(k, v)| {
+                    (
+                        (*k).to_owned(),
+                        v.clone().map(|d| Arc::new(Stored::from_doc(d))),
+                    )
+                })
                 .collect(),
         }
     }
@@ -1352,7 +1360,7 @@ mod tests {
         assert_eq!(r.seq, 7);
         assert_eq!(r.commit.writes.len(), 2);
         assert_eq!(
-            r.commit.writes["a"].as_deref(),
+            r.commit.writes["a"].as_deref().map(Stored::doc),
             Some(&json!({"x": [1, 2.5, "é"]}))
         );
         assert!(r.commit.writes["b"].is_none());

@@ -240,6 +240,7 @@ mod config;
 mod error;
 mod journal;
 mod transaction;
+mod value;
 
 pub use backend::{JsonStorage, files_of};
 pub use config::{Durability, JsonConfig, JsonConfigExt, LockMode};
