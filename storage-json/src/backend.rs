@@ -156,6 +156,15 @@ struct Retired {
     entries: Option<BTreeMap<String, Arc<Stored>>>,
 }
 
+/// What a commit replaced in memory and the commit itself, freed by its writer
+/// outside the store lock (see [`Inner::wait_synced`]).
+#[derive(Default)]
+#[allow(dead_code)] // held only to be dropped at the right moment
+pub(crate) struct Garbage {
+    retired: Retired,
+    commit: Commit,
+}
+
 /// Before-images of one commit, kept while a transaction that started before it is open.
 pub(crate) struct HistoryRecord {
     seq: u64,
@@ -1314,12 +1323,13 @@ impl<T: StorageValue> Inner<T> {
     }
 
     /// Validates (for a transaction), stages, journals and applies a commit;
-    /// queues its events. Returns the group-commit wait, if any.
+    /// queues its events. Returns the group-commit wait, if any, and what the commit
+    /// replaced in memory, for the caller to free outside the store lock.
     pub(crate) fn commit_now(
         &self,
         ops: &[StagedOp],
         reads: Option<&ReadSet<'_>>,
-    ) -> Result<(BatchResult, Option<SyncWait>)> {
+    ) -> Result<(BatchResult, Option<SyncWait>, Garbage)> {
         // The commit (the final value of each key written) and its journal line
         // depend on `ops` only, not on the state, so they are built before the store
         // lock is taken: concurrent writers serialize their values in parallel.
@@ -1357,7 +1367,7 @@ impl<T: StorageValue> Inner<T> {
             if events {
                 self.queue(&st, 0, event_ops);
             }
-            return Ok((result, None));
+            return Ok((result, None, Garbage::default()));
         }
         if !st.indexes.is_empty() {
             let docs: BTreeMap<String, Option<&Document>> = commit
@@ -1379,9 +1389,7 @@ impl<T: StorageValue> Inner<T> {
         }
         self.maybe_compact(&mut st);
         drop(st);
-        // Freed without the lock: the replaced documents and the commit's keys.
-        drop((retired, commit));
-        Ok((result, waiter))
+        Ok((result, waiter, Garbage { retired, commit }))
     }
 
     /// Journals an index definition change as a record of its own and drops the
@@ -1533,16 +1541,32 @@ impl<T: StorageValue> Inner<T> {
         ops: &[StagedOp],
         reads: Option<&ReadSet<'_>>,
     ) -> Result<BatchResult> {
-        let (result, waiter) = self.commit_now(ops, reads)?;
+        let (result, waiter, garbage) = self.commit_now(ops, reads)?;
         self.drain_outbox();
-        if let Some(rx) = waiter {
-            self.wait_synced(rx).await?;
+        match waiter {
+            Some(rx) => self.wait_synced(rx, garbage).await?,
+            None => drop(garbage),
         }
         Ok(result)
     }
 
-    async fn wait_synced(&self, wait: SyncWait) -> Result<()> {
-        if let Err(why) = wait.await {
+    /// Waits for the group commit covering a record, and frees `garbage` once the
+    /// wait is registered.
+    ///
+    /// Freeing what a commit replaced is work a writer need not do before its group
+    /// can close: a group's fsync starts when its writers have registered, and
+    /// every one of them then waits for it. Done after registering, the freeing runs
+    /// while the fsync does, on cores that would otherwise wait.
+    async fn wait_synced(&self, wait: SyncWait, garbage: Garbage) -> Result<()> {
+        let mut wait = wait;
+        let mut garbage = Some(garbage);
+        let outcome = std::future::poll_fn(|cx| {
+            let poll = std::pin::Pin::new(&mut wait).poll(cx);
+            drop(garbage.take());
+            poll
+        })
+        .await;
+        if let Err(why) = outcome {
             self.write().poisoned = Some(why.clone());
             return Err(JsonError::io("fsync", &self.paths.journal, io::Error::other(why)).into());
         }
@@ -1921,7 +1945,7 @@ impl<T: StorageValue> IndexedStorage<T> for JsonStorage<T> {
                 }
             };
             if let Some(rx) = waiter {
-                self.inner.wait_synced(rx).await?;
+                self.inner.wait_synced(rx, Garbage::default()).await?;
             }
             Ok(())
         };
@@ -1946,7 +1970,7 @@ impl<T: StorageValue> IndexedStorage<T> for JsonStorage<T> {
                 }
             };
             if let Some(rx) = waiter {
-                self.inner.wait_synced(rx).await?;
+                self.inner.wait_synced(rx, Garbage::default()).await?;
             }
             Ok(true)
         };
