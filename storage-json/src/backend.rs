@@ -28,12 +28,39 @@ use crate::config::{Durability, JsonConfig, LockMode, check};
 use crate::error::JsonError;
 use crate::journal::{
     self, Commit, FlushHook, GroupSync, IndexOp, JournalWriter, Paths, SyncWait, apply_index_ops,
-    encode_ops, read_journal, read_main, truncate_file, write_main,
+    encode_ops, encode_ops_into, read_journal, read_main, truncate_file, write_main,
 };
 use crate::transaction::JsonTransaction;
 use crate::value::Stored;
 
 const BACKEND: &str = "json";
+
+thread_local! {
+    /// The buffer a thread encodes a commit's journal operations into, reused.
+    static OPS_SCRATCH: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// The largest encoding buffer a thread keeps for its next commit.
+const OPS_SCRATCH_KEPT: usize = 64 << 10;
+
+/// Returns an encoding buffer to [`OPS_SCRATCH`] when dropped.
+struct ScratchGuard(Vec<u8>);
+
+impl std::ops::Deref for ScratchGuard {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for ScratchGuard {
+    fn drop(&mut self) {
+        if self.0.capacity() <= OPS_SCRATCH_KEPT {
+            OPS_SCRATCH.set(std::mem::take(&mut self.0));
+        }
+    }
+}
 
 /// One operation of a commit, with its value already encoded.
 #[derive(Debug, Clone)]
@@ -152,8 +179,20 @@ fn stage(entries: &BTreeMap<String, Arc<Stored>>, ops: &[StagedOp], events: bool
 /// What a commit replaced in memory, to be freed once the store lock is released.
 #[derive(Default)]
 struct Retired {
+    /// The first value replaced: a single set needs no `Vec`.
+    value: Option<Arc<Stored>>,
     values: Vec<Arc<Stored>>,
     entries: Option<BTreeMap<String, Arc<Stored>>>,
+}
+
+impl Retired {
+    fn push(&mut self, replaced: Option<Arc<Stored>>) {
+        if self.value.is_none() {
+            self.value = replaced;
+        } else {
+            self.values.extend(replaced);
+        }
+    }
 }
 
 /// What a commit replaced in memory and the commit itself, freed by its writer
@@ -281,7 +320,7 @@ impl State {
             if keep && !commit.cleared {
                 record.before.insert(key.clone(), prev);
             } else {
-                retired.values.extend(prev);
+                retired.push(prev);
             }
         }
         if keep {
@@ -1334,11 +1373,15 @@ impl<T: StorageValue> Inner<T> {
         // depend on `ops` only, not on the state, so they are built before the store
         // lock is taken: concurrent writers serialize their values in parallel.
         let mut commit = stage(&BTreeMap::new(), ops, false).commit;
-        let encoded = encode_ops(&commit).map_err(|e| {
+        let mut encoded = OPS_SCRATCH.take();
+        encoded.clear();
+        encode_ops_into(&commit, &mut encoded).map_err(|e| {
             StorageError::new(ErrorCode::SerializationFailed, e.to_string())
                 .with_backend(BACKEND)
                 .with_source(e)
         })?;
+        // Handed back on every path out, so the thread reuses its memory.
+        let encoded = ScratchGuard(encoded);
         let mut st = self.write();
         st.ensure_writable()?;
         if let Some(reads) = reads {
@@ -1674,6 +1717,25 @@ fn event_key(e: &EventOp) -> &str {
     }
 }
 
+/// Runs a write operation's future inside its debug span, when the config's `debug`
+/// is on. When it is off the future runs bare: entering and leaving even a disabled
+/// span on every poll measured about 3 % of a group-committed set's CPU time.
+trait Traced: Future + Sized {
+    async fn traced<T: StorageValue>(
+        self,
+        store: &JsonStorage<T>,
+        operation: &'static str,
+    ) -> Self::Output {
+        if store.inner.config.common.debug {
+            self.instrument(store.span(operation)).await
+        } else {
+            self.await
+        }
+    }
+}
+
+impl<F: Future> Traced for F {}
+
 impl<T: StorageValue> JsonStorage<T> {
     /// A debug span around one operation when the config's `debug` is on.
     fn span(&self, operation: &'static str) -> tracing::Span {
@@ -1801,7 +1863,7 @@ impl<T: StorageValue> Storage<T> for JsonStorage<T> {
                 .await
                 .map(|_| ())
         }
-        .instrument(self.span("set"))
+        .traced(self, "set")
         .await
         .map_err(|e| e.with_operation("set"))
     }
@@ -1816,7 +1878,7 @@ impl<T: StorageValue> Storage<T> for JsonStorage<T> {
                 .await?;
             Ok::<_, StorageError>(result.deleted > 0)
         }
-        .instrument(self.span("delete"))
+        .traced(self, "delete")
         .await
         .map_err(|e| e.with_operation("delete"))
     }
@@ -1835,7 +1897,7 @@ impl<T: StorageValue> Storage<T> for JsonStorage<T> {
                 .await
                 .map(|_| ())
         }
-        .instrument(self.span("clear"))
+        .traced(self, "clear")
         .await
         .map_err(|e| e.with_operation("clear"))
     }
@@ -1884,7 +1946,7 @@ impl<T: StorageValue> BatchStorage<T> for JsonStorage<T> {
             }
             self.inner.commit_ops(&ops, None).await
         }
-        .instrument(self.span("batch"))
+        .traced(self, "batch")
         .await
         .map_err(|e| e.with_operation("batch"))
     }

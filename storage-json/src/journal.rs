@@ -163,6 +163,12 @@ pub(crate) fn write_record(buf: &mut Vec<u8>, seq: u64, ops: &[u8]) {
 pub(crate) fn encode_ops(commit: &Commit) -> Result<Vec<u8>, serde_json::Error> {
     // Room for a small document per write, so a typical record needs no reallocation.
     let mut buf = Vec::with_capacity(commit.writes.len().saturating_mul(256) + 64);
+    encode_ops_into(commit, &mut buf)?;
+    Ok(buf)
+}
+
+/// [`encode_ops`] into a buffer of the caller's (appended to it).
+pub(crate) fn encode_ops_into(commit: &Commit, buf: &mut Vec<u8>) -> Result<(), serde_json::Error> {
     let mut first = true;
     for op in &commit.index_ops {
         if !first {
@@ -172,11 +178,11 @@ pub(crate) fn encode_ops(commit: &Commit) -> Result<Vec<u8>, serde_json::Error> 
         match op {
             IndexOp::Create(definition) => {
                 buf.extend_from_slice(b"{\"op\":\"create_index\",\"index\":");
-                serde_json::to_writer(&mut buf, definition)?;
+                serde_json::to_writer(&mut *buf, definition)?;
             }
             IndexOp::Drop(name) => {
                 buf.extend_from_slice(b"{\"op\":\"drop_index\",\"name\":");
-                serde_json::to_writer(&mut buf, name)?;
+                serde_json::to_writer(&mut *buf, name)?;
             }
         }
         buf.push(b'}');
@@ -195,16 +201,16 @@ pub(crate) fn encode_ops(commit: &Commit) -> Result<Vec<u8>, serde_json::Error> 
         first = false;
         if let Some(doc) = value {
             buf.extend_from_slice(b"{\"op\":\"set\",\"key\":");
-            serde_json::to_writer(&mut buf, key)?;
+            serde_json::to_writer(&mut *buf, key)?;
             buf.extend_from_slice(b",\"value\":");
-            doc.write_compact(&mut buf)?;
+            doc.write_compact(buf)?;
         } else {
             buf.extend_from_slice(b"{\"op\":\"delete\",\"key\":");
-            serde_json::to_writer(&mut buf, key)?;
+            serde_json::to_writer(&mut *buf, key)?;
         }
         buf.push(b'}');
     }
-    Ok(buf)
+    Ok(())
 }
 
 #[derive(Deserialize)]

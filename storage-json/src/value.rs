@@ -24,14 +24,16 @@ use storage_core::Document;
 /// the document (the files were parsed into it); values written since hold the text,
 /// and gain the document when something reads the tree.
 pub(crate) struct Stored {
-    text: Option<Box<str>>,
+    /// UTF-8 by construction (the encoder writes `str`s and ASCII only), kept as
+    /// bytes so that nothing validates it again.
+    text: Option<Box<[u8]>>,
     doc: OnceLock<Document>,
 }
 
 impl fmt::Debug for Stored {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (&self.text, self.doc.get()) {
-            (Some(text), _) => f.write_str(text),
+            (Some(text), _) => f.write_str(&String::from_utf8_lossy(text)),
             (None, Some(doc)) => write!(f, "{doc}"),
             (None, None) => f.write_str("null"),
         }
@@ -48,7 +50,7 @@ impl Stored {
     }
 
     /// A value serialized by [`Encoder`].
-    fn from_text(text: &str) -> Self {
+    fn from_text(text: &[u8]) -> Self {
         Self {
             text: Some(Box::from(text)),
             doc: OnceLock::new(),
@@ -82,10 +84,10 @@ impl Stored {
     /// The document, parsed from the text the first time it is needed.
     pub(crate) fn doc(&self) -> &Document {
         self.doc.get_or_init(|| {
-            let text = self.text.as_deref().unwrap_or("null");
+            let text = self.text.as_deref().unwrap_or(b"null");
             // The text is `Encoder`'s output: valid JSON, nested at most
             // `MAX_DEPTH` deep, so it parses (the default is never used).
-            serde_json::from_str(text).unwrap_or_else(|e| {
+            serde_json::from_slice(text).unwrap_or_else(|e| {
                 tracing::error!(error = %e, "a stored value's text does not parse");
                 Document::Null
             })
@@ -101,7 +103,7 @@ impl Stored {
             return T::deserialize(doc);
         }
         match &self.text {
-            Some(text) => serde_json::from_str(text),
+            Some(text) => serde_json::from_slice(text),
             None => T::deserialize(self.doc()),
         }
     }
@@ -113,7 +115,7 @@ impl Stored {
     pub(crate) fn write_compact(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
         match (&self.text, self.doc.get()) {
             (Some(text), _) => {
-                out.extend_from_slice(text.as_bytes());
+                out.extend_from_slice(text);
                 Ok(())
             }
             (None, Some(doc)) => serde_json::to_writer(out, doc),
@@ -143,8 +145,8 @@ impl Serialize for Stored {
         if let Some(doc) = self.doc.get() {
             return doc.serialize(serializer);
         }
-        let text = self.text.as_deref().unwrap_or("null");
-        let doc: Document = serde_json::from_str(text).map_err(ser::Error::custom)?;
+        let text = self.text.as_deref().unwrap_or(b"null");
+        let doc: Document = serde_json::from_slice(text).map_err(ser::Error::custom)?;
         doc.serialize(serializer)
     }
 }
@@ -209,7 +211,7 @@ const SCRATCH_KEPT: usize = 64 << 10;
 
 impl Encoder {
     /// The canonical text of `value`, or `None` to leave it to `to_document`.
-    fn encode<T: Serialize + ?Sized>(&mut self, value: &T) -> Option<&str> {
+    fn encode<T: Serialize + ?Sized>(&mut self, value: &T) -> Option<&[u8]> {
         self.out.clear();
         self.members.clear();
         self.keys.clear();
@@ -218,7 +220,7 @@ impl Encoder {
             *self = Self::default();
         }
         value.serialize(&mut *self).ok()?;
-        std::str::from_utf8(&self.out).ok()
+        Some(&self.out)
     }
 
     fn json(&mut self) -> serde_json::Serializer<&mut Vec<u8>> {
@@ -858,7 +860,9 @@ mod tests {
     }
 
     fn fast<T: Serialize>(value: &T) -> Option<String> {
-        Encoder::default().encode(value).map(str::to_owned)
+        Encoder::default()
+            .encode(value)
+            .and_then(|t| String::from_utf8(t.to_vec()).ok())
     }
 
     /// The fast text, where there is one, is the document's text byte for byte.
