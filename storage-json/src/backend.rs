@@ -5,7 +5,7 @@ use std::fs::TryLockError as FileLockError;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -30,6 +30,8 @@ use crate::journal::{
     self, Commit, FlushHook, GroupSync, IndexOp, JournalWriter, Paths, SyncWait, apply_index_ops,
     encode_ops, encode_ops_into, read_journal, read_main, truncate_file, write_main,
 };
+use storage_core::codec::to_document;
+
 use crate::transaction::JsonTransaction;
 use crate::value::Stored;
 
@@ -417,6 +419,9 @@ pub(crate) struct Inner<T> {
     queued: AtomicUsize,
     publishing: Mutex<()>,
     next_tx: AtomicU64,
+    /// Whether the store has indexes, as of the last commit or index change: a hint,
+    /// read without the lock, for how to encode values (see [`encode`]).
+    indexed: AtomicBool,
 }
 
 /// A human-readable JSON-file store with an append-only journal.
@@ -455,8 +460,20 @@ pub(crate) fn decode<T: DeserializeOwned>(stored: &Stored, key: &str) -> Result<
     })
 }
 
-pub(crate) fn encode<T: StorageValue>(value: &T, key: &str) -> Result<Arc<Stored>> {
-    Stored::encode(value).map(Arc::new).map_err(|e| {
+/// Encodes a value for a commit.
+///
+/// Without indexes, as its canonical text ([`Stored::encode`]): the journal line's
+/// value and the stored form in one. With indexes every commit needs the document
+/// too (the indexes read it, under the store lock), so the value is built as a
+/// document ([`to_document`]) as it always was, rather than written as text and
+/// parsed back. `indexed` is a hint: either form is correct whatever the indexes.
+pub(crate) fn encode<T: StorageValue>(value: &T, key: &str, indexed: bool) -> Result<Arc<Stored>> {
+    let stored = if indexed {
+        to_document(value).map(Stored::from_doc)
+    } else {
+        Stored::encode(value)
+    };
+    stored.map(Arc::new).map_err(|e| {
         e.with_backend(BACKEND)
             .with_context("key", key.escape_debug())
     })
@@ -982,6 +999,7 @@ impl<T: StorageValue> JsonStorage<T> {
         )?
         .buffered(grouped);
         let sync_file = journal.clone_file()?;
+        let has_indexes = !indexes.is_empty();
         let state = Arc::new(RwLock::new(State {
             entries: loaded.entries,
             indexes,
@@ -1023,6 +1041,7 @@ impl<T: StorageValue> JsonStorage<T> {
                 queued: AtomicUsize::new(0),
                 publishing: Mutex::new(()),
                 next_tx: AtomicU64::new(1),
+                indexed: AtomicBool::new(has_indexes),
             }),
         })
     }
@@ -1065,6 +1084,7 @@ impl<T: StorageValue> JsonStorage<T> {
                 )
             })??;
             let indexes = build_indexes(&loaded.indexes, &loaded.entries, &paths.main)?;
+            let has_indexes = !indexes.is_empty();
             let state = State {
                 entries: loaded.entries,
                 indexes,
@@ -1091,6 +1111,7 @@ impl<T: StorageValue> JsonStorage<T> {
                     queued: AtomicUsize::new(0),
                     publishing: Mutex::new(()),
                     next_tx: AtomicU64::new(1),
+                    indexed: AtomicBool::new(has_indexes),
                 }),
             })
         }
@@ -1331,6 +1352,19 @@ impl<T: StorageValue> Inner<T> {
         &self.hub
     }
 
+    /// Whether the store had indexes at the last commit or index change.
+    pub(crate) fn indexed(&self) -> bool {
+        self.indexed.load(Ordering::Relaxed)
+    }
+
+    /// Updates [`Inner::indexed`] from the state (under its lock).
+    fn note_indexes(&self, st: &State) {
+        let indexed = !st.indexes.is_empty();
+        if self.indexed() != indexed {
+            self.indexed.store(indexed, Ordering::Relaxed);
+        }
+    }
+
     pub(crate) fn next_tx_id(&self) -> u64 {
         self.next_tx.fetch_add(1, Ordering::Relaxed)
     }
@@ -1382,7 +1416,14 @@ impl<T: StorageValue> Inner<T> {
         })?;
         // Handed back on every path out, so the thread reuses its memory.
         let encoded = ScratchGuard(encoded);
+        if self.indexed() {
+            // The indexes read the documents under the lock: parse any held as text here.
+            for stored in commit.writes.values().flatten() {
+                stored.doc();
+            }
+        }
         let mut st = self.write();
+        self.note_indexes(&st);
         st.ensure_writable()?;
         if let Some(reads) = reads {
             st.validate(reads)?;
@@ -1697,6 +1738,7 @@ impl<T: StorageValue> Inner<T> {
             });
         }
         st.indexes = indexes;
+        self.note_indexes(&st);
         st.seq = seq;
         if !st.read_only {
             // The files' numbering no longer matches this handle's (a restored backup may
@@ -1782,11 +1824,13 @@ impl<T: StorageValue> JsonStorage<T> {
     fn prepare(&self, operations: &[Operation<T>]) -> Result<Vec<StagedOp>> {
         validate_keys(operations.iter().filter_map(Operation::key))?;
         let hooks = self.inner.hub.has_before_hooks();
+        let indexed = self.inner.indexed();
         let mut ops = Vec::with_capacity(operations.len());
         for (i, op) in operations.iter().enumerate() {
             match op {
                 Operation::Set { key, value } => {
-                    let doc = encode(value, key).map_err(|e| e.with_context("index", i))?;
+                    let doc =
+                        encode(value, key, indexed).map_err(|e| e.with_context("index", i))?;
                     if hooks {
                         self.inner.hub.before(&BeforeEvent::Set { key, value })?;
                     }
@@ -1856,7 +1900,7 @@ impl<T: StorageValue> Storage<T> for JsonStorage<T> {
     async fn set(&self, key: &str, value: &T) -> Result<()> {
         async {
             validate_key(key)?;
-            let doc = encode(value, key)?;
+            let doc = encode(value, key, self.inner.indexed())?;
             self.run_before(&BeforeEvent::Set { key, value })?;
             self.inner
                 .commit_ops(&[StagedOp::Set(key.to_owned(), doc)], None)
@@ -1991,6 +2035,7 @@ impl<T: StorageValue> IndexedStorage<T> for JsonStorage<T> {
                 let created = indexes
                     .create(definition.clone(), entries.iter().map(pair))
                     .map_err(|e| e.with_backend(BACKEND))?;
+                self.inner.note_indexes(&st);
                 if !created || st.read_only {
                     // A read-only handle's index lives in its memory only.
                     return Ok(());
@@ -2002,6 +2047,7 @@ impl<T: StorageValue> IndexedStorage<T> for JsonStorage<T> {
                     Ok(waiter) => waiter,
                     Err(e) => {
                         st.indexes.drop_index(&name);
+                        self.inner.note_indexes(&st);
                         return Err(e);
                     }
                 }
@@ -2023,13 +2069,15 @@ impl<T: StorageValue> IndexedStorage<T> for JsonStorage<T> {
                 if st.indexes.definition(name).is_none() {
                     return Ok(false);
                 }
-                if st.read_only {
+                let waiter = if st.read_only {
                     st.indexes.drop_index(name);
                     None
                 } else {
                     self.inner
                         .commit_index_op(&mut st, IndexOp::Drop(name.to_owned()))?
-                }
+                };
+                self.inner.note_indexes(&st);
+                waiter
             };
             if let Some(rx) = waiter {
                 self.inner.wait_synced(rx, Garbage::default()).await?;

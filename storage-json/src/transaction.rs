@@ -211,7 +211,7 @@ impl<T: StorageValue> Storage<T> for JsonTransaction<T> {
         validate_key(key)?;
         let mut st = self.lock();
         self.check_writable(&mut st)?;
-        let doc = encode(value, key)?;
+        let doc = encode(value, key, self.inner.indexed())?;
         let hub = self.inner.hub();
         if hub.has_before_hooks() {
             hub.before(&BeforeEvent::Set { key, value })?;
