@@ -650,6 +650,9 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), JsonError> {
 /// `fsync`) serves about a megabyte of records.
 pub(crate) const GROW_CHUNK: u64 = 1 << 20;
 
+/// Zeros for growing the journal's preallocated space.
+static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+
 /// The largest line buffer a [`JournalWriter`] keeps for the next record.
 const SCRATCH_KEPT: usize = 64 << 10;
 
@@ -793,10 +796,17 @@ impl JournalWriter {
     /// (its size, its new blocks) so later appends need only `fdatasync`.
     fn grow(&mut self, end: u64) -> Result<(), JsonError> {
         let target = end.max(self.allocated.saturating_add(GROW_CHUNK));
-        let zeros = vec![0u8; usize::try_from(target - self.allocated).unwrap_or(0)];
         let grown = (|| {
             io::Seek::seek(&mut self.file, io::SeekFrom::Start(self.allocated))?;
-            self.file.write_all(&zeros)?;
+            // Zeros from a static block rather than a megabyte allocated here: this runs
+            // under the store lock, and an allocation that large makes glibc's malloc
+            // first consolidate every small chunk freed since its last one.
+            let mut left = target - self.allocated;
+            while left > 0 {
+                let n = usize::try_from(left).map_or(ZEROS.len(), |l| l.min(ZEROS.len()));
+                self.file.write_all(&ZEROS[..n])?;
+                left -= to_u64(n);
+            }
             self.file.sync_all()
         })();
         // Wherever the write stopped, appends continue at `len`.
