@@ -81,6 +81,12 @@ impl Stored {
         }
     }
 
+    /// Whether the value is held as a document only (read from the files, or built
+    /// as one), not as text.
+    pub(crate) fn is_tree(&self) -> bool {
+        self.text.is_none()
+    }
+
     /// The document, parsed from the text the first time it is needed.
     pub(crate) fn doc(&self) -> &Document {
         self.doc.get_or_init(|| {
