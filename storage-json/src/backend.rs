@@ -214,8 +214,8 @@ pub(crate) struct Garbage {
 }
 
 impl Drop for Garbage {
-    /// Frees what the commit replaced; when that included a document tree, makes
-    /// the allocator tidy up the small chunks just freed, now.
+    /// Frees what the commit replaced; when that included a document tree replaced
+    /// by text, makes the allocator tidy up the small chunks just freed, now.
     ///
     /// A value loaded from the files is a tree of small allocations (one per field
     /// name, string and array), and its first overwrite frees them all while the set
@@ -227,7 +227,10 @@ impl Drop for Garbage {
     /// allocation right after freeing a tree consolidates only that tree's chunks.
     /// Values held as text need none of this: the next set reuses their chunks.
     fn drop(&mut self) {
-        let freed_tree = self.retired.frees_tree();
+        // A tree replaced by a tree (indexed stores build documents) leaves chunks
+        // of the sizes the next set allocates again: nothing piles up.
+        let freed_tree = self.retired.frees_tree()
+            && self.commit.writes.values().flatten().any(|v| !v.is_tree());
         self.retired = Retired::default();
         self.commit = Commit::default();
         if freed_tree {
