@@ -135,11 +135,10 @@ impl Stored {
 
 impl PartialEq for Stored {
     fn eq(&self, other: &Self) -> bool {
-        match (&self.text, &other.text) {
-            // Canonical texts are equal exactly when the documents are.
-            (Some(a), Some(b)) => a == b,
-            _ => self.doc() == other.doc(),
-        }
+        // Equal canonical texts are equal documents; unequal ones may still be
+        // (`-0.0` and `0.0` compare equal as numbers), so those go by the documents.
+        matches!((&self.text, &other.text), (Some(a), Some(b)) if a == b)
+            || self.doc() == other.doc()
     }
 }
 
@@ -1050,6 +1049,11 @@ mod tests {
         );
         let loaded = Stored::from_doc(value.clone());
         assert!(loaded == stored);
+        // Equality is the documents', whatever the texts: -0.0 equals 0.0.
+        let zeros = (Stored::encode(&-0.0), Stored::encode(&0.0));
+        assert!(matches!(zeros, (Ok(a), Ok(b)) if a == b));
+        let (one, two) = (Stored::encode(&1), Stored::encode(&2));
+        assert!(matches!((one, two), (Ok(a), Ok(b)) if a != b));
         assert_eq!(
             serde_json::to_string(&loaded).map_err(|e| e.to_string())?,
             serde_json::to_string(&stored).map_err(|e| e.to_string())?
