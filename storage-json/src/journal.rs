@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use storage_core::{Document, IndexDefinition};
 
 use crate::error::JsonError;
+use crate::value::Stored;
 
 /// The `format` tag of the main file.
 pub(crate) const FORMAT: &str = "storage-json/1";
@@ -80,7 +81,7 @@ impl Paths {
 pub(crate) struct Commit {
     pub(crate) index_ops: Vec<IndexOp>,
     pub(crate) cleared: bool,
-    pub(crate) writes: BTreeMap<String, Option<Arc<Document>>>,
+    pub(crate) writes: BTreeMap<String, Option<Arc<Stored>>>,
 }
 
 /// A change to the set of index definitions, journaled like a write.
@@ -162,6 +163,12 @@ pub(crate) fn write_record(buf: &mut Vec<u8>, seq: u64, ops: &[u8]) {
 pub(crate) fn encode_ops(commit: &Commit) -> Result<Vec<u8>, serde_json::Error> {
     // Room for a small document per write, so a typical record needs no reallocation.
     let mut buf = Vec::with_capacity(commit.writes.len().saturating_mul(256) + 64);
+    encode_ops_into(commit, &mut buf)?;
+    Ok(buf)
+}
+
+/// [`encode_ops`] into a buffer of the caller's (appended to it).
+pub(crate) fn encode_ops_into(commit: &Commit, buf: &mut Vec<u8>) -> Result<(), serde_json::Error> {
     let mut first = true;
     for op in &commit.index_ops {
         if !first {
@@ -171,11 +178,11 @@ pub(crate) fn encode_ops(commit: &Commit) -> Result<Vec<u8>, serde_json::Error> 
         match op {
             IndexOp::Create(definition) => {
                 buf.extend_from_slice(b"{\"op\":\"create_index\",\"index\":");
-                serde_json::to_writer(&mut buf, definition)?;
+                serde_json::to_writer(&mut *buf, definition)?;
             }
             IndexOp::Drop(name) => {
                 buf.extend_from_slice(b"{\"op\":\"drop_index\",\"name\":");
-                serde_json::to_writer(&mut buf, name)?;
+                serde_json::to_writer(&mut *buf, name)?;
             }
         }
         buf.push(b'}');
@@ -194,16 +201,16 @@ pub(crate) fn encode_ops(commit: &Commit) -> Result<Vec<u8>, serde_json::Error> 
         first = false;
         if let Some(doc) = value {
             buf.extend_from_slice(b"{\"op\":\"set\",\"key\":");
-            serde_json::to_writer(&mut buf, key)?;
+            serde_json::to_writer(&mut *buf, key)?;
             buf.extend_from_slice(b",\"value\":");
-            serde_json::to_writer(&mut buf, &**doc)?;
+            doc.write_compact(buf)?;
         } else {
             buf.extend_from_slice(b"{\"op\":\"delete\",\"key\":");
-            serde_json::to_writer(&mut buf, key)?;
+            serde_json::to_writer(&mut *buf, key)?;
         }
         buf.push(b'}');
     }
-    Ok(buf)
+    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -262,7 +269,9 @@ fn decode_line(line: &[u8]) -> Result<Record, LineError> {
         match op {
             RawOp::Set { key, value } => {
                 check_key(&key).map_err(Invalid)?;
-                commit.writes.insert(key, Some(Arc::new(value)));
+                commit
+                    .writes
+                    .insert(key, Some(Arc::new(Stored::from_doc(value))));
             }
             RawOp::Delete { key } => {
                 check_key(&key).map_err(Invalid)?;
@@ -414,7 +423,7 @@ pub(crate) fn read_journal(path: &Path) -> Result<Replay, JsonError> {
 #[derive(Debug, Default)]
 pub(crate) struct MainFile {
     pub(crate) indexes: Vec<IndexDefinition>,
-    pub(crate) entries: BTreeMap<String, Arc<Document>>,
+    pub(crate) entries: BTreeMap<String, Arc<Stored>>,
     pub(crate) seq: u64,
     pub(crate) len: u64,
 }
@@ -489,7 +498,7 @@ pub(crate) fn read_main(path: &Path) -> Result<Option<MainFile>, JsonError> {
                 why,
             ));
         }
-        entries.insert(key, Arc::new(value));
+        entries.insert(key, Arc::new(Stored::from_doc(value)));
     }
     Ok(Some(MainFile {
         indexes: raw.indexes,
@@ -532,7 +541,7 @@ pub(crate) fn to_u64(n: usize) -> u64 {
     u64::try_from(n).unwrap_or(u64::MAX)
 }
 
-struct EntriesRef<'a>(&'a BTreeMap<String, Arc<Document>>);
+struct EntriesRef<'a>(&'a BTreeMap<String, Arc<Stored>>);
 
 impl Serialize for EntriesRef<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -560,7 +569,7 @@ struct MainRef<'a, E> {
 /// returned, so a crash anywhere in between leaves a readable pair of files.
 pub(crate) fn write_main(
     paths: &Paths,
-    entries: &BTreeMap<String, Arc<Document>>,
+    entries: &BTreeMap<String, Arc<Stored>>,
     indexes: &[IndexDefinition],
     seq: u64,
     pretty: bool,
@@ -640,6 +649,9 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), JsonError> {
 /// journal commit of the file system on every fsync. One growth (write the zeros,
 /// `fsync`) serves about a megabyte of records.
 pub(crate) const GROW_CHUNK: u64 = 1 << 20;
+
+/// Zeros for growing the journal's preallocated space.
+static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
 
 /// The largest line buffer a [`JournalWriter`] keeps for the next record.
 const SCRATCH_KEPT: usize = 64 << 10;
@@ -784,10 +796,17 @@ impl JournalWriter {
     /// (its size, its new blocks) so later appends need only `fdatasync`.
     fn grow(&mut self, end: u64) -> Result<(), JsonError> {
         let target = end.max(self.allocated.saturating_add(GROW_CHUNK));
-        let zeros = vec![0u8; usize::try_from(target - self.allocated).unwrap_or(0)];
         let grown = (|| {
             io::Seek::seek(&mut self.file, io::SeekFrom::Start(self.allocated))?;
-            self.file.write_all(&zeros)?;
+            // Zeros from a static block rather than a megabyte allocated here: this runs
+            // under the store lock, and an allocation that large makes glibc's malloc
+            // first consolidate every small chunk freed since its last one.
+            let mut left = target - self.allocated;
+            while left > 0 {
+                let n = usize::try_from(left).map_or(ZEROS.len(), |l| l.min(ZEROS.len()));
+                self.file.write_all(&ZEROS[..n])?;
+                left -= to_u64(n);
+            }
             self.file.sync_all()
         })();
         // Wherever the write stopped, appends continue at `len`.
@@ -934,6 +953,11 @@ struct SyncState {
     /// Released writers still to be woken, by the first released writer whose wait
     /// is polled (see [`wake_released`]).
     relay: Vec<Waker>,
+    /// An emptied list of wakers, kept for the next release: the lists of a group
+    /// of 64 take 1 KiB or more, and an allocation that large makes glibc's `malloc`
+    /// consolidate its free lists (the small chunks writers freed since), which the
+    /// reuse avoids once per group.
+    spare: Vec<Waker>,
     /// Why records that no fsync covered will never be: the first fsync (or flush)
     /// failure, or the thread's end. Every later waiter not covered gets it.
     failed: Option<String>,
@@ -1031,12 +1055,17 @@ fn relay_wakes(shared: &SyncShared) {
     if !shared.relay_pending.load(Ordering::Acquire) {
         return;
     }
-    let relay = {
+    let mut relay = {
         let mut st = shared.state();
         shared.relay_pending.store(false, Ordering::Release);
         std::mem::take(&mut st.relay)
     };
-    relay.into_iter().for_each(Waker::wake);
+    relay.drain(..).for_each(Waker::wake);
+    // The emptied list goes back for the next group (see `SyncState::spare`).
+    let mut st = shared.state();
+    if st.spare.capacity() < relay.capacity() {
+        st.spare = relay;
+    }
 }
 
 /// Wakes the writers an fsync released. The thread wakes only one of them and
@@ -1055,7 +1084,15 @@ fn wake_released(shared: &SyncShared, mut woken: Vec<Waker>) {
     let first = woken.pop();
     {
         let mut st = shared.state();
-        st.relay.append(&mut woken);
+        if st.relay.is_empty() {
+            // No allocation: the list itself becomes the relay.
+            std::mem::swap(&mut st.relay, &mut woken);
+        } else {
+            st.relay.append(&mut woken);
+        }
+        if st.spare.capacity() < woken.capacity() {
+            st.spare = woken;
+        }
         shared.relay_pending.store(true, Ordering::Release);
     }
     if let Some(first) = first {
@@ -1132,6 +1169,7 @@ impl GroupSync {
                 synced: 0,
                 waiters: Vec::new(),
                 relay: Vec::new(),
+                spare: Vec::new(),
                 failed: None,
                 oldest: None,
                 last_arrival: Instant::now(),
@@ -1235,11 +1273,12 @@ fn release(
         st.failed.get_or_insert(why);
     }
     let fail_all = st.failed.is_some();
-    let (woken, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut st.waiters)
-        .into_iter()
-        .partition(|(seq, _)| *seq <= synced || fail_all);
-    st.waiters = kept;
-    let woken: Vec<Waker> = woken.into_iter().map(|(_, waker)| waker).collect();
+    let mut woken = std::mem::take(&mut st.spare);
+    woken.extend(
+        st.waiters
+            .extract_if(.., |(seq, _)| *seq <= synced || fail_all)
+            .map(|(_, waker)| waker),
+    );
     if !woken.is_empty() {
         st.expected = woken.len();
     }
@@ -1336,7 +1375,12 @@ mod tests {
             cleared: false,
             writes: pairs
                 .iter()
-                .map(|(k, v)| ((*k).to_owned(), v.clone().map(Arc::new)))
+                .map(|(k, v)| {
+                    (
+                        (*k).to_owned(),
+                        v.clone().map(|d| Arc::new(Stored::from_doc(d))),
+                    )
+                })
                 .collect(),
         }
     }
@@ -1352,7 +1396,7 @@ mod tests {
         assert_eq!(r.seq, 7);
         assert_eq!(r.commit.writes.len(), 2);
         assert_eq!(
-            r.commit.writes["a"].as_deref(),
+            r.commit.writes["a"].as_deref().map(Stored::doc),
             Some(&json!({"x": [1, 2.5, "é"]}))
         );
         assert!(r.commit.writes["b"].is_none());

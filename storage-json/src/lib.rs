@@ -186,7 +186,13 @@
 //! A `set` appends one line and fsyncs (or joins a group): its cost does not grow
 //! with the number of entries (a map insert, the index updates, the encoding of its
 //! own line), and its fsync is the disk's floor for a durable append: `fdatasync` of
-//! a write into preallocated space. Compaction rewrites the whole file; it starts once the
+//! a write into preallocated space. In memory, a value written through the store is
+//! kept as the compact JSON text its journal line holds (serialized once, straight
+//! from the value, with object fields in ascending order as its document has them),
+//! and its document is parsed from that text the first time a query, an index, an
+//! aggregate or an event needs it, then kept beside it; values read from the files
+//! are kept as documents. With indexes, a set builds its document directly (the
+//! indexes read it on every commit). Compaction rewrites the whole file; it starts once the
 //! journal holds `compact_after` records *and* is at least half the main file's
 //! size, so its cost per write stays bounded as the store grows. It runs on a
 //! background thread that reads the entries a chunk at a time under short read
@@ -240,6 +246,7 @@ mod config;
 mod error;
 mod journal;
 mod transaction;
+mod value;
 
 pub use backend::{JsonStorage, files_of};
 pub use config::{Durability, JsonConfig, JsonConfigExt, LockMode};

@@ -17,18 +17,19 @@ use std::time::Instant;
 use async_trait::async_trait;
 use storage_core::events::BeforeEvent;
 use storage_core::{
-    Capabilities, Document, ErrorCode, IsolationLevel, Result, ResultStream, Storage, StorageError,
+    Capabilities, ErrorCode, IsolationLevel, Result, ResultStream, Storage, StorageError,
     StorageValue, Transaction, TransactionOptions, TransactionState, validate_key,
 };
 
-use crate::backend::{Inner, ReadSet, StagedOp, capabilities};
+use crate::backend::{Inner, ReadSet, StagedOp, capabilities, decode, encode};
 use crate::journal::to_u64;
+use crate::value::Stored;
 
 struct TxState {
     state: TransactionState,
     ops: Vec<StagedOp>,
     /// The transaction's own writes over the snapshot: `None` deleted.
-    overlay: BTreeMap<String, Option<Arc<Document>>>,
+    overlay: BTreeMap<String, Option<Arc<Stored>>>,
     cleared: bool,
     reads: HashSet<String>,
     scanned: bool,
@@ -133,7 +134,7 @@ impl<T: StorageValue> JsonTransaction<T> {
     }
 
     /// The transaction's view of `key`.
-    fn view_get(&self, st: &mut TxState, key: &str) -> Result<Option<Arc<Document>>> {
+    fn view_get(&self, st: &mut TxState, key: &str) -> Result<Option<Arc<Stored>>> {
         if let Some(v) = st.overlay.get(key) {
             return Ok(v.clone());
         }
@@ -145,7 +146,7 @@ impl<T: StorageValue> JsonTransaction<T> {
     }
 
     /// The transaction's view of every entry.
-    fn view_all(&self, st: &mut TxState) -> Result<BTreeMap<String, Arc<Document>>> {
+    fn view_all(&self, st: &mut TxState) -> Result<BTreeMap<String, Arc<Stored>>> {
         let mut view = if st.cleared {
             BTreeMap::new()
         } else {
@@ -165,19 +166,11 @@ impl<T: StorageValue> JsonTransaction<T> {
         Ok(view)
     }
 
-    fn decode(doc: &Document, key: &str) -> Result<T> {
-        T::deserialize(doc).map_err(|e| {
-            StorageError::new(
-                ErrorCode::SerializationFailed,
-                format!("stored value does not fit the handle's type: {e}"),
-            )
-            .with_backend("json")
-            .with_context("key", key.escape_debug())
-            .with_source(e)
-        })
+    fn decode(stored: &Stored, key: &str) -> Result<T> {
+        decode(stored, key)
     }
 
-    fn all_entries(&self) -> Result<Vec<(String, Arc<Document>)>> {
+    fn all_entries(&self) -> Result<Vec<(String, Arc<Stored>)>> {
         let mut st = self.lock();
         self.check(&mut st)?;
         Ok(self.view_all(&mut st)?.into_iter().collect())
@@ -218,15 +211,11 @@ impl<T: StorageValue> Storage<T> for JsonTransaction<T> {
         validate_key(key)?;
         let mut st = self.lock();
         self.check_writable(&mut st)?;
-        let doc = storage_core::codec::to_document(value).map_err(|e| {
-            e.with_backend("json")
-                .with_context("key", key.escape_debug())
-        })?;
+        let doc = encode(value, key, self.inner.indexed())?;
         let hub = self.inner.hub();
         if hub.has_before_hooks() {
             hub.before(&BeforeEvent::Set { key, value })?;
         }
-        let doc = Arc::new(doc);
         st.overlay.insert(key.to_owned(), Some(Arc::clone(&doc)));
         st.ops.push(StagedOp::Set(key.to_owned(), doc));
         Ok(())
