@@ -10,12 +10,12 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::marker::PhantomData;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use async_trait::async_trait;
 use futures::StreamExt;
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, IntoConnectionInfo, Value};
+use redis::{AsyncConnectionConfig, IntoConnectionInfo, RedisWrite as _, Value};
 use serde::Deserialize;
 use storage_core::codec::{Codec, Header, to_document};
 use storage_core::events::BeforeEvent;
@@ -28,10 +28,11 @@ use storage_core::{
 use crate::config::{GraphConfig, STREAM_MAX_LEN, redact_url};
 use crate::cypher::{
     Cypher, KEY_INDEX_PROP, Leaf, OBJECT_PROP, OPAQUE_PROP, OPAQUE_SLOTS, VALUE_PROP, key_from_hex,
-    key_hex, path_tag, push_key_hex, split_opaque, visit_leaves, write_str_literal,
+    key_hex, path_tag, push_key_hex, split_opaque, write_str_literal,
 };
 use crate::embedded::EmbeddedServer;
 use crate::error::{BACKEND, corrupt, is_missing_graph, redis_err, reply_err};
+use crate::leaves::Leaves;
 use crate::unique::{EPOCH_PROP, Stamp, op_terms};
 
 /// How often a write that lost a `WATCH` race is retried before `VersionConflict`.
@@ -96,12 +97,34 @@ pub(crate) struct Inner {
     server: Option<EmbeddedServer>,
 }
 
-/// A value encoded for the graph: the exact stored form, and the document its promoted
-/// properties (see `cypher::visit_leaves`) and unique index terms come from.
+/// A value encoded for the graph: the exact stored form, its leaves (the promoted
+/// properties and opaque paths, see `cypher::visit_leaves`), and its document, which
+/// only unique index checks need: it is built when the store knows unique indexes, or
+/// later from the stored form ([`Encoded::ensure_doc`]) when one appeared since.
 #[derive(Debug, Clone)]
 pub(crate) struct Encoded {
     pub(crate) stored: String,
-    pub(crate) doc: Arc<Document>,
+    pub(crate) leaves: Leaves,
+    doc: OnceLock<Arc<Document>>,
+}
+
+impl Encoded {
+    /// The value's document; an error when it was not built (see [`Encoded::ensure_doc`]).
+    pub(crate) fn doc(&self) -> Result<&Document> {
+        self.doc.get().map(AsRef::as_ref).ok_or_else(|| {
+            StorageError::new(ErrorCode::Backend, "a write's document was not built")
+                .with_backend(BACKEND)
+        })
+    }
+
+    /// Builds the document from the stored form if it was not built at encoding.
+    pub(crate) fn ensure_doc<T: StorageValue>(&self, codec: &Codec<T>) -> Result<()> {
+        if self.doc.get().is_none() {
+            let value: T = decode(codec, &self.stored, "commit")?;
+            let _ = self.doc.set(Arc::new(to_document(&value)?));
+        }
+        Ok(())
+    }
 }
 
 /// What a watched commit read about the keys it deletes or clears.
@@ -175,21 +198,36 @@ pub(crate) struct Applied {
 /// FalkorDB strings are C strings that end at the first NUL: `t` + the base64 header +
 /// `|` + the payload when the payload is UTF-8 without NUL (uncompressed JSON, which
 /// stays readable in the graph), `b` + base64 of everything otherwise.
-pub(crate) fn encode<T: StorageValue>(codec: &Codec<T>, value: &T) -> Result<Encoded> {
-    encode_with(codec, value, &mut Vec::new())
+pub(crate) fn encode<T: StorageValue>(
+    codec: &Codec<T>,
+    value: &T,
+    with_doc: bool,
+) -> Result<Encoded> {
+    encode_with(codec, value, &mut Vec::new(), with_doc)
 }
 
 /// [`encode`], with `scratch` as the codec's buffer (a batch reuses one for every
-/// value, and each stored form is then allocated once, at its exact size).
+/// value, and each stored form is then allocated once, at its exact size). `with_doc`:
+/// build the document too (for unique index checks).
 pub(crate) fn encode_with<T: StorageValue>(
     codec: &Codec<T>,
     value: &T,
     scratch: &mut Vec<u8>,
+    with_doc: bool,
 ) -> Result<Encoded> {
     scratch.clear();
     codec.encode_into(value, scratch)?;
     let bytes = scratch.as_slice();
-    let doc = to_document(value)?;
+    let doc = OnceLock::new();
+    let leaves = match Leaves::of_value(value) {
+        Some(leaves) if !with_doc => leaves,
+        _ => {
+            let built = to_document(value)?;
+            let leaves = Leaves::of_document(&built);
+            let _ = doc.set(Arc::new(built));
+            leaves
+        }
+    };
     let (_, payload) = Header::parse(bytes)?;
     let header_len = bytes.len() - payload.len();
     let stored = match std::str::from_utf8(payload) {
@@ -205,7 +243,8 @@ pub(crate) fn encode_with<T: StorageValue>(
     };
     Ok(Encoded {
         stored,
-        doc: Arc::new(doc),
+        leaves,
+        doc,
     })
 }
 
@@ -814,7 +853,18 @@ impl Inner {
             return Ok(Some(applied));
         }
         let q = self.write_plan(clear, &sets, &deletes, stamp)?;
-        let payload = crate::observable::frame_changes(&changes);
+        let mut xadd = redis::cmd("XADD");
+        xadd.arg(&self.stream)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(self.stream_max_len)
+            .arg("*")
+            .arg(crate::observable::FRAMED_FIELD);
+        xadd.reserve_space_for_args([crate::observable::framed_len(&changes)]);
+        crate::observable::frame_changes_into(
+            &mut crate::observable::ArgSink(xadd.writer_for_next_arg()),
+            &changes,
+        );
         drop(changes);
         let mut pipe = redis::pipe();
         pipe.atomic()
@@ -822,17 +872,9 @@ impl Inner {
             .cmd("GRAPH.QUERY")
             .arg(&self.graph)
             .arg(q.into_text())
-            .cmd("XADD")
-            .arg(&self.stream)
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(self.stream_max_len)
-            .arg("*")
-            .arg(crate::observable::FRAMED_FIELD)
-            .arg(&payload)
+            .add_command(xadd)
             .cmd("INCR")
             .arg(&self.version_key);
-        drop(payload);
         let reply: Value = match pipe.query_async(conn).await {
             Ok(reply) => reply,
             Err(e) => {
@@ -1037,7 +1079,7 @@ impl Columns {
             bytes += key.len() * 2 + value.stored.len() + value.stored.len() / 64 + 24;
             let mut next = 0;
             let mut opaque = 0;
-            visit_leaves(&value.doc, &mut |name, leaf| {
+            value.leaves.visit(&mut |name, leaf| {
                 let literal = match leaf {
                     Leaf::Opaque => {
                         opaque += 1;
@@ -1112,8 +1154,9 @@ impl Columns {
         stamp: &Stamp,
     ) -> Result<()> {
         let mut cells: Vec<Option<Leaf<'_>>> = vec![None; self.names.len()];
-        let mut tags: Vec<String> = Vec::new();
-        let mut objects = String::new();
+        // Paths (without the promoted name's leading dot), written as tags in place.
+        let mut tags: Vec<&str> = Vec::new();
+        let mut objects: Vec<&str> = Vec::new();
         out.push('[');
         for (i, (key, value)) in sets.iter().enumerate() {
             if i > 0 {
@@ -1127,16 +1170,10 @@ impl Columns {
             cells.fill(None);
             tags.clear();
             objects.clear();
-            let mut failed = None;
             let mut next = 0;
-            visit_leaves(&value.doc, &mut |name, leaf| match leaf {
-                Leaf::Opaque => tags.push(path_tag(&name[1..])),
-                Leaf::Object => {
-                    objects.push_str(if objects.is_empty() { "[" } else { ", " });
-                    if let Err(e) = write_str_literal(&mut objects, &path_tag(&name[1..])) {
-                        failed = Some(e);
-                    }
-                }
+            value.leaves.visit(&mut |name, leaf| match leaf {
+                Leaf::Opaque => tags.push(&name[1..]),
+                Leaf::Object => objects.push(&name[1..]),
                 _ => {
                     if let Some(at) = self.find(name, next) {
                         cells[at] = Some(leaf);
@@ -1144,31 +1181,23 @@ impl Columns {
                     }
                 }
             });
-            if let Some(e) = failed {
-                return Err(e);
-            }
             let (slots, rest) = split_opaque(&tags);
             for (used, tag) in self.slots.iter().zip(slots) {
                 if *used {
                     out.push_str(", ");
                     match tag {
-                        Some(tag) => write_str_literal(out, tag)?,
+                        Some(path) => push_path_tag(out, path),
                         None => out.push_str("null"),
                     }
                 }
             }
             if self.opaque {
                 out.push_str(", ");
-                write_tag_list(out, rest)?;
+                push_path_tags(out, rest);
             }
             if self.objects {
                 out.push_str(", ");
-                if objects.is_empty() {
-                    out.push_str("null");
-                } else {
-                    out.push_str(&objects);
-                    out.push(']');
-                }
+                push_path_tags(out, &objects);
             }
             for cell in &cells {
                 out.push_str(", ");
@@ -1177,7 +1206,7 @@ impl Columns {
                     None => out.push_str("null"),
                 }
             }
-            stamp.write_term_columns(&value.doc, out)?;
+            stamp.write_term_columns(value, out)?;
             out.push(']');
         }
         out.push(']');
@@ -1226,7 +1255,7 @@ fn lone_props(q: &mut Cypher, kh: &str, value: &Encoded, stamp: &Stamp) -> Resul
     let _ = write!(out, ", {VALUE_PROP}: {}", q.param_literal(&cell));
     let (mut tags, mut objects) = (Vec::new(), Vec::new());
     let mut leaves = Vec::new();
-    visit_leaves(&value.doc, &mut |name, leaf| match leaf {
+    value.leaves.visit(&mut |name, leaf| match leaf {
         Leaf::Opaque => tags.push(path_tag(&name[1..])),
         Leaf::Object => objects.push(path_tag(&name[1..])),
         _ => leaves.push((name.to_owned(), leaf)),
@@ -1249,7 +1278,7 @@ fn lone_props(q: &mut Cypher, kh: &str, value: &Encoded, stamp: &Stamp) -> Resul
         let _ = write!(out, ", `{name}`: {}", q.param_literal(&cell));
     }
     stamp.write_epoch(&mut out);
-    for (prop, terms) in stamp.term_literals(&value.doc)? {
+    for (prop, terms) in stamp.term_literals(value)? {
         // Term property names are `u:` and hex digits.
         let _ = write!(out, ", `{prop}`: {}", q.param_literal(&terms));
     }
@@ -1269,7 +1298,7 @@ fn write_node_literal(out: &mut String, key: &str, value: &Encoded, stamp: &Stam
     write_str_literal(out, &value.stored)?;
     let (mut tags, mut objects) = (Vec::new(), Vec::new());
     let mut result = Ok(());
-    visit_leaves(&value.doc, &mut |name, leaf| {
+    value.leaves.visit(&mut |name, leaf| {
         if result.is_err() {
             return;
         }
@@ -1296,9 +1325,38 @@ fn write_node_literal(out: &mut String, key: &str, value: &Encoded, stamp: &Stam
             write_tag_list(out, list)?;
         }
     }
-    stamp.write_props(&value.doc, out)?;
+    if stamp.uniques.is_empty() {
+        stamp.write_epoch(out);
+    } else {
+        stamp.write_props(value.doc()?, out)?;
+    }
     out.push('}');
     Ok(())
+}
+
+/// Appends [`path_tag`] of `path` as a string literal (hex digits after a letter need
+/// no escaping), without building the tag apart: a batch writes one or two per row.
+fn push_path_tag(out: &mut String, path: &str) {
+    out.push_str("'h");
+    push_key_hex(out, path);
+    out.push('\'');
+}
+
+/// Appends the [`path_tag`]s of `paths` as a list literal, or `null` (which `CREATE`
+/// skips and `SET n = {…}` removes) when there are none.
+fn push_path_tags(out: &mut String, paths: &[&str]) {
+    if paths.is_empty() {
+        out.push_str("null");
+        return;
+    }
+    out.push('[');
+    for (i, path) in paths.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        push_path_tag(out, path);
+    }
+    out.push(']');
 }
 
 /// Appends path tags as a list literal, or `null` (which `CREATE` skips and
@@ -1504,6 +1562,15 @@ impl<T: StorageValue> GraphStorage<T> {
             self.load_indexes_on(conn, false).await?;
         }
         let stamp = Stamp::new(self.inner.indexes.epoch(), &self.inner.indexes.list())?;
+        if !stamp.uniques.is_empty() {
+            // Encoded before this handle knew of a unique index: build the documents
+            // the checks and the index terms are computed from.
+            for op in ops {
+                if let Op::Set { value, .. } = op {
+                    value.ensure_doc(&self.codec)?;
+                }
+            }
+        }
         if !stamp.uniques.is_empty() && ops.iter().any(|op| matches!(op, Op::Set { .. })) {
             let base = self.unique_candidates(conn, &stamp, ops).await?;
             crate::unique::check_ops(&stamp.definitions(), &base, ops)?;
@@ -1550,7 +1617,7 @@ impl<T: StorageValue> GraphStorage<T> {
         let e = q.param(&stamp.epoch)?;
         // A node without a stamp was written at epoch 0 (see `Stamp::write_epoch`).
         let mut clauses = vec![format!("coalesce(n.{EPOCH_PROP}, 0) <> {e}")];
-        for ((prop, _, _), terms) in stamp.uniques.iter().zip(op_terms(stamp, ops)) {
+        for ((prop, _, _), terms) in stamp.uniques.iter().zip(op_terms(stamp, ops)?) {
             if terms.is_empty() {
                 continue;
             }
@@ -1648,7 +1715,8 @@ impl<T: StorageValue> GraphStorage<T> {
         .with_backend(BACKEND))
     }
 
-    pub(crate) fn encode_ops(codec: &Codec<T>, operations: &[Operation<T>]) -> Result<Vec<Op>> {
+    pub(crate) fn encode_ops(&self, operations: &[Operation<T>]) -> Result<Vec<Op>> {
+        let (codec, with_doc) = (&self.codec, self.needs_documents());
         let mut scratch = Vec::new();
         operations
             .iter()
@@ -1659,7 +1727,7 @@ impl<T: StorageValue> GraphStorage<T> {
                         validate_key(key).map_err(|e| e.with_context("index", i))?;
                         Op::Set {
                             key: key.clone(),
-                            value: encode_with(codec, value, &mut scratch)
+                            value: encode_with(codec, value, &mut scratch, with_doc)
                                 .map_err(|e| e.with_context("index", i))?,
                         }
                     }
@@ -1671,6 +1739,12 @@ impl<T: StorageValue> GraphStorage<T> {
                 })
             })
             .collect()
+    }
+
+    /// Whether writes should build their values' documents: only unique index checks
+    /// read them (see [`Encoded`]).
+    pub(crate) fn needs_documents(&self) -> bool {
+        !self.inner.indexes.unique().is_empty()
     }
 
     fn iterate(&self, with_values: bool) -> ResultStream<'_, (String, Option<String>)> {
@@ -1725,7 +1799,7 @@ impl<T: StorageValue> Storage<T> for GraphStorage<T> {
         self.before(&BeforeEvent::Set { key, value })?;
         let op = Op::Set {
             key: key.to_owned(),
-            value: encode(&self.codec, value)
+            value: encode(&self.codec, value, self.needs_documents())
                 .map_err(|e| e.with_operation("set").with_context("key", key))?,
         };
         self.apply(std::slice::from_ref(&op)).await?;
@@ -1821,8 +1895,9 @@ impl<T: StorageValue> BatchStorage<T> for GraphStorage<T> {
     }
 
     async fn batch(&self, operations: Vec<Operation<T>>) -> Result<BatchResult> {
-        let ops =
-            Self::encode_ops(&self.codec, &operations).map_err(|e| e.with_operation("batch"))?;
+        let ops = self
+            .encode_ops(&operations)
+            .map_err(|e| e.with_operation("batch"))?;
         if self.hub.has_before_hooks() {
             for (i, op) in operations.iter().enumerate() {
                 let event = match op {
@@ -1880,11 +1955,11 @@ mod tests {
         ] {
             let codec = Codec::<(String, u64, i64)>::new(&config)?;
             let value = ("a\0b".to_owned(), u64::MAX, i64::MIN);
-            let enc = encode(&codec, &value)?;
+            let enc = encode(&codec, &value, false)?;
             assert!(!enc.stored.contains('\0'));
             assert_eq!(decode(&codec, &enc.stored, "get")?, value);
         }
-        let json = encode(&Codec::<String>::default(), &"hi".to_owned())?;
+        let json = encode(&Codec::<String>::default(), &"hi".to_owned(), false)?;
         assert!(json.stored.ends_with("|\"hi\""), "{}", json.stored);
         Ok(())
     }

@@ -391,8 +391,25 @@ pub(crate) fn visit_leaves<'d>(doc: &'d Document, f: &mut impl FnMut(&str, Leaf<
 /// NUL, or an empty key, can never be named by a field path (paths split on dots and
 /// reject NUL and empty segments); a backtick cannot appear in a FalkorDB name at all,
 /// so a path through it is evaluated in process and its value needs no property.
-fn nameable(k: &str) -> bool {
+pub(crate) fn nameable(k: &str) -> bool {
     !(k.is_empty() || k.contains(['.', '\0', '`']))
+}
+
+/// The leaf of an integer (`None`: beyond `i64`): promoted within ±2^53, opaque beyond.
+pub(crate) fn leaf_of_int(i: Option<i64>) -> Leaf<'static> {
+    match i {
+        Some(i) if (-EXACT_INT..=EXACT_INT).contains(&i) => Leaf::Int(i),
+        _ => Leaf::Opaque,
+    }
+}
+
+/// The leaf of a float: promoted when finite.
+pub(crate) fn leaf_of_float(x: f64) -> Leaf<'static> {
+    if x.is_finite() {
+        Leaf::Float(x)
+    } else {
+        Leaf::Opaque
+    }
 }
 
 fn walk<'d>(name: &mut String, value: &'d Value, f: &mut impl FnMut(&str, Leaf<'d>)) {
@@ -414,20 +431,12 @@ fn walk<'d>(name: &mut String, value: &'d Value, f: &mut impl FnMut(&str, Leaf<'
         }
         Value::Bool(b) => f(name, Leaf::Bool(*b)),
         Value::Number(n) => {
-            if let Some(i) = n.as_i64().filter(|i| (-EXACT_INT..=EXACT_INT).contains(i)) {
-                f(name, Leaf::Int(i));
-            } else if let (false, Some(x)) = (n.is_i64() || n.is_u64(), n.as_f64()) {
-                f(
-                    name,
-                    if x.is_finite() {
-                        Leaf::Float(x)
-                    } else {
-                        Leaf::Opaque
-                    },
-                );
+            let leaf = if n.is_i64() || n.is_u64() {
+                leaf_of_int(n.as_i64())
             } else {
-                f(name, Leaf::Opaque);
-            }
+                n.as_f64().map_or(Leaf::Opaque, leaf_of_float)
+            };
+            f(name, leaf);
         }
         _ => f(name, Leaf::Opaque),
     }

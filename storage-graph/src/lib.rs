@@ -173,6 +173,7 @@ pub mod distributed;
 mod embedded;
 mod error;
 mod graph;
+mod leaves;
 mod observable;
 mod query;
 mod transaction;
