@@ -37,6 +37,10 @@ use crate::unique::{EPOCH_PROP, Stamp, op_terms};
 
 /// How often a write that lost a `WATCH` race is retried before `VersionConflict`.
 const WRITE_RETRIES: usize = 16;
+/// Batches of at least this many operations are encoded, and their commits' change
+/// entries framed, on a second thread beside the first (see `encode_ops`, `commit`):
+/// below it a thread costs more than it saves.
+const PARALLEL_MIN: usize = 2048;
 /// Entries fetched per round trip when iterating.
 const PAGE: usize = 5000;
 /// How long `create_index` waits, by default, for FalkorDB to build a new index.
@@ -852,19 +856,24 @@ impl Inner {
             // Nothing to write (deletes of missing keys): the after-hooks still see them.
             return Ok(Some(applied));
         }
-        let q = self.write_plan(clear, &sets, &deletes, stamp)?;
-        let mut xadd = redis::cmd("XADD");
-        xadd.arg(&self.stream)
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(self.stream_max_len)
-            .arg("*")
-            .arg(crate::observable::FRAMED_FIELD);
-        xadd.reserve_space_for_args([crate::observable::framed_len(&changes)]);
-        crate::observable::frame_changes_into(
-            &mut crate::observable::ArgSink(xadd.writer_for_next_arg()),
-            &changes,
-        );
+        // The stream entry and the query are independent: a large commit frames the
+        // entry on a second thread while this one writes the query's rows.
+        let (q, xadd) = if changes.len() >= PARALLEL_MIN {
+            std::thread::scope(|scope| {
+                let framer = scope.spawn(|| self.change_entry(&changes));
+                let q = self.write_plan(clear, &sets, &deletes, stamp);
+                let xadd = framer.join().map_err(|_| {
+                    StorageError::new(ErrorCode::Backend, "framing the change entry panicked")
+                        .with_backend(BACKEND)
+                });
+                Ok::<_, StorageError>((q?, xadd?))
+            })?
+        } else {
+            (
+                self.write_plan(clear, &sets, &deletes, stamp)?,
+                self.change_entry(&changes),
+            )
+        };
         drop(changes);
         let mut pipe = redis::pipe();
         pipe.atomic()
@@ -903,6 +912,23 @@ impl Inner {
         }
         applied.stream_id = stream_id;
         Ok(Some(applied))
+    }
+
+    /// The `XADD` of a commit's change entry to the label's stream.
+    fn change_entry(&self, changes: &[StreamChangeRef<'_>]) -> redis::Cmd {
+        let mut xadd = redis::cmd("XADD");
+        xadd.arg(&self.stream)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(self.stream_max_len)
+            .arg("*")
+            .arg(crate::observable::FRAMED_FIELD);
+        xadd.reserve_space_for_args([crate::observable::framed_len(changes)]);
+        crate::observable::frame_changes_into(
+            &mut crate::observable::ArgSink(xadd.writer_for_next_arg()),
+            changes,
+        );
+        xadd
     }
 
     /// One query for a whole commit: deletes (or the clear), then the sets.
@@ -1715,30 +1741,27 @@ impl<T: StorageValue> GraphStorage<T> {
         .with_backend(BACKEND))
     }
 
+    /// Validates and encodes a batch's operations. A large batch is encoded in two
+    /// halves, the second on a thread of its own: the values are independent, and
+    /// encoding them is most of what a batch costs the client before it is sent.
     pub(crate) fn encode_ops(&self, operations: &[Operation<T>]) -> Result<Vec<Op>> {
-        let (codec, with_doc) = (&self.codec, self.needs_documents());
-        let mut scratch = Vec::new();
-        operations
-            .iter()
-            .enumerate()
-            .map(|(i, op)| {
-                Ok(match op {
-                    Operation::Set { key, value } => {
-                        validate_key(key).map_err(|e| e.with_context("index", i))?;
-                        Op::Set {
-                            key: key.clone(),
-                            value: encode_with(codec, value, &mut scratch, with_doc)
-                                .map_err(|e| e.with_context("index", i))?,
-                        }
-                    }
-                    Operation::Delete { key } => {
-                        validate_key(key).map_err(|e| e.with_context("index", i))?;
-                        Op::Delete { key: key.clone() }
-                    }
-                    Operation::Clear => Op::Clear,
-                })
-            })
-            .collect()
+        let with_doc = self.needs_documents();
+        if operations.len() < PARALLEL_MIN {
+            return encode_chunk(&self.codec, operations, 0, with_doc);
+        }
+        let (first, second) = operations.split_at(operations.len() / 2);
+        let codec = &*self.codec;
+        std::thread::scope(|scope| {
+            let later = scope.spawn(|| encode_chunk(codec, second, first.len(), with_doc));
+            // The first half's error comes first, as in a sequential encoding.
+            let mut ops = encode_chunk(codec, first, 0, with_doc)?;
+            let rest = later.join().map_err(|_| {
+                StorageError::new(ErrorCode::Backend, "encoding a batch panicked")
+                    .with_backend(BACKEND)
+            })??;
+            ops.extend(rest);
+            Ok(ops)
+        })
     }
 
     /// Whether writes should build their values' documents: only unique index checks
@@ -1914,6 +1937,39 @@ impl<T: StorageValue> BatchStorage<T> for GraphStorage<T> {
         free_later(ops);
         Ok(applied?.result)
     }
+}
+
+/// Validates and encodes `operations`, the first of which is the batch's operation
+/// number `offset` (for the `index` of an error).
+fn encode_chunk<T: StorageValue>(
+    codec: &Codec<T>,
+    operations: &[Operation<T>],
+    offset: usize,
+    with_doc: bool,
+) -> Result<Vec<Op>> {
+    let mut scratch = Vec::new();
+    operations
+        .iter()
+        .enumerate()
+        .map(|(i, op)| {
+            let i = offset + i;
+            Ok(match op {
+                Operation::Set { key, value } => {
+                    validate_key(key).map_err(|e| e.with_context("index", i))?;
+                    Op::Set {
+                        key: key.clone(),
+                        value: encode_with(codec, value, &mut scratch, with_doc)
+                            .map_err(|e| e.with_context("index", i))?,
+                    }
+                }
+                Operation::Delete { key } => {
+                    validate_key(key).map_err(|e| e.with_context("index", i))?;
+                    Op::Delete { key: key.clone() }
+                }
+                Operation::Clear => Op::Clear,
+            })
+        })
+        .collect()
 }
 
 /// Batches at least this long are freed by [`free_later`].

@@ -236,6 +236,56 @@ async fn a_large_batch_is_one_query() -> Result<()> {
     Ok(())
 }
 
+/// Batches of 2,048 operations and more are encoded in two halves on two threads, and
+/// their change entry framed beside the query: the result is the sequential one.
+#[tokio::test]
+async fn large_batches_encode_in_halves_as_one_batch() -> Result<()> {
+    use storage_core::{ObservableStorage, WatchEvent, WatchPattern};
+    let store = open::<serde_json::Value>().await?;
+    let ops = |n: usize| -> Vec<Operation<serde_json::Value>> {
+        (0..n)
+            .map(|i| Operation::set(format!("k{i:05}"), serde_json::json!({"i": i, "s": "x"})))
+            .collect()
+    };
+    // The first bad operation is reported, whichever half holds it; nothing is applied.
+    for bad in [[3000, 3500], [1000, 3000]] {
+        let mut batch = ops(4000);
+        batch[bad[0]] = Operation::set("", serde_json::json!(0));
+        batch[bad[1]] = Operation::set("a\0b", serde_json::json!(0));
+        let err = store.batch(batch).await.unwrap_err();
+        assert_eq!(err.code(), ErrorCode::InvalidKey);
+        assert_eq!(
+            err.context_value("index"),
+            Some(bad[0].to_string().as_str())
+        );
+        assert_eq!(store.size().await?, 0);
+    }
+    let mut sub = store.watch(WatchPattern::All, 4)?;
+    let mut batch = ops(4000);
+    // The same key twice, once in each half: the later value wins.
+    batch[3999] = Operation::set("k00007", serde_json::json!({"i": "last"}));
+    store.batch(batch).await?;
+    assert_eq!(store.size().await?, 3999);
+    assert_eq!(
+        store.get("k00007").await?,
+        Some(serde_json::json!({"i": "last"}))
+    );
+    assert_eq!(
+        store.get("k03998").await?,
+        Some(serde_json::json!({"i": 3998, "s": "x"}))
+    );
+    let Ok(Some(WatchEvent::Changes(changes))) = next_event(&mut sub).await else {
+        panic!("no change batch");
+    };
+    let keys: Vec<&str> = changes.changes.iter().map(|c| c.key.as_str()).collect();
+    assert_eq!(keys.len(), 4000);
+    assert_eq!(
+        (keys[0], keys[3998], keys[3999]),
+        ("k00000", "k03998", "k00007")
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn blank_and_padded_keys_are_distinct_entries() -> Result<()> {
     let store = open::<u32>().await?;
@@ -428,9 +478,9 @@ async fn transactions_are_serializable_and_conflicts_are_retryable() -> Result<(
     Ok(())
 }
 
-async fn next_event(
-    sub: &mut storage_core::Subscription<u32>,
-) -> std::result::Result<Option<storage_core::WatchEvent<u32>>, tokio::time::error::Elapsed> {
+async fn next_event<T: storage_core::StorageValue>(
+    sub: &mut storage_core::Subscription<T>,
+) -> std::result::Result<Option<storage_core::WatchEvent<T>>, tokio::time::error::Elapsed> {
     use futures::StreamExt;
     tokio::time::timeout(std::time::Duration::from_secs(5), sub.next()).await
 }
