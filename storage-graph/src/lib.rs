@@ -115,7 +115,17 @@
 //! (`#[tokio::main]`, `Runtime::new()`, or a builder with `enable_all()`), and
 //! `watch` spawns one task per subscription on the current runtime. A batch of 1,024
 //! operations or more hands its values and their encoded form to the runtime's
-//! blocking pool to be freed, rather than freeing them in the caller's path.
+//! blocking pool to be freed, rather than freeing them in the caller's path. A batch of
+//! 2,048 operations or more is encoded in two halves, the second on a short-lived
+//! thread of its own, and its change-stream entry is framed on another while the
+//! query's rows are written (the caller's thread waits for both; the result, errors
+//! included, is the sequential one).
+//!
+//! A write takes the promoted properties and opaque paths of a value straight from
+//! its `Serialize` implementation; the value's JSON document (what queries and the
+//! evaluator see) is only built when the label has unique indexes, or when the value
+//! has a shape that walk leaves to it (enum variants with data, 128-bit integers,
+//! map keys that are not strings), and the stored nodes are the same either way.
 //!
 //! ## What you give up
 //! - change events carry the new value of a set, and a delete's the value it removed
@@ -158,7 +168,8 @@
 //! ## Modules
 //! - `config`: [`GraphConfig`] and its defaults;
 //! - `backend`: [`GraphStorage`], Storage and Batch;
-//! - `cypher`: parameters, quoting, promoted properties, pre-filters;
+//! - `cypher`: parameters, quoting, promoted properties, pre-filters; `leaves`: a
+//!   value's promoted properties taken from its `Serialize` implementation;
 //! - `query`: Queryable and Indexed; `unique`: unique-index checks;
 //! - `transaction`: [`GraphTransaction`]; `observable`: hooks and the change stream;
 //! - `graph`: [`GraphExt`]; `embedded`: [`EmbeddedServer`]; `error`: error mapping;
