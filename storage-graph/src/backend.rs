@@ -28,7 +28,7 @@ use storage_core::{
 use crate::config::{GraphConfig, STREAM_MAX_LEN, redact_url};
 use crate::cypher::{
     Cypher, KEY_INDEX_PROP, Leaf, OBJECT_PROP, OPAQUE_PROP, OPAQUE_SLOTS, VALUE_PROP, key_from_hex,
-    key_hex, path_tag, push_key_hex, split_opaque, write_str_literal,
+    key_hex, path_id, path_tag, push_key_hex, split_opaque, write_str_literal,
 };
 use crate::embedded::EmbeddedServer;
 use crate::error::{BACKEND, corrupt, is_missing_graph, redis_err, reply_err};
@@ -1212,7 +1212,9 @@ impl Columns {
                 if *used {
                     out.push_str(", ");
                     match tag {
-                        Some(path) => push_path_tag(out, path),
+                        Some(path) => {
+                            let _ = write!(out, "{}", path_id(path));
+                        }
                         None => out.push_str("null"),
                     }
                 }
@@ -1279,20 +1281,24 @@ fn lone_props(q: &mut Cypher, kh: &str, value: &Encoded, stamp: &Stamp) -> Resul
     let mut cell = String::new();
     write_str_literal(&mut cell, &value.stored)?;
     let _ = write!(out, ", {VALUE_PROP}: {}", q.param_literal(&cell));
-    let (mut tags, mut objects) = (Vec::new(), Vec::new());
+    let (mut paths, mut objects) = (Vec::new(), Vec::new());
     let mut leaves = Vec::new();
     value.leaves.visit(&mut |name, leaf| match leaf {
-        Leaf::Opaque => tags.push(path_tag(&name[1..])),
+        Leaf::Opaque => paths.push(&name[1..]),
         Leaf::Object => objects.push(path_tag(&name[1..])),
         _ => leaves.push((name.to_owned(), leaf)),
     });
-    let (slots, rest) = split_opaque(&tags);
-    for (prop, tag) in OPAQUE_SLOTS.iter().zip(slots) {
-        if let Some(tag) = tag {
-            let _ = write!(out, ", {prop}: {}", q.param(tag)?);
+    let (slots, rest) = split_opaque(&paths);
+    for (prop, path) in OPAQUE_SLOTS.iter().zip(slots) {
+        if let Some(path) = path {
+            let _ = write!(out, ", {prop}: {}", q.param(&path_id(path))?);
         }
     }
-    for (prop, list) in [(OPAQUE_PROP, rest), (OBJECT_PROP, objects.as_slice())] {
+    let rest: Vec<String> = rest.iter().map(|path| path_tag(path)).collect();
+    for (prop, list) in [
+        (OPAQUE_PROP, rest.as_slice()),
+        (OBJECT_PROP, objects.as_slice()),
+    ] {
         if !list.is_empty() {
             let _ = write!(out, ", {prop}: {}", q.param(list)?);
         }
@@ -1322,14 +1328,14 @@ fn write_node_literal(out: &mut String, key: &str, value: &Encoded, stamp: &Stam
     push_key_hex(out, key);
     let _ = write!(out, "', {VALUE_PROP}: ");
     write_str_literal(out, &value.stored)?;
-    let (mut tags, mut objects) = (Vec::new(), Vec::new());
+    let (mut paths, mut objects) = (Vec::new(), Vec::new());
     let mut result = Ok(());
     value.leaves.visit(&mut |name, leaf| {
         if result.is_err() {
             return;
         }
         match leaf {
-            Leaf::Opaque => tags.push(path_tag(&name[1..])),
+            Leaf::Opaque => paths.push(&name[1..]),
             Leaf::Object => objects.push(path_tag(&name[1..])),
             _ => {
                 let _ = write!(out, ", `{name}`: ");
@@ -1338,14 +1344,17 @@ fn write_node_literal(out: &mut String, key: &str, value: &Encoded, stamp: &Stam
         }
     });
     result?;
-    let (slots, rest) = split_opaque(&tags);
-    for (prop, tag) in OPAQUE_SLOTS.iter().zip(slots) {
-        if let Some(tag) = tag {
-            let _ = write!(out, ", {prop}: ");
-            write_str_literal(out, tag)?;
+    let (slots, rest) = split_opaque(&paths);
+    for (prop, path) in OPAQUE_SLOTS.iter().zip(slots) {
+        if let Some(path) = path {
+            let _ = write!(out, ", {prop}: {}", path_id(path));
         }
     }
-    for (prop, list) in [(OPAQUE_PROP, rest), (OBJECT_PROP, objects.as_slice())] {
+    let rest: Vec<String> = rest.iter().map(|path| path_tag(path)).collect();
+    for (prop, list) in [
+        (OPAQUE_PROP, rest.as_slice()),
+        (OBJECT_PROP, objects.as_slice()),
+    ] {
         if !list.is_empty() {
             let _ = write!(out, ", {prop}: ");
             write_tag_list(out, list)?;
@@ -1361,7 +1370,7 @@ fn write_node_literal(out: &mut String, key: &str, value: &Encoded, stamp: &Stam
 }
 
 /// Appends [`path_tag`] of `path` as a string literal (hex digits after a letter need
-/// no escaping), without building the tag apart: a batch writes one or two per row.
+/// no escaping), without building the tag apart (the paths listed in `_o` and `_x`).
 fn push_path_tag(out: &mut String, path: &str) {
     out.push_str("'h");
     push_key_hex(out, path);

@@ -56,12 +56,15 @@
 //! never stored as properties for reading back). Scalars FalkorDB represents
 //! faithfully, strings of at most 128 bytes among them, are also copied into
 //! properties named `` `.path` `` to filter queries in Cypher; other present values
-//! (arrays, nulls, longer strings, …) are listed by path as *opaque*, the first two in
-//! the strings `_o1` and `_o2` and the rest in the list `_o`, and paths holding
-//! objects in `_x` (each path as `h` + hex, which FalkorDB's index matches exactly).
+//! (arrays, nulls, longer strings, …) are listed by path as *opaque*: the first two
+//! in `_o1` and `_o2`, each as a 52-bit hash of the path (a number, which FalkorDB
+//! parses and indexes faster than a string; two paths sharing a hash only widen a
+//! pre-filter, never lose an entry), the rest in the list `_o`, and paths holding
+//! objects in `_x` (these as `h` + hex, which FalkorDB's index matches exactly).
 //! `kh`, `_o1`, `_o2`, `_o` and `_x` are indexed; `ix` (see `unique`) is left out
 //! while the label has never had a unique index. Nodes written by earlier builds
-//! (which also held the key in `key`, and every opaque path in `_o`) read as before.
+//! (which also held the key in `key`, every opaque path in `_o`, or `h` + hex strings
+//! in `_o1` and `_o2`) read and answer queries as before.
 //! One graph per `database`, one label per handle: `clear` only removes this label's
 //! nodes. Every key and value reaches Cypher as a parameter in the
 //! `CYPHER name=value` header (encoded by the `falkordb` crate's verified encoder);

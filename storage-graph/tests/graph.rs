@@ -1101,9 +1101,10 @@ async fn opaque_values_are_found_in_every_slot() -> Result<()> {
     Ok(())
 }
 
-/// Nodes as earlier builds wrote them (the key also in `key`, an `ix` stamp of 0,
-/// every opaque path in the list `_o`, long strings promoted) still read, iterate and
-/// answer queries.
+/// Nodes as earlier builds wrote them still read, iterate and answer queries: the
+/// first form (the key also in `key`, an `ix` stamp of 0, every opaque path in the
+/// list `_o`, long strings promoted) and the next (opaque paths in the slots `_o1` and
+/// `_o2` as `h` + hex strings, where this build stores numbers).
 #[tokio::test]
 async fn nodes_written_by_earlier_builds_still_read() -> Result<()> {
     use serde_json::json;
@@ -1114,8 +1115,10 @@ async fn nodes_written_by_earlier_builds_still_read() -> Result<()> {
     let long = "w".repeat(200);
     let old = json!({"n": 1, "tags": ["x"], "body": long});
     let new = json!({"n": 2, "tags": ["y"], "body": "short"});
+    let mid = json!({"n": 3, "tags": ["z"], "body": "v".repeat(200)});
     store.set(" old ", &old).await?;
     store.set("new", &new).await?;
+    store.set("mid", &mid).await?;
     // Rewrite the first node in the earlier form.
     let client = redis::Client::open(server().url())
         .map_err(|e| storage_core::StorageError::new(ErrorCode::ConnectionFailed, e.to_string()))?;
@@ -1123,20 +1126,25 @@ async fn nodes_written_by_earlier_builds_still_read() -> Result<()> {
         .get_multiplexed_async_connection()
         .await
         .map_err(|e| storage_core::StorageError::new(ErrorCode::ConnectionFailed, e.to_string()))?;
-    let rewrite = format!(
-        "MATCH (n:Entry {{kh: '206f6c6420'}}) SET n.key = ' old ', n.ix = 0, \
-         n._o = [n._o2], n._o1 = null, n._o2 = null, n.`.body` = '{long}'"
-    );
-    let reply: redis::Value = redis::cmd("GRAPH.QUERY")
-        .arg(&config.database)
-        .arg(&rewrite)
-        .query_async(&mut conn)
-        .await
-        .map_err(|e| storage_core::StorageError::new(ErrorCode::Backend, e.to_string()))?;
-    assert!(format!("{reply:?}").contains("Properties set"), "{reply:?}");
+    // `h` + the hex of "tags" and of "body".
+    for rewrite in [
+        format!(
+            "MATCH (n:Entry {{kh: '206f6c6420'}}) SET n.key = ' old ', n.ix = 0, \
+             n._o = ['h74616773'], n._o1 = null, n._o2 = null, n.`.body` = '{long}'"
+        ),
+        "MATCH (n:Entry {kh: '6d6964'}) SET n._o1 = 'h626f6479', n._o2 = 'h74616773'".to_owned(),
+    ] {
+        let reply: redis::Value = redis::cmd("GRAPH.QUERY")
+            .arg(&config.database)
+            .arg(&rewrite)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| storage_core::StorageError::new(ErrorCode::Backend, e.to_string()))?;
+        assert!(format!("{reply:?}").contains("Properties set"), "{reply:?}");
+    }
     assert_eq!(store.get(" old ").await?, Some(old.clone()));
     let keys: Vec<String> = store.keys().try_collect().await?;
-    assert_eq!(keys, [" old ", "new"]);
+    assert_eq!(keys, [" old ", "mid", "new"]);
     for (q, expected) in [
         (Query::filter(field("tags").eq("x")), vec![" old "]),
         (
@@ -1144,7 +1152,9 @@ async fn nodes_written_by_earlier_builds_still_read() -> Result<()> {
             vec![" old "],
         ),
         (Query::filter(field("n").lt(2)), vec![" old "]),
-        (Query::filter(field("tags").ne("x")), vec!["new"]),
+        (Query::filter(field("tags").ne("x")), vec!["mid", "new"]),
+        (Query::filter(field("tags").eq("z")), vec!["mid"]),
+        (Query::filter(field("body").lt("w")), vec!["mid", "new"]),
     ] {
         let got: Vec<String> = store
             .find_many(&q)
@@ -1153,12 +1163,16 @@ async fn nodes_written_by_earlier_builds_still_read() -> Result<()> {
             .map(|r| r.key)
             .collect();
         assert_eq!(got, expected, "{q:?}");
-        assert_eq!(store.count(&q).await?, 1, "{q:?}");
+        assert_eq!(
+            store.count(&q).await?,
+            u64::try_from(expected.len()).unwrap_or(0),
+            "{q:?}"
+        );
     }
     // Overwriting it writes the current form.
     store.set(" old ", &old).await?;
     assert_eq!(store.get(" old ").await?, Some(old));
     assert!(store.delete(" old ").await?);
-    assert_eq!(store.size().await?, 1);
+    assert_eq!(store.size().await?, 2);
     Ok(())
 }
