@@ -283,6 +283,28 @@ async fn large_batches_encode_in_halves_as_one_batch() -> Result<()> {
         (keys[0], keys[3998], keys[3999]),
         ("k00000", "k03998", "k00007")
     );
+    // The first batch found the label empty and only created; this one finds nodes and
+    // upserts the keys it shares with them, creating the rest.
+    let again: Vec<Operation<serde_json::Value>> = (2000..6000)
+        .map(|i| {
+            Operation::set(
+                format!("k{i:05}"),
+                serde_json::json!({"i": i, "again": true}),
+            )
+        })
+        .collect();
+    store.batch(again).await?;
+    assert_eq!(store.size().await?, 6000);
+    assert_eq!(
+        store.get("k00007").await?,
+        Some(serde_json::json!({"i": "last"}))
+    );
+    for i in [2000, 3999, 5999] {
+        assert_eq!(
+            store.get(&format!("k{i:05}")).await?,
+            Some(serde_json::json!({"i": i, "again": true}))
+        );
+    }
     Ok(())
 }
 
