@@ -5,17 +5,18 @@
 //! applies atomically), one `XADD` of the change batch to the label's change stream,
 //! and one `INCR` of the graph's write version. Writes that must know what existed
 //! before (deletes, clears) first `WATCH` the graph on a dedicated connection and
-//! read, so what they report and publish is exactly what they changed.
+//! read, so what they report and publish is exactly what they changed; so do large
+//! batches of sets, to learn whether the label is empty (see [`BULK_MIN`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::marker::PhantomData;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use async_trait::async_trait;
 use futures::StreamExt;
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, IntoConnectionInfo, Value};
+use redis::{AsyncConnectionConfig, IntoConnectionInfo, RedisWrite as _, Value};
 use serde::Deserialize;
 use storage_core::codec::{Codec, Header, to_document};
 use storage_core::events::BeforeEvent;
@@ -28,14 +29,26 @@ use storage_core::{
 use crate::config::{GraphConfig, STREAM_MAX_LEN, redact_url};
 use crate::cypher::{
     Cypher, KEY_INDEX_PROP, Leaf, OBJECT_PROP, OPAQUE_PROP, OPAQUE_SLOTS, VALUE_PROP, key_from_hex,
-    key_hex, path_tag, push_key_hex, split_opaque, visit_leaves, write_str_literal,
+    key_hex, path_id, path_tag, push_key_hex, split_opaque, write_str_literal,
 };
 use crate::embedded::EmbeddedServer;
 use crate::error::{BACKEND, corrupt, is_missing_graph, redis_err, reply_err};
+use crate::leaves::Leaves;
 use crate::unique::{EPOCH_PROP, Stamp, op_terms};
 
 /// How often a write that lost a `WATCH` race is retried before `VersionConflict`.
 const WRITE_RETRIES: usize = 16;
+/// Batches of at least this many operations are encoded, and their commits' change
+/// entries framed, on a second thread beside the first (see `encode_ops`, `commit`):
+/// below it a thread costs more than it saves.
+const PARALLEL_MIN: usize = 2048;
+/// A batch of at least this many sets (and nothing else) first asks, under `WATCH`,
+/// whether the label holds any node, in one read that stops at the first node it
+/// finds. If it holds none (a first load), the query creates every row without the
+/// index lookup of all the batch's keys that otherwise decides between creating and
+/// upserting (about a twentieth of such a batch's time); a write in between makes
+/// `EXEC` fail and the batch retries. Smaller batches skip the round trips.
+const BULK_MIN: usize = 2048;
 /// Entries fetched per round trip when iterating.
 const PAGE: usize = 5000;
 /// How long `create_index` waits, by default, for FalkorDB to build a new index.
@@ -96,12 +109,34 @@ pub(crate) struct Inner {
     server: Option<EmbeddedServer>,
 }
 
-/// A value encoded for the graph: the exact stored form, and the document its promoted
-/// properties (see `cypher::visit_leaves`) and unique index terms come from.
+/// A value encoded for the graph: the exact stored form, its leaves (the promoted
+/// properties and opaque paths, see `cypher::visit_leaves`), and its document, which
+/// only unique index checks need: it is built when the store knows unique indexes, or
+/// later from the stored form ([`Encoded::ensure_doc`]) when one appeared since.
 #[derive(Debug, Clone)]
 pub(crate) struct Encoded {
     pub(crate) stored: String,
-    pub(crate) doc: Arc<Document>,
+    pub(crate) leaves: Leaves,
+    doc: OnceLock<Arc<Document>>,
+}
+
+impl Encoded {
+    /// The value's document; an error when it was not built (see [`Encoded::ensure_doc`]).
+    pub(crate) fn doc(&self) -> Result<&Document> {
+        self.doc.get().map(AsRef::as_ref).ok_or_else(|| {
+            StorageError::new(ErrorCode::Backend, "a write's document was not built")
+                .with_backend(BACKEND)
+        })
+    }
+
+    /// Builds the document from the stored form if it was not built at encoding.
+    pub(crate) fn ensure_doc<T: StorageValue>(&self, codec: &Codec<T>) -> Result<()> {
+        if self.doc.get().is_none() {
+            let value: T = decode(codec, &self.stored, "commit")?;
+            let _ = self.doc.set(Arc::new(to_document(&value)?));
+        }
+        Ok(())
+    }
 }
 
 /// What a watched commit read about the keys it deletes or clears.
@@ -175,21 +210,36 @@ pub(crate) struct Applied {
 /// FalkorDB strings are C strings that end at the first NUL: `t` + the base64 header +
 /// `|` + the payload when the payload is UTF-8 without NUL (uncompressed JSON, which
 /// stays readable in the graph), `b` + base64 of everything otherwise.
-pub(crate) fn encode<T: StorageValue>(codec: &Codec<T>, value: &T) -> Result<Encoded> {
-    encode_with(codec, value, &mut Vec::new())
+pub(crate) fn encode<T: StorageValue>(
+    codec: &Codec<T>,
+    value: &T,
+    with_doc: bool,
+) -> Result<Encoded> {
+    encode_with(codec, value, &mut Vec::new(), with_doc)
 }
 
 /// [`encode`], with `scratch` as the codec's buffer (a batch reuses one for every
-/// value, and each stored form is then allocated once, at its exact size).
+/// value, and each stored form is then allocated once, at its exact size). `with_doc`:
+/// build the document too (for unique index checks).
 pub(crate) fn encode_with<T: StorageValue>(
     codec: &Codec<T>,
     value: &T,
     scratch: &mut Vec<u8>,
+    with_doc: bool,
 ) -> Result<Encoded> {
     scratch.clear();
     codec.encode_into(value, scratch)?;
     let bytes = scratch.as_slice();
-    let doc = to_document(value)?;
+    let doc = OnceLock::new();
+    let leaves = match Leaves::of_value(value) {
+        Some(leaves) if !with_doc => leaves,
+        _ => {
+            let built = to_document(value)?;
+            let leaves = Leaves::of_document(&built);
+            let _ = doc.set(Arc::new(built));
+            leaves
+        }
+    };
     let (_, payload) = Header::parse(bytes)?;
     let header_len = bytes.len() - payload.len();
     let stored = match std::str::from_utf8(payload) {
@@ -205,7 +255,8 @@ pub(crate) fn encode_with<T: StorageValue>(
     };
     Ok(Encoded {
         stored,
-        doc: Arc::new(doc),
+        leaves,
+        doc,
     })
 }
 
@@ -546,6 +597,13 @@ impl Inner {
         Ok(v.unwrap_or(0))
     }
 
+    /// Whether the label holds no node (a read that stops at the first one).
+    pub(crate) async fn label_is_empty(&self, conn: &mut MultiplexedConnection) -> Result<bool> {
+        let mut q = Cypher::new();
+        q.push(&format!("MATCH (n:{}) RETURN 1 LIMIT 1", self.label));
+        Ok(self.read(conn, &q, "commit").await?.is_empty())
+    }
+
     pub(crate) async fn get_stored(
         &self,
         conn: &mut MultiplexedConnection,
@@ -693,8 +751,8 @@ impl Inner {
     /// touches, whether it existed before (read under the caller's `WATCH`), or be
     /// `None` when `ops` holds only sets. `old` holds the stored values read with it
     /// (those of the keys deletes remove), which the change record carries.
-    /// `after_hooks`: whether to collect the after-hook events. Returns `None` when
-    /// `EXEC` was aborted by a concurrent write.
+    /// `options`: whether to collect the after-hook events, and whether the label was
+    /// found empty. Returns `None` when `EXEC` was aborted by a concurrent write.
     #[allow(clippy::too_many_lines)] // one commit's bookkeeping reads best in one place
     pub(crate) async fn commit(
         &self,
@@ -703,8 +761,12 @@ impl Inner {
         existed: Option<&BTreeSet<String>>,
         old: &BTreeMap<String, String>,
         stamp: &Stamp,
-        after_hooks: bool,
+        options: CommitOptions,
     ) -> Result<Option<Applied>> {
+        let CommitOptions {
+            after_hooks,
+            absent,
+        } = options;
         let mut applied = Applied::default();
         let has_clear = ops.iter().any(|op| matches!(op, Op::Clear));
         let mut state: HashMap<&str, bool> = HashMap::new();
@@ -813,8 +875,24 @@ impl Inner {
             // Nothing to write (deletes of missing keys): the after-hooks still see them.
             return Ok(Some(applied));
         }
-        let q = self.write_plan(clear, &sets, &deletes, stamp)?;
-        let payload = crate::observable::frame_changes(&changes);
+        // The stream entry and the query are independent: a large commit frames the
+        // entry on a second thread while this one writes the query's rows.
+        let (q, xadd) = if changes.len() >= PARALLEL_MIN {
+            std::thread::scope(|scope| {
+                let framer = scope.spawn(|| self.change_entry(&changes));
+                let q = self.write_plan(clear, &sets, &deletes, stamp, absent);
+                let xadd = framer.join().map_err(|_| {
+                    StorageError::new(ErrorCode::Backend, "framing the change entry panicked")
+                        .with_backend(BACKEND)
+                });
+                Ok::<_, StorageError>((q?, xadd?))
+            })?
+        } else {
+            (
+                self.write_plan(clear, &sets, &deletes, stamp, absent)?,
+                self.change_entry(&changes),
+            )
+        };
         drop(changes);
         let mut pipe = redis::pipe();
         pipe.atomic()
@@ -822,17 +900,9 @@ impl Inner {
             .cmd("GRAPH.QUERY")
             .arg(&self.graph)
             .arg(q.into_text())
-            .cmd("XADD")
-            .arg(&self.stream)
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(self.stream_max_len)
-            .arg("*")
-            .arg(crate::observable::FRAMED_FIELD)
-            .arg(&payload)
+            .add_command(xadd)
             .cmd("INCR")
             .arg(&self.version_key);
-        drop(payload);
         let reply: Value = match pipe.query_async(conn).await {
             Ok(reply) => reply,
             Err(e) => {
@@ -863,6 +933,23 @@ impl Inner {
         Ok(Some(applied))
     }
 
+    /// The `XADD` of a commit's change entry to the label's stream.
+    fn change_entry(&self, changes: &[StreamChangeRef<'_>]) -> redis::Cmd {
+        let mut xadd = redis::cmd("XADD");
+        xadd.arg(&self.stream)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(self.stream_max_len)
+            .arg("*")
+            .arg(crate::observable::FRAMED_FIELD);
+        xadd.reserve_space_for_args([crate::observable::framed_len(changes)]);
+        crate::observable::frame_changes_into(
+            &mut crate::observable::ArgSink(xadd.writer_for_next_arg()),
+            changes,
+        );
+        xadd
+    }
+
     /// One query for a whole commit: deletes (or the clear), then the sets.
     ///
     /// Sets are an upsert written as `OPTIONAL MATCH` + `CREATE` or `SET` rather than
@@ -878,13 +965,16 @@ impl Inner {
     /// was created (`created = 0`, a batch is never empty) and the same query upserts
     /// row by row. Both branches are in the one query, so the check and the writes are
     /// atomic together. (A `CASE` choosing between the rows and `[]` costs FalkorDB a
-    /// copy of the rows; it only runs on the upsert branch.)
+    /// copy of the rows; it only runs on the upsert branch.) When the commit found the
+    /// label empty under its `WATCH` (`absent`, see [`BULK_MIN`]), the rows are plain
+    /// `CREATE`s without that lookup.
     fn write_plan(
         &self,
         clear: bool,
         sets: &BTreeMap<&str, &Encoded>,
         deletes: &BTreeSet<&str>,
         stamp: &Stamp,
+        absent: bool,
     ) -> Result<Cypher> {
         let mut q = Cypher::new();
         let label = &self.label;
@@ -961,19 +1051,13 @@ impl Inner {
                  FOREACH (_ IN CASE WHEN n IS NULL THEN [1] ELSE [] END | {create}) \
                  FOREACH (_ IN CASE WHEN n IS NULL THEN [] ELSE [1] END | SET n = {props})"
             );
-            if only_sets {
+            if only_sets && absent {
+                // The label was empty under the commit's WATCH (a write since makes EXEC
+                // fail): every key is new, and each appears once in `sets`.
+                let _ = write!(body, "UNWIND {rows} AS r {create}");
+            } else if only_sets {
                 let khs = q.param_with(hex_len, |out| {
-                    out.push('[');
-                    for (i, key) in sets.keys().enumerate() {
-                        if i > 0 {
-                            out.push_str(", ");
-                        }
-                        // Hex digits need no escaping.
-                        out.push('\'');
-                        push_key_hex(out, key);
-                        out.push('\'');
-                    }
-                    out.push(']');
+                    push_hex_key_list(out, sets.keys());
                     Ok(())
                 })?;
                 let _ = write!(
@@ -1037,7 +1121,7 @@ impl Columns {
             bytes += key.len() * 2 + value.stored.len() + value.stored.len() / 64 + 24;
             let mut next = 0;
             let mut opaque = 0;
-            visit_leaves(&value.doc, &mut |name, leaf| {
+            value.leaves.visit(&mut |name, leaf| {
                 let literal = match leaf {
                     Leaf::Opaque => {
                         opaque += 1;
@@ -1112,8 +1196,9 @@ impl Columns {
         stamp: &Stamp,
     ) -> Result<()> {
         let mut cells: Vec<Option<Leaf<'_>>> = vec![None; self.names.len()];
-        let mut tags: Vec<String> = Vec::new();
-        let mut objects = String::new();
+        // Paths (without the promoted name's leading dot), written as tags in place.
+        let mut tags: Vec<&str> = Vec::new();
+        let mut objects: Vec<&str> = Vec::new();
         out.push('[');
         for (i, (key, value)) in sets.iter().enumerate() {
             if i > 0 {
@@ -1127,16 +1212,10 @@ impl Columns {
             cells.fill(None);
             tags.clear();
             objects.clear();
-            let mut failed = None;
             let mut next = 0;
-            visit_leaves(&value.doc, &mut |name, leaf| match leaf {
-                Leaf::Opaque => tags.push(path_tag(&name[1..])),
-                Leaf::Object => {
-                    objects.push_str(if objects.is_empty() { "[" } else { ", " });
-                    if let Err(e) = write_str_literal(&mut objects, &path_tag(&name[1..])) {
-                        failed = Some(e);
-                    }
-                }
+            value.leaves.visit(&mut |name, leaf| match leaf {
+                Leaf::Opaque => tags.push(&name[1..]),
+                Leaf::Object => objects.push(&name[1..]),
                 _ => {
                     if let Some(at) = self.find(name, next) {
                         cells[at] = Some(leaf);
@@ -1144,31 +1223,25 @@ impl Columns {
                     }
                 }
             });
-            if let Some(e) = failed {
-                return Err(e);
-            }
             let (slots, rest) = split_opaque(&tags);
             for (used, tag) in self.slots.iter().zip(slots) {
                 if *used {
                     out.push_str(", ");
                     match tag {
-                        Some(tag) => write_str_literal(out, tag)?,
+                        Some(path) => {
+                            let _ = write!(out, "{}", path_id(path));
+                        }
                         None => out.push_str("null"),
                     }
                 }
             }
             if self.opaque {
                 out.push_str(", ");
-                write_tag_list(out, rest)?;
+                push_path_tags(out, rest);
             }
             if self.objects {
                 out.push_str(", ");
-                if objects.is_empty() {
-                    out.push_str("null");
-                } else {
-                    out.push_str(&objects);
-                    out.push(']');
-                }
+                push_path_tags(out, &objects);
             }
             for cell in &cells {
                 out.push_str(", ");
@@ -1177,7 +1250,7 @@ impl Columns {
                     None => out.push_str("null"),
                 }
             }
-            stamp.write_term_columns(&value.doc, out)?;
+            stamp.write_term_columns(value, out)?;
             out.push(']');
         }
         out.push(']');
@@ -1224,20 +1297,24 @@ fn lone_props(q: &mut Cypher, kh: &str, value: &Encoded, stamp: &Stamp) -> Resul
     let mut cell = String::new();
     write_str_literal(&mut cell, &value.stored)?;
     let _ = write!(out, ", {VALUE_PROP}: {}", q.param_literal(&cell));
-    let (mut tags, mut objects) = (Vec::new(), Vec::new());
+    let (mut paths, mut objects) = (Vec::new(), Vec::new());
     let mut leaves = Vec::new();
-    visit_leaves(&value.doc, &mut |name, leaf| match leaf {
-        Leaf::Opaque => tags.push(path_tag(&name[1..])),
+    value.leaves.visit(&mut |name, leaf| match leaf {
+        Leaf::Opaque => paths.push(&name[1..]),
         Leaf::Object => objects.push(path_tag(&name[1..])),
         _ => leaves.push((name.to_owned(), leaf)),
     });
-    let (slots, rest) = split_opaque(&tags);
-    for (prop, tag) in OPAQUE_SLOTS.iter().zip(slots) {
-        if let Some(tag) = tag {
-            let _ = write!(out, ", {prop}: {}", q.param(tag)?);
+    let (slots, rest) = split_opaque(&paths);
+    for (prop, path) in OPAQUE_SLOTS.iter().zip(slots) {
+        if let Some(path) = path {
+            let _ = write!(out, ", {prop}: {}", q.param(&path_id(path))?);
         }
     }
-    for (prop, list) in [(OPAQUE_PROP, rest), (OBJECT_PROP, objects.as_slice())] {
+    let rest: Vec<String> = rest.iter().map(|path| path_tag(path)).collect();
+    for (prop, list) in [
+        (OPAQUE_PROP, rest.as_slice()),
+        (OBJECT_PROP, objects.as_slice()),
+    ] {
         if !list.is_empty() {
             let _ = write!(out, ", {prop}: {}", q.param(list)?);
         }
@@ -1249,7 +1326,7 @@ fn lone_props(q: &mut Cypher, kh: &str, value: &Encoded, stamp: &Stamp) -> Resul
         let _ = write!(out, ", `{name}`: {}", q.param_literal(&cell));
     }
     stamp.write_epoch(&mut out);
-    for (prop, terms) in stamp.term_literals(&value.doc)? {
+    for (prop, terms) in stamp.term_literals(value)? {
         // Term property names are `u:` and hex digits.
         let _ = write!(out, ", `{prop}`: {}", q.param_literal(&terms));
     }
@@ -1267,14 +1344,14 @@ fn write_node_literal(out: &mut String, key: &str, value: &Encoded, stamp: &Stam
     push_key_hex(out, key);
     let _ = write!(out, "', {VALUE_PROP}: ");
     write_str_literal(out, &value.stored)?;
-    let (mut tags, mut objects) = (Vec::new(), Vec::new());
+    let (mut paths, mut objects) = (Vec::new(), Vec::new());
     let mut result = Ok(());
-    visit_leaves(&value.doc, &mut |name, leaf| {
+    value.leaves.visit(&mut |name, leaf| {
         if result.is_err() {
             return;
         }
         match leaf {
-            Leaf::Opaque => tags.push(path_tag(&name[1..])),
+            Leaf::Opaque => paths.push(&name[1..]),
             Leaf::Object => objects.push(path_tag(&name[1..])),
             _ => {
                 let _ = write!(out, ", `{name}`: ");
@@ -1283,22 +1360,54 @@ fn write_node_literal(out: &mut String, key: &str, value: &Encoded, stamp: &Stam
         }
     });
     result?;
-    let (slots, rest) = split_opaque(&tags);
-    for (prop, tag) in OPAQUE_SLOTS.iter().zip(slots) {
-        if let Some(tag) = tag {
-            let _ = write!(out, ", {prop}: ");
-            write_str_literal(out, tag)?;
+    let (slots, rest) = split_opaque(&paths);
+    for (prop, path) in OPAQUE_SLOTS.iter().zip(slots) {
+        if let Some(path) = path {
+            let _ = write!(out, ", {prop}: {}", path_id(path));
         }
     }
-    for (prop, list) in [(OPAQUE_PROP, rest), (OBJECT_PROP, objects.as_slice())] {
+    let rest: Vec<String> = rest.iter().map(|path| path_tag(path)).collect();
+    for (prop, list) in [
+        (OPAQUE_PROP, rest.as_slice()),
+        (OBJECT_PROP, objects.as_slice()),
+    ] {
         if !list.is_empty() {
             let _ = write!(out, ", {prop}: ");
             write_tag_list(out, list)?;
         }
     }
-    stamp.write_props(&value.doc, out)?;
+    if stamp.uniques.is_empty() {
+        stamp.write_epoch(out);
+    } else {
+        stamp.write_props(value.doc()?, out)?;
+    }
     out.push('}');
     Ok(())
+}
+
+/// Appends [`path_tag`] of `path` as a string literal (hex digits after a letter need
+/// no escaping), without building the tag apart (the paths listed in `_o` and `_x`).
+fn push_path_tag(out: &mut String, path: &str) {
+    out.push_str("'h");
+    push_key_hex(out, path);
+    out.push('\'');
+}
+
+/// Appends the [`path_tag`]s of `paths` as a list literal, or `null` (which `CREATE`
+/// skips and `SET n = {…}` removes) when there are none.
+fn push_path_tags(out: &mut String, paths: &[&str]) {
+    if paths.is_empty() {
+        out.push_str("null");
+        return;
+    }
+    out.push('[');
+    for (i, path) in paths.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        push_path_tag(out, path);
+    }
+    out.push(']');
 }
 
 /// Appends path tags as a list literal, or `null` (which `CREATE` skips and
@@ -1520,6 +1629,15 @@ impl<T: StorageValue> GraphStorage<T> {
             self.load_indexes_on(conn, false).await?;
         }
         let stamp = Stamp::new(self.inner.indexes.epoch(), &self.inner.indexes.list())?;
+        if !stamp.uniques.is_empty() {
+            // Encoded before this handle knew of a unique index: build the documents
+            // the checks and the index terms are computed from.
+            for op in ops {
+                if let Op::Set { value, .. } = op {
+                    value.ensure_doc(&self.codec)?;
+                }
+            }
+        }
         if !stamp.uniques.is_empty() && ops.iter().any(|op| matches!(op, Op::Set { .. })) {
             let base = self.unique_candidates(conn, &stamp, ops).await?;
             crate::unique::check_ops(&stamp.definitions(), &base, ops)?;
@@ -1541,6 +1659,7 @@ impl<T: StorageValue> GraphStorage<T> {
             Existed::Keys(keys) => (keys, BTreeMap::new()),
             Existed::Values(values) => (values.keys().cloned().collect(), values),
         };
+        let absent = is_bulk_load(ops) && self.inner.label_is_empty(conn).await?;
         self.inner
             .commit(
                 conn,
@@ -1548,7 +1667,10 @@ impl<T: StorageValue> GraphStorage<T> {
                 Some(&existed),
                 &old,
                 &stamp,
-                self.hub.has_after_hooks(),
+                CommitOptions {
+                    after_hooks: self.hub.has_after_hooks(),
+                    absent,
+                },
             )
             .await
     }
@@ -1566,7 +1688,7 @@ impl<T: StorageValue> GraphStorage<T> {
         let e = q.param(&stamp.epoch)?;
         // A node without a stamp was written at epoch 0 (see `Stamp::write_epoch`).
         let mut clauses = vec![format!("coalesce(n.{EPOCH_PROP}, 0) <> {e}")];
-        for ((prop, _, _), terms) in stamp.uniques.iter().zip(op_terms(stamp, ops)) {
+        for ((prop, _, _), terms) in stamp.uniques.iter().zip(op_terms(stamp, ops)?) {
             if terms.is_empty() {
                 continue;
             }
@@ -1593,7 +1715,8 @@ impl<T: StorageValue> GraphStorage<T> {
     pub(crate) async fn apply(&self, ops: &[Op]) -> Result<Applied> {
         self.refresh_indexes().await?;
         let needs_read = !self.inner.indexes.unique().is_empty()
-            || ops.iter().any(|op| !matches!(op, Op::Set { .. }));
+            || ops.iter().any(|op| !matches!(op, Op::Set { .. }))
+            || is_bulk_load(ops);
         let applied = if needs_read {
             self.apply_watched(ops).await?
         } else {
@@ -1611,7 +1734,10 @@ impl<T: StorageValue> GraphStorage<T> {
                     None,
                     &BTreeMap::new(),
                     &stamp,
-                    self.hub.has_after_hooks(),
+                    CommitOptions {
+                        after_hooks: self.hub.has_after_hooks(),
+                        absent: false,
+                    },
                 )
                 .await?
                 .ok_or_else(|| reply_err("commit", "exec aborted without watch"))?
@@ -1664,29 +1790,33 @@ impl<T: StorageValue> GraphStorage<T> {
         .with_backend(BACKEND))
     }
 
-    pub(crate) fn encode_ops(codec: &Codec<T>, operations: &[Operation<T>]) -> Result<Vec<Op>> {
-        let mut scratch = Vec::new();
-        operations
-            .iter()
-            .enumerate()
-            .map(|(i, op)| {
-                Ok(match op {
-                    Operation::Set { key, value } => {
-                        validate_key(key).map_err(|e| e.with_context("index", i))?;
-                        Op::Set {
-                            key: key.clone(),
-                            value: encode_with(codec, value, &mut scratch)
-                                .map_err(|e| e.with_context("index", i))?,
-                        }
-                    }
-                    Operation::Delete { key } => {
-                        validate_key(key).map_err(|e| e.with_context("index", i))?;
-                        Op::Delete { key: key.clone() }
-                    }
-                    Operation::Clear => Op::Clear,
-                })
-            })
-            .collect()
+    /// Validates and encodes a batch's operations. A large batch is encoded in two
+    /// halves, the second on a thread of its own: the values are independent, and
+    /// encoding them is most of what a batch costs the client before it is sent.
+    pub(crate) fn encode_ops(&self, operations: &[Operation<T>]) -> Result<Vec<Op>> {
+        let with_doc = self.needs_documents();
+        if operations.len() < PARALLEL_MIN {
+            return encode_chunk(&self.codec, operations, 0, with_doc);
+        }
+        let (first, second) = operations.split_at(operations.len() / 2);
+        let codec = &*self.codec;
+        std::thread::scope(|scope| {
+            let later = scope.spawn(|| encode_chunk(codec, second, first.len(), with_doc));
+            // The first half's error comes first, as in a sequential encoding.
+            let mut ops = encode_chunk(codec, first, 0, with_doc)?;
+            let rest = later.join().map_err(|_| {
+                StorageError::new(ErrorCode::Backend, "encoding a batch panicked")
+                    .with_backend(BACKEND)
+            })??;
+            ops.extend(rest);
+            Ok(ops)
+        })
+    }
+
+    /// Whether writes should build their values' documents: only unique index checks
+    /// read them (see [`Encoded`]).
+    pub(crate) fn needs_documents(&self) -> bool {
+        !self.inner.indexes.unique().is_empty()
     }
 
     fn iterate(&self, with_values: bool) -> ResultStream<'_, (String, Option<String>)> {
@@ -1741,7 +1871,7 @@ impl<T: StorageValue> Storage<T> for GraphStorage<T> {
         self.before(&BeforeEvent::Set { key, value })?;
         let op = Op::Set {
             key: key.to_owned(),
-            value: encode(&self.codec, value)
+            value: encode(&self.codec, value, self.needs_documents())
                 .map_err(|e| e.with_operation("set").with_context("key", key))?,
         };
         self.apply(std::slice::from_ref(&op)).await?;
@@ -1837,8 +1967,9 @@ impl<T: StorageValue> BatchStorage<T> for GraphStorage<T> {
     }
 
     async fn batch(&self, operations: Vec<Operation<T>>) -> Result<BatchResult> {
-        let ops =
-            Self::encode_ops(&self.codec, &operations).map_err(|e| e.with_operation("batch"))?;
+        let ops = self
+            .encode_ops(&operations)
+            .map_err(|e| e.with_operation("batch"))?;
         if self.hub.has_before_hooks() {
             for (i, op) in operations.iter().enumerate() {
                 let event = match op {
@@ -1855,6 +1986,68 @@ impl<T: StorageValue> BatchStorage<T> for GraphStorage<T> {
         free_later(ops);
         Ok(applied?.result)
     }
+}
+
+/// Appends the keys' [`key_hex`] as a list literal (hex digits need no escaping).
+fn push_hex_key_list<'k>(out: &mut String, keys: impl Iterator<Item = &'k &'k str>) {
+    out.push('[');
+    for (i, key) in keys.enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        out.push('\'');
+        push_key_hex(out, key);
+        out.push('\'');
+    }
+    out.push(']');
+}
+
+/// How a commit is written beyond its operations.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CommitOptions {
+    /// Collect the after-hook events.
+    pub(crate) after_hooks: bool,
+    /// The label held no node when read under the commit's `WATCH` (see [`BULK_MIN`]).
+    pub(crate) absent: bool,
+}
+
+/// Whether `ops` is a batch of [`BULK_MIN`] sets or more, which reads under `WATCH`
+/// whether the label is empty before it commits.
+fn is_bulk_load(ops: &[Op]) -> bool {
+    ops.len() >= BULK_MIN && ops.iter().all(|op| matches!(op, Op::Set { .. }))
+}
+
+/// Validates and encodes `operations`, the first of which is the batch's operation
+/// number `offset` (for the `index` of an error).
+fn encode_chunk<T: StorageValue>(
+    codec: &Codec<T>,
+    operations: &[Operation<T>],
+    offset: usize,
+    with_doc: bool,
+) -> Result<Vec<Op>> {
+    let mut scratch = Vec::new();
+    operations
+        .iter()
+        .enumerate()
+        .map(|(i, op)| {
+            let i = offset + i;
+            Ok(match op {
+                Operation::Set { key, value } => {
+                    validate_key(key).map_err(|e| e.with_context("index", i))?;
+                    Op::Set {
+                        key: key.clone(),
+                        value: encode_with(codec, value, &mut scratch, with_doc)
+                            .map_err(|e| e.with_context("index", i))?,
+                    }
+                }
+                Operation::Delete { key } => {
+                    validate_key(key).map_err(|e| e.with_context("index", i))?;
+                    Op::Delete { key: key.clone() }
+                }
+                Operation::Clear => Op::Clear,
+            })
+        })
+        .collect()
 }
 
 /// Batches at least this long are freed by [`free_later`].
@@ -1896,11 +2089,11 @@ mod tests {
         ] {
             let codec = Codec::<(String, u64, i64)>::new(&config)?;
             let value = ("a\0b".to_owned(), u64::MAX, i64::MIN);
-            let enc = encode(&codec, &value)?;
+            let enc = encode(&codec, &value, false)?;
             assert!(!enc.stored.contains('\0'));
             assert_eq!(decode(&codec, &enc.stored, "get")?, value);
         }
-        let json = encode(&Codec::<String>::default(), &"hi".to_owned())?;
+        let json = encode(&Codec::<String>::default(), &"hi".to_owned(), false)?;
         assert!(json.stored.ends_with("|\"hi\""), "{}", json.stored);
         Ok(())
     }

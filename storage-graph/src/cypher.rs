@@ -47,10 +47,40 @@ pub(crate) const VALUE_PROP: &str = "v";
 /// as a [`path_tag`], beyond the first ones (which go in [`OPAQUE_SLOTS`]).
 pub(crate) const OPAQUE_PROP: &str = "_o";
 /// Node properties holding the paths of the first values that are present but not
-/// promoted, one each, as a [`path_tag`] string. Most documents with such values have
-/// one or two (an array field, a long text), and FalkorDB creates and indexes a string
-/// several times faster than a list. Each is indexed, like `_o`.
+/// promoted, one each, as a [`path_id`] (nodes of earlier builds: a [`path_tag`]
+/// string, which queries still match). Most documents with such values have one or
+/// two (an array field, a long text), and FalkorDB creates and indexes a scalar
+/// several times faster than a list, and a number faster than a string. Each is
+/// indexed, like `_o`.
 pub(crate) const OPAQUE_SLOTS: [&str; 2] = ["_o1", "_o2"];
+
+/// The number a slot (see [`OPAQUE_SLOTS`]) holds for a path: its 64-bit FNV-1a hash
+/// folded to 52 bits (exact as a float too, which FalkorDB's index may compare
+/// through). Two paths may share one; a node then looks opaque on a path where it is
+/// not, which only widens a pre-filter (opaque nodes are kept for the evaluator to
+/// decide on, and excluded under `not` from the inner clause, whose negation keeps
+/// them): it never loses an entry.
+pub(crate) fn path_id(path: &str) -> i64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in path.bytes() {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    let folded = (hash ^ (hash >> 52)) & ((1 << 52) - 1);
+    // Below 2^52: always fits.
+    i64::try_from(folded).unwrap_or_default()
+}
+
+/// What a slot or `_o` may hold for any of `paths`, as one list for `IN`: each path's
+/// [`path_tag`] (in `_o`, and in the slots of earlier builds' nodes) and [`path_id`].
+pub(crate) fn opaque_markers<S: AsRef<str>>(paths: &[S]) -> FalkorValue {
+    let mut out = Vec::with_capacity(paths.len() * 2);
+    for path in paths {
+        out.push(FalkorValue::String(path_tag(path.as_ref())));
+        out.push(FalkorValue::I64(path_id(path.as_ref())));
+    }
+    FalkorValue::Array(out)
+}
 
 /// Splits a node's opaque path tags into the [`OPAQUE_SLOTS`] and the rest, for `_o`.
 pub(crate) fn split_opaque<S: AsRef<str>>(tags: &[S]) -> ([Option<&str>; 2], &[S]) {
@@ -391,8 +421,25 @@ pub(crate) fn visit_leaves<'d>(doc: &'d Document, f: &mut impl FnMut(&str, Leaf<
 /// NUL, or an empty key, can never be named by a field path (paths split on dots and
 /// reject NUL and empty segments); a backtick cannot appear in a FalkorDB name at all,
 /// so a path through it is evaluated in process and its value needs no property.
-fn nameable(k: &str) -> bool {
+pub(crate) fn nameable(k: &str) -> bool {
     !(k.is_empty() || k.contains(['.', '\0', '`']))
+}
+
+/// The leaf of an integer (`None`: beyond `i64`): promoted within ±2^53, opaque beyond.
+pub(crate) fn leaf_of_int(i: Option<i64>) -> Leaf<'static> {
+    match i {
+        Some(i) if (-EXACT_INT..=EXACT_INT).contains(&i) => Leaf::Int(i),
+        _ => Leaf::Opaque,
+    }
+}
+
+/// The leaf of a float: promoted when finite.
+pub(crate) fn leaf_of_float(x: f64) -> Leaf<'static> {
+    if x.is_finite() {
+        Leaf::Float(x)
+    } else {
+        Leaf::Opaque
+    }
 }
 
 fn walk<'d>(name: &mut String, value: &'d Value, f: &mut impl FnMut(&str, Leaf<'d>)) {
@@ -414,20 +461,12 @@ fn walk<'d>(name: &mut String, value: &'d Value, f: &mut impl FnMut(&str, Leaf<'
         }
         Value::Bool(b) => f(name, Leaf::Bool(*b)),
         Value::Number(n) => {
-            if let Some(i) = n.as_i64().filter(|i| (-EXACT_INT..=EXACT_INT).contains(i)) {
-                f(name, Leaf::Int(i));
-            } else if let (false, Some(x)) = (n.is_i64() || n.is_u64(), n.as_f64()) {
-                f(
-                    name,
-                    if x.is_finite() {
-                        Leaf::Float(x)
-                    } else {
-                        Leaf::Opaque
-                    },
-                );
+            let leaf = if n.is_i64() || n.is_u64() {
+                leaf_of_int(n.as_i64())
             } else {
-                f(name, Leaf::Opaque);
-            }
+                n.as_f64().map_or(Leaf::Opaque, leaf_of_float)
+            };
+            f(name, leaf);
         }
         _ => f(name, Leaf::Opaque),
     }
@@ -603,11 +642,7 @@ fn condition(
     for i in 1..=segments.len() {
         prefixes.push(segments[..i].join("."));
     }
-    let list: Vec<FalkorValue> = prefixes
-        .iter()
-        .map(|p| FalkorValue::String(path_tag(p)))
-        .collect();
-    let pfx = q.param(&FalkorValue::Array(list))?;
+    let pfx = q.param(&opaque_markers(&prefixes))?;
     let opaque = opaque_test(&pfx);
     let expr = if positive {
         format!("({exact} OR {opaque})")
@@ -673,6 +708,29 @@ mod tests {
         for prop in OPAQUE_SLOTS.iter().chain([&OPAQUE_PROP]) {
             assert!(test.contains(&format!("n.{prop}")), "{test}");
         }
+    }
+
+    #[test]
+    fn path_ids_are_stable_52_bit_numbers() {
+        // Stored in nodes: the function must never change.
+        assert_eq!(path_id(""), 0x0002_9ce4_8422_2f9a);
+        assert_eq!(path_id("tags"), 0x000c_3bef_076f_8811);
+        for path in ["", "a", "tags", "body", "a.b.c", "\u{e9}"] {
+            let id = path_id(path);
+            assert!((0..1 << 52).contains(&id), "{path}");
+            assert_eq!(id, path_id(path));
+        }
+        assert_ne!(path_id("tags"), path_id("body"));
+        let FalkorValue::Array(markers) = opaque_markers(&["tags"]) else {
+            panic!("not a list");
+        };
+        assert_eq!(
+            markers,
+            [
+                FalkorValue::String(path_tag("tags")),
+                FalkorValue::I64(path_id("tags"))
+            ]
+        );
     }
 
     #[test]

@@ -56,12 +56,15 @@
 //! never stored as properties for reading back). Scalars FalkorDB represents
 //! faithfully, strings of at most 128 bytes among them, are also copied into
 //! properties named `` `.path` `` to filter queries in Cypher; other present values
-//! (arrays, nulls, longer strings, …) are listed by path as *opaque*, the first two in
-//! the strings `_o1` and `_o2` and the rest in the list `_o`, and paths holding
-//! objects in `_x` (each path as `h` + hex, which FalkorDB's index matches exactly).
+//! (arrays, nulls, longer strings, …) are listed by path as *opaque*: the first two
+//! in `_o1` and `_o2`, each as a 52-bit hash of the path (a number, which FalkorDB
+//! parses and indexes faster than a string; two paths sharing a hash only widen a
+//! pre-filter, never lose an entry), the rest in the list `_o`, and paths holding
+//! objects in `_x` (these as `h` + hex, which FalkorDB's index matches exactly).
 //! `kh`, `_o1`, `_o2`, `_o` and `_x` are indexed; `ix` (see `unique`) is left out
 //! while the label has never had a unique index. Nodes written by earlier builds
-//! (which also held the key in `key`, and every opaque path in `_o`) read as before.
+//! (which also held the key in `key`, every opaque path in `_o`, or `h` + hex strings
+//! in `_o1` and `_o2`) read and answer queries as before.
 //! One graph per `database`, one label per handle: `clear` only removes this label's
 //! nodes. Every key and value reaches Cypher as a parameter in the
 //! `CYPHER name=value` header (encoded by the `falkordb` crate's verified encoder);
@@ -72,7 +75,8 @@
 //! - in Cypher: key lookups (through the `kh` index), iteration in key order (pages of
 //!   `ORDER BY kh`, strcmp on hex being the keys' byte order), batches (one `UNWIND` query per
 //!   batch, which FalkorDB applies atomically; plain `CREATE`s when the batch's keys are
-//!   all new), and the where clause (`eq`, `ne`, `gt`/`gte`/`lt`/`lte`, `in`, `nin`,
+//!   all new, and without even looking them up when a batch of 2,048 sets or more found
+//!   the label empty under `WATCH`), and the where clause (`eq`, `ne`, `gt`/`gte`/`lt`/`lte`, `in`, `nin`,
 //!   `and`, `or`, `not` on promoted properties);
 //! - when every clause of the where clause translates, the label splits in two. On
 //!   *clean* nodes (no opaque value on the query's paths, no object on its order
@@ -115,7 +119,17 @@
 //! (`#[tokio::main]`, `Runtime::new()`, or a builder with `enable_all()`), and
 //! `watch` spawns one task per subscription on the current runtime. A batch of 1,024
 //! operations or more hands its values and their encoded form to the runtime's
-//! blocking pool to be freed, rather than freeing them in the caller's path.
+//! blocking pool to be freed, rather than freeing them in the caller's path. A batch of
+//! 2,048 operations or more is encoded in two halves, the second on a short-lived
+//! thread of its own, and its change-stream entry is framed on another while the
+//! query's rows are written (the caller's thread waits for both; the result, errors
+//! included, is the sequential one).
+//!
+//! A write takes the promoted properties and opaque paths of a value straight from
+//! its `Serialize` implementation; the value's JSON document (what queries and the
+//! evaluator see) is only built when the label has unique indexes, or when the value
+//! has a shape that walk leaves to it (enum variants with data, 128-bit integers,
+//! map keys that are not strings), and the stored nodes are the same either way.
 //!
 //! ## What you give up
 //! - change events carry the new value of a set, and a delete's the value it removed
@@ -161,7 +175,8 @@
 //! ## Modules
 //! - `config`: [`GraphConfig`] and its defaults;
 //! - `backend`: [`GraphStorage`], Storage and Batch;
-//! - `cypher`: parameters, quoting, promoted properties, pre-filters;
+//! - `cypher`: parameters, quoting, promoted properties, pre-filters; `leaves`: a
+//!   value's promoted properties taken from its `Serialize` implementation;
 //! - `query`: Queryable and Indexed; `unique`: unique-index checks;
 //! - `transaction`: [`GraphTransaction`]; `observable`: hooks and the change stream;
 //! - `graph`: [`GraphExt`]; `embedded`: [`EmbeddedServer`]; `error`: error mapping;
@@ -176,6 +191,7 @@ pub mod distributed;
 mod embedded;
 mod error;
 mod graph;
+mod leaves;
 mod observable;
 mod query;
 mod transaction;

@@ -21,8 +21,8 @@ use storage_core::{
 
 use crate::backend::{GraphStorage, cell_int, cell_key, cell_str, decode, key_value_rows};
 use crate::cypher::{
-    Cypher, KEY_INDEX_PROP, OBJECT_PROP, OPAQUE_PROP, OPAQUE_SLOTS, VALUE_PROP, key_hex, path_tag,
-    pre_filter, promoted_name, quote_name,
+    Cypher, KEY_INDEX_PROP, OBJECT_PROP, OPAQUE_PROP, OPAQUE_SLOTS, VALUE_PROP, key_hex,
+    opaque_markers, path_tag, pre_filter, promoted_name, quote_name,
 };
 use crate::error::{BACKEND, redis_err};
 use crate::unique::Stamp;
@@ -188,7 +188,8 @@ fn dirty_nodes(paths: &[String], order: &[String], q: &mut Cypher) -> Result<Str
     }
     let mut parts = Vec::with_capacity(prefixes.len() + order.len() + 1);
     let tags: Vec<String> = prefixes.iter().map(|p| path_tag(p)).collect();
-    let list = q.param(&tags)?;
+    let prefixes: Vec<&String> = prefixes.iter().collect();
+    let list = q.param(&opaque_markers(&prefixes))?;
     for slot in OPAQUE_SLOTS {
         parts.push(format!("n.{slot} IN {list}"));
     }

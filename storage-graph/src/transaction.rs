@@ -289,7 +289,7 @@ impl<T: StorageValue> Storage<T> for GraphTransaction<T> {
         self.check_active(&mut tx)?;
         self.check_writable()?;
         self.store.before(&BeforeEvent::Set { key, value })?;
-        let value = encode(&self.store.codec, value)?;
+        let value = encode(&self.store.codec, value, self.store.needs_documents())?;
         tx.ops.push(Op::Set {
             key: key.to_owned(),
             value,

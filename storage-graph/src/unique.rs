@@ -23,7 +23,7 @@ use serde_json::Value;
 use storage_core::query::FieldPath;
 use storage_core::{Document, ErrorCode, IndexDefinition, Result, StorageError};
 
-use crate::backend::Op;
+use crate::backend::{Encoded, Op};
 use crate::cypher::{key_hex, write_literal};
 use crate::error::BACKEND;
 
@@ -88,10 +88,11 @@ impl Stamp {
 
     /// Each unique index's term property and its terms as a literal (`null` when the
     /// document has none), for a query that passes them as parameters.
-    pub(crate) fn term_literals(&self, doc: &Document) -> Result<Vec<(&str, String)>> {
+    pub(crate) fn term_literals(&self, value: &Encoded) -> Result<Vec<(&str, String)>> {
         self.uniques
             .iter()
             .map(|(prop, def, path)| {
+                let doc = value.doc()?;
                 let mut out = String::new();
                 write_terms(&mut out, &terms(def, path, doc))?;
                 Ok((prop.as_str(), out))
@@ -101,8 +102,9 @@ impl Stamp {
 
     /// Appends `, <terms>` for each unique index (in the order of `uniques`) to a row
     /// of a column-wise batch.
-    pub(crate) fn write_term_columns(&self, doc: &Document, out: &mut String) -> Result<()> {
+    pub(crate) fn write_term_columns(&self, value: &Encoded, out: &mut String) -> Result<()> {
         for (_, def, path) in &self.uniques {
+            let doc = value.doc()?;
             out.push_str(", ");
             write_terms(out, &terms(def, path, doc))?;
         }
@@ -256,22 +258,20 @@ pub(crate) fn check(
 }
 
 /// The terms every document set by `ops` is filed under, per unique index of `stamp`.
-pub(crate) fn op_terms(stamp: &Stamp, ops: &[Op]) -> Vec<Vec<String>> {
+pub(crate) fn op_terms(stamp: &Stamp, ops: &[Op]) -> Result<Vec<Vec<String>>> {
     stamp
         .uniques
         .iter()
         .map(|(_, def, path)| {
-            let mut all: Vec<String> = ops
-                .iter()
-                .filter_map(|op| match op {
-                    Op::Set { value, .. } => Some(terms(def, path, &value.doc)),
-                    _ => None,
-                })
-                .flatten()
-                .collect();
+            let mut all = Vec::new();
+            for op in ops {
+                if let Op::Set { value, .. } = op {
+                    all.extend(terms(def, path, value.doc()?));
+                }
+            }
             all.sort();
             all.dedup();
-            all
+            Ok(all)
         })
         .collect()
 }
@@ -287,7 +287,7 @@ pub(crate) fn check_ops(
     for op in ops {
         match op {
             Op::Set { key, value } => {
-                overlay.insert(key.clone(), Some((*value.doc).clone()));
+                overlay.insert(key.clone(), Some(value.doc()?.clone()));
             }
             Op::Delete { key } => {
                 overlay.insert(key.clone(), None);

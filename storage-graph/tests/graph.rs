@@ -236,6 +236,78 @@ async fn a_large_batch_is_one_query() -> Result<()> {
     Ok(())
 }
 
+/// Batches of 2,048 operations and more are encoded in two halves on two threads, and
+/// their change entry framed beside the query: the result is the sequential one.
+#[tokio::test]
+async fn large_batches_encode_in_halves_as_one_batch() -> Result<()> {
+    use storage_core::{ObservableStorage, WatchEvent, WatchPattern};
+    let store = open::<serde_json::Value>().await?;
+    let ops = |n: usize| -> Vec<Operation<serde_json::Value>> {
+        (0..n)
+            .map(|i| Operation::set(format!("k{i:05}"), serde_json::json!({"i": i, "s": "x"})))
+            .collect()
+    };
+    // The first bad operation is reported, whichever half holds it; nothing is applied.
+    for bad in [[3000, 3500], [1000, 3000]] {
+        let mut batch = ops(4000);
+        batch[bad[0]] = Operation::set("", serde_json::json!(0));
+        batch[bad[1]] = Operation::set("a\0b", serde_json::json!(0));
+        let err = store.batch(batch).await.unwrap_err();
+        assert_eq!(err.code(), ErrorCode::InvalidKey);
+        assert_eq!(
+            err.context_value("index"),
+            Some(bad[0].to_string().as_str())
+        );
+        assert_eq!(store.size().await?, 0);
+    }
+    let mut sub = store.watch(WatchPattern::All, 4)?;
+    let mut batch = ops(4000);
+    // The same key twice, once in each half: the later value wins.
+    batch[3999] = Operation::set("k00007", serde_json::json!({"i": "last"}));
+    store.batch(batch).await?;
+    assert_eq!(store.size().await?, 3999);
+    assert_eq!(
+        store.get("k00007").await?,
+        Some(serde_json::json!({"i": "last"}))
+    );
+    assert_eq!(
+        store.get("k03998").await?,
+        Some(serde_json::json!({"i": 3998, "s": "x"}))
+    );
+    let Ok(Some(WatchEvent::Changes(changes))) = next_event(&mut sub).await else {
+        panic!("no change batch");
+    };
+    let keys: Vec<&str> = changes.changes.iter().map(|c| c.key.as_str()).collect();
+    assert_eq!(keys.len(), 4000);
+    assert_eq!(
+        (keys[0], keys[3998], keys[3999]),
+        ("k00000", "k03998", "k00007")
+    );
+    // The first batch found the label empty and only created; this one finds nodes and
+    // upserts the keys it shares with them, creating the rest.
+    let again: Vec<Operation<serde_json::Value>> = (2000..6000)
+        .map(|i| {
+            Operation::set(
+                format!("k{i:05}"),
+                serde_json::json!({"i": i, "again": true}),
+            )
+        })
+        .collect();
+    store.batch(again).await?;
+    assert_eq!(store.size().await?, 6000);
+    assert_eq!(
+        store.get("k00007").await?,
+        Some(serde_json::json!({"i": "last"}))
+    );
+    for i in [2000, 3999, 5999] {
+        assert_eq!(
+            store.get(&format!("k{i:05}")).await?,
+            Some(serde_json::json!({"i": i, "again": true}))
+        );
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn blank_and_padded_keys_are_distinct_entries() -> Result<()> {
     let store = open::<u32>().await?;
@@ -428,9 +500,9 @@ async fn transactions_are_serializable_and_conflicts_are_retryable() -> Result<(
     Ok(())
 }
 
-async fn next_event(
-    sub: &mut storage_core::Subscription<u32>,
-) -> std::result::Result<Option<storage_core::WatchEvent<u32>>, tokio::time::error::Elapsed> {
+async fn next_event<T: storage_core::StorageValue>(
+    sub: &mut storage_core::Subscription<T>,
+) -> std::result::Result<Option<storage_core::WatchEvent<T>>, tokio::time::error::Elapsed> {
     use futures::StreamExt;
     tokio::time::timeout(std::time::Duration::from_secs(5), sub.next()).await
 }
@@ -1051,9 +1123,10 @@ async fn opaque_values_are_found_in_every_slot() -> Result<()> {
     Ok(())
 }
 
-/// Nodes as earlier builds wrote them (the key also in `key`, an `ix` stamp of 0,
-/// every opaque path in the list `_o`, long strings promoted) still read, iterate and
-/// answer queries.
+/// Nodes as earlier builds wrote them still read, iterate and answer queries: the
+/// first form (the key also in `key`, an `ix` stamp of 0, every opaque path in the
+/// list `_o`, long strings promoted) and the next (opaque paths in the slots `_o1` and
+/// `_o2` as `h` + hex strings, where this build stores numbers).
 #[tokio::test]
 async fn nodes_written_by_earlier_builds_still_read() -> Result<()> {
     use serde_json::json;
@@ -1064,8 +1137,10 @@ async fn nodes_written_by_earlier_builds_still_read() -> Result<()> {
     let long = "w".repeat(200);
     let old = json!({"n": 1, "tags": ["x"], "body": long});
     let new = json!({"n": 2, "tags": ["y"], "body": "short"});
+    let mid = json!({"n": 3, "tags": ["z"], "body": "v".repeat(200)});
     store.set(" old ", &old).await?;
     store.set("new", &new).await?;
+    store.set("mid", &mid).await?;
     // Rewrite the first node in the earlier form.
     let client = redis::Client::open(server().url())
         .map_err(|e| storage_core::StorageError::new(ErrorCode::ConnectionFailed, e.to_string()))?;
@@ -1073,20 +1148,25 @@ async fn nodes_written_by_earlier_builds_still_read() -> Result<()> {
         .get_multiplexed_async_connection()
         .await
         .map_err(|e| storage_core::StorageError::new(ErrorCode::ConnectionFailed, e.to_string()))?;
-    let rewrite = format!(
-        "MATCH (n:Entry {{kh: '206f6c6420'}}) SET n.key = ' old ', n.ix = 0, \
-         n._o = [n._o2], n._o1 = null, n._o2 = null, n.`.body` = '{long}'"
-    );
-    let reply: redis::Value = redis::cmd("GRAPH.QUERY")
-        .arg(&config.database)
-        .arg(&rewrite)
-        .query_async(&mut conn)
-        .await
-        .map_err(|e| storage_core::StorageError::new(ErrorCode::Backend, e.to_string()))?;
-    assert!(format!("{reply:?}").contains("Properties set"), "{reply:?}");
+    // `h` + the hex of "tags" and of "body".
+    for rewrite in [
+        format!(
+            "MATCH (n:Entry {{kh: '206f6c6420'}}) SET n.key = ' old ', n.ix = 0, \
+             n._o = ['h74616773'], n._o1 = null, n._o2 = null, n.`.body` = '{long}'"
+        ),
+        "MATCH (n:Entry {kh: '6d6964'}) SET n._o1 = 'h626f6479', n._o2 = 'h74616773'".to_owned(),
+    ] {
+        let reply: redis::Value = redis::cmd("GRAPH.QUERY")
+            .arg(&config.database)
+            .arg(&rewrite)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| storage_core::StorageError::new(ErrorCode::Backend, e.to_string()))?;
+        assert!(format!("{reply:?}").contains("Properties set"), "{reply:?}");
+    }
     assert_eq!(store.get(" old ").await?, Some(old.clone()));
     let keys: Vec<String> = store.keys().try_collect().await?;
-    assert_eq!(keys, [" old ", "new"]);
+    assert_eq!(keys, [" old ", "mid", "new"]);
     for (q, expected) in [
         (Query::filter(field("tags").eq("x")), vec![" old "]),
         (
@@ -1094,7 +1174,9 @@ async fn nodes_written_by_earlier_builds_still_read() -> Result<()> {
             vec![" old "],
         ),
         (Query::filter(field("n").lt(2)), vec![" old "]),
-        (Query::filter(field("tags").ne("x")), vec!["new"]),
+        (Query::filter(field("tags").ne("x")), vec!["mid", "new"]),
+        (Query::filter(field("tags").eq("z")), vec!["mid"]),
+        (Query::filter(field("body").lt("w")), vec!["mid", "new"]),
     ] {
         let got: Vec<String> = store
             .find_many(&q)
@@ -1103,12 +1185,16 @@ async fn nodes_written_by_earlier_builds_still_read() -> Result<()> {
             .map(|r| r.key)
             .collect();
         assert_eq!(got, expected, "{q:?}");
-        assert_eq!(store.count(&q).await?, 1, "{q:?}");
+        assert_eq!(
+            store.count(&q).await?,
+            u64::try_from(expected.len()).unwrap_or(0),
+            "{q:?}"
+        );
     }
     // Overwriting it writes the current form.
     store.set(" old ", &old).await?;
     assert_eq!(store.get(" old ").await?, Some(old));
     assert!(store.delete(" old ").await?);
-    assert_eq!(store.size().await?, 1);
+    assert_eq!(store.size().await?, 2);
     Ok(())
 }
