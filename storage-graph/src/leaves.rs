@@ -397,47 +397,30 @@ impl<'a> ser::Serializer for &'a mut Walker {
     }
 }
 
-impl ser::SerializeSeq for Nested<'_> {
-    type Ok = ();
-    type Error = Fallback;
+// A sequence, a tuple and a tuple struct are walked alike: element by element.
+macro_rules! sequence_like {
+    ($($trait:ident::$method:ident),+) => {$(
+        impl ser::$trait for Nested<'_> {
+            type Ok = ();
+            type Error = Fallback;
 
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Fallback> {
-        self.element(value)
-    }
+            fn $method<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Fallback> {
+                self.element(value)
+            }
 
-    fn end(self) -> Result<(), Fallback> {
-        Nested::end(self);
-        Ok(())
-    }
+            fn end(self) -> Result<(), Fallback> {
+                Nested::end(self);
+                Ok(())
+            }
+        }
+    )+};
 }
 
-impl ser::SerializeTuple for Nested<'_> {
-    type Ok = ();
-    type Error = Fallback;
-
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Fallback> {
-        self.element(value)
-    }
-
-    fn end(self) -> Result<(), Fallback> {
-        Nested::end(self);
-        Ok(())
-    }
-}
-
-impl ser::SerializeTupleStruct for Nested<'_> {
-    type Ok = ();
-    type Error = Fallback;
-
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Fallback> {
-        self.element(value)
-    }
-
-    fn end(self) -> Result<(), Fallback> {
-        Nested::end(self);
-        Ok(())
-    }
-}
+sequence_like!(
+    SerializeSeq::serialize_element,
+    SerializeTuple::serialize_element,
+    SerializeTupleStruct::serialize_field
+);
 
 impl ser::SerializeStruct for Nested<'_> {
     type Ok = ();

@@ -578,47 +578,30 @@ impl<'a> Serializer for &'a mut Encoder {
     }
 }
 
-impl ser::SerializeSeq for Array<'_> {
-    type Ok = ();
-    type Error = GiveUp;
+// A sequence, a tuple and a tuple struct are written alike: elements, then `]`.
+macro_rules! sequence_like {
+    ($($trait:ident::$method:ident),+) => {$(
+        impl ser::$trait for Array<'_> {
+            type Ok = ();
+            type Error = GiveUp;
 
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), GiveUp> {
-        self.element(value)
-    }
+            fn $method<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), GiveUp> {
+                self.element(value)
+            }
 
-    fn end(self) -> Result<(), GiveUp> {
-        self.close();
-        Ok(())
-    }
+            fn end(self) -> Result<(), GiveUp> {
+                self.close();
+                Ok(())
+            }
+        }
+    )+};
 }
 
-impl ser::SerializeTuple for Array<'_> {
-    type Ok = ();
-    type Error = GiveUp;
-
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), GiveUp> {
-        self.element(value)
-    }
-
-    fn end(self) -> Result<(), GiveUp> {
-        self.close();
-        Ok(())
-    }
-}
-
-impl ser::SerializeTupleStruct for Array<'_> {
-    type Ok = ();
-    type Error = GiveUp;
-
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), GiveUp> {
-        self.element(value)
-    }
-
-    fn end(self) -> Result<(), GiveUp> {
-        self.close();
-        Ok(())
-    }
-}
+sequence_like!(
+    SerializeSeq::serialize_element,
+    SerializeTuple::serialize_element,
+    SerializeTupleStruct::serialize_field
+);
 
 impl ser::SerializeTupleVariant for Array<'_> {
     type Ok = ();
