@@ -1506,12 +1506,13 @@ fn make_client(info: redis::ConnectionInfo, config: &GraphConfig) -> Result<redi
     )
     // Building the client only parses the certificates: any failure is the configuration's.
     .map_err(|e| {
-        StorageError::new(
-            ErrorCode::InvalidConfig,
-            format!("tls configuration refused: {e}"),
-        )
-        .with_operation("open")
-        .with_backend(BACKEND)
+        let message = match &tls.ca_file {
+            Some(path) => format!("tls.ca_file {}: {e}", path.display()),
+            None => format!("tls configuration refused: {e}"),
+        };
+        StorageError::new(ErrorCode::InvalidConfig, message)
+            .with_operation("open")
+            .with_backend(BACKEND)
     })
 }
 

@@ -301,5 +301,6 @@ fn a_ca_file_that_is_not_pem_is_refused_with_a_typed_error() {
             panic!("a garbled CA file was accepted");
         };
         assert_eq!(e.code(), ErrorCode::InvalidConfig, "{e}");
+        assert!(e.to_string().contains("garbled.pem"), "{e}");
     });
 }
