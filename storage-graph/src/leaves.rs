@@ -466,6 +466,15 @@ impl ser::SerializeMap for Nested<'_> {
 /// document, which turns integers into strings and refuses the rest.
 struct KeyText<'k>(&'k mut String);
 
+/// The key serializer's methods that leave the key to the document.
+macro_rules! key_falls_back {
+    ($($method:ident($($arg:ty),*)),* $(,)?) => {
+        $(fn $method(self, $(_: $arg),*) -> Result<(), Fallback> {
+            Err(Fallback)
+        })*
+    };
+}
+
 impl ser::Serializer for KeyText<'_> {
     type Ok = ();
     type Error = Fallback;
@@ -487,78 +496,31 @@ impl ser::Serializer for KeyText<'_> {
         Ok(())
     }
 
-    fn serialize_bool(self, _: bool) -> Result<(), Fallback> {
-        Err(Fallback)
-    }
-
-    fn serialize_i8(self, _: i8) -> Result<(), Fallback> {
-        Err(Fallback)
-    }
-
-    fn serialize_i16(self, _: i16) -> Result<(), Fallback> {
-        Err(Fallback)
-    }
-
-    fn serialize_i32(self, _: i32) -> Result<(), Fallback> {
-        Err(Fallback)
-    }
-
-    fn serialize_i64(self, _: i64) -> Result<(), Fallback> {
-        Err(Fallback)
-    }
-
-    fn serialize_u8(self, _: u8) -> Result<(), Fallback> {
-        Err(Fallback)
-    }
-
-    fn serialize_u16(self, _: u16) -> Result<(), Fallback> {
-        Err(Fallback)
-    }
-
-    fn serialize_u32(self, _: u32) -> Result<(), Fallback> {
-        Err(Fallback)
-    }
-
-    fn serialize_u64(self, _: u64) -> Result<(), Fallback> {
-        Err(Fallback)
-    }
-
-    fn serialize_f32(self, _: f32) -> Result<(), Fallback> {
-        Err(Fallback)
-    }
-
-    fn serialize_f64(self, _: f64) -> Result<(), Fallback> {
-        Err(Fallback)
-    }
-
-    fn serialize_bytes(self, _: &[u8]) -> Result<(), Fallback> {
-        Err(Fallback)
-    }
-
-    fn serialize_none(self) -> Result<(), Fallback> {
-        Err(Fallback)
-    }
+    key_falls_back!(
+        serialize_bool(bool),
+        serialize_i8(i8),
+        serialize_i16(i16),
+        serialize_i32(i32),
+        serialize_i64(i64),
+        serialize_u8(u8),
+        serialize_u16(u16),
+        serialize_u32(u32),
+        serialize_u64(u64),
+        serialize_f32(f32),
+        serialize_f64(f64),
+        serialize_bytes(&[u8]),
+        serialize_none(),
+    );
 
     fn serialize_some<T: Serialize + ?Sized>(self, _: &T) -> Result<(), Fallback> {
         Err(Fallback)
     }
 
-    fn serialize_unit(self) -> Result<(), Fallback> {
-        Err(Fallback)
-    }
-
-    fn serialize_unit_struct(self, _: &'static str) -> Result<(), Fallback> {
-        Err(Fallback)
-    }
-
-    fn serialize_unit_variant(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-    ) -> Result<(), Fallback> {
-        Err(Fallback)
-    }
+    key_falls_back!(
+        serialize_unit(),
+        serialize_unit_struct(&'static str),
+        serialize_unit_variant(&'static str, u32, &'static str),
+    );
 
     fn serialize_newtype_struct<T: Serialize + ?Sized>(
         self,
