@@ -396,8 +396,10 @@ pub(crate) struct Writer {
     wal_pages: Arc<AtomicI32>,
     /// Frames of the current WAL the last checkpoint copied (0 once the log restarts).
     copied: Arc<AtomicI32>,
-    /// Whether a checkpoint is queued or running.
+    /// Whether a checkpoint is queued to or running on the [`Checkpointer`].
     checkpoint_queued: Arc<AtomicBool>,
+    /// Whether a checkpoint is queued to or running on the writer thread.
+    limit_queued: Arc<AtomicBool>,
     /// Whether writes may run on the calling thread (WAL only).
     inline: bool,
     busy_timeout: Duration,
@@ -444,6 +446,7 @@ impl Writer {
             wal_pages,
             copied,
             checkpoint_queued,
+            limit_queued: Arc::new(AtomicBool::new(false)),
             inline: config.wal,
             busy_timeout: Duration::from_millis(config.busy_timeout_ms),
         })
@@ -526,28 +529,49 @@ impl Writer {
     /// Starts a `PASSIVE` checkpoint once more than [`CHECKPOINT_PAGES`] of the WAL are
     /// not yet copied (at most one queued or running at a time): on the
     /// [`Checkpointer`], or on the writer thread past [`WAL_LIMIT_PAGES`].
+    ///
+    /// The writer thread's checkpoint is queued even while the checkpointer's still
+    /// runs (a slow sync under load let thousands of commits land meanwhile, and the
+    /// log grew to 10,000 pages): it waits for that one to finish, since a `PASSIVE`
+    /// checkpoint gives up at once while another holds SQLite's checkpoint lock, and
+    /// writes queue behind it meanwhile, which is what bounds the log.
     fn checkpoint_if_due(&self) {
         let pages = self.wal_pages.load(Ordering::Relaxed);
         let pending = pages - self.copied.load(Ordering::Relaxed).min(pages);
-        if pending < CHECKPOINT_PAGES || self.checkpoint_queued.swap(true, Ordering::AcqRel) {
+        if pending < CHECKPOINT_PAGES {
             return;
         }
         if pages < WAL_LIMIT_PAGES
             && let Some(checkpointer) = &self.checkpointer
-            && checkpointer.signal()
         {
+            if self.checkpoint_queued.swap(true, Ordering::AcqRel) || checkpointer.signal() {
+                return;
+            }
+            // The thread is gone: the writer thread checkpoints instead.
+            self.checkpoint_queued.store(false, Ordering::Release);
+        }
+        if self.limit_queued.swap(true, Ordering::AcqRel) {
             return;
         }
-        let queued = Arc::clone(&self.checkpoint_queued);
+        let background = Arc::clone(&self.checkpoint_queued);
+        let queued = Arc::clone(&self.limit_queued);
         let pages = Arc::clone(&self.wal_pages);
         let copied = Arc::clone(&self.copied);
+        let wait = self.busy_timeout;
         let submitted = self.thread.submit(Box::new(move |shared| {
-            checkpoint(&lock_connection(shared), &pages, &copied);
+            // Held while waiting too, so that no write lands on the calling thread either.
+            let conn = lock_connection(shared);
+            let deadline = Instant::now() + wait;
+            while background.load(Ordering::Acquire) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            checkpoint(&conn, &pages, &copied);
+            drop(conn);
             queued.store(false, Ordering::Release);
             Box::new(|| {})
         }));
         if submitted.is_err() {
-            self.checkpoint_queued.store(false, Ordering::Release);
+            self.limit_queued.store(false, Ordering::Release);
         }
     }
 }
