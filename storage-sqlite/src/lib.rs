@@ -41,8 +41,10 @@
 //! threshold) are not yet copied, a `PASSIVE` checkpoint runs on a thread with a
 //! connection of its own, so writes go on while it syncs. Such a checkpoint cannot
 //! restart the log while writes keep landing, so once the log passes 4000 pages one
-//! checkpoint runs on the writer thread instead (writes wait for it), and the log
-//! restarts: it stays bounded, at about 16 MB with 4 KiB pages. Dropping the last
+//! checkpoint runs on the writer thread instead (writes wait for it, and it first waits
+//! for a checkpoint still running on the other thread), and the log restarts: it stays
+//! bounded, at about 16 MB with 4 KiB pages plus what was committed before that wait
+//! began. Dropping the last
 //! handle finishes a checkpoint under way before the file is closed.
 //! Without WAL, or when the connection is busy, writes go to the writer thread.
 //! A `set_many` of 4096 entries or more is encoded by the caller while the writer
