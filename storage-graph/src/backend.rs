@@ -29,7 +29,7 @@ use storage_core::{
 use crate::config::{GraphConfig, STREAM_MAX_LEN, redact_url};
 use crate::cypher::{
     Cypher, KEY_INDEX_PROP, Leaf, OBJECT_PROP, OPAQUE_PROP, OPAQUE_SLOTS, VALUE_PROP, key_from_hex,
-    key_hex, path_id, path_tag, push_key_hex, split_opaque, write_str_literal,
+    key_hex, path_id, path_tag, push_key_hex, split_opaque, write_str_list, write_str_literal,
 };
 use crate::embedded::EmbeddedServer;
 use crate::error::{BACKEND, corrupt, is_missing_graph, redis_err, reply_err};
@@ -1373,7 +1373,7 @@ fn write_node_literal(out: &mut String, key: &str, value: &Encoded, stamp: &Stam
     ] {
         if !list.is_empty() {
             let _ = write!(out, ", {prop}: ");
-            write_tag_list(out, list)?;
+            write_str_list(out, list)?;
         }
     }
     if stamp.uniques.is_empty() {
@@ -1408,24 +1408,6 @@ fn push_path_tags(out: &mut String, paths: &[&str]) {
         push_path_tag(out, path);
     }
     out.push(']');
-}
-
-/// Appends path tags as a list literal, or `null` (which `CREATE` skips and
-/// `SET n = {…}` removes) when there are none.
-fn write_tag_list(out: &mut String, tags: &[String]) -> Result<()> {
-    if tags.is_empty() {
-        out.push_str("null");
-        return Ok(());
-    }
-    out.push('[');
-    for (i, tag) in tags.iter().enumerate() {
-        if i > 0 {
-            out.push_str(", ");
-        }
-        write_str_literal(out, tag)?;
-    }
-    out.push(']');
-    Ok(())
 }
 
 fn conn_config() -> AsyncConnectionConfig {

@@ -292,6 +292,25 @@ pub(crate) fn write_literal<V: IntoFalkorParam + ?Sized>(
     })
 }
 
+/// Appends strings as a list literal, or `null` when there are none: `CREATE` skips a
+/// `null` property and `SET n = {…}` or `SET n.p = null` removes it (path tags, unique
+/// index terms).
+pub(crate) fn write_str_list(out: &mut String, items: &[String]) -> Result<()> {
+    if items.is_empty() {
+        out.push_str("null");
+        return Ok(());
+    }
+    out.push('[');
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        write_str_literal(out, item)?;
+    }
+    out.push(']');
+    Ok(())
+}
+
 /// Appends a string as a Cypher literal to `out`: the same text as the `falkordb`
 /// crate's encoder (a test compares them on arbitrary strings), written a run of
 /// plain bytes at a time instead of a char at a time, which matters for the encoded

@@ -24,7 +24,7 @@ use storage_core::query::FieldPath;
 use storage_core::{Document, ErrorCode, IndexDefinition, Result, StorageError};
 
 use crate::backend::{Encoded, Op};
-use crate::cypher::{key_hex, write_literal};
+use crate::cypher::{key_hex, write_str_list};
 use crate::error::BACKEND;
 
 /// Node property holding the index epoch a node's terms were computed at.
@@ -71,7 +71,7 @@ impl Stamp {
         self.write_epoch(out);
         for (prop, def, path) in &self.uniques {
             let _ = write!(out, ", `{prop}`: ");
-            write_terms(out, &terms(def, path, doc))?;
+            write_str_list(out, &terms(def, path, doc))?;
         }
         Ok(())
     }
@@ -94,7 +94,7 @@ impl Stamp {
             .map(|(prop, def, path)| {
                 let doc = value.doc()?;
                 let mut out = String::new();
-                write_terms(&mut out, &terms(def, path, doc))?;
+                write_str_list(&mut out, &terms(def, path, doc))?;
                 Ok((prop.as_str(), out))
             })
             .collect()
@@ -106,27 +106,10 @@ impl Stamp {
         for (_, def, path) in &self.uniques {
             let doc = value.doc()?;
             out.push_str(", ");
-            write_terms(out, &terms(def, path, doc))?;
+            write_str_list(out, &terms(def, path, doc))?;
         }
         Ok(())
     }
-}
-
-/// A list literal of terms, or `null` (which removes the property) when there are none.
-fn write_terms(out: &mut String, terms: &[String]) -> Result<()> {
-    if terms.is_empty() {
-        out.push_str("null");
-        return Ok(());
-    }
-    out.push('[');
-    for (i, term) in terms.iter().enumerate() {
-        if i > 0 {
-            out.push_str(", ");
-        }
-        write_literal(out, term.as_str())?;
-    }
-    out.push(']');
-    Ok(())
 }
 
 /// A string equal for exactly the values the evaluator calls equal.
