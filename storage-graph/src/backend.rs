@@ -597,11 +597,19 @@ impl Inner {
         Ok(v.unwrap_or(0))
     }
 
-    /// Whether the label holds no node (a read that stops at the first one).
+    /// Whether the label holds no node. FalkorDB answers a label's `count` from the
+    /// label's own size (0.2 ms at 20,000 nodes), where `RETURN 1 LIMIT 1` scanned
+    /// (1.5–2 ms there).
     pub(crate) async fn label_is_empty(&self, conn: &mut MultiplexedConnection) -> Result<bool> {
         let mut q = Cypher::new();
-        q.push(&format!("MATCH (n:{}) RETURN 1 LIMIT 1", self.label));
-        Ok(self.read(conn, &q, "commit").await?.is_empty())
+        q.push(&format!("MATCH (n:{}) RETURN count(n)", self.label));
+        let rows = self.read(conn, &q, "commit").await?;
+        // A graph that does not exist yet reads as no rows; a count that does not parse
+        // counts as nodes (the batch then upserts, which is always exact).
+        Ok(match rows.first() {
+            None => true,
+            Some(row) => row.first().and_then(cell_int) == Some(0),
+        })
     }
 
     pub(crate) async fn get_stored(
@@ -769,6 +777,8 @@ impl Inner {
         } = options;
         let mut applied = Applied::default();
         let has_clear = ops.iter().any(|op| matches!(op, Op::Clear));
+        // Only deletes and clears ask whether a key exists at their point in the commit.
+        let only_sets = ops.iter().all(|op| matches!(op, Op::Set { .. }));
         let mut state: HashMap<&str, bool> = HashMap::new();
         // Only a clear needs every key that may exist at its point in the commit.
         let mut all_known: BTreeSet<&str> = match existed {
@@ -796,7 +806,9 @@ impl Inner {
                     if !deletes.is_empty() {
                         deletes.remove(key.as_str());
                     }
-                    state.insert(key, true);
+                    if !only_sets {
+                        state.insert(key, true);
+                    }
                     if has_clear {
                         all_known.insert(key);
                     }
@@ -1188,19 +1200,56 @@ impl Columns {
             + usize::from(self.objects)
     }
 
-    /// Appends the rows to `out` as one list literal.
+    /// Appends the rows to `out` as one list literal. [`PARALLEL_MIN`] rows or more are
+    /// written in two halves, the second on a thread of its own (writing the rows,
+    /// mostly escaping the stored values, is the longest step of a batch before it is
+    /// sent; the rows are independent of each other).
     fn write_rows(
         &self,
         out: &mut String,
         sets: &BTreeMap<&str, &Encoded>,
         stamp: &Stamp,
     ) -> Result<()> {
+        out.push('[');
+        if sets.len() < PARALLEL_MIN {
+            self.write_row_list(out, sets.iter().map(|(k, v)| (*k, *v)), stamp)?;
+        } else {
+            let rows: Vec<(&str, &Encoded)> = sets.iter().map(|(k, v)| (*k, *v)).collect();
+            let (first, second) = rows.split_at(rows.len() / 2);
+            let share = self.estimate.div_ceil(2) + 4096;
+            std::thread::scope(|scope| {
+                let later = scope.spawn(|| {
+                    let mut part = String::with_capacity(share);
+                    self.write_row_list(&mut part, second.iter().copied(), stamp)
+                        .map(|()| part)
+                });
+                // The first half's error comes first, as in a sequential write.
+                self.write_row_list(out, first.iter().copied(), stamp)?;
+                let part = later.join().map_err(|_| {
+                    StorageError::new(ErrorCode::Backend, "writing a batch's rows panicked")
+                        .with_backend(BACKEND)
+                })??;
+                out.push_str(", ");
+                out.push_str(&part);
+                Ok::<_, StorageError>(())
+            })?;
+        }
+        out.push(']');
+        Ok(())
+    }
+
+    /// Appends `rows`, separated by commas, without the brackets around them.
+    fn write_row_list<'a>(
+        &self,
+        out: &mut String,
+        rows: impl Iterator<Item = (&'a str, &'a Encoded)>,
+        stamp: &Stamp,
+    ) -> Result<()> {
         let mut cells: Vec<Option<Leaf<'_>>> = vec![None; self.names.len()];
         // Paths (without the promoted name's leading dot), written as tags in place.
         let mut tags: Vec<&str> = Vec::new();
         let mut objects: Vec<&str> = Vec::new();
-        out.push('[');
-        for (i, (key, value)) in sets.iter().enumerate() {
+        for (i, (key, value)) in rows.enumerate() {
             if i > 0 {
                 out.push_str(", ");
             }
@@ -1253,7 +1302,6 @@ impl Columns {
             stamp.write_term_columns(value, out)?;
             out.push(']');
         }
-        out.push(']');
         Ok(())
     }
 

@@ -121,9 +121,9 @@
 //! operations or more hands its values and their encoded form to the runtime's
 //! blocking pool to be freed, rather than freeing them in the caller's path. A batch of
 //! 2,048 operations or more is encoded in two halves, the second on a short-lived
-//! thread of its own, and its change-stream entry is framed on another while the
-//! query's rows are written (the caller's thread waits for both; the result, errors
-//! included, is the sequential one).
+//! thread of its own; its query's rows are written in two halves the same way, while
+//! its change-stream entry is framed on a third thread (the caller's thread waits for
+//! them; the result, errors included, is the sequential one).
 //!
 //! A write takes the promoted properties and opaque paths of a value straight from
 //! its `Serialize` implementation; the value's JSON document (what queries and the
