@@ -802,7 +802,9 @@ impl Inner {
             applied.result.operations += 1;
             match op {
                 Op::Set { key, value } => {
-                    sets.insert(key, value);
+                    if !only_sets {
+                        sets.insert(key, value);
+                    }
                     if !deletes.is_empty() {
                         deletes.remove(key.as_str());
                     }
@@ -882,6 +884,9 @@ impl Inner {
                     deletes.clear();
                 }
             }
+        }
+        if only_sets {
+            sets = sorted_sets(ops);
         }
         if changes.is_empty() {
             // Nothing to write (deletes of missing keys): the after-hooks still see them.
@@ -2019,6 +2024,27 @@ impl<T: StorageValue> BatchStorage<T> for GraphStorage<T> {
     }
 }
 
+/// The sets of a commit of sets alone, by key, the last set of a key winning. Sorting
+/// them (linear for keys already in order, as a load's often are) and building the
+/// map from sorted pairs costs a fraction of inserting them one by one.
+fn sorted_sets(ops: &[Op]) -> BTreeMap<&str, &Encoded> {
+    let mut pairs: Vec<(&str, &Encoded)> = ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::Set { key, value } => Some((key.as_str(), value)),
+            _ => None,
+        })
+        .collect();
+    // Stable: a key's sets stay in commit order.
+    pairs.sort_by(|a, b| a.0.cmp(b.0));
+    let last = |i: usize| pairs.get(i + 1).is_none_or(|next| next.0 != pairs[i].0);
+    let unique: Vec<(&str, &Encoded)> = (0..pairs.len())
+        .filter(|&i| last(i))
+        .map(|i| pairs[i])
+        .collect();
+    unique.into_iter().collect()
+}
+
 /// Appends the keys' [`key_hex`] as a list literal (hex digits need no escaping).
 fn push_hex_key_list<'k>(out: &mut String, keys: impl Iterator<Item = &'k &'k str>) {
     out.push('[');
@@ -2126,6 +2152,33 @@ mod tests {
         }
         let json = encode(&Codec::<String>::default(), &"hi".to_owned(), false)?;
         assert!(json.stored.ends_with("|\"hi\""), "{}", json.stored);
+        Ok(())
+    }
+
+    #[test]
+    fn sorted_sets_keep_each_keys_last_set_in_key_order() -> Result<()> {
+        let codec = Codec::<u32>::default();
+        let set = |key: &str, n: u32| -> Result<Op> {
+            Ok(Op::Set {
+                key: key.to_owned(),
+                value: encode(&codec, &n, false)?,
+            })
+        };
+        let ops = vec![
+            set("b", 1)?,
+            set("a", 2)?,
+            set("b", 3)?,
+            set("c", 4)?,
+            set("a", 5)?,
+            set("b", 6)?,
+        ];
+        let sets = sorted_sets(&ops);
+        let got: Vec<(&str, u32)> = sets
+            .iter()
+            .map(|(k, v)| Ok((*k, decode(&codec, &v.stored, "test")?)))
+            .collect::<Result<_>>()?;
+        assert_eq!(got, [("a", 5), ("b", 6), ("c", 4)]);
+        assert!(sorted_sets(&[]).is_empty());
         Ok(())
     }
 
