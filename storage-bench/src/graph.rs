@@ -77,6 +77,75 @@ pub async fn adapter_run(server: &mut Server, w: &Workload) -> Result<Sample> {
     sample
 }
 
+/// The batch: the workload's first [`TURN_ROWS`] documents in one batch, each
+/// side into a fresh graph, the two sides taking turns pass by pass (the first
+/// alternating). Returns the raw and the adapter time of each pass.
+pub async fn batch_turns(
+    server: &mut Server,
+    w: &Workload,
+    passes: usize,
+) -> Result<Vec<(std::time::Duration, std::time::Duration)>> {
+    let docs = &w.docs[..w.docs.len().min(TURN_ROWS)];
+    let mut out = Vec::with_capacity(passes);
+    for pass in 0..passes {
+        let (mut raw, mut ours) = (None, None);
+        for adapter_turn in [pass % 2 == 1, pass % 2 == 0] {
+            if adapter_turn {
+                let store = GraphStorage::<Doc>::open(GraphConfig {
+                    url: Some(server.server.url().to_owned()),
+                    database: format!("turn_adapter_{pass}"),
+                    label: "Doc".to_owned(),
+                    ..GraphConfig::default()
+                })
+                .await?;
+                let entries = docs.to_vec();
+                let t = start();
+                storage_core::BatchStorage::set_many(&store, entries).await?;
+                ours = Some(t.elapsed());
+            } else {
+                let graph = format!("turn_raw_{pass}");
+                send(
+                    &mut server.conn,
+                    "GRAPH.QUERY",
+                    &graph,
+                    "CREATE INDEX FOR (n:Doc) ON (n.key)",
+                )
+                .await?;
+                let t = start();
+                raw_batch(&mut server.conn, &graph, docs).await?;
+                raw = Some(t.elapsed());
+            }
+        }
+        server.flush().await?;
+        if let (Some(raw), Some(ours)) = (raw, ours) {
+            out.push((raw, ours));
+        }
+    }
+    Ok(out)
+}
+
+/// Rows in the batch (see [`batch_turns`]).
+pub const TURN_ROWS: usize = 10_000;
+
+/// One `UNWIND … CREATE` of `docs`, from the typed values: what a hand-written client
+/// sends for a batch.
+async fn raw_batch(
+    conn: &mut MultiplexedConnection,
+    graph: &str,
+    docs: &[(String, Doc)],
+) -> Result<()> {
+    let rows = docs
+        .iter()
+        .map(|(k, d)| row(k, d))
+        .collect::<Result<Vec<_>>>()?;
+    let query = Q::new().p("rows", &rows)?.body(
+        "UNWIND $rows AS r CREATE (:Doc {key: r.key, v: r.v, author: r.author, created_at: r.created_at})",
+    );
+    drop(rows);
+    send(conn, "GRAPH.QUERY", graph, &query).await?;
+    Ok(())
+}
+
 /// A Cypher query with its parameters in the `CYPHER name=value` header.
 struct Q(String);
 
@@ -191,17 +260,7 @@ async fn raw_inner(conn: &mut MultiplexedConnection, w: &Workload) -> Result<Sam
     );
 
     let t = start();
-    let rows = w
-        .docs
-        .iter()
-        .map(|(k, d)| row(k, d))
-        .collect::<Result<Vec<_>>>()?;
-    let query = Q::new().p("rows", &rows)?.body(
-        "UNWIND $rows AS r CREATE (:Doc {key: r.key, v: r.v, author: r.author, created_at: r.created_at})",
-    );
-    drop(rows);
-    send(conn, "GRAPH.QUERY", bulk, &query).await?;
-    drop(query);
+    raw_batch(conn, bulk, &w.docs).await?;
     sample.record(Op::InsertBatch, t.elapsed(), 1, w.docs.len());
 
     let t = start();
