@@ -33,7 +33,7 @@ use crate::cypher::{
 };
 use crate::embedded::EmbeddedServer;
 use crate::error::{BACKEND, corrupt, is_missing_graph, redis_err, reply_err};
-use crate::leaves::Leaves;
+use crate::leaves::{Leaves, WalkScratch};
 use crate::unique::{EPOCH_PROP, Stamp, op_terms};
 
 /// How often a write that lost a `WATCH` race is retried before `VersionConflict`.
@@ -215,7 +215,16 @@ pub(crate) fn encode<T: StorageValue>(
     value: &T,
     with_doc: bool,
 ) -> Result<Encoded> {
-    encode_with(codec, value, &mut Vec::new(), with_doc)
+    encode_with(codec, value, &mut EncodeScratch::default(), with_doc)
+}
+
+/// Buffers one encoding leaves to the next (see [`encode_with`]).
+#[derive(Debug, Default)]
+pub(crate) struct EncodeScratch {
+    /// The codec's output.
+    bytes: Vec<u8>,
+    /// The leaf walk's buffers and size hints.
+    walk: WalkScratch,
 }
 
 /// [`encode`], with `scratch` as the codec's buffer (a batch reuses one for every
@@ -224,21 +233,25 @@ pub(crate) fn encode<T: StorageValue>(
 pub(crate) fn encode_with<T: StorageValue>(
     codec: &Codec<T>,
     value: &T,
-    scratch: &mut Vec<u8>,
+    scratch: &mut EncodeScratch,
     with_doc: bool,
 ) -> Result<Encoded> {
-    scratch.clear();
-    codec.encode_into(value, scratch)?;
-    let bytes = scratch.as_slice();
+    scratch.bytes.clear();
+    codec.encode_into(value, &mut scratch.bytes)?;
+    let bytes = scratch.bytes.as_slice();
     let doc = OnceLock::new();
-    let leaves = match Leaves::of_value(value) {
-        Some(leaves) if !with_doc => leaves,
-        _ => {
-            let built = to_document(value)?;
-            let leaves = Leaves::of_document(&built);
-            let _ = doc.set(Arc::new(built));
-            leaves
-        }
+    let walked = if with_doc {
+        None
+    } else {
+        Leaves::of_value_in(value, &mut scratch.walk)
+    };
+    let leaves = if let Some(leaves) = walked {
+        leaves
+    } else {
+        let built = to_document(value)?;
+        let leaves = Leaves::of_document(&built);
+        let _ = doc.set(Arc::new(built));
+        leaves
     };
     let (_, payload) = Header::parse(bytes)?;
     let header_len = bytes.len() - payload.len();
@@ -2082,7 +2095,7 @@ fn encode_chunk<T: StorageValue>(
     offset: usize,
     with_doc: bool,
 ) -> Result<Vec<Op>> {
-    let mut scratch = Vec::new();
+    let mut scratch = EncodeScratch::default();
     operations
         .iter()
         .enumerate()

@@ -11,7 +11,7 @@
 //! all: it follows what `serde_json`'s value serializer builds (behind the strict
 //! proxy of `storage_core::codec`) only for the shapes whose result is plain —
 //! objects with string keys, arrays, strings, booleans, integers up to 64 bits, finite
-//! floats, nulls and unit variants — and gives up ([`Leaves::of_value`] returns
+//! floats, nulls and unit variants — and gives up ([`Leaves::of_value_in`] returns
 //! `None`) on anything else: enum variants with data, 128-bit integers, other map
 //! keys, non-finite floats, `serde_json`'s own private types, or an object that names
 //! a key twice (where a document keeps the last value). The caller then builds the
@@ -58,15 +58,37 @@ impl Leaves {
     /// The leaves of `value` as [`Leaves::of_document`] would find them in its
     /// document, or `None` when the value has a shape the walker leaves to the document
     /// (see the module docs).
+    #[cfg(test)]
     pub(crate) fn of_value<T: Serialize + ?Sized>(value: &T) -> Option<Self> {
+        Self::of_value_in(value, &mut WalkScratch::default())
+    }
+
+    /// [`Leaves::of_value`], sized from the previous value walked with `scratch`: the
+    /// values of a batch are mostly alike, and growing two buffers field by field cost
+    /// the walk about as much as everything else it does.
+    pub(crate) fn of_value_in<T: Serialize + ?Sized>(
+        value: &T,
+        scratch: &mut WalkScratch,
+    ) -> Option<Self> {
+        let mut name = std::mem::take(&mut scratch.name);
+        name.clear();
+        name.push('.');
         let mut walker = Walker {
-            out: Self::default(),
-            name: String::from("."),
+            out: Self {
+                text: String::with_capacity(scratch.text + scratch.text / 4),
+                items: Vec::with_capacity(scratch.items),
+            },
+            name,
             record: true,
             root: true,
-            key: String::new(),
+            key: std::mem::take(&mut scratch.key),
         };
-        value.serialize(&mut walker).ok()?;
+        let outcome = value.serialize(&mut walker);
+        scratch.name = walker.name;
+        scratch.key = walker.key;
+        outcome.ok()?;
+        scratch.text = walker.out.text.len();
+        scratch.items = walker.out.items.len();
         (!walker.out.names_repeat()).then_some(walker.out)
     }
 
@@ -121,6 +143,16 @@ impl Leaves {
         names.sort_unstable();
         names.windows(2).any(|pair| pair[0] == pair[1])
     }
+}
+
+/// What one walk leaves to the next: the sizes of the last value's leaves, and the
+/// walker's name and key buffers.
+#[derive(Debug, Default)]
+pub(crate) struct WalkScratch {
+    name: String,
+    key: String,
+    text: usize,
+    items: usize,
 }
 
 /// The walk gave up: the caller builds the document instead.
@@ -600,9 +632,18 @@ mod tests {
 
     use super::*;
 
-    /// The walker's leaves, which must be the document's whenever it answers.
+    thread_local! {
+        /// One scratch for every walk of a test thread, as a batch shares one: each
+        /// walk starts from the buffers and size hints the previous one (of whatever
+        /// shape, given up or not) left.
+        static SCRATCH: std::cell::RefCell<WalkScratch> = std::cell::RefCell::default();
+    }
+
+    /// The walker's leaves, which must be the document's whenever it answers, and the
+    /// same with a fresh scratch as with a used one.
     fn check<T: Serialize + ?Sized>(value: &T) -> Option<Leaves> {
-        let walked = Leaves::of_value(value);
+        let walked = SCRATCH.with(|s| Leaves::of_value_in(value, &mut s.borrow_mut()));
+        assert_eq!(walked, Leaves::of_value(value));
         if let Some(walked) = &walked {
             let doc = to_document(value).ok();
             assert!(doc.is_some(), "walked a value the document refuses");
