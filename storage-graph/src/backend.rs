@@ -985,7 +985,11 @@ impl Inner {
     /// Sets are an upsert written as `OPTIONAL MATCH` + `CREATE` or `SET` rather than
     /// `MERGE`, which FalkorDB runs several times slower. It is exact because each key
     /// appears once in `sets` (an `OPTIONAL MATCH` does not see nodes created earlier
-    /// in the same query) and FalkorDB runs write queries one at a time.
+    /// in the same query) and FalkorDB runs write queries one at a time. (Do not
+    /// replace the `CREATE` branch's `FOREACH` with `… WITH n WHERE n IS NULL CREATE`:
+    /// FalkorDB 4.16.3 drops that filter after a `FOREACH` — `GRAPH.EXPLAIN` shows no
+    /// `Filter` — so it creates a second node for an existing key, and the `SET` is
+    /// lost. The conformance suites catch it.)
     ///
     /// A batch of sets alone first asks the key index, in one lookup for the whole
     /// batch (`kh IN $list`, which FalkorDB answers from the index several times
