@@ -170,6 +170,17 @@ fn runtime() -> tokio::runtime::Runtime {
     }
 }
 
+/// The error opening a store with `config` fails with; panics with `accepted` when it
+/// opens instead.
+fn refusal(config: GraphConfig, accepted: &str) -> storage_core::StorageError {
+    runtime().block_on(async {
+        match GraphStorage::<String>::open(config).await {
+            Ok(_) => panic!("{accepted}"),
+            Err(e) => e,
+        }
+    })
+}
+
 #[test]
 fn the_host_name_is_checked_as_well_as_the_chain() {
     runtime().block_on(async {
@@ -184,47 +195,30 @@ fn the_host_name_is_checked_as_well_as_the_chain() {
         };
         store.set("k", &"over tls".to_owned()).await.unwrap();
         assert_eq!(store.get("k").await.unwrap().as_deref(), Some("over tls"));
-
-        let unnamed =
-            GraphStorage::<String>::open(config("tls_unnamed", "127.0.0.2", trusting("ca.pem")))
-                .await;
-        let Err(e) = unnamed else {
-            panic!("a certificate that does not name 127.0.0.2 was accepted for it");
-        };
-        assert_eq!(e.code(), ErrorCode::ConnectionFailed, "{e}");
     });
+    let e = refusal(
+        config("tls_unnamed", "127.0.0.2", trusting("ca.pem")),
+        "a certificate that does not name 127.0.0.2 was accepted for it",
+    );
+    assert_eq!(e.code(), ErrorCode::ConnectionFailed, "{e}");
 }
 
 #[test]
 fn a_server_signed_by_another_ca_is_refused_with_a_typed_error() {
-    runtime().block_on(async {
-        let refused = GraphStorage::<String>::open(config(
-            "tls_other_ca",
-            "127.0.0.1",
-            trusting("other-ca.pem"),
-        ))
-        .await;
-        let Err(e) = refused else {
-            panic!("a certificate from an untrusted CA was accepted");
-        };
-        assert_eq!(e.code(), ErrorCode::ConnectionFailed, "{e}");
-    });
+    let e = refusal(
+        config("tls_other_ca", "127.0.0.1", trusting("other-ca.pem")),
+        "a certificate from an untrusted CA was accepted",
+    );
+    assert_eq!(e.code(), ErrorCode::ConnectionFailed, "{e}");
 }
 
 #[test]
 fn the_system_roots_do_not_trust_a_private_ca() {
-    runtime().block_on(async {
-        let refused = GraphStorage::<String>::open(config(
-            "tls_system_roots",
-            "127.0.0.1",
-            TlsConfig::default(),
-        ))
-        .await;
-        let Err(e) = refused else {
-            panic!("the system roots accepted the test CA");
-        };
-        assert_eq!(e.code(), ErrorCode::ConnectionFailed, "{e}");
-    });
+    let e = refusal(
+        config("tls_system_roots", "127.0.0.1", TlsConfig::default()),
+        "the system roots accepted the test CA",
+    );
+    assert_eq!(e.code(), ErrorCode::ConnectionFailed, "{e}");
 }
 
 #[test]
@@ -247,35 +241,23 @@ fn insecure_skip_verify_connects_without_a_ca() {
 
 #[test]
 fn a_plain_client_gets_no_answer_from_the_tls_port() {
-    runtime().block_on(async {
-        let plain = GraphStorage::<String>::open(GraphConfig {
-            url: Some(format!("redis://127.0.0.1:{}", front().port)),
-            database: "tls_plain".to_owned(),
-            ..GraphConfig::default()
-        })
-        .await;
-        let Err(e) = plain else {
-            panic!("a plain-text client talked to the TLS port");
-        };
-        assert_eq!(e.code(), ErrorCode::ConnectionFailed, "{e}");
-    });
+    let plain = GraphConfig {
+        url: Some(format!("redis://127.0.0.1:{}", front().port)),
+        database: "tls_plain".to_owned(),
+        ..GraphConfig::default()
+    };
+    let e = refusal(plain, "a plain-text client talked to the TLS port");
+    assert_eq!(e.code(), ErrorCode::ConnectionFailed, "{e}");
 }
 
 #[test]
 fn a_missing_ca_file_is_an_error_that_names_it() {
-    runtime().block_on(async {
-        let missing = GraphStorage::<String>::open(config(
-            "tls_missing_ca",
-            "127.0.0.1",
-            trusting("no-such-ca.pem"),
-        ))
-        .await;
-        let Err(e) = missing else {
-            panic!("a missing CA file was ignored");
-        };
-        assert_eq!(e.code(), ErrorCode::InvalidConfig, "{e}");
-        assert!(e.to_string().contains("no-such-ca.pem"), "{e}");
-    });
+    let e = refusal(
+        config("tls_missing_ca", "127.0.0.1", trusting("no-such-ca.pem")),
+        "a missing CA file was ignored",
+    );
+    assert_eq!(e.code(), ErrorCode::InvalidConfig, "{e}");
+    assert!(e.to_string().contains("no-such-ca.pem"), "{e}");
 }
 
 #[test]
@@ -287,20 +269,14 @@ fn a_ca_file_that_is_not_pem_is_refused_with_a_typed_error() {
         b"-----BEGIN CERTIFICATE-----\nnot base64 \x00\xff\n-----END CERTIFICATE-----\n",
     )
     .unwrap();
-    runtime().block_on(async {
-        let refused = GraphStorage::<String>::open(config(
-            "tls_garbled_ca",
-            "127.0.0.1",
-            TlsConfig {
-                ca_file: Some(garbled.clone()),
-                insecure_skip_verify: false,
-            },
-        ))
-        .await;
-        let Err(e) = refused else {
-            panic!("a garbled CA file was accepted");
-        };
-        assert_eq!(e.code(), ErrorCode::InvalidConfig, "{e}");
-        assert!(e.to_string().contains("garbled.pem"), "{e}");
-    });
+    let tls = TlsConfig {
+        ca_file: Some(garbled),
+        insecure_skip_verify: false,
+    };
+    let e = refusal(
+        config("tls_garbled_ca", "127.0.0.1", tls),
+        "a garbled CA file was accepted",
+    );
+    assert_eq!(e.code(), ErrorCode::InvalidConfig, "{e}");
+    assert!(e.to_string().contains("garbled.pem"), "{e}");
 }
