@@ -256,6 +256,16 @@ impl Nested<'_> {
     }
 }
 
+/// Integer methods that widen their argument losslessly and hand it to the method
+/// that decides for the whole family (`$to`).
+macro_rules! widen {
+    ($to:ident($wide:ty): $($method:ident($narrow:ty)),+ $(,)?) => {$(
+        fn $method(self, v: $narrow) -> Result<Self::Ok, Self::Error> {
+            self.$to(<$wide>::from(v))
+        }
+    )+};
+}
+
 impl<'a> ser::Serializer for &'a mut Walker {
     type Ok = ();
     type Error = Fallback;
@@ -272,33 +282,13 @@ impl<'a> ser::Serializer for &'a mut Walker {
         Ok(())
     }
 
-    fn serialize_i8(self, v: i8) -> Result<(), Fallback> {
-        self.serialize_i64(i64::from(v))
-    }
-
-    fn serialize_i16(self, v: i16) -> Result<(), Fallback> {
-        self.serialize_i64(i64::from(v))
-    }
-
-    fn serialize_i32(self, v: i32) -> Result<(), Fallback> {
-        self.serialize_i64(i64::from(v))
-    }
+    widen!(serialize_i64(i64): serialize_i8(i8), serialize_i16(i16), serialize_i32(i32));
+    // u8 to u32 always fit in an i64.
+    widen!(serialize_i64(i64): serialize_u8(u8), serialize_u16(u16), serialize_u32(u32));
 
     fn serialize_i64(self, v: i64) -> Result<(), Fallback> {
         self.leaf(leaf_of_int(Some(v)));
         Ok(())
-    }
-
-    fn serialize_u8(self, v: u8) -> Result<(), Fallback> {
-        self.serialize_i64(i64::from(v))
-    }
-
-    fn serialize_u16(self, v: u16) -> Result<(), Fallback> {
-        self.serialize_i64(i64::from(v))
-    }
-
-    fn serialize_u32(self, v: u32) -> Result<(), Fallback> {
-        self.serialize_i64(i64::from(v))
     }
 
     fn serialize_u64(self, v: u64) -> Result<(), Fallback> {

@@ -389,6 +389,16 @@ impl<'a> Object<'a> {
 /// types, which its own serializers treat specially.
 const SERDE_JSON_PRIVATE: &str = "$serde_json::private::";
 
+/// Integer methods that widen their argument losslessly and hand it to the method
+/// that decides for the whole family (`$to`).
+macro_rules! widen {
+    ($to:ident($wide:ty): $($method:ident($narrow:ty)),+ $(,)?) => {$(
+        fn $method(self, v: $narrow) -> Result<Self::Ok, Self::Error> {
+            self.$to(<$wide>::from(v))
+        }
+    )+};
+}
+
 impl<'a> Serializer for &'a mut Encoder {
     type Ok = ();
     type Error = GiveUp;
@@ -406,17 +416,8 @@ impl<'a> Serializer for &'a mut Encoder {
         Ok(())
     }
 
-    fn serialize_i8(self, v: i8) -> Result<(), GiveUp> {
-        self.serialize_i64(i64::from(v))
-    }
-
-    fn serialize_i16(self, v: i16) -> Result<(), GiveUp> {
-        self.serialize_i64(i64::from(v))
-    }
-
-    fn serialize_i32(self, v: i32) -> Result<(), GiveUp> {
-        self.serialize_i64(i64::from(v))
-    }
+    widen!(serialize_i64(i64): serialize_i8(i8), serialize_i16(i16), serialize_i32(i32));
+    widen!(serialize_u64(u64): serialize_u8(u8), serialize_u16(u16), serialize_u32(u32));
 
     fn serialize_i64(self, v: i64) -> Result<(), GiveUp> {
         self.json().serialize_i64(v).map_err(|_| GiveUp)
@@ -429,18 +430,6 @@ impl<'a> Serializer for &'a mut Encoder {
         i64::try_from(v)
             .map_err(|_| GiveUp)
             .and_then(|v| self.serialize_i64(v))
-    }
-
-    fn serialize_u8(self, v: u8) -> Result<(), GiveUp> {
-        self.serialize_u64(u64::from(v))
-    }
-
-    fn serialize_u16(self, v: u16) -> Result<(), GiveUp> {
-        self.serialize_u64(u64::from(v))
-    }
-
-    fn serialize_u32(self, v: u32) -> Result<(), GiveUp> {
-        self.serialize_u64(u64::from(v))
     }
 
     fn serialize_u64(self, v: u64) -> Result<(), GiveUp> {
