@@ -7,10 +7,14 @@
 //! and the write version, all inside one `MULTI`/`EXEC` per write.
 //!
 //! Raw and adapter operations alternate (creates and gets one by one, batches round by
-//! round), so a busy machine slows both alike.
+//! round), and which side goes first swaps every time, so a busy machine slows both
+//! alike and neither always runs just after the other. A batch round is a few tens of
+//! milliseconds, so one stall can swing it: the batch row also reports the median and
+//! range of the per-round ratios.
 //!
 //! Run with `cargo bench -p storage-graph` (`BENCH_N` sets the number of single
-//! operations, default 2,000). Prints one table of operations per second and ratios.
+//! operations, default 2,000; `BENCH_ROUNDS` the number of batch rounds, default 9).
+//! Prints one table of operations per second and ratios.
 
 use std::time::{Duration, Instant};
 
@@ -53,16 +57,90 @@ async fn raw_query(
     Ok(())
 }
 
+/// How long `op` takes.
+async fn timed(op: impl std::future::Future<Output = Result<()>>) -> Result<Duration> {
+    let started = Instant::now();
+    op.await?;
+    Ok(started.elapsed())
+}
+
+/// Times `raw` and `ours` one after the other, raw first when `raw_first`.
+async fn pair(
+    raw_first: bool,
+    raw: impl std::future::Future<Output = Result<()>>,
+    ours: impl std::future::Future<Output = Result<()>>,
+) -> Result<(Duration, Duration)> {
+    if raw_first {
+        let raw = timed(raw).await?;
+        Ok((raw, timed(ours).await?))
+    } else {
+        let ours = timed(ours).await?;
+        Ok((timed(raw).await?, ours))
+    }
+}
+
+/// Raw single create: the value serialized by the client, as a hand-written one would.
+async fn raw_create(
+    conn: &mut redis::aio::MultiplexedConnection,
+    key: &str,
+    value: &User,
+) -> Result<()> {
+    let json = serde_json::to_string(value).map_err(backend)?;
+    let q = format!(
+        "CYPHER k={} v={} CREATE (:User {{key: $k, v: $v}})",
+        to_cypher_param(key).map_err(backend)?,
+        to_cypher_param(&json).map_err(backend)?
+    );
+    raw_query(conn, "GRAPH.QUERY", "raw", &q).await
+}
+
+/// Raw batch: one `UNWIND … CREATE` of every entry, serialized by the client.
+async fn raw_batch(
+    conn: &mut redis::aio::MultiplexedConnection,
+    entries: &[(String, User)],
+) -> Result<()> {
+    let rows = entries
+        .iter()
+        .map(|(k, v)| {
+            Ok(std::collections::HashMap::from([
+                ("key", k.clone()),
+                ("v", serde_json::to_string(v).map_err(backend)?),
+            ]))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let q = format!(
+        "CYPHER rows={} UNWIND $rows AS r CREATE (:User {{key: r.key, v: r.v}})",
+        to_cypher_param(&rows).map_err(backend)?
+    );
+    drop(rows);
+    raw_query(conn, "GRAPH.QUERY", "raw", &q).await
+}
+
+/// Raw point get through the key index.
+async fn raw_get(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> Result<()> {
+    let q = format!(
+        "CYPHER k={} MATCH (n:User {{key: $k}}) RETURN n.v",
+        to_cypher_param(key).map_err(backend)?
+    );
+    raw_query(conn, "GRAPH.RO_QUERY", "raw", &q).await
+}
+
 fn rate(n: usize, spent: Duration) -> f64 {
     f64::from(u32::try_from(n).unwrap_or(u32::MAX)) / spent.as_secs_f64().max(1e-9)
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> Result<()> {
-    let n: usize = std::env::var("BENCH_N")
+fn env_count(name: &str, default: usize) -> usize {
+    std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(2000);
+        .filter(|&v| v > 0)
+        .unwrap_or(default)
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<()> {
+    let n = env_count("BENCH_N", 2000);
+    let rounds = env_count("BENCH_ROUNDS", 9);
     let batch = 10_000;
     let server = EmbeddedServer::start()?;
     let client = redis::Client::open(server.url()).map_err(backend)?;
@@ -86,84 +164,70 @@ async fn main() -> Result<()> {
     })
     .await?;
 
-    // Raw and adapter operations alternate, so that whatever else the machine is
-    // doing slows both sides alike and the ratio stays meaningful.
-    let (mut raw_create, mut create) = (Duration::ZERO, Duration::ZERO);
+    // Both sides start from the typed value: the raw client serializes it too.
+    let (mut raw_creates, mut creates) = (Duration::ZERO, Duration::ZERO);
     for i in 0..n {
-        let value = user(i);
-        let started = Instant::now();
-        // Both sides start from the typed value: the raw client serializes it too.
-        let json = serde_json::to_string(&value).map_err(backend)?;
-        let q = format!(
-            "CYPHER k={} v={} CREATE (:User {{key: $k, v: $v}})",
-            to_cypher_param(&format!("user:{i}")).map_err(backend)?,
-            to_cypher_param(&json).map_err(backend)?
-        );
-        raw_query(&mut conn, "GRAPH.QUERY", "raw", &q).await?;
-        raw_create += started.elapsed();
-        let started = Instant::now();
-        store.set(&format!("user:{i}"), &value).await?;
-        create += started.elapsed();
+        let (key, value) = (format!("user:{i}"), user(i));
+        let (raw, ours) = pair(
+            i % 2 == 0,
+            raw_create(&mut conn, &key, &value),
+            store.set(&key, &value),
+        )
+        .await?;
+        raw_creates += raw;
+        creates += ours;
     }
 
-    let rounds = 3;
-    let (mut raw_batch, mut batched) = (Duration::ZERO, Duration::ZERO);
+    // The batches go into labels that already hold the single creates, so every
+    // adapter batch is an upsert (it checks which of its keys exist); raw creates.
+    let (mut raw_batches, mut batches) = (Duration::ZERO, Duration::ZERO);
+    let mut round_ratios = Vec::with_capacity(rounds);
     for round in 0..rounds {
         let entries: Vec<(String, User)> = (0..batch)
             .map(|i| (format!("row:{round}:{i}"), user(i)))
             .collect();
-        let started = Instant::now();
-        // Both sides start from the typed values: the raw client serializes them too.
-        let rows = entries
-            .iter()
-            .map(|(k, v)| {
-                Ok(std::collections::HashMap::from([
-                    ("key", k.clone()),
-                    ("v", serde_json::to_string(v).map_err(backend)?),
-                ]))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let q = format!(
-            "CYPHER rows={} UNWIND $rows AS r CREATE (:User {{key: r.key, v: r.v}})",
-            to_cypher_param(&rows).map_err(backend)?
-        );
-        drop(rows);
-        raw_query(&mut conn, "GRAPH.QUERY", "raw", &q).await?;
-        drop(q);
-        raw_batch += started.elapsed();
-        let started = Instant::now();
-        store.set_many(entries).await?;
-        batched += started.elapsed();
+        let ours_entries = entries.clone();
+        let (raw, ours) = pair(round % 2 == 0, raw_batch(&mut conn, &entries), async {
+            store.set_many(ours_entries).await.map(drop)
+        })
+        .await?;
+        raw_batches += raw;
+        batches += ours;
+        round_ratios.push(raw.as_secs_f64() / ours.as_secs_f64().max(1e-9));
     }
 
-    let (mut raw_get, mut get) = (Duration::ZERO, Duration::ZERO);
+    let (mut raw_gets, mut gets) = (Duration::ZERO, Duration::ZERO);
     for i in 0..n {
-        let started = Instant::now();
-        let q = format!(
-            "CYPHER k={} MATCH (n:User {{key: $k}}) RETURN n.v",
-            to_cypher_param(&format!("user:{i}")).map_err(backend)?
-        );
-        raw_query(&mut conn, "GRAPH.RO_QUERY", "raw", &q).await?;
-        raw_get += started.elapsed();
-        let started = Instant::now();
-        let found = store.get(&format!("user:{i}")).await?;
-        get += started.elapsed();
-        assert!(found.is_some());
+        let key = format!("user:{i}");
+        let found = std::cell::Cell::new(false);
+        let (raw, ours) = pair(i % 2 == 1, raw_get(&mut conn, &key), async {
+            found.set(store.get(&key).await?.is_some());
+            Ok(())
+        })
+        .await?;
+        assert!(found.get(), "{key} was written by the adapter");
+        raw_gets += raw;
+        gets += ours;
     }
-    let (raw_create, create) = (rate(n, raw_create), rate(n, create));
-    let (raw_batch, batched) = (
-        rate(batch * rounds, raw_batch),
-        rate(batch * rounds, batched),
-    );
-    let (raw_get, get) = (rate(n, raw_get), rate(n, get));
 
     println!("workload                      raw ops/s   adapter ops/s   ratio");
     for (name, raw, ours) in [
-        ("single create", raw_create, create),
-        ("UNWIND batch of 10,000 rows", raw_batch, batched),
-        ("indexed point get", raw_get, get),
+        ("single create", rate(n, raw_creates), rate(n, creates)),
+        (
+            "UNWIND batch of 10,000 rows",
+            rate(batch * rounds, raw_batches),
+            rate(batch * rounds, batches),
+        ),
+        ("indexed point get", rate(n, raw_gets), rate(n, gets)),
     ] {
         println!("{name:<28} {raw:>10.0} {ours:>15.0} {:>7.2}", ours / raw);
+    }
+    round_ratios.sort_by(f64::total_cmp);
+    if let (Some(low), Some(high)) = (round_ratios.first(), round_ratios.last()) {
+        println!(
+            "batch, per round ({rounds} rounds): median {:.2}, range {low:.2}-{high:.2}",
+            round_ratios[round_ratios.len() / 2]
+        );
     }
     Ok(())
 }
