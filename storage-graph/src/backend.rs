@@ -982,8 +982,11 @@ impl Inner {
 
     /// One query for a whole commit: deletes (or the clear), then the sets.
     ///
-    /// Sets are an upsert written as `OPTIONAL MATCH` + `CREATE` or `SET` rather than
-    /// `MERGE`, which FalkorDB runs several times slower. It is exact because each key
+    /// Sets are an upsert written as `OPTIONAL MATCH`, a `FOREACH` that creates the node
+    /// when none matched, then `SET n = {…}`, which does nothing when `n` is null (for a
+    /// lone set that `SET` costs FalkorDB about 10 µs less than a second `FOREACH` for
+    /// the update branch: 63 against 73 µs inside `MULTI`/`EXEC`), rather than `MERGE`,
+    /// which FalkorDB runs several times slower. It is exact because each key
     /// appears once in `sets` (an `OPTIONAL MATCH` does not see nodes created earlier
     /// in the same query) and FalkorDB runs write queries one at a time. (Do not
     /// replace the `CREATE` branch's `FOREACH` with `… WITH n WHERE n IS NULL CREATE`:
@@ -1039,7 +1042,7 @@ impl Inner {
                 body,
                 "OPTIONAL MATCH (n:{label} {{{KEY_INDEX_PROP}: {k}}}) \
                  FOREACH (_ IN CASE WHEN n IS NULL THEN [1] ELSE [] END | CREATE (:{label} {props})) \
-                 FOREACH (_ IN CASE WHEN n IS NULL THEN [] ELSE [1] END | SET n = {props})"
+                 SET n = {props}"
             );
         } else if !sets.is_empty() {
             let only_sets = body.is_empty();
@@ -1083,7 +1086,7 @@ impl Inner {
             let upsert = format!(
                 "OPTIONAL MATCH (n:{label} {{{KEY_INDEX_PROP}: {kh}}}) \
                  FOREACH (_ IN CASE WHEN n IS NULL THEN [1] ELSE [] END | {create}) \
-                 FOREACH (_ IN CASE WHEN n IS NULL THEN [] ELSE [1] END | SET n = {props})"
+                 SET n = {props}"
             );
             if only_sets && absent {
                 // The label was empty under the commit's WATCH (a write since makes EXEC

@@ -894,6 +894,35 @@ async fn batches_create_or_upsert_exactly_in_every_shape() -> Result<()> {
     Ok(())
 }
 
+/// A lone set upserts in one query (create when no node matched, then `SET n = {…}`,
+/// which does nothing on a new key): a new key gets one node, an existing key keeps
+/// its node (and relationships) and loses the promoted fields its new value lacks.
+#[tokio::test]
+async fn a_lone_set_creates_once_and_replaces_in_place() -> Result<()> {
+    use serde_json::json;
+    use storage_core::query::field;
+    use storage_core::{Query, QueryableStorage};
+    use storage_graph::{EdgeDirection, GraphExt};
+    let store = open::<serde_json::Value>().await?;
+    store.set("a", &json!({"n": 1, "s": "one"})).await?;
+    store.set("b", &json!({"n": 2})).await?;
+    assert_eq!(store.size().await?, 2);
+    store.link("a", "NEXT", "b", json!({})).await?;
+
+    store.set("a", &json!({"m": 3})).await?;
+    assert_eq!(store.size().await?, 2);
+    assert_eq!(store.get("a").await?, Some(json!({"m": 3})));
+    assert_eq!(store.count(&Query::filter(field("n").eq(1))).await?, 0);
+    assert_eq!(store.count(&Query::filter(field("s").exists(true))).await?, 0);
+    assert_eq!(store.count(&Query::filter(field("m").eq(3))).await?, 1);
+    let next = store
+        .neighbours("a", Some("NEXT"), EdgeDirection::Outgoing)
+        .await?;
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].key, "b");
+    Ok(())
+}
+
 /// When FalkorDB is still building an index as the wait runs out, `create_index`
 /// says so with a retryable `Timeout` (never a silent success), and a retry finishes.
 #[tokio::test]
