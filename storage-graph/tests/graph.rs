@@ -913,7 +913,10 @@ async fn a_lone_set_creates_once_and_replaces_in_place() -> Result<()> {
     assert_eq!(store.size().await?, 2);
     assert_eq!(store.get("a").await?, Some(json!({"m": 3})));
     assert_eq!(store.count(&Query::filter(field("n").eq(1))).await?, 0);
-    assert_eq!(store.count(&Query::filter(field("s").exists(true))).await?, 0);
+    assert_eq!(
+        store.count(&Query::filter(field("s").exists(true))).await?,
+        0
+    );
     assert_eq!(store.count(&Query::filter(field("m").eq(3))).await?, 1);
     let next = store
         .neighbours("a", Some("NEXT"), EdgeDirection::Outgoing)
