@@ -980,6 +980,60 @@ impl Inner {
         xadd
     }
 
+    /// Writes the rows of `sets` as parameters of `q` (columns when the rows share
+    /// their promoted names, maps otherwise) and says how the query walks them.
+    fn rows(&self, q: &mut Cypher, sets: &BTreeMap<&str, &Encoded>, stamp: &Stamp) -> Result<Rows> {
+        let label = &self.label;
+        if let Some(columns) = Columns::of(sets, stamp) {
+            // One allocation for the parameters and the body: the columns are
+            // megabytes, and every reallocation copies them.
+            q.reserve(columns.estimate + 4096);
+            let cols = columns.write_columns(q, sets, stamp)?;
+            let props = columns.map_of(&cols, stamp);
+            let kh = &cols[0];
+            Ok(Rows {
+                source: format!("range(0, size({kh}) - 1)"),
+                var: "i",
+                // A subscript of a parameter inside the index lookup is evaluated
+                // with a copy of the whole list, once per row (quadratic in
+                // FalkorDB 4.16.3); projected first, it is read once.
+                find: format!(
+                    "WITH i, {kh}[i] AS k OPTIONAL MATCH (n:{label} {{{KEY_INDEX_PROP}: k}})"
+                ),
+                create: format!("CREATE (:{label} {props})"),
+                props,
+                keys: Some(kh.clone()),
+            })
+        } else {
+            let estimate: usize = sets
+                .iter()
+                .map(|(k, v)| v.stored.len() * 2 + k.len() * 4 + 64)
+                .sum();
+            q.reserve(estimate + 4096);
+            let rows = q.param_with(estimate, |out| {
+                out.push('[');
+                for (i, (key, value)) in sets.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(", ");
+                    }
+                    write_node_literal(out, key, value, stamp)?;
+                }
+                out.push(']');
+                Ok(())
+            })?;
+            Ok(Rows {
+                source: rows,
+                var: "r",
+                find: format!(
+                    "OPTIONAL MATCH (n:{label} {{{KEY_INDEX_PROP}: r.{KEY_INDEX_PROP}}})"
+                ),
+                create: format!("CREATE (m:{label}) SET m = r"),
+                props: "r".to_owned(),
+                keys: None,
+            })
+        }
+    }
+
     /// One query for a whole commit: deletes (or the clear), then the sets.
     ///
     /// Sets are an upsert written as `OPTIONAL MATCH`, a `FOREACH` that creates the node
@@ -996,13 +1050,15 @@ impl Inner {
     ///
     /// A batch of sets alone first asks the key index, in one lookup for the whole
     /// batch (`kh IN $list`, which FalkorDB answers from the index several times
-    /// faster than one lookup per row), whether any of its keys exists. When none does
-    /// (loading new entries, the common case for a large batch), every row is a plain
-    /// `CREATE`, which costs FalkorDB about half the per-row upsert; otherwise nothing
-    /// was created (`created = 0`, a batch is never empty) and the same query upserts
-    /// row by row. Both branches are in the one query, so the check and the writes are
-    /// atomic together. (A `CASE` choosing between the rows and `[]` costs FalkorDB a
-    /// copy of the rows; it only runs on the upsert branch.) When the commit found the
+    /// faster than one lookup per row; in column form the list is the `kh` column),
+    /// whether any of its keys exists. When none does (loading new entries, the common
+    /// case for a large batch), every row is a plain `CREATE`, which costs FalkorDB
+    /// about half the per-row upsert; otherwise nothing was created (`created = 0`, a
+    /// batch is never empty) and the same query upserts row by row. Both branches are
+    /// in the one query, so the check and the writes are atomic together. (A `CASE`
+    /// choosing between map rows and `[]` costs FalkorDB a copy of the rows, so it
+    /// only runs on the upsert branch; columns choose between row numbers and `[]`.)
+    /// When the commit found the
     /// label empty under its `WATCH` (`absent`, see [`BULK_MIN`]), the rows are plain
     /// `CREATE`s without that lookup.
     fn write_plan(
@@ -1046,66 +1102,39 @@ impl Inner {
             );
         } else if !sets.is_empty() {
             let only_sets = body.is_empty();
-            let hex_len: usize = sets.keys().map(|k| 2 * k.len() + 4).sum();
-            let (rows, props) = if let Some(columns) = Columns::of(sets, stamp) {
-                // One allocation for both parameters and the body: the rows are
-                // megabytes, and every reallocation copies them.
-                q.reserve(columns.estimate + hex_len + 4096);
-                let rows =
-                    q.param_with(columns.estimate, |out| columns.write_rows(out, sets, stamp))?;
-                (rows, columns.map_of("r", stamp))
-            } else {
-                let estimate: usize = sets
-                    .iter()
-                    .map(|(k, v)| v.stored.len() * 2 + k.len() * 4 + 64)
-                    .sum();
-                q.reserve(estimate + hex_len + 4096);
-                let rows = q.param_with(estimate, |out| {
-                    out.push('[');
-                    for (i, (key, value)) in sets.iter().enumerate() {
-                        if i > 0 {
-                            out.push_str(", ");
-                        }
-                        write_node_literal(out, key, value, stamp)?;
-                    }
-                    out.push(']');
-                    Ok(())
-                })?;
-                (rows, "r".to_owned())
-            };
-            // In column form a row is a list, its key index property the second cell, and
-            // a node is created with its properties inline (cheaper than `SET m = map`).
-            let (kh, create) = if props == "r" {
-                (
-                    format!("r.{KEY_INDEX_PROP}"),
-                    format!("CREATE (m:{label}) SET m = r"),
-                )
-            } else {
-                ("r[0]".to_owned(), format!("CREATE (:{label} {props})"))
-            };
+            let Rows {
+                source,
+                var,
+                find,
+                create,
+                props,
+                keys,
+            } = self.rows(&mut q, sets, stamp)?;
             let upsert = format!(
-                "OPTIONAL MATCH (n:{label} {{{KEY_INDEX_PROP}: {kh}}}) \
-                 FOREACH (_ IN CASE WHEN n IS NULL THEN [1] ELSE [] END | {create}) \
+                "{find} FOREACH (_ IN CASE WHEN n IS NULL THEN [1] ELSE [] END | {create}) \
                  SET n = {props}"
             );
             if only_sets && absent {
                 // The label was empty under the commit's WATCH (a write since makes EXEC
                 // fail): every key is new, and each appears once in `sets`.
-                let _ = write!(body, "UNWIND {rows} AS r {create}");
+                let _ = write!(body, "UNWIND {source} AS {var} {create}");
             } else if only_sets {
-                let khs = q.param_with(hex_len, |out| {
-                    push_hex_key_list(out, sets.keys());
-                    Ok(())
-                })?;
+                let khs = match keys {
+                    Some(khs) => khs,
+                    None => q.param_with(sets.keys().map(|k| 2 * k.len() + 4).sum(), |out| {
+                        push_hex_key_list(out, sets.keys());
+                        Ok(())
+                    })?,
+                };
                 let _ = write!(
                     body,
                     "OPTIONAL MATCH (e:{label}) WHERE e.{KEY_INDEX_PROP} IN {khs} \
-                     WITH count(e) AS c WHERE c = 0 UNWIND {rows} AS r {create} \
+                     WITH count(e) AS c WHERE c = 0 UNWIND {source} AS {var} {create} \
                      WITH count(*) AS created \
-                     UNWIND CASE WHEN created = 0 THEN {rows} ELSE [] END AS r {upsert}"
+                     UNWIND CASE WHEN created = 0 THEN {source} ELSE [] END AS {var} {upsert}"
                 );
             } else {
-                let _ = write!(body, "UNWIND {rows} AS r {upsert}");
+                let _ = write!(body, "UNWIND {source} AS {var} {upsert}");
             }
         } else if body.is_empty() {
             body.push_str("RETURN 0");
@@ -1117,13 +1146,33 @@ impl Inner {
     }
 }
 
-/// The columns of a batch written column-wise: each row a list `[kh, v, _o1, _o2, _o,
-/// _x, promoted…, unique terms…]` instead of a map, so that property names are written
-/// once in the query body rather than once per row (a map row costs FalkorDB more to
-/// parse and to apply through `SET m = r`). `_o1`, `_o2`, `_o` and `_x` are columns only when some
-/// row lists a path in them, and the index epoch is a constant of the query body
-/// rather than a cell. A property a row lacks is `null`, which `CREATE` and
-/// `SET n = {…}` both leave unset.
+/// How a batch's query walks its rows (see [`Inner::write_plan`]).
+struct Rows {
+    /// What the query `UNWIND`s: row numbers (columns) or the rows (maps).
+    source: String,
+    /// The variable each row is bound to.
+    var: &'static str,
+    /// Binds `n` to the row's node, or to null when its key has none.
+    find: String,
+    /// Creates the row's node.
+    create: String,
+    /// The row's properties, for `SET n = …`.
+    props: String,
+    /// The placeholder of the list of the rows' key index values, when the rows
+    /// already carry it (columns).
+    keys: Option<String>,
+}
+
+/// The columns of a batch written column-wise: one list parameter per property —
+/// `kh`, `v`, `_o1`, `_o2`, `_o`, `_x`, the promoted names, the unique terms — and
+/// the query walks row numbers, reading row `i` as `$p0[i]`, `$p1[i]`, …. A row as a
+/// map costs FalkorDB more to parse and to apply through `SET m = r` than a row as a
+/// list, and a list per row more than one list per column: 10,000 small rows
+/// written column-wise cost FalkorDB about a tenth less time than as lists of
+/// cells (and the column of keys doubles as the list an existence check looks up).
+/// `_o1`, `_o2`, `_o` and `_x` are columns only when some row lists a path in them,
+/// and the index epoch is a constant of the query body rather than a cell. A
+/// property a row lacks is `null`, which `CREATE` and `SET n = {…}` both leave unset.
 struct Columns {
     /// Promoted property names, in column order.
     names: Vec<String>,
@@ -1225,64 +1274,93 @@ impl Columns {
             + usize::from(self.objects)
     }
 
-    /// Appends the rows to `out` as one list literal. [`PARALLEL_MIN`] rows or more are
-    /// written in two halves, the second on a thread of its own (writing the rows,
-    /// mostly escaping the stored values, is the longest step of a batch before it is
-    /// sent; the rows are independent of each other).
-    fn write_rows(
+    /// How many columns the batch has: `kh`, `v`, the opaque and object columns in
+    /// use, the promoted names and one per unique index.
+    fn width(&self, stamp: &Stamp) -> usize {
+        self.first_promoted() + self.names.len() + stamp.uniques.len()
+    }
+
+    /// Writes each column of `sets` as a list parameter of `q` and returns their
+    /// placeholders, in column order. [`PARALLEL_MIN`] rows or more are written in two
+    /// halves, the second on a thread of its own (writing the cells, mostly escaping
+    /// the stored values, is the longest step of a batch before it is sent; the rows
+    /// are independent of each other).
+    fn write_columns(
         &self,
-        out: &mut String,
+        q: &mut Cypher,
         sets: &BTreeMap<&str, &Encoded>,
         stamp: &Stamp,
-    ) -> Result<()> {
-        out.push('[');
-        if sets.len() < PARALLEL_MIN {
-            self.write_row_list(out, sets.iter().map(|(k, v)| (*k, *v)), stamp)?;
+    ) -> Result<Vec<String>> {
+        let rows: Vec<(&str, &Encoded)> = sets.iter().map(|(k, v)| (*k, *v)).collect();
+        let parts = if rows.len() < PARALLEL_MIN {
+            vec![self.write_cells(&rows, stamp)?]
         } else {
-            let rows: Vec<(&str, &Encoded)> = sets.iter().map(|(k, v)| (*k, *v)).collect();
             let (first, second) = rows.split_at(rows.len() / 2);
-            let share = self.estimate.div_ceil(2) + 4096;
             std::thread::scope(|scope| {
-                let later = scope.spawn(|| {
-                    let mut part = String::with_capacity(share);
-                    self.write_row_list(&mut part, second.iter().copied(), stamp)
-                        .map(|()| part)
-                });
+                let later = scope.spawn(|| self.write_cells(second, stamp));
                 // The first half's error comes first, as in a sequential write.
-                self.write_row_list(out, first.iter().copied(), stamp)?;
-                let part = later.join().map_err(|_| {
+                let first = self.write_cells(first, stamp)?;
+                let second = later.join().map_err(|_| {
                     StorageError::new(ErrorCode::Backend, "writing a batch's rows panicked")
                         .with_backend(BACKEND)
                 })??;
-                out.push_str(", ");
-                out.push_str(&part);
-                Ok::<_, StorageError>(())
-            })?;
-        }
-        out.push(']');
-        Ok(())
+                Ok::<_, StorageError>(vec![first, second])
+            })?
+        };
+        (0..self.width(stamp))
+            .map(|c| {
+                let len = parts.iter().map(|part| part[c].len() + 2).sum();
+                q.param_with(len, |out| {
+                    out.push('[');
+                    for (j, part) in parts.iter().enumerate() {
+                        if j > 0 {
+                            out.push_str(", ");
+                        }
+                        out.push_str(&part[c]);
+                    }
+                    out.push(']');
+                    Ok(())
+                })
+            })
+            .collect()
     }
 
-    /// Appends `rows`, separated by commas, without the brackets around them.
-    fn write_row_list<'a>(
-        &self,
-        out: &mut String,
-        rows: impl Iterator<Item = (&'a str, &'a Encoded)>,
-        stamp: &Stamp,
-    ) -> Result<()> {
+    /// The cells of `rows`, one string per column, cells separated by commas.
+    fn write_cells(&self, rows: &[(&str, &Encoded)], stamp: &Stamp) -> Result<Vec<String>> {
+        let mut columns: Vec<String> = vec![String::new(); self.width(stamp)];
+        // Keys as hex and stored values are most of the bytes: sized up front.
+        columns[0].reserve(rows.iter().map(|(k, _)| 2 * k.len() + 4).sum());
+        columns[1].reserve(
+            rows.iter()
+                .map(|(_, v)| v.stored.len() + v.stored.len() / 64 + 4)
+                .sum(),
+        );
         let mut cells: Vec<Option<Leaf<'_>>> = vec![None; self.names.len()];
         // Paths (without the promoted name's leading dot), written as tags in place.
         let mut tags: Vec<&str> = Vec::new();
         let mut objects: Vec<&str> = Vec::new();
-        for (i, (key, value)) in rows.enumerate() {
+        for (i, (key, value)) in rows.iter().enumerate() {
             if i > 0 {
-                out.push_str(", ");
+                for column in &mut columns {
+                    column.push_str(", ");
+                }
             }
+            let mut out = columns.iter_mut();
+            let mut next_column = || {
+                out.next().ok_or_else(|| {
+                    StorageError::new(
+                        ErrorCode::Backend,
+                        "a batch row has more cells than columns",
+                    )
+                    .with_backend(BACKEND)
+                })
+            };
+            let kh = next_column()?;
             // Hex digits need no escaping.
-            out.push_str("['");
-            push_key_hex(out, key);
-            out.push_str("', ");
-            write_str_literal(out, &value.stored)?;
+            kh.push('\'');
+            push_key_hex(kh, key);
+            kh.push('\'');
+            write_str_literal(next_column()?, &value.stored)?;
             cells.fill(None);
             tags.clear();
             objects.clear();
@@ -1300,41 +1378,44 @@ impl Columns {
             let (slots, rest) = split_opaque(&tags);
             for (used, tag) in self.slots.iter().zip(slots) {
                 if *used {
-                    out.push_str(", ");
+                    let column = next_column()?;
                     match tag {
                         Some(path) => {
-                            let _ = write!(out, "{}", path_id(path));
+                            let _ = write!(column, "{}", path_id(path));
                         }
-                        None => out.push_str("null"),
+                        None => column.push_str("null"),
                     }
                 }
             }
             if self.opaque {
-                out.push_str(", ");
-                push_path_tags(out, rest);
+                push_path_tags(next_column()?, rest);
             }
             if self.objects {
-                out.push_str(", ");
-                push_path_tags(out, &objects);
+                push_path_tags(next_column()?, &objects);
             }
             for cell in &cells {
-                out.push_str(", ");
+                let column = next_column()?;
                 match cell {
-                    Some(leaf) => leaf.write(out)?,
-                    None => out.push_str("null"),
+                    Some(leaf) => leaf.write(column)?,
+                    None => column.push_str("null"),
                 }
             }
-            stamp.write_term_columns(value, out)?;
-            out.push(']');
+            stamp.write_term_cells(value, &mut out)?;
         }
-        Ok(())
+        Ok(columns)
     }
 
-    /// The property map of a row named `row`, for `CREATE (:L {…})` and `SET n = {…}`.
-    fn map_of(&self, row: &str, stamp: &Stamp) -> String {
-        let mut out = format!("{{{KEY_INDEX_PROP}: {row}[0], {VALUE_PROP}: {row}[1]");
+    /// The property map of row `i`, for `CREATE (:L {…})` and `SET n = {…}`:
+    /// `columns` are the columns' placeholders (see [`Columns::write_columns`]).
+    fn map_of(&self, columns: &[String], stamp: &Stamp) -> String {
+        let mut column = columns.iter();
+        let mut cell = || {
+            column
+                .next()
+                .map_or_else(String::new, |c| format!("{c}[i]"))
+        };
+        let mut out = format!("{{{KEY_INDEX_PROP}: {}, {VALUE_PROP}: {}", cell(), cell());
         stamp.write_epoch(&mut out);
-        let mut at = 2;
         for (used, prop) in [
             (self.slots[0], OPAQUE_SLOTS[0]),
             (self.slots[1], OPAQUE_SLOTS[1]),
@@ -1342,20 +1423,16 @@ impl Columns {
             (self.objects, OBJECT_PROP),
         ] {
             if used {
-                let _ = write!(out, ", {prop}: {row}[{at}]");
-                at += 1;
+                let _ = write!(out, ", {prop}: {}", cell());
             }
         }
-        debug_assert_eq!(at, self.first_promoted());
         for name in &self.names {
             // Promoted names hold no backtick or NUL (see `cypher::visit_leaves`).
-            let _ = write!(out, ", `{name}`: {row}[{at}]");
-            at += 1;
+            let _ = write!(out, ", `{name}`: {}", cell());
         }
         for (prop, _, _) in &stamp.uniques {
             // Term property names are `u:` and hex digits.
-            let _ = write!(out, ", `{prop}`: {row}[{at}]");
-            at += 1;
+            let _ = write!(out, ", `{prop}`: {}", cell());
         }
         out.push('}');
         out

@@ -100,13 +100,23 @@ impl Stamp {
             .collect()
     }
 
-    /// Appends `, <terms>` for each unique index (in the order of `uniques`) to a row
-    /// of a column-wise batch.
-    pub(crate) fn write_term_columns(&self, value: &Encoded, out: &mut String) -> Result<()> {
+    /// Appends a row's terms for each unique index (in the order of `uniques`) to the
+    /// next columns of a column-wise batch, one column per index.
+    pub(crate) fn write_term_cells<'c>(
+        &self,
+        value: &Encoded,
+        columns: &mut impl Iterator<Item = &'c mut String>,
+    ) -> Result<()> {
         for (_, def, path) in &self.uniques {
             let doc = value.doc()?;
-            out.push_str(", ");
-            write_str_list(out, &terms(def, path, doc))?;
+            let column = columns.next().ok_or_else(|| {
+                StorageError::new(
+                    ErrorCode::Backend,
+                    "a batch row has more cells than columns",
+                )
+                .with_backend(BACKEND)
+            })?;
+            write_str_list(column, &terms(def, path, doc))?;
         }
         Ok(())
     }
