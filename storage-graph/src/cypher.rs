@@ -165,7 +165,7 @@ impl Cypher {
 
     /// Adds a parameter given as a Cypher literal and returns its placeholder.
     ///
-    /// Only for literals assembled from [`literal`] pieces and names that passed
+    /// Only for literals assembled from [`write_literal`] pieces and names that passed
     /// [`quote_name`]'s rules (the row maps of a write, built without the
     /// intermediate maps `param` would need).
     pub(crate) fn param_literal(&mut self, literal: &str) -> String {

@@ -55,15 +55,15 @@ impl Leaves {
         out
     }
 
-    /// The leaves of `value` as [`Leaves::of_document`] would find them in its
-    /// document, or `None` when the value has a shape the walker leaves to the document
-    /// (see the module docs).
+    /// [`Leaves::of_value_in`] with a fresh scratch.
     #[cfg(test)]
     pub(crate) fn of_value<T: Serialize + ?Sized>(value: &T) -> Option<Self> {
         Self::of_value_in(value, &mut WalkScratch::default())
     }
 
-    /// [`Leaves::of_value`], sized from the previous value walked with `scratch`: the
+    /// The leaves of `value` as [`Leaves::of_document`] would find them in its
+    /// document, or `None` when the value has a shape the walker leaves to the document
+    /// (see the module docs); sized from the previous value walked with `scratch`: the
     /// values of a batch are mostly alike, and growing two buffers field by field cost
     /// the walk about as much as everything else it does.
     pub(crate) fn of_value_in<T: Serialize + ?Sized>(

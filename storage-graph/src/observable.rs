@@ -26,18 +26,13 @@ use crate::backend::{
 };
 use crate::error::{BACKEND, redis_err};
 
-/// The stream entry field holding a commit's changes, framed by [`frame_changes`].
+/// The stream entry field holding a commit's changes, framed by [`frame_changes_into`].
 pub(crate) const FRAMED_FIELD: &str = "b";
 /// The field that held them as a JSON array in earlier builds (still read, so that a
 /// watcher resuming across an upgrade misses nothing).
 const JSON_FIELD: &str = "c";
 
-/// A commit's changes as one stream field: each change is a kind byte, `s` (a set, with
-/// its stored value), `d` (a delete) or `o` (a delete, with the stored value it
-/// removed), then the key and the value as `<byte length>:<bytes>`. Nothing is
-/// escaped: writing it is a copy of the keys and values, where JSON escaped every
-/// quote of every stored value (a batch of 10,000 documents spent more time there
-/// than in the rest of the record).
+/// [`frame_changes_into`] as a string.
 #[cfg(test)]
 pub(crate) fn frame_changes(changes: &[StreamChangeRef<'_>]) -> String {
     let mut out = Vec::with_capacity(framed_len(changes));
@@ -45,7 +40,7 @@ pub(crate) fn frame_changes(changes: &[StreamChangeRef<'_>]) -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
-/// The size of [`frame_changes`]'s output, about (to reserve it at once).
+/// The size of [`frame_changes_into`]'s output, about (to reserve it at once).
 pub(crate) fn framed_len(changes: &[StreamChangeRef<'_>]) -> usize {
     changes
         .iter()
@@ -53,9 +48,16 @@ pub(crate) fn framed_len(changes: &[StreamChangeRef<'_>]) -> usize {
         .sum()
 }
 
-/// Appends [`frame_changes`]'s field to `out`: the `XADD` argument itself, so a batch's
-/// values are copied once into the command instead of into a string first (at 10,000
-/// values that string is megabytes of fresh memory, each page a fault).
+/// A commit's changes as one stream field: each change is a kind byte, `s` (a set, with
+/// its stored value), `d` (a delete) or `o` (a delete, with the stored value it
+/// removed), then the key and the value as `<byte length>:<bytes>`. Nothing is
+/// escaped: writing it is a copy of the keys and values, where JSON escaped every
+/// quote of every stored value (a batch of 10,000 documents spent more time there
+/// than in the rest of the record).
+///
+/// Appended to `out`, the `XADD` argument itself, so a batch's values are copied once
+/// into the command instead of into a string first (at 10,000 values that string is
+/// megabytes of fresh memory, each page a fault).
 pub(crate) fn frame_changes_into(out: &mut impl ByteSink, changes: &[StreamChangeRef<'_>]) {
     let mut digits = [0u8; 20];
     for c in changes {
@@ -109,7 +111,7 @@ fn decimal(mut n: usize, buf: &mut [u8; 20]) -> &[u8] {
     }
 }
 
-/// The changes of a field written by [`frame_changes`]; `None` when it is malformed.
+/// The changes of a field written by [`frame_changes_into`]; `None` when it is malformed.
 fn parse_framed(mut payload: &str) -> Option<Vec<StreamChange>> {
     fn part<'a>(rest: &mut &'a str) -> Option<&'a str> {
         let (len, tail) = rest.split_once(':')?;
