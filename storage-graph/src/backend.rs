@@ -43,8 +43,8 @@ const WRITE_RETRIES: usize = 16;
 /// below it a thread costs more than it saves.
 const PARALLEL_MIN: usize = 2048;
 /// A batch of at least this many sets (and nothing else) first asks, under `WATCH`,
-/// whether the label holds any node, in one read that stops at the first node it
-/// finds. If it holds none (a first load), the query creates every row without the
+/// whether the label holds any node, in one read of the label's node count (see
+/// [`Inner::label_is_empty`]). If it holds none (a first load), the query creates every row without the
 /// index lookup of all the batch's keys that otherwise decides between creating and
 /// upserting (about a twentieth of such a batch's time); a write in between makes
 /// `EXEC` fail and the batch retries. Smaller batches skip the round trips.

@@ -74,7 +74,8 @@
 //! ## What runs where
 //! - in Cypher: key lookups (through the `kh` index), iteration in key order (pages of
 //!   `ORDER BY kh`, strcmp on hex being the keys' byte order), batches (one `UNWIND` query per
-//!   batch, which FalkorDB applies atomically; plain `CREATE`s when the batch's keys are
+//!   batch, which FalkorDB applies atomically, its rows sent column-wise: one list
+//!   parameter per property, read by row number; plain `CREATE`s when the batch's keys are
 //!   all new, and without even looking them up when a batch of 2,048 sets or more found
 //!   the label empty under `WATCH`), and the where clause (`eq`, `ne`, `gt`/`gte`/`lt`/`lte`, `in`, `nin`,
 //!   `and`, `or`, `not` on promoted properties);
