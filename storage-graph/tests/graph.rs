@@ -894,6 +894,35 @@ async fn batches_create_or_upsert_exactly_in_every_shape() -> Result<()> {
     Ok(())
 }
 
+/// A batch goes column-wise, one list parameter per promoted property: rows sharing
+/// 250 field names make a query of more than 250 parameters, which must still write
+/// and upsert exactly.
+#[tokio::test]
+async fn wide_batches_write_one_parameter_per_column() -> Result<()> {
+    use storage_core::query::field;
+    use storage_core::{Query, QueryableStorage};
+    let store = open::<serde_json::Value>().await?;
+    let doc = |i: usize, round: usize| {
+        serde_json::Value::Object(
+            (0..250)
+                .map(|f| (format!("f{f:03}"), serde_json::json!(i * 1000 + f + round)))
+                .collect(),
+        )
+    };
+    for round in 0..2 {
+        let batch: Vec<(String, serde_json::Value)> =
+            (0..5).map(|i| (format!("w{i}"), doc(i, round))).collect();
+        store.set_many(batch.clone()).await?;
+        assert_eq!(store.size().await?, 5);
+        for (k, v) in &batch {
+            assert_eq!(store.get(k).await?.as_ref(), Some(v), "{k}");
+        }
+        let q = Query::filter(field("f249").eq(3249 + round));
+        assert_eq!(store.count(&q).await?, 1);
+    }
+    Ok(())
+}
+
 /// A lone set upserts in one query (create when no node matched, then `SET n = {…}`,
 /// which does nothing on a new key): a new key gets one node, an existing key keeps
 /// its node (and relationships) and loses the promoted fields its new value lacks.
