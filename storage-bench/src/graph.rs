@@ -124,6 +124,69 @@ pub async fn batch_turns(
     Ok(out)
 }
 
+/// Single creates: the workload's one-by-one documents in `passes` passes of equal
+/// size, the two sides taking turns pass by pass (the first alternating), each writing
+/// into one graph of its own. Returns the raw and the adapter time of each pass. The
+/// runs' single creates are one block per side, minutes apart, and their ratio swung
+/// 0.95–1.4× between runs of the same build.
+pub async fn single_turns(
+    server: &mut Server,
+    w: &Workload,
+    passes: usize,
+) -> Result<Vec<(std::time::Duration, std::time::Duration)>> {
+    let docs = w.single();
+    let per_pass = docs.len().div_ceil(passes.max(1)).max(1);
+    let graph = "single_turn_raw";
+    send(
+        &mut server.conn,
+        "GRAPH.QUERY",
+        graph,
+        "CREATE INDEX FOR (n:Doc) ON (n.key)",
+    )
+    .await?;
+    let store = GraphStorage::<Doc>::open(GraphConfig {
+        url: Some(server.server.url().to_owned()),
+        database: "single_turn_adapter".to_owned(),
+        label: "Doc".to_owned(),
+        ..GraphConfig::default()
+    })
+    .await?;
+    let mut out = Vec::with_capacity(passes);
+    for (pass, chunk) in docs.chunks(per_pass).enumerate() {
+        let (mut raw, mut ours) = (None, None);
+        for adapter_turn in [pass % 2 == 1, pass % 2 == 0] {
+            let t = start();
+            if adapter_turn {
+                for (k, d) in chunk {
+                    storage_core::Storage::set(&store, k, d).await?;
+                }
+                ours = Some(t.elapsed());
+            } else {
+                for (k, d) in chunk {
+                    raw_create(&mut server.conn, graph, k, d).await?;
+                }
+                raw = Some(t.elapsed());
+            }
+        }
+        if let (Some(raw), Some(ours)) = (raw, ours) {
+            out.push((raw, ours));
+        }
+    }
+    drop(store);
+    server.flush().await?;
+    Ok(out)
+}
+
+/// One `CREATE` of a document, from the typed value: what a hand-written client sends
+/// for a single create.
+async fn raw_create(conn: &mut MultiplexedConnection, graph: &str, k: &str, d: &Doc) -> Result<()> {
+    let query = Q::new()
+        .p("r", &row(k, d)?)?
+        .body("CREATE (:Doc {key: $r.key, v: $r.v, author: $r.author, created_at: $r.created_at})");
+    send(conn, "GRAPH.QUERY", graph, &query).await?;
+    Ok(())
+}
+
 /// Rows in the issue's batch (see [`batch_turns`]).
 pub const TURN_ROWS: usize = 10_000;
 
@@ -247,10 +310,7 @@ async fn raw_inner(conn: &mut MultiplexedConnection, w: &Workload) -> Result<Sam
 
     let t = start();
     for (k, d) in w.single() {
-        let query = Q::new().p("r", &row(k, d)?)?.body(
-            "CREATE (:Doc {key: $r.key, v: $r.v, author: $r.author, created_at: $r.created_at})",
-        );
-        send(conn, "GRAPH.QUERY", single, &query).await?;
+        raw_create(conn, single, k, d).await?;
     }
     sample.record(
         Op::InsertOne,

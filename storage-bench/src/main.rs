@@ -39,7 +39,7 @@ use std::path::{Path, PathBuf};
 
 use storage_core::Result;
 
-use crate::measure::median;
+use crate::measure::{human, median};
 use crate::report::{BackendResult, PeerResult, Report};
 use crate::workload::{Doc, Workload};
 
@@ -273,20 +273,53 @@ async fn bench_graph(o: &Options, w: &Workload) -> Result<BackendResult> {
         graph::TURN_ROWS
     ));
     let turns = graph::batch_turns(&mut server, w, passes).await?;
+    let single_passes = 25;
+    progress(&format!(
+        "graph: {} single creates, {single_passes} passes in turns",
+        w.single_inserts
+    ));
+    let singles = graph::single_turns(&mut server, w, single_passes).await?;
+    let per_create = u32::try_from(w.single_inserts.div_ceil(single_passes)).unwrap_or(1);
     Ok(BackendResult {
         name: "FalkorDB (graph)",
         raw_name: "raw Cypher (redis crate)",
         raw: median(&raw),
         adapter: median(&adapter),
         variants: Vec::new(),
-        notes: vec![turns_note(&turns, w.docs.len().min(graph::TURN_ROWS))],
+        notes: vec![
+            turns_note(
+                &format!(
+                    "One batch of {} documents (the issue's batch size), {} passes with \
+                     the two sides in turns, each into a fresh graph",
+                    w.docs.len().min(graph::TURN_ROWS),
+                    turns.len()
+                ),
+                &turns,
+                1,
+            ),
+            turns_note(
+                &format!(
+                    "Single creates, {} documents in {} passes of {per_create} with the \
+                     two sides in turns, each into one graph of its own",
+                    w.single_inserts,
+                    singles.len()
+                ),
+                &singles,
+                per_create,
+            ),
+        ],
     })
 }
 
-/// The note on the graph's batch turns: medians of each side and of the per-pass
+/// A note on passes made in turns: `what` they measured, then the medians of each
+/// side's time per operation (a pass holds `per_pass` operations) and of the per-pass
 /// ratios, with their range.
-fn turns_note(turns: &[(std::time::Duration, std::time::Duration)], rows: usize) -> String {
-    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+fn turns_note(
+    what: &str,
+    turns: &[(std::time::Duration, std::time::Duration)],
+    per_pass: u32,
+) -> String {
+    let each = |d: std::time::Duration| d / per_pass.max(1);
     let mid = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         (
@@ -295,15 +328,22 @@ fn turns_note(turns: &[(std::time::Duration, std::time::Duration)], rows: usize)
             v.last().copied().unwrap_or(f64::NAN),
         )
     };
-    let (raw, _, _) = mid(turns.iter().map(|t| ms(t.0)).collect());
-    let (ours, _, _) = mid(turns.iter().map(|t| ms(t.1)).collect());
-    let (ratio, low, high) = mid(turns.iter().map(|t| ms(t.1) / ms(t.0)).collect());
+    let secs = |v: Vec<std::time::Duration>| {
+        mid(v.iter().map(std::time::Duration::as_secs_f64).collect()).0
+    };
+    let raw = secs(turns.iter().map(|t| each(t.0)).collect());
+    let ours = secs(turns.iter().map(|t| each(t.1)).collect());
+    let (ratio, low, high) = mid(turns
+        .iter()
+        .map(|t| t.1.as_secs_f64() / t.0.as_secs_f64().max(1e-12))
+        .collect());
+    let time = |s: f64| human(std::time::Duration::from_secs_f64(s.max(0.0)));
     format!(
-        "One batch of {rows} documents (the issue's batch size), {} passes with the \
-         two sides in turns, each into a fresh graph: raw {raw:.1} ms, adapter \
-         {ours:.1} ms (medians); adapter / raw per pass: median **{ratio:.2}×**, \
-         {low:.2}–{high:.2}× (throughput {:.2}× raw).",
-        turns.len(),
+        "{what}: raw {}, adapter {} (medians{}); adapter / raw per pass: median \
+         **{ratio:.2}×**, {low:.2}–{high:.2}× (throughput {:.2}× raw).",
+        time(raw),
+        time(ours),
+        if per_pass > 1 { ", per create" } else { "" },
         1.0 / ratio
     )
 }
