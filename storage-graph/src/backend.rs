@@ -44,10 +44,11 @@ const WRITE_RETRIES: usize = 16;
 const PARALLEL_MIN: usize = 2048;
 /// A batch of at least this many sets (and nothing else) first asks, under `WATCH`,
 /// whether the label holds any node, in one read of the label's node count (see
-/// [`Inner::label_is_empty`]). If it holds none (a first load), the query creates every row without the
-/// index lookup of all the batch's keys that otherwise decides between creating and
-/// upserting (about a twentieth of such a batch's time); a write in between makes
-/// `EXEC` fail and the batch retries. Smaller batches skip the round trips.
+/// [`Inner::label_is_empty`]). If it holds none (a first load), the query creates
+/// every row without the index lookup of all the batch's keys that otherwise decides
+/// between creating and upserting (about a twentieth of such a batch's time); a write
+/// in between makes `EXEC` fail and the batch retries. Smaller batches skip the round
+/// trips.
 const BULK_MIN: usize = 2048;
 /// Entries fetched per round trip when iterating.
 const PAGE: usize = 5000;
@@ -1058,9 +1059,8 @@ impl Inner {
     /// in the one query, so the check and the writes are atomic together. (A `CASE`
     /// choosing between map rows and `[]` costs FalkorDB a copy of the rows, so it
     /// only runs on the upsert branch; columns choose between row numbers and `[]`.)
-    /// When the commit found the
-    /// label empty under its `WATCH` (`absent`, see [`BULK_MIN`]), the rows are plain
-    /// `CREATE`s without that lookup.
+    /// When the commit found the label empty under its `WATCH` (`absent`, see
+    /// [`BULK_MIN`]), the rows are plain `CREATE`s without that lookup.
     fn write_plan(
         &self,
         clear: bool,
