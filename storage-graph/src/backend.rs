@@ -6,7 +6,7 @@
 //! and one `INCR` of the graph's write version. Writes that must know what existed
 //! before (deletes, clears) first `WATCH` the graph on a dedicated connection and
 //! read, so what they report and publish is exactly what they changed; so do large
-//! batches of sets, to learn whether the label is empty (see [`BULK_MIN`]).
+//! batches of sets, to learn whether any of their keys may exist (see [`BULK_MIN`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
@@ -33,6 +33,7 @@ use crate::cypher::{
 };
 use crate::embedded::EmbeddedServer;
 use crate::error::{BACKEND, corrupt, is_missing_graph, redis_err, reply_err};
+use crate::keyrange::KnownKeys;
 use crate::leaves::{Leaves, WalkScratch};
 use crate::unique::{EPOCH_PROP, Stamp, op_terms};
 
@@ -43,13 +44,14 @@ const WRITE_RETRIES: usize = 16;
 /// below it a thread costs more than it saves.
 const PARALLEL_MIN: usize = 2048;
 /// A batch of at least this many sets (and nothing else) first asks, under `WATCH`,
-/// whether the label holds any node, in one read of the label's node count (see
-/// [`Inner::label_is_empty`]). If it holds none (a first load), the query creates
-/// every row without the index lookup of all the batch's keys that otherwise decides
-/// between creating and upserting (about a twentieth of such a batch's time); a write
-/// in between makes `EXEC` fail and the batch retries. Smaller batches skip the round
-/// trips.
-const BULK_MIN: usize = 2048;
+/// whether the label holds a node whose key lies between the batch's least and
+/// greatest key, when the label's key range hint says none may (see
+/// [`crate::keyrange`]). If none does (a first load, or new keys between or beyond
+/// the stored ones), the query creates every row without the index lookup of all the
+/// batch's keys that otherwise decides between creating and upserting; a write in
+/// between makes `EXEC` fail and the batch retries. Smaller batches skip the round
+/// trips. A commit of this many sets also records its keys as a run of the hint.
+pub(crate) const BULK_MIN: usize = 2048;
 /// Entries fetched per round trip when iterating.
 const PAGE: usize = 5000;
 /// How long `create_index` waits, by default, for FalkorDB to build a new index.
@@ -103,6 +105,13 @@ pub(crate) struct Inner {
     pub(crate) index_key: String,
     /// Counter bumped whenever the label's unique indexes change (see `crate::unique`).
     pub(crate) epoch_key: String,
+    /// The span of the label's key range hint: a sorted set of the least and greatest
+    /// key of small commits (see [`crate::keyrange`]).
+    pub(crate) key_span_key: String,
+    /// The runs of the label's key range hint: a set of one range per large commit.
+    pub(crate) key_runs_key: String,
+    /// What this store knows is recorded in the hint.
+    pub(crate) known_keys: Mutex<KnownKeys>,
     pub(crate) indexes: crate::query::IndexRegistry,
     /// How long `create_index` waits for FalkorDB to build an index, in milliseconds.
     pub(crate) index_build_timeout_ms: std::sync::atomic::AtomicU64,
@@ -470,6 +479,9 @@ impl Inner {
             stream_max_len: STREAM_MAX_LEN,
             index_key: format!("{}::{}::indexes", config.database, config.label),
             epoch_key: format!("{}::{}::indexes::epoch", config.database, config.label),
+            key_span_key: format!("{}::{}::keys::span", config.database, config.label),
+            key_runs_key: format!("{}::{}::keys::runs", config.database, config.label),
+            known_keys: Mutex::new(KnownKeys::Unknown),
             indexes: crate::query::IndexRegistry::default(),
             index_build_timeout_ms: std::sync::atomic::AtomicU64::new(
                 DEFAULT_INDEX_BUILD_TIMEOUT_MS,
@@ -477,6 +489,7 @@ impl Inner {
             server,
         };
         inner.ensure_schema().await?;
+        inner.load_known_keys(&mut inner.shared()).await;
         Ok(inner)
     }
 
@@ -609,21 +622,6 @@ impl Inner {
             .await
             .map_err(redis_err("version"))?;
         Ok(v.unwrap_or(0))
-    }
-
-    /// Whether the label holds no node. FalkorDB answers a label's `count` from the
-    /// label's own size (0.2 ms at 10,000 nodes), where `RETURN 1 LIMIT 1` scanned
-    /// (0.9 ms there, 1.5–2 ms at 20,000 to 50,000).
-    pub(crate) async fn label_is_empty(&self, conn: &mut MultiplexedConnection) -> Result<bool> {
-        let mut q = Cypher::new();
-        q.push(&format!("MATCH (n:{}) RETURN count(n)", self.label));
-        let rows = self.read(conn, &q, "commit").await?;
-        // A graph that does not exist yet reads as no rows; a count that does not parse
-        // counts as nodes (the batch then upserts, which is always exact).
-        Ok(match rows.first() {
-            None => true,
-            Some(row) => row.first().and_then(cell_int) == Some(0),
-        })
     }
 
     pub(crate) async fn get_stored(
@@ -934,6 +932,7 @@ impl Inner {
             .add_command(xadd)
             .cmd("INCR")
             .arg(&self.version_key);
+        let recorded = self.record_keys(&mut pipe, clear, &sets);
         let reply: Value = match pipe.query_async(conn).await {
             Ok(reply) => reply,
             Err(e) => {
@@ -959,6 +958,9 @@ impl Inner {
             }
             let err: redis::RedisError = e.clone().into();
             return Err(redis_err("commit")(err));
+        }
+        if let Some(recorded) = recorded {
+            self.recorded(recorded);
         }
         applied.stream_id = stream_id;
         Ok(Some(applied))
@@ -1059,8 +1061,8 @@ impl Inner {
     /// in the one query, so the check and the writes are atomic together. (A `CASE`
     /// choosing between map rows and `[]` costs FalkorDB a copy of the rows, so it
     /// only runs on the upsert branch; columns choose between row numbers and `[]`.)
-    /// When the commit found the label empty under its `WATCH` (`absent`, see
-    /// [`BULK_MIN`]), the rows are plain `CREATE`s without that lookup.
+    /// When the commit found no node in the range of its keys under its `WATCH`
+    /// (`absent`, see [`BULK_MIN`]), the rows are plain `CREATE`s without that lookup.
     fn write_plan(
         &self,
         clear: bool,
@@ -1115,8 +1117,9 @@ impl Inner {
                  SET n = {props}"
             );
             if only_sets && absent {
-                // The label was empty under the commit's WATCH (a write since makes EXEC
-                // fail): every key is new, and each appears once in `sets`.
+                // No key of the batch's range existed under the commit's WATCH (a write
+                // since makes EXEC fail): every key is new, and each appears once in
+                // `sets`.
                 let _ = write!(body, "UNWIND {source} AS {var} {create}");
             } else if only_sets {
                 let khs = match keys {
@@ -1792,7 +1795,10 @@ impl<T: StorageValue> GraphStorage<T> {
             Existed::Keys(keys) => (keys, BTreeMap::new()),
             Existed::Values(values) => (values.keys().cloned().collect(), values),
         };
-        let absent = is_bulk_load(ops) && self.inner.label_is_empty(conn).await?;
+        let absent = match bulk_load_ends(ops) {
+            Some((least, greatest)) => self.inner.keys_are_new(conn, &least, &greatest).await?,
+            None => false,
+        };
         self.inner
             .commit(
                 conn,
@@ -2161,14 +2167,26 @@ fn push_hex_key_list<'k>(out: &mut String, keys: impl Iterator<Item = &'k &'k st
 pub(crate) struct CommitOptions {
     /// Collect the after-hook events.
     pub(crate) after_hooks: bool,
-    /// The label held no node when read under the commit's `WATCH` (see [`BULK_MIN`]).
+    /// No node of the label had a key within the batch's keys' range when read under
+    /// the commit's `WATCH` (see [`BULK_MIN`]).
     pub(crate) absent: bool,
 }
 
 /// Whether `ops` is a batch of [`BULK_MIN`] sets or more, which reads under `WATCH`
-/// whether the label is empty before it commits.
+/// whether any of its keys may exist before it commits.
 fn is_bulk_load(ops: &[Op]) -> bool {
     ops.len() >= BULK_MIN && ops.iter().all(|op| matches!(op, Op::Set { .. }))
+}
+
+/// The key index values of the least and greatest key of a bulk load (see
+/// [`is_bulk_load`]), or `None` for other commits.
+fn bulk_load_ends(ops: &[Op]) -> Option<(String, String)> {
+    if !is_bulk_load(ops) {
+        return None;
+    }
+    let least = ops.iter().filter_map(Op::key).min()?;
+    let greatest = ops.iter().filter_map(Op::key).max()?;
+    Some((key_hex(least), key_hex(greatest)))
 }
 
 /// Validates and encodes `operations`, the first of which is the batch's operation

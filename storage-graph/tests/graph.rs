@@ -33,6 +33,19 @@ async fn open<T: storage_core::StorageValue>() -> Result<GraphStorage<T>> {
     GraphStorage::open(fresh_config()).await
 }
 
+/// A plain Redis connection to the shared test server, for what only a test does:
+/// rewriting nodes as earlier builds wrote them, reading or dropping the hint.
+async fn raw_connection() -> Result<redis::aio::MultiplexedConnection> {
+    let backend = |e: redis::RedisError| {
+        storage_core::StorageError::new(ErrorCode::ConnectionFailed, e.to_string())
+    };
+    redis::Client::open(server().url())
+        .map_err(backend)?
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(backend)
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct User {
     name: String,
@@ -1203,12 +1216,7 @@ async fn nodes_written_by_earlier_builds_still_read() -> Result<()> {
     store.set("new", &new).await?;
     store.set("mid", &mid).await?;
     // Rewrite the first node in the earlier form.
-    let client = redis::Client::open(server().url())
-        .map_err(|e| storage_core::StorageError::new(ErrorCode::ConnectionFailed, e.to_string()))?;
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .map_err(|e| storage_core::StorageError::new(ErrorCode::ConnectionFailed, e.to_string()))?;
+    let mut conn = raw_connection().await?;
     // `h` + the hex of "tags" and of "body".
     for rewrite in [
         format!(
@@ -1257,5 +1265,120 @@ async fn nodes_written_by_earlier_builds_still_read() -> Result<()> {
     assert_eq!(store.get(" old ").await?, Some(old));
     assert!(store.delete(" old ").await?);
     assert_eq!(store.size().await?, 2);
+    Ok(())
+}
+
+/// Large batches of new keys skip looking each key up when the label's key range hint
+/// says none of them may exist, and read the batch's key range instead. Whatever the
+/// hint says, every batch creates exactly the keys that did not exist and replaces the
+/// ones that did: below, between and beyond stored keys, over stored keys, after the
+/// hint was dropped (a label written before it existed), and after another handle's
+/// clear left this one knowing a hint that is no longer stored.
+#[tokio::test]
+async fn large_batches_create_new_keys_and_replace_stored_ones_whatever_the_hint_says() -> Result<()>
+{
+    let config = fresh_config();
+    let store = GraphStorage::<u32>::open(config.clone()).await?;
+    let other = GraphStorage::<u32>::open(config.clone()).await?;
+    let mut conn = raw_connection().await?;
+    let span_key = format!("{}::Entry::keys::span", config.database);
+    let runs_key = format!("{}::Entry::keys::runs", config.database);
+    let hex = |key: &str| {
+        key.bytes().fold(String::new(), |mut out, b| {
+            use std::fmt::Write as _;
+            let _ = write!(out, "{b:02x}");
+            out
+        })
+    };
+    let hint = |conn: &mut redis::aio::MultiplexedConnection| {
+        let (span_key, runs_key) = (span_key.clone(), runs_key.clone());
+        let mut conn = conn.clone();
+        async move {
+            let read: (Vec<String>, Vec<String>) = redis::pipe()
+                .cmd("ZRANGE")
+                .arg(&span_key)
+                .arg(0)
+                .arg(-1)
+                .cmd("SMEMBERS")
+                .arg(&runs_key)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| storage_core::StorageError::new(ErrorCode::Backend, e.to_string()))?;
+            Ok::<_, storage_core::StorageError>(read)
+        }
+    };
+    let batch = |prefix: &str, from: u32, n: u32, value: u32| -> Vec<(String, u32)> {
+        (from..from + n)
+            .map(|i| (format!("{prefix}{i:05}"), value + i))
+            .collect()
+    };
+    let check = |rows: &[(String, u32)]| {
+        let store = store.clone();
+        let rows = rows.to_vec();
+        async move {
+            let keys: Vec<String> = rows.iter().map(|(k, _)| k.clone()).collect();
+            let got = store.get_many(&keys).await?;
+            for (k, v) in &rows {
+                assert_eq!(got.get(k), Some(v), "{k}");
+            }
+            Ok::<_, storage_core::StorageError>(())
+        }
+    };
+
+    // Single sets widen the span; a large batch records a run of its own.
+    store.set("m:00010", &1).await?;
+    store.set("m:00020", &2).await?;
+    assert_eq!(hint(&mut conn).await?.0, [hex("m:00010"), hex("m:00020")]);
+    let (above, below, between) = (
+        batch("z:", 0, 2500, 0),
+        batch("a:", 0, 2500, 0),
+        batch("m:", 21, 2500, 0),
+    );
+    for rows in [&above, &below, &between] {
+        store.set_many(rows.clone()).await?;
+        check(rows).await?;
+    }
+    assert_eq!(store.size().await?, 2 + 3 * 2500);
+    let (span, mut runs) = hint(&mut conn).await?;
+    runs.sort();
+    assert_eq!(span, [hex("m:00010"), hex("m:00020")]);
+    assert_eq!(
+        runs,
+        [
+            format!("{} {}", hex("a:00000"), hex("a:02499")),
+            format!("{} {}", hex("m:00021"), hex("m:02520")),
+            format!("{} {}", hex("z:00000"), hex("z:02499")),
+        ]
+    );
+
+    // Over stored keys (and one new at each end): the stored ones are replaced.
+    let over = batch("m:", 0, 2600, 100_000);
+    store.set_many(over.clone()).await?;
+    check(&over).await?;
+    assert_eq!(store.size().await?, 2 * 2500 + 2600);
+
+    // With the hint dropped, the range read finds the stored keys (nothing is
+    // created twice) and the span is rebuilt from the label.
+    let _: () = redis::cmd("DEL")
+        .arg(&span_key)
+        .arg(&runs_key)
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| storage_core::StorageError::new(ErrorCode::Backend, e.to_string()))?;
+    let again = batch("z:", 2000, 2500, 200_000);
+    store.set_many(again.clone()).await?;
+    check(&again).await?;
+    assert_eq!(store.size().await?, 2 * 2500 + 2600 + 2000);
+    assert_eq!(hint(&mut conn).await?.0, [hex("a:00000"), hex("z:02499")]);
+
+    // Another handle clears: this one still knows the old hint, so its single set
+    // inside it records nothing. A later batch over that key still replaces it.
+    other.clear().await?;
+    store.set("m:00500", &7).await?;
+    assert_eq!(hint(&mut conn).await?, (Vec::new(), Vec::new()));
+    let fresh = batch("m:", 0, 2500, 300_000);
+    other.set_many(fresh.clone()).await?;
+    check(&fresh).await?;
+    assert_eq!(store.size().await?, 2500);
     Ok(())
 }
