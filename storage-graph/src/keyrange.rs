@@ -65,21 +65,21 @@ impl KnownKeys {
 
     /// Whether every key from `least` to `greatest` is known to be recorded.
     fn covers(&self, least: &str, greatest: &str) -> bool {
-        let inside =
-            |(low, high): &(String, String)| low.as_str() <= least && greatest <= high.as_str();
-        match self {
-            Self::Unknown => false,
-            Self::Known { span, runs } => span.iter().chain(runs).any(inside),
-        }
+        self.any_range(false, |low, high| low <= least && greatest <= high)
     }
 
     /// Whether a recorded key may lie from `least` to `greatest`.
     fn overlaps(&self, least: &str, greatest: &str) -> bool {
-        let meets =
-            |(low, high): &(String, String)| low.as_str() <= greatest && least <= high.as_str();
+        self.any_range(true, |low, high| low <= greatest && least <= high)
+    }
+
+    /// Whether `test` holds for the span or a run; `unknown` when nothing was read.
+    fn any_range(&self, unknown: bool, test: impl Fn(&str, &str) -> bool) -> bool {
         match self {
-            Self::Unknown => true,
-            Self::Known { span, runs } => span.iter().chain(runs).any(meets),
+            Self::Unknown => unknown,
+            Self::Known { span, runs } => {
+                span.iter().chain(runs).any(|(low, high)| test(low, high))
+            }
         }
     }
 
