@@ -50,7 +50,8 @@ const PARALLEL_MIN: usize = 2048;
 /// the stored ones), the query creates every row without the index lookup of all the
 /// batch's keys that otherwise decides between creating and upserting; a write in
 /// between makes `EXEC` fail and the batch retries. Smaller batches skip the round
-/// trips. A commit of this many sets also records its keys as a run of the hint.
+/// trips. A batch that found its key range empty records that range as a run of the
+/// hint.
 pub(crate) const BULK_MIN: usize = 2048;
 /// Entries fetched per round trip when iterating.
 const PAGE: usize = 5000;
@@ -108,7 +109,8 @@ pub(crate) struct Inner {
     /// The span of the label's key range hint: a sorted set of the least and greatest
     /// key of small commits (see [`crate::keyrange`]).
     pub(crate) key_span_key: String,
-    /// The runs of the label's key range hint: a set of one range per large commit.
+    /// The runs of the label's key range hint: a set of one range per large batch
+    /// that found its key range empty.
     pub(crate) key_runs_key: String,
     /// What this store knows is recorded in the hint.
     pub(crate) known_keys: Mutex<KnownKeys>,
@@ -932,7 +934,7 @@ impl Inner {
             .add_command(xadd)
             .cmd("INCR")
             .arg(&self.version_key);
-        let recorded = self.record_keys(&mut pipe, clear, &sets);
+        let recorded = self.record_keys(&mut pipe, clear, absent, &sets);
         let reply: Value = match pipe.query_async(conn).await {
             Ok(reply) => reply,
             Err(e) => {

@@ -15,9 +15,11 @@
 //! (about 150 ms for 100,000 keys), so the range is read only when this hint says it
 //! holds no key. The hint lives beside the graph, in two Redis keys per label:
 //!
-//! - *runs*, a set of `"<least> <greatest>"` key index values, one per large commit
-//!   (at most [`RUNS_MAX`]);
-//! - *span*, a sorted set holding the least and greatest key of every other commit.
+//! - *runs*, a set of `"<least> <greatest>"` key index values, one per large batch
+//!   that found its key range empty (at most [`RUNS_MAX`]): the ranges between which
+//!   later batches may find gaps;
+//! - *span*, a sorted set holding the least and greatest key of every other commit
+//!   (a batch that overlapped stored keys would only add a run that overlaps them).
 //!
 //! Every key ever set lies within the span or a run, until a clear empties both. A
 //! commit records its keys, in its own `MULTI`/`EXEC`, only when they lie outside
@@ -33,7 +35,7 @@ use std::collections::BTreeMap;
 
 use redis::aio::MultiplexedConnection;
 
-use crate::backend::{BULK_MIN, Encoded, Inner, cell_int, cell_str};
+use crate::backend::{Encoded, Inner, cell_int, cell_str};
 use crate::cypher::{Cypher, KEY_INDEX_PROP, key_hex};
 use storage_core::Result;
 
@@ -245,12 +247,14 @@ impl Inner {
 
     /// Adds to a commit's `MULTI` what keeps the hint covering every key: a clear
     /// empties it; keys set outside what this store knows is recorded join it, as a
-    /// run for a commit of [`BULK_MIN`] sets or more, in the span otherwise. What it
-    /// returns goes to [`Inner::recorded`] once the commit applied.
+    /// run for a batch that found its key range empty (`absent`, see
+    /// [`Inner::keys_are_new`]), in the span otherwise. What it returns goes to
+    /// [`Inner::recorded`] once the commit applied.
     pub(crate) fn record_keys(
         &self,
         pipe: &mut redis::Pipeline,
         clear: bool,
+        absent: bool,
         sets: &BTreeMap<&str, &Encoded>,
     ) -> Option<Recorded> {
         let ends = sets
@@ -272,7 +276,7 @@ impl Inner {
         {
             return None;
         }
-        let run = sets.len() >= BULK_MIN && (clear || known.runs() < RUNS_MAX);
+        let run = absent && known.runs() < RUNS_MAX;
         drop(known);
         match &ends {
             Some((least, greatest)) if run => {

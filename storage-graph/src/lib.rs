@@ -119,8 +119,8 @@
 //! ## Key range hint
 //! Beside the graph, `{database}::{label}::keys::span` (a sorted set) and
 //! `{database}::{label}::keys::runs` (a set) record where the label's keys may lie:
-//! the least and greatest key of small commits, and one range per commit of 2,048
-//! sets or more. A commit records its keys in its own `MULTI`/`EXEC` only when they
+//! one range per batch that found its key range empty (below), and the least and
+//! greatest key of every other commit. A commit records its keys in its own `MULTI`/`EXEC` only when they
 //! lie outside what its handle already knows is recorded, so most single sets add no
 //! command. A large batch of sets reads the hint and, when none of its keys may
 //! exist, reads its key range under `WATCH` instead of looking every key up. The

@@ -1325,7 +1325,8 @@ async fn large_batches_create_new_keys_and_replace_stored_ones_whatever_the_hint
         }
     };
 
-    // Single sets widen the span; a large batch records a run of its own.
+    // Single sets widen the span; a large batch that finds its key range empty
+    // records a run of its own.
     store.set("m:00010", &1).await?;
     store.set("m:00020", &2).await?;
     assert_eq!(hint(&mut conn).await?.0, [hex("m:00010"), hex("m:00020")]);
@@ -1356,9 +1357,16 @@ async fn large_batches_create_new_keys_and_replace_stored_ones_whatever_the_hint
     store.set_many(over.clone()).await?;
     check(&over).await?;
     assert_eq!(store.size().await?, 2 * 2500 + 2600);
+    // It overlapped stored keys, so it widens the span rather than adding a run.
+    let (span, runs) = hint(&mut conn).await?;
+    assert_eq!(
+        (span, runs.len()),
+        (vec![hex("m:00000"), hex("m:02599")], 3)
+    );
 
     // With the hint dropped, the range read finds the stored keys (nothing is
-    // created twice) and the span is rebuilt from the label.
+    // created twice) and the span is rebuilt from the label, then widened by the
+    // batch, which overlapped stored keys.
     let _: () = redis::cmd("DEL")
         .arg(&span_key)
         .arg(&runs_key)
@@ -1369,7 +1377,7 @@ async fn large_batches_create_new_keys_and_replace_stored_ones_whatever_the_hint
     store.set_many(again.clone()).await?;
     check(&again).await?;
     assert_eq!(store.size().await?, 2 * 2500 + 2600 + 2000);
-    assert_eq!(hint(&mut conn).await?.0, [hex("a:00000"), hex("z:02499")]);
+    assert_eq!(hint(&mut conn).await?.0, [hex("a:00000"), hex("z:04499")]);
 
     // Another handle clears: this one still knows the old hint, so its single set
     // inside it records nothing. A later batch over that key still replaces it.
