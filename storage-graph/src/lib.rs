@@ -78,8 +78,8 @@
 //!   parameter per property, read by row number; plain `CREATE`s when the batch's keys are
 //!   all new, and without even looking them up when a batch of 2,048 sets or more found
 //!   no node in the range of its keys under `WATCH`, a read the label's key range hint
-//!   runs only when none may be there), and the where clause (`eq`, `ne`, `gt`/`gte`/`lt`/`lte`, `in`, `nin`,
-//!   `and`, `or`, `not` on promoted properties);
+//!   runs only when none may be there), and the where clause (`eq`, `ne`,
+//!   `gt`/`gte`/`lt`/`lte`, `in`, `nin`, `and`, `or`, `not` on promoted properties);
 //! - when every clause of the where clause translates, the label splits in two. On
 //!   *clean* nodes (no opaque value on the query's paths, no object on its order
 //!   paths) the translation is exact: Cypher filters them, through a btree or hash
@@ -119,14 +119,14 @@
 //! ## Key range hint
 //! Beside the graph, `{database}::{label}::keys::span` (a sorted set) and
 //! `{database}::{label}::keys::runs` (a set) record where the label's keys may lie:
-//! one range per batch that found its key range empty (below), and the least and
-//! greatest key of every other commit. A commit records its keys in its own `MULTI`/`EXEC` only when they
-//! lie outside what its handle already knows is recorded, so most single sets add no
-//! command. A large batch of sets reads the hint and, when none of its keys may
-//! exist, reads its key range under `WATCH` instead of looking every key up. The
-//! hint only saves time: a key it misses (written by another client, or before the
-//! hint existed) is found by that range read, the batch then looks its keys up, and
-//! the hint is rebuilt from the label.
+//! one range per batch that found its key range empty (see below), and the least and
+//! greatest key of every other commit. A commit records its keys in its own
+//! `MULTI`/`EXEC` only when they lie outside what its handle already knows is
+//! recorded, so most single sets add no command. A large batch of sets reads the hint
+//! and, when none of its keys may exist, reads its key range under `WATCH` instead of
+//! looking every key up. The hint only saves time: a key it misses (written by another
+//! client, or before the hint existed) is found by that range read, the batch then
+//! looks its keys up, and the hint is rebuilt from the label.
 //!
 //! ## Runtime
 //! Every call runs on tokio: the store needs a runtime with I/O and time enabled
